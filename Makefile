@@ -1,0 +1,41 @@
+# The two commands of the README: `make demo` and `make test`. Both work on a fresh clone of a fresh
+# Debian machine: they create .venv, install the project, and fetch the sample art first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+ART    ?= .cache/art
+OUT    ?= out/demo
+BENCH_DATA ?= ../shared/bench
+
+.PHONY: help install art demo test test-fast bench lint clean
+
+help:
+	@echo "make demo   - detect faces in the sample art and make an avatar (embedded defaults, no config)"
+	@echo "make test   - run the whole test suite (installs what it needs first)"
+	@echo "make bench  - run the benchmarks and rewrite bench/RESULTS.md"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[all,test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+art: $(ART)/.complete
+
+$(ART)/.complete: scripts/fetch-art.sh
+	bash scripts/fetch-art.sh $(ART)
+
+demo: install art
+	$(VENV)/bin/mikubot demo --art $(ART)/images --out $(OUT)
+
+test: install art
+	bash scripts/test-deps.sh
+	MIKU_TEST_ART=$(ART)/images $(PY) -m pytest -q
+
+bench: install art
+	$(PY) bench/detect.py --art $(ART)/images --bench-data $(BENCH_DATA)
+
+clean:
+	rm -rf $(VENV) .cache out .pytest_cache

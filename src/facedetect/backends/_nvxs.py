@@ -1,0 +1,220 @@
+"""ctypes binding to ``libnvxs``, the animeface-2009 library bundled inside the ``animeface`` wheel.
+
+The wheel's own C glue reads Pillow's private image struct and silently finds nothing with Pillow >= 12.
+Calling the library directly avoids that, lets us keep a current (patched) Pillow for untrusted uploads,
+and exposes the search parameters (step, scale factor, minimum window) that decide speed.
+Struct layouts follow nagadomi's animeface-2009 headers (nv_core_matrix.h, nv_face_detect.h,
+nv_face_analyze.h); the layout of ``nv_matrix_t`` is checked at load time.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+MAX_FACES = 1024
+
+
+class _Matrix(ctypes.Structure):
+    _fields_ = [
+        ("list", ctypes.c_int),
+        ("list_step", ctypes.c_uint),
+        ("n", ctypes.c_int),
+        ("m", ctypes.c_int),
+        ("rows", ctypes.c_int),
+        ("cols", ctypes.c_int),
+        ("step", ctypes.c_int),
+        ("alias", ctypes.c_int),
+        ("v", ctypes.POINTER(ctypes.c_float)),
+    ]
+
+
+class _Rect(ctypes.Structure):
+    _fields_ = [("x", ctypes.c_int), ("y", ctypes.c_int), ("width", ctypes.c_int), ("height", ctypes.c_int)]
+
+
+class _FacePosition(ctypes.Structure):
+    _fields_ = [("likelihood", ctypes.c_float)] + [
+        (part, _Rect) for part in ("face", "left_eye", "right_eye", "nose", "mouth", "chin")
+    ]
+
+
+class _Color(ctypes.Structure):
+    _fields_ = [("v", ctypes.c_float * 4)]
+
+
+class _FaceFeature(ctypes.Structure):
+    _fields_ = [
+        ("eye_ratio", ctypes.c_float),
+        ("face_ratio", ctypes.c_float),
+        ("skin_bgr", _Color),
+        ("skin_ec", _Color),
+        ("hair_bgr", _Color),
+        ("hair_ec", _Color),
+        ("left_eye_bgr", _Color * 4),
+        ("right_eye_bgr", _Color * 4),
+        ("eye_bgr", _Color * 4),
+        ("left_eye_ec", _Color * 4),
+        ("right_eye_ec", _Color * 4),
+        ("eye_ec", _Color * 4),
+    ]
+
+
+_MatP = ctypes.POINTER(_Matrix)
+_VP = ctypes.c_void_p
+
+
+@dataclass(frozen=True)
+class RawFace:
+    likelihood: float
+    face: tuple[int, int, int, int]  # x, y, w, h
+    left_eye: tuple[int, int, int, int]
+    right_eye: tuple[int, int, int, int]
+    nose: tuple[int, int]
+    mouth: tuple[int, int, int, int]
+    chin: tuple[int, int]
+    hair_rgb: tuple[int, int, int]
+    skin_rgb: tuple[int, int, int]
+
+
+def find_library() -> str:
+    """Path of the bundled libnvxs (auditwheel renames it into ``animeface.libs``)."""
+    import animeface  # noqa: PLC0415 - only to locate the wheel
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(animeface.__file__)))
+    candidates = sorted(glob.glob(os.path.join(root, "animeface.libs", "libnvxs*.so*")))
+    candidates += sorted(glob.glob(os.path.join(os.path.dirname(animeface.__file__), "libnvxs*.so*")))
+    if not candidates:
+        raise OSError("libnvxs not found inside the animeface wheel; reinstall 'animeface'")
+    return candidates[0]
+
+
+class NvxsLibrary:
+    """The loaded library with typed entry points."""
+
+    def __init__(self, path: str | None = None):
+        self.path = path or find_library()
+        lib = ctypes.CDLL(self.path)
+        lib.nv_matrix3d_alloc.restype = _MatP
+        lib.nv_matrix3d_alloc.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        lib.nv_matrix_free.restype = None
+        lib.nv_matrix_free.argtypes = [ctypes.POINTER(_MatP)]
+        lib.nv_matrix_zero.restype = None
+        lib.nv_matrix_zero.argtypes = [_MatP]
+        lib.nv_gray.restype = None
+        lib.nv_gray.argtypes = [_MatP, _MatP]
+        lib.nv_gaussian5x5.restype = None
+        lib.nv_gaussian5x5.argtypes = [_MatP, ctypes.c_int, _MatP, ctypes.c_int]
+        lib.nv_laplacian1.restype = None
+        lib.nv_laplacian1.argtypes = [_MatP, _MatP, ctypes.c_float]
+        lib.nv_integral.restype = None
+        lib.nv_integral.argtypes = [_MatP, _MatP, ctypes.c_int]
+        lib.nv_face_detect.restype = ctypes.c_int
+        lib.nv_face_detect.argtypes = [
+            ctypes.POINTER(_FacePosition), ctypes.c_int, _MatP, _MatP, ctypes.POINTER(_Rect),
+            _VP, _VP, ctypes.POINTER(_VP), ctypes.c_int, _VP,
+            ctypes.c_float, ctypes.c_float, ctypes.c_float,
+        ]
+        lib.nv_face_analyze.restype = None
+        lib.nv_face_analyze.argtypes = [ctypes.POINTER(_FaceFeature), ctypes.POINTER(_FacePosition), _MatP]
+        self._lib = lib
+        self._dir = self._symbol("nv_face_mlp_dir")
+        self._detector = self._symbol("nv_face_mlp_face_00")
+        self._bagging = (_VP * 3)(self._symbol("nv_face_mlp_face_01"), self._symbol("nv_face_mlp_face_02"), None)
+        self._parts = self._symbol("nv_face_mlp_parts")
+        self._check_layout()
+
+    def _symbol(self, name: str) -> int:
+        return ctypes.addressof(ctypes.c_char.in_dll(self._lib, name))
+
+    def _check_layout(self) -> None:
+        m = self._lib.nv_matrix3d_alloc(3, 5, 7)
+        try:
+            c = m.contents
+            if (c.n, c.m, c.rows, c.cols, c.step) != (3, 35, 5, 7, 3):
+                raise OSError(f"unexpected nv_matrix_t layout in {self.path}; this animeface build is not supported")
+        finally:
+            self._lib.nv_matrix_free(ctypes.byref(m))
+
+    def _matrix(self, channels: int, rows: int, cols: int) -> ctypes._Pointer:
+        m = self._lib.nv_matrix3d_alloc(channels, rows, cols)
+        if not m:
+            raise MemoryError("nv_matrix3d_alloc failed")
+        self._lib.nv_matrix_zero(m)
+        return m
+
+    def _view(self, m: ctypes._Pointer) -> np.ndarray:
+        c = m.contents
+        return np.ctypeslib.as_array(c.v, shape=(c.rows, c.cols, c.step))
+
+    def detect(
+        self,
+        rgb: np.ndarray,
+        *,
+        step: float = 4.0,
+        scale_factor: float = 1.095,
+        min_window: float = 42.592,
+        analyze: bool = True,
+    ) -> list[RawFace]:
+        """Run animeface on an HxWx3 uint8 RGB array. Defaults are the animeface wheel's own."""
+        if rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError("expected an HxWx3 RGB array")
+        h, w, _ = rgb.shape
+        owned: list[ctypes._Pointer] = []
+        try:
+            bgr = self._matrix(3, h, w)
+            owned.append(bgr)
+            self._view(bgr)[:] = rgb[:, :, ::-1]
+            gray, smooth, edge = (self._matrix(1, h, w) for _ in range(3))
+            owned += [gray, smooth, edge]
+            gray_ii, edge_ii = self._matrix(1, h + 1, w + 1), self._matrix(1, h + 1, w + 1)
+            owned += [gray_ii, edge_ii]
+            lib = self._lib
+            lib.nv_gray(gray, bgr)
+            lib.nv_gaussian5x5(smooth, 0, gray, 0)
+            lib.nv_laplacian1(edge, smooth, 4.0)
+            lib.nv_integral(gray_ii, gray, 0)
+            lib.nv_integral(edge_ii, edge, 0)
+            size = _Rect(0, 0, w, h)
+            faces = (_FacePosition * MAX_FACES)()
+            n = lib.nv_face_detect(
+                faces, MAX_FACES, gray_ii, edge_ii, ctypes.byref(size),
+                self._dir, self._detector, self._bagging, 2, self._parts,
+                step, scale_factor, min_window,
+            )
+            out = []
+            for i in range(n):
+                f = faces[i]
+                feat = _FaceFeature()
+                if analyze:
+                    lib.nv_face_analyze(ctypes.byref(feat), ctypes.byref(f), bgr)
+                out.append(
+                    RawFace(
+                        likelihood=float(f.likelihood),
+                        face=_rect(f.face),
+                        left_eye=_rect(f.left_eye),
+                        right_eye=_rect(f.right_eye),
+                        nose=(f.nose.x, f.nose.y),
+                        mouth=_rect(f.mouth),
+                        chin=(f.chin.x, f.chin.y),
+                        hair_rgb=_rgb(feat.hair_bgr),
+                        skin_rgb=_rgb(feat.skin_bgr),
+                    )
+                )
+            return out
+        finally:
+            for m in owned:
+                self._lib.nv_matrix_free(ctypes.byref(m))
+
+
+def _rect(r: _Rect) -> tuple[int, int, int, int]:
+    return (r.x, r.y, r.width, r.height)
+
+
+def _rgb(c: _Color) -> tuple[int, int, int]:
+    b, g, r = (int(max(0.0, min(255.0, c.v[i]))) for i in range(3))
+    return (r, g, b)
