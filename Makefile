@@ -28,7 +28,7 @@ $(ART)/.complete: scripts/fetch-art.sh
 	bash scripts/fetch-art.sh $(ART)
 
 demo: install art
-	$(VENV)/bin/mikubot demo --art $(ART)/images --out $(OUT)
+	$(VENV)/bin/facedetect detect $(ART)/images/*.png --annotate $(OUT)
 
 test: install art
 	bash scripts/test-deps.sh

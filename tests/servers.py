@@ -1,0 +1,81 @@
+"""Run real servers on loopback for tests: uvicorn in a thread, or a whole command in a subprocess."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import uvicorn
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before answering {url}")
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.HTTPError as exc:
+            last = exc
+            time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout}s: {last}")
+
+
+@contextlib.contextmanager
+def serve_app(app: Any, *, port: int | None = None, health: str = "/") -> Iterator[str]:
+    """Serve an ASGI app with a real uvicorn server on 127.0.0.1 in a background thread; yield its base URL."""
+    port = port or free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("uvicorn server thread died during start-up")
+            if time.monotonic() > deadline:
+                raise TimeoutError("uvicorn did not start in 30 s")
+            time.sleep(0.02)
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+@contextlib.contextmanager
+def run_command(args: list[str], *, url: str, env: dict[str, str] | None = None, timeout: float = 60.0) -> Iterator[subprocess.Popen]:
+    """Start a console command (e.g. ``facedetect serve``) as its own process and wait until ``url`` answers."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.Popen(args, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_http(url, timeout=timeout, proc=proc)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def venv_bin(name: str) -> str:
+    """The console script installed beside the running interpreter."""
+    return os.path.join(os.path.dirname(sys.executable), name)
