@@ -1,0 +1,195 @@
+"""mikubot's settings: environment (``MIKU_...``), an optional YAML/TOML file (``MIKU_CONFIG``), defaults.
+
+With nothing configured this is the *embedded default* of DESIGN.md: in-process ``animeface`` detection,
+the heuristic verifier (no vision model), no GPU probe, dry-run (no Discord token), the sample-art folder
+as the source. Every piece of state (history database, avatars, reports) lives under ``data_dir``.
+
+Precedence, highest first: values passed in code (the CLI's flags) > environment > config file > defaults.
+Secrets are ``SecretStr`` so they print as ``**********`` everywhere, including ``mikubot config show``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_ENV = "MIKU_CONFIG"
+HEX_COLOUR = re.compile(r"^#?[0-9a-fA-F]{6}$")
+# Miku's hair in official art and fan art: the canonical teal, its darker shade, and the lighter cyan.
+MIKU_HAIR = ["#39c5bb", "#137a7f", "#86cecb", "#00a0a0"]
+
+
+# Lists from the environment arrive as text: "a,b,c" or JSON; the validator below parses both.
+StrList = Annotated[list[str], NoDecode]
+
+
+class ConfigFileError(ValueError):
+    """The file named by MIKU_CONFIG is missing or cannot be read."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MIKU_", extra="ignore", populate_by_name=True)
+
+    # --- state -------------------------------------------------------------------------------------
+    data_dir: Path = Field(Path("data"), description="history database, avatars and reports live here")
+
+    # --- the change ----------------------------------------------------------------------------------
+    source: str = Field(
+        "local:.cache/art/images",
+        description="danbooru | safebooru | gelbooru | local:DIR | url:URL | file:PATH",
+    )
+    candidates: int = Field(5, ge=1, le=20, description="K: candidates fetched and verified per change")
+    dry_run: bool = Field(False, description="write the avatar to a file and never call Discord")
+    character_name: str = "Hatsune Miku"
+    character_tag: str = "hatsune_miku"
+    hair_colours: StrList = Field(default_factory=lambda: list(MIKU_HAIR))
+    hair_tolerance: float = Field(60.0, gt=0, description="RGB distance that still counts as the hair colour")
+    min_confidence: float = Field(0.5, ge=0, le=1, description="verification confidence a candidate needs")
+    output_size: int = Field(1024, ge=64, le=4096)
+    max_upscale: float = Field(2.0, ge=1.0)
+
+    # --- sources ---------------------------------------------------------------------------------------
+    danbooru_url: str = "https://danbooru.donmai.us"
+    danbooru_login: str | None = None
+    danbooru_api_key: SecretStr | None = None
+    ratings: StrList = Field(default_factory=lambda: ["g"], description="allowed ratings (g, s, q, e)")
+    blacklist: StrList = Field(default_factory=list)
+    min_side: int = Field(512, ge=1, description="smallest acceptable image side in pixels")
+    max_download_mib: float = Field(20.0, gt=0)
+
+    # --- vision model (llama-swap) ----------------------------------------------------------------------
+    llama_swap_url: str | None = Field(None, description="unset: heuristic verifier, no vision model")
+    vision_model: str = "vision"
+    vision_vram_mib: int = 4096
+    text_model: str | None = Field(None, description="llama-swap id of the chat model (declared to vramctl)")
+    text_vram_mib: int = 5120
+    vision_timeout_s: float = 120.0
+
+    # --- face detector ----------------------------------------------------------------------------------
+    face_detector_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("FACE_DETECTOR_URL", "MIKU_FACE_DETECTOR_URL", "face_detector_url"),
+        description="unset: detect in-process",
+    )
+    detector_backend: str = "animeface"
+    detector_model_path: str | None = None
+    detector_vram_mib: int = 1024
+
+    # --- GPU probe (vramctl) ------------------------------------------------------------------------------
+    gpu_probe: Literal["auto", "nvml", "nvidia-smi", "none", "emulator"] = "none"
+    gpu_probe_url: str | None = None
+    settle_s: float = Field(3.0, ge=0, description="wait after an unload when no probe can measure it")
+
+    # --- Discord ------------------------------------------------------------------------------------------
+    discord_token: SecretStr | None = None
+    discord_api: str = "https://discord.com/api/v10"
+    upload_max_retries: int = Field(3, ge=0)
+    upload_max_wait_s: float = Field(60.0, ge=0, description="longest 429 wait accepted before giving up")
+
+    # --- web panel ----------------------------------------------------------------------------------------
+    web_token: SecretStr | None = None
+
+    http_timeout_s: float = Field(30.0, gt=0)
+    user_agent: str = "miku-discord/0.1 (self-hosted avatar bot; +https://github.com/)"
+
+    @field_validator("hair_colours", "ratings", "blacklist", mode="before")
+    @classmethod
+    def _split_list(cls, v: Any) -> Any:
+        # Environment values may be "a,b,c" as well as JSON; the file gives real lists.
+        if isinstance(v, str):
+            if v.strip().startswith("["):
+                return json.loads(v)
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("hair_colours")
+    @classmethod
+    def _colours(cls, v: list[str]) -> list[str]:
+        bad = [c for c in v if not HEX_COLOUR.match(c)]
+        if bad:
+            raise ValueError(f"hair colours must be #rrggbb, not {', '.join(bad)}")
+        return ["#" + c.lstrip("#").lower() for c in v]
+
+    @field_validator("llama_swap_url", "face_detector_url", "gpu_probe_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("llama_swap_url", "face_detector_url", "gpu_probe_url", "discord_api", "danbooru_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"{v!r} is not an http(s) URL")
+        return v.rstrip("/")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = os.environ.get(CONFIG_ENV)
+        if path:
+            sources.append(_file_source(settings_cls, Path(path)))
+        return tuple(sources)
+
+    # --- derived ------------------------------------------------------------------------------------------
+    @property
+    def effective_dry_run(self) -> bool:
+        """Dry-run when asked, and always without a token: no configuration never talks to Discord."""
+        return self.dry_run or self.discord_token is None
+
+    @property
+    def history_path(self) -> Path:
+        return self.data_dir / "history.sqlite3"
+
+    @property
+    def avatars_dir(self) -> Path:
+        return self.data_dir / "avatars"
+
+    def masked(self) -> dict[str, Any]:
+        """Every setting as JSON-able values, secrets shown only as set/unset."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "**********"
+            elif isinstance(value, Path):
+                value = str(value)
+            out[name] = value
+        return out
+
+
+def _file_source(settings_cls: type[BaseSettings], path: Path) -> PydanticBaseSettingsSource:
+    if not path.is_file():
+        raise ConfigFileError(f"{CONFIG_ENV}={path} does not exist; unset {CONFIG_ENV} or point it at a YAML/TOML file")
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        return YamlConfigSettingsSource(settings_cls, yaml_file=path)
+    if suffix == ".toml":
+        return TomlConfigSettingsSource(settings_cls, toml_file=path)
+    raise ConfigFileError(f"{CONFIG_ENV}={path}: use a .yaml, .yml or .toml file")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from env + file, with ``overrides`` (e.g. CLI flags; ``None`` values ignored) on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,230 @@
+"""A Discord REST emulator: the two user endpoints the avatar pipeline touches, spoken like Discord.
+
+``PATCH /api/v10/users/@me`` checks ``Authorization: Bot <token>``, validates the ``avatar`` data URI
+(png/jpeg/gif, decodable, within the size limit) and answers with the user object; errors use Discord's
+shapes (401 ``{"message": "401: Unauthorized", "code": 0}``, 400 code 50035 with nested form errors,
+``AVATAR_RATE_LIMIT`` "You are changing your avatar too fast"). The per-route bucket sends the real
+``X-RateLimit-*`` headers and, once spent, 429 ``{"message": "You are being rate limited.",
+"retry_after": x, "global": false}`` with ``Retry-After``. ``GET /api/v10/users/@me`` returns the user.
+
+The control handle switches misbehaviour on (forced 429s, 5xx, delays, avatar-change limit) and keeps
+every accepted avatar for assertions. It is shared with the test in-process, and also reachable over
+HTTP under ``/_emulator/`` for a server run in another process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import io
+import math
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from PIL import Image
+
+DATA_URI = re.compile(r"^data:(image/(?:png|jpeg|jpg|gif));base64,(.*)$", re.S)
+PIL_FORMAT = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/gif": "GIF"}
+
+
+@dataclass
+class UploadedAvatar:
+    data: bytes
+    mime: str
+    width: int
+    height: int
+    format: str
+    t: float
+    avatar_hash: str
+
+
+@dataclass
+class DiscordControl:
+    token: str = "test-token"
+    user_id: str = "1122334455667788"
+    username: str = "Miku"
+    # The PATCH /users/@me bucket: ``bucket_limit`` requests per ``bucket_window_s``.
+    bucket_limit: int = 2
+    bucket_window_s: float = 1.0
+    # Discord's separate, stricter avatar limit: after this many changes in ``avatar_window_s`` -> 50035.
+    avatar_changes_allowed: int | None = None
+    avatar_window_s: float = 600.0
+    max_avatar_bytes: int = 10 * 1024 * 1024
+    # Misbehaviour: the next ``force_429`` PATCHes get 429 with ``retry_after_s``; the next
+    # ``force_status_count`` requests get ``force_status``; every request waits ``delay_s`` first.
+    force_429: int = 0
+    retry_after_s: float = 0.25
+    force_status: int = 500
+    force_status_count: int = 0
+    delay_s: float = 0.0
+    uploads: list[UploadedAvatar] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    _bucket_start: float = 0.0
+    _bucket_used: int = 0
+    _avatar_times: list[float] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def avatar_hash(self) -> str | None:
+        return self.uploads[-1].avatar_hash if self.uploads else None
+
+    def user(self) -> dict[str, Any]:
+        return {
+            "id": self.user_id, "username": self.username, "global_name": None, "discriminator": "0",
+            "avatar": self.avatar_hash, "bot": True, "verified": True, "mfa_enabled": False,
+            "flags": 0, "public_flags": 0, "locale": "en-US", "email": None,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "uploads": len(self.uploads), "avatar": self.avatar_hash, "requests": self.requests[-50:],
+            "force_429": self.force_429, "force_status_count": self.force_status_count,
+        }
+
+
+def _form_error(field_name: str, code: str, message: str) -> JSONResponse:
+    return JSONResponse(
+        {"code": 50035, "errors": {field_name: {"_errors": [{"code": code, "message": message}]}}, "message": "Invalid Form Body"},
+        status_code=400,
+    )
+
+
+def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[FastAPI, DiscordControl]:
+    """A Discord REST emulator app and its control handle (``options`` set DiscordControl fields)."""
+    ctl = control or DiscordControl(**options)
+    app = FastAPI(title="Discord REST emulator")
+    app.state.control = ctl
+
+    def authorised(request: Request) -> bool:
+        return request.headers.get("authorization") == f"Bot {ctl.token}"
+
+    def bucket_headers(remaining: int, reset_after: float) -> dict[str, str]:
+        return {
+            "X-RateLimit-Limit": str(ctl.bucket_limit),
+            "X-RateLimit-Remaining": str(max(0, remaining)),
+            "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}",
+            "X-RateLimit-Reset-After": f"{reset_after:.3f}",
+            "X-RateLimit-Bucket": "b3a0f4c1e2d5users@me",
+        }
+
+    def rate_limited(retry_after: float, headers: dict[str, str]) -> JSONResponse:
+        headers = {**headers, "Retry-After": str(max(1, math.ceil(retry_after))), "X-RateLimit-Scope": "user"}
+        return JSONResponse(
+            {"message": "You are being rate limited.", "retry_after": round(retry_after, 3), "global": False},
+            status_code=429, headers=headers,
+        )
+
+    async def misbehave(request: Request) -> JSONResponse | None:
+        if ctl.delay_s:
+            await asyncio.sleep(ctl.delay_s)
+        with ctl.lock:
+            if ctl.force_status_count > 0:
+                ctl.force_status_count -= 1
+                return JSONResponse({"message": "Internal Server Error", "code": 0}, status_code=ctl.force_status)
+        return None
+
+    def log(request: Request, status: int) -> None:
+        ctl.requests.append({"method": request.method, "path": request.url.path, "status": status, "t": time.time()})
+
+    @app.get("/api/v10/users/@me")
+    async def get_me(request: Request) -> JSONResponse:
+        bad = await misbehave(request)
+        if bad is not None:
+            log(request, bad.status_code)
+            return bad
+        if not authorised(request):
+            log(request, 401)
+            return JSONResponse({"message": "401: Unauthorized", "code": 0}, status_code=401)
+        log(request, 200)
+        return JSONResponse(ctl.user())
+
+    @app.patch("/api/v10/users/@me")
+    async def patch_me(request: Request) -> JSONResponse:
+        bad = await misbehave(request)
+        if bad is not None:
+            log(request, bad.status_code)
+            return bad
+        if not authorised(request):
+            log(request, 401)
+            return JSONResponse({"message": "401: Unauthorized", "code": 0}, status_code=401)
+        now = time.monotonic()
+        with ctl.lock:
+            if now - ctl._bucket_start >= ctl.bucket_window_s:
+                ctl._bucket_start, ctl._bucket_used = now, 0
+            reset_after = max(0.0, ctl.bucket_window_s - (now - ctl._bucket_start))
+            if ctl.force_429 > 0:
+                ctl.force_429 -= 1
+                log(request, 429)
+                return rate_limited(ctl.retry_after_s, bucket_headers(0, ctl.retry_after_s))
+            if ctl._bucket_used >= ctl.bucket_limit:
+                log(request, 429)
+                return rate_limited(reset_after, bucket_headers(0, reset_after))
+            ctl._bucket_used += 1
+            headers = bucket_headers(ctl.bucket_limit - ctl._bucket_used, reset_after)
+        try:
+            body = await request.json()
+        except ValueError:
+            log(request, 400)
+            return JSONResponse({"message": "400: Bad Request", "code": 0}, status_code=400, headers=headers)
+        if not isinstance(body, dict):
+            log(request, 400)
+            return JSONResponse({"message": "400: Bad Request", "code": 0}, status_code=400, headers=headers)
+        avatar = body.get("avatar", ...)
+        if avatar is ...:
+            log(request, 200)
+            return JSONResponse(ctl.user(), headers=headers)
+        if not isinstance(avatar, str):
+            log(request, 400)
+            return _form_error("avatar", "IMAGE_INVALID", "Invalid image data")
+        m = DATA_URI.match(avatar)
+        if not m:
+            log(request, 400)
+            return _form_error("avatar", "IMAGE_INVALID", "Invalid image data")
+        mime, payload = m.group(1), m.group(2)
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            log(request, 400)
+            return _form_error("avatar", "IMAGE_INVALID", "Invalid image data")
+        if len(data) > ctl.max_avatar_bytes:
+            log(request, 400)
+            return _form_error("avatar", "BINARY_TYPE_MAX_SIZE", f"File cannot be larger than {ctl.max_avatar_bytes // 1024} kb.")
+        try:
+            with Image.open(io.BytesIO(data), formats=[PIL_FORMAT[mime]]) as im:
+                im.load()
+                fmt, (w, h) = im.format or "", im.size
+        except Exception:  # noqa: BLE001 - any decoder failure is "invalid image" to Discord
+            log(request, 400)
+            return _form_error("avatar", "IMAGE_INVALID", "Invalid image data")
+        with ctl.lock:
+            ctl._avatar_times = [t for t in ctl._avatar_times if now - t < ctl.avatar_window_s]
+            if ctl.avatar_changes_allowed is not None and len(ctl._avatar_times) >= ctl.avatar_changes_allowed:
+                log(request, 400)
+                return _form_error("avatar", "AVATAR_RATE_LIMIT", "You are changing your avatar too fast. Try again later.")
+            ctl._avatar_times.append(now)
+            ctl.uploads.append(UploadedAvatar(data, mime, w, h, fmt, time.time(), hashlib.md5(data).hexdigest()))
+        log(request, 200)
+        return JSONResponse(ctl.user(), headers=headers)
+
+    @app.get("/_emulator/state")
+    async def state() -> dict[str, Any]:
+        return ctl.to_json()
+
+    @app.post("/_emulator/configure")
+    async def configure(request: Request) -> dict[str, Any]:
+        changes = await request.json()
+        allowed = {"force_429", "retry_after_s", "force_status", "force_status_count", "delay_s",
+                   "avatar_changes_allowed", "bucket_limit", "bucket_window_s", "max_avatar_bytes"}
+        for k, v in changes.items():
+            if k in allowed:
+                setattr(ctl, k, v)
+        return ctl.to_json()
+
+    return app, ctl
