@@ -1,0 +1,245 @@
+"""Danbooru (``GET /posts.json``): the character's art, filtered client-side, downloaded at a sane size.
+
+Query plan. Anonymous and Member accounts may search only two tags (Gold 6, Platinum 12;
+``danbooru_tag_limit``). The first is always the character tag. The second is ``extra_tag`` when one is
+configured (e.g. ``solo``), else ``order:random`` so each search sees a fresh random sample. When the
+limit leaves room, a single allowed rating (``rating:g``) and ``solo`` are pushed to the server too.
+Without ``order:random`` the pages are visited in random order instead. Every filter is applied again
+client-side whatever the server was asked, since it is cheap and a mis-tagged post costs a whole change.
+
+Which file. A post offers the original (often 3000-6000 px, up to tens of MB), the ``large_file_url``
+sample (850 px wide, JPEG/WebP) and ``media_asset.variants`` (180/360/720 px thumbnails, the sample,
+the original). We take the largest still-image variant whose long side is at most ``max_side``
+(default 2048), which is the original for most modest posts and the sample for huge ones; an original
+over ``max_download_bytes`` is never chosen. The crop around a face in a 2048-px image is usually 500+ px,
+enough for a 1024-px avatar within the crop's upscale limit, while a 40 MB original would cost seconds of
+download and decode for pixels the avatar throws away.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mikubot.sources.base import IMAGE_EXTS, Candidate, SourceError, normalise_ext
+from mikubot.sources.filters import rejection
+from mikubot.sources.imagefile import sniff
+from mikubot.sources.options import SourceOptions, normalise_rating
+from mikubot.sources.report import SearchReport
+from mikubot.sources.transfer import Transfer
+
+SAMPLE_WIDTH = 850  # Danbooru's sample size (large_file_url)
+THUMBNAIL_TYPES = frozenset({"preview", "180x180", "360x360"})
+
+
+@dataclass(frozen=True)
+class Variant:
+    kind: str
+    url: str
+    width: int | None
+    height: int | None
+    ext: str | None
+
+    @property
+    def long_side(self) -> int:
+        return max(self.width or 0, self.height or 0)
+
+
+def plan_query(options: SourceOptions) -> tuple[list[str], bool]:
+    """The server-side tags (within the account's tag limit) and whether the server randomises."""
+    tags = [options.character_tag]
+    if options.extra_tag:
+        if " " in options.extra_tag.strip():
+            raise ValueError(f"extra_tag must be one tag, not {options.extra_tag!r}")
+        tags.append(options.extra_tag.strip())
+    if len(tags) > options.danbooru_tag_limit:
+        raise ValueError(f"{len(tags)} tags do not fit the account's limit of {options.danbooru_tag_limit}")
+    server_random = False
+    wishes = ["order:random"]
+    if len(options.ratings) == 1:
+        wishes.append("rating:" + next(iter(options.ratings)))
+    if options.require_solo:
+        wishes.append("solo")
+    for wish in wishes:
+        if len(tags) >= options.danbooru_tag_limit:
+            break
+        if wish not in tags:
+            tags.append(wish)
+            server_random = server_random or wish == "order:random"
+    return tags, server_random
+
+
+def choose_variant(post: dict[str, Any], options: SourceOptions) -> Variant | None:
+    """The file to download for ``post`` (see the module docstring for the rule)."""
+    file_url = post.get("file_url")
+    width, height = _int(post.get("image_width")), _int(post.get("image_height"))
+    file_size = _int(post.get("file_size"))
+    original_ok = file_size is None or file_size <= options.max_download_bytes
+    found: dict[str, Variant] = {}
+
+    def add(v: Variant) -> None:
+        if v.url and v.ext in IMAGE_EXTS and v.url not in found:
+            found[v.url] = v
+
+    asset = post.get("media_asset") or {}
+    for raw in asset.get("variants") or []:
+        kind = str(raw.get("type", ""))
+        if kind in THUMBNAIL_TYPES or (kind == "original" and not original_ok):
+            continue
+        add(Variant(kind, str(raw.get("url") or ""), _int(raw.get("width")), _int(raw.get("height")),
+                    normalise_ext(raw.get("file_ext"))))
+    if file_url and original_ok:
+        add(Variant("original", file_url, width, height, normalise_ext(post.get("file_ext"))))
+    large = post.get("large_file_url")
+    if large and large != file_url:
+        sw, sh = width, height
+        if width and height and width > SAMPLE_WIDTH:
+            sw, sh = SAMPLE_WIDTH, round(height * SAMPLE_WIDTH / width)
+        add(Variant("sample", large, sw, sh, normalise_ext(large.rsplit(".", 1)[-1])))
+    if not found:
+        return None
+    choices = list(found.values())
+    fitting = [v for v in choices if v.long_side and v.long_side <= options.max_side]
+    if fitting:
+        return max(fitting, key=lambda v: v.long_side)
+    return min(choices, key=lambda v: v.long_side or 10**9)
+
+
+class DanbooruSource:
+    """``danbooru``: see the module docstring. ``last_search`` explains the latest search."""
+
+    name = "danbooru"
+
+    def __init__(self, options: SourceOptions):
+        self.options = options
+        self.base = options.danbooru_url
+        self.transfer = Transfer(options, "Danbooru")
+        self.tags, self.server_random = plan_query(options)
+        self.last_search = SearchReport()
+
+    async def _page(self, page: int) -> list[dict[str, Any]]:
+        params = {"tags": " ".join(self.tags), "limit": self.options.per_page, "page": page}
+        body = await self.transfer.get_json(
+            f"{self.base}/posts.json", params=params, auth=self.options.auth_login(),
+            what=f"the search {params['tags']!r} (page {page})",
+        )
+        if body is None:
+            return []
+        if not isinstance(body, list):
+            raise SourceError(f"Danbooru answered the search with {type(body).__name__}, not a list of posts",
+                              retryable=True)
+        return [p for p in body if isinstance(p, dict)]
+
+    def candidate(self, post: dict[str, Any], report: SearchReport | None = None) -> Candidate | None:
+        """The post as a candidate, or ``None`` (with the reason counted in ``report``)."""
+        tags = str(post.get("tag_string") or "").split()
+        rating = normalise_rating(post.get("rating"))
+        ext = normalise_ext(post.get("file_ext"))
+        width, height = _int(post.get("image_width")), _int(post.get("image_height"))
+        has_file = bool(post.get("file_url")) and not post.get("is_deleted") and not post.get("is_banned")
+        why = rejection(tags=tags, rating=rating, ext=ext, width=width, height=height, has_file=has_file,
+                        options=self.options)
+        variant = choose_variant(post, self.options) if why is None else None
+        if why is None and variant is None:
+            why = f"no downloadable variant within {self.options.max_download_bytes / 1e6:.0f} MB"
+        if why is not None or variant is None:
+            if report is not None:
+                report.reject(why or "unusable")
+            return None
+        post_id = post["id"]
+        return Candidate(
+            source=self.name,
+            key=f"danbooru:{post_id}",
+            image_url=variant.url,
+            page_url=f"{self.base}/posts/{post_id}",
+            artist=" ".join(str(post.get("tag_string_artist") or "").split()) or None,
+            tags=tags,
+            rating=rating,
+            width=variant.width,
+            height=variant.height,
+            file_ext=variant.ext,
+            filename=f"danbooru_{post_id}.{variant.ext}",
+            extra={
+                "post_id": post_id,
+                "variant": variant.kind,
+                "original_url": post.get("file_url"),
+                "original_size": [width, height],
+                "md5": post.get("md5"),
+                "score": post.get("score"),
+                "characters": str(post.get("tag_string_character") or "").split(),
+                "post_source": post.get("source"),
+                "created_at": post.get("created_at"),
+            },
+        )
+
+    async def search(self, limit: int, exclude: set[str]) -> list[Candidate]:
+        report = SearchReport(query=" ".join(self.tags))
+        self.last_search = report
+        found: dict[str, Candidate] = {}
+        if limit < 1:
+            return []
+        per_page, max_pages = self.options.per_page, self.options.max_pages
+        if self.server_random:
+            pages = [1] * max_pages  # each request is a fresh random sample
+        else:
+            pages = list(range(1, max_pages + 1))
+            self.options.rng.shuffle(pages)
+        last_page = max_pages  # pages past this are known to be empty
+        for page in pages:
+            if page > last_page:
+                continue
+            posts = await self._page(page)
+            report.pages.append(page)
+            for post in posts:
+                if "id" not in post:
+                    continue
+                key = f"danbooru:{post['id']}"
+                if key in found:
+                    continue
+                report.seen += 1
+                if key in exclude:
+                    report.reject("used before")
+                    continue
+                cand = self.candidate(post, report)
+                if cand is not None:
+                    found[key] = cand
+                    if len(found) >= limit:
+                        break
+            if len(found) >= limit:
+                break
+            if len(posts) < per_page:
+                # A short page is the last one: the whole result set has been seen (for order:random,
+                # the set fits in one page, so asking again only reshuffles it).
+                if self.server_random:
+                    break
+                last_page = min(last_page, page if posts else page - 1)
+        report.accepted = len(found)
+        return list(found.values())[:limit]
+
+    async def download(self, candidate: Candidate) -> Candidate:
+        if not candidate.image_url:
+            raise SourceError(f"{candidate.key} has no image URL")
+        # No auth here: images come from the CDN, and credentials never leave the API host.
+        data, final_url, _ctype = await self.transfer.download(candidate.image_url, what=f"the image of {candidate.key}")
+        header = sniff(data, what=f"the file of {candidate.key}")
+        candidate.data = data
+        candidate.file_ext, candidate.width, candidate.height = header.ext, header.width, header.height
+        candidate.extra["downloaded_from"] = final_url
+        return candidate
+
+    async def probe(self) -> str:
+        """One cheap request, for ``mikubot doctor``: can we search, and how does it look?"""
+        posts = await self.transfer.get_json(
+            f"{self.base}/posts.json", params={"tags": self.options.character_tag, "limit": 1},
+            auth=self.options.auth_login(), what="a test search",
+        )
+        login = "as " + self.options.danbooru_login if self.options.auth_login() else "anonymously"
+        n = len(posts) if isinstance(posts, list) else 0
+        return f"Danbooru at {self.base} answers {login} ({n} post{'s' if n != 1 else ''} for {self.options.character_tag})"
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,188 @@
+"""Safebooru and Gelbooru through the Gelbooru-style "dapi" (``index.php?page=dapi&s=post&q=index&json=1``).
+
+Their posts differ from Danbooru's: ``tags`` is one space-separated string, ``rating`` is spelled out
+(``general``/``sensitive``/``questionable``/``explicit``; Safebooru says ``safe``), the uploader is
+``owner``, and there are no artist tags in the post (``artist`` stays empty). Gelbooru wraps the list
+in ``{"@attributes": ..., "post": [...]}`` and leaves ``post`` out when nothing matched; Safebooru returns
+a bare list, or an empty body for no results, and older versions omit ``file_url`` (it is then built from
+``directory`` and ``image``). Pages are ``pid`` (from 0), visited in random order; the same client-side
+filters as Danbooru apply. There is no tag limit, but the query stays the character tag (plus
+``extra_tag``, ``rating:`` for a single rating and ``solo``) so both sites treat it the same.
+
+Which file: the ``sample_url`` (about 850 px) when the original's long side exceeds ``max_side``,
+else the original (``file_url``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mikubot.sources.base import Candidate, SourceError, normalise_ext
+from mikubot.sources.filters import rejection
+from mikubot.sources.imagefile import sniff
+from mikubot.sources.options import SourceOptions, normalise_rating
+from mikubot.sources.report import SearchReport
+from mikubot.sources.transfer import Transfer
+
+RATING_WORDS = {"g": "general", "s": "sensitive", "q": "questionable", "e": "explicit"}
+
+
+class DapiSource:
+    """``safebooru`` or ``gelbooru``; ``last_search`` explains the latest search."""
+
+    def __init__(self, name: str, options: SourceOptions):
+        if name not in ("safebooru", "gelbooru"):
+            raise ValueError(f"unknown dapi site {name!r}")
+        self.name = name
+        self.options = options
+        self.base = options.safebooru_url if name == "safebooru" else options.gelbooru_url
+        self.transfer = Transfer(options, name.capitalize())
+        self.tags = self._plan()
+        self.last_search = SearchReport()
+
+    def _plan(self) -> list[str]:
+        tags = [self.options.character_tag]
+        if self.options.extra_tag:
+            tags.append(self.options.extra_tag.strip())
+        if len(self.options.ratings) == 1 and self.name == "gelbooru":
+            # Safebooru has (almost) only "safe" posts, whose rating tag differs from Gelbooru's words.
+            tags.append("rating:" + RATING_WORDS[next(iter(self.options.ratings))])
+        if self.options.require_solo and "solo" not in tags:
+            tags.append("solo")
+        return tags
+
+    def _params(self, pid: int) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "page": "dapi", "s": "post", "q": "index", "json": 1,
+            "tags": " ".join(self.tags), "limit": self.options.per_page, "pid": pid,
+        }
+        if self.name == "gelbooru" and self.options.gelbooru_user_id and self.options.gelbooru_api_key:
+            params["user_id"] = self.options.gelbooru_user_id
+            params["api_key"] = self.options.gelbooru_api_key.get_secret_value()
+        return params
+
+    async def _page(self, pid: int) -> list[dict[str, Any]]:
+        body = await self.transfer.get_json(
+            f"{self.base}/index.php", params=self._params(pid), what=f"the search {' '.join(self.tags)!r} (pid {pid})"
+        )
+        if body is None:
+            return []
+        if isinstance(body, dict):
+            body = body.get("post") or []
+            if isinstance(body, dict):  # a single post, as some versions return it
+                body = [body]
+        if not isinstance(body, list):
+            raise SourceError(f"{self.transfer.service} answered the search with something other than posts",
+                              retryable=True)
+        return [p for p in body if isinstance(p, dict)]
+
+    def _file_url(self, post: dict[str, Any]) -> str | None:
+        url = post.get("file_url")
+        if url:
+            return str(url)
+        directory, image = post.get("directory"), post.get("image")
+        if directory is not None and image:
+            return f"{self.base}/images/{directory}/{image}"
+        return None
+
+    def candidate(self, post: dict[str, Any], report: SearchReport | None = None) -> Candidate | None:
+        tags = str(post.get("tags") or "").split()
+        rating = normalise_rating(post.get("rating"))
+        file_url = self._file_url(post)
+        image = str(post.get("image") or file_url or "")
+        ext = normalise_ext(image.rsplit(".", 1)[-1]) if "." in image else None
+        width, height = _int(post.get("width")), _int(post.get("height"))
+        status = str(post.get("status") or "active")
+        why = rejection(tags=tags, rating=rating, ext=ext, width=width, height=height,
+                        has_file=bool(file_url) and status not in ("deleted", "banned"), options=self.options)
+        if why is not None:
+            if report is not None:
+                report.reject(why)
+            return None
+        url, kind, w, h = file_url, "original", width, height
+        sample = post.get("sample_url")
+        if sample and post.get("sample") not in (0, False, "0") and max(width or 0, height or 0) > self.options.max_side:
+            url, kind = str(sample), "sample"
+            w, h = _int(post.get("sample_width")) or None, _int(post.get("sample_height")) or None
+            ext = normalise_ext(str(sample).rsplit(".", 1)[-1])
+        post_id = post["id"]
+        return Candidate(
+            source=self.name,
+            key=f"{self.name}:{post_id}",
+            image_url=url,
+            page_url=f"{self.base}/index.php?page=post&s=view&id={post_id}",
+            artist=None,
+            tags=tags,
+            rating=rating,
+            width=w,
+            height=h,
+            file_ext=ext,
+            filename=f"{self.name}_{post_id}.{ext}",
+            extra={
+                "post_id": post_id,
+                "variant": kind,
+                "original_url": file_url,
+                "original_size": [width, height],
+                "md5": post.get("md5") or post.get("hash"),
+                "score": post.get("score"),
+                "owner": post.get("owner"),
+                "post_source": post.get("source"),
+            },
+        )
+
+    async def search(self, limit: int, exclude: set[str]) -> list[Candidate]:
+        report = SearchReport(query=" ".join(self.tags))
+        self.last_search = report
+        found: dict[str, Candidate] = {}
+        if limit < 1:
+            return []
+        pids = list(range(self.options.max_pages))
+        self.options.rng.shuffle(pids)
+        last_pid = self.options.max_pages - 1
+        for pid in pids:
+            if pid > last_pid:
+                continue
+            posts = await self._page(pid)
+            report.pages.append(pid)
+            for post in posts:
+                if "id" not in post:
+                    continue
+                key = f"{self.name}:{post['id']}"
+                if key in found:
+                    continue
+                report.seen += 1
+                if key in exclude:
+                    report.reject("used before")
+                    continue
+                cand = self.candidate(post, report)
+                if cand is not None:
+                    found[key] = cand
+                    if len(found) >= limit:
+                        break
+            if len(found) >= limit:
+                break
+            if len(posts) < self.options.per_page:
+                last_pid = min(last_pid, pid if posts else pid - 1)
+        report.accepted = len(found)
+        return list(found.values())[:limit]
+
+    async def download(self, candidate: Candidate) -> Candidate:
+        if not candidate.image_url:
+            raise SourceError(f"{candidate.key} has no image URL")
+        data, final_url, _ = await self.transfer.download(candidate.image_url, what=f"the image of {candidate.key}")
+        header = sniff(data, what=f"the file of {candidate.key}")
+        candidate.data = data
+        candidate.file_ext, candidate.width, candidate.height = header.ext, header.width, header.height
+        candidate.extra["downloaded_from"] = final_url
+        return candidate
+
+    async def probe(self) -> str:
+        posts = await self._page(0)
+        return f"{self.transfer.service} at {self.base} answers ({len(posts)} posts on the first page)"
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None and value != "" else None
+    except (TypeError, ValueError):
+        return None

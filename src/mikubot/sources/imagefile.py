@@ -1,0 +1,43 @@
+"""Recognise downloaded bytes as one of the still-image formats the pipeline accepts.
+
+Only the header is parsed (Pillow's lazy open): the real decode, with its pixel limits, happens once in
+``facedetect.imageio.load_image`` later. Here we only need to refuse an HTML error page, a video or a
+zip before it is recorded as a candidate, and learn the true size and type.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+from mikubot.sources.base import SourceError
+
+FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}
+CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif")
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    ext: str
+    width: int
+    height: int
+
+
+def sniff(data: bytes, *, what: str) -> ImageHeader:
+    """Type and size of ``data``; ``SourceError`` when it is not a JPEG, PNG, WebP or GIF."""
+    if not data:
+        raise SourceError(f"{what} is empty")
+    try:
+        with Image.open(io.BytesIO(data), formats=tuple(FORMATS)) as im:
+            fmt, (width, height) = im.format, im.size
+    except UnidentifiedImageError:
+        head = data[:64].lstrip().lower()
+        kind = "a web page" if head.startswith((b"<!doctype", b"<html")) else "not a JPEG, PNG, WebP or GIF image"
+        raise SourceError(f"{what} is {kind}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise SourceError(f"{what} is a damaged image ({exc})") from None
+    if fmt not in FORMATS or width < 1 or height < 1:
+        raise SourceError(f"{what} is not a usable image")
+    return ImageHeader(FORMATS[fmt], width, height)
