@@ -18,6 +18,7 @@ from PIL import Image
 
 from facedetect.annotate import annotate as draw_detections
 from facedetect.backends import Detector, create_detector
+from facedetect.errors import BackendUnavailable
 from facedetect.imageio import Limits, load_image
 from facedetect.outputs import OutputPaths, OutputStore
 from facedetect.settings import FaceDetectSettings
@@ -114,7 +115,10 @@ class DetectionService:
     @classmethod
     def from_settings(cls, settings: FaceDetectSettings, *, outputs: OutputStore | None = None) -> "DetectionService":
         """Build the configured backend (not loaded yet). Bad configuration raises ``BackendUnavailable``."""
-        detector = create_detector(settings.backend, model_path=settings.model_path)
+        try:
+            detector = create_detector(settings.backend, model_path=settings.model_path)
+        except ImportError as exc:  # an optional package (onnxruntime, OpenCV) missing from this install
+            raise BackendUnavailable(f"backend {settings.backend!r} cannot be used here: {exc}") from exc
         if outputs is None:
             outputs = OutputStore(settings.outputs, retention=settings.retention)
         return cls(

@@ -1,0 +1,92 @@
+"""Gradio UI: upload an image, see the faces drawn on it and the JSON the API would answer.
+
+It detects in-process through the same ``DetectionService`` as the API, or, when ``FACEDETECT_API_URL``
+is set, through the API itself. The container uses the second mode so the model (and its VRAM) exists
+once, in the API process, where ``/unload`` can free it.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from facedetect.annotate import annotate
+from facedetect.backends import BACKENDS
+from facedetect.client import FaceDetectClient
+from facedetect.errors import FaceDetectError
+from facedetect.imageio import Limits, load_image
+from facedetect.service import DetectionService
+from facedetect.settings import FaceDetectSettings
+
+
+class UiDetector:
+    """What the UI's button calls. One service per backend, built on first use and then reused."""
+
+    def __init__(self, settings: FaceDetectSettings):
+        self.settings = settings
+        self.client = FaceDetectClient(settings.api_url) if settings.api_url else None
+        self._services: dict[str, DetectionService] = {}
+        self._lock = threading.Lock()
+
+    def _service(self, backend: str) -> DetectionService:
+        with self._lock:
+            if backend not in self._services:
+                configured = self.settings.model_copy(update={"backend": backend})
+                self._services[backend] = DetectionService.from_settings(configured)
+            return self._services[backend]
+
+    def __call__(
+        self, image_path: str | None, backend: str, min_confidence: float, max_faces: float
+    ) -> tuple[Image.Image | None, dict[str, Any]]:
+        """(annotated image, result JSON); problems come back as ``{"error": ...}`` instead of raising."""
+        if not image_path:
+            return None, {"error": "upload an image first"}
+        limit = int(max_faces) if max_faces and max_faces > 0 else None
+        try:
+            data = Path(image_path).read_bytes()
+            name = Path(image_path).name
+            if self.client is not None:
+                remote = self.client.detect_full(data, name, min_confidence=min_confidence, max_faces=limit)
+                # The server's annotated file may live on another disk; draw the same boxes here.
+                image, _ = load_image(data, Limits(self.settings.max_bytes, self.settings.max_pixels))
+                return annotate(image, remote.result.detections), remote.raw
+            outcome = self._service(backend).detect_bytes(
+                data, name, min_confidence=min_confidence, max_faces=limit, annotate=True, save=False
+            )
+            return outcome.annotated, outcome.to_json()
+        except FaceDetectError as exc:
+            return None, {"error": exc.message, "status": exc.status_code}
+        except OSError as exc:
+            return None, {"error": f"cannot read the upload: {exc}"}
+
+
+def build_ui(settings: FaceDetectSettings | None = None) -> gr.Blocks:
+    """The Blocks app; ``.launch()`` it, or mount it. ``blocks.detector`` is the function the button runs."""
+    settings = settings or FaceDetectSettings()
+    detector = UiDetector(settings)
+    with gr.Blocks(title="facedetect") as blocks:
+        gr.Markdown("# Anime face detection\nUpload an image; faces are boxed with their confidence and "
+                    "keypoints (left eye, right eye, nose, mouth, chin for animeface).")
+        if settings.api_url:
+            gr.Markdown(f"Detecting through the API at `{settings.api_url}` (its backend is configured there).")
+        with gr.Row():
+            with gr.Column():
+                # image_mode=None and type="filepath": Gradio hands over the file untouched, so the UI
+                # decodes exactly like the API (EXIF, alpha onto white) instead of Gradio's RGB convert.
+                upload = gr.Image(type="filepath", image_mode=None, label="image", sources=["upload", "clipboard"])
+                backend = gr.Dropdown(list(BACKENDS), value=settings.backend, label="backend",
+                                      interactive=settings.api_url is None)
+                threshold = gr.Slider(0.0, 1.0, value=settings.min_confidence, step=0.01, label="min confidence")
+                max_faces = gr.Slider(0, 50, value=0, step=1, label="max faces (0 = all)")
+                button = gr.Button("Detect faces", variant="primary")
+            with gr.Column():
+                annotated = gr.Image(type="pil", label="faces", format="jpeg")
+                result = gr.JSON(label="result")
+        button.click(detector, inputs=[upload, backend, threshold, max_faces], outputs=[annotated, result],
+                     api_name="detect")
+    blocks.detector = detector  # type: ignore[attr-defined]
+    return blocks
