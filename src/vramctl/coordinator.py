@@ -1,0 +1,394 @@
+"""Reservations of VRAM: measure, unload the fewest others, wait until the card *shows* the memory free.
+
+`async with coordinator.reserve("face-detector") as r:` returns once the consumer may load and run; the
+reservation may span a whole batch. While it is held, the consumer is never unloaded for someone else.
+Reservations are granted one at a time in arrival order (asyncio.Lock is FIFO), so two callers never race
+to free the same memory. Without a probe the coordinator unloads and waits `settle_s` (the seed's 3 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from . import metrics
+from .config import Consumer, VramSettings
+from .errors import NotEnoughVram, ReservationTimeout, ServerError, UnloadUnsupported, VramError
+from .planner import choose_victims
+from .probes import GpuMemory, Probe, ProbeError, select_probe
+from .servers import FaceDetectControl, LlamaSwapClient, OllamaClient
+from .servers.ollama import same_model
+from .timeline import Timeline
+
+
+@dataclass
+class Reservation:
+    consumer: str
+    timeline: Timeline  # the events of this reservation, t from the moment it was asked for
+    unloaded: list[str] = field(default_factory=list)  # who was freed for it
+    waited_s: float = 0.0  # from asking to being allowed to run
+    note: str = ""
+    free_mib: float | None = None  # measured free VRAM when granted (None without a probe)
+    errors: list[str] = field(default_factory=list)  # unload failures met on the way (it still succeeded)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"consumer": self.consumer, "note": self.note, "waited_s": round(self.waited_s, 4),
+                "unloaded": list(self.unloaded), "free_mib": self.free_mib, "errors": list(self.errors),
+                "timeline": self.timeline.to_json()}
+
+
+@dataclass
+class Residency:
+    loaded: bool | None  # None: cannot tell (server unreachable, external consumer)
+    detail: str = ""
+
+
+class Coordinator:
+    def __init__(self, settings: VramSettings, *, probe: Probe | None = None,
+                 http: httpx.AsyncClient | None = None) -> None:
+        self.settings = settings
+        self._own_http = http is None
+        self._http = http or httpx.AsyncClient(timeout=settings.http_timeout_s)
+        self.probe: Probe = probe or select_probe(settings, self._http)
+        self.timeline = Timeline()
+        self._lock = asyncio.Lock()
+        self._held: dict[str, int] = defaultdict(int)
+
+    # ---- public surface ------------------------------------------------------------------------------
+    def reserve(self, consumer: str, *, note: str = "") -> AbstractAsyncContextManager[Reservation]:
+        """Make room for `consumer` and hold it until the block ends. Raises UnknownConsumer,
+        ReservationTimeout or NotEnoughVram with a message naming who holds what."""
+        return self._reserve(self.settings.consumer(consumer), note)
+
+    def reserve_mib(self, mib: int, *, note: str = "") -> AbstractAsyncContextManager[Reservation]:
+        """Make room for `mib` MiB for something not in the config (`vramctl free --mib N`)."""
+        return self._reserve(Consumer(name=f"{mib} MiB", kind="external", vram_mib=mib, priority=10**9), note)
+
+    @property
+    def held(self) -> dict[str, int]:
+        return {k: v for k, v in self._held.items() if v > 0}
+
+    async def status(self) -> dict[str, Any]:
+        """The card (if measurable) and what each server has loaded."""
+        gpu: GpuMemory | None = None
+        probe_error = None
+        try:
+            gpu = await self.probe.read()
+        except ProbeError as exc:
+            probe_error = str(exc)
+        states, servers = await self._residency(None)
+        return {
+            "probe": self.probe.name,
+            "probe_error": probe_error,
+            "gpu": gpu.to_json() if gpu else None,
+            "consumers": [{"name": c.name, "kind": c.kind, "model": c.model, "url": self.settings.server_url(c) or None,
+                           "vram_mib": c.vram_mib, "priority": c.priority, "loaded": states[c.name].loaded,
+                           "detail": states[c.name].detail, "held": self._held.get(c.name, 0)}
+                          for c in self.settings.consumers],
+            "servers": servers,
+        }
+
+    async def aclose(self) -> None:
+        if self._own_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> "Coordinator":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ---- reservation ---------------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _reserve(self, c: Consumer, note: str) -> AsyncIterator[Reservation]:
+        started = time.monotonic()
+        res = Reservation(consumer=c.name, timeline=Timeline(started=started), note=note)
+        queued = self._lock.locked()
+        self._event(res, "request", c.name, None,
+                    f"needs {c.vram_mib} MiB" + (f"; {note}" if note else "") + ("; queued behind another" if queued else ""))
+        async with self._lock:
+            try:
+                await self._make_room(c, res)
+            except VramError as exc:
+                outcome = "timeout" if isinstance(exc, ReservationTimeout) else "error"
+                self._event(res, "failed", c.name, None, str(exc))
+                metrics.RESERVATIONS.labels(c.name, outcome).inc()
+                raise
+            self._held[c.name] += 1
+        res.waited_s = time.monotonic() - started
+        self._event(res, "granted", c.name, res.free_mib, f"after {res.waited_s:.3f} s")
+        metrics.RESERVATIONS.labels(c.name, "granted").inc()
+        metrics.WAIT_SECONDS.labels(c.name).observe(res.waited_s)
+        metrics.HELD.labels(c.name).inc()
+        try:
+            yield res
+        finally:
+            self._held[c.name] -= 1
+            metrics.HELD.labels(c.name).dec()
+            self._event(res, "released", c.name, None, f"held {time.monotonic() - started - res.waited_s:.3f} s")
+
+    async def _make_room(self, c: Consumer, res: Reservation) -> None:
+        s = self.settings
+        need = c.vram_mib + s.safety_margin_mib
+        deadline = res.timeline.started + s.timeout_s
+        states, _ = await self._residency(res)
+        if states[c.name].loaded:
+            self._event(res, "already-loaded", c.name, None, states[c.name].detail)
+            return
+        mem = await self._measure(res)
+        if mem is None:
+            await self._make_room_blind(c, res, states, need)
+            return
+        self._event(res, "measured", None, mem.free_mib,
+                    f"need {need:.0f} MiB ({c.vram_mib} + {s.safety_margin_mib} margin) of {mem.total_mib:.0f}")
+        unloaded: list[tuple[Consumer, float]] = []  # who we stopped, and the free MiB just before
+        stuck_since: float | None = None
+        waiting = False
+        while True:
+            if mem.free_mib >= need:
+                if unloaded:
+                    self._event(res, "free", None, mem.free_mib, f"{mem.free_mib:.0f} MiB free ≥ {need:.0f} needed")
+                else:
+                    self._event(res, "enough", None, mem.free_mib, "enough free VRAM already; nothing unloaded")
+                res.free_mib = mem.free_mib
+                break
+            pending = self._pending_release(unloaded, mem.free_mib)
+            if need - mem.free_mib - pending > 0:
+                states, _ = await self._residency(res)
+                tried = {v.name for v, _ in unloaded}
+                candidates = [o for o in s.consumers if o.name != c.name and o.controllable and o.name not in tried
+                              and states[o.name].loaded and self._held.get(o.name, 0) == 0]
+                victims = choose_victims(candidates, need - mem.free_mib - pending)
+                for v in victims:
+                    await self._unload(v, c, res, mem.free_mib)
+                    unloaded.append((v, mem.free_mib))
+                if victims:
+                    stuck_since = None
+                elif pending <= 0 and not any(self._held.get(o.name, 0) for o in s.consumers if o.name != c.name):
+                    # Nothing to unload, nothing on its way out, nobody to wait for: waiting would not help
+                    # (after a grace for memory some server is releasing on its own, e.g. a ttl expiry).
+                    stuck_since = stuck_since or time.monotonic()
+                    if time.monotonic() - stuck_since >= s.settle_s:
+                        raise NotEnoughVram(self._holders_message(c, need, mem, states, res, "nothing left to unload"))
+            if time.monotonic() >= deadline:
+                states, _ = await self._residency(res)
+                raise ReservationTimeout(self._holders_message(c, need, mem, states, res,
+                                                               f"not free within {s.timeout_s:g} s"))
+            if not waiting:
+                self._event(res, "waiting", None, mem.free_mib, f"polling every {s.poll_s:g} s for {need:.0f} MiB")
+                waiting = True
+            await asyncio.sleep(s.poll_s)
+            new = await self._measure(res)
+            if new is None:  # the probe failed on the way: fall back to the settle delay
+                await self._settle(res)
+                break
+            mem = new
+        if c.kind == "facedetect" and states[c.name].loaded is False:
+            await self._resume(c, res)
+
+    async def _make_room_blind(self, c: Consumer, res: Reservation, states: dict[str, Residency], need: int) -> None:
+        """No probe: unload what must go (all others, or by estimate when the card's size is configured),
+        then wait the settle delay — the only thing left when nothing can measure."""
+        s = self.settings
+        candidates = [o for o in s.consumers if o.name != c.name and o.controllable
+                      and states[o.name].loaded and self._held.get(o.name, 0) == 0]
+        if s.gpu_total_mib:
+            resident = sum(o.vram_mib for o in s.consumers if o.name != c.name and states[o.name].loaded)
+            estimate = s.gpu_total_mib - resident
+            self._event(res, "estimated", None, estimate,
+                        f"no probe: {s.gpu_total_mib} MiB card minus declared use of loaded consumers")
+            victims = choose_victims(candidates, need - estimate)
+            held_use = sum(o.vram_mib for o in s.consumers if o.name != c.name and states[o.name].loaded
+                           and o not in victims)
+            if s.gpu_total_mib - held_use < need:
+                raise NotEnoughVram(self._holders_message(c, need, None, states, res,
+                                                          "the loaded consumers that are in use leave too little"))
+        else:
+            victims = candidates
+        for v in victims:
+            await self._unload(v, c, res, None)
+        if res.unloaded:
+            await self._settle(res)
+        if c.kind == "facedetect" and states[c.name].loaded is False:
+            await self._resume(c, res)
+
+    async def _settle(self, res: Reservation) -> None:
+        self._event(res, "settle", None, None,
+                    f"waiting {self.settings.settle_s:g} s: no probe can show when the memory is free")
+        await asyncio.sleep(self.settings.settle_s)
+
+    async def _resume(self, c: Consumer, res: Reservation) -> None:
+        try:
+            await FaceDetectControl(self.settings.server_url(c), self._http, self.settings.http_timeout_s).load()
+            self._event(res, "resumed", c.name, await self._free_now(), "POST /load")
+        except ServerError as exc:  # the detector also loads itself on its next /detect
+            self._event(res, "resume-failed", c.name, None, str(exc))
+            res.errors.append(str(exc))
+
+    @staticmethod
+    def _pending_release(unloaded: list[tuple[Consumer, float]], free_now: float) -> float:
+        """MiB we expect still to come back from consumers we stopped (the driver frees memory late)."""
+        if not unloaded:
+            return 0.0
+        expected = sum(v.vram_mib for v, _ in unloaded)
+        released = max(0.0, free_now - min(f for _, f in unloaded))
+        return max(0.0, expected - released)
+
+    # ---- unloading -----------------------------------------------------------------------------------
+    async def _unload(self, v: Consumer, requester: Consumer, res: Reservation, free: float | None) -> None:
+        url = self.settings.server_url(v)
+        self._event(res, "unload", v.name, free, f"{v.kind} {v.model or ''} at {url}".replace("  ", " "))
+        t0 = time.monotonic()
+        try:
+            if v.kind == "llama-swap":
+                method = await self._unload_llama_swap(v, requester, res)
+            elif v.kind == "ollama":
+                method = await OllamaClient(url, self._http, self.settings.http_timeout_s).unload(v.model or "")
+            else:
+                method = await FaceDetectControl(url, self._http, self.settings.http_timeout_s).unload()
+        except ServerError as exc:
+            self._event(res, "unload-failed", v.name, None, str(exc))
+            res.errors.append(str(exc))
+            return
+        res.unloaded.append(v.name)
+        metrics.UNLOADS.labels(v.name, method).inc()
+        self._event(res, "unloaded", v.name, await self._free_now(),
+                    f"via {method}; server answered after {time.monotonic() - t0:.3f} s")
+
+    async def _unload_llama_swap(self, v: Consumer, requester: Consumer, res: Reservation) -> str:
+        s = self.settings
+        url = s.server_url(v)
+        client = LlamaSwapClient(url, self._http, s.llama_swap_api_key, s.http_timeout_s)
+        try:
+            return await client.unload(v.model or "")
+        except UnloadUnsupported as exc:
+            self._event(res, "unload-fallback", v.name, None, f"{exc}; using GET /unload, which stops every model")
+        siblings = [o for o in s.consumers if o.kind == "llama-swap" and s.server_url(o) == url and o.name != v.name]
+        in_use = [o.name for o in siblings if self._held.get(o.name, 0)]
+        if in_use:
+            raise ServerError("llama-swap", url, f"cannot unload {v.name} alone (no per-model unload) while "
+                              f"{', '.join(in_use)} is reserved; GET /unload would stop it too")
+        try:
+            return await client.unload_all()
+        except UnloadUnsupported:
+            pass
+        targets = sorted((o for o in siblings if o.name != requester.name), key=lambda o: (o.vram_mib, o.name))
+        if not targets:
+            raise UnloadUnsupported("llama-swap", url, f"no unload endpoint and no other model to swap {v.name} out with")
+        t = targets[0]
+        self._event(res, "swap-last-resort", v.name, None,
+                    f"LAST RESORT (the seed's method): llama-swap has no unload endpoint; requesting {t.model} "
+                    f"with max_tokens 1, which loads {t.vram_mib} MiB nobody asked for")
+        await client.swap_to(t.model or "")
+        return f"swap-to-{t.name}"
+
+    # ---- measuring -----------------------------------------------------------------------------------
+    async def _measure(self, res: Reservation | None) -> GpuMemory | None:
+        try:
+            mem = await self.probe.read()
+        except ProbeError as exc:
+            if res is not None:
+                self._event(res, "probe-unavailable", None, None, f"{exc}; falling back to unload + settle delay")
+            return None
+        if mem is not None:
+            metrics.FREE_MIB.set(mem.free_mib)
+        elif res is not None and not any(e.event == "no-probe" for e in res.timeline.events):
+            self._event(res, "no-probe", None, None, f"probe {self.probe.name!r} measures nothing (no GPU)")
+        return mem
+
+    async def _free_now(self) -> float | None:
+        try:
+            mem = await self.probe.read()
+        except ProbeError:
+            return None
+        return mem.free_mib if mem else None
+
+    async def _residency(self, res: Reservation | None) -> tuple[dict[str, Residency], dict[str, Any]]:
+        """Ask each server once what it has loaded. Unreachable servers → `loaded=None` and an event."""
+        s = self.settings
+        states: dict[str, Residency] = {}
+        servers: dict[str, Any] = {}
+        by_server: dict[tuple[str, str], list[Consumer]] = defaultdict(list)
+        for c in s.consumers:
+            if c.kind == "external":
+                states[c.name] = Residency(None, "external: accounted for, not controlled")
+            else:
+                by_server[(c.kind, s.server_url(c))].append(c)
+
+        async def ask(kind: str, url: str, members: list[Consumer]) -> None:
+            try:
+                if kind == "llama-swap":
+                    running = await LlamaSwapClient(url, self._http, s.llama_swap_api_key).running()
+                    servers[url] = {"kind": kind, "running": [{"model": r.model, "state": r.state} for r in running]}
+                    for c in members:
+                        hit = next((r for r in running if r.model == c.model), None)
+                        states[c.name] = Residency(hit is not None, f"llama-swap: {hit.state}" if hit else "llama-swap: not running")
+                elif kind == "ollama":
+                    loaded = await OllamaClient(url, self._http).ps()
+                    servers[url] = {"kind": kind, "models": [{"name": m.name, "size_vram_mib": round(m.size_vram_mib, 1)}
+                                                             for m in loaded]}
+                    for c in members:
+                        hit = next((m for m in loaded if same_model(m.name, c.model or "")), None)
+                        states[c.name] = Residency(hit is not None, f"ollama: {hit.size_vram_mib:.0f} MiB in VRAM"
+                                                   if hit else "ollama: not loaded")
+                else:
+                    health = await FaceDetectControl(url, self._http).health()
+                    servers[url] = {"kind": kind, "health": health}
+                    for c in members:
+                        loaded_ = bool(health.get("detector_loaded"))
+                        states[c.name] = Residency(loaded_, "detector loaded" if loaded_ else "detector unloaded")
+            except (ServerError, KeyError, TypeError, ValueError) as exc:
+                servers[url] = {"kind": kind, "error": str(exc)}
+                for c in members:
+                    states[c.name] = Residency(None, str(exc))
+                if res is not None and not any(e.event == "server-unreachable" and url in e.detail
+                                               for e in res.timeline.events):
+                    self._event(res, "server-unreachable", None, None, str(exc))
+
+        await asyncio.gather(*(ask(k, u, m) for (k, u), m in by_server.items()))
+        return states, servers
+
+    def _holders_message(self, c: Consumer, need: float, mem: GpuMemory | None, states: dict[str, Residency],
+                         res: Reservation, why: str) -> str:
+        parts = [f"cannot reserve {need:.0f} MiB for {c.name!r} ({c.vram_mib} + {self.settings.safety_margin_mib} "
+                 f"margin): {why}."]
+        if mem is not None:
+            parts.append(f"GPU: {mem.free_mib:.0f} MiB free of {mem.total_mib:.0f}.")
+            if mem.processes:
+                procs = ", ".join(f"{p.name} {p.used_mib:.0f} MiB" if p.used_mib is not None else p.name
+                                  for p in mem.processes)
+                parts.append(f"Processes on the card: {procs}.")
+        holders = []
+        for o in self.settings.consumers:
+            if o.name == c.name:
+                continue
+            st = states.get(o.name)
+            if self._held.get(o.name, 0):
+                holders.append(f"{o.name} ({o.vram_mib} MiB, reserved by another task)")
+            elif st and st.loaded:
+                holders.append(f"{o.name} ({o.vram_mib} MiB, {st.detail})")
+            elif st and st.loaded is None and o.kind != "external":
+                holders.append(f"{o.name} (unknown: {st.detail})")
+        if res.unloaded:
+            parts.append(f"Unloaded for this request, memory not yet back: {', '.join(res.unloaded)}.")
+        if holders:
+            parts.append(f"Still holding: {'; '.join(holders)}.")
+        if res.errors:
+            parts.append(f"Errors: {'; '.join(res.errors)}.")
+        return " ".join(parts)
+
+    def _event(self, res: Reservation | None, event: str, consumer: str | None, free: float | None,
+               detail: str = "") -> None:
+        now = time.monotonic()
+        self.timeline.add(event, consumer, free, detail, at=now)
+        if res is not None:
+            res.timeline.add(event, consumer, free, detail, at=now)
+        metrics.EVENTS.labels(event).inc()

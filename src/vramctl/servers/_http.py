@@ -1,0 +1,26 @@
+"""One place that turns httpx failures into ServerError with the server's name and URL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from ..errors import ServerError
+
+
+async def call(http: httpx.AsyncClient, server: str, base: str, method: str, path: str, *,
+               timeout: float | None = None, **kw: Any) -> httpx.Response:
+    """Send a request; connection problems become ServerError. The caller judges the status code."""
+    url = f"{base}{path}"
+    try:
+        return await http.request(method, url, timeout=timeout, **kw)
+    except httpx.TimeoutException as exc:
+        raise ServerError(server, base, f"{method} {path} timed out ({type(exc).__name__})") from exc
+    except httpx.HTTPError as exc:
+        raise ServerError(server, base, f"unreachable ({type(exc).__name__}: {exc})") from exc
+
+
+def short(r: httpx.Response) -> str:
+    text = r.text.strip().replace("\n", " ")
+    return text[:200] + ("…" if len(text) > 200 else "")

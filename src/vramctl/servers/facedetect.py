@@ -1,0 +1,44 @@
+"""The face detector service's own pause/resume: `POST /unload` releases the model and its VRAM,
+`POST /load` takes it back, `GET /health` → `{"status": "healthy", "detector_loaded": bool, ...}`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from ..errors import ServerError
+from ._http import call, short
+
+NAME = "face detector"
+
+
+class FaceDetectControl:
+    def __init__(self, url: str, http: httpx.AsyncClient, timeout_s: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self._http = http
+        self.timeout_s = timeout_s
+
+    async def health(self) -> dict[str, Any]:
+        r = await call(self._http, NAME, self.url, "GET", "/health", timeout=5.0)
+        if r.status_code != 200:
+            raise ServerError(NAME, self.url, f"/health answered {r.status_code}: {short(r)}", r.status_code)
+        try:
+            return r.json()
+        except ValueError as exc:
+            raise ServerError(NAME, self.url, f"/health is not JSON: {short(r)}") from exc
+
+    async def loaded(self) -> bool:
+        return bool((await self.health()).get("detector_loaded"))
+
+    async def _post(self, path: str) -> None:
+        r = await call(self._http, NAME, self.url, "POST", path, timeout=self.timeout_s)
+        if r.status_code != 200:
+            raise ServerError(NAME, self.url, f"{path} answered {r.status_code}: {short(r)}", r.status_code)
+
+    async def unload(self) -> str:
+        await self._post("/unload")
+        return "unload"
+
+    async def load(self) -> None:
+        await self._post("/load")
