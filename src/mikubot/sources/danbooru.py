@@ -100,9 +100,10 @@ def choose_variant(post: dict[str, Any], options: SourceOptions) -> Variant | No
         return None
     choices = list(found.values())
     fitting = [v for v in choices if v.long_side and v.long_side <= options.max_side]
+    # Ties go to the original: the same pixels without another lossy re-encode.
     if fitting:
-        return max(fitting, key=lambda v: v.long_side)
-    return min(choices, key=lambda v: v.long_side or 10**9)
+        return max(fitting, key=lambda v: (v.long_side, v.kind == "original"))
+    return min(choices, key=lambda v: (v.long_side or 10**9, v.kind != "original"))
 
 
 class DanbooruSource:

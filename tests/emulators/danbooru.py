@@ -1,0 +1,570 @@
+"""Danbooru (and a Gelbooru/Safebooru "dapi") emulator: a real HTTP server that speaks the real protocol.
+
+Danbooru is an internet service, so tests use this instead. ``create_app(posts, art_dir=...)`` serves
+``GET /posts.json`` with Danbooru's field names (``tag_string*``, ``rating`` g/s/q/e, ``file_url``,
+``large_file_url``, ``media_asset.variants`` ...), honours ``tags``/``limit``/``page``, refuses more than
+two tags for anonymous/Member accounts with Danbooru's 422 ``PostQuery::TagLimitError``, accepts
+``login``+``api_key`` as HTTP basic auth or as parameters, and serves the image files its posts list
+(the Ren'Py test art, resized on the fly for samples and thumbnails). Tag counting is strict: every term
+but ``limit:`` counts towards the limit (``order:random`` and ``rating:g`` included).
+
+The default post set (``default_posts``): Sylvie's sprites are tagged as the character (``hatsune_miku``
+unless told otherwise) with mixed ratings, one of them banned and one deleted (neither has ``file_url``);
+Eileen and Lucy are other characters; the concert CGs show the character among others (not ``solo``);
+backgrounds have ``no_humans``; an animated ``zip`` (ugoira) post is tagged like a perfect match.
+Deleted posts are listed (as for accounts that show deleted posts) so clients must skip them.
+
+Misbehaviour on demand through ``app.state.control`` (a ``DanbooruControl``): ``rate_limit(n,
+retry_after)`` -> n 429s with ``Retry-After``; ``fail(status, n)`` -> n 5xx; ``slow(seconds)``; down ->
+leave the ``serve_app`` block (connection refused). ``control.requests`` logs what clients sent.
+
+``create_dapi_app(flavour="gelbooru"|"safebooru")`` serves the same art through
+``index.php?page=dapi&s=post&q=index&json=1`` in that site's dialect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import random
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from PIL import Image
+
+TAG_LIMITS = {"member": 2, "gold": 6, "platinum": 12}
+FREE_METATAGS = ("limit:",)
+SAMPLE_WIDTH = 850
+RATING_LETTER = {"g": "g", "general": "g", "s": "s", "sensitive": "s", "q": "q", "questionable": "q",
+                 "e": "e", "explicit": "e", "safe": "g"}
+GELBOORU_RATING = {"g": "general", "s": "sensitive", "q": "questionable", "e": "explicit"}
+SAFEBOORU_RATING = {"g": "safe", "s": "questionable"}
+MEDIA_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif"}
+
+
+# --- the post set --------------------------------------------------------------------------------------
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _fit(width: int, height: int, box: int) -> tuple[int, int]:
+    scale = min(1.0, box / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def make_post(
+    path: Path,
+    post_id: int,
+    *,
+    characters: list[str],
+    general: list[str],
+    rating: str = "g",
+    artist: str = "renpy_demo_artist",
+    copyright: str = "ren'py",
+    score: int = 10,
+    is_deleted: bool = False,
+    is_banned: bool = False,
+) -> dict[str, Any]:
+    """A Danbooru post for an art file, with URLs relative to the server (filled in per request)."""
+    md5 = _md5(path)
+    ext = path.suffix.lower().lstrip(".").replace("jpeg", "jpg")
+    with Image.open(path) as im:
+        width, height = im.size
+    d = f"{md5[:2]}/{md5[2:4]}"
+    original = f"/original/{d}/{md5}.{ext}"
+    variants = [
+        {"type": "180x180", "url": f"/180x180/{d}/{md5}.jpg", **dict(zip(("width", "height"), _fit(width, height, 180))), "file_ext": "jpg"},
+        {"type": "360x360", "url": f"/360x360/{d}/{md5}.jpg", **dict(zip(("width", "height"), _fit(width, height, 360))), "file_ext": "jpg"},
+        {"type": "720x720", "url": f"/720x720/{d}/{md5}.webp", **dict(zip(("width", "height"), _fit(width, height, 720))), "file_ext": "webp"},
+    ]
+    has_large = width > SAMPLE_WIDTH
+    large = original
+    if has_large:
+        large = f"/sample/{d}/sample-{md5}.jpg"
+        variants.append({"type": "sample", "url": large, "width": SAMPLE_WIDTH,
+                         "height": round(height * SAMPLE_WIDTH / width), "file_ext": "jpg"})
+    variants.append({"type": "original", "url": original, "width": width, "height": height, "file_ext": ext})
+    tags_general = sorted(set(general))
+    meta = ["highres"] if max(width, height) >= 1600 else []
+    created = f"2024-03-{1 + post_id % 28:02d}T12:00:00.000+09:00"
+    post: dict[str, Any] = {
+        "id": post_id,
+        "created_at": created,
+        "updated_at": created,
+        "uploader_id": 1,
+        "approver_id": None,
+        "score": score, "up_score": score, "down_score": 0, "fav_count": score // 2,
+        "source": f"https://www.renpy.org/art/{path.name.replace(' ', '%20')}",
+        "md5": md5,
+        "rating": rating,
+        "image_width": width,
+        "image_height": height,
+        "tag_string": " ".join(sorted(set(characters) | set(tags_general) | {artist, copyright} | set(meta))),
+        "tag_string_general": " ".join(tags_general),
+        "tag_string_character": " ".join(sorted(characters)),
+        "tag_string_copyright": copyright,
+        "tag_string_artist": artist,
+        "tag_string_meta": " ".join(meta),
+        "file_ext": ext,
+        "file_size": path.stat().st_size,
+        "parent_id": None,
+        "has_children": False,
+        "is_pending": False,
+        "is_flagged": False,
+        "is_deleted": is_deleted,
+        "is_banned": is_banned,
+        "has_large": has_large,
+        "file_url": original,
+        "large_file_url": large,
+        "preview_file_url": variants[0]["url"],
+        "media_asset": {
+            "id": post_id + 5000, "created_at": created, "md5": md5, "file_ext": ext,
+            "file_size": path.stat().st_size, "image_width": width, "image_height": height,
+            "duration": None, "status": "active", "is_public": True, "variants": variants,
+        },
+    }
+    if is_deleted or is_banned:
+        # What anonymous users get for such posts: no file, no md5, no variants.
+        for key in ("file_url", "large_file_url", "preview_file_url", "md5"):
+            post.pop(key, None)
+        post["media_asset"] = {**post["media_asset"], "md5": None, "variants": []}
+    post["_art"] = path.name  # for tests only (stripped from responses): which art file this is
+    return post
+
+
+def default_posts(art_dir: Path, *, character_tag: str = "hatsune_miku") -> list[dict[str, Any]]:
+    """The default post set described in the module docstring (ids 1001+)."""
+    art = Path(art_dir)
+    solo_girl = ["1girl", "solo", "smile", "long_hair", "looking_at_viewer", "simple_background", "white_background"]
+    plan: list[tuple[str, dict[str, Any]]] = [
+        ("sylvie blue giggle.png", dict(characters=[character_tag], general=solo_girl + ["blue_dress"], rating="g")),
+        ("sylvie blue normal.png", dict(characters=[character_tag], general=solo_girl + ["blue_dress"], rating="g")),
+        ("sylvie blue smile.png", dict(characters=[character_tag], general=solo_girl + ["blue_dress"], rating="s")),
+        ("sylvie blue surprised.png", dict(characters=[character_tag], general=solo_girl + ["blue_dress", "surprised"], rating="g")),
+        ("sylvie green giggle.png", dict(characters=[character_tag], general=solo_girl + ["green_dress"], rating="q")),
+        ("sylvie green normal.png", dict(characters=[character_tag], general=solo_girl + ["green_dress"], rating="g")),
+        ("sylvie green smile.png", dict(characters=[character_tag], general=solo_girl + ["green_dress"], rating="e")),
+        ("sylvie green surprised.png", dict(characters=[character_tag], general=solo_girl + ["green_dress"], rating="g", is_deleted=True)),
+        ("eileen happy.png", dict(characters=["eileen_(ren'py)"], general=solo_girl + ["brown_hair"], rating="g")),
+        ("eileen vhappy.png", dict(characters=["eileen_(ren'py)"], general=solo_girl + ["brown_hair"], rating="g")),
+        ("eileen concerned.png", dict(characters=["eileen_(ren'py)"], general=solo_girl + ["brown_hair"], rating="g", is_banned=True)),
+        ("lucy happy.png", dict(characters=["lucy_(ren'py)"], general=solo_girl + ["red_hair"], rating="g")),
+        ("lucy mad.png", dict(characters=["lucy_(ren'py)"], general=solo_girl + ["red_hair", "angry"], rating="s")),
+        ("concert1.png", dict(characters=[character_tag, "eileen_(ren'py)", "lucy_(ren'py)"], general=["multiple_girls", "3girls", "concert", "guitar", "stage"], rating="g")),
+        ("concert2.png", dict(characters=[character_tag, "eileen_(ren'py)", "lucy_(ren'py)"], general=["multiple_girls", "3girls", "concert", "microphone"], rating="g")),
+        ("concert3.png", dict(characters=[character_tag, "eileen_(ren'py)"], general=["multiple_girls", "concert", "drum"], rating="g")),
+        ("bg club.jpg", dict(characters=[], general=["no_humans", "scenery", "indoors"], rating="g")),
+        ("bg meadow.jpg", dict(characters=[], general=["no_humans", "scenery", "outdoors", "grass"], rating="g")),
+    ]
+    posts = [make_post(art / name, 1001 + i, **kw) for i, (name, kw) in enumerate(plan) if (art / name).exists()]
+    # An ugoira (animation as a zip of frames): perfectly tagged, but not a still image.
+    ugoira = make_post(art / "sylvie blue normal.png", 1001 + len(plan), characters=[character_tag],
+                       general=solo_girl + ["animated", "ugoira"], rating="g")
+    ugoira.update(file_ext="zip", file_url=ugoira["file_url"].replace(".png", ".zip"), large_file_url=None,
+                  image_width=1000, image_height=1400)
+    ugoira["media_asset"] = {**ugoira["media_asset"], "file_ext": "zip", "variants": ugoira["media_asset"]["variants"][:3]}
+    ugoira["_art"] = None
+    posts.append(ugoira)
+    return posts
+
+
+# --- query matching (shared by both dialects) ------------------------------------------------------------
+
+def _rating_terms(value: str) -> set[str]:
+    return {RATING_LETTER[v] for v in value.split(",") if v in RATING_LETTER}
+
+
+def match(post: dict[str, Any], terms: list[str]) -> bool:
+    tags = set(str(post.get("tag_string") or post.get("tags") or "").split())
+    rating = RATING_LETTER.get(str(post.get("rating")), str(post.get("rating")))
+    for term in terms:
+        negate = term.startswith("-")
+        t = term[1:] if negate else term
+        if t.startswith(("order:", "limit:", "status:")):
+            continue
+        ok = rating in _rating_terms(t.split(":", 1)[1]) if t.startswith("rating:") else t in tags
+        if ok == negate:
+            return False
+    return True
+
+
+def counted_terms(terms: list[str]) -> int:
+    return sum(1 for t in terms if not t.lstrip("-").startswith(FREE_METATAGS))
+
+
+# --- control -------------------------------------------------------------------------------------------------
+
+@dataclass
+class Fault:
+    status: int
+    remaining: int
+    retry_after: str | None
+    path: str
+
+
+@dataclass
+class LoggedRequest:
+    method: str
+    path: str
+    params: dict[str, str]
+    login: str | None
+    user_agent: str | None
+    authorization: bool
+
+
+@dataclass
+class DanbooruControl:
+    """Knobs the test turns while the server runs (uvicorn runs in another thread: guarded by a lock)."""
+
+    users: dict[str, tuple[str, str]] = field(default_factory=dict)  # login -> (api_key, level)
+    delay_s: float = 0.0
+    faults: list[Fault] = field(default_factory=list)
+    requests: list[LoggedRequest] = field(default_factory=list)
+    seed: int | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add_user(self, login: str, api_key: str, level: str = "member") -> None:
+        self.users[login] = (api_key, level)
+
+    def rate_limit(self, times: int = 1, retry_after: float | str | None = 1, path: str = "/posts.json") -> None:
+        """The next ``times`` requests under ``path`` get 429 with ``Retry-After`` (omitted when None)."""
+        with self.lock:
+            self.faults.append(Fault(429, times, None if retry_after is None else str(retry_after), path))
+
+    def fail(self, status: int = 503, times: int = 1, path: str = "/posts.json") -> None:
+        with self.lock:
+            self.faults.append(Fault(status, times, None, path))
+
+    def slow(self, seconds: float) -> None:
+        self.delay_s = seconds
+
+    def reset(self) -> None:
+        with self.lock:
+            self.faults.clear()
+            self.requests.clear()
+            self.delay_s = 0.0
+
+    def take_fault(self, path: str) -> Fault | None:
+        with self.lock:
+            for fault in self.faults:
+                if path.startswith(fault.path) and fault.remaining > 0:
+                    fault.remaining -= 1
+                    return fault
+        return None
+
+    def log(self, entry: LoggedRequest) -> None:
+        with self.lock:
+            self.requests.append(entry)
+
+    def searches(self) -> list[LoggedRequest]:
+        return [r for r in self.requests if r.path in ("/posts.json", "/index.php")]
+
+
+# --- serving images ------------------------------------------------------------------------------------------
+
+class ArtStore:
+    """md5 -> art file, and resized variants made once on demand."""
+
+    def __init__(self, art_dir: Path):
+        self.art_dir = Path(art_dir)
+        self.by_md5: dict[str, Path] = {}
+        self.cache: dict[tuple[str, str], bytes] = {}
+        self.lock = threading.Lock()
+
+    def register(self, posts: list[dict[str, Any]]) -> None:
+        for post in posts:
+            name = post.get("_art")
+            if name and (self.art_dir / name).exists():
+                md5 = post.get("md5") or _md5(self.art_dir / name)
+                self.by_md5[md5] = self.art_dir / name
+
+    def original(self, md5: str) -> Path | None:
+        return self.by_md5.get(md5)
+
+    def variant(self, md5: str, kind: str) -> tuple[bytes, str] | None:
+        path = self.by_md5.get(md5)
+        if path is None:
+            return None
+        with self.lock:
+            if (md5, kind) in self.cache:
+                return self.cache[(md5, kind)], _media(kind)
+        with Image.open(path) as im:
+            im = im.convert("RGBA")
+            white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            rgb = Image.alpha_composite(white, im).convert("RGB")
+            if kind == "sample":
+                size = (SAMPLE_WIDTH, round(rgb.height * SAMPLE_WIDTH / rgb.width))
+            else:
+                size = _fit(rgb.width, rgb.height, int(kind.split("x")[0]))
+            small = rgb.resize(size, Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        small.save(buf, format="WEBP" if kind == "720x720" else "JPEG", quality=90)
+        data = buf.getvalue()
+        with self.lock:
+            self.cache[(md5, kind)] = data
+        return data, _media(kind)
+
+
+def _media(kind: str) -> str:
+    return "image/webp" if kind == "720x720" else "image/jpeg"
+
+
+def _absolute(post: dict[str, Any], base: str) -> dict[str, Any]:
+    """The post as served: relative URLs made absolute, test-only keys removed."""
+    out = {k: v for k, v in post.items() if not k.startswith("_")}
+    for key in ("file_url", "large_file_url", "preview_file_url", "file_url", "sample_url", "preview_url"):
+        if isinstance(out.get(key), str) and out[key].startswith("/"):
+            out[key] = base + out[key]
+    asset = out.get("media_asset")
+    if isinstance(asset, dict) and asset.get("variants"):
+        out["media_asset"] = {**asset, "variants": [
+            {**v, "url": base + v["url"] if str(v.get("url", "")).startswith("/") else v.get("url")}
+            for v in asset["variants"]
+        ]}
+    return out
+
+
+def _error(status: int, error: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"success": False, "error": error, "message": message}, status_code=status, headers=headers)
+
+
+def _install_common(app: FastAPI, control: DanbooruControl, store: ArtStore) -> None:
+    @app.middleware("http")
+    async def misbehave(request: Request, call_next: Any) -> Response:
+        login = request.query_params.get("login")
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("basic "):
+            try:
+                login = base64.b64decode(auth[6:]).decode().split(":", 1)[0]
+            except (ValueError, UnicodeDecodeError):
+                login = "?"
+        params = {k: ("***" if k == "api_key" else v) for k, v in request.query_params.items()}
+        control.log(LoggedRequest(request.method, request.url.path, params, login,
+                                  request.headers.get("user-agent"), bool(auth)))
+        if control.delay_s:
+            await asyncio.sleep(control.delay_s)
+        fault = control.take_fault(request.url.path)
+        if fault is not None:
+            if fault.status == 429:
+                headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
+                return _error(429, "Danbooru::RateLimitError", "Rate limit exceeded", headers)
+            return _error(fault.status, "ServerError", "Internal server error (emulated)")
+        return await call_next(request)
+
+    @app.get("/{kind}/{a}/{b}/{name}")
+    async def image(kind: str, a: str, b: str, name: str) -> Response:
+        stem = name.rsplit(".", 1)[0].removeprefix("sample-").removeprefix("sample_")
+        if kind in ("original", "images"):
+            path = store.original(stem)
+            if path is None or path.suffix.lower().lstrip(".").replace("jpeg", "jpg") != name.rsplit(".", 1)[-1]:
+                return _error(404, "ActiveRecord::RecordNotFound", "That record was not found.")
+            return Response(path.read_bytes(), media_type=MEDIA_TYPES.get(name.rsplit(".", 1)[-1], "application/octet-stream"))
+        if kind in ("sample", "samples", "180x180", "360x360", "720x720"):
+            made = await asyncio.to_thread(store.variant, stem, "sample" if kind == "samples" else kind)
+            if made is None:
+                return _error(404, "ActiveRecord::RecordNotFound", "That record was not found.")
+            return Response(made[0], media_type=made[1])
+        return _error(404, "ActiveRecord::RecordNotFound", "That record was not found.")
+
+
+def _auth(request: Request, control: DanbooruControl) -> tuple[str | None, JSONResponse | None]:
+    """(level, error): anonymous is ``None``; wrong credentials are Danbooru's 401."""
+    login = request.query_params.get("login")
+    key = request.query_params.get("api_key")
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("basic "):
+        try:
+            login, _, key = base64.b64decode(header[6:]).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None, _error(401, "SessionLoader::AuthenticationFailure", "Invalid authorization header")
+    if login is None and key is None:
+        return None, None
+    user = control.users.get(login or "")
+    if user is None or user[0] != key:
+        return None, _error(401, "SessionLoader::AuthenticationFailure", "Invalid API key")
+    return user[1], None
+
+
+# --- Danbooru -------------------------------------------------------------------------------------------------
+
+def create_app(
+    posts: list[dict[str, Any]] | None = None,
+    *,
+    art_dir: Path,
+    character_tag: str = "hatsune_miku",
+    control: DanbooruControl | None = None,
+) -> FastAPI:
+    """The Danbooru emulator; ``app.state.control`` is its ``DanbooruControl``, ``app.state.posts`` its posts."""
+    posts = default_posts(art_dir, character_tag=character_tag) if posts is None else posts
+    control = control or DanbooruControl()
+    store = ArtStore(art_dir)
+    store.register(posts)
+    app = FastAPI(title="Danbooru emulator")
+    app.state.control = control
+    app.state.posts = posts
+    _install_common(app, control, store)
+
+    @app.get("/posts.json")
+    async def search(request: Request) -> Response:
+        level, err = _auth(request, control)
+        if err is not None:
+            return err
+        q = request.query_params
+        terms = q.get("tags", "").split()
+        limit_tag = TAG_LIMITS.get(level or "member", 2)
+        if counted_terms(terms) > limit_tag:
+            return _error(422, "PostQuery::TagLimitError",
+                          f"You cannot search for more than {limit_tag} tags at a time. "
+                          "Upgrade your account to search for more tags at once.")
+        try:
+            limit = int(q.get("limit", 20))
+            for t in terms:
+                if t.startswith("limit:"):
+                    limit = int(t.split(":", 1)[1])
+        except ValueError:
+            return _error(422, "ArgumentError", "limit must be a number")
+        limit = max(1, min(limit, 200))
+        page_param = q.get("page", "1")
+        matched = [p for p in posts if match(p, terms)]
+        matched.sort(key=lambda p: p["id"], reverse=True)
+        if "order:random" in terms:
+            random.Random(control.seed).shuffle(matched) if control.seed is not None else random.shuffle(matched)
+            page_param = "1"  # Danbooru: random order ignores the page
+        if page_param[:1] in ("a", "b") and page_param[1:].isdigit():
+            pivot = int(page_param[1:])
+            matched = [p for p in matched if (p["id"] < pivot if page_param[0] == "b" else p["id"] > pivot)]
+            chosen = matched[:limit]
+        else:
+            try:
+                page = int(page_param)
+            except ValueError:
+                return _error(422, "ArgumentError", f"invalid page {page_param!r}")
+            if page > 1000 and level not in ("gold", "platinum"):
+                return _error(410, "PaginationExtension::PaginationError",
+                              "You cannot go beyond page 1000. Try narrowing your search terms, "
+                              "or upgrade your account to go beyond page 1000.")
+            page = max(page, 1)
+            chosen = matched[(page - 1) * limit: page * limit]
+        base = str(request.base_url).rstrip("/")
+        return JSONResponse([_absolute(p, base) for p in chosen])
+
+    @app.get("/posts/{post_id}.json")
+    async def one(post_id: int, request: Request) -> Response:
+        for p in posts:
+            if p["id"] == post_id:
+                return JSONResponse(_absolute(p, str(request.base_url).rstrip("/")))
+        return _error(404, "ActiveRecord::RecordNotFound", "That record was not found.")
+
+    return app
+
+
+def art_file(app: FastAPI, post_id: int) -> str | None:
+    """Which Ren'Py art file a post of this emulator shows (to compare with hand labels)."""
+    for p in app.state.posts:
+        if p["id"] == post_id:
+            return p.get("_art")
+    return None
+
+
+# --- Gelbooru / Safebooru -----------------------------------------------------------------------------------
+
+def to_dapi(post: dict[str, Any], flavour: str) -> dict[str, Any] | None:
+    """A Danbooru post in the Gelbooru or Safebooru dialect (None where Safebooru would not have it)."""
+    rating = post["rating"]
+    if flavour == "safebooru" and rating not in SAFEBOORU_RATING:
+        return None
+    md5 = post.get("md5") or hashlib.md5(str(post["id"]).encode()).hexdigest()
+    directory = f"{md5[:2]}/{md5[2:4]}"
+    image = f"{md5}.{post['file_ext']}"
+    width, height = post["image_width"], post["image_height"]
+    sample = width > SAMPLE_WIDTH
+    gone = post.get("is_deleted") or post.get("is_banned")
+    out: dict[str, Any] = {
+        "id": post["id"],
+        "width": width, "height": height,
+        "directory": directory, "image": image,
+        "tags": post["tag_string"],
+        "owner": "danbooru",
+        "score": post.get("score"),
+        "source": post.get("source", ""),
+        "change": 1709000000 + post["id"],
+        "parent_id": 0,
+        "sample": int(sample) if flavour == "gelbooru" else sample,
+        "sample_width": SAMPLE_WIDTH if sample else 0,
+        "sample_height": round(height * SAMPLE_WIDTH / width) if sample else 0,
+        "status": "deleted" if gone else "active",
+        "has_notes": "false",
+        "_art": post.get("_art"),
+    }
+    if flavour == "gelbooru":
+        out.update(
+            md5=md5, rating=GELBOORU_RATING[rating], created_at="Fri Mar 01 12:00:00 -0600 2024",
+            creator_id=1, title="", has_comments="false", post_locked=0, has_children="false",
+            file_url="" if gone else f"/images/{directory}/{image}",
+            sample_url=f"/samples/{directory}/sample_{md5}.jpg" if sample and not gone else "",
+            preview_url=f"/thumbnails/{directory}/thumbnail_{md5}.jpg",
+        )
+    else:
+        # Safebooru's JSON as older versions give it: no file_url; clients build it from directory + image.
+        out.update(hash=md5, rating=SAFEBOORU_RATING[rating], comment_count=0)
+        if gone:
+            out.update(directory=None, image="")
+    return out
+
+
+def create_dapi_app(
+    posts: list[dict[str, Any]] | None = None,
+    *,
+    art_dir: Path,
+    flavour: str = "gelbooru",
+    character_tag: str = "hatsune_miku",
+    control: DanbooruControl | None = None,
+) -> FastAPI:
+    """Gelbooru-style ``index.php?page=dapi&s=post&q=index&json=1``; posts are Danbooru-shaped (converted)."""
+    source_posts = default_posts(art_dir, character_tag=character_tag) if posts is None else posts
+    dapi_posts = [d for d in (to_dapi(p, flavour) for p in source_posts) if d is not None]
+    control = control or DanbooruControl()
+    store = ArtStore(art_dir)
+    store.register(source_posts)
+    app = FastAPI(title=f"{flavour} emulator")
+    app.state.control = control
+    app.state.posts = dapi_posts
+    _install_common(app, control, store)
+    max_limit = 100 if flavour == "gelbooru" else 1000
+
+    @app.get("/index.php")
+    async def dapi(request: Request) -> Response:
+        q = request.query_params
+        if (q.get("page"), q.get("s"), q.get("q")) != ("dapi", "post", "index"):
+            return Response("<html><body>not the API</body></html>", media_type="text/html")
+        terms = q.get("tags", "").split()
+        try:
+            limit = max(0, min(int(q.get("limit", 100)), max_limit))
+            pid = max(0, int(q.get("pid", 0)))
+        except ValueError:
+            return Response("Search error: invalid limit or pid", status_code=400)
+        matched = sorted((p for p in dapi_posts if match(p, terms)), key=lambda p: p["id"], reverse=True)
+        chosen = matched[pid * limit:(pid + 1) * limit]
+        base = str(request.base_url).rstrip("/")
+        served = [_absolute(p, base) for p in chosen]
+        if q.get("json") != "1":
+            items = "".join(f'<post id="{p["id"]}" tags="{p["tags"]}"/>' for p in served)
+            return Response(f'<?xml version="1.0" encoding="UTF-8"?><posts count="{len(matched)}" '
+                            f'offset="{pid * limit}">{items}</posts>', media_type="application/xml")
+        if flavour == "gelbooru":
+            body: dict[str, Any] = {"@attributes": {"limit": limit, "offset": pid * limit, "count": len(matched)}}
+            if served:
+                body["post"] = served
+            return JSONResponse(body)
+        if not served:
+            return Response(b"", media_type="application/json")  # Safebooru's answer to "no results"
+        return JSONResponse(served)
+
+    return app
