@@ -223,9 +223,9 @@ class DetectionService:
             timings_ms=timings,
         )
         outcome = DetectionOutcome(result=result, annotated=drawn)
+        # "total" stops before the files are written, so the results file and the response are identical.
+        timings["total"] = (time.perf_counter() - start) * 1000
         if save and self.outputs is not None:
             outcome.paths = self.outputs.paths(self.outputs.allocate(filename), annotated=drawn is not None)
-            timings["total"] = (time.perf_counter() - start) * 1000
             self.outputs.write(outcome.paths, outcome.to_json(), drawn)
-        timings["total"] = (time.perf_counter() - start) * 1000
         return outcome
