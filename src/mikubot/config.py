@@ -34,6 +34,8 @@ MIKU_HAIR = ["#39c5bb", "#137a7f", "#86cecb", "#00a0a0"]
 
 # Lists from the environment arrive as text: "a,b,c" or JSON; the validator below parses both.
 StrList = Annotated[list[str], NoDecode]
+IntList = Annotated[list[int], NoDecode]
+DAILY_TIME = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
 
 class ConfigFileError(ValueError):
@@ -89,6 +91,9 @@ class Settings(BaseSettings):
     detector_vram_mib: int = 1024
 
     # --- GPU probe (vramctl) ------------------------------------------------------------------------------
+    vram_config: Path | None = Field(
+        None, description="a vramctl YAML file declaring every VRAM consumer; unset: derived from the settings here"
+    )
     gpu_probe: Literal["auto", "nvml", "nvidia-smi", "none", "emulator"] = "none"
     gpu_probe_url: str | None = None
     settle_s: float = Field(3.0, ge=0, description="wait after an unload when no probe can measure it")
@@ -98,6 +103,16 @@ class Settings(BaseSettings):
     discord_api: str = "https://discord.com/api/v10"
     upload_max_retries: int = Field(3, ge=0)
     upload_max_wait_s: float = Field(60.0, ge=0, description="longest 429 wait accepted before giving up")
+
+    # --- the bot (`mikubot run`) ---------------------------------------------------------------------------
+    admin_user_ids: IntList = Field(default_factory=list, description="Discord user ids allowed to use /pfp")
+    admin_role_ids: IntList = Field(default_factory=list, description="role ids allowed to use /pfp (Manage Server always is)")
+    guild_id: int | None = Field(None, description="register /pfp in this server only (instant); unset: globally")
+    announce_channel_id: int | None = Field(None, description="post each new avatar, its credit and description here")
+    colour_role_id: int | None = Field(None, description="a role in guild_id that takes the avatar's dominant colour")
+    rotate_every_h: float | None = Field(None, gt=0, description="scheduled change every N hours")
+    rotate_at: str | None = Field(None, description="scheduled change daily at HH:MM (local time)")
+    rotate_jitter_min: float = Field(30.0, ge=0, description="scheduled changes start up to this many minutes late")
 
     # --- web panel ----------------------------------------------------------------------------------------
     web_token: SecretStr | None = None
@@ -114,6 +129,23 @@ class Settings(BaseSettings):
                 return json.loads(v)
             return [p.strip() for p in v.split(",") if p.strip()]
         return v
+
+    @field_validator("admin_user_ids", "admin_role_ids", mode="before")
+    @classmethod
+    def _split_ids(cls, v: Any) -> Any:
+        # Discord ids (snowflakes) from the environment: "123,456" or JSON; quoted JSON strings are fine too.
+        if isinstance(v, str):
+            v = json.loads(v) if v.strip().startswith("[") else [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("rotate_at")
+    @classmethod
+    def _daily_time(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        if not DAILY_TIME.match(v.strip()):
+            raise ValueError(f"rotate_at must be HH:MM (24-hour clock), not {v!r}")
+        return v.strip()
 
     @field_validator("hair_colours")
     @classmethod

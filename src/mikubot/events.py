@@ -81,7 +81,7 @@ class ChangeEvents:
         self.t0 = time.monotonic()
         self.log: list[ProgressEvent] = []
 
-    def emit(self, stage: str, status: Status, **detail: Any) -> ProgressEvent:
+    def emit(self, stage: str, status: Status, /, **detail: Any) -> ProgressEvent:
         ev = ProgressEvent(self.change_id, stage, status, time.monotonic() - self.t0, detail)
         self.log.append(ev)
         self.bus.emit(ev)

@@ -1,0 +1,90 @@
+"""Files a change leaves behind: the avatar PNG (always kept under the data directory, so a failed
+upload can be applied later), an annotated copy of the source (face box, crop square, round area),
+and the JSON report — plus copies at ``--out`` when asked."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from facedetect.annotate import annotate
+from facedetect.types import Detection
+
+CROP_COLOUR = (255, 120, 200)
+
+
+@dataclass
+class ChangeFiles:
+    avatar: Path  # where the user asked for it (``--out``), else the kept copy
+    report: Path
+    annotated: Path | None
+    kept: Path  # the copy under the data directory that the history points at (restore uses it)
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"avatar": str(self.avatar), "report": str(self.report),
+                "annotated": str(self.annotated) if self.annotated else None, "kept": str(self.kept)}
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temporary file + rename: a reader never sees half an avatar."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def annotated_source(image: Image.Image, detections: Sequence[Detection], crop_box: Sequence[float]) -> Image.Image:
+    """The source with every face, the chosen crop square and the circle Discord will show."""
+    out = annotate(image, detections)
+    draw = ImageDraw.Draw(out)
+    width = max(2, round(max(out.size) / 300))
+    x1, y1, x2, y2 = crop_box
+    draw.rectangle((x1, y1, x2, y2), outline=CROP_COLOUR, width=width)
+    draw.ellipse((x1, y1, x2, y2), outline=CROP_COLOUR, width=width)
+    return out
+
+
+def write_change_files(
+    avatars_dir: Path,
+    change_id: int,
+    avatar_png: bytes,
+    annotated: Image.Image | None,
+    out: Path | None = None,
+) -> ChangeFiles:
+    """Write the avatar (and annotated image) under ``avatars_dir`` and, if ``out`` is given, copies there.
+    The report is written later (it includes the upload's outcome) by ``write_report``; its path is fixed here."""
+    stem = f"change-{change_id:05d}"
+    avatar = avatars_dir / f"{stem}.png"
+    atomic_write(avatar, avatar_png)
+    ann_path: Path | None = None
+    if annotated is not None:
+        ann_path = avatars_dir / f"{stem}_annotated.jpg"
+        ann_path.parent.mkdir(parents=True, exist_ok=True)
+        annotated.save(ann_path, "JPEG", quality=85)
+    report = avatars_dir / f"{stem}.json"
+    if out is not None:
+        out_avatar = out if out.suffix.lower() == ".png" else out.with_suffix(".png")
+        atomic_write(out_avatar, avatar_png)
+        if ann_path is not None:
+            shutil.copyfile(ann_path, out_avatar.with_name(out_avatar.stem + "_annotated.jpg"))
+            ann_path = out_avatar.with_name(out_avatar.stem + "_annotated.jpg")
+        report = out_avatar.with_suffix(".json")
+        return ChangeFiles(out_avatar, report, ann_path, avatar)
+    return ChangeFiles(avatar, report, ann_path, avatar)
+
+
+def write_report(path: Path, record: dict[str, Any]) -> None:
+    atomic_write(path, (json.dumps(record, indent=2, default=str) + "\n").encode())

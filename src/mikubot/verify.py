@@ -1,0 +1,341 @@
+"""Is this picture the character? Two verifiers behind one ``verify(candidate) -> Verification``.
+
+``VisionVerifier`` asks the vision model through llama-swap's OpenAI-compatible
+``/v1/chat/completions`` (the image as a data URI). It asks for JSON, but small local vision models
+often wrap JSON in prose or code fences, or answer in prose only; ``parse_answer`` takes all of those.
+The caller holds one vramctl reservation of the vision model around all K calls (pipeline.py).
+
+``HeuristicVerifier`` needs no model: a booru post's character tag is strong evidence, and animeface
+reports a hair colour that can be compared with the character's configured colours (teal for Miku).
+Images from sources without tags (a local folder, a URL, an uploaded file) were chosen by the
+operator; the heuristic cannot refute them, so it accepts them with a confidence that says how much
+the hair colour agrees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import httpx
+from PIL import Image
+
+from facedetect.backends.base import Detector
+from facedetect.errors import FaceDetectError
+from facedetect.imageio import load_image
+from mikubot.sources.base import Candidate
+
+TAGGED_SOURCES = frozenset({"danbooru", "safebooru", "gelbooru"})
+VISION_MAX_SIDE = 768  # vision encoders work at ~448-896 px; sending more only costs upload and decode time
+HAIR_PROBE_SIDE = 640  # animeface's hair colour needs a face, not full resolution: keeps the check ~0.1 s
+
+PROMPT = (
+    "Look at this picture. Is the main character {name}? Answer with JSON only, exactly this shape: "
+    '{{"is_character": true or false, "confidence": a number from 0 to 1, '
+    '"description": "one short sentence describing the picture"}}'
+)
+
+
+class VisionUnavailable(Exception):
+    """The vision model cannot be asked (llama-swap down, model missing, 5xx, timeout)."""
+
+
+@dataclass
+class Verification:
+    is_character: bool
+    confidence: float
+    description: str
+    method: str  # "vision" | "heuristic"
+    raw: str | None = None  # the model's answer text, kept for the history
+    evidence: dict[str, Any] = field(default_factory=dict)
+    duration_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["confidence"] = round(self.confidence, 4)
+        d["duration_s"] = round(self.duration_s, 4)
+        return d
+
+
+class Verifier(Protocol):
+    method: str
+
+    async def verify(self, candidate: Candidate) -> Verification: ...
+
+
+# --- answer parsing -------------------------------------------------------------------------------------------
+
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S | re.I)
+_TRUE = {"true", "yes", "y", "1"}
+_FALSE = {"false", "no", "n", "0"}
+
+
+def _json_objects(text: str) -> list[dict[str, Any]]:
+    """Every JSON object embedded in ``text`` (balanced-brace scan; strings respected)."""
+    found: list[dict[str, Any]] = []
+    decoder = json.JSONDecoder()
+    for i, ch in enumerate(text):
+        if ch != "{":
+            continue
+        try:
+            obj, _ = decoder.raw_decode(text[i:])
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            found.append(obj)
+    return found
+
+
+def _as_bool(v: Any) -> bool | None:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, (int, float)):
+        return bool(v)
+    if isinstance(v, str):
+        s = v.strip().lower()
+        if s in _TRUE:
+            return True
+        if s in _FALSE:
+            return False
+    return None
+
+
+def _as_confidence(v: Any) -> float | None:
+    if isinstance(v, str):
+        m = re.search(r"(\d+(?:\.\d+)?)\s*(%)?", v)
+        if not m:
+            return {"high": 0.9, "medium": 0.6, "low": 0.3}.get(v.strip().lower())
+        x = float(m.group(1))
+        x = x / 100 if m.group(2) else x
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        x = float(v)
+    else:
+        return None
+    if x > 1:
+        x = x / 100 if x <= 100 else 1.0
+    return max(0.0, min(1.0, x)) if math.isfinite(x) else None
+
+
+def parse_answer(text: str, character: str) -> tuple[bool | None, float | None, str]:
+    """(is_character, confidence, description) from a model answer; ``None`` where it did not say."""
+    body = "\n".join(_FENCE.findall(text)) or text
+    for obj in reversed(_json_objects(body) or _json_objects(text)):
+        lowered = {str(k).lower(): v for k, v in obj.items()}
+        verdict = None
+        for key in ("is_character", "is_" + character.split()[0].lower(), "match", "answer", "result", "character"):
+            if key in lowered:
+                verdict = _as_bool(lowered[key])
+                if verdict is not None:
+                    break
+        if verdict is None:
+            continue
+        conf = _as_confidence(lowered.get("confidence", lowered.get("certainty", lowered.get("score"))))
+        desc = str(lowered.get("description") or lowered.get("caption") or "").strip()
+        return verdict, conf, desc
+    return _parse_prose(text, character)
+
+
+def _parse_prose(text: str, character: str) -> tuple[bool | None, float | None, str]:
+    clean = text.strip()
+    low = clean.lower()
+    first = re.match(r"\W*(yes|no)\b", low)
+    verdict: bool | None = None
+    if first:
+        verdict = first.group(1) == "yes"
+    else:
+        name = re.escape(character.lower())
+        first_name = re.escape(character.split()[0].lower())
+        if re.search(rf"\b(?:not|isn't|is not|no)\b[^.]*\b(?:{name}|{first_name})\b", low) or re.search(
+            rf"\b(?:{name}|{first_name})\b[^.]*\b(?:not|isn't)\b", low
+        ):
+            verdict = False
+        elif re.search(rf"\b(?:{name}|{first_name})\b", low):
+            verdict = True
+    conf = None
+    m = re.search(r"confiden\w*\D{0,20}?(\d+(?:\.\d+)?\s*%?)", low) or re.search(r"(\d+(?:\.\d+)?\s*%)", low)
+    if m:
+        conf = _as_confidence(m.group(1))
+    desc = ""
+    m = re.search(r"description\W*(.+)", clean, re.I)
+    if m:
+        desc = m.group(1).strip().strip('"')
+    else:
+        sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", clean) if s.strip()]
+        rest = [s for s in sentences if not re.match(r"\W*(yes|no)\W*$", s, re.I)]
+        desc = rest[0] if rest else ""
+    return verdict, conf, desc[:300]
+
+
+# --- the vision model -----------------------------------------------------------------------------------------------
+
+def image_data_uri(data: bytes, max_side: int = VISION_MAX_SIDE) -> str:
+    """A JPEG data URI of the picture scaled to ``max_side`` (transparency flattened by load_image)."""
+    image, _ = load_image(data)
+    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=90)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class VisionVerifier:
+    method = "vision"
+
+    def __init__(
+        self,
+        llama_swap_url: str,
+        model: str,
+        character: str,
+        *,
+        http: httpx.AsyncClient | None = None,
+        timeout_s: float = 120.0,
+        api_key: str | None = None,
+    ) -> None:
+        self.url = llama_swap_url.rstrip("/") + "/v1/chat/completions"
+        self.model = model
+        self.character = character
+        self._http = http
+        self.timeout_s = timeout_s
+        self._api_key = api_key
+
+    def request_body(self, data: bytes) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "temperature": 0,
+            "max_tokens": 200,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": PROMPT.format(name=self.character)},
+                        {"type": "image_url", "image_url": {"url": image_data_uri(data)}},
+                    ],
+                }
+            ],
+        }
+
+    async def _post(self, body: dict[str, Any]) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        try:
+            if self._http is not None:
+                return await self._http.post(self.url, json=body, headers=headers, timeout=self.timeout_s)
+            async with httpx.AsyncClient() as client:
+                return await client.post(self.url, json=body, headers=headers, timeout=self.timeout_s)
+        except httpx.TimeoutException:
+            raise VisionUnavailable(f"the vision model did not answer within {self.timeout_s:.0f} s ({self.url})") from None
+        except httpx.HTTPError as exc:
+            raise VisionUnavailable(f"cannot reach llama-swap at {self.url}: {exc}") from None
+
+    async def verify(self, candidate: Candidate) -> Verification:
+        if candidate.data is None:
+            raise ValueError("verify needs a downloaded candidate")
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        body = await asyncio.to_thread(self.request_body, candidate.data)
+        r = await self._post(body)
+        if r.status_code == 404 or (r.status_code == 400 and "model" in r.text.lower()):
+            raise VisionUnavailable(f"llama-swap does not know the model {self.model!r} ({r.status_code}: {r.text[:200]}); set MIKU_VISION_MODEL")
+        if r.status_code >= 400:
+            raise VisionUnavailable(f"llama-swap answered {r.status_code}: {r.text[:200]}")
+        try:
+            text = r.json()["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise VisionUnavailable(f"llama-swap's answer is not an OpenAI chat completion: {r.text[:200]}") from None
+        if isinstance(text, list):  # some servers return content parts
+            text = " ".join(str(p.get("text", "")) for p in text if isinstance(p, dict))
+        text = str(text or "")
+        verdict, conf, desc = parse_answer(text, self.character)
+        evidence: dict[str, Any] = {"model": self.model, "parsed": verdict is not None}
+        if verdict is None:
+            # An answer we cannot read is not a yes: the candidate is skipped, and the text is kept.
+            return Verification(False, 0.0, desc or "the model's answer could not be read", "vision", text, evidence,
+                                loop.time() - t0)
+        if conf is None:
+            conf = 0.8 if verdict else 0.2
+            evidence["confidence_assumed"] = True
+        return Verification(verdict, conf, desc, "vision", text, evidence, loop.time() - t0)
+
+
+# --- without a model -------------------------------------------------------------------------------------------------
+
+def _rgb(hex_colour: str) -> tuple[int, int, int]:
+    h = hex_colour.lstrip("#")
+    return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
+
+
+def colour_distance(a: str, b: str) -> float:
+    return math.dist(_rgb(a), _rgb(b))
+
+
+class HeuristicVerifier:
+    method = "heuristic"
+
+    def __init__(
+        self,
+        character: str,
+        character_tag: str,
+        hair_colours: list[str],
+        detector: Detector,
+        *,
+        tolerance: float = 60.0,
+    ) -> None:
+        self.character = character
+        self.character_tag = character_tag
+        self.hair_colours = hair_colours
+        self.detector = detector
+        self.tolerance = tolerance
+
+    def hair(self, data: bytes) -> tuple[str | None, float | None]:
+        """The hair colour animeface reports for the most confident face, and its distance to the nearest
+        configured colour; (None, None) when there is no face or the detector reports no colour."""
+        try:
+            image, _ = load_image(data)
+        except FaceDetectError:
+            return None, None
+        image.thumbnail((HAIR_PROBE_SIDE, HAIR_PROBE_SIDE), Image.Resampling.LANCZOS)
+        faces = sorted(self.detector.detect(image), key=lambda d: d.confidence, reverse=True)
+        colour = next((f.attributes.get("hair_color") for f in faces if f.attributes.get("hair_color")), None)
+        if colour is None:
+            return None, None
+        return colour, min(colour_distance(colour, c) for c in self.hair_colours) if self.hair_colours else None
+
+    async def verify(self, candidate: Candidate) -> Verification:
+        if candidate.data is None:
+            raise ValueError("verify needs a downloaded candidate")
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        colour, distance = await asyncio.to_thread(self.hair, candidate.data)
+        hair_match = distance is not None and distance <= self.tolerance
+        tags = [t.lower() for t in candidate.tags]
+        tagged = candidate.source in TAGGED_SOURCES
+        evidence: dict[str, Any] = {
+            "tagged_source": tagged,
+            "character_tag": self.character_tag in tags if tagged else None,
+            "hair_color": colour,
+            "hair_distance": round(distance, 1) if distance is not None else None,
+            "hair_match": hair_match if colour else None,
+        }
+        hair_note = (
+            f"hair {colour} {'matches' if hair_match else 'does not match'} {self.character}'s colours"
+            if colour else "no face found to read the hair colour from"
+        )
+        if tagged:
+            has_tag = self.character_tag in tags
+            if has_tag:
+                conf = 0.95 if hair_match else 0.75
+                desc = f"{candidate.source} post tagged {self.character_tag}; {hair_note}"
+            else:
+                conf = 0.05
+                desc = f"{candidate.source} post without the tag {self.character_tag}; {hair_note}"
+            verdict = has_tag
+        else:
+            verdict = True
+            conf = 0.85 if hair_match else 0.5
+            name = candidate.filename or candidate.key
+            desc = f"operator-chosen {candidate.source} image {name}; {hair_note}"
+        return Verification(verdict, conf, desc, "heuristic", None, evidence, loop.time() - t0)
