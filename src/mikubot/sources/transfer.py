@@ -55,10 +55,13 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def error_message(response: httpx.Response) -> str:
-    """The site's own words for an error (Danbooru: ``{"message": ...}``), else the status line."""
+def error_message(response: httpx.Response, body: bytes | None = None) -> str:
+    """The site's own words for an error (Danbooru: ``{"message": ...}``), else the status line.
+
+    ``body`` is given for streamed responses, whose content has not been (and need not be) read in full.
+    """
     with contextlib.suppress(ValueError, json.JSONDecodeError, UnicodeDecodeError):
-        body = response.json()
+        body = json.loads(body if body is not None else response.content)
         if isinstance(body, dict):
             for key in ("message", "reason", "error"):
                 if isinstance(body.get(key), str) and body[key]:
@@ -121,7 +124,7 @@ class Transfer:
         tries = opts.retries + 1
         raise SourceError(f"{last} (gave up after {tries} attempt{'s' if tries != 1 else ''})", retryable=True)
 
-    def _raise_for_status(self, response: httpx.Response, url: str, what: str) -> None:
+    def _raise_for_status(self, response: httpx.Response, url: str, what: str, body: bytes | None = None) -> None:
         status = response.status_code
         if status < 400:
             return
@@ -132,8 +135,8 @@ class Transfer:
                 wait=retry_after_seconds(response.headers.get("Retry-After")),
             )
         if status >= 500:
-            raise _Retry(f"{self.service} failed {what} with HTTP {status} ({error_message(response)})")
-        message = error_message(response)
+            raise _Retry(f"{self.service} failed {what} with HTTP {status} ({error_message(response, body)})")
+        message = error_message(response, body)
         if status in (401, 403):
             raise SourceError(
                 f"{self.service} refused {what} (HTTP {status}: {message}); check the login and API key",
@@ -198,7 +201,8 @@ class Transfer:
                                 raise SourceError(f"{display_url(current)} redirects without a Location")
                             current = str(response.url.join(location))
                             continue
-                        self._raise_for_status(response, current, what)
+                        if response.status_code >= 400:
+                            self._raise_for_status(response, current, what, await _head(response))
                         ctype = response.headers.get("content-type")
                         if content_types is not None:
                             base = (ctype or "").split(";", 1)[0].strip().lower()
@@ -223,6 +227,16 @@ class Transfer:
             )
 
         return await self._attempts(what, attempt)
+
+
+async def _head(response: httpx.Response, limit: int = 65536) -> bytes:
+    """The first ``limit`` bytes of a streamed (error) body: enough for its message, never a flood."""
+    data = b""
+    async for chunk in response.aiter_bytes():
+        data += chunk
+        if len(data) >= limit:
+            break
+    return data[:limit]
 
 
 def _too_large(url: str, size: int | None, limit: int) -> SourceError:
