@@ -202,12 +202,17 @@ def _clamp_start(start: float, side: int, dim: int) -> int:
     return int(round(min(max(start, lo), hi)))
 
 
-def _box_at(face: Detection, side: int, size: tuple[int, int]) -> IntBox:
+def _box_at(face: Detection, side: int, size: tuple[int, int], *, centred: bool = False) -> IntBox:
+    """The square of ``side`` framing ``face``: eyes on ``EYE_LINE`` (or, ``centred``, the face box
+    centred: the placement that keeps its corners farthest inside the circle), shifted into the image."""
     width, height = size
     fcx = (face.bbox[0] + face.bbox[2]) / 2
-    eye_y = face.bbox[1] + EYES_IN_FACE_BOX * face.height
+    if centred:
+        y_start = (face.bbox[1] + face.bbox[3]) / 2 - side / 2
+    else:
+        y_start = face.bbox[1] + EYES_IN_FACE_BOX * face.height - EYE_LINE * side
     x1 = _clamp_start(fcx - side / 2, side, width)
-    y1 = _clamp_start(eye_y - EYE_LINE * side, side, height)
+    y1 = _clamp_start(y_start, side, height)
     return (x1, y1, x1 + side, y1 + side)
 
 
@@ -255,18 +260,21 @@ def _place_face(
     if fits(box):
         return result(box, True, False)
     # Shifting against an edge moved the face out of the circle (or the image is too narrow):
-    # shrink toward the face, within the share and upscaling limits, and keep the biggest that fits.
-    candidates = [box]
+    # shrink toward the face, within the share and upscaling limits, trading the eye-line framing
+    # for a centred one if need be, and keep the biggest square that fits (eye line first on a tie).
+    sides = [fit(side)]
     if lo < side:
-        candidates += [_box_at(face, fit(side - (side - lo) * i / SIZE_STEPS), size) for i in range(1, SIZE_STEPS + 1)]
+        sides += [fit(side - (side - lo) * i / SIZE_STEPS) for i in range(1, SIZE_STEPS + 1)]
+    candidates = [_box_at(face, s, size, centred=c) for s in sides for c in (False, True)]
     fitting = [b for b in candidates if fits(b)]
     if fitting:
         return result(max(fitting, key=lambda b: b[2] - b[0]), True, False)
     if preferred > smallest_side:
         # The image is narrower than the square the face needs: pad (the only case we do).
-        padded = _box_at(face, math.ceil(preferred), size)
-        if fits(padded):
-            return result(padded, True, True)
+        for centred in (False, True):
+            padded = _box_at(face, math.ceil(preferred), size, centred=centred)
+            if fits(padded):
+                return result(padded, True, True)
     return result(max(candidates, key=lambda b: _margin(face, b)), False, False)
 
 

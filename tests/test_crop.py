@@ -1,0 +1,318 @@
+"""The avatar crop (mikubot.crop): framing for a round avatar, clamping, refusals and fallbacks.
+
+Real art with hand labels for the framing; synthetic images where a property needs an exact
+geometry (faces at corners, a blank picture, a single salient object).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from facedetect.backends import create_detector
+from facedetect.imageio import to_rgb
+from facedetect.types import Detection
+from mikubot.crop import (
+    CropResult,
+    FaceTooSmall,
+    NoUsableFace,
+    avatar_png,
+    choose_face,
+    crop_avatar,
+    face_in_circle,
+    rank_faces,
+)
+
+LABELS = json.loads((Path(__file__).resolve().parent / "labels" / "renpy.json").read_text())["images"]
+FACE_IMAGES = sorted(n for n, boxes in LABELS.items() if boxes)
+
+
+def face(x1: float, y1: float, x2: float, y2: float, confidence: float = 1.0) -> Detection:
+    return Detection(bbox=(x1, y1, x2, y2), confidence=confidence)
+
+
+def noise(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A busy picture: every crop of it is distinguishable, so pixel checks can tell boxes apart."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
+
+
+def assert_well_formed(result: CropResult, image_size: tuple[int, int], max_upscale: float = 2.0) -> None:
+    x1, y1, x2, y2 = result.box
+    assert all(isinstance(v, int) for v in result.box)
+    assert x2 - x1 == y2 - y1 > 0, "the crop must be square"
+    if not result.padded:
+        assert 0 <= x1 and 0 <= y1 and x2 <= image_size[0] and y2 <= image_size[1], result.box
+    assert result.image.mode == "RGB"
+    assert result.image.width == result.image.height
+    assert result.upscale == pytest.approx(result.image.width / (x2 - x1))
+    assert result.upscale <= max_upscale + 1e-9
+
+
+def assert_face_framed(result: CropResult, truths: list[list[float]]) -> None:
+    verdicts = [face_in_circle(tuple(t), result.box) for t in truths]  # type: ignore[arg-type]
+    assert any(inside and 0.20 <= share <= 0.75 for inside, share in verdicts), (result.to_json(), verdicts)
+
+
+# --- the labelled art ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", FACE_IMAGES)
+def test_labelled_face_lands_inside_the_round_avatar(art_dir: Path, face_labels: dict, name: str) -> None:
+    image = to_rgb(Image.open(art_dir / name))
+    truths = face_labels[name]
+    result = crop_avatar(image, [face(*b) for b in truths])
+    assert result.method == "face"
+    assert list(result.face.bbox) in truths
+    assert_well_formed(result, image.size)
+    assert_face_framed(result, truths)
+    assert result.face_inside is True
+    # Eyes (half-way down an anime face box) sit above the middle: room for hair, chin clear of the rim.
+    eye_y = (result.face.bbox[1] + result.face.bbox[3]) / 2
+    assert (eye_y - result.box[1]) / (result.box[3] - result.box[1]) < 0.5
+    if min(image.size) * 2 >= 1024:
+        assert result.image.size == (1024, 1024)
+    else:  # the source is smaller than a 1024 avatar can be made from at 2x: smaller avatar, never more
+        assert 256 <= result.image.width < 1024
+
+
+def test_band_cg_gives_a_full_size_avatar_of_a_labelled_face(art_dir: Path, face_labels: dict) -> None:
+    image = to_rgb(Image.open(art_dir / "concert1.png"))
+    truths = face_labels["concert1.png"]
+    result = crop_avatar(image, [face(*b) for b in truths])
+    assert result.image.size == (1024, 1024)
+    assert 1.0 <= result.upscale <= 2.0
+    assert_face_framed(result, truths)
+
+
+@pytest.mark.parametrize("name", ["eileen happy.png", "lucy mad.png", "sylvie green giggle.png"])
+def test_detector_output_frames_the_true_face(art_dir: Path, face_labels: dict, name: str) -> None:
+    """The way the pipeline runs: animeface's own boxes in, the hand-labelled face must come out framed."""
+    image = to_rgb(Image.open(art_dir / name))
+    detections = create_detector("animeface").detect(image)
+    assert detections, "animeface finds these sprites (test_labels cross-checks it)"
+    result = crop_avatar(image, detections)
+    assert result.method == "face"
+    assert_well_formed(result, image.size)
+    assert_face_framed(result, face_labels[name])
+
+
+def test_box_is_in_source_pixels() -> None:
+    image = noise(1600, 1200)
+    result = crop_avatar(image, [face(680, 300, 920, 540)])
+    expected = image.resize(result.image.size, Image.Resampling.LANCZOS, box=result.box)
+    assert np.array_equal(np.asarray(result.image), np.asarray(expected))
+    # and not some other box: one pixel off gives a different picture
+    x1, y1, x2, y2 = result.box
+    shifted = image.resize(result.image.size, Image.Resampling.LANCZOS, box=(x1 + 1, y1, x2 + 1, y2))
+    assert not np.array_equal(np.asarray(result.image), np.asarray(shifted))
+    # the face is at the target size and horizontally centred
+    assert result.face_share == pytest.approx(0.425, abs=0.01)
+    assert (x1 + x2) / 2 == pytest.approx(800, abs=1)
+    # a smaller face widens the crop rather than upscaling past 2x: 512 source px for 1024
+    wide = crop_avatar(image, [face(700, 300, 900, 500)])
+    assert wide.box[2] - wide.box[0] == 512 and wide.upscale == 2.0
+    assert 0.25 <= wide.face_share < 0.425
+
+
+# --- clamping at the edges --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "corner_face",
+    [(120, 120, 320, 320), (1280, 120, 1480, 320), (120, 880, 320, 1080), (1280, 880, 1480, 1080), (100, 100, 500, 500)],
+    ids=["top-left", "top-right", "bottom-left", "bottom-right", "big-top-left"],
+)
+def test_faces_near_corners_stay_in_the_image_and_the_circle(corner_face: tuple[int, int, int, int]) -> None:
+    """Shift against the edge; when that pushes the face out of the circle (the big face: its preferred
+    941-px square would), shrink toward it, as far as the share and upscaling limits allow."""
+    image = noise(1600, 1200)
+    result = crop_avatar(image, [face(*corner_face)])
+    assert_well_formed(result, image.size)  # shifted, never padded: the image is big enough
+    assert not result.padded
+    inside, share = face_in_circle(corner_face, result.box)
+    assert inside and 0.20 <= share <= 0.75, result.to_json()
+    assert result.image.size == (1024, 1024)
+
+
+def test_face_flush_with_the_corner_is_cropped_but_reported_and_scored_down() -> None:
+    image = noise(1600, 1200)
+    corner = crop_avatar(image, [face(0, 0, 260, 260)])
+    assert_well_formed(corner, image.size)
+    assert corner.box[:2] == (0, 0)
+    assert corner.face_inside is False  # no square inside the image can keep a corner face in the circle
+    assert face_in_circle((0, 0, 260, 260), corner.box)[0] is False
+    centred = crop_avatar(image, [face(670, 470, 930, 730)])
+    assert centred.face_inside is True
+    assert centred.score > corner.score
+
+
+def test_narrow_image_shrinks_the_square_to_its_width() -> None:
+    image = noise(300, 900)
+    result = crop_avatar(image, [face(80, 120, 220, 260)])  # wants a 329-px square; only 300 fit
+    assert_well_formed(result, image.size)
+    assert result.box[0] == 0 and result.box[2] == 300 and not result.padded
+    assert result.face_inside
+
+
+def test_face_too_wide_for_a_narrow_image_is_padded_with_the_border_colour() -> None:
+    image = Image.new("RGB", (300, 900), (250, 240, 230))
+    ImageDraw.Draw(image).rectangle((20, 100, 280, 360), fill=(30, 60, 90))
+    result = crop_avatar(image, [face(20, 100, 280, 360)])  # 260/300 = 87 % of the width: cannot fit
+    assert result.padded and result.face_inside
+    x1, y1, x2, y2 = result.box
+    assert x1 < 0 and x2 > 300 and 0 <= y1 and y2 <= 900  # padded only across, where the image is short
+    left = np.asarray(result.image)[result.image.height // 2, 2]
+    assert tuple(int(v) for v in left) == pytest.approx((250, 240, 230), abs=2)
+    assert 0.20 <= face_in_circle((20, 100, 280, 360), result.box)[1] <= 0.75
+
+
+# --- refusals ----------------------------------------------------------------------------------------
+
+
+def test_tiny_face_is_refused_rather_than_blown_up() -> None:
+    image = noise(2000, 2000)
+    with pytest.raises(FaceTooSmall, match="upscaling"):
+        crop_avatar(image, [face(1000, 1000, 1060, 1060)])  # a 60-px face in a 1024 avatar
+    # the same face is fine when the caller accepts more upscaling
+    result = crop_avatar(image, [face(1000, 1000, 1060, 1060)], max_upscale=8.0)
+    assert result.method == "face" and result.upscale > 2.0
+    # a refused image still yields an avatar when the caller asks for the fallbacks explicitly
+    assert crop_avatar(image, []).method in ("saliency", "top-centre")
+
+
+def test_a_usable_bigger_face_is_taken_when_the_best_ranked_is_too_small() -> None:
+    image = noise(2400, 2000)
+    small_central = face(1170, 970, 1230, 1030)  # 60 px, dead centre
+    big_side = face(200, 300, 500, 600)
+    assert choose_face([small_central, big_side], image.size) is not None
+    result = crop_avatar(image, [small_central, big_side])
+    assert result.face == big_side
+
+
+def test_unusable_faces_mean_fallback_or_a_clear_refusal() -> None:
+    image = noise(1200, 800)
+    junk = [face(100, 100, 400, 400, confidence=0.2), face(600, 300, 620, 320)]
+    assert choose_face(junk, image.size) is None
+    assert crop_avatar(image, junk).method in ("saliency", "top-centre")
+    with pytest.raises(NoUsableFace, match="fallbacks are off"):
+        crop_avatar(image, junk, allow_fallback=False)
+    with pytest.raises(FaceTooSmall):  # NoUsableFace is a FaceTooSmall: "try the next candidate"
+        crop_avatar(image, [], allow_fallback=False)
+
+
+def test_bad_options_are_rejected() -> None:
+    with pytest.raises(ValueError):
+        crop_avatar(noise(100, 100), [], output_size=0)
+    with pytest.raises(ValueError):
+        crop_avatar(noise(100, 100), [], max_upscale=0)
+
+
+# --- fallbacks ---------------------------------------------------------------------------------------
+
+
+def test_no_faces_uses_saliency_on_what_stands_out() -> None:
+    image = Image.new("RGB", (1500, 600), (128, 128, 128))
+    draw = ImageDraw.Draw(image)
+    for i in range(12):  # a busy, high-contrast object in the right third
+        draw.ellipse((1100 + i * 10, 150 + i * 8, 1400 - i * 10, 450 - i * 8), fill=(255 * (i % 2), 40, 200))
+    result = crop_avatar(image, [])
+    assert result.method == "saliency" and result.face is None
+    assert_well_formed(result, image.size)
+    assert result.box[1] == 0 and result.box[3] == 600
+    assert result.box[0] <= 1100 and result.box[2] >= 1400, result.box
+    assert 0.1 <= result.score <= 0.3
+
+
+def test_no_faces_on_real_background_art(art_dir: Path) -> None:
+    image = to_rgb(Image.open(art_dir / "bg meadow.jpg"))
+    result = crop_avatar(image, [])
+    assert result.method == "saliency"
+    assert_well_formed(result, image.size)
+    assert result.image.size == (1024, 1024)
+
+
+def test_tall_image_without_faces_hangs_the_square_from_the_figure() -> None:
+    image = Image.new("RGB", (400, 1200), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((120, 300, 280, 460), fill=(20, 20, 20))  # a "head" 300 px down
+    draw.rectangle((100, 460, 300, 1100), fill=(200, 30, 30))
+    result = crop_avatar(image, [])
+    assert result.method == "saliency"
+    assert 200 <= result.box[1] <= 320, result.box  # the square starts just above the head
+    assert face_in_circle((120, 300, 280, 460), result.box)[0]
+
+
+@pytest.mark.parametrize(
+    ("size", "box"), [((800, 1200), (0, 0, 800, 800)), ((1200, 600), (300, 0, 900, 600)), ((500, 500), (0, 0, 500, 500))]
+)
+def test_blank_image_falls_back_to_top_centre(size: tuple[int, int], box: tuple[int, int, int, int]) -> None:
+    result = crop_avatar(Image.new("RGB", size, (90, 160, 200)), [])
+    assert result.method == "top-centre"
+    assert result.box == box
+    assert_well_formed(result, size)
+    assert result.score < 0.1
+
+
+def test_any_face_outscores_any_fallback() -> None:
+    image = noise(1600, 1200)
+    weak = crop_avatar(image, [face(0, 0, 260, 260, confidence=0.5)])
+    fallback = crop_avatar(image, [])
+    assert weak.method == "face" and weak.score > fallback.score
+
+
+# --- choosing the face -----------------------------------------------------------------------------
+
+
+def test_choose_face_prefers_big_central_confident_faces() -> None:
+    size = (2000, 1500)
+    small_corner = face(40, 40, 140, 140, confidence=1.0)
+    big_central = face(850, 600, 1150, 900, confidence=0.9)
+    big_corner = face(1650, 1150, 1950, 1450, confidence=0.9)
+    doubtful_central = face(800, 550, 1200, 950, confidence=0.3)  # below the confidence floor
+    faces = [small_corner, big_corner, doubtful_central, big_central]
+    assert choose_face(faces, size) == big_central
+    ranked = [d for _, d in rank_faces(faces, size)]
+    assert ranked == [big_central, big_corner, small_corner]
+    same_conf = [face(900, 700, 1100, 900), face(800, 600, 1200, 1000)]
+    assert choose_face(same_conf, size) == same_conf[1]  # bigger wins
+    same_size = [face(100, 1200, 400, 1500), face(900, 600, 1200, 900)]
+    assert choose_face(same_size, size) == same_size[1]  # more central wins
+    assert choose_face([face(900, 700, 920, 720)], size) is None  # 20 px: noise
+    assert choose_face([], size) is None
+
+
+# --- helpers and output -----------------------------------------------------------------------------
+
+
+def test_face_in_circle() -> None:
+    assert face_in_circle((40, 40, 60, 60), (0, 0, 100, 100)) == (True, 0.2)
+    inside, share = face_in_circle((0, 0, 30, 30), (0, 0, 100, 100))  # square's corner: outside the circle
+    assert not inside and share == pytest.approx(0.3)
+    # corners at exactly the radius count as inside; a hair beyond does not
+    r = 50 / math.sqrt(2)
+    assert face_in_circle((50 - r, 50 - r, 50 + r, 50 + r), (0, 0, 100, 100))[0]
+    assert not face_in_circle((50 - r - 0.01, 50 - r, 50 + r, 50 + r), (0, 0, 100, 100))[0]
+
+
+def test_avatar_png_and_json() -> None:
+    rgba = Image.new("RGBA", (1400, 1400), (0, 0, 0, 0))  # transparent sprite background -> white
+    ImageDraw.Draw(rgba).ellipse((500, 400, 900, 800), fill=(10, 120, 140, 255))
+    result = crop_avatar(rgba, [face(500, 400, 900, 800)])
+    png = avatar_png(result)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    decoded = Image.open(io.BytesIO(png))
+    assert decoded.format == "PNG" and decoded.mode == "RGB" and decoded.size == (1024, 1024)
+    assert decoded.getpixel((2, 2)) == (255, 255, 255)
+    body = json.loads(json.dumps(result.to_json()))
+    assert body["method"] == "face"
+    assert body["box"] == list(result.box)
+    assert body["size"] == [1024, 1024]
+    assert body["face"]["bbox"] == [500.0, 400.0, 900.0, 800.0]
+    assert body["face_inside"] is True
