@@ -295,6 +295,19 @@ def test_unexpected_output_shapes(tmp_path: Path, shape: tuple[int, ...], match:
         YoloOnnxDetector(model_path=model).load()
 
 
+@pytest.mark.parametrize(
+    ("shape", "metadata", "match"),
+    [
+        ((1, 300, 6), {"end2end": "True", "names": "{0: 'face'}"}, "end-to-end export"),
+        ((1, 37, 8400), {"task": "segment", "names": "{0: 'face'}"}, "'segment' model"),
+    ],
+)
+def test_exports_we_do_not_read_are_refused(tmp_path: Path, shape: tuple, metadata: dict, match: str) -> None:
+    model = constant_model(tmp_path / "m.onnx", np.zeros(shape, dtype=np.float32), metadata=metadata)
+    with pytest.raises(BackendUnavailable, match=match):
+        YoloOnnxDetector(model_path=model).load()
+
+
 def test_bad_inputs(tmp_path: Path) -> None:
     out = np.zeros((1, 5, 100), dtype=np.float32)
     two = constant_model(tmp_path / "two.onnx", out, extra_input=True)

@@ -148,7 +148,8 @@ class CascadeDetector(Detector):
         )
         out: list[Detection] = []
         for (x, y, w, h), weight in zip(np.asarray(rects).reshape(-1, 4), np.asarray(weights).reshape(-1)):
-            out.append(Detection(bbox=(float(x), float(y), float(x + w), float(y + h)), confidence=self.confidence(float(weight))))
+            bbox = (float(x), float(y), float(x + w), float(y + h))
+            out.append(Detection(bbox=bbox, confidence=self.confidence(float(weight))))
         out.sort(key=lambda d: d.confidence, reverse=True)
         return out
 

@@ -493,6 +493,16 @@ class YoloOnnxDetector(Detector):
 
     def _resolve(self, shape: tuple[int, ...]) -> HeadSpec:
         meta = self._meta
+        # Exports whose output would pass for a v5 or v8 tensor but means something else.
+        if str(meta.get("end2end", "")).lower() in ("true", "1"):
+            raise BackendUnavailable(
+                f"{self.model_path.name} is an end-to-end export (NMS inside the model), which this backend "
+                "does not read; export it again without NMS (ultralytics: end2end=False / nms=False)"
+            )
+        if meta.get("task") in ("segment", "classify", "obb"):
+            raise BackendUnavailable(
+                f"{self.model_path.name} is a {meta['task']!r} model; yolo-onnx reads detection and pose exports"
+            )
         kpt_shape: tuple[int, int] | None = None
         if self.num_keypoints is not None:
             kpt_shape = (self.num_keypoints, self.keypoint_dims) if self.num_keypoints else None
@@ -506,8 +516,14 @@ class YoloOnnxDetector(Detector):
         return resolve_head(tuple(shape), layout=self.layout, num_classes=num_classes, kpt_shape=kpt_shape)
 
     def _run(self, session: Any, blob: np.ndarray) -> np.ndarray:
-        outputs = session.run(None, {self._input_name: blob})
-        # Segmentation exports add a second output (mask prototypes); the boxes are always first.
+        try:
+            outputs = session.run(None, {self._input_name: blob})
+        except Exception as exc:  # a graph that loads but cannot run on a (1, 3, H, W) image
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BackendUnavailable(
+                f"{self.model_path.name} failed to run on a {list(blob.shape)} input: {first}"
+            ) from None
+        # Detection and pose exports have one output; should a model add more, the boxes are the first.
         return np.asarray(outputs[0])
 
     def _unload(self) -> None:
@@ -526,16 +542,17 @@ class YoloOnnxDetector(Detector):
         rgb = np.asarray(image.convert("RGB"))
         padded, geo = letterbox(rgb, self._input_hw)
         # HWC uint8 RGB -> NCHW in [0, 1], as ultralytics feeds its exports (fp16 models get fp16).
-        blob = (np.ascontiguousarray(padded.transpose(2, 0, 1)[None]).astype(np.float32) / 255.0).astype(self._input_dtype)
+        chw = np.ascontiguousarray(padded.transpose(2, 0, 1)[None])
+        blob = (chw.astype(np.float32) / 255.0).astype(self._input_dtype)
         output = self._run(session, blob)
-        if output.ndim != 3 or output.shape[0] != 1 or tuple(output.shape[1:]) != self._expected_tail(output.shape, head):
+        same_head = output.ndim == 3 and output.shape[0] == 1
+        if not same_head or tuple(output.shape[1:]) != self._expected_tail(output.shape, head):
             head = self._resolve(output.shape)  # raises a clear error unless only the candidate count changed
         raw = decode(output, head, conf_threshold=self.conf_threshold, classes=self.classes)
         if len(raw.scores) > MAX_NMS_CANDIDATES:
             top = np.argsort(-raw.scores, kind="stable")[:MAX_NMS_CANDIDATES]
-            raw = RawDetections(
-                raw.boxes[top], raw.scores[top], raw.class_ids[top], None if raw.keypoints is None else raw.keypoints[top]
-            )
+            kpts = None if raw.keypoints is None else raw.keypoints[top]
+            raw = RawDetections(raw.boxes[top], raw.scores[top], raw.class_ids[top], kpts)
         return self._to_detections(raw, geo)
 
     @staticmethod
@@ -566,9 +583,8 @@ class YoloOnnxDetector(Detector):
             attrs: dict[str, Any] = {"class_id": cid}
             if cid in self._class_names:
                 attrs["class_name"] = self._class_names[cid]
-            out.append(
-                Detection(bbox=tuple(float(v) for v in boxes[i]), confidence=conf, keypoints=kps, attributes=attrs)  # type: ignore[arg-type]
-            )
+            bbox = (float(boxes[i, 0]), float(boxes[i, 1]), float(boxes[i, 2]), float(boxes[i, 3]))
+            out.append(Detection(bbox=bbox, confidence=conf, keypoints=kps, attributes=attrs))
         return out
 
     # -- reporting ------------------------------------------------------------------------
@@ -592,7 +608,7 @@ class YoloOnnxDetector(Detector):
             {
                 "model_path": str(self.model_path),
                 "provider": self._provider or None,
-                "input_size": list(self._input_hw) if self._loaded else (list(self.input_size) if self.input_size else None),
+                "input_size": list(self._input_hw) if self._loaded else (list(self.input_size or ()) or None),
                 "layout": self._head.layout if self._head else self.layout,
                 "num_classes": self._head.num_classes if self._head else self.num_classes,
                 "class_names": self._class_names or None,
