@@ -17,6 +17,7 @@ from PIL import Image
 from facedetect.backends import create_detector
 from facedetect.backends.cascade import CascadeDetector, last_stage_threshold
 from facedetect.errors import BackendUnavailable
+from facedetect.imageio import load_image
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER = ROOT.parent / "shared" / "bench" / "peers" / "lbpcascade_animeface.xml"
@@ -34,7 +35,8 @@ def detector() -> CascadeDetector:
 
 
 def _rgb(art_dir: Path, name: str) -> Image.Image:
-    return Image.open(art_dir / name).convert("RGB")
+    # Through the service's own intake, so sprites' alpha is flattened onto white as in production.
+    return load_image((art_dir / name).read_bytes())[0]
 
 
 def _iou(a: tuple[float, ...], b: list[float]) -> float:
