@@ -18,7 +18,7 @@ async def call(http: httpx.AsyncClient, server: str, base: str, method: str, pat
     except httpx.TimeoutException as exc:
         raise ServerError(server, base, f"{method} {path} timed out ({type(exc).__name__})") from exc
     except httpx.HTTPError as exc:
-        raise ServerError(server, base, f"unreachable ({type(exc).__name__}: {exc})") from exc
+        raise ServerError(server, base, f"unreachable ({type(exc).__name__})") from exc
 
 
 def short(r: httpx.Response) -> str:

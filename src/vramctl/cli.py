@@ -1,0 +1,184 @@
+"""`vramctl`: see what holds VRAM, make room now, watch it live.
+
+    vramctl status [--json]            GPU + what each server has loaded
+    vramctl free CONSUMER | --mib N    make room now and print the timeline
+    vramctl watch                      live view
+
+Each command takes `--llama-swap URL` (default $MIKU_LLAMA_SWAP_URL, else http://localhost:8090) and
+`--config FILE` (YAML with the VramSettings fields; default $MIKU_VRAM_CONFIG).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from .config import VramSettings
+from .coordinator import Coordinator, Reservation
+from .errors import VramError
+from .probes import ProbeError
+
+app = typer.Typer(help="VRAM coordination: measure, unload, wait.", no_args_is_help=True, add_completion=False)
+console = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", envvar="MIKU_VRAM_CONFIG",
+                                                   help="YAML file with the vram settings (consumers, probe, ...).")]
+LlamaSwapOpt = Annotated[Optional[str], typer.Option("--llama-swap", envvar="MIKU_LLAMA_SWAP_URL",
+                                                     help="llama-swap base URL [default: http://localhost:8090].")]
+ProbeOpt = Annotated[Optional[str], typer.Option("--probe", help="auto | nvml | nvidia-smi | none | emulator.")]
+ProbeUrlOpt = Annotated[Optional[str], typer.Option("--probe-url", help="Emulator base URL for --probe emulator.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
+def _settings(config: Path | None, llama_swap: str | None, probe: str | None, probe_url: str | None,
+              **extra: Any) -> VramSettings:
+    overrides = {"llama_swap_url": llama_swap, "probe": probe, "probe_url": probe_url, **extra}
+    try:
+        if config is not None:
+            if not config.exists():
+                raise typer.BadParameter(f"{config} does not exist", param_hint="--config")
+            return VramSettings.from_yaml(config, **overrides)
+        return VramSettings.from_mapping({}, **overrides)
+    except ValidationError as exc:
+        msgs = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        err.print(f"[red]invalid configuration:[/red] {msgs}")
+        raise typer.Exit(2) from exc
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]cannot read configuration:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _run(coro_fn) -> Any:
+    try:
+        return asyncio.run(coro_fn())
+    except (VramError, ProbeError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def _fmt_mib(x: float | None) -> str:
+    return "—" if x is None else f"{x:,.0f} MiB"
+
+
+def status_tables(st: dict[str, Any]) -> Group:
+    gpu = st.get("gpu")
+    g = Table(title=f"GPU (probe: {st['probe']})", title_justify="left")
+    for col in ("device", "total", "used", "free"):
+        g.add_column(col)
+    if gpu:
+        g.add_row(gpu.get("device") or "?", _fmt_mib(gpu["total_mib"]), _fmt_mib(gpu["used_mib"]), _fmt_mib(gpu["free_mib"]))
+        for p in gpu.get("processes") or []:
+            g.add_row(f"  {p['name']}" + (f" (pid {p['pid']})" if p.get("pid") else ""), "", _fmt_mib(p.get("used_mib")), "")
+    else:
+        g.add_row(st.get("probe_error") or "no GPU measured", "—", "—", "—")
+    c = Table(title="Consumers", title_justify="left")
+    for col in ("name", "kind", "model", "needs", "prio", "loaded", "held"):
+        c.add_column(col, no_wrap=True)
+    c.add_column("detail", overflow="fold")
+    for x in st["consumers"]:
+        loaded = {True: "[green]yes[/green]", False: "no", None: "[yellow]?[/yellow]"}[x["loaded"]]
+        c.add_row(x["name"], x["kind"], x["model"] or "", _fmt_mib(x["vram_mib"]), str(x["priority"]), loaded,
+                  str(x["held"] or ""), x["detail"])
+    return Group(g, c)
+
+
+def timeline_table(r: Reservation) -> Table:
+    t = Table(title=f"Reservation for {r.consumer}: waited {r.waited_s:.3f} s; unloaded: {', '.join(r.unloaded) or 'nothing'}",
+              title_justify="left")
+    for col in ("t (s)", "event", "consumer", "free", "detail"):
+        t.add_column(col)
+    for e in r.timeline.events:
+        t.add_row(f"{e.t:.3f}", e.event, e.consumer or "", _fmt_mib(e.free_mib), e.detail)
+    return t
+
+
+@app.command()
+def status(config: ConfigOpt = None, llama_swap: LlamaSwapOpt = None, probe: ProbeOpt = None,
+           probe_url: ProbeUrlOpt = None, as_json: JsonOpt = False) -> None:
+    """GPU memory and what each server has loaded."""
+    s = _settings(config, llama_swap, probe, probe_url)
+
+    async def go() -> dict[str, Any]:
+        async with Coordinator(s) as coord:
+            return await coord.status()
+
+    st = _run(go)
+    if as_json:
+        print(json.dumps(st, indent=2, default=str))
+    else:
+        console.print(status_tables(st))
+
+
+@app.command()
+def free(consumer: Annotated[Optional[str], typer.Argument(help="A configured consumer to make room for.")] = None,
+         mib: Annotated[Optional[int], typer.Option("--mib", min=1, help="Make room for N MiB instead.")] = None,
+         timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.01, help="Seconds to wait.")] = None,
+         config: ConfigOpt = None, llama_swap: LlamaSwapOpt = None, probe: ProbeOpt = None,
+         probe_url: ProbeUrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Make room now (unload, then wait until the memory is free) and print the timeline."""
+    if (consumer is None) == (mib is None):
+        raise typer.BadParameter("give a CONSUMER or --mib N (one of them)")
+    s = _settings(config, llama_swap, probe, probe_url, timeout_s=timeout)
+    if consumer is not None:
+        s.consumer(consumer) if any(c.name == consumer for c in s.consumers) else _unknown(s, consumer)
+
+    async def go() -> Reservation:
+        async with Coordinator(s) as coord:
+            cm = coord.reserve(consumer, note="vramctl free") if consumer else coord.reserve_mib(mib or 0, note="vramctl free")
+            async with cm as r:
+                return r
+
+    r = _run(go)
+    if as_json:
+        print(json.dumps(r.to_json(), indent=2))
+    else:
+        console.print(timeline_table(r))
+
+
+def _unknown(s: VramSettings, name: str) -> None:
+    err.print(f"[red]error:[/red] unknown consumer {name!r}; configured: {', '.join(c.name for c in s.consumers)}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def watch(interval: Annotated[float, typer.Option("--interval", min=0.05, help="Seconds between refreshes.")] = 1.0,
+          count: Annotated[int, typer.Option("--count", min=0, help="Stop after N refreshes (0 = until Ctrl-C).")] = 0,
+          config: ConfigOpt = None, llama_swap: LlamaSwapOpt = None, probe: ProbeOpt = None,
+          probe_url: ProbeUrlOpt = None) -> None:
+    """Live view of the card and the consumers."""
+    s = _settings(config, llama_swap, probe, probe_url)
+
+    async def go() -> None:
+        async with Coordinator(s) as coord:
+            n = 0
+            with Live(console=console, auto_refresh=False) as live:
+                while True:
+                    st = await coord.status()
+                    live.update(Group(status_tables(st), f"[dim]{time.strftime('%H:%M:%S')} · every {interval:g} s · Ctrl-C to stop[/dim]"),
+                                refresh=True)
+                    n += 1
+                    if count and n >= count:
+                        return
+                    await asyncio.sleep(interval)
+
+    _run(go)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""The llama-swap emulator speaks llama-swap's API faithfully and keeps an honest VRAM ledger."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import httpx
+import pytest
+
+from emulators.llama_swap import OOM_MESSAGE, LlamaSwapEmulator, SimulatedGpu, create_app
+from servers import serve_app
+
+CONFIG = """
+healthCheckTimeout: 60
+gpu_total_mib: 8192
+gpu_reserved_mib: 512
+models:
+  "llama3.1":
+    cmd: llama-server --port ${PORT} -m /models/llama3.1.gguf
+    proxy: http://127.0.0.1:${PORT}
+    ttl: 1800
+    aliases: [text]
+    vram_mib: 5120
+    load_s: 0.05
+  vision:
+    cmd: llama-server --port ${PORT} -m /models/minicpm-v.gguf --mmproj /models/mmproj.gguf
+    ttl: 900
+    vram_mib: 6912
+    vision: true
+    stop_s: 0.05
+    release_s: 0.3
+"""
+
+PNG_1PX = base64.b64encode(bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360f8cf000000030101009a5c2f3b0000000049454e44ae426082")).decode()
+
+
+@pytest.fixture()
+def emu():
+    e = LlamaSwapEmulator(CONFIG)
+    with e.serve():
+        yield e
+
+
+def chat(url: str, model: str, content="hi", **kw) -> httpx.Response:
+    return httpx.post(f"{url}/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": content}],
+                                                          **kw}, timeout=10)
+
+
+def test_management_endpoints_have_llama_swaps_shapes(emu):
+    assert httpx.get(f"{emu.url}/health").text == "OK"
+    models = httpx.get(f"{emu.url}/v1/models").json()
+    assert models["object"] == "list"
+    assert [m["id"] for m in models["data"]] == ["llama3.1", "vision"]
+    assert all(m["owned_by"] == "llama-swap" and m["object"] == "model" for m in models["data"])
+    assert httpx.get(f"{emu.url}/running").json() == {"running": []}
+    emu.preload("vision")
+    running = httpx.get(f"{emu.url}/running").json()["running"]
+    assert [(r["model"], r["state"], r["ttl"]) for r in running] == [("vision", "ready", 900)]
+    r = httpx.post(f"{emu.url}/api/models/unload/vision")
+    assert (r.status_code, r.text) == (200, "OK")
+    assert httpx.get(f"{emu.url}/running").json() == {"running": []}
+    r = httpx.post(f"{emu.url}/api/models/unload/nope", headers={"Accept": "application/json"})
+    assert (r.status_code, r.json()) == (404, {"error": "Model not found"})
+    assert httpx.post(f"{emu.url}/api/models/unload/nope").text == "Model not found"
+    time.sleep(0.35)  # vision's memory back from the driver
+    emu.preload("llama3.1")
+    assert (httpx.get(f"{emu.url}/unload").text, emu.running()) == ("OK", [])
+    assert httpx.post(f"{emu.url}/api/models/unload").json() == {"msg": "ok"}
+
+
+def test_unload_returns_when_process_is_gone_but_memory_comes_back_later(emu):
+    emu.preload("vision")
+    before = emu.gpu.free_mib
+    t0 = time.monotonic()
+    httpx.post(f"{emu.url}/api/models/unload/vision")
+    assert time.monotonic() - t0 >= 0.05  # stop_s
+    assert emu.gpu.free_mib == before  # the driver has not released it yet
+    vram = httpx.get(f"{emu.url}/_emulator/vram").json()
+    assert any("releasing" in p["name"] for p in vram["processes"])
+    time.sleep(0.35)
+    assert emu.gpu.free_mib == 8192 - 512
+    assert [h["event"] for h in emu.gpu.history] == ["alloc", "exit", "released"]
+
+
+def test_chat_loads_on_demand_swaps_others_and_ooms_like_the_seed(emu):
+    emu.preload("vision")
+    r = chat(emu.url, "text", max_tokens=1)  # alias of llama3.1; vision's memory is still being released
+    assert r.status_code == 500 and OOM_MESSAGE in r.text
+    assert emu.gpu.oom_count == 1 and emu.swap_count == 1 and emu.unloads == ["vision"]
+    time.sleep(0.35)
+    r = chat(emu.url, "llama3.1")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "chat.completion" and body["choices"][0]["message"]["role"] == "assistant"
+    assert emu.loads == ["vision", "llama3.1"] and emu.running() == ["llama3.1"]
+
+
+def test_image_inputs_and_configurable_answers(emu):
+    seen = {}
+
+    def answer(req):
+        seen["images"], seen["text"] = req.images, req.text
+        return "YES" if req.images else "NO"
+
+    emu.set_answer("vision", answer)
+    content = [{"type": "text", "text": "Is this Miku?"},
+               {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_1PX}"}}]
+    r = chat(emu.url, "vision", content)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "YES"
+    assert seen["text"] == "Is this Miku?" and seen["images"][0][:4] == b"\x89PNG"
+    bad = [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]
+    assert chat(emu.url, "vision", bad).status_code == 400
+    r = chat(emu.url, "llama3.1", content)  # a text model has no mmproj
+    assert r.status_code == 500 and "mmproj" in r.text
+    emu.set_answer("llama3.1", "hello there")
+    httpx.post(f"{emu.url}/api/models/unload/vision")
+    time.sleep(0.35)  # let the driver hand vision's memory back, or loading llama3.1 would OOM
+    assert chat(emu.url, "llama3.1").json()["choices"][0]["message"]["content"] == "hello there"
+
+
+def test_bad_requests_are_4xx(emu):
+    r = httpx.post(f"{emu.url}/v1/chat/completions", content=b"not json")
+    assert r.status_code == 400 and "model" in r.text
+    assert chat(emu.url, "no-such-model").status_code == 400
+    r = httpx.post(f"{emu.url}/v1/chat/completions", json={"model": "llama3.1", "messages": []})
+    assert r.status_code == 400
+
+
+def test_ttl_expiry_unloads():
+    e = LlamaSwapEmulator({"models": {"m": {"ttl": 1, "vram_mib": 100}}})
+    e.models["m"].ttl = 0.2  # llama-swap's ttl is whole seconds; shortened here to keep the test fast
+    with e.serve():
+        assert chat(e.url, "m").status_code == 200
+        time.sleep(0.6)
+        assert e.running() == [] and e.unloads == ["m"]
+
+
+def test_switches_and_api_keys():
+    e = LlamaSwapEmulator({"apiKeys": ["sekret"], "models": {"m": {"vram_mib": 100}}})
+    with e.serve():
+        r = httpx.get(f"{e.url}/running")
+        assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Basic")
+        assert httpx.get(f"{e.url}/health").status_code == 200  # unprotected, as in llama-swap
+        auth = {"Authorization": "Bearer sekret"}
+        assert httpx.get(f"{e.url}/running", headers=auth).status_code == 200
+        e.switches.fail_status = 503
+        assert httpx.get(f"{e.url}/running", headers=auth).status_code == 503
+        assert httpx.get(f"{e.url}/_emulator/vram").status_code == 200  # emulator routes never misbehave
+        e.switches.fail_status = None
+        e.switches.legacy_no_model_unload = True
+        r = httpx.post(f"{e.url}/api/models/unload/m", headers=auth)
+        assert (r.status_code, r.text) == (404, "404 page not found")
+        e.switches.slow_s = 0.2
+        t0 = time.monotonic()
+        httpx.get(f"{e.url}/health")
+        assert time.monotonic() - t0 >= 0.2
+        e.switches.slow_s = 0
+        e.set_down(True)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{e.url}/health")
+        assert httpx.get(f"{e.gpu_url}/_emulator/vram").status_code == 200
+        e.set_down(False)
+        assert httpx.get(f"{e.url}/health").text == "OK"
+
+
+def test_create_app_serves_with_the_shared_helper():
+    gpu = SimulatedGpu(total_mib=2048)
+    app = create_app({"models": {"m": {"vram_mib": 4096}}}, gpu)
+    with serve_app(app) as url:
+        r = chat(url, "m")
+        assert r.status_code == 500 and OOM_MESSAGE in r.text
+        assert app.state.emulator.ledger()["oom_count"] == 1
+        assert httpx.post(f"{url}/_emulator/alloc", json={"owner": "x", "mib": 4096}).status_code == 500
+        assert httpx.post(f"{url}/_emulator/alloc", json={"owner": "x"}).status_code == 400
