@@ -1,0 +1,78 @@
+"""Safebooru and Gelbooru (dapi JSON) against the emulator's dapi dialects on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from emulators.danbooru import create_dapi_app
+from servers import serve_app
+
+from mikubot.sources import SourceError, source_from_spec
+
+SYLVIE_GENERAL = {"sylvie blue giggle.png", "sylvie blue normal.png", "sylvie blue surprised.png", "sylvie green normal.png"}
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as c:
+        yield c
+
+
+def by_id(app) -> dict[int, str]:
+    return {p["id"]: p["_art"] for p in app.state.posts}
+
+
+@pytest.mark.parametrize("flavour", ["gelbooru", "safebooru"])
+async def test_search_and_download(flavour: str, art_dir, client) -> None:
+    app = create_dapi_app(art_dir=art_dir, flavour=flavour)
+    with serve_app(app) as base:
+        src = source_from_spec(flavour, http=client, min_size=300, backoff_s=0.01, rng=3, **{f"{flavour}_url": base})
+        found = await src.search(10, set())
+        names = {by_id(app)[c.extra["post_id"]] for c in found}
+        assert names == SYLVIE_GENERAL
+        assert all(c.key == f"{flavour}:{c.extra['post_id']}" and c.rating == "g" for c in found)
+        assert all(c.page_url.endswith(f"id={c.extra['post_id']}") for c in found)
+        got = await src.download(found[0])
+        assert got.data == (art_dir / by_id(app)[found[0].extra["post_id"]]).read_bytes()
+        assert src.last_search.rejected["no file (deleted, banned or hidden)"] == 1
+        again = await src.search(10, {c.key for c in found[:2]})
+        assert len(again) == 2 and src.last_search.rejected["used before"] == 2
+        params = app.state.control.searches()[0].params
+        assert (params["page"], params["s"], params["q"], params["json"]) == ("dapi", "post", "index", "1")
+
+
+async def test_gelbooru_takes_the_sample_of_large_images(art_dir, client) -> None:
+    from emulators.danbooru import default_posts
+
+    posts = [p for p in default_posts(art_dir) if (p.get("_art") or "").startswith("concert")]
+    for p in posts:
+        p["tag_string"] += " solo"
+    app = create_dapi_app(posts, art_dir=art_dir, flavour="gelbooru")
+    with serve_app(app) as base:
+        src = source_from_spec("gelbooru", gelbooru_url=base, http=client, max_side=2048)
+        found = await src.search(1, set())
+        assert found[0].extra["variant"] == "sample" and found[0].width == 850
+        got = await src.download(found[0])
+        assert (got.file_ext, got.width) == ("jpg", 850)
+
+
+async def test_empty_results_in_both_dialects(art_dir, client) -> None:
+    for flavour in ("gelbooru", "safebooru"):
+        with serve_app(create_dapi_app(art_dir=art_dir, flavour=flavour)) as base:
+            src = source_from_spec(flavour, character_tag="kagamine_rin", http=client, **{f"{flavour}_url": base})
+            assert await src.search(5, set()) == []
+            assert src.last_search.seen == 0
+
+
+async def test_gelbooru_credentials_are_params_but_masked(art_dir, client) -> None:
+    app = create_dapi_app(art_dir=art_dir, flavour="gelbooru")
+    app.state.control.fail(500, times=5, path="/index.php")
+    with serve_app(app) as base:
+        src = source_from_spec("gelbooru", gelbooru_url=base, http=client, gelbooru_user_id="42",
+                               gelbooru_api_key="topsecret", retries=1, backoff_s=0.01)
+        with pytest.raises(SourceError) as info:
+            await src.search(1, set())
+    assert info.value.retryable and "500" in info.value.message and "topsecret" not in str(info.value)
+    assert app.state.control.searches()[0].params["api_key"] == "***"  # it was sent (the emulator masks its log)
