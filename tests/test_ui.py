@@ -1,0 +1,66 @@
+"""The Gradio UI: its detect function in-process and through the API, and a real launch."""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from facedetect.api import create_app  # noqa: E402
+from facedetect.settings import FaceDetectSettings  # noqa: E402
+from facedetect.ui import build_ui  # noqa: E402
+from servers import free_port, serve_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def blocks(tmp_path_factory):
+    return build_ui(FaceDetectSettings(outputs=tmp_path_factory.mktemp("ui-out")))
+
+
+def test_detect_in_process(blocks, art_dir):
+    image, result = blocks.detector(str(art_dir / "lucy mad.png"), "animeface", 0.0, 0)
+    assert image.size == (420, 720) and image.mode == "RGB"
+    assert result["count"] == 1 and result["backend"] == "animeface"
+    assert result["annotated_image"] is None  # the UI shows the image; it writes no files
+
+
+def test_threshold_and_max_faces_controls(blocks, art_dir):
+    _, strict = blocks.detector(str(art_dir / "lucy mad.png"), "animeface", 0.95, 0)
+    assert strict["count"] == 0
+    _, limited = blocks.detector(str(art_dir / "eileen happy.png"), "animeface", 0.0, 1)
+    assert limited["count"] == 1
+
+
+def test_problems_are_shown_not_raised(blocks, tmp_path):
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"definitely not a png")
+    assert blocks.detector(None, "animeface", 0.0, 0) == (None, {"error": "upload an image first"})
+    image, result = blocks.detector(str(junk), "animeface", 0.0, 0)
+    assert image is None and result["status"] == 415 and "not an image" in result["error"]
+    _, missing = blocks.detector(str(gone := tmp_path / "gone.png"), "animeface", 0.0, 0)
+    assert "cannot read" in missing["error"] and str(gone) in missing["error"]
+    _, no_model = blocks.detector(str(junk), "cascade", 0.0, 0)
+    assert no_model["status"] in (400, 503) and "error" in no_model
+
+
+def test_detect_through_the_api(tmp_path, art_dir):
+    with serve_app(create_app(FaceDetectSettings(outputs=tmp_path / "api-out"))) as url:
+        ui = build_ui(FaceDetectSettings(api_url=url))
+        image, result = ui.detector(str(art_dir / "eileen happy.png"), "animeface", 0.0, 0)
+        health = httpx.get(f"{url}/metrics").text
+    assert image.size == (320, 720)
+    assert result["count"] == 1 and result["annotated_image"].startswith(str(tmp_path / "api-out"))
+    assert 'facedetect_requests_total{endpoint="/detect",status="200"} 1.0' in health
+
+
+def test_launch_serves_the_page(blocks):
+    port = free_port()
+    blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        r = httpx.get(f"http://127.0.0.1:{port}/", timeout=30)
+        assert r.status_code == 200 and "gradio" in r.text.lower()
+    finally:
+        blocks.close()
