@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import httpx
@@ -66,7 +67,8 @@ async def test_empty_results_in_both_dialects(art_dir, client) -> None:
             assert src.last_search.seen == 0
 
 
-async def test_gelbooru_credentials_are_params_but_masked(art_dir, client) -> None:
+async def test_gelbooru_credentials_are_params_but_masked(art_dir, client, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="httpx")
     app = create_dapi_app(art_dir=art_dir, flavour="gelbooru")
     app.state.control.fail(500, times=5, path="/index.php")
     with serve_app(app) as base:
@@ -75,4 +77,5 @@ async def test_gelbooru_credentials_are_params_but_masked(art_dir, client) -> No
         with pytest.raises(SourceError) as info:
             await src.search(1, set())
     assert info.value.retryable and "500" in info.value.message and "topsecret" not in str(info.value)
-    assert app.state.control.searches()[0].params["api_key"] == "***"  # it was sent (the emulator masks its log)
+    assert app.state.control.searches()[0].params["api_key"] == "***"
+    assert "HTTP Request" in caplog.text and "api_key=%2A%2A%2A" in caplog.text and "topsecret" not in caplog.text  # it was sent (the emulator masks its log)

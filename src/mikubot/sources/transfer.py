@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import email.utils
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -37,6 +38,20 @@ def display_url(url: str | httpx.URL) -> str:
         params = [(k, "***" if k.lower() in SECRET_PARAMS else v) for k, v in u.params.multi_items()]
         u = u.copy_with(params=params)
     return str(u)
+
+
+class _MaskSecretsInHttpxLogs(logging.Filter):
+    """httpx logs every request URL at INFO; Gelbooru's api_key must travel in the query, so mask it there."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, httpx.URL) for a in record.args):
+            record.args = tuple(display_url(a) if isinstance(a, httpx.URL) else a for a in record.args)
+        return True
+
+
+_HTTPX_LOGGER = logging.getLogger("httpx")
+if not any(isinstance(f, _MaskSecretsInHttpxLogs) for f in _HTTPX_LOGGER.filters):
+    _HTTPX_LOGGER.addFilter(_MaskSecretsInHttpxLogs())
 
 
 def retry_after_seconds(value: str | None) -> float | None:
