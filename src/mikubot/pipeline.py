@@ -80,6 +80,7 @@ class ChangeState:
     change_id: int
     spec: str
     dry_run: bool
+    dry_reason: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     fallbacks: list[str] = field(default_factory=list)
     picks: list[Pick] = field(default_factory=list)
@@ -177,9 +178,9 @@ class AvatarPipeline:
             s = self.settings
             spec = source or s.source
             k = candidates or s.candidates
-            dry = s.effective_dry_run if dry_run is None else (dry_run or s.discord_token is None)
+            dry, why = self._dry_run(dry_run)
             change_id = self.history.start(spec, dry_run=dry)
-            state = ChangeState(change_id, spec, dry)
+            state = ChangeState(change_id, spec, dry, dry_reason=why)
             ev = ChangeEvents(self.bus, change_id)
             try:
                 await self._run(state, ev, spec, k, out)
@@ -203,10 +204,13 @@ class AvatarPipeline:
                 found = await src.search(k, exclude)
             except SourceError as exc:
                 raise ChangeFailed("search", exc.message) from None
+            report = getattr(src, "last_search", None)  # what the source saw and turned away, when it says
+            seen = report.describe() if report is not None else None
             if not found:
-                raise ChangeFailed("search", f"{spec} offered no new candidates ({len(exclude)} already used); "
-                                   "widen the search (ratings, blacklist, another source)")
-            ev.emit("search", "progress", found=len(found), keys=[c.key for c in found])
+                raise ChangeFailed("search", f"{spec} offered no new candidates ({len(exclude)} already used"
+                                   + (f"; {seen}" if seen else "") + "); widen the search (ratings, blacklist, "
+                                   "another source) or use a fresh MIKU_DATA_DIR")
+            ev.emit("search", "progress", found=len(found), keys=[c.key for c in found], report=seen)
         # download
         with self._stage(state, ev, "download", count=len(found)):
             for c in found:
@@ -250,9 +254,8 @@ class AvatarPipeline:
         # upload
         with self._stage(state, ev, "upload", dry_run=state.dry_run):
             if state.dry_run:
-                why = "dry-run" if self.settings.dry_run or self.settings.discord_token else "no MIKU_DISCORD_TOKEN"
-                state.upload = {"skipped": why, "written": str(files.avatar)}
-                ev.emit("upload", "skip", reason=why, avatar=str(files.avatar))
+                state.upload = {"skipped": state.dry_reason, "written": str(files.avatar)}
+                ev.emit("upload", "skip", reason=state.dry_reason, avatar=str(files.avatar))
             else:
                 await self._upload(state, png)
 
@@ -373,16 +376,26 @@ class AvatarPipeline:
         state.upload = result.to_json()
         state.uploaded = True
 
+    def _dry_run(self, asked: bool | None) -> tuple[bool, str | None]:
+        """Whether this change stays off Discord, and why (for the events and the record)."""
+        if asked:
+            return True, "dry run (asked for)"
+        if asked is None and self.settings.dry_run:
+            return True, "dry run (MIKU_DRY_RUN)"
+        if self.settings.discord_token is None:
+            return True, "dry run: no MIKU_DISCORD_TOKEN"
+        return False, None
+
     # --- restore ----------------------------------------------------------------------------------------------------
     async def restore(self, change_id: int, *, dry_run: bool | None = None) -> dict[str, Any]:
         """Apply the avatar of an earlier change again; a new history row records it."""
         async with self._lock:
             s = self.settings
             path = self.history.restorable(change_id)
-            dry = s.effective_dry_run if dry_run is None else (dry_run or s.discord_token is None)
+            dry, why = self._dry_run(dry_run)
             old = self.history.get(change_id) or {}
             new_id = self.history.start(f"restore:{change_id}", dry_run=dry, restored_from=change_id)
-            state = ChangeState(new_id, f"restore:{change_id}", dry)
+            state = ChangeState(new_id, f"restore:{change_id}", dry, dry_reason=why)
             state.kept_avatar = path
             state.files = {"avatar": str(path), "report": str(s.avatars_dir / f"change-{new_id:05d}.json"),
                            "annotated": None, "kept": str(path)}
@@ -390,8 +403,8 @@ class AvatarPipeline:
             try:
                 with self._stage(state, ev, "upload", dry_run=dry, restored_from=change_id):
                     if dry:
-                        state.upload = {"skipped": "dry-run", "written": str(path)}
-                        ev.emit("upload", "skip", reason="dry-run", avatar=str(path))
+                        state.upload = {"skipped": why, "written": str(path)}
+                        ev.emit("upload", "skip", reason=why, avatar=str(path))
                     else:
                         await self._upload(state, path.read_bytes())
             except ChangeFailed as exc:
@@ -455,7 +468,7 @@ class AvatarPipeline:
                 fields["report_path"] = None
                 record["report_path"] = None
         self.history.finish(state.change_id, status, **fields)
-        ev.emit("record", "done", status=status, error=state.error)
+        ev.emit("record", "done", status=status, error=state.error, ms=round((time.monotonic() - t0) * 1000, 1))
         return record
 
     def _timeline(self, state: ChangeState) -> list[dict[str, Any]]:

@@ -1,0 +1,294 @@
+"""``mikubot``: the avatar pipeline from a terminal.
+
+    mikubot pfp change [--dry-run] [--source SPEC] [--candidates K] [--out FILE] [--json]
+    mikubot pfp history [--limit N] [--json]
+    mikubot pfp restore ID [--dry-run] [--json]
+    mikubot config show [--json]
+    mikubot doctor [--json]
+
+Human output goes through rich (a live table of the stages while a change runs); ``--json`` prints
+exactly one JSON document on stdout (the live display then goes to stderr) so scripts can parse it.
+Exit codes: 0 done, 1 the change/check failed, 2 bad configuration or arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from mikubot.config import ConfigFileError, Settings, load_settings
+from mikubot.events import STAGES, EventBus, ProgressEvent
+from mikubot.history import History, HistoryError
+from mikubot.sources import SPEC_HELP
+
+app = typer.Typer(help="Miku's avatar pipeline: find art, verify, crop around the face, upload.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+pfp = typer.Typer(help="Profile picture: change, history, restore.", no_args_is_help=True)
+config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
+app.add_typer(pfp, name="pfp")
+app.add_typer(config_app, name="config")
+
+STATUS_STYLE = {"start": "yellow", "progress": "yellow", "done": "green", "skip": "cyan", "fallback": "magenta",
+                "fail": "bold red", "waiting": "dim"}
+STATUS_ICON = {"start": "…", "progress": "…", "done": "✓", "skip": "↷", "fallback": "↘", "fail": "✗"}
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except ConfigFileError as exc:
+        _die(str(exc))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
+        _die(f"invalid configuration: {problems}")
+    raise AssertionError("unreachable")
+
+
+def _die(message: str, code: int = 2) -> None:
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+class StageBoard:
+    """The live table: one row per stage with its latest status, detail and time."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, tuple[str, str, float | None]] = {s: ("waiting", "", None) for s in STAGES}
+        self.change_id: int | None = None
+        self.started: dict[str, float] = {}
+
+    def on_event(self, ev: ProgressEvent) -> None:
+        self.change_id = ev.change_id
+        if ev.stage not in self.rows:
+            return
+        if ev.status == "start":
+            self.started[ev.stage] = ev.t
+        took = ev.detail.get("ms")
+        old_status, old_detail, old_ms = self.rows[ev.stage]
+        status: str = ev.status
+        if ev.status in ("progress", "skip", "done") and old_status in ("fallback", "fail"):
+            status = old_status  # a stage that fell back stays marked, even once it is done
+        elif ev.status == "done" and ev.stage == "upload" and old_status == "skip":
+            status = "skip"  # dry run: the upload was skipped, not done
+        elif ev.status == "skip" and ev.stage != "upload":
+            status = "progress"  # one candidate skipped; the stage goes on
+        self.rows[ev.stage] = (status, self._describe(ev) or old_detail, float(took) if took is not None else old_ms)
+
+    @staticmethod
+    def _describe(ev: ProgressEvent) -> str:
+        d = ev.detail
+        if ev.status in ("fail", "fallback", "skip"):
+            return str(d.get("error") or d.get("reason") or d.get("to") or "")
+        if ev.stage == "search" and "found" in d:
+            return f"{d['found']} candidates"
+        if ev.stage == "download" and "size" in d:
+            return f"{d['key'][:40]} {d['size'][0]}x{d['size'][1]}"
+        if ev.stage == "verify" and "confidence" in d:
+            return f"{d['method']}: {d['confidence']:.2f} {str(d.get('description', ''))[:60]}"
+        if ev.stage in ("verify", "reserve") and "reserved" in d:
+            unl = f", unloaded {', '.join(d['unloaded'])}" if d.get("unloaded") else ""
+            return f"reserved {d['reserved']} after {d['waited_s']:.2f} s{unl}"
+        if ev.stage == "detect" and "faces" in d:
+            return f"{d['faces']} face(s) via {d['via']}"
+        if ev.stage == "crop" and "method" in d:
+            return f"{d['method']} crop {d['box']}"
+        if ev.stage == "record" and "status" in d:
+            return str(d["status"])
+        return ""
+
+    def render(self) -> Table:
+        title = f"avatar change {self.change_id}" if self.change_id is not None else "avatar change"
+        table = Table(title=title, show_edge=False, expand=False)
+        table.add_column("stage")
+        table.add_column("")
+        table.add_column("detail", overflow="fold", max_width=80)
+        table.add_column("ms", justify="right")
+        for stage, (status, detail, ms) in self.rows.items():
+            style = STATUS_STYLE.get(status, "")
+            table.add_row(stage, f"[{style}]{STATUS_ICON.get(status, '·')}[/]", detail,
+                          f"{ms:.0f}" if ms is not None else "")
+        return table
+
+
+def _run_with_board(coro_factory: Any, bus: EventBus, console: Console) -> dict[str, Any]:
+    board = StageBoard()
+    with Live(board.render(), console=console, refresh_per_second=8, transient=False) as live:
+        def update(ev: ProgressEvent) -> None:
+            board.on_event(ev)
+            live.update(board.render())
+
+        bus.subscribe(update)
+        return asyncio.run(coro_factory())
+
+
+def _print_outcome(record: dict[str, Any], console: Console) -> None:
+    files = record.get("files") or {}
+    status = record["status"]
+    if status == "failed":
+        console.print(f"[bold red]❌ change {record['id']} failed at {record.get('failed_stage')}:[/] {record['error']}",
+                      highlight=False)
+        if record.get("avatar_path"):
+            console.print(f"   avatar kept: {record['avatar_path']}  (apply later: mikubot pfp restore {record['id']})",
+                          highlight=False)
+    else:
+        how = "applied to Discord" if status == "applied" else "written (dry run, Discord not called)"
+        size = record.get("avatar_size") or []
+        console.print(f"[bold green]✅ avatar {how}:[/] {files.get('avatar')}  "
+                      f"({'x'.join(map(str, size))}, {record.get('crop_method')} crop)", highlight=False)
+        if files.get("annotated"):
+            console.print(f"   annotated:  {files['annotated']}", highlight=False)
+        src = record.get("source") or {}
+        console.print(f"   source:     {src.get('name')} {src.get('filename') or src.get('page_url') or src.get('key')}",
+                      highlight=False)
+        if record.get("description"):
+            console.print(f"   looks like: {record['description']}", highlight=False)
+        if record.get("fallbacks"):
+            console.print(f"   fallbacks:  {', '.join(record['fallbacks'])}", highlight=False)
+    console.print(f"   report:     {record.get('report_path')}", highlight=False)
+
+
+@pfp.command("change")
+def pfp_change(
+    dry_run: bool = typer.Option(False, "--dry-run", help="write the avatar to a file; never call Discord"),
+    source: Optional[str] = typer.Option(None, "--source", help=SPEC_HELP),
+    candidates: Optional[int] = typer.Option(None, "--candidates", "-k", min=1, max=20, help="K candidates to verify"),
+    out: Optional[Path] = typer.Option(None, "--out", help="also write the avatar (and report, annotated image) here"),
+    as_json: bool = typer.Option(False, "--json", help="print the change record as JSON"),
+) -> None:
+    """Change the avatar: search → download → verify → reserve → detect → crop → upload → record."""
+    from mikubot.pipeline import AvatarPipeline
+
+    settings = _settings(source=source, candidates=candidates)
+    console = Console(stderr=as_json)
+    bus = EventBus()
+
+    async def go() -> dict[str, Any]:
+        async with AvatarPipeline(settings, bus=bus) as pipeline:
+            return await pipeline.change(dry_run=True if dry_run else None, out=out)
+
+    record = _run_with_board(go, bus, console)
+    if not console.is_terminal:
+        console.line()
+    if as_json:
+        sys.stdout.write(json.dumps(record, indent=2, default=str) + "\n")
+    else:
+        _print_outcome(record, console)
+    raise typer.Exit(1 if record["status"] == "failed" else 0)
+
+
+@pfp.command("history")
+def pfp_history(
+    limit: int = typer.Option(20, "--limit", "-n", min=1, max=1000),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The latest changes, newest first."""
+    settings = _settings()
+    rows = History(settings.history_path).list(limit)
+    if as_json:
+        for r in rows:
+            r.pop("events", None)
+        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
+        return
+    console = Console()
+    if not rows:
+        console.print(f"no changes yet in {settings.history_path}")
+        return
+    table = Table(show_edge=False)
+    for col in ("id", "status", "started", "source", "crop", "note", "avatar"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        style = {"applied": "green", "dry-run": "cyan", "failed": "red", "running": "yellow"}[r["status"]]
+        source = r["source_spec"] if not r["post_key"] else f"{r['source']} {r['post_key'][:24]}"
+        note = r["error"] or r["description"] or ""
+        if r["restored_from"]:
+            note = f"restore of {r['restored_from']}" + (f": {r['error']}" if r["error"] else "")
+        table.add_row(str(r["id"]), f"[{style}]{r['status']}[/]", r["started_at"], source, r["crop_method"] or "",
+                      note[:80], r["avatar_path"] or "")
+    console.print(table)
+
+
+@pfp.command("restore")
+def pfp_restore(
+    change_id: int = typer.Argument(..., help="the id from `mikubot pfp history`"),
+    dry_run: bool = typer.Option(False, "--dry-run"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Apply the avatar of an earlier change again."""
+    from mikubot.pipeline import AvatarPipeline
+
+    settings = _settings()
+    console = Console(stderr=as_json)
+
+    async def go() -> dict[str, Any]:
+        async with AvatarPipeline(settings) as pipeline:
+            return await pipeline.restore(change_id, dry_run=True if dry_run else None)
+
+    try:
+        record = asyncio.run(go())
+    except HistoryError as exc:
+        _die(str(exc), code=1)
+    if as_json:
+        sys.stdout.write(json.dumps(record, indent=2, default=str) + "\n")
+    elif record["status"] == "failed":
+        console.print(f"[bold red]❌ restore of change {change_id} failed:[/] {record['error']}", highlight=False)
+    else:
+        how = "applied to Discord" if record["status"] == "applied" else "dry run: Discord not called"
+        console.print(f"[bold green]✅ avatar of change {change_id} {how}:[/] {record['avatar_path']} "
+                      f"(recorded as change {record['id']})", highlight=False)
+    raise typer.Exit(1 if record["status"] == "failed" else 0)
+
+
+@config_app.command("show")
+def config_show(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Every setting with its value (secrets masked)."""
+    settings = _settings()
+    values = settings.masked()
+    if as_json:
+        sys.stdout.write(json.dumps(values, indent=2, default=str) + "\n")
+        return
+    table = Table(show_edge=False)
+    table.add_column("setting")
+    table.add_column("value", overflow="fold")
+    table.add_column("environment")
+    for name, value in values.items():
+        env = "FACE_DETECTOR_URL" if name == "face_detector_url" else f"MIKU_{name.upper()}"
+        shown = "(unset)" if value is None else json.dumps(value) if isinstance(value, list) else str(value)
+        table.add_row(name, shown, env)
+    console = Console()
+    console.print(table)
+    console.print(f"dry run in effect: {settings.effective_dry_run}", highlight=False)
+
+
+@app.command("doctor")
+def doctor(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Check the detector, llama-swap, the GPU probe, the Discord token and the image source."""
+    from mikubot.doctor import run_checks
+
+    settings = _settings()
+    checks = asyncio.run(run_checks(settings))
+    if as_json:
+        sys.stdout.write(json.dumps([c.to_json() for c in checks], indent=2) + "\n")
+    else:
+        console = Console()
+        for c in checks:
+            console.print(c.line, highlight=False)
+            if c.fix and c.state in ("fail", "warn"):
+                console.print(f"   fix: {c.fix}", highlight=False)
+    raise typer.Exit(1 if any(c.state == "fail" for c in checks) else 0)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
