@@ -140,6 +140,7 @@ class Coordinator:
         need = c.vram_mib + s.safety_margin_mib
         deadline = res.timeline.started + s.timeout_s
         states, _ = await self._residency(res)
+        states.setdefault(c.name, Residency(None, "not a configured consumer"))  # reserve_mib
         if states[c.name].loaded:
             self._event(res, "already-loaded", c.name, None, states[c.name].detail)
             return
@@ -163,6 +164,7 @@ class Coordinator:
             pending = self._pending_release(unloaded, mem.free_mib)
             if need - mem.free_mib - pending > 0:
                 states, _ = await self._residency(res)
+                states.setdefault(c.name, Residency(None))
                 tried = {v.name for v, _ in unloaded}
                 candidates = [o for o in s.consumers if o.name != c.name and o.controllable and o.name not in tried
                               and states[o.name].loaded and self._held.get(o.name, 0) == 0]

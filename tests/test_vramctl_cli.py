@@ -1,0 +1,89 @@
+"""`vramctl` as a user runs it: a subprocess talking to the llama-swap emulator over loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+import yaml
+
+from emulators.llama_swap import LlamaSwapEmulator, create_detector_app
+from servers import free_port, serve_app, venv_bin
+
+
+def vramctl(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+    full = {**os.environ, "COLUMNS": "200", **(env or {})}
+    full.pop("MIKU_VRAM_CONFIG", None) if env is None or "MIKU_VRAM_CONFIG" not in env else None
+    return subprocess.run([venv_bin("vramctl"), *args], capture_output=True, text=True, env=full, timeout=timeout)
+
+
+@pytest.fixture()
+def deployment(tmp_path):
+    emu = LlamaSwapEmulator({"gpu_total_mib": 8192, "gpu_reserved_mib": 512, "models": {
+        "llama3.1": {"vram_mib": 5120}, "vision": {"vram_mib": 6912, "stop_s": 0.05, "release_s": 0.3}}})
+    det = create_detector_app(emu.gpu, vram_mib=1024)
+    with emu.serve(), serve_app(det) as det_url:
+        cfg = tmp_path / "vram.yaml"
+        cfg.write_text(yaml.safe_dump({"probe": "emulator", "probe_url": emu.gpu_url, "poll_s": 0.02, "consumers": [
+            {"name": "text", "kind": "llama-swap", "model": "llama3.1", "vram_mib": 5120},
+            {"name": "vision", "kind": "llama-swap", "model": "vision", "vram_mib": 6912, "priority": 1},
+            {"name": "face-detector", "kind": "facedetect", "url": det_url, "vram_mib": 1024, "priority": 2}]}))
+        yield emu, cfg
+
+
+def test_status_json_and_table(deployment):
+    emu, cfg = deployment
+    emu.preload("vision")
+    r = vramctl("status", "--json", "--config", str(cfg), "--llama-swap", emu.url)
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)
+    assert st["gpu"]["free_mib"] == 768
+    assert {c["name"]: c["loaded"] for c in st["consumers"]} == {"text": False, "vision": True, "face-detector": False}
+    r = vramctl("status", "--config", str(cfg), env={"MIKU_LLAMA_SWAP_URL": emu.url})  # URL from the environment
+    assert r.returncode == 0, r.stderr
+    assert "vision" in r.stdout and "768 MiB" in r.stdout and "yes" in r.stdout
+
+
+def test_free_consumer_prints_the_timeline(deployment):
+    emu, cfg = deployment
+    emu.preload("vision")
+    r = vramctl("free", "face-detector", "--json", "--config", str(cfg), "--llama-swap", emu.url)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["unloaded"] == ["vision"] and [e["event"] for e in out["timeline"]][-1] == "released"
+    assert emu.gpu.oom_count == 0 and "llama3.1" not in emu.loads
+    r = vramctl("free", "--mib", "2000", "--config", str(cfg), "--llama-swap", emu.url)
+    assert r.returncode == 0, r.stderr
+    assert "granted" in r.stdout and "unloaded: nothing" in r.stdout
+
+
+def test_watch_stops_after_count(deployment):
+    emu, cfg = deployment
+    r = vramctl("watch", "--count", "2", "--interval", "0.05", "--config", str(cfg), "--llama-swap", emu.url)
+    assert r.returncode == 0, r.stderr
+    assert "Consumers" in r.stdout
+
+
+def test_without_gpu_or_servers_status_still_answers():
+    dead = f"http://127.0.0.1:{free_port()}"
+    r = vramctl("status", "--json", "--probe", "none", "--llama-swap", dead)
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)
+    assert st["gpu"] is None and all(c["loaded"] is None for c in st["consumers"])
+    assert "unreachable" in st["consumers"][0]["detail"]
+
+
+def test_bad_input_is_a_message_not_a_traceback(tmp_path):
+    r = vramctl("free", "nobody", "--probe", "none")
+    assert r.returncode == 2 and "unknown consumer 'nobody'" in r.stderr and "Traceback" not in r.stderr
+    r = vramctl("free", "--probe", "none")
+    assert r.returncode == 2 and "CONSUMER or --mib" in r.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("consumers:\n  - {name: x, kind: ollama, vram_mib: 1}\n")
+    r = vramctl("status", "--config", str(bad))
+    assert r.returncode == 2 and "needs `model`" in r.stderr and "Traceback" not in r.stderr
+    r = vramctl("free", "--mib", "100000", "--timeout", "0.3", "--probe", "emulator", "--probe-url",
+                f"http://127.0.0.1:{free_port()}", "--llama-swap", f"http://127.0.0.1:{free_port()}")
+    assert "Traceback" not in r.stderr
