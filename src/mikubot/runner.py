@@ -62,7 +62,13 @@ class ChangeRunner:
         self.pipeline = pipeline
         self._current: RunningChange | None = None
         self._finished: dict[int, RunningChange] = {}
+        self._listeners: list[Callable[[dict[str, Any]], Awaitable[None]]] = []
         pipeline.bus.subscribe(self._on_event)
+
+    def add_listener(self, fn: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        """``await fn(record)`` after every change this runner runs (the bot's announcement, the role
+        colour). A listener that raises is logged and skipped: the change is already recorded."""
+        self._listeners.append(fn)
 
     @property
     def bus(self) -> EventBus:
@@ -105,7 +111,13 @@ class ChangeRunner:
             raise ChangeBusy(cur.change_id, cur.kind)
 
         async def body() -> dict[str, Any]:
-            return await run()
+            record = await run()
+            for fn in list(self._listeners):
+                try:
+                    await fn(record)
+                except Exception:  # noqa: BLE001 - see add_listener
+                    log.exception("after-change listener %r failed for change #%s", fn, record.get("id"))
+            return record
 
         # Claimed synchronously (no await between the check and this line), so two callers in the same
         # loop can never both start one.

@@ -19,6 +19,7 @@ import base64
 import binascii
 import hashlib
 import io
+import json
 import math
 import re
 import threading
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from PIL import Image
 
 DATA_URI = re.compile(r"^data:(image/(?:png|jpeg|jpg|gif));base64,(.*)$", re.S)
@@ -66,6 +67,12 @@ class DiscordControl:
     delay_s: float = 0.0
     uploads: list[UploadedAvatar] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
+    # The bot's other calls: channel messages (with their files), role edits, and interaction answers
+    # (callbacks and edits of the original response, keyed by interaction token).
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    roles: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    interactions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    known_channels: set[str] | None = None  # None: every channel exists
     _bucket_start: float = 0.0
     _bucket_used: int = 0
     _avatar_times: list[float] = field(default_factory=list)
@@ -212,6 +219,123 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
             ctl.uploads.append(UploadedAvatar(data, mime, w, h, fmt, time.time(), hashlib.md5(data).hexdigest()))
         log(request, 200)
         return JSONResponse(ctl.user(), headers=headers)
+
+    async def message_body(request: Request) -> tuple[dict[str, Any], list[dict[str, Any]]] | JSONResponse:
+        """A JSON body, or Discord's multipart form (``payload_json`` + ``files[n]``) with its files."""
+        ctype = request.headers.get("content-type", "")
+        files: list[dict[str, Any]] = []
+        if ctype.startswith("multipart/form-data"):
+            form = await request.form()
+            raw = form.get("payload_json")
+            if not isinstance(raw, str):
+                return JSONResponse({"message": "Cannot send an empty message", "code": 50006}, status_code=400)
+            try:
+                payload = json.loads(raw)
+            except ValueError:
+                return JSONResponse({"message": "400: Bad Request", "code": 0}, status_code=400)
+            for key, value in form.multi_items():
+                if key.startswith("files[") and hasattr(value, "read"):
+                    files.append({"field": key, "filename": value.filename, "data": await value.read()})
+            declared = {a.get("filename") for a in payload.get("attachments", [])}
+            if any(f["filename"] not in declared for f in files):
+                return _form_error("attachments", "ATTACHMENT_NOT_DECLARED", "Every file needs an entry in attachments")
+        else:
+            try:
+                payload = await request.json()
+            except ValueError:
+                return JSONResponse({"message": "400: Bad Request", "code": 0}, status_code=400)
+        if not isinstance(payload, dict):
+            return JSONResponse({"message": "400: Bad Request", "code": 0}, status_code=400)
+        content = payload.get("content") or ""
+        if len(content) > 2000:
+            return _form_error("content", "BASE_TYPE_MAX_LENGTH", "Must be 2000 or fewer in length.")
+        if not content and not files and not payload.get("embeds"):
+            return JSONResponse({"message": "Cannot send an empty message", "code": 50006}, status_code=400)
+        return payload, files
+
+    def message_object(channel_id: str, payload: dict[str, Any], files: list[dict[str, Any]]) -> dict[str, Any]:
+        mid = str(len(ctl.messages) + 1_000_000_000_000)
+        return {
+            "id": mid, "channel_id": channel_id, "content": payload.get("content") or "",
+            "embeds": payload.get("embeds") or [], "author": {"id": ctl.user_id, "username": ctl.username, "bot": True},
+            "attachments": [{"id": str(i), "filename": f["filename"], "size": len(f["data"])} for i, f in enumerate(files)],
+        }
+
+    @app.post("/api/v10/channels/{channel_id}/messages")
+    async def create_message(channel_id: str, request: Request) -> JSONResponse:
+        bad = await misbehave(request)
+        if bad is not None:
+            log(request, bad.status_code)
+            return bad
+        if not authorised(request):
+            log(request, 401)
+            return JSONResponse({"message": "401: Unauthorized", "code": 0}, status_code=401)
+        if ctl.known_channels is not None and channel_id not in ctl.known_channels:
+            log(request, 404)
+            return JSONResponse({"message": "Unknown Channel", "code": 10003}, status_code=404)
+        parsed = await message_body(request)
+        if isinstance(parsed, JSONResponse):
+            log(request, parsed.status_code)
+            return parsed
+        payload, files = parsed
+        msg = message_object(channel_id, payload, files)
+        ctl.messages.append({**msg, "files": files})
+        log(request, 200)
+        return JSONResponse(msg)
+
+    @app.patch("/api/v10/guilds/{guild_id}/roles/{role_id}")
+    async def modify_role(guild_id: str, role_id: str, request: Request) -> JSONResponse:
+        bad = await misbehave(request)
+        if bad is not None:
+            log(request, bad.status_code)
+            return bad
+        if not authorised(request):
+            log(request, 401)
+            return JSONResponse({"message": "401: Unauthorized", "code": 0}, status_code=401)
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        colour = body.get("color") if isinstance(body, dict) else None
+        if not isinstance(colour, int) or isinstance(colour, bool) or not 0 <= colour <= 0xFFFFFF:
+            log(request, 400)
+            return _form_error("color", "NUMBER_TYPE_MAX", "color must be an integer 0..16777215")
+        role = ctl.roles.setdefault((guild_id, role_id), {"id": role_id, "name": "miku", "color": 0})
+        role["color"] = colour
+        log(request, 200)
+        return JSONResponse(role)
+
+    @app.post("/api/v10/interactions/{interaction_id}/{token}/callback")
+    async def interaction_callback(interaction_id: str, token: str, request: Request) -> Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or body.get("type") not in (1, 4, 5, 6, 7, 9):
+            log(request, 400)
+            return JSONResponse({"message": "Invalid interaction response type", "code": 50035}, status_code=400)
+        answers = ctl.interactions.setdefault(token, [])
+        if any(a["kind"] == "callback" for a in answers):
+            log(request, 400)
+            return JSONResponse({"message": "Interaction has already been acknowledged.", "code": 40060}, status_code=400)
+        answers.append({"kind": "callback", "type": body["type"], "data": body.get("data") or {}, "t": time.time()})
+        log(request, 204)
+        return Response(status_code=204)
+
+    @app.patch("/api/v10/webhooks/{application_id}/{token}/messages/@original")
+    async def edit_original(application_id: str, token: str, request: Request) -> JSONResponse:
+        answers = ctl.interactions.get(token)
+        if not answers or not any(a["kind"] == "callback" for a in answers):
+            log(request, 404)
+            return JSONResponse({"message": "Unknown Webhook", "code": 10015}, status_code=404)
+        parsed = await message_body(request)
+        if isinstance(parsed, JSONResponse):
+            log(request, parsed.status_code)
+            return parsed
+        payload, files = parsed
+        answers.append({"kind": "edit", "content": payload.get("content") or "", "files": files, "t": time.time()})
+        log(request, 200)
+        return JSONResponse(message_object("0", payload, files))
 
     @app.get("/_emulator/state")
     async def state() -> dict[str, Any]:

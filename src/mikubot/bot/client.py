@@ -1,0 +1,101 @@
+"""The discord.py gateway client: registers /pfp and hands each invocation to the plain handlers.
+
+Intents: none beyond ``guilds`` (the application-command cache needs the guild list). Slash commands
+need no privileged intent, and the interaction itself carries the member's roles and permissions. The
+answers go through ``RestInteraction`` (the interaction's own webhook), the same code the tests drive
+against the Discord REST emulator.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+from discord import app_commands
+
+from mikubot.bot import commands
+from mikubot.bot.commands import BotState
+from mikubot.bot.context import Invoker, RestInteraction
+from mikubot.bot.rest import DiscordRest
+
+log = logging.getLogger(__name__)
+
+
+def intents() -> discord.Intents:
+    i = discord.Intents.none()
+    i.guilds = True
+    return i
+
+
+def invoker_of(interaction: discord.Interaction) -> Invoker:
+    user = interaction.user
+    roles: frozenset[int] = frozenset()
+    manage = False
+    if isinstance(user, discord.Member):
+        roles = frozenset(r.id for r in user.roles)
+        perms = user.guild_permissions
+        manage = perms.manage_guild or perms.administrator
+    return Invoker(user_id=user.id, role_ids=roles, manage_guild=manage, name=str(user))
+
+
+def context_of(interaction: discord.Interaction, rest: DiscordRest) -> RestInteraction:
+    return RestInteraction(rest, interaction_id=interaction.id, application_id=interaction.application_id,
+                           token=interaction.token, invoker=invoker_of(interaction))
+
+
+class MikuClient(discord.Client):
+    def __init__(self, state: BotState, rest: DiscordRest) -> None:
+        super().__init__(intents=intents())
+        self.state = state
+        self.rest = rest
+        self.tree = app_commands.CommandTree(self)
+        self.tree.add_command(pfp_group(state, rest))
+        self.tree.on_error = self._on_tree_error  # type: ignore[method-assign]
+
+    async def setup_hook(self) -> None:
+        guild_id = self.state.settings.guild_id
+        if guild_id is not None:
+            guild = discord.Object(id=guild_id)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+            log.info("/pfp registered in server %s (%d commands)", guild_id, len(synced))
+        else:
+            synced = await self.tree.sync()
+            log.info("/pfp registered globally (%d commands; Discord may take up to an hour to show them)", len(synced))
+
+    async def on_ready(self) -> None:
+        log.info("✅ Discord: logged in as %s (%s) in %d servers", self.user, getattr(self.user, "id", "?"), len(self.guilds))
+
+    async def _on_tree_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        log.error("/pfp failed: %s", error, exc_info=error)
+
+
+def pfp_group(state: BotState, rest: DiscordRest) -> app_commands.Group:
+    s = state.settings
+    # Without configured admins, only Manage Server may use /pfp: let Discord hide it from the others
+    # as well. With configured users/roles Discord must show it to them, and our own check decides.
+    only_managers = not s.admin_user_ids and not s.admin_role_ids
+    group = app_commands.Group(
+        name="pfp", description=f"{s.character_name}'s avatar",
+        default_permissions=discord.Permissions(manage_guild=True) if only_managers else None,
+    )
+
+    @group.command(name="change", description="Find new art, crop around the face and make it the avatar")
+    @app_commands.describe(source="danbooru, safebooru, gelbooru or url:https://… (default: the configured source)")
+    async def change(interaction: discord.Interaction, source: str | None = None) -> None:
+        await commands.pfp_change(context_of(interaction, rest), state, source)
+
+    @group.command(name="restore", description="Apply an earlier avatar again")
+    @app_commands.describe(change_id="the change's number, from /pfp history")
+    async def restore(interaction: discord.Interaction, change_id: app_commands.Range[int, 1]) -> None:
+        await commands.pfp_restore(context_of(interaction, rest), state, change_id)
+
+    @group.command(name="status", description="The running change, the last one and the schedule")
+    async def status(interaction: discord.Interaction) -> None:
+        await commands.pfp_status(context_of(interaction, rest), state)
+
+    @group.command(name="history", description="Recent avatar changes")
+    async def history(interaction: discord.Interaction) -> None:
+        await commands.pfp_history(context_of(interaction, rest), state)
+
+    return group
