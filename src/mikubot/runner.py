@@ -98,6 +98,9 @@ class ChangeRunner:
     async def start_restore(self, change_id: int, *, dry_run: bool | None = None) -> RunningChange:
         """Start re-applying an earlier change's avatar. An unknown id or a missing avatar file raises
         ``mikubot.history.HistoryError`` from here, before anything is recorded."""
+        cur = self.current
+        if cur is not None:
+            raise ChangeBusy(cur.change_id, cur.kind)
         self.pipeline.history.restorable(change_id)  # fail fast, with the history's own message
         return await self._start("restore", lambda: self.pipeline.restore(change_id, dry_run=dry_run))
 
