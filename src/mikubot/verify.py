@@ -128,7 +128,8 @@ def parse_answer(text: str, character: str) -> tuple[bool | None, float | None, 
     for obj in reversed(_json_objects(body) or _json_objects(text)):
         lowered = {str(k).lower(): v for k, v in obj.items()}
         verdict = None
-        for key in ("is_character", "is_" + character.split()[0].lower(), "match", "answer", "result", "character"):
+        names = ["is_" + w.lower() for w in character.split()] + ["is_" + character.lower().replace(" ", "_")]
+        for key in ("is_character", *names, "match", "answer", "result", "character"):
             if key in lowered:
                 verdict = _as_bool(lowered[key])
                 if verdict is not None:
@@ -149,13 +150,12 @@ def _parse_prose(text: str, character: str) -> tuple[bool | None, float | None, 
     if first:
         verdict = first.group(1) == "yes"
     else:
-        name = re.escape(character.lower())
-        first_name = re.escape(character.split()[0].lower())
-        if re.search(rf"\b(?:not|isn't|is not|no)\b[^.]*\b(?:{name}|{first_name})\b", low) or re.search(
-            rf"\b(?:{name}|{first_name})\b[^.]*\b(?:not|isn't)\b", low
+        names = "|".join(re.escape(n) for n in [character.lower(), *character.lower().split()])
+        if re.search(rf"\b(?:not|isn't|is not|no)\b[^.;]*\b(?:{names})\b", low) or re.search(
+            rf"\b(?:{names})\b[^.;]*\b(?:not|isn't)\b", low
         ):
             verdict = False
-        elif re.search(rf"\b(?:{name}|{first_name})\b", low):
+        elif re.search(rf"\b(?:{names})\b", low):
             verdict = True
     conf = None
     m = re.search(r"confiden\w*\D{0,20}?(\d+(?:\.\d+)?\s*%?)", low) or re.search(r"(\d+(?:\.\d+)?\s*%)", low)

@@ -1,0 +1,129 @@
+"""The ``mikubot`` console script, run as a real subprocess with a clean environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from emulators.discord import create_app as create_discord
+from facedetect.api import create_app as create_facedetect
+from facedetect.settings import FaceDetectSettings
+from servers import free_port, serve_app, venv_bin
+
+
+def mikubot(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MIKU_", "FACE_DETECTOR"))}
+    clean.update(env)
+    return subprocess.run([venv_bin("mikubot"), *args], cwd=cwd, env=clean, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def folder(art_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("local-art")
+    for name in ("eileen happy.png", "eileen vhappy.png"):
+        shutil.copy(art_dir / name, d / name)
+    return d
+
+
+def test_change_dry_run_json_history_restore(folder, tmp_path):
+    out = tmp_path / "out" / "avatar.png"
+    r = mikubot("pfp", "change", "--dry-run", "--source", f"local:{folder}", "--candidates", "2", "--out", str(out),
+                "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    record = json.loads(r.stdout)
+    assert record["status"] == "dry-run" and record["source"]["name"] == "local"
+    assert len(record["face_box"]) == 4 and len(record["crop_box"]) == 4
+    assert record["crop_method"] == "face" and record["fallbacks"] == []
+    assert set(record["timings_ms"]) >= {"search", "download", "verify", "reserve", "detect", "crop", "upload", "record"}
+    assert record["files"]["avatar"] == str(out) and out.is_file()
+    assert Path(record["report_path"]) == out.with_suffix(".json") and json.loads(out.with_suffix(".json").read_text())["id"] == 1
+    assert Path(record["files"]["annotated"]).is_file()
+    assert (tmp_path / "data" / "history.sqlite3").is_file(), "state defaults to ./data"
+    with Image.open(out) as im:
+        assert im.size[0] == im.size[1] and im.format == "PNG"
+
+    r = mikubot("pfp", "history", "--json", cwd=tmp_path)
+    rows = json.loads(r.stdout)
+    assert r.returncode == 0 and [row["status"] for row in rows] == ["dry-run"]
+    human = mikubot("pfp", "history", cwd=tmp_path)
+    assert human.returncode == 0 and "dry-run" in human.stdout
+
+    r = mikubot("pfp", "restore", "1", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    restored = json.loads(r.stdout)
+    assert restored["id"] == 2 and restored["status"] == "dry-run" and restored["crop_box"] == record["crop_box"]
+    r = mikubot("pfp", "restore", "99", cwd=tmp_path)
+    assert r.returncode == 1 and "no change with id 99" in r.stderr
+
+    # the second change never reuses the first one's picture; the third finds nothing new
+    r = mikubot("pfp", "change", "--source", f"local:{folder}", "--json", cwd=tmp_path)
+    second = json.loads(r.stdout)
+    assert r.returncode == 0 and second["source"]["key"] != record["source"]["key"]
+    r = mikubot("pfp", "change", "--source", f"local:{folder}", cwd=tmp_path)
+    assert r.returncode == 1 and "no new candidates" in r.stdout and "❌" in r.stdout
+
+
+def test_human_output_says_where_avatar_and_report_are(folder, tmp_path):
+    r = mikubot("pfp", "change", "--dry-run", "--source", f"local:{folder}", "-k", "1", "--out", "demo/avatar.png",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "✅ avatar written (dry run" in r.stdout and "demo/avatar.png" in r.stdout
+    assert "report:" in r.stdout and "demo/avatar.json" in r.stdout
+    for stage in ("search", "verify", "detect", "crop", "upload", "record"):
+        assert stage in r.stdout
+
+
+def test_config_show_masks_secrets(tmp_path):
+    cfg = tmp_path / "miku.yaml"
+    cfg.write_text("candidates: 3\nhair_colours: ['#39c5bb']\n")
+    r = mikubot("config", "show", "--json", cwd=tmp_path, MIKU_CONFIG=str(cfg), MIKU_DISCORD_TOKEN="super-secret-token",
+                MIKU_DANBOORU_API_KEY="another-secret", FACE_DETECTOR_URL="http://detector:6078")
+    assert r.returncode == 0, r.stderr
+    values = json.loads(r.stdout)
+    assert values["candidates"] == 3 and values["face_detector_url"] == "http://detector:6078"
+    assert values["discord_token"] == "**********" and values["danbooru_api_key"] == "**********"
+    human = mikubot("config", "show", cwd=tmp_path, MIKU_DISCORD_TOKEN="super-secret-token")
+    assert "super-secret" not in human.stdout + human.stderr and "MIKU_DISCORD_TOKEN" in human.stdout
+
+
+def test_bad_configuration_is_a_clear_error(tmp_path):
+    r = mikubot("config", "show", cwd=tmp_path, MIKU_CANDIDATES="many")
+    assert r.returncode == 2 and "invalid configuration" in r.stderr and "candidates" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = mikubot("config", "show", cwd=tmp_path, MIKU_CONFIG=str(tmp_path / "nope.yaml"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    r = mikubot("pfp", "change", "--source", "ftp:x", cwd=tmp_path)
+    assert r.returncode == 1 and "unknown source" in r.stdout
+
+
+def test_doctor_embedded_default_is_healthy(folder, tmp_path):
+    r = mikubot("doctor", cwd=tmp_path, MIKU_SOURCE=f"local:{folder}")
+    assert r.returncode == 0, r.stdout
+    assert "✅ Anime face detector in-process (animeface)" in r.stdout
+    assert "➖ No Discord token" in r.stdout and "➖ No vision model" in r.stdout and "➖ No GPU probe" in r.stdout
+
+
+def test_doctor_reports_failures_with_fixes(folder, tmp_path):
+    app, _ = create_discord(token="right")
+    with serve_app(create_facedetect(FaceDetectSettings(outputs=tmp_path / "fd")), health="/health") as det, \
+            serve_app(app) as discord:
+        r = mikubot("doctor", cwd=tmp_path, MIKU_SOURCE=f"local:{folder}", FACE_DETECTOR_URL=det,
+                    MIKU_DISCORD_API=f"{discord}/api/v10", MIKU_DISCORD_TOKEN="wrong",
+                    MIKU_LLAMA_SWAP_URL=f"http://127.0.0.1:{free_port()}")
+        assert r.returncode == 1
+        assert "✅ Anime face detector API connected" in r.stdout
+        assert "❌ Discord token check failed" in r.stdout and "Developer" in r.stdout
+        assert "❌ llama-swap not reachable" in r.stdout and "fix: start llama-swap" in r.stdout
+        assert "wrong" not in r.stdout.replace("went wrong", "")
+        ok = mikubot("doctor", "--json", cwd=tmp_path, MIKU_SOURCE=f"local:{folder}",
+                     MIKU_DISCORD_API=f"{discord}/api/v10", MIKU_DISCORD_TOKEN="right")
+        checks = {c["name"]: c for c in json.loads(ok.stdout)}
+        assert ok.returncode == 0 and checks["discord"]["state"] == "ok" and "Miku" in checks["discord"]["message"]
+    r = mikubot("doctor", cwd=tmp_path, MIKU_SOURCE=f"local:{folder}", FACE_DETECTOR_URL=f"http://127.0.0.1:{free_port()}")
+    assert r.returncode == 1 and "❌ Anime face detector API not reachable" in r.stdout and "facedetect serve" in r.stdout

@@ -1,0 +1,116 @@
+"""Verification: the vision model through the llama-swap emulator, answer parsing, and the heuristic."""
+
+from __future__ import annotations
+
+import pytest
+
+from emulators.llama_swap import LlamaSwapEmulator
+from facedetect.backends import create_detector
+from mikubot.sources.base import Candidate
+from mikubot.verify import HeuristicVerifier, VisionUnavailable, VisionVerifier, colour_distance, parse_answer
+
+MIKU = "Hatsune Miku"
+
+
+@pytest.mark.parametrize(
+    "answer, verdict, confidence, description",
+    [
+        ('{"is_character": true, "confidence": 0.93, "description": "Miku singing."}', True, 0.93, "Miku singing."),
+        ('```json\n{"is_character": false, "confidence": "80%", "description": "A cat."}\n```', False, 0.8, "A cat."),
+        ('Sure! {"is_miku": "yes", "confidence": 87, "description": "Twin tails."} Hope that helps.', True, 0.87, "Twin tails."),
+        ('{"answer": "no", "certainty": "high", "caption": "A robot."}', False, 0.9, "A robot."),
+        ("Yes, this is Hatsune Miku with her teal twin tails. Confidence: 95%", True, 0.95, "this is Hatsune Miku"),
+        ("No. The girl has red hair; this is not Hatsune Miku.", False, None, "The girl has red hair"),
+        ("This picture does not show Miku; it shows a landscape.", False, None, "This picture"),
+        ("I cannot tell.", None, None, "I cannot tell."),
+    ],
+)
+def test_parse_answer_tolerates_prose(answer, verdict, confidence, description):
+    v, c, d = parse_answer(answer, MIKU)
+    assert v is verdict
+    assert c == (pytest.approx(confidence) if confidence is not None else None)
+    assert description in d
+
+
+def candidate(data: bytes, source: str = "danbooru", tags: list[str] | None = None) -> Candidate:
+    return Candidate(source=source, key=f"{source}:1", image_url=None, page_url=None, artist=None,
+                     tags=tags or [], rating="g", width=None, height=None, file_ext="png", filename="x.png", data=data)
+
+
+@pytest.fixture(scope="module")
+def llama():
+    emu = LlamaSwapEmulator({"models": {"vision": {"vram_mib": 4000, "vision": True}, "text": {"vram_mib": 5000}}})
+    with emu.serve():
+        yield emu
+
+
+async def test_vision_verifier_sends_a_data_uri_and_reads_json(llama, art_dir):
+    got = []
+
+    def answer(req):
+        got.append(req)
+        return '{"is_character": true, "confidence": 0.9, "description": "A girl in a blue dress."}'
+
+    llama.set_answer("vision", answer)
+    data = (art_dir / "sylvie blue smile.png").read_bytes()
+    v = await VisionVerifier(llama.url, "vision", MIKU).verify(candidate(data))
+    assert (v.is_character, v.confidence, v.method) == (True, 0.9, "vision")
+    assert v.description == "A girl in a blue dress." and v.raw
+    assert len(got) == 1 and len(got[0].images) == 1 and got[0].images[0][:3] == b"\xff\xd8\xff"
+    assert "Hatsune Miku" in got[0].text and "JSON" in got[0].text
+
+
+async def test_unreadable_answer_is_not_a_yes(llama, art_dir):
+    llama.set_answer("vision", "hmm")
+    v = await VisionVerifier(llama.url, "vision", MIKU).verify(candidate((art_dir / "eileen happy.png").read_bytes()))
+    assert v.is_character is False and v.evidence["parsed"] is False and v.raw == "hmm"
+
+
+async def test_vision_verifier_errors_are_vision_unavailable(llama, art_dir):
+    data = (art_dir / "eileen happy.png").read_bytes()
+    with pytest.raises(VisionUnavailable, match="unknown-model|could not find"):
+        await VisionVerifier(llama.url, "unknown-model", MIKU).verify(candidate(data))
+    with pytest.raises(VisionUnavailable, match="image input is not supported"):
+        await VisionVerifier(llama.url, "text", MIKU).verify(candidate(data))  # a model without mmproj
+    llama.set_down(True)
+    try:
+        with pytest.raises(VisionUnavailable, match="cannot reach llama-swap"):
+            await VisionVerifier(llama.url, "vision", MIKU).verify(candidate(data))
+    finally:
+        llama.set_down(False)
+
+
+@pytest.fixture(scope="module")
+def animeface():
+    d = create_detector("animeface")
+    d.load()
+    return d
+
+
+async def test_heuristic_uses_tags_on_booru_posts(animeface, art_dir):
+    data = (art_dir / "eileen happy.png").read_bytes()
+    h = HeuristicVerifier(MIKU, "hatsune_miku", ["#39c5bb"], animeface)
+    tagged = await h.verify(candidate(data, tags=["hatsune_miku", "solo"]))
+    untagged = await h.verify(candidate(data, tags=["eileen_(ren'py)", "solo"]))
+    assert tagged.is_character and tagged.confidence >= 0.75
+    assert not untagged.is_character and untagged.confidence < 0.5
+    assert tagged.evidence["hair_color"] and tagged.evidence["hair_match"] is False  # brown, not teal
+
+
+async def test_heuristic_hair_colour_raises_confidence(animeface, art_dir):
+    data = (art_dir / "eileen happy.png").read_bytes()
+    probe = HeuristicVerifier(MIKU, "hatsune_miku", ["#39c5bb"], animeface)
+    hair, _ = probe.hair(data)
+    assert hair is not None
+    as_eileen = HeuristicVerifier("Eileen", "eileen", [hair], animeface)
+    local = await as_eileen.verify(candidate(data, source="local"))
+    teal = await probe.verify(candidate(data, source="local"))
+    assert local.is_character and local.evidence["hair_match"] and local.confidence > teal.confidence
+    assert teal.is_character and teal.confidence == 0.5  # operator-chosen, but the hair disagrees
+    assert "operator-chosen" in teal.description
+
+
+def test_colour_distance():
+    assert colour_distance("#000000", "#000000") == 0
+    assert colour_distance("#39c5bb", "#39C5BB") == 0
+    assert colour_distance("#000000", "#ffffff") == pytest.approx(441.67, abs=0.01)
