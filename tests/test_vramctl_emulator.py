@@ -175,3 +175,17 @@ def test_create_app_serves_with_the_shared_helper():
         assert app.state.emulator.ledger()["oom_count"] == 1
         assert httpx.post(f"{url}/_emulator/alloc", json={"owner": "x", "mib": 4096}).status_code == 500
         assert httpx.post(f"{url}/_emulator/alloc", json={"owner": "x"}).status_code == 400
+
+
+def test_deployment_config_follows_llama_swaps_schema():
+    """llama-swap/config.yaml loads in the emulator's parser of llama-swap's schema, with the issue's models."""
+    import yaml
+
+    from emulators.llama_swap import ROOT_CONFIG
+    cfg = yaml.safe_load(ROOT_CONFIG.read_text())
+    assert set(cfg) <= {"healthCheckTimeout", "logLevel", "startPort", "macros", "models", "apiKeys", "groups"}
+    e = LlamaSwapEmulator(ROOT_CONFIG)
+    assert e.models["llama3.1"].ttl == 1800 and e.models["vision"].ttl == 900
+    assert "--mmproj" in e.models["vision"].cmd and all(m.check_endpoint == "/health" for m in e.models.values())
+    assert all("${PORT}" in m.proxy and "${PORT}" in cfg["macros"]["server"] for m in e.models.values())
+    assert e.real_name("text") == "llama3.1"

@@ -47,6 +47,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 OOM_MESSAGE = "cudaMalloc failed: out of memory"
+ROOT_CONFIG = Path(__file__).resolve().parents[2] / "llama-swap" / "config.yaml"  # the real deployment's config
 
 
 class OutOfMemory(RuntimeError):
