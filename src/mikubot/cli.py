@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from mikubot.bot import PANEL_HOST, PANEL_PORT
 from mikubot.config import ConfigFileError, Settings, load_settings
 from mikubot.events import STAGES, EventBus, ProgressEvent
 from mikubot.history import History, HistoryError
@@ -284,6 +285,29 @@ def doctor(as_json: bool = typer.Option(False, "--json")) -> None:
             if c.fix and c.state in ("fail", "warn"):
                 console.print(f"   fix: {c.fix}", highlight=False)
     raise typer.Exit(1 if any(c.state == "fail" for c in checks) else 0)
+
+
+@app.command("run")
+def run(
+    host: str = typer.Option(PANEL_HOST, "--host", help="panel address; anything but loopback needs MIKU_WEB_TOKEN"),
+    port: int = typer.Option(PANEL_PORT, "--port", min=1, max=65535, help="panel port"),
+    no_bot: bool = typer.Option(False, "--no-bot", help="serve the panel (and schedule) without connecting to Discord"),
+) -> None:
+    """The Discord bot, the :3939 panel and the rotation schedule in one process (one event loop)."""
+    import logging
+
+    from mikubot.bot.app import serve
+
+    settings = _settings()
+    if host not in ("127.0.0.1", "localhost", "::1") and settings.web_token is None:
+        _die(f"binding the panel to {host} needs MIKU_WEB_TOKEN (every change is guarded by it); "
+             "set it, or keep the default --host 127.0.0.1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the rest
+    try:
+        asyncio.run(serve(settings, host=host, port=port, bot=not no_bot))
+    except KeyboardInterrupt:
+        pass
 
 
 def main() -> None:
