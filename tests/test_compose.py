@@ -163,6 +163,9 @@ def test_detector_service_matches_facedetect_defaults(compose):
 
 
 def test_bot_service(compose):
+    from mikubot.web import DEFAULT_PORT
+
+    assert PANEL_PORT == DEFAULT_PORT  # `mikubot run` and `mikubot web` serve the panel on the same port
     svc = service(compose, "miku-bot")
     assert ports(svc) == {PANEL_PORT: PANEL_PORT} == {3939: 3939}
     assert svc["env_file"] == [".env"] and (ROOT / ".env.example").is_file()

@@ -298,10 +298,13 @@ def run(
 
     from mikubot.bot.app import serve
 
+    from mikubot.web import BindRefused, check_bind
+
     settings = _settings()
-    if host not in ("127.0.0.1", "localhost", "::1") and settings.web_token is None:
-        _die(f"binding the panel to {host} needs MIKU_WEB_TOKEN (every change is guarded by it); "
-             "set it, or keep the default --host 127.0.0.1")
+    try:
+        check_bind(host, settings)
+    except BindRefused as exc:
+        _die(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the rest
     try:

@@ -15,7 +15,6 @@ import logging
 
 import discord
 import httpx
-import uvicorn
 
 from mikubot.bot import PANEL_HOST, PANEL_PORT
 from mikubot.bot.announce import AfterChange
@@ -51,8 +50,9 @@ async def _bot(client: MikuClient, token: str) -> None:
 
 
 async def serve(settings: Settings, *, host: str = PANEL_HOST, port: int = PANEL_PORT, bot: bool = True) -> None:
-    from mikubot.web import create_app  # the panel; imported here so the bot modules stay importable alone
+    from mikubot.web import check_bind, make_server  # the panel; imported here so the bot modules stay light
 
+    check_bind(host, settings)  # before anything starts: refuse a network bind without MIKU_WEB_TOKEN
     http = httpx.AsyncClient(timeout=settings.http_timeout_s)
     pipeline = AvatarPipeline(settings, http=http)
     runner = ChangeRunner(pipeline)
@@ -70,8 +70,7 @@ async def serve(settings: Settings, *, host: str = PANEL_HOST, port: int = PANEL
         if settings.colour_role_id is not None and settings.guild_id is None:
             log.warning("MIKU_COLOUR_ROLE_ID is set but MIKU_GUILD_ID is not: the role colour is off")
 
-        app = create_app(settings, runner=runner)
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", lifespan="on"))
+        server = make_server(settings, host=host, port=port, runner=runner)
         panel = asyncio.create_task(server.serve(), name="panel")
         if token and bot:
             client = MikuClient(state, rest)
