@@ -131,8 +131,8 @@ def free(consumer: Annotated[Optional[str], typer.Argument(help="A configured co
     if (consumer is None) == (mib is None):
         raise typer.BadParameter("give a CONSUMER or --mib N (one of them)")
     s = _settings(config, llama_swap, probe, probe_url, timeout_s=timeout)
-    if consumer is not None:
-        s.consumer(consumer) if any(c.name == consumer for c in s.consumers) else _unknown(s, consumer)
+    if consumer is not None and all(c.name != consumer for c in s.consumers):
+        _unknown(s, consumer)
 
     async def go() -> Reservation:
         async with Coordinator(s) as coord:
