@@ -176,12 +176,23 @@ def test_bot_service(compose):
     assert env["MIKU_LLAMA_SWAP_URL"].endswith(f"http://llama-swap:{llama_port}}}")
     for name in env:
         if name.startswith(("MIKU_", "FACE_DETECTOR_URL")):
-            assert any(name in names for names in env_names(Settings).values()), f"{name} is not a setting"
+            assert any(name in names for cls in (Settings, VramSettings) for names in env_names(cls).values()), \
+                f"{name} is not a setting"
     # Those URLs parse as settings (the ${VAR:-default} of compose resolved to its default).
     resolved = {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(v)) for k, v in env.items()}
     s = Settings(data_dir=resolved["MIKU_DATA_DIR"], face_detector_url=resolved["FACE_DETECTOR_URL"],
                  llama_swap_url=resolved["MIKU_LLAMA_SWAP_URL"], gpu_probe=resolved["MIKU_GPU_PROBE"])
     assert s.gpu_probe == "nvml"
+    # `vramctl` run inside the container sees the compose addresses and the models llama-swap serves.
+    with pytest.MonkeyPatch.context() as m:
+        for name in ("MIKU_VRAM_CONSUMERS", "MIKU_VRAM_PROBE", "MIKU_LLAMA_SWAP_URL"):
+            m.setenv(name, resolved[name])
+        vram = VramSettings()
+    assert vram.llama_swap_url == resolved["MIKU_LLAMA_SWAP_URL"] and vram.probe == "nvml"
+    detector = vram.consumer("face-detector")
+    assert detector.kind == "facedetect" and detector.url == resolved["FACE_DETECTOR_URL"]
+    served = yaml.safe_load((ROOT / "llama-swap" / "config.yaml").read_text())["models"]
+    assert {c.model for c in vram.consumers if c.kind == "llama-swap"} <= set(served)
     # The data volume is mounted where MIKU_DATA_DIR points, and declared.
     assert mounts(svc)[env["MIKU_DATA_DIR"]] in compose["volumes"]
     # It starts after both dependencies are *healthy*, and each of them has a healthcheck.

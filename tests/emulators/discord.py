@@ -7,6 +7,12 @@ shapes (401 ``{"message": "401: Unauthorized", "code": 0}``, 400 code 50035 with
 ``X-RateLimit-*`` headers and, once spent, 429 ``{"message": "You are being rate limited.",
 "retry_after": x, "global": false}`` with ``Retry-After``. ``GET /api/v10/users/@me`` returns the user.
 
+The bot's other calls are spoken too: ``POST /channels/{id}/messages`` (JSON or Discord's multipart
+``payload_json`` + ``files[n]``), ``PATCH /guilds/{g}/roles/{r}`` (``color``), and the interaction
+webhooks (``POST /interactions/{id}/{token}/callback`` once per interaction, then ``PATCH
+/webhooks/{app}/{token}/messages/@original``, 404 "Unknown Webhook" before a callback); all are kept
+in ``messages``, ``roles`` and ``interactions`` for assertions.
+
 The control handle switches misbehaviour on (forced 429s, 5xx, delays, avatar-change limit) and keeps
 every accepted avatar for assertions. It is shared with the test in-process, and also reachable over
 HTTP under ``/_emulator/`` for a server run in another process.
