@@ -1,0 +1,255 @@
+"""The panel's JSON API: the seed's ``POST /profile-picture/change`` and everything around it.
+
+State-changing routes depend on ``write_access`` (the token, see auth.py). A change runs in the shared
+``ChangeRunner``'s task, so a client that disconnects — or never waits (the default answer is 202 with
+the change id) — never cancels it; ``?wait=true`` answers with the finished record instead.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field
+
+from facedetect.errors import FaceDetectError
+from mikubot.history import HistoryError
+from mikubot.runner import ChangeBusy, RunningChange
+from mikubot.sources import SourceError
+from mikubot.web import upload as uploads
+from mikubot.web.sse import change_events
+from mikubot.web.state import Panel, panel
+from mikubot.web.status import gather
+from mikubot.web.views import annotated_path, change_view, inside
+
+router = APIRouter()
+
+
+def write_access(request: Request) -> str:
+    """Dependency of every state-changing route: the bearer token or a logged-in session + CSRF token."""
+    return panel(request).auth.require_write(request)
+
+
+class ChangeRequest(BaseModel):
+    """Optional JSON body of ``POST /profile-picture/change``; the same names work as query parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str | None = Field(None, max_length=2048, description="danbooru | safebooru | gelbooru | local:DIR | url:URL | file:PATH")
+    candidates: int | None = Field(None, ge=1, le=20, description="K candidates to fetch and verify")
+    dry_run: bool | None = Field(None, description="true: write the avatar, never call Discord")
+
+
+def busy_response(p: Panel, exc: ChangeBusy) -> JSONResponse:
+    p.metrics.busy.inc()
+    return JSONResponse(status_code=409, headers={"Retry-After": "5"}, content={
+        "detail": str(exc), "running_change_id": exc.running_id, "kind": exc.kind,
+        "events_url": f"/profile-picture/changes/{exc.running_id}/events" if exc.running_id is not None else None,
+    })
+
+
+async def started(p: Panel, handle: RunningChange, wait: bool) -> JSONResponse:
+    if wait:
+        record = await handle.result()
+        return JSONResponse(status_code=200, content=jsonable(record))
+    cid = handle.change_id
+    return JSONResponse(status_code=202, content={
+        "change_id": cid, "kind": handle.kind, "status": "running",
+        "url": f"/profile-picture/changes/{cid}", "events_url": f"/profile-picture/changes/{cid}/events",
+    })
+
+
+def jsonable(record: dict[str, Any]) -> Any:
+    """The record with paths and other non-JSON values as strings (as the CLI's --json prints it)."""
+    return json.loads(json.dumps(record, default=str))
+
+
+@router.post("/profile-picture/change", status_code=202, tags=["profile picture"],
+             responses={200: {"description": "the finished change record (with ?wait=true)"},
+                        409: {"description": "a change is running; its id is in running_change_id"}})
+async def change(
+    request: Request,
+    body: ChangeRequest | None = Body(None),
+    source: str | None = Query(None, max_length=2048),
+    candidates: int | None = Query(None, ge=1, le=20),
+    dry_run: bool | None = Query(None),
+    wait: bool = Query(False, description="answer when the change has finished, with its record"),
+    _: str = Depends(write_access),
+) -> JSONResponse:
+    """Change the avatar now (the seed's ``curl -X POST localhost:3939/profile-picture/change``)."""
+    p = panel(request)
+    b = body or ChangeRequest()
+    spec = (b.source if b.source is not None else source) or None
+    k = b.candidates if b.candidates is not None else candidates
+    dry = b.dry_run if b.dry_run is not None else dry_run
+    if spec is not None:
+        spec = spec.strip() or None
+    if spec is not None:
+        try:
+            p.runner.pipeline.make_source(spec)
+        except SourceError as exc:
+            raise HTTPException(400, f"bad source: {exc.message}") from None
+    try:
+        handle = await p.runner.start_change(source=spec, candidates=k, dry_run=dry)
+    except ChangeBusy as exc:
+        return busy_response(p, exc)
+    return await started(p, handle, wait)
+
+
+@router.get("/profile-picture/changes/{change_id}", tags=["profile picture"])
+async def get_change(request: Request, change_id: int) -> dict[str, Any]:
+    """One change: its history row (status ``running`` until it ends), its events so far, file links."""
+    p = panel(request)
+    row = p.history.get(change_id)
+    if row is None:
+        raise HTTPException(404, f"no change with id {change_id}")
+    handle = p.runner.get(change_id)
+    if row["status"] == "running" and handle is not None:
+        row["events"] = [e.to_json() for e in handle.events]
+    return change_view(row, p.settings.avatars_dir)
+
+
+@router.get("/profile-picture/changes/{change_id}/events", tags=["profile picture"],
+            response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}, "description": "progress events, then `end`"}})
+async def events(request: Request, change_id: int) -> StreamingResponse:
+    """Server-Sent Events: the change's events so far, then live ones; ``event: end`` closes the stream."""
+    p = panel(request)
+    if p.history.get(change_id) is None:
+        raise HTTPException(404, f"no change with id {change_id}")
+    last = request.headers.get("last-event-id", "")
+    last_seen = int(last) if last.strip().isdigit() else -1
+    return StreamingResponse(change_events(p.runner, change_id, last_seen), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.get("/profile-picture/history", tags=["profile picture"])
+async def history(request: Request, limit: int = Query(20, ge=1, le=200), offset: int = Query(0, ge=0)) -> dict[str, Any]:
+    """The latest changes, newest first (without their event logs)."""
+    p = panel(request)
+    rows = p.history.list(limit, offset)
+    return {"changes": [change_view(r, p.settings.avatars_dir, with_events=False) for r in rows],
+            "limit": limit, "offset": offset}
+
+
+@router.post("/profile-picture/restore/{change_id}", status_code=202, tags=["profile picture"],
+             responses={404: {"description": "no such change"}, 409: {"description": "a change is running"},
+                        422: {"description": "that change has no avatar to restore"}})
+async def restore(request: Request, change_id: int, wait: bool = Query(False), dry_run: bool | None = Query(None),
+                  _: str = Depends(write_access)) -> JSONResponse:
+    """Apply an earlier change's avatar again (recorded as a new change)."""
+    p = panel(request)
+    if p.history.get(change_id) is None:
+        raise HTTPException(404, f"no change with id {change_id}")
+    try:
+        handle = await p.runner.start_restore(change_id, dry_run=dry_run)
+    except ChangeBusy as exc:
+        return busy_response(p, exc)
+    except HistoryError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return await started(p, handle, wait)
+
+
+@router.post("/profile-picture/upload", tags=["profile picture"],
+             responses={400: {"description": "not an image"}, 413: {"description": "too large"},
+                        415: {"description": "unsupported format"}})
+async def upload(request: Request, _: str = Depends(write_access)) -> dict[str, Any]:
+    """A custom image (multipart field ``file``): stored, face-detected and cropped; answers with the crop
+    box, the faces and the preview PNG's URL. ``POST .../upload/{upload_id}/apply`` then makes it the avatar."""
+    p = panel(request)
+    pipeline = p.runner.pipeline
+    try:
+        data, _name = await uploads.read_upload(request, uploads.limits(pipeline).max_bytes)
+        preview = await uploads.make_preview(pipeline, data)
+    except HTTPException as exc:
+        p.metrics.uploads.labels(str(exc.status_code)).inc()
+        raise
+    except FaceDetectError as exc:
+        p.metrics.uploads.labels(str(exc.status_code)).inc()
+        raise uploads.bad_image(exc) from None
+    p.metrics.uploads.labels("ok").inc()
+    return preview.to_json()
+
+
+@router.get("/profile-picture/upload/{upload_id}/preview.png", tags=["profile picture"], response_class=FileResponse)
+async def upload_preview(request: Request, upload_id: str) -> FileResponse:
+    return _upload_file(request, upload_id, "preview.png", "image/png")
+
+
+@router.get("/profile-picture/upload/{upload_id}/annotated.jpg", tags=["profile picture"], response_class=FileResponse)
+async def upload_annotated(request: Request, upload_id: str) -> FileResponse:
+    return _upload_file(request, upload_id, "annotated.jpg", "image/jpeg")
+
+
+def _upload_file(request: Request, upload_id: str, suffix: str, media: str) -> FileResponse:
+    pipeline = panel(request).runner.pipeline
+    if not uploads.UPLOAD_ID.match(upload_id):
+        raise HTTPException(404, "no such upload")
+    folder = uploads.uploads_dir(pipeline)
+    path = folder / f"{upload_id}.{suffix}"
+    if not inside(path, folder):
+        raise HTTPException(404, "no such upload")
+    return FileResponse(path, media_type=media, headers={"Cache-Control": "no-cache"})
+
+
+@router.post("/profile-picture/upload/{upload_id}/apply", status_code=202, tags=["profile picture"])
+async def upload_apply(request: Request, upload_id: str, wait: bool = Query(False), dry_run: bool | None = Query(None),
+                       _: str = Depends(write_access)) -> JSONResponse:
+    """Make an uploaded image the avatar: an ordinary change with the ``file:`` source."""
+    p = panel(request)
+    path = uploads.stored_upload(p.runner.pipeline, upload_id)
+    try:
+        handle = await p.runner.start_change(source=f"file:{path}", candidates=1, dry_run=dry_run)
+    except ChangeBusy as exc:
+        return busy_response(p, exc)
+    return await started(p, handle, wait)
+
+
+@router.get("/avatars/{change_id}.png", tags=["files"], response_class=FileResponse)
+async def avatar(request: Request, change_id: int) -> FileResponse:
+    """The avatar a change produced (only files inside the data directory's avatars folder are served)."""
+    p = panel(request)
+    row = p.history.get(change_id)
+    if row is None or not row.get("avatar_path"):
+        raise HTTPException(404, f"change {change_id} has no avatar")
+    path = Path(row["avatar_path"])
+    if not inside(path, p.settings.avatars_dir):
+        raise HTTPException(404, f"the avatar of change {change_id} is not in the data directory")
+    return FileResponse(path, media_type="image/png")
+
+
+@router.get("/avatars/{change_id}/annotated.jpg", tags=["files"], response_class=FileResponse)
+async def annotated(request: Request, change_id: int) -> FileResponse:
+    """The change's source image with the faces, the crop square and the round avatar area drawn on it."""
+    p = panel(request)
+    row = p.history.get(change_id)
+    if row is None:
+        raise HTTPException(404, f"no change with id {change_id}")
+    path = annotated_path(p.settings.avatars_dir, row)
+    if not inside(path, p.settings.avatars_dir):
+        raise HTTPException(404, f"change {change_id} has no annotated image")
+    return FileResponse(path, media_type="image/jpeg")
+
+
+@router.get("/health", tags=["service"])
+async def health(request: Request) -> dict[str, Any]:
+    p = panel(request)
+    cur = p.runner.current
+    return {"status": "ok", "change_running": cur is not None, "running_change_id": cur.change_id if cur else None,
+            "dry_run": p.settings.effective_dry_run}
+
+
+@router.get("/metrics", tags=["service"], response_class=Response)
+async def metrics(request: Request) -> Response:
+    p = panel(request)
+    p.metrics.running.set(1 if p.runner.busy else 0)
+    return Response(p.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/api/status", tags=["service"])
+async def status(request: Request) -> dict[str, Any]:
+    """Detector, llama-swap and its loaded models, GPU memory, the running change."""
+    return await gather(panel(request).runner)

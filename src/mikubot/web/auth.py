@@ -1,0 +1,152 @@
+"""Who may change things: the panel's token, its login sessions and the CSRF defences.
+
+Reading (pages, history, status, event streams) is open to whoever can reach the port — 127.0.0.1 by
+default. Every state-changing request needs the token, presented one of two ways:
+
+* ``Authorization: Bearer <token>`` — scripts and ``curl``. Browsers never attach this header on their
+  own, so a request carrying it cannot be a cross-site forgery; it needs no CSRF token.
+* a session cookie from the login form — the browser. The cookie is ``HttpOnly`` and ``SameSite=Strict``
+  (a cross-site page cannot make the browser send it), and each session has its own CSRF token that
+  every state-changing request must echo in ``X-CSRF-Token`` (or a ``csrf_token`` form field); a
+  request whose ``Origin`` names another site is refused before anything else.
+
+The token is compared in constant time. It is never rendered, logged or put in a URL; sessions live in
+memory only (a restart logs everyone out), each with a random id unrelated to the token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from fastapi import HTTPException, Request
+from pydantic import SecretStr
+
+log = logging.getLogger(__name__)
+
+SESSION_COOKIE = "miku_session"
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf_token"
+SESSION_TTL_S = 12 * 3600
+MAX_SESSIONS = 256  # a flood of logins must not grow memory without bound
+TOKEN_FILE = "web-token"
+
+
+@dataclass
+class Session:
+    csrf: str
+    expires: float
+
+
+def resolve_token(configured: SecretStr | None, data_dir: Path) -> tuple[SecretStr, str]:
+    """The token the panel accepts and where it comes from.
+
+    ``MIKU_WEB_TOKEN`` when set. Otherwise one is generated once and kept in ``<data dir>/web-token``
+    (mode 0600), so the panel works with no configuration while a token is still required for every
+    change — the owner reads it from the file; it is never printed.
+    """
+    if configured is not None and configured.get_secret_value().strip():
+        return SecretStr(configured.get_secret_value().strip()), "MIKU_WEB_TOKEN"
+    path = data_dir / TOKEN_FILE
+    try:
+        existing = path.read_text().strip()
+    except FileNotFoundError:
+        existing = ""
+    if not existing:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        existing = secrets.token_urlsafe(24)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(existing + "\n")
+    return SecretStr(existing), str(path)
+
+
+def _same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+class Auth:
+    def __init__(self, token: SecretStr, token_source: str) -> None:
+        self._token = token
+        self.token_source = token_source  # "MIKU_WEB_TOKEN" or the file's path: safe to show
+        self._sessions: dict[str, Session] = {}
+
+    # --- the token ------------------------------------------------------------------------------------
+    def token_ok(self, presented: str) -> bool:
+        return _same(presented.strip(), self._token.get_secret_value())
+
+    # --- sessions -------------------------------------------------------------------------------------
+    def new_session(self) -> tuple[str, Session]:
+        self._expire()
+        if len(self._sessions) >= MAX_SESSIONS:
+            oldest = min(self._sessions, key=lambda k: self._sessions[k].expires)
+            del self._sessions[oldest]
+        sid = secrets.token_urlsafe(32)
+        session = Session(csrf=secrets.token_urlsafe(32), expires=time.time() + SESSION_TTL_S)
+        self._sessions[sid] = session
+        return sid, session
+
+    def session(self, request: Request) -> Session | None:
+        sid = request.cookies.get(SESSION_COOKIE)
+        if not sid:
+            return None
+        s = self._sessions.get(sid)
+        if s is None or s.expires < time.time():
+            self._sessions.pop(sid, None)
+            return None
+        return s
+
+    def end_session(self, request: Request) -> None:
+        sid = request.cookies.get(SESSION_COOKIE)
+        if sid:
+            self._sessions.pop(sid, None)
+
+    def _expire(self) -> None:
+        now = time.time()
+        for sid in [k for k, s in self._sessions.items() if s.expires < now]:
+            del self._sessions[sid]
+
+    # --- checks -----------------------------------------------------------------------------------------
+    @staticmethod
+    def check_origin(request: Request) -> None:
+        """Refuse a request that a page of another site sent (``Origin``/``Referer`` naming another host)."""
+        origin = request.headers.get("origin") or request.headers.get("referer")
+        if not origin or origin == "null":
+            if origin == "null":
+                raise HTTPException(403, "cross-site request refused (Origin: null)")
+            return  # not a browser's cross-site request (curl, a same-origin navigation without the header)
+        host = request.headers.get("host", "")
+        if urlsplit(origin).netloc.lower() != host.lower():
+            raise HTTPException(403, f"cross-site request refused: Origin {urlsplit(origin).netloc!r} is not {host!r}")
+
+    def require_write(self, request: Request, form_csrf: str | None = None) -> str:
+        """Allow a state-changing request or raise 401/403 saying what to do. Returns how it was allowed."""
+        header = request.headers.get("authorization")
+        if header:
+            scheme, _, value = header.partition(" ")
+            if scheme.lower() != "bearer" or not value.strip():
+                raise HTTPException(401, "use Authorization: Bearer <MIKU_WEB_TOKEN>",
+                                    headers={"WWW-Authenticate": "Bearer"})
+            if not self.token_ok(value):
+                log.warning("refused a request with a wrong bearer token from %s", _client(request))
+                raise HTTPException(401, "wrong token", headers={"WWW-Authenticate": "Bearer"})
+            return "bearer"
+        self.check_origin(request)
+        session = self.session(request)
+        if session is None:
+            raise HTTPException(401, "this request changes state: send Authorization: Bearer <MIKU_WEB_TOKEN> "
+                                     "or log in at /login", headers={"WWW-Authenticate": "Bearer"})
+        presented = request.headers.get(CSRF_HEADER) or form_csrf or ""
+        if not presented or not _same(presented, session.csrf):
+            raise HTTPException(403, f"missing or wrong CSRF token: send the page's token in {CSRF_HEADER}")
+        return "session"
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "?"

@@ -1,0 +1,108 @@
+"""The panel's HTML pages: Actions → Profile Picture, History, Status, and the login form.
+
+Pages are rendered by Jinja2 (autoescaped) and brought to life by small vanilla scripts in ``static/``
+that call the JSON API. The only secret-adjacent value a page carries is the *session's* CSRF token
+(in a ``<meta>`` tag, for the scripts' ``X-CSRF-Token`` header) — never the panel's token itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from mikubot.events import STAGES
+from mikubot.web.auth import CSRF_FIELD, SESSION_COOKIE, SESSION_TTL_S
+from mikubot.web.state import panel
+from mikubot.web.status import gather
+from mikubot.web.views import change_view, safe_link
+
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+templates.env.filters["safe_link"] = safe_link
+router = APIRouter(include_in_schema=False)
+LOGIN_FAILURE_DELAY_S = 0.5  # slows guessing; the token itself is long and random or owner-chosen
+
+
+def _context(request: Request, page: str, **extra: Any) -> dict[str, Any]:
+    p = panel(request)
+    session = p.auth.session(request)
+    return {"page": page, "logged_in": session is not None, "csrf": session.csrf if session else "",
+            "dry_run": p.settings.effective_dry_run, "stages": STAGES, **extra}
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a local path: a login link must not become an open redirect."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/actions/profile-picture"
+    return target
+
+
+@router.get("/")
+async def root() -> RedirectResponse:
+    return RedirectResponse("/actions/profile-picture", status_code=303)
+
+
+@router.get("/actions/profile-picture", response_class=HTMLResponse)
+async def profile_picture(request: Request) -> Response:
+    p = panel(request)
+    latest = p.history.list(1)
+    cur = p.runner.current
+    return templates.TemplateResponse(request, "profile_picture.html", _context(
+        request, "profile-picture", latest_id=latest[0]["id"] if latest else None,
+        running_id=cur.change_id if cur else None, source=p.settings.source))
+
+
+@router.get("/history", response_class=HTMLResponse)
+async def history_page(request: Request, offset: int = 0) -> Response:
+    p = panel(request)
+    offset = max(0, offset)
+    rows = [change_view(r, p.settings.avatars_dir, with_events=False) for r in p.history.list(24, offset)]
+    return templates.TemplateResponse(request, "history.html", _context(
+        request, "history", changes=rows, offset=offset, more=len(rows) == 24))
+
+
+@router.get("/status", response_class=HTMLResponse)
+async def status_page(request: Request) -> Response:
+    status = await gather(panel(request).runner)
+    return templates.TemplateResponse(request, "status.html", _context(request, "status", status=status))
+
+
+@router.get("/login", response_class=HTMLResponse)
+async def login_form(request: Request, next: str | None = None) -> Response:
+    p = panel(request)
+    return templates.TemplateResponse(request, "login.html", _context(
+        request, "login", next=_safe_next(next), token_source=p.auth.token_source, error=None))
+
+
+@router.post("/login")
+async def login(request: Request, token: str = Form("", max_length=4096), next: str = Form("")) -> Response:
+    p = panel(request)
+    p.auth.check_origin(request)
+    if not p.auth.token_ok(token):
+        await asyncio.sleep(LOGIN_FAILURE_DELAY_S)
+        return templates.TemplateResponse(request, "login.html", _context(
+            request, "login", next=_safe_next(next), token_source=p.auth.token_source,
+            error="That is not the panel's token."), status_code=401)
+    sid, _ = p.auth.new_session()
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    response.set_cookie(SESSION_COOKIE, sid, max_age=SESSION_TTL_S, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https", path="/")
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    p = panel(request)
+    form = await request.form()
+    field = form.get(CSRF_FIELD)
+    if p.auth.session(request) is None:
+        raise HTTPException(401, "not logged in")
+    p.auth.require_write(request, form_csrf=field if isinstance(field, str) else None)
+    p.auth.end_session(request)
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    return response

@@ -1,0 +1,64 @@
+"""Running the panel: ``mikubot web`` on its own, or ``serve()`` inside the bot's event loop.
+
+The bind rule lives here so both paths enforce it: the panel listens on 127.0.0.1 unless told
+otherwise, and refuses any other address without ``MIKU_WEB_TOKEN`` — a generated token (see
+auth.py) is fine for a panel only this machine can reach, not for one the network can.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+import uvicorn
+
+from mikubot.config import Settings
+from mikubot.runner import ChangeRunner
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 3939
+
+
+class BindRefused(Exception):
+    """The panel would be reachable from the network without a configured token."""
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere
+
+
+def check_bind(host: str, settings: Settings) -> None:
+    """Raise ``BindRefused`` (with what to do) for a non-loopback bind without ``MIKU_WEB_TOKEN``."""
+    token = settings.web_token.get_secret_value().strip() if settings.web_token is not None else ""
+    if not is_loopback(host) and not token:
+        raise BindRefused(
+            f"refusing to listen on {host}: the panel would be reachable from the network without a token. "
+            f"Set MIKU_WEB_TOKEN to a long random secret (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), "
+            f"or bind {DEFAULT_HOST}."
+        )
+    if not is_loopback(host) and len(token) < 16:
+        log.warning("MIKU_WEB_TOKEN is short (%d characters); use 16 or more for a panel on the network", len(token))
+
+
+def make_server(settings: Settings, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                runner: ChangeRunner | None = None, log_level: str = "info") -> uvicorn.Server:
+    """A uvicorn server for the panel, after the bind check. ``await server.serve()`` runs it in the
+    current event loop (the bot does this beside its gateway connection)."""
+    from mikubot.web.app import create_app
+
+    check_bind(host, settings)
+    config = uvicorn.Config(create_app(settings, runner=runner), host=host, port=port, log_level=log_level,
+                            proxy_headers=False, server_header=False)
+    return uvicorn.Server(config)
+
+
+async def serve(settings: Settings, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                runner: ChangeRunner | None = None) -> None:
+    await make_server(settings, host=host, port=port, runner=runner).serve()

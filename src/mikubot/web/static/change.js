@@ -1,0 +1,206 @@
+// Actions → Profile Picture: start a change, follow its stages live, then show the avatar, the
+// candidates (faces and crop) and the VRAM chart. Also the custom-image upload → preview → apply.
+"use strict";
+(function () {
+  const P = window.panel;
+  const root = document.getElementById("pp");
+  const stages = {};
+  document.querySelectorAll("#stages li").forEach(function (li) { stages[li.dataset.stage] = li; });
+  const message = document.getElementById("message");
+
+  function say(text, kind) { message.textContent = text; message.className = "message " + (kind || ""); }
+
+  function reset(id, kind) {
+    Object.values(stages).forEach(function (li) {
+      li.className = "waiting";
+      li.querySelector(".detail").textContent = "";
+      li.querySelector(".ms").textContent = "";
+    });
+    document.getElementById("change-title").textContent = "— " + (kind || "change") + " #" + id;
+  }
+
+  function describe(ev) {
+    const d = ev.detail || {};
+    if (ev.status === "fail" || ev.status === "fallback" || ev.status === "skip") return d.error || d.reason || d.to || "";
+    if (ev.stage === "search" && d.found !== undefined) return d.found + " candidate(s)";
+    if (ev.stage === "download" && d.size) return (d.key || "").slice(0, 32) + " " + d.size[0] + "×" + d.size[1];
+    if (ev.stage === "verify" && d.confidence !== undefined) return d.method + ": " + d.confidence.toFixed(2) + " " + (d.description || "");
+    if ((ev.stage === "verify" || ev.stage === "reserve") && d.reserved) return "reserved " + d.reserved + " after " + d.waited_s.toFixed(2) + " s";
+    if (ev.stage === "detect" && d.faces !== undefined) return d.faces + " face(s) via " + d.via;
+    if (ev.stage === "crop" && d.method) return d.method + " crop " + JSON.stringify(d.box);
+    if (ev.stage === "record" && d.status) return d.status;
+    if (ev.stage === "upload" && ev.status === "start") return d.dry_run ? "dry run" : "uploading";
+    return "";
+  }
+
+  const STICKY = { fallback: 1, failed: 1, skipped: 1 };
+  function onEvent(ev) {
+    const li = stages[ev.stage];
+    if (!li) return;
+    let cls = { start: "running", progress: "running", done: "done", skip: "running", fallback: "fallback", fail: "failed" }[ev.status];
+    if (ev.stage === "upload" && ev.status === "skip") cls = "skipped";
+    if (STICKY[li.className] && cls !== "failed") cls = li.className; // a stage that fell back stays marked
+    li.className = cls;
+    const text = describe(ev);
+    if (text) li.querySelector(".detail").textContent = text;
+    if (ev.detail && ev.detail.ms !== undefined) li.querySelector(".ms").textContent = Math.round(ev.detail.ms) + " ms";
+  }
+
+  function showAvatar(rec) {
+    const img = document.getElementById("avatar");
+    const cap = document.getElementById("avatar-caption");
+    if (rec.avatar_url) {
+      img.src = rec.avatar_url + "?v=" + rec.id;
+      img.hidden = false;
+    }
+    const credit = rec.credit || {};
+    const parts = ["#" + rec.id + " " + rec.status];
+    if (credit.artist) parts.push("art by " + credit.artist);
+    if (rec.crop_method) parts.push(rec.crop_method + " crop");
+    cap.textContent = parts.join(" · ");
+    if (credit.link) {
+      cap.appendChild(document.createTextNode(" · "));
+      cap.appendChild(P.el("a", { href: credit.link, rel: "noopener noreferrer nofollow", target: "_blank", text: "source" }));
+    }
+    if (rec.description) cap.appendChild(P.el("div", { class: "desc", text: rec.description }));
+  }
+
+  function faceSvg(size, faces, crop) {
+    const NS = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(NS, "svg");
+    svg.setAttribute("viewBox", "0 0 " + size[0] + " " + size[1]);
+    svg.setAttribute("class", "overlay");
+    const add = function (tag, attrs) {
+      const e = document.createElementNS(NS, tag);
+      for (const k in attrs) e.setAttribute(k, attrs[k]);
+      svg.appendChild(e);
+      return e;
+    };
+    const sw = Math.max(2, size[0] / 200);
+    (faces || []).forEach(function (f) {
+      const b = f.bbox;
+      add("rect", { x: b[0], y: b[1], width: b[2] - b[0], height: b[3] - b[1], fill: "none", stroke: "#39c5bb", "stroke-width": sw, class: "face-box" });
+    });
+    if (crop) {
+      add("rect", { x: crop[0], y: crop[1], width: crop[2] - crop[0], height: crop[3] - crop[1], fill: "none", stroke: "#ff78c8", "stroke-width": sw, class: "crop-box" });
+      add("ellipse", { cx: (crop[0] + crop[2]) / 2, cy: (crop[1] + crop[3]) / 2, rx: (crop[2] - crop[0]) / 2, ry: (crop[3] - crop[1]) / 2, fill: "none", stroke: "#ff78c8", "stroke-dasharray": sw * 3, "stroke-width": sw });
+    }
+    return svg;
+  }
+
+  function showCandidates(rec) {
+    const box = document.getElementById("candidates");
+    box.textContent = "";
+    const sizes = {};
+    (rec.events || []).forEach(function (e) { if (e.stage === "download" && e.detail && e.detail.size) sizes[e.detail.key] = e.detail.size; });
+    const cands = rec.candidates || [];
+    if (!cands.length) { box.appendChild(P.el("p", { class: "muted", text: "No candidates (the change ended before downloading)." })); return; }
+    cands.forEach(function (c) {
+      const chosen = c.key === rec.post_key;
+      const card = P.el("figure", { class: "candidate" + (chosen ? " chosen" : "") + (c.skipped ? " skipped" : ""), "data-key": c.key });
+      const size = sizes[c.key];
+      const frame = P.el("div", { class: "frame" });
+      if (chosen && rec.annotated_url) {
+        // The server-drawn copy (faces, crop square, round area) of the chosen image, with the same
+        // boxes drawn again on top from the record's numbers.
+        frame.appendChild(P.el("img", { src: rec.annotated_url + "?v=" + rec.id, alt: "chosen candidate with faces and crop" }));
+        if (size) frame.appendChild(faceSvg(size, c.faces, rec.crop_box));
+      } else if (size) {
+        frame.classList.add("schematic");
+        const svg = faceSvg(size, c.faces, null);
+        svg.classList.add("plain");
+        frame.appendChild(svg);
+      }
+      card.appendChild(frame);
+      const v = c.verification || {};
+      const lines = [c.filename || c.key];
+      if (v.method) lines.push(v.method + " " + (v.confidence !== undefined ? v.confidence.toFixed(2) : "") + (v.description ? " — " + v.description : ""));
+      if (c.faces) lines.push(c.faces.length + " face(s)" + (c.detected_via ? " via " + c.detected_via : ""));
+      if (c.skipped) lines.push("skipped: " + c.skipped);
+      if (chosen) lines.push("chosen · " + rec.crop_method + " crop " + JSON.stringify(rec.crop_box));
+      const cap = P.el("figcaption", {});
+      lines.forEach(function (l) { cap.appendChild(P.el("div", { text: l })); });
+      card.appendChild(cap);
+      box.appendChild(card);
+    });
+  }
+
+  async function load(id, replay) {
+    const res = await P.api("GET", "/profile-picture/changes/" + id);
+    if (!res.ok) { say(P.detail(res), "error"); return null; }
+    const rec = res.body;
+    if (replay) { reset(rec.id, rec.restored_from ? "restore" : "change"); (rec.events || []).forEach(onEvent); }
+    showAvatar(rec);
+    showCandidates(rec);
+    window.drawVramChart(document.getElementById("vram-chart"), rec.vram_timeline);
+    return rec;
+  }
+
+  function watch(id, kind) {
+    reset(id, kind);
+    say("Change #" + id + " running…", "info");
+    P.follow(id, onEvent, async function (end) {
+      const rec = await load(id, false);
+      if (!rec) return;
+      if (rec.status === "failed") say("Change #" + id + " failed: " + (rec.error || ""), "error");
+      else say("Change #" + id + " finished: " + rec.status + ".", "ok");
+      document.body.dataset.lastChange = String(id);
+      const btn = document.getElementById("change-now");
+      if (btn) btn.disabled = false;
+    });
+  }
+  window.watchChange = watch;
+
+  const form = document.getElementById("change-form");
+  if (form) {
+    form.addEventListener("submit", async function (e) {
+      e.preventDefault();
+      const btn = document.getElementById("change-now");
+      btn.disabled = true;
+      const body = {};
+      const src = document.getElementById("source").value.trim();
+      if (src) body.source = src;
+      if (document.getElementById("dry-run").checked) body.dry_run = true;
+      const res = await P.api("POST", "/profile-picture/change", { json: body });
+      if (res.status === 202) { watch(res.body.change_id, "change"); return; }
+      btn.disabled = false;
+      if (res.status === 409 && res.body.running_change_id) {
+        say("A change is already running (#" + res.body.running_change_id + "); following it.", "info");
+        watch(res.body.running_change_id, res.body.kind);
+      } else say(P.detail(res), "error");
+    });
+  }
+
+  const upForm = document.getElementById("upload-form");
+  if (upForm) {
+    let uploadId = null;
+    upForm.addEventListener("submit", async function (e) {
+      e.preventDefault();
+      const file = document.getElementById("upload-file").files[0];
+      if (!file) return;
+      const fd = new FormData();
+      fd.append("file", file);
+      say("Detecting faces in " + file.name + "…", "info");
+      const res = await P.api("POST", "/profile-picture/upload", { form: fd });
+      if (!res.ok) { say(P.detail(res), "error"); return; }
+      const p = res.body;
+      uploadId = p.upload_id;
+      document.getElementById("upload-annotated").src = p.annotated_url;
+      document.getElementById("upload-avatar").src = p.preview_url;
+      document.getElementById("upload-info").textContent = p.faces.length + " face(s) · " + p.crop_method +
+        " crop " + JSON.stringify(p.crop_box) + (p.notes.length ? " · " + p.notes.join("; ") : "");
+      document.getElementById("upload-preview").hidden = false;
+      say("Preview ready: apply it, or upload another image.", "ok");
+    });
+    document.getElementById("upload-apply").addEventListener("click", async function () {
+      if (!uploadId) return;
+      const res = await P.api("POST", "/profile-picture/upload/" + uploadId + "/apply");
+      if (res.status === 202) watch(res.body.change_id, "change");
+      else if (res.status === 409 && res.body.running_change_id) watch(res.body.running_change_id, res.body.kind);
+      else say(P.detail(res), "error");
+    });
+  }
+
+  if (root.dataset.running) watch(Number(root.dataset.running), "change");
+  else if (root.dataset.latest) load(Number(root.dataset.latest), true);
+})();
