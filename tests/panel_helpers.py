@@ -1,0 +1,67 @@
+"""Shared by the panel's tests: the embedded default (in-process detector, local folder of test art,
+dry run) served by a real uvicorn server on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from mikubot.config import Settings
+from mikubot.web import create_app
+from servers import serve_app
+
+TOKEN = "panel-test-token-5b2f0c9e1d"
+SPRITES = ("eileen happy.png", "eileen vhappy.png", "lucy happy.png", "lucy mad.png", "sylvie blue smile.png",
+           "sylvie green smile.png", "sylvie blue normal.png", "sylvie green normal.png", "eileen concerned.png")
+
+
+def sprite_folder(art_dir: Path, dest: Path, names: tuple[str, ...] = SPRITES) -> Path:
+    """A folder with only the small sprites: changes stay fast and never run out of unused art."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        shutil.copyfile(art_dir / n, dest / n)
+    return dest
+
+
+def panel_settings(data_dir: Path, art: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"data_dir": data_dir, "source": f"local:{art}", "candidates": 1, "web_token": TOKEN,
+                              "dry_run": True}
+    values.update(overrides)
+    return Settings(**values)
+
+
+@contextlib.contextmanager
+def panel_server(settings: Settings) -> Iterator[str]:
+    with serve_app(create_app(settings)) as base:
+        yield base
+
+
+def bearer(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def read_sse(client: httpx.Client, url: str, headers: dict[str, str] | None = None) -> list[tuple[str, str | None, dict[str, Any]]]:
+    """Every (event, id, data) of a Server-Sent Events stream until the server closes it."""
+    out: list[tuple[str, str | None, dict[str, Any]]] = []
+    event, ident, data = "message", None, []
+    with client.stream("GET", url, headers=headers or {}) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line == "":
+                if data:
+                    out.append((event, ident, json.loads("\n".join(data))))
+                event, ident, data = "message", None, []
+            elif line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("id:"):
+                ident = line[3:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].strip())
+    return out
