@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
 import numpy as np
 from PIL import Image
 
 from facedetect.backends._nvxs import NvxsLibrary, RawFace
 from facedetect.backends.base import Detector
+from facedetect.backends.scheme import (
+    WHEEL_MIN_WINDOW,
+    WHEEL_SCALE_FACTOR,
+    WHEEL_STEP,
+    SearchScheme,
+    search,
+)
+from facedetect.errors import BackendUnavailable
 from facedetect.types import Detection
+
+Mode = Literal["fast", "full"]
 
 KEYPOINT_NAMES = ["left_eye", "right_eye", "nose", "mouth", "chin"]
 
@@ -16,7 +29,11 @@ class AnimefaceDetector(Detector):
     """animeface-2009 through ``libnvxs``.
 
     ``step``, ``scale_factor`` and ``min_window`` are the sliding-window search parameters; the
-    defaults are the wheel's. Keypoints are [x, y, score] in the order of ``KEYPOINT_NAMES``; the
+    defaults are the wheel's (4, 1.095, 42.592). ``mode="fast"`` (default) searches with
+    :class:`~facedetect.backends.scheme.SearchScheme`: the raw scale ladder split over ``threads``
+    threads, and faces smaller than ``min_face_fraction`` of the short side not searched (see
+    docs/detector-speed.md). ``mode="full"`` is one raw call at full resolution, the wheel's behaviour.
+    Keypoints are [x, y, score] in the order of ``KEYPOINT_NAMES``; the
     model has no per-point score, so each carries the face's likelihood. Attributes: hair and skin
     colour as ``#rrggbb``.
     """
@@ -24,19 +41,52 @@ class AnimefaceDetector(Detector):
     name = "animeface"
     keypoint_names = KEYPOINT_NAMES
 
-    def __init__(self, *, step: float = 4.0, scale_factor: float = 1.095, min_window: float = 42.592):
+    def __init__(
+        self,
+        *,
+        mode: Mode = "fast",
+        step: float = WHEEL_STEP,
+        scale_factor: float = WHEEL_SCALE_FACTOR,
+        min_window: float = WHEEL_MIN_WINDOW,
+        min_face_fraction: float = SearchScheme.min_face_fraction,
+        threads: int = SearchScheme.threads,
+    ):
         super().__init__()
+        if mode not in ("fast", "full"):
+            raise BackendUnavailable(f"unknown animeface mode {mode!r}; choose 'fast' or 'full'", status_code=400)
+        try:
+            self.scheme = SearchScheme(
+                step=step, scale_factor=scale_factor, min_window=min_window,
+                min_face_fraction=min_face_fraction, threads=threads,
+            )
+        except ValueError as exc:
+            raise BackendUnavailable(f"bad animeface search parameters: {exc}", status_code=400) from None
+        self.mode: Mode = mode
         self.step = step
         self.scale_factor = scale_factor
         self.min_window = min_window
         self._lib: NvxsLibrary | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
     def _load(self) -> None:
         self._lib = NvxsLibrary()
+        if self.mode == "fast" and self.scheme.threads > 1:
+            self._pool = ThreadPoolExecutor(self.scheme.threads, thread_name_prefix="animeface")
 
     def _unload(self) -> None:
         # The model lives in the library's data segment; dropping our handle is all there is to free.
         self._lib = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def describe(self) -> dict[str, Any]:
+        out = dict(super().describe())
+        out["mode"] = self.mode
+        out["search"] = {"step": self.step, "scale_factor": self.scale_factor, "min_window": self.min_window}
+        if self.mode == "fast":
+            out["search"].update(min_face_fraction=self.scheme.min_face_fraction, threads=self.scheme.threads)
+        return out
 
     @property
     def library(self) -> NvxsLibrary:
@@ -45,22 +95,33 @@ class AnimefaceDetector(Detector):
         assert self._lib is not None
         return self._lib
 
-    def raw(self, rgb: np.ndarray, *, analyze: bool = True, **search: float) -> list[RawFace]:
-        params = {"step": self.step, "scale_factor": self.scale_factor, "min_window": self.min_window}
-        params.update(search)
-        return self.library.detect(rgb, analyze=analyze, **params)
+    def raw(self, rgb: np.ndarray, *, analyze: bool = True, **params: float) -> list[RawFace]:
+        """One libnvxs call on ``rgb`` as given (no scheme); ``params`` override step/scale_factor/min_window."""
+        merged = {"step": self.step, "scale_factor": self.scale_factor, "min_window": self.min_window}
+        merged.update(params)
+        return self.library.detect(rgb, analyze=analyze, **merged)
 
     def _detect(self, image: Image.Image) -> list[Detection]:
-        rgb = np.asarray(image.convert("RGB"))
-        return [to_detection(f) for f in self.raw(rgb)]
+        rgb = np.ascontiguousarray(np.asarray(image.convert("RGB")))
+        if self.mode == "full":
+            return [to_detection(f) for f in self.raw(rgb)]
+        lib = self.library  # loads (and builds the pool) if needed
+        placed = search(lib.detect, rgb, self.scheme, self._pool)
+        return [to_detection(p.face, (p.sx, p.sy)) for p in placed]
 
 
-def to_detection(f: RawFace, scale: float = 1.0, offset: tuple[float, float] = (0.0, 0.0)) -> Detection:
-    """A raw face in (possibly scaled, offset) working coordinates, mapped back to the original image."""
+def to_detection(
+    f: RawFace, scale: float | tuple[float, float] = 1.0, offset: tuple[float, float] = (0.0, 0.0)
+) -> Detection:
+    """A raw face in (possibly scaled, offset) working coordinates, mapped back to the original image.
+
+    ``scale`` is working pixels per original pixel, one number or (x, y) when resizing rounded them apart.
+    """
     ox, oy = offset
+    sx, sy = (scale, scale) if isinstance(scale, (int, float)) else scale
 
     def pt(x: float, y: float) -> tuple[float, float]:
-        return (x / scale + ox, y / scale + oy)
+        return (x / sx + ox, y / sy + oy)
 
     def centre(r: tuple[int, int, int, int]) -> tuple[float, float]:
         return pt(r[0] + r[2] / 2.0, r[1] + r[3] / 2.0)
