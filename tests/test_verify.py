@@ -100,9 +100,11 @@ async def test_heuristic_uses_tags_on_booru_posts(animeface, art_dir):
 async def test_heuristic_hair_colour_raises_confidence(animeface, art_dir):
     data = (art_dir / "eileen happy.png").read_bytes()
     probe = HeuristicVerifier(MIKU, "hatsune_miku", ["#39c5bb"], animeface)
-    hair, _ = probe.hair(data)
-    assert hair is not None
-    as_eileen = HeuristicVerifier("Eileen", "eileen", [hair], animeface)
+    # animeface's hair colour comes from a colour clustering that varies from run to run (~100 RGB apart
+    # at worst on this sprite): configure a few readings, and the default tolerance
+    reads = {probe.hair(data)[0] for _ in range(3)}
+    assert None not in reads
+    as_eileen = HeuristicVerifier("Eileen", "eileen", sorted(reads), animeface, tolerance=100)
     local = await as_eileen.verify(candidate(data, source="local"))
     teal = await probe.verify(candidate(data, source="local"))
     assert local.is_character and local.evidence["hair_match"] and local.confidence > teal.confidence

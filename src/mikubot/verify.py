@@ -282,7 +282,7 @@ class HeuristicVerifier:
         hair_colours: list[str],
         detector: Detector,
         *,
-        tolerance: float = 60.0,
+        tolerance: float = 100.0,
     ) -> None:
         self.character = character
         self.character_tag = character_tag
