@@ -60,6 +60,7 @@ def test_upload_preview_then_apply(client: httpx.Client, art_dir: Path, face_lab
     assert frames[-1][2]["status"] == "dry-run"
     rec = client.get(f"/profile-picture/changes/{applied.json()['change_id']}").json()
     assert rec["source"] == "file" and rec["crop_box"] == [float(v) for v in p["crop_box"]]
+    assert rec["candidates"][0]["filename"] == name  # the owner's file name, not a hash
     assert client.get(rec["avatar_url"]).content == png.content  # the preview is exactly what was applied
 
 
@@ -117,6 +118,14 @@ def test_malformed_forms_are_400(client: httpx.Client, kwargs: dict, detail: str
     headers = {**bearer(), **kwargs.pop("headers", {})}
     r = client.post("/profile-picture/upload", headers=headers, **kwargs)
     assert r.status_code == 400 and detail in r.json()["detail"]
+
+
+def test_upload_names_are_cleaned(client: httpx.Client, art_dir: Path, base: str) -> None:
+    data = (art_dir / "lucy mad.png").read_bytes()
+    r = client.post("/profile-picture/upload", files={"file": ("../../evil<script>.jpg", data, "image/png")}, headers=bearer())
+    assert r.status_code == 200
+    rec = client.post(r.json()["apply_url"], params={"wait": "true"}, headers=bearer()).json()
+    assert rec["source"]["filename"] == "evil_script.png"  # no folders, plain characters, the real format
 
 
 @pytest.mark.parametrize("upload_id", ["0" * 64, "..", "../history.sqlite3", "A" * 64, "x" * 10])

@@ -162,8 +162,8 @@ async def upload(request: Request, _: str = Depends(write_access)) -> dict[str, 
     p = panel(request)
     pipeline = p.runner.pipeline
     try:
-        data, _name = await uploads.read_upload(request, uploads.limits(pipeline).max_bytes)
-        preview = await uploads.make_preview(pipeline, data)
+        data, name = await uploads.read_upload(request, uploads.limits(pipeline).max_bytes)
+        preview = await uploads.make_preview(pipeline, data, name)
     except HTTPException as exc:
         p.metrics.uploads.labels(str(exc.status_code)).inc()
         raise
@@ -189,7 +189,7 @@ def _upload_file(request: Request, upload_id: str, suffix: str, media: str) -> F
     if not uploads.UPLOAD_ID.match(upload_id):
         raise HTTPException(404, "no such upload")
     folder = uploads.uploads_dir(pipeline)
-    path = folder / f"{upload_id}.{suffix}"
+    path = folder / upload_id / suffix
     if not inside(path, folder):
         raise HTTPException(404, "no such upload")
     return FileResponse(path, media_type=media, headers={"Cache-Control": "no-cache"})

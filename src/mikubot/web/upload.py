@@ -2,7 +2,9 @@
 
 The upload is read with a hard byte limit *while it streams in* (a missing or lying Content-Length
 cannot make the server buffer more), decoded by the detector's own ``load_image`` (the same 400/413/415
-answers as ``POST /detect``) and kept under ``<data dir>/uploads/<sha256>.<ext>``. The preview runs
+answers as ``POST /detect``) and kept under ``<data dir>/uploads/<sha256>/image/<its name>`` (the name
+cleaned to plain characters, so the history shows what the owner uploaded), beside ``preview.png`` and
+``annotated.jpg``. The preview runs
 exactly what the pipeline's detect and crop stages run — the detector reservation included, so a
 preview never collides with the vision model on the GPU — and "apply" starts a normal change with the
 ``file:`` source, which records, uploads and can be restored like any other.
@@ -32,6 +34,13 @@ from vramctl.errors import VramError
 UPLOAD_ID = re.compile(r"^[0-9a-f]{64}$")
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and headers around the file
 EXTS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
+UNSAFE_NAME = re.compile(r"[^A-Za-z0-9 ._()-]+")
+
+
+def clean_name(filename: str, ext: str) -> str:
+    """A file name safe to store and show: no folders, no odd characters, the real format's extension."""
+    stem = UNSAFE_NAME.sub("_", Path(filename.replace("\\", "/")).stem).strip(" ._")[:80] or "upload"
+    return f"{stem}.{ext}"
 
 
 def uploads_dir(pipeline: AvatarPipeline) -> Path:
@@ -109,14 +118,17 @@ class Preview:
         }
 
 
-async def make_preview(pipeline: AvatarPipeline, data: bytes) -> Preview:
+async def make_preview(pipeline: AvatarPipeline, data: bytes, filename: str = "upload") -> Preview:
     """Decode, store, detect and crop one uploaded image. ``FaceDetectError`` for a bad image (4xx)."""
     s = pipeline.settings
     image, info = await asyncio.to_thread(load_image, data, limits(pipeline))
     upload_id = hashlib.sha256(data).hexdigest()
-    folder = uploads_dir(pipeline)
-    path = folder / f"{upload_id}.{EXTS.get(info.format or '', 'img')}"
-    await asyncio.to_thread(atomic_write, path, data)
+    folder = uploads_dir(pipeline) / upload_id
+    try:
+        path = stored_upload(pipeline, upload_id)  # the same picture again: keep its first name
+    except HTTPException:
+        path = folder / "image" / clean_name(filename, EXTS.get(info.format or "", "img"))
+        await asyncio.to_thread(atomic_write, path, data)
     notes: list[str] = []
     finder = FaceFinder(s.face_detector_url, pipeline.local_detector, lambda to, why: notes.append(why))
     try:
@@ -139,8 +151,8 @@ async def make_preview(pipeline: AvatarPipeline, data: bytes) -> Preview:
         raise HTTPException(422, f"cannot crop this image: {exc}") from None
     png = avatar_png(result)
     annotated = annotated_source(image, found.detections, result.box)
-    await asyncio.to_thread(atomic_write, folder / f"{upload_id}.preview.png", png)
-    await asyncio.to_thread(annotated.save, folder / f"{upload_id}.annotated.jpg", "JPEG", quality=85)
+    await asyncio.to_thread(atomic_write, folder / "preview.png", png)
+    await asyncio.to_thread(annotated.save, folder / "annotated.jpg", "JPEG", quality=85)
     return Preview(upload_id, path, (info.width, info.height), result.to_json(),
                    [d.to_json() for d in found.detections], found.via, notes)
 
@@ -149,9 +161,10 @@ def stored_upload(pipeline: AvatarPipeline, upload_id: str) -> Path:
     """The stored original of an upload, or 404. The id is a hex digest: it cannot name another file."""
     if not UPLOAD_ID.match(upload_id):
         raise HTTPException(404, "no such upload")
-    for p in sorted(uploads_dir(pipeline).glob(f"{upload_id}.*")):
-        if p.suffix in tuple("." + e for e in (*EXTS.values(), "img")) and ".preview" not in p.name and ".annotated" not in p.name:
-            return p
+    folder = uploads_dir(pipeline) / upload_id / "image"
+    found = sorted(p for p in folder.glob("*") if p.is_file()) if folder.is_dir() else []
+    if found:
+        return found[0]
     raise HTTPException(404, "no such upload (upload the image again)")
 
 
