@@ -28,7 +28,7 @@ $(ART)/.complete: scripts/fetch-art.sh
 	bash scripts/fetch-art.sh $(ART)
 
 demo: install art
-	$(VENV)/bin/facedetect detect $(ART)/images/*.png --annotate $(OUT)
+	MIKU_DATA_DIR=$(OUT)/data $(VENV)/bin/mikubot pfp change --dry-run --source local:$(ART)/images --out $(OUT)/avatar.png
 
 test: install art
 	bash scripts/test-deps.sh
