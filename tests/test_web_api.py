@@ -196,3 +196,38 @@ def test_status_reports_detector_and_vram(client: httpx.Client) -> None:
     assert s["vram"]["ok"] and s["vram"]["probe"] == "none"
     assert s["llama_swap"]["verifier"] == "heuristic"
     assert s["change"]["running"] is False
+
+
+def test_events_of_a_change_run_by_another_process(client: httpx.Client, data_dir: Path) -> None:
+    """A CLI run beside the panel writes the same history: its stream waits for the row, then replays it."""
+    import threading
+
+    history = History(data_dir / "history.sqlite3")
+    cid = history.start("local:cli", dry_run=True)  # owned by a live process (this one), so never recovered
+    result: list = []
+    reader = threading.Thread(target=lambda: result.extend(read_sse(client, f"/profile-picture/changes/{cid}/events")))
+    reader.start()
+    reader.join(timeout=1.5)
+    assert reader.is_alive() and not result  # still waiting: the change has not ended
+    events = [{"change_id": cid, "stage": "search", "status": "start", "t": 0.0, "detail": {}},
+              {"change_id": cid, "stage": "search", "status": "fail", "t": 0.1, "detail": {"error": "nothing"}}]
+    history.finish(cid, "failed", events=events, error="nothing")
+    reader.join(timeout=10)
+    assert [d for e, _, d in result if e == "progress"] == events
+    assert result[-1] == ("end", None, {"change_id": cid, "status": "failed", "error": "nothing"})
+
+
+def test_concurrent_change_requests_start_exactly_one(base: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def post(_: int) -> httpx.Response:
+        return httpx.post(f"{base}/profile-picture/change", headers=bearer(), timeout=60)
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(post, range(6)))
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [202] + [409] * 5, codes
+    winner = next(r for r in answers if r.status_code == 202).json()["change_id"]
+    assert {r.json()["running_change_id"] for r in answers if r.status_code == 409} <= {winner, None}
+    with httpx.Client(base_url=base, timeout=60) as c:
+        assert read_sse(c, f"/profile-picture/changes/{winner}/events")[-1][0] == "end"

@@ -55,7 +55,9 @@ def make_server(settings: Settings, *, host: str = DEFAULT_HOST, port: int = DEF
 
     check_bind(host, settings)
     config = uvicorn.Config(create_app(settings, runner=runner), host=host, port=port, log_level=log_level,
-                            proxy_headers=False, server_header=False)
+                            proxy_headers=False, server_header=False,
+                            # An open event stream must not hold a shutdown for long.
+                            timeout_graceful_shutdown=5)
     return uvicorn.Server(config)
 
 

@@ -71,9 +71,13 @@ async def change_events(runner: ChangeRunner, change_id: int, last_seen: int = -
         yield _end(history, change_id)
         return
     row = history.get(change_id)
+    polls = 0
     while row is not None and row["status"] == "running":
         yield ": running in another process\n\n"
         await asyncio.sleep(POLL_S)
+        polls += 1
+        if polls % 20 == 0:
+            await asyncio.to_thread(history.recover)  # that process may have died: close its row as failed
         row = history.get(change_id)
     if row is None:
         return
