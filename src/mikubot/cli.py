@@ -313,6 +313,17 @@ def run(
         pass
 
 
+@app.command("web")
+def web(
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on; any but loopback needs MIKU_WEB_TOKEN"),
+    port: int = typer.Option(3939, "--port", min=1, max=65535),
+) -> None:
+    """The control panel and API alone (no Discord bot): http://127.0.0.1:3939."""
+    from mikubot.web.command import run_web
+
+    run_web(_settings(), host, port)
+
+
 def main() -> None:
     app()
 
