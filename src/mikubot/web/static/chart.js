@@ -21,7 +21,7 @@
       container.appendChild(window.panel.el("p", { class: "muted", text: "No VRAM reservation in this change." }));
       return;
     }
-    const W = 760, H = 240, L = 64, R = 16, T = 16, B = 40;
+    const W = 760, H = 250, L = 64, R = 16, T = 26, B = 40;
     const tMax = Math.max(0.001, Math.max.apply(null, timeline.map(function (e) { return e.t; })));
     const measured = timeline.filter(function (e) { return e.free_mib !== null && e.free_mib !== undefined; });
     const fMax = measured.length ? Math.max.apply(null, measured.map(function (e) { return e.free_mib; })) * 1.1 : 1;
@@ -40,7 +40,7 @@
         const f = fMax * i / 2;
         svg.appendChild(s("text", { x: L - 6, y: y(f) + 4, "text-anchor": "end", class: "tick" }, Math.round(f) + ""));
       }
-      svg.appendChild(s("text", { x: 4, y: T + 8, class: "tick" }, "free MiB"));
+      svg.appendChild(s("text", { x: 4, y: 12, class: "tick" }, "free MiB"));
       // A step line: free memory holds its value until the next measurement.
       let d = "M" + x(measured[0].t).toFixed(1) + " " + y(measured[0].free_mib).toFixed(1);
       measured.slice(1).forEach(function (e) { d += " H" + x(e.t).toFixed(1) + " V" + y(e.free_mib).toFixed(1); });
