@@ -42,6 +42,13 @@ LLAMA_CONFIG: dict[str, Any] = {
     },
 }
 
+# The seed's own sizes (text ~5 GB, vision ~4 GB + mmproj, detector ~1 GB, 512 MiB display): text and vision
+# never fit together, but once text is gone vision and the detector do — the detector can stay loaded.
+SEED_SIZES_CONFIG: dict[str, Any] = {
+    **LLAMA_CONFIG,
+    "gpu_reserved_mib": 512,
+}
+
 YES = '{"is_character": true, "confidence": 0.95, "description": "A smiling girl with long hair in a white dress."}'
 YES_FENCED = ('Sure! Here is my answer:\n```json\n{"is_character": true, "confidence": "90%", '
               '"description": "A cheerful girl waving at the viewer."}\n```')
@@ -124,13 +131,14 @@ def world(
     detector: bool = True,
     discord: bool = True,
     outputs: Path,
+    llama_config: dict[str, Any] | None = None,
 ) -> Iterator[World]:
     with contextlib.ExitStack() as stack:
         dapp = create_danbooru(posts, art_dir=art_root)
         dbase = stack.enter_context(serve_app(dapp))
         emu = None
         if llama:
-            emu = LlamaSwapEmulator(LLAMA_CONFIG)
+            emu = LlamaSwapEmulator(llama_config or LLAMA_CONFIG)
             stack.enter_context(emu.serve())
         det = None
         if detector:

@@ -280,3 +280,43 @@ async def test_fewest_consumers_are_unloaded(card):
         async with coord.reserve("vision") as r2:
             pass
     assert sorted(r2.unloaded) == ["face-detector", "text"]
+
+
+async def test_victims_are_unloaded_together(card):
+    """Text and detector both in vision's way: both unloads are under way before either has finished."""
+    card.emu.preload("llama3.1")
+    async with Coordinator(card.settings()) as coord:
+        async with coord.reserve("face-detector"):
+            pass
+        async with coord.reserve("vision") as r:
+            pass
+    steps = [(e.event, e.consumer) for e in r.timeline.events if e.event in ("unload", "unloaded")]
+    assert sorted(steps[:2]) == [("unload", "face-detector"), ("unload", "text")], steps
+    assert sorted(steps[2:]) == [("unloaded", "face-detector"), ("unloaded", "text")], steps
+    assert r.unloaded == ["text", "face-detector"]  # the planner's order, whoever finished first
+    assert card.emu.gpu.oom_count == 0
+
+
+async def test_memory_promised_to_a_model_still_loading_is_not_handed_out(card):
+    """Vision is reserved but not loaded yet (it loads on its first request). A detector reservation made
+    meanwhile must not take that memory — or the vision load would OOM. It waits for vision's turn to end."""
+    async with Coordinator(card.settings()) as coord:
+        async with coord.reserve("vision") as rv:
+            held = coord.reserve("face-detector")
+            detector = asyncio.create_task(held.__aenter__())
+            while coord.timeline.count("measured") < 2:  # vision's, then the detector's
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)  # a few polls: it keeps waiting
+            assert not detector.done()
+            chat = httpx.post(f"{card.emu.url}/v1/chat/completions", timeout=10, json={
+                "model": "vision", "messages": [{"role": "user", "content": "is this Miku?"}]})
+            assert chat.status_code == 200, chat.text
+        rd = await asyncio.wait_for(detector, 5)
+        await held.__aexit__(None, None, None)
+    assert card.emu.gpu.oom_count == 0 and card.detector["ooms"] == 0
+    measured = next(e for e in rd.timeline.events if e.event == "measured")
+    assert "promised" in measured.detail
+    assert rd.unloaded == ["vision"] and card.detector["loaded"]
+    events = [(e.event, e.consumer) for e in coord.timeline.events]
+    assert events.index(("released", "vision")) < events.index(("granted", "face-detector"))
+    assert rv.unloaded == []

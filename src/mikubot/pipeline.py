@@ -14,6 +14,7 @@ history row ("applied", "dry-run" or "failed"), whatever happened in between.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from contextlib import AsyncExitStack
@@ -41,6 +42,8 @@ from vramctl.coordinator import Coordinator
 from vramctl.errors import VramError
 
 log = logging.getLogger(__name__)
+
+DOWNLOADS_AT_ONCE = 3  # polite to a booru's CDN, and enough to overlap the round trips
 
 
 class ChangeFailed(Exception):
@@ -211,33 +214,43 @@ class AvatarPipeline:
                                    + (f"; {seen}" if seen else "") + "); widen the search (ratings, blacklist, "
                                    "another source) or use a fresh MIKU_DATA_DIR")
             ev.emit("search", "progress", found=len(found), keys=[c.key for c in found], report=seen)
-        # download
-        with self._stage(state, ev, "download", count=len(found)):
-            for c in found:
-                pick = Pick(c)
-                state.picks.append(pick)
-                try:
-                    pick.candidate = await src.download(c)
-                    pick.image, _ = await asyncio.to_thread(load_image, pick.candidate.data or b"")
-                    ev.emit("download", "progress", key=c.key, bytes=len(pick.candidate.data or b""),
-                            size=[pick.image.width, pick.image.height])
-                except SourceError as exc:
-                    pick.skipped = f"download: {exc.message}"
-                except FaceDetectError as exc:
-                    pick.skipped = f"image: {exc.message}"
-                if pick.skipped:
-                    ev.emit("download", "skip", key=c.key, reason=pick.skipped)
-            live = [p for p in state.picks if not p.skipped]
-            if not live:
-                raise ChangeFailed("download", "no candidate could be downloaded and decoded: "
-                                   + "; ".join(p.skipped or "" for p in state.picks))
-        # verify (one vision reservation for all of them)
-        with self._stage(state, ev, "verify", count=len(live)):
-            await self._verify(state, ev, live)
-            survivors = [p for p in live if not p.skipped]
-            if not survivors:
-                raise ChangeFailed("verify", f"none of {len(live)} candidates shows {self.settings.character_name}: "
-                                   + "; ".join(p.skipped or "" for p in live))
+        # download ∥ verify: the vision model's room is made (unloading whatever is in its way and waiting until
+        # the probe shows it free) while the pictures download — neither needs the other, and the unload is
+        # the long pole. The verify stage therefore starts with the download stage and ends after it.
+        verifier = self.make_verifier()
+        state.verifier = verifier.method
+        async with AsyncExitStack() as vision:
+            verify_stage = _StageTimer(state, ev, "verify", {"count": len(found)})
+            room: asyncio.Task[str | None] | None = None
+            try:
+                with self._stage(state, ev, "download", count=len(found)):
+                    if isinstance(verifier, VisionVerifier):
+                        verify_stage.__enter__()
+                        room = asyncio.create_task(self._reserve_vision(state, ev, vision, len(found)))
+                    live = await self._download(state, ev, src, found)
+                if not live:
+                    raise ChangeFailed("download", "no candidate could be downloaded and decoded: "
+                                       + "; ".join(p.skipped or "" for p in state.picks))
+                if room is None:
+                    verify_stage.__enter__()
+                bodies = self._prepare(verifier, live)  # encoded while the room is still being made
+                if room is not None and (problem := await room) is not None:
+                    verifier = self._fall_back_to_heuristic(state, ev, f"cannot reserve the vision model: {problem}")
+                await self._verify(state, ev, live, verifier, vision, bodies)
+                survivors = [p for p in live if not p.skipped]
+                if not survivors:
+                    raise ChangeFailed("verify", f"none of {len(live)} candidates shows {self.settings.character_name}: "
+                                       + "; ".join(p.skipped or "" for p in live))
+            except BaseException as exc:
+                verify_stage.__exit__(type(exc), exc, exc.__traceback__)
+                raise
+            finally:
+                if room is not None and not room.done():
+                    room.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await room
+            await vision.aclose()  # the vision reservation ends with the last answer, not after the stage's bookkeeping
+            verify_stage.__exit__(None, None, None)
         # reserve + detect (one detector reservation for all survivors)
         await self._detect(state, ev, survivors)
         # crop
@@ -259,25 +272,63 @@ class AvatarPipeline:
             else:
                 await self._upload(state, png)
 
-    async def _verify(self, state: ChangeState, ev: ChangeEvents, live: list[Pick]) -> None:
-        verifier = self.make_verifier()
-        state.verifier = verifier.method
-        async with AsyncExitStack() as stack:
-            if isinstance(verifier, VisionVerifier):
+    async def _download(self, state: ChangeState, ev: ChangeEvents, src: Source, found: list[Candidate]) -> list[Pick]:
+        """All candidates at once (a few at a time): K round trips to a booru CDN overlap instead of adding up."""
+        gate = asyncio.Semaphore(DOWNLOADS_AT_ONCE)
+        picks = [Pick(c) for c in found]
+        state.picks.extend(picks)
+
+        async def one(pick: Pick) -> None:
+            c = pick.candidate
+            async with gate:
                 try:
-                    res = await stack.enter_async_context(self.coordinator.reserve(VISION, note=f"verify {len(live)}"))
-                    state.reservations.append({"consumer": VISION, "waited_s": round(res.waited_s, 4),
-                                               "unloaded": res.unloaded, "timeline": res.timeline})
-                    ev.emit("verify", "progress", reserved=VISION, waited_s=round(res.waited_s, 3), unloaded=res.unloaded)
-                except VramError as exc:
-                    verifier = self._fall_back_to_heuristic(state, ev, f"cannot reserve the vision model: {exc}")
+                    pick.candidate = await src.download(c)
+                    pick.image, _ = await asyncio.to_thread(load_image, pick.candidate.data or b"")
+                    ev.emit("download", "progress", key=c.key, bytes=len(pick.candidate.data or b""),
+                            size=[pick.image.width, pick.image.height])
+                except SourceError as exc:
+                    pick.skipped = f"download: {exc.message}"
+                except FaceDetectError as exc:
+                    pick.skipped = f"image: {exc.message}"
+            if pick.skipped:
+                ev.emit("download", "skip", key=c.key, reason=pick.skipped)
+
+        await asyncio.gather(*(one(p) for p in picks))
+        return [p for p in picks if not p.skipped]
+
+    async def _reserve_vision(self, state: ChangeState, ev: ChangeEvents, stack: AsyncExitStack, n: int) -> str | None:
+        """Enter the vision reservation on ``stack`` (the caller releases it); why not, if it cannot be had."""
+        try:
+            res = await stack.enter_async_context(self.coordinator.reserve(VISION, note=f"verify {n}"))
+        except VramError as exc:
+            return str(exc)
+        state.reservations.append({"consumer": VISION, "waited_s": round(res.waited_s, 4),
+                                   "unloaded": res.unloaded, "timeline": res.timeline})
+        ev.emit("verify", "progress", reserved=VISION, waited_s=round(res.waited_s, 3), unloaded=res.unloaded)
+        return None
+
+    @staticmethod
+    def _prepare(verifier: Verifier, live: list[Pick]) -> dict[int, asyncio.Task[dict[str, Any]]]:
+        """The vision requests' bodies (scaled JPEG data URIs), built in worker threads from the already decoded
+        images, so the K answers follow each other with no encoding in between."""
+        if not isinstance(verifier, VisionVerifier):
+            return {}
+        return {id(p): asyncio.create_task(asyncio.to_thread(verifier.request_body, p.candidate.data or b"", p.image))
+                for p in live}
+
+    async def _verify(self, state: ChangeState, ev: ChangeEvents, live: list[Pick], verifier: Verifier,
+                      vision: AsyncExitStack, bodies: dict[int, asyncio.Task[dict[str, Any]]]) -> None:
+        try:
             for pick in live:
                 assert pick.candidate.data is not None
                 try:
-                    v = await verifier.verify(pick.candidate)
+                    if isinstance(verifier, VisionVerifier) and id(pick) in bodies:
+                        v = await verifier.verify(pick.candidate, body=await bodies[id(pick)])
+                    else:
+                        v = await verifier.verify(pick.candidate)
                 except VisionUnavailable as exc:
                     verifier = self._fall_back_to_heuristic(state, ev, str(exc))
-                    await stack.aclose()  # release the vision reservation: nothing will use it now
+                    await vision.aclose()  # release the vision reservation: nothing will use it now
                     v = await verifier.verify(pick.candidate)
                 pick.verification = v
                 ok = v.is_character and v.confidence >= self.settings.min_confidence
@@ -285,6 +336,9 @@ class AvatarPipeline:
                     pick.skipped = f"verify: not {self.settings.character_name} ({v.method}, {v.confidence:.2f}: {v.description})"
                 ev.emit("verify", "progress" if ok else "skip", key=pick.candidate.key, method=v.method,
                         is_character=v.is_character, confidence=round(v.confidence, 3), description=v.description)
+        finally:
+            for task in bodies.values():
+                task.cancel()
 
     def _fall_back_to_heuristic(self, state: ChangeState, ev: ChangeEvents, reason: str) -> Verifier:
         state.fallbacks.append("verify:heuristic")
@@ -537,6 +591,8 @@ class _StageTimer:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if not hasattr(self, "t0"):
+            return  # never started (the change failed before this stage began)
         ms = (time.monotonic() - self.t0) * 1000
         self.state.timings[self.name] = self.state.timings.get(self.name, 0.0) + ms
         if exc_type is None:

@@ -174,9 +174,10 @@ def _parse_prose(text: str, character: str) -> tuple[bool | None, float | None, 
 
 # --- the vision model -----------------------------------------------------------------------------------------------
 
-def image_data_uri(data: bytes, max_side: int = VISION_MAX_SIDE) -> str:
-    """A JPEG data URI of the picture scaled to ``max_side`` (transparency flattened by load_image)."""
-    image, _ = load_image(data)
+def image_data_uri(data: bytes, max_side: int = VISION_MAX_SIDE, image: Image.Image | None = None) -> str:
+    """A JPEG data URI of the picture scaled to ``max_side`` (transparency flattened by load_image).
+    ``image``: the picture already decoded by load_image (the pipeline has it), to skip decoding it again."""
+    image = image.copy() if image is not None else load_image(data)[0]
     image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     image.save(buf, "JPEG", quality=90)
@@ -203,7 +204,9 @@ class VisionVerifier:
         self.timeout_s = timeout_s
         self._api_key = api_key
 
-    def request_body(self, data: bytes) -> dict[str, Any]:
+    def request_body(self, data: bytes, image: Image.Image | None = None) -> dict[str, Any]:
+        """The chat request for one picture. CPU work (scale + JPEG): callers that verify K pictures build the
+        bodies ahead (in threads) and pass them to ``verify(..., body=...)``, so answers follow each other."""
         return {
             "model": self.model,
             "temperature": 0,
@@ -213,7 +216,7 @@ class VisionVerifier:
                     "role": "user",
                     "content": [
                         {"type": "text", "text": PROMPT.format(name=self.character)},
-                        {"type": "image_url", "image_url": {"url": image_data_uri(data)}},
+                        {"type": "image_url", "image_url": {"url": image_data_uri(data, image=image)}},
                     ],
                 }
             ],
@@ -231,12 +234,14 @@ class VisionVerifier:
         except httpx.HTTPError as exc:
             raise VisionUnavailable(f"cannot reach llama-swap at {self.url}: {exc}") from None
 
-    async def verify(self, candidate: Candidate) -> Verification:
+    async def verify(self, candidate: Candidate, *, body: dict[str, Any] | None = None) -> Verification:
+        """Ask the model about ``candidate``; ``body``: its request built ahead by ``request_body``."""
         if candidate.data is None:
             raise ValueError("verify needs a downloaded candidate")
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        body = await asyncio.to_thread(self.request_body, candidate.data)
+        if body is None:
+            body = await asyncio.to_thread(self.request_body, candidate.data)
         r = await self._post(body)
         if r.status_code == 404 or (r.status_code == 400 and "model" in r.text.lower()):
             raise VisionUnavailable(f"llama-swap does not know the model {self.model!r} ({r.status_code}: {r.text[:200]}); set MIKU_VISION_MODEL")

@@ -148,13 +148,15 @@ class Coordinator:
         if mem is None:
             await self._make_room_blind(c, res, states, need)
             return
+        promised = self._promised(c, states)
         self._event(res, "measured", None, mem.free_mib,
-                    f"need {need:.0f} MiB ({c.vram_mib} + {s.safety_margin_mib} margin) of {mem.total_mib:.0f}")
+                    f"need {need:.0f} MiB ({c.vram_mib} + {s.safety_margin_mib} margin) of {mem.total_mib:.0f}"
+                    + (f"; {promised:.0f} MiB promised to reservations not loaded yet" if promised else ""))
         unloaded: list[tuple[Consumer, float]] = []  # who we stopped, and the free MiB just before
         stuck_since: float | None = None
         waiting = False
         while True:
-            if mem.free_mib >= need:
+            if mem.free_mib - promised >= need:
                 if unloaded:
                     self._event(res, "free", None, mem.free_mib, f"{mem.free_mib:.0f} MiB free ≥ {need:.0f} needed")
                 else:
@@ -162,16 +164,18 @@ class Coordinator:
                 res.free_mib = mem.free_mib
                 break
             pending = self._pending_release(unloaded, mem.free_mib)
-            if need - mem.free_mib - pending > 0:
+            if need + promised - mem.free_mib - pending > 0:
                 states, _ = await self._residency(res)
                 states.setdefault(c.name, Residency(None))
+                promised = self._promised(c, states)
                 tried = {v.name for v, _ in unloaded}
                 candidates = [o for o in s.consumers if o.name != c.name and o.controllable and o.name not in tried
                               and states[o.name].loaded and self._held.get(o.name, 0) == 0]
-                victims = choose_victims(candidates, need - mem.free_mib - pending)
-                for v in victims:
-                    await self._unload(v, c, res, mem.free_mib)
-                    unloaded.append((v, mem.free_mib))
+                victims = choose_victims(candidates, need + promised - mem.free_mib - pending)
+                # All at once: two servers stopping (and the driver releasing) in parallel cost the longest of
+                # them, not the sum.
+                await self._unload_all(victims, c, res, mem.free_mib)
+                unloaded.extend((v, mem.free_mib) for v in victims)
                 if victims:
                     stuck_since = None
                 elif pending <= 0 and not any(self._held.get(o.name, 0) for o in s.consumers if o.name != c.name):
@@ -215,8 +219,7 @@ class Coordinator:
                                                           "the loaded consumers that are in use leave too little"))
         else:
             victims = candidates
-        for v in victims:
-            await self._unload(v, c, res, None)
+        await self._unload_all(victims, c, res, None)
         if res.unloaded:
             await self._settle(res)
         if c.kind == "facedetect" and states[c.name].loaded is False:
@@ -235,6 +238,14 @@ class Coordinator:
             self._event(res, "resume-failed", c.name, None, str(exc))
             res.errors.append(str(exc))
 
+    def _promised(self, c: Consumer, states: dict[str, Residency]) -> float:
+        """MiB granted to other reservations whose consumer is not on the card yet (a model that loads on its
+        first request): free VRAM that is already spoken for. Without this, a reservation made while another
+        one's model is still loading would see that model's memory as free — and one of the two would OOM."""
+        return float(sum(o.vram_mib for o in self.settings.consumers
+                         if o.name != c.name and self._held.get(o.name, 0) and states.get(o.name)
+                         and states[o.name].loaded is False))
+
     @staticmethod
     def _pending_release(unloaded: list[tuple[Consumer, float]], free_now: float) -> float:
         """MiB we expect still to come back from consumers we stopped (the driver frees memory late)."""
@@ -245,7 +256,15 @@ class Coordinator:
         return max(0.0, expected - released)
 
     # ---- unloading -----------------------------------------------------------------------------------
-    async def _unload(self, v: Consumer, requester: Consumer, res: Reservation, free: float | None) -> None:
+    async def _unload_all(self, victims: list[Consumer], requester: Consumer, res: Reservation,
+                          free: float | None) -> None:
+        """Unload `victims` concurrently; `res.unloaded` lists the ones that went, in the planner's order."""
+        if not victims:
+            return
+        done = await asyncio.gather(*(self._unload(v, requester, res, free) for v in victims))
+        res.unloaded.extend(v.name for v, ok in zip(victims, done) if ok)
+
+    async def _unload(self, v: Consumer, requester: Consumer, res: Reservation, free: float | None) -> bool:
         url = self.settings.server_url(v)
         self._event(res, "unload", v.name, free, f"{v.kind} {v.model or ''} at {url}".replace("  ", " "))
         t0 = time.monotonic()
@@ -259,11 +278,11 @@ class Coordinator:
         except ServerError as exc:
             self._event(res, "unload-failed", v.name, None, str(exc))
             res.errors.append(str(exc))
-            return
-        res.unloaded.append(v.name)
+            return False
         metrics.UNLOADS.labels(v.name, method).inc()
         self._event(res, "unloaded", v.name, await self._free_now(),
                     f"via {method}; server answered after {time.monotonic() - t0:.3f} s")
+        return True
 
     async def _unload_llama_swap(self, v: Consumer, requester: Consumer, res: Reservation) -> str:
         s = self.settings

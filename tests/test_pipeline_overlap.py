@@ -1,0 +1,79 @@
+"""How a change spends the card's time: VRAM work overlaps the work that needs no GPU, and nothing is unloaded
+that need not be. Asserted from the order of events and the emulator's ledger, never from timings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from mikubot.events import EventBus
+from mikubot.pipeline import AvatarPipeline
+from pipeline_rig import SEED_SIZES_CONFIG, YES, posts_for, scaled_art, vision_answers, world
+
+PLAN = {"eileen happy.png": 1.0, "eileen vhappy.png": 1.0, "eileen concerned.png": 1.0}
+
+
+@pytest.fixture(scope="module")
+def art(art_dir, face_labels, tmp_path_factory):
+    return scaled_art(art_dir, tmp_path_factory.mktemp("overlap-art"), PLAN, face_labels)
+
+
+def _root(art: dict[str, Any]):
+    return next(iter(art.values()))["path"].parent
+
+
+async def test_text_unload_runs_while_the_candidates_download(art, tmp_path):
+    """The vision model's room is made during the download stage: by the time the first picture has arrived,
+    vramctl has already asked llama-swap to unload the text model."""
+    with world(_root(art), posts_for(art), discord=False, outputs=tmp_path / "fd") as w:
+        w.llama.set_answer("vision", vision_answers(art, dict.fromkeys(PLAN, YES), []))
+        w.llama.preload("llama3.1")  # the bot was chatting
+        httpx.post(f"{w.detector_url}/unload").raise_for_status()  # lent to an earlier vision reservation
+        w.danbooru.slow(0.5)  # every Danbooru request (search, each picture) takes half a second
+        bus = EventBus()
+        seen: list[tuple[str, str, bool]] = []
+
+        def text_unload_asked() -> bool:
+            return any(r.get("path") == "/api/models/unload" and r.get("model") == "llama3.1" for r in w.llama.requests)
+
+        bus.subscribe(lambda e: seen.append((e.stage, e.status, text_unload_asked())))
+        async with AvatarPipeline(w.settings(tmp_path / "data", candidates=3), bus=bus) as pipeline:
+            record = await pipeline.change(dry_run=True)
+    assert record["status"] == "dry-run", record["error"]
+    order = [(stage, status) for stage, status, _ in seen]
+    # verify starts (its reservation is requested) inside the download stage and ends after it
+    assert order.index(("download", "start")) < order.index(("verify", "start")) < order.index(("download", "done"))
+    assert order.index(("download", "done")) < order.index(("verify", "done")) < order.index(("reserve", "start"))
+    first_picture = next(asked for stage, status, asked in seen if (stage, status) == ("download", "progress"))
+    assert first_picture, "the text model's unload was requested before any picture had downloaded"
+    unloaded = [e["consumer"] for e in record["vram_timeline"] if e["event"] == "unloaded"]
+    assert unloaded == ["text", "vision"]  # this card is tight: vision leaves for the detector
+    assert w.llama.ledger()["oom_count"] == 0 and w.llama.loads.count("vision") == 1
+
+
+async def test_detector_that_fits_beside_vision_needs_no_swap(art, tmp_path):
+    """The seed's sizes: once text is gone, vision (4.5 GB) and the detector (1 GB) fit together. The detector
+    reservation goes at once, the vision model is not unloaded, and the text model is never loaded."""
+    with world(_root(art), posts_for(art), discord=False, outputs=tmp_path / "fd", llama_config=SEED_SIZES_CONFIG) as w:
+        w.llama.set_answer("vision", vision_answers(art, dict.fromkeys(PLAN, YES), []))
+        w.llama.preload("llama3.1")
+        httpx.post(f"{w.detector_url}/load").raise_for_status()  # the seed: "Face detector stays loaded"
+        async with AvatarPipeline(w.settings(tmp_path / "data", candidates=3)) as pipeline:
+            record = await pipeline.change(dry_run=True)
+            assert record["status"] == "dry-run", record["error"]
+            ledger = w.llama.ledger()
+            assert ledger["unloads"] == ["llama3.1"], "only the text model left the card"
+            assert ledger["loads"] == ["llama3.1", "vision"] and ledger["oom_count"] == 0
+            detector = next(r for r in record["reservations"] if r["consumer"] == "face-detector")
+            assert detector["unloaded"] == [] and detector["waited_s"] < 5
+            events = [e["event"] for e in record["vram_timeline"] if e["consumer"] in (None, "face-detector")]
+            assert "already-loaded" in events
+            assert w.llama.running() == ["vision"], "vision stays for the next change (llama-swap's ttl)"
+
+            # A second change: vision is already there, nothing moves at all.
+            second = await pipeline.change(dry_run=True, candidates=2)
+            assert second["status"] == "dry-run", second["error"]
+            assert w.llama.ledger()["unloads"] == ["llama3.1"] and w.llama.loads.count("vision") == 1
+            assert all(r["unloaded"] == [] for r in second["reservations"])
