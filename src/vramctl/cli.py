@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from .config import VramSettings
 from .coordinator import Coordinator, Reservation
@@ -86,12 +87,16 @@ def status_tables(st: dict[str, Any]) -> Group:
     c = Table(title="Consumers", title_justify="left")
     for col in ("name", "kind", "model", "needs", "prio", "loaded", "held"):
         c.add_column(col, no_wrap=True)
-    c.add_column("detail", overflow="fold")
+    # The details (where each consumer lives, why it is not loaded) are long: printed under the table,
+    # one line each, so the table stays readable on an 80-column terminal.
+    details = []
     for x in st["consumers"]:
         loaded = {True: "[green]yes[/green]", False: "no", None: "[yellow]?[/yellow]"}[x["loaded"]]
         c.add_row(x["name"], x["kind"], x["model"] or "", _fmt_mib(x["vram_mib"]), str(x["priority"]), loaded,
-                  str(x["held"] or ""), x["detail"])
-    return Group(g, c)
+                  str(x["held"] or ""))
+        if x["detail"]:
+            details.append(Text.assemble((f"{x['name']}: ", "bold"), x["detail"]))
+    return Group(g, c, *details)
 
 
 def timeline_table(r: Reservation) -> Table:
