@@ -33,7 +33,7 @@ from mikubot.crop import CropError, CropResult, FaceTooSmall, avatar_png, crop_a
 from mikubot.detection import FaceFinder, FaceResult, InProcessDetector
 from mikubot.events import ChangeEvents, EventBus
 from mikubot.history import History
-from mikubot.outputs import annotated_source, write_change_files, write_report
+from mikubot.outputs import ChangeFiles, annotated_source, write_change_files, write_report
 from mikubot.sources import Candidate, Source, SourceError, source_from_spec
 from mikubot.upload import DiscordUploader, UploadError
 from mikubot.verify import HeuristicVerifier, Verification, Verifier, VisionUnavailable, VisionVerifier
@@ -257,20 +257,32 @@ class AvatarPipeline:
         with self._stage(state, ev, "crop"):
             self._crop(state, ev, survivors)
         assert state.chosen is not None and state.crop is not None
-        png = avatar_png(state.crop)
+        png = await asyncio.to_thread(avatar_png, state.crop)
         chosen = state.chosen
-        annotated = annotated_source(chosen.image, chosen.faces.detections if chosen.faces else [], state.crop.box) \
-            if chosen.image is not None else None
-        files = write_change_files(self.settings.avatars_dir, state.change_id, png, annotated, out)
+        # The kept avatar exists before Discord sees it (a failed upload can be applied later); the annotated
+        # source — drawing on a large picture and a JPEG, for people, not for Discord — is made during the upload.
+        files = write_change_files(self.settings.avatars_dir, state.change_id, png, None, out)
         state.files, state.kept_avatar = files.to_json(), files.kept
         self.history.mark_used(chosen.candidate.source, chosen.candidate.key, state.change_id)
-        # upload
-        with self._stage(state, ev, "upload", dry_run=state.dry_run):
-            if state.dry_run:
-                state.upload = {"skipped": state.dry_reason, "written": str(files.avatar)}
-                ev.emit("upload", "skip", reason=state.dry_reason, avatar=str(files.avatar))
-            else:
-                await self._upload(state, png)
+        annotating = asyncio.create_task(asyncio.to_thread(self._annotated_files, state, png, out))
+        try:
+            # upload
+            with self._stage(state, ev, "upload", dry_run=state.dry_run):
+                if state.dry_run:
+                    state.upload = {"skipped": state.dry_reason, "written": str(files.avatar)}
+                    ev.emit("upload", "skip", reason=state.dry_reason, avatar=str(files.avatar))
+                else:
+                    await self._upload(state, png)
+        finally:
+            state.files = (await annotating).to_json()
+
+    def _annotated_files(self, state: ChangeState, png: bytes, out: Path | None) -> ChangeFiles:
+        """All of the change's files, the annotated source included (worker thread)."""
+        chosen, crop = state.chosen, state.crop
+        assert chosen is not None and crop is not None
+        annotated = annotated_source(chosen.image, chosen.faces.detections if chosen.faces else [], crop.box) \
+            if chosen.image is not None else None
+        return write_change_files(self.settings.avatars_dir, state.change_id, png, annotated, out)
 
     async def _download(self, state: ChangeState, ev: ChangeEvents, src: Source, found: list[Candidate]) -> list[Pick]:
         """All candidates at once (a few at a time): K round trips to a booru CDN overlap instead of adding up."""
