@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 
 from facedetect.api import create_app
-from facedetect.imageio import to_rgb
+from facedetect.errors import FaceDetectError
+from facedetect.imageio import load_image, to_rgb
 from facedetect.settings import FaceDetectSettings
 from servers import serve_app
 
@@ -130,6 +131,16 @@ def test_garbled_multipart(url):
     assert_client_error(r, 400, "cannot be parsed")
 
 
+def test_a_file_name_of_several_kilobytes_is_refused_with_the_parsers_reason(url, sprite):
+    # Found by bench/hostile.py: the part header limit (~4 KB) used to surface as a bare
+    # "Invalid multipart data."; the sender needs to know which limit it hit.
+    r = upload(url, encode(sprite, "PNG"), name="n" * 9000 + ".png")
+    assert_client_error(r, 400, "maximum header size exceeded")
+    assert "cannot be parsed" in r.json()["detail"]
+    fine = upload(url, encode(sprite, "PNG"), name="n" * 2000 + ".png")  # long, but within the limit
+    assert fine.status_code == 200 and fine.json()["count"] == 1
+
+
 @pytest.mark.parametrize("params", [
     {"min_confidence": "2"}, {"min_confidence": "abc"}, {"min_confidence": "nan"},
     {"max_faces": "0"}, {"max_faces": "-3"}, {"annotate": "perhaps"},
@@ -145,6 +156,27 @@ def test_gif_animation_uses_the_first_frame(url, sprite):
     r = upload(url, data, "anim.gif")
     assert r.status_code == 200, r.text
     assert r.json()["count"] == 1 and r.json()["image"]["format"] == "GIF"
+
+
+def test_gif_truncated_inside_a_later_frame_is_never_a_500(url, sprite):
+    # Found by bench/hostile.py: counting frames parsed the damaged second frame and Pillow raised
+    # IndexError / struct.error (500). Now the first frame is decoded (200) or the file is refused (400).
+    small = sprite.resize((48, 108))
+    data = encode(small, "GIF", save_all=True, append_images=[small.rotate(180)], loop=0)
+    first = len(encode(small, "GIF"))  # roughly where the second frame starts
+    statuses = {}
+    for cut in range(first - 40, len(data), 1):
+        try:
+            load_image(data[:cut])
+            statuses[cut] = 200
+        except FaceDetectError as exc:
+            statuses[cut] = exc.status_code
+    assert set(statuses.values()) <= {200, 400}, {c: s for c, s in statuses.items() if s not in (200, 400)}
+    assert 200 in statuses.values()  # a first frame that arrived whole is used
+    for cut in (first + 3, first + 12, len(data) - 2):
+        r = upload(url, data[:cut], "cut.gif")
+        assert r.status_code in (200, 400), (cut, r.status_code, r.text)
+        assert r.headers["content-type"].startswith("application/json")
 
 
 def test_cmyk_jpeg(url, sprite):

@@ -145,7 +145,12 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str | No
     try:
         form = await MultiPartParser(request.headers, limited(), max_files=1, max_fields=16).parse()
     except MultiPartException as exc:
-        raise FaceDetectError(f"the multipart body cannot be parsed ({exc.message}); {how}") from None
+        # Starlette says only "Invalid multipart data." for every parser failure; the parser's own reason
+        # (e.g. "Maximum header size exceeded" for a file name of several KB) is what the sender can act on.
+        why = exc.message.rstrip(".")
+        if exc.__cause__ is not None and str(exc.__cause__):
+            why += f": {exc.__cause__}"
+        raise FaceDetectError(f"the multipart body cannot be parsed ({why}); {how}") from None
     try:
         upload = form.get("file")
         if upload is None:

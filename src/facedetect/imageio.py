@@ -8,6 +8,7 @@ formats are parsed at all: Pillow's other decoders (EPS through Ghostscript, say
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 
@@ -21,6 +22,9 @@ Image.init()  # registers every plugin before the allow-list below is checked
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000  # 8000 x 5000; Pillow's own bomb guard starts at ~89 Mpx
+# What Pillow's parsers raise on damaged bytes: not only OSError/SyntaxError, but also the index and
+# unpacking errors of plugins that read past the end of a truncated block (bench/hostile.py found both).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, LookupError, struct.error, ArithmeticError, TypeError)
 
 
 @dataclass(frozen=True)
@@ -50,8 +54,8 @@ def load_image(data: bytes, limits: Limits = Limits()) -> tuple[Image.Image, Ima
         ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge(f"the image has too many pixels ({exc})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise BadImage(f"the image header cannot be read: {exc}") from None
+    except DECODE_ERRORS as exc:
+        raise BadImage(f"the image header cannot be read: {exc or type(exc).__name__}") from None
 
     width, height = im.size
     if width <= 0 or height <= 0:
@@ -64,15 +68,15 @@ def load_image(data: bytes, limits: Limits = Limits()) -> tuple[Image.Image, Ima
     fmt = im.format
     mode = im.mode
     try:
-        if getattr(im, "n_frames", 1) > 1:
-            im.seek(0)
+        # Opening leaves an animation on its first frame. Counting frames (``n_frames``) would parse every
+        # later frame too, and Pillow's GIF parser raises IndexError / struct.error on a truncated one.
         im.load()
         im = ImageOps.exif_transpose(im) or im
         rgb = to_rgb(im)
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise BadImage(f"the image data is damaged or truncated: {exc}") from None
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"the image has too many pixels ({exc})") from None
+    except DECODE_ERRORS as exc:
+        raise BadImage(f"the image data is damaged or truncated: {exc or type(exc).__name__}") from None
     return rgb, ImageInfo(width=rgb.width, height=rgb.height, format=fmt, mode=mode)
 
 
