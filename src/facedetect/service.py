@@ -156,6 +156,8 @@ class DetectionService:
             "detector_loaded": self.loaded,
             "backend": self.backend,
             "vram_mib": round(float(self.detector.vram_mib()), 1),
+            # Whether the backend runs on the GPU even while unloaded: what vramctl plans a reservation by.
+            "uses_gpu": bool(self.detector.uses_gpu),
             "keypoint_names": list(self.detector.keypoint_names),
         }
 

@@ -45,6 +45,15 @@ class Detector(abc.ABC):
             self.load()
         return self._detect(image)
 
+    @property
+    def uses_gpu(self) -> bool:
+        """Whether this backend runs on the GPU (and so needs VRAM when loaded).
+
+        Reported in ``/health`` so a VRAM coordinator can tell a detector that needs memory from one that
+        needs none, before it is loaded, instead of trusting a configured figure. CPU backends: False.
+        """
+        return False
+
     def vram_mib(self) -> float:
         """GPU memory this backend holds now (0 for CPU backends)."""
         return 0.0

@@ -594,6 +594,20 @@ class YoloOnnxDetector(Detector):
         """The execution provider the session actually runs on ("" when not loaded)."""
         return self._provider
 
+    @property
+    def uses_gpu(self) -> bool:
+        """Loaded: whether the session runs on CUDA. Not loaded: whether the next load will, i.e. CUDA is
+        both requested (the automatic choice or ``providers``) and available in this onnxruntime build —
+        a coordinator asks before the first load, when there is no session to look at."""
+        if self._loaded:
+            return self._provider == "CUDAExecutionProvider"
+        try:
+            import onnxruntime as ort
+        except ImportError:  # cannot load at all, so it will not hold VRAM either
+            return False
+        requested = {p[0] if isinstance(p, tuple) else p for p in self._choose_providers(ort)}
+        return "CUDAExecutionProvider" in requested and "CUDAExecutionProvider" in ort.get_available_providers()
+
     def vram_mib(self) -> float:
         """MiB of GPU memory the session holds: NVML's figure for this process, else the device-wide
         increase measured around loading (containers hide our pid from NVML). 0 on CPU or unloaded."""
