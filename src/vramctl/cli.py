@@ -73,6 +73,13 @@ def _fmt_mib(x: float | None) -> str:
     return "—" if x is None else f"{x:,.0f} MiB"
 
 
+def _fmt_need(consumer: dict[str, Any]) -> str:
+    """The declared need, or "0 (CPU)" when the consumer's server measured that it runs on the CPU."""
+    if consumer.get("uses_gpu") is False:
+        return "0 (CPU)"
+    return _fmt_mib(consumer["vram_mib"])
+
+
 def status_tables(st: dict[str, Any]) -> Group:
     gpu = st.get("gpu")
     g = Table(title=f"GPU (probe: {st['probe']})", title_justify="left")
@@ -92,7 +99,7 @@ def status_tables(st: dict[str, Any]) -> Group:
     details = []
     for x in st["consumers"]:
         loaded = {True: "[green]yes[/green]", False: "no", None: "[yellow]?[/yellow]"}[x["loaded"]]
-        c.add_row(x["name"], x["kind"], x["model"] or "", _fmt_mib(x["vram_mib"]), str(x["priority"]), loaded,
+        c.add_row(x["name"], x["kind"], x["model"] or "", _fmt_need(x), str(x["priority"]), loaded,
                   str(x["held"] or ""))
         if x["detail"]:
             details.append(Text.assemble((f"{x['name']}: ", "bold"), x["detail"]))

@@ -4,6 +4,11 @@
 reservation may span a whole batch. While it is held, the consumer is never unloaded for someone else.
 Reservations are granted one at a time in arrival order (asyncio.Lock is FIFO), so two callers never race
 to free the same memory. Without a probe the coordinator unloads and waits `settle_s` (the seed's 3 s).
+
+A face detector service says in its /health whether it runs on the GPU (`uses_gpu`): one that does not
+(animeface, cascade) needs 0 MiB whatever its declared `vram_mib`, so nothing is unloaded for it and it is
+never unloaded for anyone else (that would free nothing). A service that does not answer, or is too old
+to send the field, is planned by its declared figure.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from .errors import NotEnoughVram, ReservationTimeout, ServerError, UnloadUnsupp
 from .planner import choose_victims
 from .probes import GpuMemory, Probe, ProbeError, select_probe
 from .servers import FaceDetectControl, LlamaSwapClient, OllamaClient
+from .servers.facedetect import reported_uses_gpu
 from .servers.ollama import same_model
 from .timeline import Timeline
 
@@ -49,6 +55,8 @@ class Reservation:
 class Residency:
     loaded: bool | None  # None: cannot tell (server unreachable, external consumer)
     detail: str = ""
+    uses_gpu: bool | None = None  # measured by the server itself (face detector /health); None: not reported
+    backend: str | None = None  # what the server runs, for messages
 
 
 class Coordinator:
@@ -90,8 +98,10 @@ class Coordinator:
             "probe_error": probe_error,
             "gpu": gpu.to_json() if gpu else None,
             "consumers": [{"name": c.name, "kind": c.kind, "model": c.model, "url": self.settings.server_url(c) or None,
-                           "vram_mib": c.vram_mib, "priority": c.priority, "loaded": states[c.name].loaded,
-                           "detail": states[c.name].detail, "held": self._held.get(c.name, 0)}
+                           "vram_mib": c.vram_mib, "needs_mib": self._need(c, states),
+                           "uses_gpu": states[c.name].uses_gpu, "priority": c.priority,
+                           "loaded": states[c.name].loaded, "detail": states[c.name].detail,
+                           "held": self._held.get(c.name, 0)}
                           for c in self.settings.consumers],
             "servers": servers,
         }
@@ -141,6 +151,13 @@ class Coordinator:
         deadline = res.timeline.started + s.timeout_s
         states, _ = await self._residency(res)
         states.setdefault(c.name, Residency(None, "not a configured consumer"))  # reserve_mib
+        if self._cpu_only(c, states):
+            self._event(res, "cpu-only", c.name, None,
+                        f"face detector runs on the CPU ({states[c.name].backend or 'unknown backend'}): needs no "
+                        f"VRAM (declared {c.vram_mib} MiB not reserved)")
+            if states[c.name].loaded is False:
+                await self._resume(c, res)
+            return
         if states[c.name].loaded:
             self._event(res, "already-loaded", c.name, None, states[c.name].detail)
             return
@@ -170,7 +187,8 @@ class Coordinator:
                 promised = self._promised(c, states)
                 tried = {v.name for v, _ in unloaded}
                 candidates = [o for o in s.consumers if o.name != c.name and o.controllable and o.name not in tried
-                              and states[o.name].loaded and self._held.get(o.name, 0) == 0]
+                              and states[o.name].loaded and self._held.get(o.name, 0) == 0
+                              and not self._cpu_only(o, states)]
                 victims = choose_victims(candidates, need + promised - mem.free_mib - pending)
                 # All at once: two servers stopping (and the driver releasing) in parallel cost the longest of
                 # them, not the sum.
@@ -205,14 +223,14 @@ class Coordinator:
         then wait the settle delay — the only thing left when nothing can measure."""
         s = self.settings
         candidates = [o for o in s.consumers if o.name != c.name and o.controllable
-                      and states[o.name].loaded and self._held.get(o.name, 0) == 0]
+                      and states[o.name].loaded and self._held.get(o.name, 0) == 0 and not self._cpu_only(o, states)]
         if s.gpu_total_mib:
-            resident = sum(o.vram_mib for o in s.consumers if o.name != c.name and states[o.name].loaded)
+            resident = sum(self._need(o, states) for o in s.consumers if o.name != c.name and states[o.name].loaded)
             estimate = s.gpu_total_mib - resident
             self._event(res, "estimated", None, estimate,
                         f"no probe: {s.gpu_total_mib} MiB card minus declared use of loaded consumers")
             victims = choose_victims(candidates, need - estimate)
-            held_use = sum(o.vram_mib for o in s.consumers if o.name != c.name and states[o.name].loaded
+            held_use = sum(self._need(o, states) for o in s.consumers if o.name != c.name and states[o.name].loaded
                            and o not in victims)
             if s.gpu_total_mib - held_use < need:
                 raise NotEnoughVram(self._holders_message(c, need, None, states, res,
@@ -238,11 +256,21 @@ class Coordinator:
             self._event(res, "resume-failed", c.name, None, str(exc))
             res.errors.append(str(exc))
 
+    @staticmethod
+    def _cpu_only(c: Consumer, states: dict[str, Residency]) -> bool:
+        """A face detector whose service reports it runs on the CPU: it holds no VRAM and needs none."""
+        st = states.get(c.name)
+        return c.kind == "facedetect" and st is not None and st.uses_gpu is False
+
+    def _need(self, c: Consumer, states: dict[str, Residency]) -> int:
+        """What `c` needs on the card: 0 when its server measured that it runs on the CPU, else the declared MiB."""
+        return 0 if self._cpu_only(c, states) else c.vram_mib
+
     def _promised(self, c: Consumer, states: dict[str, Residency]) -> float:
         """MiB granted to other reservations whose consumer is not on the card yet (a model that loads on its
         first request): free VRAM that is already spoken for. Without this, a reservation made while another
         one's model is still loading would see that model's memory as free — and one of the two would OOM."""
-        return float(sum(o.vram_mib for o in self.settings.consumers
+        return float(sum(self._need(o, states) for o in self.settings.consumers
                          if o.name != c.name and self._held.get(o.name, 0) and states.get(o.name)
                          and states[o.name].loaded is False))
 
@@ -363,9 +391,15 @@ class Coordinator:
                 else:
                     health = await FaceDetectControl(url, self._http).health()
                     servers[url] = {"kind": kind, "health": health}
+                    uses_gpu = reported_uses_gpu(health)
+                    backend = health.get("backend") if isinstance(health.get("backend"), str) else None
+                    where = {True: "on the GPU", False: "on the CPU: needs no VRAM", None: ""}[uses_gpu]
                     for c in members:
                         loaded_ = bool(health.get("detector_loaded"))
-                        states[c.name] = Residency(loaded_, "detector loaded" if loaded_ else "detector unloaded")
+                        detail = "detector loaded" if loaded_ else "detector unloaded"
+                        if backend or where:
+                            detail += f" ({', '.join(x for x in (backend, where) if x)})"
+                        states[c.name] = Residency(loaded_, detail, uses_gpu, backend)
             except (ServerError, KeyError, TypeError, ValueError) as exc:
                 servers[url] = {"kind": kind, "error": str(exc)}
                 for c in members:
@@ -392,6 +426,8 @@ class Coordinator:
             if o.name == c.name:
                 continue
             st = states.get(o.name)
+            if self._cpu_only(o, states):
+                continue
             if self._held.get(o.name, 0):
                 holders.append(f"{o.name} ({o.vram_mib} MiB, reserved by another task)")
             elif st and st.loaded:

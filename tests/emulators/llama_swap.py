@@ -617,9 +617,11 @@ def create_ollama_app(models: Mapping[str, Mapping[str, float]], gpu: SimulatedG
 
 
 def create_detector_app(gpu: SimulatedGpu, *, vram_mib: float = 1024, load_s: float = 0.0, stop_s: float = 0.0,
-                        release_s: float = 0.0, loaded: bool = False) -> FastAPI:
+                        release_s: float = 0.0, loaded: bool = False, uses_gpu: bool | None = True) -> FastAPI:
     """The face detector service's VRAM side on the simulated card: /health, /load, /unload and a /detect that
-    loads lazily (OOM if the card is full). `app.state.detector` counts loads and detections."""
+    loads lazily (OOM if the card is full). `app.state.detector` counts loads and detections.
+    /health says `"uses_gpu": true` like the real service on a CUDA backend; `uses_gpu=None` leaves the
+    field out, as services older than it do."""
     st = {"loaded": False, "loads": 0, "detections": 0, "ooms": 0}
     app = FastAPI(title="face detector (simulated GPU)")
     app.state.detector = st
@@ -635,7 +637,11 @@ def create_detector_app(gpu: SimulatedGpu, *, vram_mib: float = 1024, load_s: fl
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "healthy", "detector_loaded": st["loaded"], "backend": "yolo-onnx (simulated GPU)"}
+        body: dict[str, Any] = {"status": "healthy", "detector_loaded": st["loaded"],
+                                "backend": "yolo-onnx (simulated GPU)"}
+        if uses_gpu is not None:
+            body["uses_gpu"] = uses_gpu
+        return body
 
     @app.post("/load")
     async def load() -> Response:

@@ -1,5 +1,8 @@
 """The face detector service's own pause/resume: `POST /unload` releases the model and its VRAM,
-`POST /load` takes it back, `GET /health` → `{"status": "healthy", "detector_loaded": bool, ...}`."""
+`POST /load` takes it back, `GET /health` → `{"status": "healthy", "detector_loaded": bool, "uses_gpu": bool, ...}`.
+
+`uses_gpu` tells whether the detector needs VRAM at all (a CPU backend such as animeface needs none);
+services older than that field do not send it, and then only the configured figure is known."""
 
 from __future__ import annotations
 
@@ -24,12 +27,19 @@ class FaceDetectControl:
         if r.status_code != 200:
             raise ServerError(NAME, self.url, f"/health answered {r.status_code}: {short(r)}", r.status_code)
         try:
-            return r.json()
+            body = r.json()
         except ValueError as exc:
             raise ServerError(NAME, self.url, f"/health is not JSON: {short(r)}") from exc
+        if not isinstance(body, dict):
+            raise ServerError(NAME, self.url, f"/health is not a JSON object: {short(r)}")
+        return body
 
     async def loaded(self) -> bool:
         return bool((await self.health()).get("detector_loaded"))
+
+    async def uses_gpu(self) -> bool | None:
+        """Whether the detector runs on the GPU; None when the service does not say (an older version)."""
+        return reported_uses_gpu(await self.health())
 
     async def _post(self, path: str) -> None:
         r = await call(self._http, NAME, self.url, "POST", path, timeout=self.timeout_s)
@@ -42,3 +52,9 @@ class FaceDetectControl:
 
     async def load(self) -> None:
         await self._post("/load")
+
+
+def reported_uses_gpu(health: dict[str, Any]) -> bool | None:
+    """`uses_gpu` from a /health body: a JSON boolean, else None (missing or malformed: trust nothing)."""
+    value = health.get("uses_gpu")
+    return value if isinstance(value, bool) else None
