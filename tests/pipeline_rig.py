@@ -1,6 +1,10 @@
 """The loopback world the pipeline tests run a change in: Danbooru emulator → llama-swap emulator (with its
 VRAM ledger) → the real facedetect service → Discord emulator, and mikubot settings that point at them.
 
+The real facedetect service runs animeface, on the CPU: it reports `uses_gpu: false` and vramctl reserves
+0 MiB for it. ``world(gpu_detector=True)`` puts the emulator's simulated GPU detector (1024 MiB on the
+simulated card, finds no faces) in its place, for the swaps a GPU detector needs.
+
 Art: Danbooru art is usually 1000+ px, the Ren'Py sprites are 700 px tall. ``scaled_art`` writes
 upscaled copies (and scales the hand labels with them) so a face is big enough for a 1024-px avatar
 within the pipeline's 2x upscaling limit — the same situation as real booru art.
@@ -21,7 +25,7 @@ from PIL import Image
 
 from emulators.danbooru import create_app as create_danbooru, make_post
 from emulators.discord import DiscordControl, create_app as create_discord
-from emulators.llama_swap import ChatRequest, LlamaSwapEmulator
+from emulators.llama_swap import ChatRequest, LlamaSwapEmulator, create_detector_app
 from facedetect.api import create_app as create_facedetect
 from facedetect.settings import FaceDetectSettings
 from mikubot.config import Settings
@@ -132,6 +136,7 @@ def world(
     discord: bool = True,
     outputs: Path,
     llama_config: dict[str, Any] | None = None,
+    gpu_detector: bool = False,
 ) -> Iterator[World]:
     with contextlib.ExitStack() as stack:
         dapp = create_danbooru(posts, art_dir=art_root)
@@ -141,7 +146,10 @@ def world(
             emu = LlamaSwapEmulator(llama_config or LLAMA_CONFIG)
             stack.enter_context(emu.serve())
         det = None
-        if detector:
+        if detector and gpu_detector:
+            assert emu is not None, "the simulated GPU detector lives on the llama-swap emulator's card"
+            det = stack.enter_context(serve_app(create_detector_app(emu.gpu, vram_mib=1024), health="/health"))
+        elif detector:
             det = stack.enter_context(serve_app(create_facedetect(FaceDetectSettings(outputs=outputs, retention=50)),
                                                 health="/health"))
         disc_url = ctl = None

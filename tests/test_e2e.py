@@ -1,5 +1,9 @@
 """A whole avatar change over loopback: Danbooru emulator → llama-swap emulator (vision answers per image,
 VRAM ledger) → the real facedetect service → Discord emulator. Then a second change.
+
+The detector service runs animeface (the default), on the CPU: its /health says `uses_gpu: false`, so the
+detector reservation needs no VRAM and the vision model is *not* unloaded for detection (a GPU detector's
+swap is covered by tests/test_pipeline_overlap.py and bench/e2e.py with the emulator's simulated one).
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ async def test_change_end_to_end_then_no_reuse(rig, art, tmp_path):
     seen: list[str] = []
     rig.llama.set_answer("vision", vision_answers(art, VERDICTS, seen))
     rig.llama.preload("llama3.1")  # the bot was chatting: the text model holds the card
-    httpx.post(f"{rig.detector_url}/unload")  # vramctl lent the detector's memory away earlier
+    httpx.post(f"{rig.detector_url}/unload")  # someone paused the detector earlier: the reservation resumes it
     rig.danbooru.rate_limit(1, retry_after=0.2)  # Danbooru's 429 on the first search
     rig.discord.force_429, rig.discord.retry_after_s = 1, 0.3  # and Discord's on the first upload
     settings = rig.settings(tmp_path / "data")
@@ -70,9 +74,18 @@ async def test_change_end_to_end_then_no_reuse(rig, art, tmp_path):
         ledger = rig.llama.ledger()
         assert ledger["oom_count"] == 0
         assert ledger["loads"].count("vision") == 1, "K candidates cost one vision load, not K"
-        assert ledger["unloads"] == ["llama3.1", "vision"], "text freed for vision, vision freed for the detector"
+        assert ledger["unloads"] == ["llama3.1"], "text freed for vision; the CPU detector needs no room"
         unloaded = [e["consumer"] for e in record["vram_timeline"] if e["event"] == "unloaded"]
-        assert unloaded == ["text", "vision"]
+        assert unloaded == ["text"]
+        assert record["reservations"][1]["unloaded"] == []
+        timeline = record["vram_timeline"]
+        start = next(i for i, e in enumerate(timeline) if e["event"] == "request" and e["consumer"] == "face-detector")
+        detector_events = [e["event"] for e in timeline[start:] if e["event"] != "released"]  # vision's release
+        assert detector_events[:2] == ["request", "cpu-only"] and "resumed" in detector_events, detector_events
+        assert not {"measured", "unload", "waiting"} & set(detector_events), "granted without measuring or unloading"
+        cpu = next(e for e in timeline if e["event"] == "cpu-only")
+        assert cpu["consumer"] == "face-detector" and "animeface" in cpu["detail"] and "needs no VRAM" in cpu["detail"]
+        assert rig.llama.running() == ["vision"], "vision stays for the next change"
 
         # --- the candidates: the refused ones are recorded with the reason
         names = {f"danbooru:{2001 + i}": name for i, name in enumerate(PLAN)}
@@ -128,3 +141,5 @@ async def test_change_end_to_end_then_no_reuse(rig, art, tmp_path):
         assert record["source"]["key"] not in {c["key"] for c in second["candidates"]}
         assert len(rig.discord.uploads) == 2
         assert rig.llama.ledger()["oom_count"] == 0
+        # vision was still there: the second change loaded and unloaded nothing
+        assert rig.llama.ledger()["unloads"] == ["llama3.1"] and rig.llama.loads.count("vision") == 1

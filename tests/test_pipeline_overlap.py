@@ -1,5 +1,8 @@
 """How a change spends the card's time: VRAM work overlaps the work that needs no GPU, and nothing is unloaded
-that need not be. Asserted from the order of events and the emulator's ledger, never from timings."""
+that need not be. Asserted from the order of events and the emulator's ledger, never from timings.
+
+The swaps between vision and the detector are a GPU detector's (the emulator's simulated one); the real
+facedetect service runs animeface on the CPU, for which vision never has to leave."""
 
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ def _root(art: dict[str, Any]):
 async def test_text_unload_runs_while_the_candidates_download(art, tmp_path):
     """The vision model's room is made during the download stage: by the time the first picture has arrived,
     vramctl has already asked llama-swap to unload the text model."""
-    with world(_root(art), posts_for(art), discord=False, outputs=tmp_path / "fd") as w:
+    with world(_root(art), posts_for(art), discord=False, outputs=tmp_path / "fd", gpu_detector=True) as w:
         w.llama.set_answer("vision", vision_answers(art, dict.fromkeys(PLAN, YES), []))
         w.llama.preload("llama3.1")  # the bot was chatting
         httpx.post(f"{w.detector_url}/unload").raise_for_status()  # lent to an earlier vision reservation
@@ -56,7 +59,8 @@ async def test_text_unload_runs_while_the_candidates_download(art, tmp_path):
 async def test_detector_that_fits_beside_vision_needs_no_swap(art, tmp_path):
     """The seed's sizes: once text is gone, vision (4.5 GB) and the detector (1 GB) fit together. The detector
     reservation goes at once, the vision model is not unloaded, and the text model is never loaded."""
-    with world(_root(art), posts_for(art), discord=False, outputs=tmp_path / "fd", llama_config=SEED_SIZES_CONFIG) as w:
+    with world(_root(art), posts_for(art), discord=False, outputs=tmp_path / "fd", llama_config=SEED_SIZES_CONFIG,
+               gpu_detector=True) as w:
         w.llama.set_answer("vision", vision_answers(art, dict.fromkeys(PLAN, YES), []))
         w.llama.preload("llama3.1")
         httpx.post(f"{w.detector_url}/load").raise_for_status()  # the seed: "Face detector stays loaded"
@@ -77,3 +81,26 @@ async def test_detector_that_fits_beside_vision_needs_no_swap(art, tmp_path):
             assert second["status"] == "dry-run", second["error"]
             assert w.llama.ledger()["unloads"] == ["llama3.1"] and w.llama.loads.count("vision") == 1
             assert all(r["unloaded"] == [] for r in second["reservations"])
+
+
+async def test_cpu_detector_never_sends_vision_away(art, tmp_path):
+    """The same tight card with the real detector service (animeface, CPU): it reports `uses_gpu: false`, so
+    its reservation needs 0 MiB — vision stays loaded for the next change and the detector is merely resumed."""
+    with world(_root(art), posts_for(art), discord=False, outputs=tmp_path / "fd") as w:
+        w.llama.set_answer("vision", vision_answers(art, dict.fromkeys(PLAN, YES), []))
+        w.llama.preload("llama3.1")
+        httpx.post(f"{w.detector_url}/unload").raise_for_status()
+        async with AvatarPipeline(w.settings(tmp_path / "data", candidates=3)) as pipeline:
+            record = await pipeline.change(dry_run=True)
+    assert record["status"] == "dry-run", record["error"]
+    assert record["detector_backend"] == "animeface" and record["crop_method"] == "face"
+    ledger = w.llama.ledger()
+    assert ledger["unloads"] == ["llama3.1"], "only the text model left, for vision; nothing for the detector"
+    assert ledger["oom_count"] == 0 and w.llama.running() == ["vision"]
+    detector = next(r for r in record["reservations"] if r["consumer"] == "face-detector")
+    assert detector["unloaded"] == []
+    timeline = record["vram_timeline"]
+    start = next(i for i, e in enumerate(timeline) if e["event"] == "request" and e["consumer"] == "face-detector")
+    events = [e["event"] for e in timeline[start:] if e["event"] != "released"]  # vision's release may interleave
+    assert events[:2] == ["request", "cpu-only"] and "resumed" in events, events
+    assert not {"measured", "unload", "waiting"} & set(events), events
