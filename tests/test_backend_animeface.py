@@ -1,5 +1,6 @@
-"""The default animeface backend: it finds faces (never silently nothing), keeps keypoint order, and the
-fast scheme maps working coordinates back to the original image exactly."""
+"""The default animeface backend: it finds faces (never silently nothing), keeps keypoint order, the fast
+scheme maps every pass's coordinates back to the original image exactly, and the vote between passes keeps
+what two passes (or one confident pass) found."""
 
 from __future__ import annotations
 
@@ -13,7 +14,18 @@ from PIL import Image
 
 from facedetect.backends import create_detector
 from facedetect.backends.animeface import KEYPOINT_NAMES, AnimefaceDetector
-from facedetect.backends.scheme import WHEEL_MIN_WINDOW, WHEEL_SCALE_FACTOR, SearchScheme, resize_for
+from facedetect.backends._nvxs import RawFace
+from facedetect.backends.scheme import (
+    WHEEL_MIN_WINDOW,
+    WHEEL_SCALE_FACTOR,
+    Placed,
+    SearchScheme,
+    merge,
+    plan,
+    refine,
+    resize_for,
+    vote,
+)
 from facedetect.errors import BackendUnavailable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
@@ -72,8 +84,9 @@ def test_full_mode_is_one_raw_call(eileen: Image.Image) -> None:
 
 
 def test_scaled_search_maps_back_exactly(eileen: Image.Image) -> None:
-    # A large min_face_fraction forces the downscaled path on a small image (fast to test).
-    det = AnimefaceDetector(min_face_fraction=0.25, threads=1)
+    # A large min_face_fraction forces the downscaled path on a small image (fast to test); one
+    # full-resolution pass without voting is then exactly one raw call on the working image.
+    det = AnimefaceDetector(min_face_fraction=0.25, threads=1, pass_offsets=(0,), votes=1)
     rgb = np.asarray(eileen)
     scale = det.scheme.work_scale(rgb.shape[1], rgb.shape[0])
     assert scale < 0.6
@@ -88,13 +101,24 @@ def test_scaled_search_maps_back_exactly(eileen: Image.Image) -> None:
     assert [v for b in got for v in b] == pytest.approx([v for b in expected for v in b], abs=1e-9)
 
 
-def test_padded_copy_finds_the_same_face_shifted(eileen: Image.Image, default_detector: AnimefaceDetector) -> None:
-    (d0,) = default_detector.detect(eileen)
+@pytest.mark.parametrize(
+    ("options", "min_iou"),
+    [
+        # One full-resolution pass: padding moves the lattice, not the image's pixels.
+        ({"pass_offsets": (0,), "votes": 1}, 0.7),
+        # The default downscales, so padding also changes how pixels are resampled: the box may move more,
+        # but the face stays found at the benchmark's matching bar.
+        ({}, 0.5),
+    ],
+)
+def test_padded_copy_finds_the_same_face_shifted(eileen: Image.Image, options: dict, min_iou: float) -> None:
+    det = AnimefaceDetector(**options)
+    (d0,) = det.detect(eileen)
     pad = Image.new("RGB", (eileen.width + 64, eileen.height + 48), (255, 255, 255))
     pad.paste(eileen, (64, 48))
-    dets = default_detector.detect(pad)
+    dets = det.detect(pad)
     shifted = (d0.bbox[0] + 64, d0.bbox[1] + 48, d0.bbox[2] + 64, d0.bbox[3] + 48)
-    assert max(iou(d.bbox, shifted) for d in dets) >= 0.7
+    assert max(iou(d.bbox, shifted) for d in dets) >= min_iou
 
 
 def test_threads_visit_the_raw_scale_ladder() -> None:
@@ -119,8 +143,19 @@ def test_bad_options_are_client_errors() -> None:
     with pytest.raises(BackendUnavailable) as e:
         create_detector("animeface", scale_factor=1.0)
     assert e.value.status_code == 400
-    with pytest.raises(BackendUnavailable):
-        create_detector("animeface", threads=0)
+    for bad in (
+        {"threads": 0},
+        {"pass_offsets": ()},
+        {"pass_offsets": (5.5, 5.5)},
+        {"pass_offsets": (-1,)},
+        {"pass_offsets": "fast"},
+        {"pass_offsets": (5.5,), "votes": 2},
+        {"votes": 0},
+        {"lone_likelihood": 1.5},
+    ):
+        with pytest.raises(BackendUnavailable) as e:
+            create_detector("animeface", **bad)
+        assert e.value.status_code == 400, bad
 
 
 def test_unload_and_reload(eileen: Image.Image) -> None:
@@ -129,4 +164,112 @@ def test_unload_and_reload(eileen: Image.Image) -> None:
     det.unload()
     assert not det.loaded and det._pool is None
     assert det.detect(eileen)
-    assert det.describe()["search"]["threads"] == 2
+    search = det.describe()["search"]
+    assert search["threads"] == 2 and search["pass_offsets"] == [0.0, 5.5] and search["votes"] == 2
+
+
+def test_each_pass_maps_back_exactly(eileen: Image.Image) -> None:
+    """A downscaled pass alone (no vote) returns the raw call on its resampled image, divided by the exact
+    per-axis factors; mapped back, its face overlaps the full-resolution face."""
+    rgb = np.asarray(eileen)
+    offset = 5.5
+    det = AnimefaceDetector(threads=1, pass_offsets=(offset,), votes=1)
+    s = WHEEL_SCALE_FACTOR**-offset
+    small, sx, sy = resize_for(rgb, s)
+    assert small.shape[:2] == (round(rgb.shape[0] * s), round(rgb.shape[1] * s))
+    assert (sx, sy) == (small.shape[1] / rgb.shape[1], small.shape[0] / rgb.shape[0]) and sx != sy
+    raw = det.raw(np.ascontiguousarray(small))
+    expected = [(f.face[0] / sx, f.face[1] / sy, (f.face[0] + f.face[2]) / sx, (f.face[1] + f.face[3]) / sy) for f in raw]
+    got = det.detect(eileen)
+    assert got and [v for d in got for v in d.bbox] == pytest.approx([v for b in expected for v in b], abs=1e-9)
+    (full,) = AnimefaceDetector(mode="full").detect(eileen)
+    assert iou(got[0].bbox, full.bbox) >= 0.5
+    # Keypoints are mapped with the same factors, so they stay inside the mapped box.
+    x1, y1, x2, y2 = got[0].bbox
+    assert all(x1 <= x <= x2 and y1 <= y <= y2 for x, y, _ in got[0].keypoints)
+
+
+def test_plan_deals_every_pass_to_the_threads() -> None:
+    scheme = SearchScheme(threads=2, pass_offsets=(0, 5.5, 7.5))
+    rgb = np.zeros((720, 420, 3), np.uint8)
+    jobs = plan(rgb, scheme)
+    assert sorted({j.source for j in jobs}) == [0, 1, 2]
+    assert [j.cost for j in jobs] == sorted((j.cost for j in jobs), reverse=True)
+    for source, offset in enumerate(scheme.pass_offsets):
+        mine = [j for j in jobs if j.source == source]
+        assert len(mine) == 2
+        # Together the two jobs visit the whole ladder, at the pass's own image size.
+        rungs = sorted(j.min_window * j.scale_factor**k for j in mine for k in range(8))
+        assert rungs == pytest.approx([WHEEL_MIN_WINDOW * WHEEL_SCALE_FACTOR**k for k in range(16)])
+        h, w = mine[0].image.shape[:2]
+        assert (w, h) == (round(420 * WHEEL_SCALE_FACTOR**-offset), round(720 * WHEEL_SCALE_FACTOR**-offset))
+        assert mine[0].sx == pytest.approx(w / 420) and mine[0].sy == pytest.approx(h / 720)
+    # A pass whose image cannot hold the smallest window is skipped rather than run for nothing.
+    tiny = plan(np.zeros((80, 80, 3), np.uint8), scheme)
+    assert {j.source for j in tiny} == {0}
+
+
+def _face(x: float, y: float, w: float, likelihood: float, source: int, scale: float = 1.0) -> Placed:
+    # A box given in original pixels, stored the way a pass at ``scale`` reports it.
+    box = (round(x * scale), round(y * scale), round(w * scale), round(w * scale))
+    return Placed(
+        RawFace(likelihood, box, (0, 0, 1, 1), (0, 0, 1, 1), (0, 0), (0, 0, 1, 1), (0, 0), (0, 0, 0), (0, 0, 0)),
+        scale, scale, source,
+    )
+
+
+VOTE = {"overlap": 0.1, "votes": 2, "lone_likelihood": 0.9, "agree_iou": 0.5}
+
+
+def test_vote_keeps_faces_two_passes_agree_on() -> None:
+    a = _face(100, 100, 80, 0.7, source=0)
+    b = _face(104, 98, 78, 0.6, source=1, scale=0.6)  # the same face seen by the downscaled pass
+    (kept,) = vote([a, b], **VOTE)
+    assert kept.face is a.face and kept.support == 2  # the more likely box leads, as in libnvxs' merge
+
+
+def test_vote_drops_a_lone_unconfident_face_and_keeps_a_lone_confident_one() -> None:
+    lone = _face(10, 10, 56, 0.83, source=0)
+    sure = _face(300, 10, 90, 0.95, source=1)
+    assert [(p.face, p.support) for p in vote([lone, sure], **VOTE)] == [(sure.face, 1)]
+
+
+def test_vote_counts_a_pass_once_and_needs_agreement() -> None:
+    # Two boxes from the same pass are one vote; an overlapping box of another size is no vote either.
+    a = _face(100, 100, 80, 0.7, source=0)
+    a2 = _face(102, 100, 80, 0.65, source=0)
+    b_big = _face(80, 80, 180, 0.6, source=1)  # contains a (merged into its cluster), IoU < 0.5
+    assert vote([a, a2, b_big], **VOTE) == []
+    assert [p.face for p in vote([a, a2, b_big, _face(98, 102, 82, 0.55, source=1)], **VOTE)] == [a.face]
+
+
+def test_vote_with_one_vote_is_libnvxs_merge() -> None:
+    faces = [
+        _face(100, 100, 80, 0.7, 0), _face(110, 105, 80, 0.8, 1), _face(400, 400, 60, 0.5, 0),
+        _face(405, 400, 50, 0.5, 1), _face(10, 300, 40, 0.51, 1),
+    ]
+    voted = vote(faces, overlap=0.1, votes=1, lone_likelihood=1.0, agree_iou=0.5)
+    assert [p.face for p in voted] == [p.face for p in merge(faces, 0.1)]
+    kept = merge(faces, 0.1)
+    assert [round(p.face.likelihood, 2) for p in kept] == [0.8, 0.51, 0.5]
+    assert kept[2].face.face == (405, 400, 50, 50)  # a tie goes to the smaller box
+
+
+def test_refine_re_places_a_loose_box_on_the_face(eileen: Image.Image, face_labels: dict) -> None:
+    """A lone face's box, here the true one blown up by 40 %, is re-placed by the dense local search:
+    closer to the hand label once mapped back through the crop's offset and scale, likelihood kept."""
+    det = AnimefaceDetector()
+    lib = det.library
+    pad = Image.new("RGB", (eileen.width + 200, eileen.height + 150), (255, 255, 255))
+    pad.paste(eileen, (200, 150))  # so the crop starts inside the image and its offset matters
+    rgb = np.ascontiguousarray(np.asarray(pad))
+    x1, y1, x2, y2 = face_labels[EILEEN][0]
+    label = (x1 + 200, y1 + 150, x2 + 200, y2 + 150)
+    cx, cy, half = (label[0] + label[2]) / 2, (label[1] + label[3]) / 2, (label[2] - label[0]) * 0.7
+    loose = _face(cx - half, cy - half, 2 * half, 0.87, source=0)
+    better = refine(lib.detect, rgb, loose)
+    assert better.face.likelihood == 0.87 and better.ox > 0 and better.oy > 0
+    assert iou(better.box, label) > iou(loose.box, label) + 0.1
+    # Nothing face-like near the box: the face is returned unchanged.
+    blank = np.full_like(rgb, 255)
+    assert refine(lib.detect, blank, loose) is loose

@@ -31,7 +31,9 @@ class AnimefaceDetector(Detector):
     ``step``, ``scale_factor`` and ``min_window`` are the sliding-window search parameters; the
     defaults are the wheel's (4, 1.095, 42.592). ``mode="fast"`` (default) searches with
     :class:`~facedetect.backends.scheme.SearchScheme`: the raw scale ladder split over ``threads``
-    threads, and faces smaller than ``min_face_fraction`` of the short side not searched (see
+    threads, one pass per ``pass_offsets`` entry on the working image downscaled by
+    ``scale_factor ** -offset``, a face kept when ``votes`` passes find it or its likelihood reaches
+    ``lone_likelihood`` (a lone face's box then re-placed by a dense local search; see
     docs/detector-speed.md). ``mode="full"`` is one raw call at full resolution, the wheel's behaviour.
     Keypoints are [x, y, score] in the order of ``KEYPOINT_NAMES``; the
     model has no per-point score, so each carries the face's likelihood. Attributes: hair and skin
@@ -50,6 +52,9 @@ class AnimefaceDetector(Detector):
         min_window: float = WHEEL_MIN_WINDOW,
         min_face_fraction: float = SearchScheme.min_face_fraction,
         threads: int = SearchScheme.threads,
+        pass_offsets: tuple[float, ...] | list[float] = SearchScheme.pass_offsets,
+        votes: int = SearchScheme.votes,
+        lone_likelihood: float = SearchScheme.lone_likelihood,
     ):
         super().__init__()
         if mode not in ("fast", "full"):
@@ -58,8 +63,10 @@ class AnimefaceDetector(Detector):
             self.scheme = SearchScheme(
                 step=step, scale_factor=scale_factor, min_window=min_window,
                 min_face_fraction=min_face_fraction, threads=threads,
+                pass_offsets=tuple(float(o) for o in pass_offsets), votes=votes,
+                lone_likelihood=lone_likelihood,
             )
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise BackendUnavailable(f"bad animeface search parameters: {exc}", status_code=400) from None
         self.mode: Mode = mode
         self.step = step
@@ -85,7 +92,11 @@ class AnimefaceDetector(Detector):
         out["mode"] = self.mode
         out["search"] = {"step": self.step, "scale_factor": self.scale_factor, "min_window": self.min_window}
         if self.mode == "fast":
-            out["search"].update(min_face_fraction=self.scheme.min_face_fraction, threads=self.scheme.threads)
+            sch = self.scheme
+            out["search"].update(
+                min_face_fraction=sch.min_face_fraction, threads=sch.threads,
+                pass_offsets=list(sch.pass_offsets), votes=sch.votes, lone_likelihood=sch.lone_likelihood,
+            )
         return out
 
     @property
@@ -107,7 +118,7 @@ class AnimefaceDetector(Detector):
             return [to_detection(f) for f in self.raw(rgb)]
         lib = self.library  # loads (and builds the pool) if needed
         placed = search(lib.detect, rgb, self.scheme, self._pool)
-        return [to_detection(p.face, (p.sx, p.sy)) for p in placed]
+        return [to_detection(p.face, (p.sx, p.sy), (p.ox, p.oy)) for p in placed]
 
 
 def to_detection(

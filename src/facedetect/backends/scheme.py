@@ -2,28 +2,36 @@
 
 animeface-2009 slides a 32-px-model window over the image at scales ``min_window * scale_factor**k``
 (k = 0, 1, ...) up to 3/4 of the short side, on a lattice of ``step * scale`` pixels. What we measured
-(bench/detect.py, bench/RESULTS.md) decided the scheme:
+(bench/detect.py, bench/RESULTS.md, docs/detector-speed.md) decided the scheme:
 
 * A coarser lattice or coarser scale ladder loses faces: step 6 finds 27 of 31 raw faces, scale factor
-  1.2 only 21; unions of shifted coarse lattices do not win them back. So every window raw animeface
-  tries at a scale we search, we try too.
-* Scales split cleanly across threads. Thread t of T searches scales k = t, t+T, t+2T, ... (start
-  ``min_window * scale_factor**t``, factor ``scale_factor**T``): together they visit the raw scale set,
-  the C call releases the GIL, and nothing is scanned twice — unlike tiles, which must overlap.
-* The smallest windows are most of the work, and faces a few dozen pixels wide in a 2400-px CG are
-  neither what the labels call faces nor usable avatars. So faces smaller than ``min_face_fraction`` of
-  the short side are not searched: the image is downscaled (area filter) until that size maps onto
-  animeface's own minimum window. Images whose short side is under ``min_window / min_face_fraction``
-  (about 1 000 px at the defaults) run at full resolution, untouched.
-* Results of the threads are merged the way libnvxs merges its own candidates (larger likelihood wins
-  an overlap, a tie goes to the smaller box), so the output matches one raw call.
+  1.2 only 21. So each pass keeps the wheel's dense lattice and ladder.
+* Scales split cleanly across threads. Each pass is dealt to ``threads`` jobs, job t searching rungs
+  k = t, t+T, t+2T, ... (start ``min_window * scale_factor**t``, factor ``scale_factor**T``): together they
+  visit the pass's whole ladder, the C call releases the GIL, and nothing is scanned twice.
+* The smallest windows are not what the labels call faces nor usable avatars: faces smaller than
+  ``min_face_fraction`` of the short side are not searched (the image is area-downscaled until that size
+  maps onto animeface's own minimum window; images under ~1 000 px short side run untouched).
+* The detector is sensitive to where its lattice and scale ladder happen to fall on a face: the same face
+  is found or missed when the image is resampled by a fraction of a rung, and one-off background false
+  positives come and go the same way. So the scheme runs *passes* on the working image downscaled by
+  ``scale_factor ** -offset`` (one resampling each) and keeps a face when ``votes`` passes found it (a box
+  with IoU >= ``agree_iou`` to the cluster's best), or a single pass found it with likelihood >=
+  ``lone_likelihood``. Clusters are formed the way libnvxs merges its own candidates.
+* A pass at offset o costs about ``scale_factor ** -2o`` of a full-resolution pass (5.5: 0.37) and sees
+  faces from ``min_window * scale_factor ** o`` up (70 working-image px). The default is the
+  full-resolution pass plus one at offset 5.5, both dealt over the threads: ~1.3x the work of one raw
+  call. Faces smaller than 70 px can only be found by the full-resolution pass, so they need the lone bar.
+* A lone face kept for its likelihood lacks a second pass to confirm where it is; its box is re-placed by
+  a dense search (step 2, scale factor 1.03) of a crop around it normalised to an 80-px face.
+  Measurements and the alternatives tried: docs/detector-speed.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -34,11 +42,24 @@ from facedetect.backends._nvxs import RawFace
 WHEEL_STEP = 4.0
 WHEEL_SCALE_FACTOR = 1.095
 WHEEL_MIN_WINDOW = 42.592
+MAX_WINDOW_SHARE = 0.75  # libnvxs searches windows up to 3/4 of the image's short side
+# Refining a lone face: a crop of the face plus REFINE_MARGIN of its size on each side, resized so the face
+# is REFINE_FACE px wide (about twice the minimum window, so the ladder has rungs below and above it), then
+# searched with a lattice twice as dense and rungs three times finer than the wheel's. On a ~180-px crop
+# that costs a few hundredths of a second.
+REFINE_MARGIN = 0.6
+REFINE_FACE = 80.0
+REFINE_STEP = 2.0
+REFINE_SCALE_FACTOR = 1.03
+REFINE_MIN_IOU = 0.3  # the refined box must still be the same face
 
 
 @dataclass(frozen=True)
 class SearchScheme:
-    """Parameters of the fast search. ``threads=1, min_face_fraction=0`` is exactly one raw call."""
+    """Parameters of the fast search.
+
+    ``threads=1, min_face_fraction=0, pass_offsets=(0,), votes=1`` is exactly one raw call.
+    """
 
     step: float = WHEEL_STEP
     scale_factor: float = WHEEL_SCALE_FACTOR
@@ -46,42 +67,71 @@ class SearchScheme:
     min_face_fraction: float = 1.0 / 24.0
     threads: int = 2
     overlap: float = 0.1  # libnvxs' own duplicate threshold (intersection over the smaller box)
+    # Each pass searches the working image downscaled by scale_factor ** -offset (0 = the working image).
+    pass_offsets: tuple[float, ...] = (0.0, 5.5)
+    votes: int = 2
+    # A face found by a single pass needs this likelihood. libnvxs reports candidates from 0.5 up; a lone
+    # face must clear that floor by 0.1. On both benchmark sets any bar in [0.6, 0.8] gives the same result
+    # (docs/detector-speed.md); the lowest keeps the most faces.
+    lone_likelihood: float = 0.6
+    agree_iou: float = 0.5  # a pass "found" a cluster's face when one of its boxes has this IoU with the best
+    refine_lone: bool = True  # re-search a lone face's neighbourhood densely to place its box
 
     def __post_init__(self) -> None:
         if self.step <= 0 or self.scale_factor <= 1.0 or self.min_window <= 0:
             raise ValueError("step and min_window must be > 0 and scale_factor > 1")
-        if not 0.0 <= self.min_face_fraction < 0.75:
+        if not 0.0 <= self.min_face_fraction < MAX_WINDOW_SHARE:
             raise ValueError("min_face_fraction must be in [0, 0.75)")
         if self.threads < 1:
             raise ValueError("threads must be >= 1")
+        if not self.pass_offsets or any(not 0.0 <= o <= 40.0 for o in self.pass_offsets):
+            raise ValueError("pass_offsets must be one or more scale rungs in [0, 40]")
+        if len(set(self.pass_offsets)) != len(self.pass_offsets):
+            raise ValueError("pass_offsets must be distinct")
+        if not 1 <= self.votes <= len(self.pass_offsets):
+            raise ValueError("votes must be between 1 and the number of passes")
+        if not 0.0 <= self.lone_likelihood <= 1.0 or not 0.0 < self.agree_iou <= 1.0:
+            raise ValueError("lone_likelihood must be in [0, 1] and agree_iou in (0, 1]")
 
     def work_scale(self, width: int, height: int) -> float:
-        """Resize factor (<= 1) so that the smallest face we search fills animeface's minimum window."""
+        """Resize factor (<= 1) so that ``min_face_fraction`` of the short side fills the minimum window."""
         smallest_face = min(width, height) * self.min_face_fraction
         if smallest_face <= self.min_window:
             return 1.0
         return self.min_window / smallest_face
 
     def passes(self) -> list[tuple[float, float]]:
-        """(min_window, scale_factor) of each thread's call: interleaved rungs of the raw scale ladder."""
+        """(min_window, scale_factor) of each thread's call within a pass: interleaved rungs of its ladder."""
         return [
             (self.min_window * self.scale_factor**t, self.scale_factor**self.threads)
             for t in range(self.threads)
         ]
 
+    def pass_scales(self) -> list[float]:
+        """Image scale of each pass, relative to the working image."""
+        return [self.scale_factor ** -o for o in self.pass_offsets]
+
+    def smallest_face(self) -> float:
+        """The smallest face (working-image px) any pass searches; smaller faces are not looked for."""
+        return self.min_window / max(self.pass_scales())
+
 
 @dataclass(frozen=True)
 class Placed:
-    """A raw face and the factors that map its working coordinates back to the original image."""
+    """A raw face, the factors that map its working coordinates back to the original image, and its pass."""
 
     face: RawFace
     sx: float
     sy: float
+    source: int = 0  # index of the pass (in ``pass_offsets``) that found it
+    ox: float = 0.0  # offset of the searched crop in the original image (refinement)
+    oy: float = 0.0
+    support: int = 1  # how many passes found it (set by :func:`vote`)
 
     @property
     def box(self) -> tuple[float, float, float, float]:
         x, y, w, h = self.face.face
-        return (x / self.sx, y / self.sy, (x + w) / self.sx, (y + h) / self.sy)
+        return (x / self.sx + self.ox, y / self.sy + self.oy, (x + w) / self.sx + self.ox, (y + h) / self.sy + self.oy)
 
 
 RawCall = Callable[..., list[RawFace]]
@@ -97,21 +147,87 @@ def resize_for(rgb: np.ndarray, scale: float) -> tuple[np.ndarray, float, float]
     return small, nw / w, nh / h
 
 
+@dataclass(frozen=True)
+class Job:
+    """One libnvxs call: which pass it belongs to, its image, the image's factors, its ladder."""
+
+    source: int
+    image: np.ndarray
+    sx: float
+    sy: float
+    min_window: float
+    scale_factor: float
+    cost: float  # estimated relative work, for ordering: pixels, shared among a pass's jobs
+
+
+def plan(rgb: np.ndarray, scheme: SearchScheme) -> list[Job]:
+    """The calls of one search, most expensive first (greedy scheduling on a pool balances best so).
+
+    Every pass is dealt to ``threads`` jobs by interleaved rungs, so two threads share each pass evenly.
+    """
+    work, sx, sy = resize_for(rgb, scheme.work_scale(rgb.shape[1], rgb.shape[0]))
+    jobs = []
+    for source, s in enumerate(scheme.pass_scales()):
+        img, fx, fy = resize_for(work, s)
+        if min(img.shape[:2]) * MAX_WINDOW_SHARE < scheme.min_window:
+            continue  # too small to hold even the smallest window: the pass could find nothing
+        img = np.ascontiguousarray(img)
+        cost = float(img.shape[0] * img.shape[1]) / scheme.threads
+        jobs += [Job(source, img, sx * fx, sy * fy, mw, sf, cost) for mw, sf in scheme.passes()]
+    return sorted(jobs, key=lambda j: -j.cost)
+
+
 def search(
     raw: RawCall, rgb: np.ndarray, scheme: SearchScheme, pool: Executor | None = None, *, analyze: bool = True
 ) -> list[Placed]:
-    """Run the scheme: ``raw(rgb, step=, scale_factor=, min_window=, analyze=)`` once per pass."""
-    work, sx, sy = resize_for(rgb, scheme.work_scale(rgb.shape[1], rgb.shape[0]))
-    work = np.ascontiguousarray(work)
+    """Run the scheme: ``raw(rgb, step=, scale_factor=, min_window=, analyze=)`` once per job."""
+    jobs = plan(rgb, scheme)
 
-    def one(p: tuple[float, float]) -> list[RawFace]:
-        mw, sf = p
-        return raw(work, step=scheme.step, scale_factor=sf, min_window=mw, analyze=analyze)
+    def one(j: Job) -> list[Placed]:
+        faces = raw(j.image, step=scheme.step, scale_factor=j.scale_factor, min_window=j.min_window,
+                    analyze=analyze)
+        return [Placed(f, j.sx, j.sy, j.source) for f in faces]
 
-    passes = scheme.passes()
-    results = list(pool.map(one, passes)) if pool is not None and len(passes) > 1 else [one(p) for p in passes]
-    placed = [Placed(f, sx, sy) for faces in results for f in faces]
-    return merge(placed, scheme.overlap)
+    results = list(pool.map(one, jobs)) if pool is not None and len(jobs) > 1 else [one(j) for j in jobs]
+    kept = vote(
+        [p for found in results for p in found],
+        overlap=scheme.overlap, votes=scheme.votes, lone_likelihood=scheme.lone_likelihood,
+        agree_iou=scheme.agree_iou,
+    )
+    if scheme.refine_lone and scheme.votes > 1:
+        kept = [refine(raw, rgb, p, analyze=analyze) if p.support < scheme.votes else p for p in kept]
+    return kept
+
+
+def refine(raw: RawCall, rgb: np.ndarray, face: Placed, *, analyze: bool = True) -> Placed:
+    """A lone face (no second pass agreed on it) re-searched densely on a crop normalised to
+    ``REFINE_FACE`` px: the most likely box that is still the same face (IoU >= ``REFINE_MIN_IOU``), or
+    ``face`` unchanged when the dense search finds none. Its likelihood and support stay the lone face's."""
+    h, w = rgb.shape[:2]
+    x1, y1, x2, y2 = face.box
+    bw, bh = x2 - x1, y2 - y1
+    if bw <= 0 or bh <= 0:
+        return face
+    cx1, cy1 = max(0, int(x1 - REFINE_MARGIN * bw)), max(0, int(y1 - REFINE_MARGIN * bh))
+    cx2, cy2 = min(w, int(np.ceil(x2 + REFINE_MARGIN * bw))), min(h, int(np.ceil(y2 + REFINE_MARGIN * bh)))
+    crop = rgb[cy1:cy2, cx1:cx2]
+    s = REFINE_FACE / bw
+    nw, nh = max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))
+    if min(nw, nh) * MAX_WINDOW_SHARE < WHEEL_MIN_WINDOW:
+        return face
+    interp = cv2.INTER_AREA if s < 1.0 else cv2.INTER_LINEAR
+    region = np.ascontiguousarray(cv2.resize(crop, (nw, nh), interpolation=interp))
+    fx, fy = nw / crop.shape[1], nh / crop.shape[0]
+    found = [
+        Placed(f, fx, fy, face.source, float(cx1), float(cy1), face.support)
+        for f in raw(region, step=REFINE_STEP, scale_factor=REFINE_SCALE_FACTOR, min_window=WHEEL_MIN_WINDOW,
+                     analyze=analyze)
+    ]
+    same = [p for p in found if iou(p.box, face.box) >= REFINE_MIN_IOU]
+    if not same:
+        return face
+    best = max(same, key=lambda p: p.face.likelihood)
+    return replace(best, face=replace(best.face, likelihood=face.face.likelihood))
 
 
 def overlap_ratio(a: Sequence[float], b: Sequence[float]) -> float:
@@ -124,15 +240,52 @@ def overlap_ratio(a: Sequence[float], b: Sequence[float]) -> float:
     return iw * ih / smaller if smaller > 0 else 0.0
 
 
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes."""
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _rank(p: Placed) -> tuple[float, float]:
+    x1, y1, x2, y2 = p.box
+    return (-p.face.likelihood, (x2 - x1) * (y2 - y1))
+
+
+def clusters(faces: list[Placed], overlap: float) -> list[list[Placed]]:
+    """Group faces as libnvxs merges candidates: in rank order (more likely first, a tie to the smaller
+    box) each face joins the first cluster whose leader it overlaps by more than ``overlap``, else leads
+    a new one. Leaders are exactly what :func:`merge` keeps."""
+    groups: list[list[Placed]] = []
+    for cand in sorted(faces, key=_rank):
+        for g in groups:
+            if overlap_ratio(cand.box, g[0].box) > overlap:
+                g.append(cand)
+                break
+        else:
+            groups.append([cand])
+    return groups
+
+
 def merge(faces: list[Placed], overlap: float) -> list[Placed]:
     """Duplicate removal as libnvxs does it: of overlapping faces, the more likely wins; a tie, the smaller."""
+    return [g[0] for g in clusters(faces, overlap)]
 
-    def rank(p: Placed) -> tuple[float, float]:
-        x1, y1, x2, y2 = p.box
-        return (-p.face.likelihood, (x2 - x1) * (y2 - y1))
 
+def vote(
+    faces: list[Placed], *, overlap: float, votes: int, lone_likelihood: float, agree_iou: float
+) -> list[Placed]:
+    """Merge the passes' faces and keep a cluster's leader when ``votes`` distinct passes found it (a
+    member agreeing with the leader at IoU >= ``agree_iou``) or its likelihood reaches ``lone_likelihood``.
+    With ``votes=1`` this is :func:`merge`."""
     kept: list[Placed] = []
-    for cand in sorted(faces, key=rank):
-        if all(overlap_ratio(cand.box, k.box) <= overlap for k in kept):
-            kept.append(cand)
+    for g in clusters(faces, overlap):
+        lead = g[0]
+        support = {p.source for p in g if iou(p.box, lead.box) >= agree_iou}
+        if len(support) >= votes or lead.face.likelihood >= lone_likelihood:
+            kept.append(replace(lead, support=len(support)))
     return kept
