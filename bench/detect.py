@@ -199,12 +199,14 @@ def main(argv: list[str] | None = None) -> int:
         print("nothing to benchmark")
         return 1
     load1 = os.getloadavg()[0]
+    ours = next(iter(dets.values())).describe().get("search", {})
     md = "\n\n".join([
         "## Face detection (bench/detect.py)",
         f"Run {started} on {platform.machine()} with {os.cpu_count()} CPU cores, Python {platform.python_version()}; "
         f"load average {load0:.1f} at start, {load1:.1f} at end (other work shared the machine: wall times "
         "above 2 cores' worth of load are inflated; CPU seconds count all threads of a detector). "
-        f"Best of {args.repeat} timing(s) per image. Matching: greedy by confidence (bench/metrics.py).",
+        f"Best of {args.repeat} timing(s) per image. Matching: greedy by confidence (bench/metrics.py). "
+        f"Our scheme's search parameters: `{json.dumps(ours, sort_keys=True)}` (docs/detector-speed.md).",
         *sections,
         "<details><summary>Images with errors at IoU 0.5</summary>\n\n"
         + "\n".join(f"- {m}" for m in misses) + "\n</details>",

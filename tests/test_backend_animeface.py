@@ -189,24 +189,26 @@ def test_each_pass_maps_back_exactly(eileen: Image.Image) -> None:
     assert all(x1 <= x <= x2 and y1 <= y <= y2 for x, y, _ in got[0].keypoints)
 
 
-def test_plan_deals_every_pass_to_the_threads() -> None:
+def test_plan_splits_the_largest_pass_and_runs_the_others_whole() -> None:
     scheme = SearchScheme(threads=2, pass_offsets=(0, 5.5, 7.5))
     rgb = np.zeros((720, 420, 3), np.uint8)
     jobs = plan(rgb, scheme)
-    assert sorted({j.source for j in jobs}) == [0, 1, 2]
     assert [j.cost for j in jobs] == sorted((j.cost for j in jobs), reverse=True)
-    for source, offset in enumerate(scheme.pass_offsets):
-        mine = [j for j in jobs if j.source == source]
-        assert len(mine) == 2
-        # Together the two jobs visit the whole ladder, at the pass's own image size.
-        rungs = sorted(j.min_window * j.scale_factor**k for j in mine for k in range(8))
-        assert rungs == pytest.approx([WHEEL_MIN_WINDOW * WHEEL_SCALE_FACTOR**k for k in range(16)])
-        h, w = mine[0].image.shape[:2]
+    main = [j for j in jobs if j.source == 0]
+    assert len(main) == 2 + 3 - 1  # threads + other passes: jobs about the size of a small pass
+    # Together the split jobs visit the whole ladder once.
+    rungs = sorted(j.min_window * j.scale_factor**k for j in main for k in range(6))
+    assert rungs == pytest.approx([WHEEL_MIN_WINDOW * WHEEL_SCALE_FACTOR**k for k in range(24)])
+    for source, offset in enumerate(scheme.pass_offsets[1:], start=1):
+        (whole,) = [j for j in jobs if j.source == source]
+        assert (whole.min_window, whole.scale_factor) == (WHEEL_MIN_WINDOW, WHEEL_SCALE_FACTOR)
+        h, w = whole.image.shape[:2]
         assert (w, h) == (round(420 * WHEEL_SCALE_FACTOR**-offset), round(720 * WHEEL_SCALE_FACTOR**-offset))
-        assert mine[0].sx == pytest.approx(w / 420) and mine[0].sy == pytest.approx(h / 720)
+        assert whole.sx == pytest.approx(w / 420) and whole.sy == pytest.approx(h / 720)
     # A pass whose image cannot hold the smallest window is skipped rather than run for nothing.
     tiny = plan(np.zeros((80, 80, 3), np.uint8), scheme)
     assert {j.source for j in tiny} == {0}
+    assert len(plan(rgb, SearchScheme(threads=1))) == 2
 
 
 def _face(x: float, y: float, w: float, likelihood: float, source: int, scale: float = 1.0) -> Placed:

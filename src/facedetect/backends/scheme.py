@@ -6,9 +6,10 @@ animeface-2009 slides a 32-px-model window over the image at scales ``min_window
 
 * A coarser lattice or coarser scale ladder loses faces: step 6 finds 27 of 31 raw faces, scale factor
   1.2 only 21. So each pass keeps the wheel's dense lattice and ladder.
-* Scales split cleanly across threads. Each pass is dealt to ``threads`` jobs, job t searching rungs
+* Scales split cleanly across threads. The largest pass is dealt to T jobs, job t searching rungs
   k = t, t+T, t+2T, ... (start ``min_window * scale_factor**t``, factor ``scale_factor**T``): together they
-  visit the pass's whole ladder, the C call releases the GIL, and nothing is scanned twice.
+  visit the pass's whole ladder, the C call releases the GIL, and nothing is scanned twice. Smaller passes
+  run as one call each, next to those jobs (see :func:`plan`).
 * The smallest windows are not what the labels call faces nor usable avatars: faces smaller than
   ``min_face_fraction`` of the short side are not searched (the image is area-downscaled until that size
   maps onto animeface's own minimum window; images under ~1 000 px short side run untouched).
@@ -20,8 +21,7 @@ animeface-2009 slides a 32-px-model window over the image at scales ``min_window
   ``lone_likelihood``. Clusters are formed the way libnvxs merges its own candidates.
 * A pass at offset o costs about ``scale_factor ** -2o`` of a full-resolution pass (5.5: 0.37) and sees
   faces from ``min_window * scale_factor ** o`` up (70 working-image px). The default is the
-  full-resolution pass plus one at offset 5.5, both dealt over the threads: ~1.3x the work of one raw
-  call. Faces smaller than 70 px can only be found by the full-resolution pass, so they need the lone bar.
+  full-resolution pass plus one at offset 5.5: ~1.4x the work of one raw call. Faces smaller than 70 px can only be found by the full-resolution pass, so they need the lone bar.
 * A lone face kept for its likelihood lacks a second pass to confirm where it is; its box is re-placed by
   a dense search (step 2, scale factor 1.03) of a crop around it normalised to an 80-px face.
   Measurements and the alternatives tried: docs/detector-speed.md.
@@ -100,12 +100,11 @@ class SearchScheme:
             return 1.0
         return self.min_window / smallest_face
 
-    def passes(self) -> list[tuple[float, float]]:
-        """(min_window, scale_factor) of each thread's call within a pass: interleaved rungs of its ladder."""
-        return [
-            (self.min_window * self.scale_factor**t, self.scale_factor**self.threads)
-            for t in range(self.threads)
-        ]
+    def passes(self, jobs: int | None = None) -> list[tuple[float, float]]:
+        """(min_window, scale_factor) of each of ``jobs`` (default ``threads``) calls that share one pass:
+        interleaved rungs of its ladder."""
+        n = self.threads if jobs is None else jobs
+        return [(self.min_window * self.scale_factor**t, self.scale_factor**n) for t in range(n)]
 
     def pass_scales(self) -> list[float]:
         """Image scale of each pass, relative to the working image."""
@@ -163,17 +162,26 @@ class Job:
 def plan(rgb: np.ndarray, scheme: SearchScheme) -> list[Job]:
     """The calls of one search, most expensive first (greedy scheduling on a pool balances best so).
 
-    Every pass is dealt to ``threads`` jobs by interleaved rungs, so two threads share each pass evenly.
+    The largest pass is dealt to ``threads + passes - 1`` jobs by interleaved rungs, so the jobs come out
+    about the size of the smaller passes and the threads finish together. The smaller passes run as one
+    call each: libnvxs then merges their candidates itself, exactly as in a raw call (split calls would
+    let through candidates that its merge drops, which measured as an extra false positive).
     """
     work, sx, sy = resize_for(rgb, scheme.work_scale(rgb.shape[1], rgb.shape[0]))
-    jobs = []
+    runs: list[tuple[int, np.ndarray, float, float]] = []
     for source, s in enumerate(scheme.pass_scales()):
         img, fx, fy = resize_for(work, s)
         if min(img.shape[:2]) * MAX_WINDOW_SHARE < scheme.min_window:
             continue  # too small to hold even the smallest window: the pass could find nothing
-        img = np.ascontiguousarray(img)
-        cost = float(img.shape[0] * img.shape[1]) / scheme.threads
-        jobs += [Job(source, img, sx * fx, sy * fy, mw, sf, cost) for mw, sf in scheme.passes()]
+        runs.append((source, np.ascontiguousarray(img), sx * fx, sy * fy))
+    if not runs:
+        return []
+    largest = max(range(len(runs)), key=lambda i: runs[i][1].shape[0] * runs[i][1].shape[1])
+    jobs = []
+    for i, (source, img, px, py) in enumerate(runs):
+        pixels = float(img.shape[0] * img.shape[1])
+        n = scheme.threads + len(runs) - 1 if i == largest and scheme.threads > 1 else 1
+        jobs += [Job(source, img, px, py, mw, sf, pixels / n) for mw, sf in scheme.passes(n)]
     return sorted(jobs, key=lambda j: -j.cost)
 
 
