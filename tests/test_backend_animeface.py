@@ -179,7 +179,9 @@ def test_each_pass_maps_back_exactly(eileen: Image.Image) -> None:
     assert small.shape[:2] == (round(rgb.shape[0] * s), round(rgb.shape[1] * s))
     assert (sx, sy) == (small.shape[1] / rgb.shape[1], small.shape[0] / rgb.shape[0]) and sx != sy
     raw = det.raw(np.ascontiguousarray(small))
-    expected = [(f.face[0] / sx, f.face[1] / sy, (f.face[0] + f.face[2]) / sx, (f.face[1] + f.face[3]) / sy) for f in raw]
+    expected = [
+        (f.face[0] / sx, f.face[1] / sy, (f.face[0] + f.face[2]) / sx, (f.face[1] + f.face[3]) / sy) for f in raw
+    ]
     got = det.detect(eileen)
     assert got and [v for d in got for v in d.bbox] == pytest.approx([v for b in expected for v in b], abs=1e-9)
     (full,) = AnimefaceDetector(mode="full").detect(eileen)

@@ -21,7 +21,8 @@ animeface-2009 slides a 32-px-model window over the image at scales ``min_window
   ``lone_likelihood``. Clusters are formed the way libnvxs merges its own candidates.
 * A pass at offset o costs about ``scale_factor ** -2o`` of a full-resolution pass (5.5: 0.37) and sees
   faces from ``min_window * scale_factor ** o`` up (70 working-image px). The default is the
-  full-resolution pass plus one at offset 5.5: ~1.4x the work of one raw call. Faces smaller than 70 px can only be found by the full-resolution pass, so they need the lone bar.
+  full-resolution pass plus one at offset 5.5: ~1.4x the work of one raw call. Faces smaller than 70 px
+  can only be found by the full-resolution pass, so they need the lone bar.
 * A lone face kept for its likelihood lacks a second pass to confirm where it is; its box is re-placed by
   a dense search (step 2, scale factor 1.03) of a crop around it normalised to an 80-px face.
   Measurements and the alternatives tried: docs/detector-speed.md.
@@ -109,10 +110,6 @@ class SearchScheme:
     def pass_scales(self) -> list[float]:
         """Image scale of each pass, relative to the working image."""
         return [self.scale_factor ** -o for o in self.pass_offsets]
-
-    def smallest_face(self) -> float:
-        """The smallest face (working-image px) any pass searches; smaller faces are not looked for."""
-        return self.min_window / max(self.pass_scales())
 
 
 @dataclass(frozen=True)
