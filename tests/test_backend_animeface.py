@@ -277,3 +277,20 @@ def test_refine_re_places_a_loose_box_on_the_face(eileen: Image.Image, face_labe
     # Nothing face-like near the box: the face is returned unchanged.
     blank = np.full_like(rgb, 255)
     assert refine(lib.detect, blank, loose) is loose
+
+
+def test_a_prepared_image_searches_like_a_fresh_call_every_time(eileen: Image.Image) -> None:
+    """The scheme prepares an image once and searches it several times (from several threads): each search
+    must equal a one-off call with the same parameters, and a closed image must refuse to be searched."""
+    from facedetect.backends._nvxs import NvxsLibrary
+
+    lib = NvxsLibrary()
+    rgb = np.ascontiguousarray(np.asarray(eileen))
+    ladders = [dict(min_window=42.592, scale_factor=1.095), dict(min_window=46.6, scale_factor=1.313)]
+    with lib.prepare(rgb) as prepared:
+        # Colours are left out (analyze=False): libnvxs clusters them with a randomly seeded k-means.
+        for params in ladders + ladders:
+            assert prepared.detect(analyze=False, **params) == lib.detect(rgb, analyze=False, **params)
+        assert prepared.detect(**ladders[0]), "the prepared image found no face on eileen"
+    with pytest.raises(ValueError, match="closed"):
+        prepared.detect()

@@ -117,7 +117,7 @@ class AnimefaceDetector(Detector):
         if self.mode == "full":
             return [to_detection(f) for f in self.raw(rgb)]
         lib = self.library  # loads (and builds the pool) if needed
-        placed = search(lib.detect, rgb, self.scheme, self._pool)
+        placed = search(lib, rgb, self.scheme, self._pool)
         return [to_detection(p.face, (p.sx, p.sy), (p.ox, p.oy)) for p in placed]
 
 

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -46,12 +48,15 @@ WHEEL_MIN_WINDOW = 42.592
 MAX_WINDOW_SHARE = 0.75  # libnvxs searches windows up to 3/4 of the image's short side
 # Refining a lone face: a crop of the face plus REFINE_MARGIN of its size on each side, resized so the face
 # is REFINE_FACE px wide (about twice the minimum window, so the ladder has rungs below and above it), then
-# searched with a lattice twice as dense and rungs three times finer than the wheel's. On a ~180-px crop
-# that costs a few hundredths of a second.
+# searched with a lattice twice as dense and rungs three times finer than the wheel's. Only windows of
+# 0.7x to ~1.3x the face are searched: libnvxs's largest window is 32 * short side / min_window, so a
+# min_window of 0.7 * REFINE_FACE on the ~180-px crop stops the ladder near 1.3x (from the wheel's 42.6 px
+# it would climb to 130 px through 40 dense rungs: 0.65 s measured on lucy mad.png, against ~0.3 s).
 REFINE_MARGIN = 0.6
 REFINE_FACE = 80.0
 REFINE_STEP = 2.0
 REFINE_SCALE_FACTOR = 1.03
+REFINE_MIN_WINDOW = 0.7 * REFINE_FACE
 REFINE_MIN_IOU = 0.3  # the refined box must still be the same face
 
 
@@ -182,25 +187,44 @@ def plan(rgb: np.ndarray, scheme: SearchScheme) -> list[Job]:
     return sorted(jobs, key=lambda j: -j.cost)
 
 
+class Preparer(Protocol):
+    """What :func:`search` needs of the library (``NvxsLibrary``): prepare an image once and search it many
+    times; ``detect`` for the one-off searches of :func:`refine`."""
+
+    def prepare(self, rgb: np.ndarray) -> AbstractContextManager[Any]: ...
+
+    def detect(self, rgb: np.ndarray, **params: Any) -> list[RawFace]: ...
+
+
 def search(
-    raw: RawCall, rgb: np.ndarray, scheme: SearchScheme, pool: Executor | None = None, *, analyze: bool = True
+    library: Preparer, rgb: np.ndarray, scheme: SearchScheme, pool: Executor | None = None, *, analyze: bool = True
 ) -> list[Placed]:
-    """Run the scheme: ``raw(rgb, step=, scale_factor=, min_window=, analyze=)`` once per job."""
+    """Run the scheme: each distinct image of the plan is prepared once (in the pool), then searched by
+    ``prepared.detect(step=, scale_factor=, min_window=, analyze=)`` once per job."""
     jobs = plan(rgb, scheme)
+    images = list({id(j.image): j.image for j in jobs}.values())
+    parallel = pool is not None and len(jobs) > 1
+    with ExitStack() as stack:
+        made = list(pool.map(library.prepare, images)) if parallel and len(images) > 1 else [
+            library.prepare(img) for img in images
+        ]
+        for p in made:
+            stack.enter_context(p)
+        prepared = {id(img): p for img, p in zip(images, made)}
 
-    def one(j: Job) -> list[Placed]:
-        faces = raw(j.image, step=scheme.step, scale_factor=j.scale_factor, min_window=j.min_window,
-                    analyze=analyze)
-        return [Placed(f, j.sx, j.sy, j.source) for f in faces]
+        def one(j: Job) -> list[Placed]:
+            faces = prepared[id(j.image)].detect(step=scheme.step, scale_factor=j.scale_factor,
+                                                 min_window=j.min_window, analyze=analyze)
+            return [Placed(f, j.sx, j.sy, j.source) for f in faces]
 
-    results = list(pool.map(one, jobs)) if pool is not None and len(jobs) > 1 else [one(j) for j in jobs]
+        results = list(pool.map(one, jobs)) if parallel else [one(j) for j in jobs]
     kept = vote(
         [p for found in results for p in found],
         overlap=scheme.overlap, votes=scheme.votes, lone_likelihood=scheme.lone_likelihood,
         agree_iou=scheme.agree_iou,
     )
     if scheme.refine_lone and scheme.votes > 1:
-        kept = [refine(raw, rgb, p, analyze=analyze) if p.support < scheme.votes else p for p in kept]
+        kept = [refine(library.detect, rgb, p, analyze=analyze) if p.support < scheme.votes else p for p in kept]
     return kept
 
 
@@ -218,14 +242,14 @@ def refine(raw: RawCall, rgb: np.ndarray, face: Placed, *, analyze: bool = True)
     crop = rgb[cy1:cy2, cx1:cx2]
     s = REFINE_FACE / bw
     nw, nh = max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))
-    if min(nw, nh) * MAX_WINDOW_SHARE < WHEEL_MIN_WINDOW:
+    if min(nw, nh) * MAX_WINDOW_SHARE < REFINE_MIN_WINDOW:
         return face
     interp = cv2.INTER_AREA if s < 1.0 else cv2.INTER_LINEAR
     region = np.ascontiguousarray(cv2.resize(crop, (nw, nh), interpolation=interp))
     fx, fy = nw / crop.shape[1], nh / crop.shape[0]
     found = [
         Placed(f, fx, fy, face.source, float(cx1), float(cy1), face.support)
-        for f in raw(region, step=REFINE_STEP, scale_factor=REFINE_SCALE_FACTOR, min_window=WHEEL_MIN_WINDOW,
+        for f in raw(region, step=REFINE_STEP, scale_factor=REFINE_SCALE_FACTOR, min_window=REFINE_MIN_WINDOW,
                      analyze=analyze)
     ]
     same = [p for p in found if iou(p.box, face.box) >= REFINE_MIN_IOU]
