@@ -25,6 +25,7 @@ from mikubot.sources.base import IMAGE_EXTS, Candidate, SourceError, normalise_e
 from mikubot.sources.filters import rejection
 from mikubot.sources.imagefile import sniff
 from mikubot.sources.options import SourceOptions, normalise_rating
+from mikubot.sources.paging import collect
 from mikubot.sources.report import SearchReport
 from mikubot.sources.transfer import Transfer
 
@@ -176,46 +177,14 @@ class DanbooruSource:
     async def search(self, limit: int, exclude: set[str]) -> list[Candidate]:
         report = SearchReport(query=" ".join(self.tags))
         self.last_search = report
-        found: dict[str, Candidate] = {}
-        if limit < 1:
-            return []
-        per_page, max_pages = self.options.per_page, self.options.max_pages
+        max_pages = self.options.max_pages
         if self.server_random:
             pages = [1] * max_pages  # each request is a fresh random sample
         else:
             pages = list(range(1, max_pages + 1))
             self.options.rng.shuffle(pages)
-        last_page = max_pages  # pages past this are known to be empty
-        for page in pages:
-            if page > last_page:
-                continue
-            posts = await self._page(page)
-            report.pages.append(page)
-            for post in posts:
-                if "id" not in post:
-                    continue
-                key = f"danbooru:{post['id']}"
-                if key in found:
-                    continue
-                report.seen += 1
-                if key in exclude:
-                    report.reject("used before")
-                    continue
-                cand = self.candidate(post, report)
-                if cand is not None:
-                    found[key] = cand
-                    if len(found) >= limit:
-                        break
-            if len(found) >= limit:
-                break
-            if len(posts) < per_page:
-                # A short page is the last one: the whole result set has been seen (for order:random,
-                # the set fits in one page, so asking again only reshuffles it).
-                if self.server_random:
-                    break
-                last_page = min(last_page, page if posts else page - 1)
-        report.accepted = len(found)
-        return list(found.values())[:limit]
+        return await collect(pages, self._page, self.candidate, prefix="danbooru", limit=limit, exclude=exclude,
+                             report=report, per_page=self.options.per_page, resample=self.server_random)
 
     async def download(self, candidate: Candidate) -> Candidate:
         if not candidate.image_url:

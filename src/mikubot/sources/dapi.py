@@ -21,6 +21,7 @@ from mikubot.sources.base import Candidate, SourceError, normalise_ext
 from mikubot.sources.filters import rejection
 from mikubot.sources.imagefile import sniff
 from mikubot.sources.options import SourceOptions, normalise_rating
+from mikubot.sources.paging import collect
 from mikubot.sources.report import SearchReport
 from mikubot.sources.transfer import Transfer
 
@@ -133,38 +134,10 @@ class DapiSource:
     async def search(self, limit: int, exclude: set[str]) -> list[Candidate]:
         report = SearchReport(query=" ".join(self.tags))
         self.last_search = report
-        found: dict[str, Candidate] = {}
-        if limit < 1:
-            return []
         pids = list(range(self.options.max_pages))
         self.options.rng.shuffle(pids)
-        last_pid = self.options.max_pages - 1
-        for pid in pids:
-            if pid > last_pid:
-                continue
-            posts = await self._page(pid)
-            report.pages.append(pid)
-            for post in posts:
-                if "id" not in post:
-                    continue
-                key = f"{self.name}:{post['id']}"
-                if key in found:
-                    continue
-                report.seen += 1
-                if key in exclude:
-                    report.reject("used before")
-                    continue
-                cand = self.candidate(post, report)
-                if cand is not None:
-                    found[key] = cand
-                    if len(found) >= limit:
-                        break
-            if len(found) >= limit:
-                break
-            if len(posts) < self.options.per_page:
-                last_pid = min(last_pid, pid if posts else pid - 1)
-        report.accepted = len(found)
-        return list(found.values())[:limit]
+        return await collect(pids, self._page, self.candidate, prefix=self.name, limit=limit, exclude=exclude,
+                             report=report, per_page=self.options.per_page)
 
     async def download(self, candidate: Candidate) -> Candidate:
         if not candidate.image_url:
