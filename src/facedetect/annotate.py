@@ -17,7 +17,7 @@ def annotate(image: Image.Image, detections: Sequence[Detection]) -> Image.Image
 
     Line widths and dot sizes scale with the image so boxes stay visible on 2400 px CGs and 64 px icons.
     """
-    out = image.convert("RGB").copy()
+    out = image.copy() if image.mode == "RGB" else image.convert("RGB")  # convert() already copies
     draw = ImageDraw.Draw(out)
     base = max(1, round(max(out.size) / 400))
     font = _font(max(10, 6 * base))

@@ -71,7 +71,8 @@ def load_image(data: bytes, limits: Limits = Limits()) -> tuple[Image.Image, Ima
         # Opening leaves an animation on its first frame. Counting frames (``n_frames``) would parse every
         # later frame too, and Pillow's GIF parser raises IndexError / struct.error on a truncated one.
         im.load()
-        im = ImageOps.exif_transpose(im) or im
+        # in_place: without an Orientation tag Pillow would otherwise return a full copy of the pixels.
+        ImageOps.exif_transpose(im, in_place=True)
         rgb = to_rgb(im)
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"the image has too many pixels ({exc})") from None

@@ -20,6 +20,7 @@ from facedetect.annotate import annotate as draw_detections
 from facedetect.backends import Detector, create_detector
 from facedetect.errors import BackendUnavailable
 from facedetect.imageio import Limits, load_image
+from facedetect.memory import release_after
 from facedetect.outputs import OutputPaths, OutputStore
 from facedetect.settings import FaceDetectSettings
 from facedetect.types import Detection, DetectionResult, ImageInfo
@@ -175,7 +176,11 @@ class DetectionService:
         start = time.perf_counter()
         image, info = load_image(data, self.limits)
         timings = {"decode": (time.perf_counter() - start) * 1000}
-        return self._run(image, info, filename, start, timings, min_confidence, max_faces, annotate, save)
+        try:
+            return self._run(image, info, filename, start, timings, min_confidence, max_faces, annotate, save)
+        finally:
+            del image
+            release_after(info.width * info.height)
 
     def detect_image(
         self,

@@ -113,7 +113,8 @@ class AnimefaceDetector(Detector):
         return self.library.detect(rgb, analyze=analyze, **merged)
 
     def _detect(self, image: Image.Image) -> list[Detection]:
-        rgb = np.ascontiguousarray(np.asarray(image.convert("RGB")))
+        # One copy of the pixels, not two: convert() copies even an RGB image, and so does np.asarray.
+        rgb = np.ascontiguousarray(np.asarray(image if image.mode == "RGB" else image.convert("RGB")))
         if self.mode == "full":
             return [to_detection(f) for f in self.raw(rgb)]
         lib = self.library  # loads (and builds the pool) if needed
