@@ -23,9 +23,8 @@ from typing import Any
 
 from mikubot.sources.base import IMAGE_EXTS, Candidate, SourceError, normalise_ext
 from mikubot.sources.filters import rejection
-from mikubot.sources.imagefile import sniff
 from mikubot.sources.options import SourceOptions, normalise_rating
-from mikubot.sources.paging import collect
+from mikubot.sources.paging import collect, download_post_image
 from mikubot.sources.report import SearchReport
 from mikubot.sources.transfer import Transfer
 
@@ -187,15 +186,7 @@ class DanbooruSource:
                              report=report, per_page=self.options.per_page, resample=self.server_random)
 
     async def download(self, candidate: Candidate) -> Candidate:
-        if not candidate.image_url:
-            raise SourceError(f"{candidate.key} has no image URL")
-        # No auth here: images come from the CDN, and credentials never leave the API host.
-        data, final_url, _ctype = await self.transfer.download(candidate.image_url, what=f"the image of {candidate.key}")
-        header = sniff(data, what=f"the file of {candidate.key}")
-        candidate.data = data
-        candidate.file_ext, candidate.width, candidate.height = header.ext, header.width, header.height
-        candidate.extra["downloaded_from"] = final_url
-        return candidate
+        return await download_post_image(self.transfer, candidate)
 
     async def probe(self) -> str:
         """One cheap request, for ``mikubot doctor``: can we search, and how does it look?"""

@@ -1,12 +1,15 @@
-"""Walking a booru's result pages until enough acceptable candidates are found (Danbooru and dapi alike)."""
+"""What every booru source does alike (Danbooru and dapi): walk result pages until enough acceptable
+candidates are found, and download a chosen one."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from mikubot.sources.base import Candidate
+from mikubot.sources.base import Candidate, SourceError
+from mikubot.sources.imagefile import sniff
 from mikubot.sources.report import SearchReport
+from mikubot.sources.transfer import Transfer
 
 Post = dict[str, Any]
 
@@ -62,3 +65,16 @@ async def collect(
             last_page = min(last_page, page if posts else page - 1)
     report.accepted = len(found)
     return list(found.values())[:limit]
+
+
+async def download_post_image(transfer: Transfer, candidate: Candidate) -> Candidate:
+    """Fetch ``candidate.image_url`` (without API credentials: images come from the CDN, and credentials
+    never leave the API host) and fill data, real type and size from the bytes themselves."""
+    if not candidate.image_url:
+        raise SourceError(f"{candidate.key} has no image URL")
+    data, final_url, _ctype = await transfer.download(candidate.image_url, what=f"the image of {candidate.key}")
+    header = sniff(data, what=f"the file of {candidate.key}")
+    candidate.data = data
+    candidate.file_ext, candidate.width, candidate.height = header.ext, header.width, header.height
+    candidate.extra["downloaded_from"] = final_url
+    return candidate
