@@ -4,7 +4,6 @@ the announcement and the role colour. No gateway: the handlers are plain async f
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from pathlib import Path
 

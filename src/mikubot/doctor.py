@@ -126,7 +126,7 @@ async def check_source(s: Settings, http: httpx.AsyncClient) -> Check:
             r = await http.get(base + path, headers={"User-Agent": s.user_agent}, timeout=10.0)
         except httpx.HTTPError as exc:
             return Check("source", "fail", f"{kind.capitalize()} not reachable at {base}: {type(exc).__name__}",
-                         f"check the network (and MIKU_DANBOORU_URL for Danbooru); or use MIKU_SOURCE=local:DIR")
+                         "check the network (and MIKU_DANBOORU_URL for Danbooru); or use MIKU_SOURCE=local:DIR")
         if r.status_code == 401:
             return Check("source", "fail", f"{kind.capitalize()} rejected the login (401)",
                          "check MIKU_DANBOORU_LOGIN and MIKU_DANBOORU_API_KEY, or unset both to search anonymously")

@@ -27,7 +27,6 @@ from PIL import Image
 
 from facedetect.errors import FaceDetectError
 from facedetect.imageio import load_image
-from facedetect.types import Detection
 from mikubot.config import Settings
 from mikubot.crop import CropError, CropResult, FaceTooSmall, avatar_png, crop_avatar, face_in_circle, rank_faces
 from mikubot.detection import FaceFinder, FaceResult, InProcessDetector
