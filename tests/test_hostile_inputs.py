@@ -5,10 +5,7 @@ One test per kind, then a loop of mixed hostile uploads, then proof the server s
 
 from __future__ import annotations
 
-import io
 import random
-import struct
-import zlib
 
 import httpx
 import numpy as np
@@ -19,23 +16,10 @@ from facedetect.api import create_app
 from facedetect.errors import FaceDetectError
 from facedetect.imageio import load_image, to_rgb
 from facedetect.settings import FaceDetectSettings
+from images import encode, png_declaring
 from servers import serve_app
 
 MAX_BYTES = 512 * 1024
-
-
-def encode(im: Image.Image, fmt: str, **kw: object) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format=fmt, **kw)
-    return buf.getvalue()
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def iou(a, b) -> float:

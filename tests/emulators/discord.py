@@ -146,27 +146,28 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
     def log(request: Request, status: int) -> None:
         ctl.requests.append({"method": request.method, "path": request.url.path, "status": status, "t": time.time()})
 
-    @app.get("/api/v10/users/@me")
-    async def get_me(request: Request) -> JSONResponse:
+    async def refuse(request: Request) -> JSONResponse | None:
+        """What every bot-authenticated route answers first: a forced failure, or 401 without the bot token."""
         bad = await misbehave(request)
+        if bad is None and not authorised(request):
+            bad = JSONResponse({"message": "401: Unauthorized", "code": 0}, status_code=401)
         if bad is not None:
             log(request, bad.status_code)
-            return bad
-        if not authorised(request):
-            log(request, 401)
-            return JSONResponse({"message": "401: Unauthorized", "code": 0}, status_code=401)
+        return bad
+
+    @app.get("/api/v10/users/@me")
+    async def get_me(request: Request) -> JSONResponse:
+        refused = await refuse(request)
+        if refused is not None:
+            return refused
         log(request, 200)
         return JSONResponse(ctl.user())
 
     @app.patch("/api/v10/users/@me")
     async def patch_me(request: Request) -> JSONResponse:
-        bad = await misbehave(request)
-        if bad is not None:
-            log(request, bad.status_code)
-            return bad
-        if not authorised(request):
-            log(request, 401)
-            return JSONResponse({"message": "401: Unauthorized", "code": 0}, status_code=401)
+        refused = await refuse(request)
+        if refused is not None:
+            return refused
         now = time.monotonic()
         with ctl.lock:
             if now - ctl._bucket_start >= ctl.bucket_window_s:
@@ -269,13 +270,9 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
 
     @app.post("/api/v10/channels/{channel_id}/messages")
     async def create_message(channel_id: str, request: Request) -> JSONResponse:
-        bad = await misbehave(request)
-        if bad is not None:
-            log(request, bad.status_code)
-            return bad
-        if not authorised(request):
-            log(request, 401)
-            return JSONResponse({"message": "401: Unauthorized", "code": 0}, status_code=401)
+        refused = await refuse(request)
+        if refused is not None:
+            return refused
         if ctl.known_channels is not None and channel_id not in ctl.known_channels:
             log(request, 404)
             return JSONResponse({"message": "Unknown Channel", "code": 10003}, status_code=404)
@@ -291,13 +288,9 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
 
     @app.patch("/api/v10/guilds/{guild_id}/roles/{role_id}")
     async def modify_role(guild_id: str, role_id: str, request: Request) -> JSONResponse:
-        bad = await misbehave(request)
-        if bad is not None:
-            log(request, bad.status_code)
-            return bad
-        if not authorised(request):
-            log(request, 401)
-            return JSONResponse({"message": "401: Unauthorized", "code": 0}, status_code=401)
+        refused = await refuse(request)
+        if refused is not None:
+            return refused
         try:
             body = await request.json()
         except ValueError:
