@@ -12,7 +12,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 from facedetect.api import create_app  # noqa: E402
 from facedetect.settings import FaceDetectSettings  # noqa: E402
 from facedetect.ui import build_ui  # noqa: E402
-from servers import free_port, serve_app  # noqa: E402
+from servers import free_port, run_command, serve_app, venv_bin  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +64,16 @@ def test_launch_serves_the_page(blocks):
         assert r.status_code == 200 and "gradio" in r.text.lower()
     finally:
         blocks.close()
+
+
+def test_ui_binds_loopback_and_sends_no_analytics(tmp_path):
+    """`facedetect ui` with no options: 127.0.0.1 only, and Gradio's analytics off (nothing phones home)."""
+    port = free_port()
+    env = {**os.environ, "FACEDETECT_UI_PORT": str(port), "FACEDETECT_OUTPUTS": str(tmp_path)}
+    env["GRADIO_ANALYTICS_ENABLED"] = "True"  # the UI must switch them off itself
+    with run_command([venv_bin("facedetect"), "ui"], url=f"http://127.0.0.1:{port}/config", env=env, timeout=120):
+        config = httpx.get(f"http://127.0.0.1:{port}/config", timeout=30).json()
+        assert config["analytics_enabled"] is False
+        listening = [line.split() for line in open("/proc/net/tcp").read().splitlines()[1:]]
+        local = {row[1] for row in listening if row[3] == "0A"}  # state 0A: LISTEN
+        assert f"0100007F:{port:04X}" in local and f"00000000:{port:04X}" not in local

@@ -1,39 +1,42 @@
 """The detector's HTTP API (the seed's contract, kept exactly): POST /detect, GET /health, POST /load,
 POST /unload, GET /metrics.
 
-Uploads are parsed here by hand rather than through FastAPI's ``UploadFile`` parameter so the byte limit
-applies *while* the body streams in: an oversize upload is refused after ``max_bytes`` have arrived, never
-buffered whole. Detection runs in worker threads behind an admission gate (N workers + a bounded queue);
-past it the API answers 503 with ``Retry-After`` instead of piling up memory and latency.
+A request to ``/detect`` first takes a place at the admission gate (N workers + a bounded queue); past
+it the API answers 503 with ``Retry-After`` *before reading the upload*, so bytes in flight stay bounded.
+The upload is then read by ``facedetect.multipart`` with the byte cap applied while it streams in.
+
+``/load`` and ``/unload`` change what the service holds in VRAM: with ``FACEDETECT_TOKEN`` set they need
+``Authorization: Bearer <token>``. Every POST that a browser marks as cross-site (an ``Origin`` naming
+another host, or ``Sec-Fetch-Site: cross-site``) is refused, so no web page can unload the model.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facedetect import __version__
-from facedetect.errors import FaceDetectError, ImageTooLarge
+from facedetect.errors import FaceDetectError
 from facedetect.metrics import Metrics
+from facedetect.multipart import read_file_field
 from facedetect.service import DetectionService
 from facedetect.settings import FaceDetectSettings
 
 log = logging.getLogger("facedetect.api")
 T = TypeVar("T")
-MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file itself
 ENDPOINTS = ("/", "/detect", "/health", "/load", "/unload", "/metrics")
 
 
@@ -70,7 +73,11 @@ class AdmissionGate:
         mean = self._mean_s if self._mean_s is not None else 1.0
         return max(1, min(120, math.ceil(mean * (self.waiting + 1) / self.workers)))
 
-    async def run(self, fn: Callable[[], T]) -> T:
+    @asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        """Hold a place (running or queued) or raise ``Busy`` at once. Taken *before* an upload is read,
+        so a refused request costs no memory, and the bytes in flight are at most (workers + queue)
+        uploads."""
         if self.admitted >= self.workers + self.queue_limit:
             raise Busy(
                 f"the detector is busy ({self.running} running, {self.waiting} queued, queue limit "
@@ -79,17 +86,25 @@ class AdmissionGate:
             )
         self.admitted += 1
         try:
-            async with self._limiter:
-                self.running += 1
-                start = time.perf_counter()
-                try:
-                    return await anyio.to_thread.run_sync(fn)
-                finally:
-                    self.running -= 1
-                    spent = time.perf_counter() - start
-                    self._mean_s = spent if self._mean_s is None else 0.8 * self._mean_s + 0.2 * spent
+            yield
         finally:
             self.admitted -= 1
+
+    async def run_admitted(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in a worker thread once a worker is free (inside ``admit()``)."""
+        async with self._limiter:
+            self.running += 1
+            start = time.perf_counter()
+            try:
+                return await anyio.to_thread.run_sync(fn)
+            finally:
+                self.running -= 1
+                spent = time.perf_counter() - start
+                self._mean_s = spent if self._mean_s is None else 0.8 * self._mean_s + 0.2 * spent
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        async with self.admit():
+            return await self.run_admitted(fn)
 
     def describe(self) -> dict[str, int]:
         return {"workers": self.workers, "running": self.running, "waiting": self.waiting,
@@ -123,47 +138,32 @@ class MetricsMiddleware:
             self.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - start)
 
 
-async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str | None]:
-    """The bytes and file name of the multipart field ``file``, reading at most ~``max_bytes``."""
-    how = "send the image as multipart/form-data in the field 'file', e.g. curl -F file=@picture.png"
-    if "multipart/form-data" not in request.headers.get("content-type", "").lower():
-        raise FaceDetectError(f"expected a multipart/form-data upload; {how}", status_code=415)
-    limit = max_bytes + MULTIPART_OVERHEAD
-    too_large = ImageTooLarge(f"the upload is larger than the limit of {max_bytes / 1e6:.1f} MB")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large  # refused before a byte of the body is read
+def refuse_cross_site(request: Request) -> None:
+    """403 for a request a web page of another site made (a "simple" cross-site POST needs no CORS)."""
+    if request.headers.get("sec-fetch-site", "").lower() == "cross-site":
+        raise FaceDetectError("cross-site request refused (Sec-Fetch-Site: cross-site)", status_code=403)
+    origin = request.headers.get("origin")
+    if origin is None:
+        return  # curl, scripts, vramctl: no browser, no forgery
+    host = request.headers.get("host", "").lower()
+    if origin == "null" or urlsplit(origin).netloc.lower() != host:
+        raise FaceDetectError(f"cross-site request refused: Origin {origin!r} is not this service ({host!r})",
+                              status_code=403)
 
-    async def limited() -> AsyncIterator[bytes]:
-        seen = 0
-        async for chunk in request.stream():
-            seen += len(chunk)
-            if seen > limit:
-                raise too_large
-            yield chunk
 
-    try:
-        form = await MultiPartParser(request.headers, limited(), max_files=1, max_fields=16).parse()
-    except MultiPartException as exc:
-        # Starlette says only "Invalid multipart data." for every parser failure; the parser's own reason
-        # (e.g. "Maximum header size exceeded" for a file name of several KB) is what the sender can act on.
-        why = exc.message.rstrip(".")
-        if exc.__cause__ is not None and str(exc.__cause__):
-            why += f": {exc.__cause__}"
-        raise FaceDetectError(f"the multipart body cannot be parsed ({why}); {how}") from None
-    try:
-        upload = form.get("file")
-        if upload is None:
-            sent = ", ".join(repr(k) for k in form.keys()) or "none"
-            raise FaceDetectError(f"no field 'file' in the upload (fields sent: {sent}); {how}")
-        if not isinstance(upload, UploadFile):
-            raise FaceDetectError(f"the field 'file' holds text, not a file; {how}")
-        data = await upload.read(max_bytes + 1)
-        if len(data) > max_bytes:
-            raise too_large
-        return data, upload.filename
-    finally:
-        await form.close()
+def bearer_guard(settings: FaceDetectSettings) -> Callable[[Request], None]:
+    """The dependency of ``/load`` and ``/unload``: cross-site refused; the token when one is set."""
+    token = settings.token.get_secret_value().strip() if settings.token is not None else ""
+
+    def check(request: Request) -> None:
+        refuse_cross_site(request)
+        if not token:
+            return
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+            raise FaceDetectError("this endpoint needs Authorization: Bearer <FACEDETECT_TOKEN>", status_code=401)
+
+    return check
 
 
 def create_app(settings: FaceDetectSettings | None = None, *, service: DetectionService | None = None) -> FastAPI:
@@ -205,27 +205,31 @@ def create_app(settings: FaceDetectSettings | None = None, *, service: Detection
     )
     async def detect(
         request: Request,
+        _: Annotated[None, Depends(refuse_cross_site)],
         min_confidence: Annotated[float | None, Query(ge=0.0, le=1.0, allow_inf_nan=False,
                                                       description="drop faces below this confidence")] = None,
         max_faces: Annotated[int | None, Query(ge=1, le=10_000, description="keep the N most confident")] = None,
         annotate: Annotated[bool, Query(description="draw and save the annotated image")] = True,
     ) -> dict[str, Any]:
-        data, filename = await read_upload(request, settings.max_bytes)
-        outcome = await gate.run(lambda: service.detect_bytes(
-            data, filename, min_confidence=min_confidence, max_faces=max_faces, annotate=annotate))
+        async with gate.admit():  # a place first, then the bytes: a busy detector reads no upload
+            data, filename = await read_file_field(request, settings.max_bytes)
+            outcome = await gate.run_admitted(lambda: service.detect_bytes(
+                data, filename, min_confidence=min_confidence, max_faces=max_faces, annotate=annotate))
         metrics.faces.inc(outcome.result.count)
         return outcome.to_json()
+
+    needs_token = Depends(bearer_guard(settings))
 
     @app.get("/health")
     async def get_health() -> dict[str, Any]:
         return health()
 
-    @app.post("/load")
+    @app.post("/load", dependencies=[needs_token])
     async def load() -> dict[str, Any]:
         seconds = await anyio.to_thread.run_sync(service.load)
         return {**health(), "elapsed_ms": round(seconds * 1000, 1)}
 
-    @app.post("/unload")
+    @app.post("/unload", dependencies=[needs_token])
     async def unload() -> dict[str, Any]:
         before = service.detector.vram_mib()
         seconds = await anyio.to_thread.run_sync(service.unload)

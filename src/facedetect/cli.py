@@ -137,7 +137,8 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="bind address (default: $FACEDETECT_HOST or 0.0.0.0)")] = None,
+    host: Annotated[str | None, typer.Option(help="bind address (default: $FACEDETECT_HOST or 127.0.0.1; "
+                                                             "the container sets 0.0.0.0)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default: $FACEDETECT_PORT or 6078)")] = None,
     backend: BackendOpt = None,
     model: ModelOpt = None,
@@ -159,7 +160,7 @@ def serve(
 
 @app.command()
 def ui(
-    host: Annotated[str, typer.Option(help="bind address")] = "0.0.0.0",
+    host: Annotated[str | None, typer.Option(help="bind address (default: $FACEDETECT_UI_HOST or 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default: $FACEDETECT_UI_PORT or 7860)")] = None,
     api_url: Annotated[str | None, typer.Option("--api-url", help="detect through this API instead of in-process "
                                                  "(default: $FACEDETECT_API_URL)")] = None,
@@ -169,8 +170,8 @@ def ui(
         from facedetect.ui import build_ui
     except ImportError as exc:
         _fail(f"the UI needs Gradio ({exc}); install with: pip install 'miku-discord[ui]'")
-    settings = _settings(ui_port=port, api_url=api_url)
-    build_ui(settings).launch(server_name=host, server_port=settings.ui_port)
+    settings = _settings(ui_host=host, ui_port=port, api_url=api_url)
+    build_ui(settings).launch(server_name=settings.ui_host, server_port=settings.ui_port)
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from facedetect.imageio import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
@@ -28,9 +28,16 @@ class FaceDetectSettings(BaseSettings):
     workers: int = Field(1, ge=1, le=64, description="detections running at once")
     queue: int = Field(8, ge=0, le=10_000, description="detections allowed to wait; beyond: 503")
     retention: int = Field(500, ge=0, description="result pairs kept in outputs (0 = keep all)")
-    host: str = "0.0.0.0"
+    host: str = Field("127.0.0.1", description="bind address of the API; a container sets 0.0.0.0 explicitly")
+    ui_host: str = Field("127.0.0.1", description="bind address of the Gradio UI")
     port: int = Field(6078, ge=1, le=65535)
     ui_port: int = Field(7860, ge=1, le=65535)
     min_confidence: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False)
     preload: bool = Field(True, description="load the model at start-up instead of on the first request")
     api_url: str | None = Field(None, description="the UI calls this API instead of detecting in-process")
+    token: SecretStr | None = Field(None, description="when set, POST /load and /unload need Authorization: Bearer <token>")
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _empty_token_is_unset(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v

@@ -7,9 +7,14 @@ once, in the API process, where ``/unload`` can free it.
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
+
+# A self-hosted tool must not phone home: Gradio's usage analytics are off before Gradio is imported
+# (it reads the variable at import and at launch), and every Blocks is built with analytics_enabled=False.
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import gradio as gr
 from PIL import Image
@@ -68,7 +73,7 @@ def build_ui(settings: FaceDetectSettings | None = None) -> gr.Blocks:
     """The Blocks app; ``.launch()`` it, or mount it. ``blocks.detector`` is the function the button runs."""
     settings = settings or FaceDetectSettings()
     detector = UiDetector(settings)
-    with gr.Blocks(title="facedetect") as blocks:
+    with gr.Blocks(title="facedetect", analytics_enabled=False) as blocks:
         gr.Markdown("# Anime face detection\nUpload an image; faces are boxed with their confidence and "
                     "keypoints (left eye, right eye, nose, mouth, chin for animeface).")
         if settings.api_url:

@@ -70,6 +70,10 @@ class VramSettings(BaseSettings):
         validation_alias=AliasChoices("llama_swap_url", "MIKU_LLAMA_SWAP_URL", "MIKU_VRAM_LLAMA_SWAP_URL"),
     )
     llama_swap_api_key: SecretStr | None = None
+    # Sent as Authorization: Bearer to the face detector's /load and /unload (the service's FACEDETECT_TOKEN).
+    facedetect_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("facedetect_token", "FACEDETECT_TOKEN", "MIKU_VRAM_FACEDETECT_TOKEN"),
+    )
     http_timeout_s: float = Field(default=30.0, gt=0)  # one HTTP call; an unload waits for the process to exit
 
     @field_validator("llama_swap_url", "probe_url")

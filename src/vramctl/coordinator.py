@@ -250,7 +250,8 @@ class Coordinator:
 
     async def _resume(self, c: Consumer, res: Reservation) -> None:
         try:
-            await FaceDetectControl(self.settings.server_url(c), self._http, self.settings.http_timeout_s).load()
+            await FaceDetectControl(self.settings.server_url(c), self._http, self.settings.http_timeout_s,
+                                    self.settings.facedetect_token).load()
             self._event(res, "resumed", c.name, await self._free_now(), "POST /load")
         except ServerError as exc:  # the detector also loads itself on its next /detect
             self._event(res, "resume-failed", c.name, None, str(exc))
@@ -302,7 +303,8 @@ class Coordinator:
             elif v.kind == "ollama":
                 method = await OllamaClient(url, self._http, self.settings.http_timeout_s).unload(v.model or "")
             else:
-                method = await FaceDetectControl(url, self._http, self.settings.http_timeout_s).unload()
+                method = await FaceDetectControl(url, self._http, self.settings.http_timeout_s,
+                                                 self.settings.facedetect_token).unload()
         except ServerError as exc:
             self._event(res, "unload-failed", v.name, None, str(exc))
             res.errors.append(str(exc))

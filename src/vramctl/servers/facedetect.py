@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
 from ..errors import ServerError
 from ._http import call, short
@@ -17,10 +18,12 @@ NAME = "face detector"
 
 
 class FaceDetectControl:
-    def __init__(self, url: str, http: httpx.AsyncClient, timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str, http: httpx.AsyncClient, timeout_s: float = 30.0,
+                 token: SecretStr | None = None) -> None:
         self.url = url.rstrip("/")
         self._http = http
         self.timeout_s = timeout_s
+        self._token = token  # FACEDETECT_TOKEN: the service then refuses /load and /unload without it
 
     async def health(self) -> dict[str, Any]:
         r = await call(self._http, NAME, self.url, "GET", "/health", timeout=5.0)
@@ -42,7 +45,9 @@ class FaceDetectControl:
         return reported_uses_gpu(await self.health())
 
     async def _post(self, path: str) -> None:
-        r = await call(self._http, NAME, self.url, "POST", path, timeout=self.timeout_s)
+        secret = self._token.get_secret_value().strip() if self._token is not None else ""
+        headers = {"Authorization": f"Bearer {secret}"} if secret else None
+        r = await call(self._http, NAME, self.url, "POST", path, timeout=self.timeout_s, headers=headers)
         if r.status_code != 200:
             raise ServerError(NAME, self.url, f"{path} answered {r.status_code}: {short(r)}", r.status_code)
 

@@ -1,0 +1,117 @@
+"""The detector service against an outsider: the token on /load and /unload, cross-site refusal, the
+loopback default bind, and the admission gate taken before an upload is read."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from facedetect.api import create_app
+from facedetect.settings import FaceDetectSettings
+from servers import free_port, run_command, serve_app, venv_bin
+from vramctl.servers import FaceDetectControl
+
+TOKEN = "detector-token-8c1f7a"
+
+
+def listening(port: int) -> set[str]:
+    """Local addresses (hex, as /proc/net/tcp writes them) listening on ``port``."""
+    rows = [line.split() for line in open("/proc/net/tcp").read().splitlines()[1:]]
+    return {row[1].split(":")[0] for row in rows if row[3] == "0A" and int(row[1].split(":")[1], 16) == port}
+
+
+def test_serve_binds_loopback_by_default(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "FACEDETECT_HOST"}
+    env.update(FACEDETECT_PORT=str(port), FACEDETECT_OUTPUTS=str(tmp_path), FACEDETECT_PRELOAD="false")
+    os_env = os.environ.pop("FACEDETECT_HOST", None)
+    try:
+        with run_command([venv_bin("facedetect"), "serve"], url=f"http://127.0.0.1:{port}/health", env=env):
+            assert listening(port) == {"0100007F"}  # 127.0.0.1 only, not 0.0.0.0
+    finally:
+        if os_env is not None:
+            os.environ["FACEDETECT_HOST"] = os_env
+
+
+@pytest.fixture
+def guarded(tmp_path) -> Iterator[str]:
+    with serve_app(create_app(FaceDetectSettings(outputs=tmp_path / "out", token=TOKEN, preload=False))) as url:
+        yield url
+
+
+@pytest.mark.parametrize("path", ["/load", "/unload"])
+def test_load_and_unload_need_the_token_when_one_is_set(guarded, path):
+    assert httpx.post(guarded + path).status_code == 401
+    r = httpx.post(guarded + path, headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401 and "FACEDETECT_TOKEN" in r.json()["detail"] and TOKEN not in r.text
+    assert httpx.post(guarded + path, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60).status_code == 200
+    assert httpx.get(guarded + "/health").status_code == 200  # reading stays open
+
+
+async def test_vramctl_sends_the_token(guarded):
+    async with httpx.AsyncClient(timeout=60) as http:
+        with pytest.raises(Exception, match="401"):
+            await FaceDetectControl(guarded, http).unload()
+        ctl = FaceDetectControl(guarded, http, token=SecretStr(TOKEN))
+        await ctl.load()
+        assert await ctl.loaded()
+        assert await ctl.unload() == "unload" and not await ctl.loaded()
+
+
+@pytest.mark.parametrize("headers", [{"Origin": "https://evil.example"}, {"Origin": "null"},
+                                     {"Sec-Fetch-Site": "cross-site"}])
+def test_cross_site_posts_are_refused_even_without_a_token(tmp_path, eileen_bytes, headers):
+    with serve_app(create_app(FaceDetectSettings(outputs=tmp_path / "out", preload=False))) as url:
+        for path in ("/unload", "/load"):
+            r = httpx.post(url + path, headers=headers)
+            assert r.status_code == 403 and "cross-site" in r.json()["detail"]
+        r = httpx.post(url + "/detect", headers=headers, files={"file": ("a.png", eileen_bytes, "image/png")})
+        assert r.status_code == 403
+        # The same request from the service's own origin (its own docs page) is fine.
+        assert httpx.post(url + "/unload", headers={"Origin": url}).status_code == 200
+
+
+@pytest.fixture
+def eileen_bytes(art_dir) -> bytes:
+    return (art_dir / "eileen happy.png").read_bytes()
+
+
+def test_a_full_gate_refuses_before_reading_the_upload(tmp_path, eileen_bytes):
+    """One worker, no queue: while one upload holds the only place, a second is refused at once — its body
+    never finishes sending, so an API that read uploads before the gate would hang here."""
+    release = threading.Event()
+
+    def slow_body() -> Iterator[bytes]:
+        yield b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\n"
+        release.wait(60)
+        yield eileen_bytes + b"\r\n--b--\r\n"
+
+    settings = FaceDetectSettings(outputs=tmp_path / "out", workers=1, queue=0)
+    with serve_app(create_app(settings)) as url:
+        headers = {"Content-Type": "multipart/form-data; boundary=b"}
+        first: dict[str, httpx.Response] = {}
+        holder = threading.Thread(target=lambda: first.setdefault(
+            "r", httpx.post(url + "/detect", content=slow_body(), headers=headers, timeout=60)))
+        holder.start()
+        try:
+            with httpx.Client(base_url=url, timeout=10) as c:
+                while c.get("/health").json()["queue"]["waiting"] + c.get("/health").json()["queue"]["running"] < 1:
+                    pass  # the first upload has its place
+            # A raw request announcing 19 MB and sending only its first bytes: the answer must come anyway.
+            host, port = url.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                sock.sendall(b"POST /detect HTTP/1.1\r\nHost: " + host.encode() + b"\r\n"
+                             b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 19000000\r\n\r\n"
+                             b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"b.png\"\r\n\r\n")
+                answer = sock.recv(65536).decode("latin-1")
+            assert answer.startswith("HTTP/1.1 503") and "retry-after:" in answer.lower(), answer
+        finally:
+            release.set()
+            holder.join(60)
+        assert first["r"].status_code == 200, first["r"].text
