@@ -38,10 +38,11 @@ def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = N
 
 
 @contextlib.contextmanager
-def serve_app(app: Any, *, port: int | None = None, health: str = "/") -> Iterator[str]:
-    """Serve an ASGI app with a real uvicorn server on 127.0.0.1 in a background thread; yield its base URL."""
+def serve_app(app: Any, *, port: int | None = None, health: str = "/", **options: Any) -> Iterator[str]:
+    """Serve an ASGI app with a real uvicorn server on 127.0.0.1 in a background thread; yield its base URL.
+    ``options`` go to ``uvicorn.Config`` (e.g. ``proxy_headers=False``, as ``mikubot web`` runs)."""
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -7,14 +7,15 @@ import os
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from pydantic import SecretStr
+from servers import free_port, run_command, serve_app, venv_bin
 
 from facedetect.api import create_app
 from facedetect.settings import FaceDetectSettings
-from servers import free_port, run_command, serve_app, venv_bin
 from vramctl.servers import FaceDetectControl
 
 TOKEN = "detector-token-8c1f7a"
@@ -22,7 +23,7 @@ TOKEN = "detector-token-8c1f7a"
 
 def listening(port: int) -> set[str]:
     """Local addresses (hex, as /proc/net/tcp writes them) listening on ``port``."""
-    rows = [line.split() for line in open("/proc/net/tcp").read().splitlines()[1:]]
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
     return {row[1].split(":")[0] for row in rows if row[3] == "0A" and int(row[1].split(":")[1], 16) == port}
 
 

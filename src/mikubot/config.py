@@ -116,11 +116,15 @@ class Settings(BaseSettings):
 
     # --- web panel ----------------------------------------------------------------------------------------
     web_token: SecretStr | None = None
+    web_allowed_hosts: StrList = Field(default_factory=list, description="Host names the panel answers besides "
+                                       "loopback ones (localhost, 127.0.0.1, ::1); '*' answers any")
+    web_trusted_proxies: StrList = Field(default_factory=list, description="addresses (or CIDRs) of TLS proxies "
+                                         "whose X-Forwarded-Proto/-For the panel believes (Secure cookie behind https)")
 
     http_timeout_s: float = Field(30.0, gt=0)
     user_agent: str = "miku-discord/0.1 (self-hosted avatar bot; +https://github.com/)"
 
-    @field_validator("hair_colours", "ratings", "blacklist", mode="before")
+    @field_validator("hair_colours", "ratings", "blacklist", "web_allowed_hosts", "web_trusted_proxies", mode="before")
     @classmethod
     def _split_list(cls, v: Any) -> Any:
         # Environment values may be "a,b,c" as well as JSON; the file gives real lists.

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+SQLITE_MIN, SQLITE_MAX = -(2**63), 2**63 - 1  # the range of an SQLite INTEGER
 STATUSES = ("running", "applied", "dry-run", "failed")
 FINAL_STATUSES = STATUSES[1:]
 
@@ -161,11 +162,14 @@ class History:
 
     # --- reading -----------------------------------------------------------------------------------------------
     def get(self, change_id: int) -> dict[str, Any] | None:
+        if not SQLITE_MIN <= change_id <= SQLITE_MAX:
+            return None  # no row can have it (and sqlite3 would raise OverflowError)
         with self._tx() as db:
             row = db.execute("SELECT * FROM changes WHERE id = ?", (change_id,)).fetchone()
         return _decode(row) if row else None
 
     def list(self, limit: int = 20, offset: int = 0) -> list[dict[str, Any]]:
+        limit, offset = max(0, min(limit, SQLITE_MAX)), max(0, min(offset, SQLITE_MAX))
         with self._tx() as db:
             rows = db.execute("SELECT * FROM changes ORDER BY id DESC LIMIT ? OFFSET ?", (limit, offset)).fetchall()
         return [_decode(r) for r in rows]

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,6 +28,8 @@ from mikubot.web.status import gather
 from mikubot.web.views import annotated_path, change_view, inside
 
 router = APIRouter()
+SQLITE_MAX_INT = 2**63 - 1  # ids and offsets past SQLite's integer range are answered 422, never 500
+ChangeId = Annotated[int, PathParam(ge=1, le=SQLITE_MAX_INT, description="a change's id (see the history)")]
 
 
 def write_access(request: Request) -> str:
@@ -100,7 +103,7 @@ async def change(
 
 
 @router.get("/profile-picture/changes/{change_id}", tags=["profile picture"])
-async def get_change(request: Request, change_id: int) -> dict[str, Any]:
+async def get_change(request: Request, change_id: ChangeId) -> dict[str, Any]:
     """One change: its history row (status ``running`` until it ends), its events so far, file links."""
     p = panel(request)
     row = p.history.get(change_id)
@@ -115,7 +118,7 @@ async def get_change(request: Request, change_id: int) -> dict[str, Any]:
 @router.get("/profile-picture/changes/{change_id}/events", tags=["profile picture"],
             response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}, "description": "progress events, then `end`"}})
-async def events(request: Request, change_id: int) -> StreamingResponse:
+async def events(request: Request, change_id: ChangeId) -> StreamingResponse:
     """Server-Sent Events: the change's events so far, then live ones; ``event: end`` closes the stream."""
     p = panel(request)
     if p.history.get(change_id) is None:
@@ -127,7 +130,7 @@ async def events(request: Request, change_id: int) -> StreamingResponse:
 
 
 @router.get("/profile-picture/history", tags=["profile picture"])
-async def history(request: Request, limit: int = Query(20, ge=1, le=200), offset: int = Query(0, ge=0)) -> dict[str, Any]:
+async def history(request: Request, limit: int = Query(20, ge=1, le=200), offset: int = Query(0, ge=0, le=SQLITE_MAX_INT)) -> dict[str, Any]:
     """The latest changes, newest first (without their event logs)."""
     p = panel(request)
     rows = p.history.list(limit, offset)
@@ -138,7 +141,7 @@ async def history(request: Request, limit: int = Query(20, ge=1, le=200), offset
 @router.post("/profile-picture/restore/{change_id}", status_code=202, tags=["profile picture"],
              responses={404: {"description": "no such change"}, 409: {"description": "a change is running"},
                         422: {"description": "that change has no avatar to restore"}})
-async def restore(request: Request, change_id: int, wait: bool = Query(False), dry_run: bool | None = Query(None),
+async def restore(request: Request, change_id: ChangeId, wait: bool = Query(False), dry_run: bool | None = Query(None),
                   _: str = Depends(write_access)) -> JSONResponse:
     """Apply an earlier change's avatar again (recorded as a new change)."""
     p = panel(request)
@@ -209,7 +212,7 @@ async def upload_apply(request: Request, upload_id: str, wait: bool = Query(Fals
 
 
 @router.get("/avatars/{change_id}.png", tags=["files"], response_class=FileResponse)
-async def avatar(request: Request, change_id: int) -> FileResponse:
+async def avatar(request: Request, change_id: ChangeId) -> FileResponse:
     """The avatar a change produced (only files inside the data directory's avatars folder are served)."""
     p = panel(request)
     row = p.history.get(change_id)
@@ -222,7 +225,7 @@ async def avatar(request: Request, change_id: int) -> FileResponse:
 
 
 @router.get("/avatars/{change_id}/annotated.jpg", tags=["files"], response_class=FileResponse)
-async def annotated(request: Request, change_id: int) -> FileResponse:
+async def annotated(request: Request, change_id: ChangeId) -> FileResponse:
     """The change's source image with the faces, the crop square and the round avatar area drawn on it."""
     p = panel(request)
     row = p.history.get(change_id)

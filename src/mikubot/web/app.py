@@ -16,12 +16,14 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from facedetect.errors import FaceDetectError
 from mikubot.config import Settings
 from mikubot.runner import ChangeRunner
 from mikubot.web import api, pages
 from mikubot.web.auth import Auth, resolve_token
+from mikubot.web.guard import RequestGuard
 from mikubot.web.metrics import PanelMetrics
 from mikubot.web.state import PanelState
 
@@ -48,7 +50,9 @@ def create_app(settings: Settings, *, runner: ChangeRunner | None = None) -> Fas
         if state.runner is not None:
             yield
             return
-        from mikubot.pipeline import AvatarPipeline  # heavy (OpenCV, detectors): only when the app starts
+        from mikubot.pipeline import (
+            AvatarPipeline,  # heavy (OpenCV, detectors): only when the app starts
+        )
 
         pipeline = AvatarPipeline(settings)
         state.runner = ChangeRunner(pipeline)
@@ -72,6 +76,7 @@ def create_app(settings: Settings, *, runner: ChangeRunner | None = None) -> Fas
         lifespan=lifespan,
     )
     app.state.panel = state
+    app.add_middleware(RequestGuard, state=state)  # innermost of the middlewares: see the order note below
     app.include_router(api.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=str(Path(__file__).parent / "static")), name="static")
@@ -93,4 +98,8 @@ def create_app(settings: Settings, *, runner: ChangeRunner | None = None) -> Fas
                                       str(response.status_code)).inc()
         return response
 
+    # Added last, so outermost: the client's address and scheme come from a trusted proxy's headers before
+    # the guard (attempt limits per client) and the login (Secure cookie behind https) look at them.
+    if settings.web_trusted_proxies:
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.web_trusted_proxies)
     return app

@@ -10,7 +10,10 @@ default. Every state-changing request needs the token, presented one of two ways
   every state-changing request must echo in ``X-CSRF-Token`` (or a ``csrf_token`` form field); a
   request whose ``Origin`` names another site is refused before anything else.
 
-The token is compared in constant time. It is never rendered, logged or put in a URL; sessions live in
+The token is compared in constant time, and guessing it is throttled per client: after
+``FREE_ATTEMPTS`` wrong tokens (bearer or login form) a client waits 1 s, then 2, 4, … up to
+``MAX_BACKOFF_S`` between tries, answered 429 with ``Retry-After`` — even with the right token, so the
+answer leaks nothing. A right token clears the client's record. It is never rendered, logged or put in a URL; sessions live in
 memory only (a restart logs everyone out), each with a random id unrelated to the token.
 """
 
@@ -18,9 +21,11 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -36,6 +41,9 @@ CSRF_FIELD = "csrf_token"
 SESSION_TTL_S = 12 * 3600
 MAX_SESSIONS = 256  # a flood of logins must not grow memory without bound
 TOKEN_FILE = "web-token"
+FREE_ATTEMPTS = 10  # wrong tokens a client may send before it has to wait
+MAX_BACKOFF_S = 300.0
+MAX_CLIENTS = 4096  # clients remembered; the oldest record goes first
 
 
 @dataclass
@@ -67,6 +75,42 @@ def resolve_token(configured: SecretStr | None, data_dir: Path) -> tuple[SecretS
     return SecretStr(existing), str(path)
 
 
+@dataclass
+class Attempts:
+    failures: int = 0
+    blocked_until: float = 0.0
+
+
+class AttemptLimiter:
+    """Wrong-token attempts per client address, with exponential backoff past ``free`` attempts."""
+
+    def __init__(self, free: int = FREE_ATTEMPTS, max_backoff_s: float = MAX_BACKOFF_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.free, self.max_backoff_s, self.clock = free, max_backoff_s, clock
+        self._clients: dict[str, Attempts] = {}
+
+    def check(self, client: str) -> None:
+        """Raise 429 while ``client`` must wait."""
+        record = self._clients.get(client)
+        wait = record.blocked_until - self.clock() if record is not None else 0.0
+        if wait > 0:
+            raise HTTPException(429, f"too many wrong tokens from {client}; try again in {math.ceil(wait)} s",
+                                headers={"Retry-After": str(math.ceil(wait))})
+
+    def failed(self, client: str) -> None:
+        record = self._clients.pop(client, None) or Attempts()
+        self._clients[client] = record  # re-inserted: the dict's order is the records' age
+        record.failures += 1
+        if record.failures >= self.free:
+            backoff = min(self.max_backoff_s, 2.0 ** (record.failures - self.free))
+            record.blocked_until = self.clock() + backoff
+        while len(self._clients) > MAX_CLIENTS:
+            del self._clients[next(iter(self._clients))]
+
+    def succeeded(self, client: str) -> None:
+        self._clients.pop(client, None)
+
+
 def _same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
 
@@ -76,10 +120,21 @@ class Auth:
         self._token = token
         self.token_source = token_source  # "MIKU_WEB_TOKEN" or the file's path: safe to show
         self._sessions: dict[str, Session] = {}
+        self.attempts = AttemptLimiter()
 
     # --- the token ------------------------------------------------------------------------------------
     def token_ok(self, presented: str) -> bool:
         return _same(presented.strip(), self._token.get_secret_value())
+
+    def guess(self, request: Request, presented: str) -> bool:
+        """Check a presented token under the client's attempt limit (429 while it must wait)."""
+        client = _client(request)
+        self.attempts.check(client)
+        if self.token_ok(presented):
+            self.attempts.succeeded(client)
+            return True
+        self.attempts.failed(client)
+        return False
 
     # --- sessions -------------------------------------------------------------------------------------
     def new_session(self) -> tuple[str, Session]:
@@ -133,7 +188,7 @@ class Auth:
             if scheme.lower() != "bearer" or not value.strip():
                 raise HTTPException(401, "use Authorization: Bearer <MIKU_WEB_TOKEN>",
                                     headers={"WWW-Authenticate": "Bearer"})
-            if not self.token_ok(value):
+            if not self.guess(request, value):
                 log.warning("refused a request with a wrong bearer token from %s", _client(request))
                 raise HTTPException(401, "wrong token", headers={"WWW-Authenticate": "Bearer"})
             return "bearer"

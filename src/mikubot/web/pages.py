@@ -59,7 +59,7 @@ async def profile_picture(request: Request) -> Response:
 @router.get("/history", response_class=HTMLResponse)
 async def history_page(request: Request, offset: int = 0) -> Response:
     p = panel(request)
-    offset = max(0, offset)
+    offset = min(max(0, offset), 2**63 - 1)  # SQLite's integer range
     rows = [change_view(r, p.settings.avatars_dir, with_events=False) for r in p.history.list(24, offset)]
     return templates.TemplateResponse(request, "history.html", _context(
         request, "history", changes=rows, offset=offset, more=len(rows) == 24))
@@ -82,7 +82,7 @@ async def login_form(request: Request, next: str | None = None) -> Response:
 async def login(request: Request, token: str = Form("", max_length=4096), next: str = Form("")) -> Response:
     p = panel(request)
     p.auth.check_origin(request)
-    if not p.auth.token_ok(token):
+    if not p.auth.guess(request, token):
         await asyncio.sleep(LOGIN_FAILURE_DELAY_S)
         return templates.TemplateResponse(request, "login.html", _context(
             request, "login", next=_safe_next(next), token_source=p.auth.token_source,

@@ -1,7 +1,8 @@
 """A custom image from the panel: bounded intake, the crop preview, then "apply" as an ordinary change.
 
-The upload is read with a hard byte limit *while it streams in* (a missing or lying Content-Length
-cannot make the server buffer more), decoded by the detector's own ``load_image`` (the same 400/413/415
+The upload is read by the detector's streaming multipart reader (``facedetect.multipart``), with a hard
+byte limit *while it streams in* (a missing or lying Content-Length cannot make the server buffer more)
+and never buffered whole to be parsed again, decoded by the detector's own ``load_image`` (the same 400/413/415
 answers as ``POST /detect``) and kept under ``<data dir>/uploads/<sha256>/image/<its name>`` (the name
 cleaned to plain characters, so the history shows what the owner uploaded), beside ``preview.png`` and
 ``annotated.jpg``. The preview runs
@@ -20,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import HTTPException, Request
-from starlette.datastructures import UploadFile
 
 from facedetect.errors import FaceDetectError
 from facedetect.imageio import Limits, load_image
+from facedetect.multipart import read_file_field
 from mikubot.crop import CropError, FaceTooSmall, avatar_png, crop_avatar
 from mikubot.detection import FaceFinder
 from mikubot.outputs import annotated_source, atomic_write
@@ -32,7 +33,6 @@ from mikubot.vram import DETECTOR
 from vramctl.errors import VramError
 
 UPLOAD_ID = re.compile(r"^[0-9a-f]{64}$")
-FORM_OVERHEAD = 64 * 1024  # multipart boundaries and headers around the file
 EXTS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
 UNSAFE_NAME = re.compile(r"[^A-Za-z0-9 ._()-]+")
 
@@ -52,43 +52,10 @@ def limits(pipeline: AvatarPipeline) -> Limits:
 
 
 async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
-    """The ``file`` field of a multipart upload, refusing more than ``max_bytes`` as it arrives."""
-    cap = max_bytes + FORM_OVERHEAD
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
-        raise HTTPException(413, f"the upload is {int(declared) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB")
-    ctype = request.headers.get("content-type", "")
-    if not ctype.startswith("multipart/form-data"):
-        raise HTTPException(400, "send the image as multipart/form-data in a field named 'file'")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            raise HTTPException(413, f"the upload is over the limit of {max_bytes / 1e6:.1f} MB")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-
-    async def replay() -> dict[str, Any]:
-        nonlocal body
-        data, body = body, b""
-        return {"type": "http.request", "body": data, "more_body": False}
-
-    try:
-        form = await Request(request.scope, replay).form(max_files=1, max_fields=8)
-    except HTTPException:
-        raise
-    except Exception as exc:  # noqa: BLE001 - python-multipart's parse errors have no common base we can rely on
-        raise HTTPException(400, f"cannot read the multipart form: {exc}") from None
-    item = form.get("file")
-    if not isinstance(item, UploadFile):
-        raise HTTPException(400, "no file in the form: send the image in a field named 'file'")
-    data = await item.read()
-    if not data:
-        raise HTTPException(400, "the uploaded file is empty")
-    if len(data) > max_bytes:
-        raise HTTPException(413, f"the file is {len(data) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB")
-    return data, Path(item.filename or "upload").name
+    """The ``file`` field of a multipart upload, read by the detector's own streaming reader (the byte cap
+    applies as the body arrives). ``FaceDetectError`` (400/413/415) for a bad upload."""
+    data, filename = await read_file_field(request, max_bytes)
+    return data, Path(filename or "upload").name
 
 
 @dataclass
