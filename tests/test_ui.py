@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import httpx
 import pytest
@@ -74,6 +75,6 @@ def test_ui_binds_loopback_and_sends_no_analytics(tmp_path):
     with run_command([venv_bin("facedetect"), "ui"], url=f"http://127.0.0.1:{port}/config", env=env, timeout=120):
         config = httpx.get(f"http://127.0.0.1:{port}/config", timeout=30).json()
         assert config["analytics_enabled"] is False
-        listening = [line.split() for line in open("/proc/net/tcp").read().splitlines()[1:]]
+        listening = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
         local = {row[1] for row in listening if row[3] == "0A"}  # state 0A: LISTEN
         assert f"0100007F:{port:04X}" in local and f"00000000:{port:04X}" not in local

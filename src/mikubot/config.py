@@ -26,6 +26,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from mikubot.redact import scrub
+
 CONFIG_ENV = "MIKU_CONFIG"
 HEX_COLOUR = re.compile(r"^#?[0-9a-fA-F]{6}$")
 # Miku's hair in official art and fan art: the canonical teal, its darker shade, and the lighter cyan.
@@ -211,7 +213,7 @@ class Settings(BaseSettings):
                 value = "**********"
             elif isinstance(value, Path):
                 value = str(value)
-            out[name] = value
+            out[name] = scrub(value)  # a URL's user:password@ is a secret too
         return out
 
 

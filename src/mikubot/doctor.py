@@ -19,6 +19,7 @@ from facedetect.client import AsyncFaceDetectClient, FaceDetectClientError
 from facedetect.errors import FaceDetectError
 from mikubot.config import Settings
 from mikubot.detection import InProcessDetector
+from mikubot.redact import strip_userinfo
 from mikubot.sources import SourceError, source_from_spec
 from mikubot.upload import DiscordUploader, UploadError
 from mikubot.vram import vram_settings
@@ -36,6 +37,11 @@ class Check:
     state: State
     message: str
     fix: str | None = None
+
+    def __post_init__(self) -> None:
+        # Messages quote the configured URLs (and errors about them): never with their credentials.
+        self.message = strip_userinfo(self.message)
+        self.fix = strip_userinfo(self.fix) if self.fix is not None else None
 
     @property
     def line(self) -> str:

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mikubot.redact import scrub
+
 log = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("search", "download", "verify", "reserve", "detect", "crop", "upload", "record")
@@ -82,7 +84,7 @@ class ChangeEvents:
         self.log: list[ProgressEvent] = []
 
     def emit(self, stage: str, status: Status, /, **detail: Any) -> ProgressEvent:
-        ev = ProgressEvent(self.change_id, stage, status, time.monotonic() - self.t0, detail)
+        ev = ProgressEvent(self.change_id, stage, status, time.monotonic() - self.t0, scrub(detail))
         self.log.append(ev)
         self.bus.emit(ev)
         return ev

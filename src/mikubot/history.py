@@ -19,6 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from mikubot.redact import scrub, strip_userinfo
+
 SQLITE_MIN, SQLITE_MAX = -(2**63), 2**63 - 1  # the range of an SQLite INTEGER
 STATUSES = ("running", "applied", "dry-run", "failed")
 FINAL_STATUSES = STATUSES[1:]
@@ -122,7 +124,7 @@ class History:
             cur = db.execute(
                 "INSERT INTO changes (status, started_at, source_spec, dry_run, restored_from, owner_host, owner_pid)"
                 " VALUES ('running', ?, ?, ?, ?, ?, ?)",
-                (_now(), source_spec, int(dry_run), restored_from, socket.gethostname(), os.getpid()),
+                (_now(), strip_userinfo(source_spec), int(dry_run), restored_from, socket.gethostname(), os.getpid()),
             )
             return int(cur.lastrowid)
 
@@ -133,6 +135,7 @@ class History:
         unknown = set(fields) - set(RESULT_COLUMNS)
         if unknown:
             raise ValueError(f"unknown history columns: {', '.join(sorted(unknown))}")
+        fields = scrub(fields)  # no URL credentials are ever stored (see mikubot.redact)
         values = {k: (json.dumps(v) if k in JSON_COLUMNS and v is not None else v) for k, v in fields.items()}
         if "uploaded" in values:
             values["uploaded"] = int(bool(values["uploaded"]))

@@ -33,6 +33,7 @@ from mikubot.detection import FaceFinder, FaceResult, InProcessDetector
 from mikubot.events import ChangeEvents, EventBus
 from mikubot.history import History
 from mikubot.outputs import ChangeFiles, annotated_source, write_change_files, write_report
+from mikubot.redact import scrub
 from mikubot.sources import Candidate, Source, SourceError, source_from_spec
 from mikubot.upload import DiscordUploader, UploadError
 from mikubot.verify import HeuristicVerifier, Verification, Verifier, VisionUnavailable, VisionVerifier
@@ -520,7 +521,7 @@ class AvatarPipeline:
             state.files["report"] = str(self.settings.avatars_dir / f"change-{state.change_id:05d}.json")
         fields["report_path"] = state.files["report"]
         state.timings["record"] = (time.monotonic() - t0) * 1000
-        record = self.record_json(state, status, fields, crop)
+        record = scrub(self.record_json(state, status, fields, crop))  # no URL credentials in any record
         fields["events"] = [e.to_json() for e in ev.log] + [{"change_id": state.change_id, "stage": "record",
                                                               "status": "done", "t": round(time.monotonic() - ev.t0, 3),
                                                               "detail": {"status": status}}]

@@ -16,10 +16,12 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from facedetect.errors import FaceDetectError
 from mikubot.config import Settings
+from mikubot.redact import scrub, strip_userinfo
 from mikubot.runner import ChangeRunner
 from mikubot.web import api, pages
 from mikubot.web.auth import Auth, resolve_token
@@ -50,9 +52,7 @@ def create_app(settings: Settings, *, runner: ChangeRunner | None = None) -> Fas
         if state.runner is not None:
             yield
             return
-        from mikubot.pipeline import (
-            AvatarPipeline,  # heavy (OpenCV, detectors): only when the app starts
-        )
+        from mikubot.pipeline import AvatarPipeline  # heavy (OpenCV, detectors): only when the app starts
 
         pipeline = AvatarPipeline(settings)
         state.runner = ChangeRunner(pipeline)
@@ -83,7 +83,12 @@ def create_app(settings: Settings, *, runner: ChangeRunner | None = None) -> Fas
 
     @app.exception_handler(FaceDetectError)
     async def face_error(request: Request, exc: FaceDetectError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status_code, content={"detail": exc.message})
+        return JSONResponse(status_code=exc.status_code, content={"detail": strip_userinfo(exc.message)})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # A message may quote what was sent or configured (a source URL): never with its credentials.
+        return JSONResponse(status_code=exc.status_code, content={"detail": scrub(exc.detail)}, headers=exc.headers)
 
     @app.middleware("http")
     async def headers_and_metrics(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

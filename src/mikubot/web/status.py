@@ -9,6 +9,7 @@ from typing import Any
 
 from facedetect.client import AsyncFaceDetectClient, FaceDetectClientError
 from facedetect.errors import FaceDetectError
+from mikubot.redact import scrub
 from mikubot.runner import ChangeRunner
 from mikubot.web.views import redact_spec, safe_link
 
@@ -50,7 +51,7 @@ async def gather(runner: ChangeRunner) -> dict[str, Any]:
     s = runner.pipeline.settings
     detector, vram = await asyncio.gather(detector_status(runner), vram_status(runner))
     cur = runner.current
-    return {
+    return scrub({
         "change": {"running": cur is not None, "change_id": cur.change_id if cur else None,
                    "kind": cur.kind if cur else None},
         "detector": detector,
@@ -59,4 +60,4 @@ async def gather(runner: ChangeRunner) -> dict[str, Any]:
         "vram": vram,
         "settings": {"source": redact_spec(s.source), "dry_run": s.effective_dry_run, "candidates": s.candidates,
                      "discord_token_set": s.discord_token is not None},
-    }
+    })
