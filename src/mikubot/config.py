@@ -161,6 +161,14 @@ class Settings(BaseSettings):
             raise ValueError(f"hair colours must be #rrggbb, not {', '.join(bad)}")
         return ["#" + c.lstrip("#").lower() for c in v]
 
+    @field_validator("discord_token", "web_token", mode="before")
+    @classmethod
+    def _empty_secret_is_unset(cls, v: Any) -> Any:
+        # `MIKU_DISCORD_TOKEN=` (an empty line in .env or compose) means "no token", not a token of "".
+        if isinstance(v, SecretStr):
+            v = v.get_secret_value()
+        return None if isinstance(v, str) and not v.strip() else v
+
     @field_validator("llama_swap_url", "face_detector_url", "gpu_probe_url", mode="before")
     @classmethod
     def _empty_is_none(cls, v: Any) -> Any:
@@ -193,8 +201,22 @@ class Settings(BaseSettings):
     # --- derived ------------------------------------------------------------------------------------------
     @property
     def effective_dry_run(self) -> bool:
-        """Dry-run when asked, and always without a token: no configuration never talks to Discord."""
-        return self.dry_run or self.discord_token is None
+        """Dry-run when configured, and always without a token: no configuration never talks to Discord."""
+        return self.dry_run_for(None)[0]
+
+    def dry_run_for(self, asked: bool | None) -> tuple[bool, str | None]:
+        """Whether one change stays off Discord, and why — the one rule everything follows.
+
+        A request may ask for a dry run, never out of one: ``MIKU_DRY_RUN=true`` (and a missing token)
+        is final, so ``?dry_run=false`` cannot make the panel upload while ``/health`` says dry run.
+        """
+        if asked:
+            return True, "dry run (asked for)"
+        if self.dry_run:
+            return True, "dry run (MIKU_DRY_RUN)"
+        if self.discord_token is None:
+            return True, "dry run: no MIKU_DISCORD_TOKEN"
+        return False, None
 
     @property
     def history_path(self) -> Path:

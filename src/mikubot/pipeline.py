@@ -443,14 +443,8 @@ class AvatarPipeline:
         state.uploaded = True
 
     def _dry_run(self, asked: bool | None) -> tuple[bool, str | None]:
-        """Whether this change stays off Discord, and why (for the events and the record)."""
-        if asked:
-            return True, "dry run (asked for)"
-        if asked is None and self.settings.dry_run:
-            return True, "dry run (MIKU_DRY_RUN)"
-        if self.settings.discord_token is None:
-            return True, "dry run: no MIKU_DISCORD_TOKEN"
-        return False, None
+        """Whether this change stays off Discord, and why (``Settings.dry_run_for``: settings are final)."""
+        return self.settings.dry_run_for(asked)
 
     # --- restore ----------------------------------------------------------------------------------------------------
     async def restore(self, change_id: int, *, dry_run: bool | None = None) -> dict[str, Any]:
