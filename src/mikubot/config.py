@@ -56,6 +56,8 @@ class Settings(BaseSettings):
         description="danbooru | safebooru | gelbooru | local:DIR | url:URL | file:PATH",
     )
     candidates: int = Field(5, ge=1, le=20, description="K: candidates fetched and verified per change")
+    change_timeout_s: float = Field(600.0, gt=0, description="a change still running after this long is stopped "
+                                    "and recorded as failed (its GPU reservations released)")
     dry_run: bool = Field(False, description="write the avatar to a file and never call Discord")
     character_name: str = "Hatsune Miku"
     character_tag: str = "hatsune_miku"

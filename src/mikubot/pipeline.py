@@ -100,6 +100,18 @@ class ChangeState:
     failed_stage: str | None = None
 
 
+def _last_stage(ev: ChangeEvents) -> str:
+    """The stage a change was in when it stopped (for a deadline's failure): the last one started and
+    not done (download and verify overlap, so the last event alone may name the wrong one)."""
+    open_stages: list[str] = []
+    for e in ev.log:
+        if e.status == "start":
+            open_stages.append(e.stage)
+        elif e.status in ("done", "fail") and e.stage in open_stages:
+            open_stages.remove(e.stage)
+    return open_stages[-1] if open_stages else (ev.log[-1].stage if ev.log else "search")
+
+
 def _box(box: Any) -> list[float] | None:
     return [round(float(v), 1) for v in box] if box is not None else None
 
@@ -185,8 +197,18 @@ class AvatarPipeline:
             change_id = self.history.start(spec, dry_run=dry)
             state = ChangeState(change_id, spec, dry, dry_reason=why)
             ev = ChangeEvents(self.bus, change_id)
+            deadline = asyncio.timeout(s.change_timeout_s)
             try:
-                await self._run(state, ev, spec, k, out)
+                try:
+                    async with deadline:  # every stage, reservation and download inside one deadline
+                        await self._run(state, ev, spec, k, out)
+                except TimeoutError:
+                    if not deadline.expired():
+                        raise
+                    # The stages were cancelled, so their reservations are already released.
+                    raise ChangeFailed(state.failed_stage or _last_stage(ev),
+                                       f"the change did not finish within {s.change_timeout_s:g} s "
+                                       "(MIKU_CHANGE_TIMEOUT_S); it was stopped") from None
             except ChangeFailed as exc:
                 state.error, state.failed_stage = exc.message, exc.stage
                 ev.emit(exc.stage, "fail", error=exc.message)

@@ -18,6 +18,10 @@ FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}
 CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif")
 
 
+class ImageBomb(SourceError):
+    """The header claims more pixels than Pillow will ever decode (a decompression bomb): skip the file."""
+
+
 @dataclass(frozen=True)
 class ImageHeader:
     ext: str
@@ -32,6 +36,9 @@ def sniff(data: bytes, *, what: str) -> ImageHeader:
     try:
         with Image.open(io.BytesIO(data), formats=tuple(FORMATS)) as im:
             fmt, (width, height) = im.format, im.size
+    except Image.DecompressionBombError as exc:
+        # Not OSError: without this clause one such file would end the whole change instead of itself.
+        raise ImageBomb(f"{what} claims too many pixels to decode safely (a decompression bomb): {exc}") from None
     except UnidentifiedImageError:
         head = data[:64].lstrip().lower()
         kind = "a web page" if head.startswith((b"<!doctype", b"<html")) else "not a JPEG, PNG, WebP or GIF image"

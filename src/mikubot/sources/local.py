@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 from mikubot.sources.base import Candidate, SourceError
-from mikubot.sources.imagefile import sniff
+from mikubot.sources.imagefile import ImageBomb, sniff
 from mikubot.sources.options import SourceOptions
 from mikubot.sources.report import SearchReport
 
@@ -34,14 +35,29 @@ def image_files(directory: Path) -> list[Path]:
 
 
 def read_limited(path: Path, limit: int) -> bytes:
-    """The file's bytes, or ``SourceError`` when it is over ``limit`` or unreadable."""
+    """The bytes of the *regular file* at ``path`` (symlinks followed), at most ``limit`` of them.
+
+    ``SourceError`` when it is over ``limit``, unreadable, or not a regular file: a FIFO would block the
+    read forever and ``/dev/zero`` (say, through a symlink) would never end, so both are refused from
+    an ``fstat`` of the opened file — opened non-blocking, so even opening a FIFO cannot hang.
+    """
     try:
-        size = path.stat().st_size
-        if size > limit:
-            raise SourceError(f"{path} is {size / 1e6:.1f} MB; the limit is {limit / 1e6:.1f} MB (max_download_bytes)")
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        try:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise SourceError(f"{path} is not a regular file (a FIFO, device or socket); skipped")
+            if info.st_size > limit:
+                raise SourceError(f"{path} is {info.st_size / 1e6:.1f} MB; the limit is {limit / 1e6:.1f} MB (max_download_bytes)")
+            data = f.read(limit + 1)  # bounded even if the file grows while it is read
+        except OSError as exc:
+            raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise SourceError(f"{path} grew past the limit of {limit / 1e6:.1f} MB while it was read")
+    return data
 
 
 class LocalFolderSource:
@@ -72,6 +88,9 @@ class LocalFolderSource:
             try:
                 data = read_limited(path, self.options.max_download_bytes)
                 header = sniff(data, what=str(path))
+            except ImageBomb:
+                report.reject("too many pixels (a decompression bomb)")
+                continue
             except SourceError:
                 report.reject("not a readable image")
                 continue
