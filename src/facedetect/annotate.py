@@ -8,6 +8,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from facedetect.types import Detection
 
+JPEG_MAX_SIDE = 65_500  # libjpeg refuses a side over 65 535 px; annotated copies are for people, so scale
 BOX_COLOUR = (57, 197, 187)  # Miku teal, readable on both light sprites and dark CGs
 KEYPOINT_COLOURS = [(255, 64, 64), (64, 128, 255), (255, 200, 0), (255, 64, 200), (120, 220, 80)]
 
@@ -39,3 +40,18 @@ def annotate(image: Image.Image, detections: Sequence[Detection]) -> Image.Image
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     # Pillow >= 10.1 ships a scalable default font; no system fonts are needed in the slim image.
     return ImageFont.load_default(size=size)
+
+
+def jpeg_ready(image: Image.Image) -> Image.Image:
+    """``image`` as RGB, scaled down (aspect kept) when a side is over what a JPEG can hold.
+
+    A 70 000 x 500 px banner is a valid upload; its annotated copy is saved at 65 500 px wide instead of
+    failing the whole request with an encoder error.
+    """
+    image = image if image.mode == "RGB" else image.convert("RGB")
+    longest = max(image.size)
+    if longest <= JPEG_MAX_SIDE:
+        return image
+    scale = JPEG_MAX_SIDE / longest
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                        Image.Resampling.BILINEAR)

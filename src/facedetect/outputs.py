@@ -20,6 +20,8 @@ from typing import Any
 
 from PIL import Image
 
+from facedetect.annotate import jpeg_ready
+
 ANNOTATED_SUFFIX = "_annotated.jpg"
 RESULTS_SUFFIX = "_results.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -78,7 +80,7 @@ class OutputStore:
         """Write the pair (image first, so a results file never points at a missing image), then prune."""
         self.directory.mkdir(parents=True, exist_ok=True)
         if paths.annotated is not None and annotated is not None:
-            annotated.convert("RGB").save(paths.annotated, format="JPEG", quality=90)
+            jpeg_ready(annotated).save(paths.annotated, format="JPEG", quality=90)
         tmp = paths.results.with_name(paths.results.name + ".tmp")
         tmp.write_text(json.dumps(payload, indent=2))
         tmp.replace(paths.results)

@@ -15,7 +15,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from facedetect.annotate import annotate
+from facedetect.annotate import annotate, jpeg_ready
 from facedetect.types import Detection
 
 CROP_COLOUR = (255, 120, 200)
@@ -73,7 +73,7 @@ def write_change_files(
     if annotated is not None:
         ann_path = avatars_dir / f"{stem}_annotated.jpg"
         ann_path.parent.mkdir(parents=True, exist_ok=True)
-        annotated.save(ann_path, "JPEG", quality=85)
+        jpeg_ready(annotated).save(ann_path, "JPEG", quality=85)  # a side over 65 500 px is scaled
     report = avatars_dir / f"{stem}.json"
     if out is not None:
         out_avatar = out if out.suffix.lower() == ".png" else out.with_suffix(".png")

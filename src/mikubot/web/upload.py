@@ -22,6 +22,7 @@ from typing import Any
 
 from fastapi import HTTPException, Request
 
+from facedetect.annotate import jpeg_ready
 from facedetect.errors import FaceDetectError
 from facedetect.imageio import Limits, load_image
 from facedetect.multipart import read_file_field
@@ -119,7 +120,7 @@ async def make_preview(pipeline: AvatarPipeline, data: bytes, filename: str = "u
     png = avatar_png(result)
     annotated = annotated_source(image, found.detections, result.box)
     await asyncio.to_thread(atomic_write, folder / "preview.png", png)
-    await asyncio.to_thread(annotated.save, folder / "annotated.jpg", "JPEG", quality=85)
+    await asyncio.to_thread(lambda: jpeg_ready(annotated).save(folder / "annotated.jpg", "JPEG", quality=85))
     return Preview(upload_id, path, (info.width, info.height), result.to_json(),
                    [d.to_json() for d in found.detections], found.via, notes)
 
