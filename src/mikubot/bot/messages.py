@@ -5,9 +5,13 @@ Discord messages are limited to 2000 characters; every renderer here stays well 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from discord.utils import escape_markdown, escape_mentions
+
 from mikubot.events import STAGES, ProgressEvent
+from mikubot.web.views import safe_link
 
 MAX_CHARS = 1900
 ICON = {"start": "⏳", "progress": "⏳", "done": "✅", "skip": "⏭️", "fallback": "↪️", "fail": "❌"}
@@ -16,6 +20,21 @@ STATUS_ICON = {"applied": "✅", "dry-run": "📝", "failed": "❌", "running": 
 
 def clip(text: str, limit: int = MAX_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def plain(text: Any, limit: int = 500) -> str:
+    """Untrusted text (an artist's name, the vision model's description, a file name) as inert Discord text:
+    on one line (a newline would end a ``>`` quote), Markdown and masked links escaped, no mass mentions."""
+    one_line = re.sub(r"\s+", " ", str(text)).strip()[:limit]
+    return escape_mentions(escape_markdown(one_line, ignore_links=False))
+
+
+def link(url: Any) -> str | None:
+    """An http(s) URL wrapped in ``<>`` (no embed), or None: nothing in it can close the brackets."""
+    safe = safe_link(str(url)) if url else None
+    if safe is None or any(c in safe for c in "<> \t\n"):
+        return None
+    return f"<{safe}>"
 
 
 class StageProgress:
@@ -34,7 +53,7 @@ class StageProgress:
         before = (dict(self.status), dict(self.notes))
         # "progress" keeps the stage running; the others are its latest state.
         self.status[ev.stage] = ev.status
-        note = _note(ev)
+        note = plain(_note(ev), 300)  # reasons and errors may quote remote text
         if note:
             self.notes[ev.stage] = note
         return (self.status, self.notes) != before
@@ -66,11 +85,11 @@ def credit(record: dict[str, Any]) -> str:
     src = record.get("source") or {}
     parts = []
     if src.get("artist"):
-        parts.append(f"art by **{src['artist']}**")
-    if src.get("page_url"):
-        parts.append(f"<{src['page_url']}>")
+        parts.append(f"art by **{plain(src['artist'], 100)}**")
+    if link(src.get("page_url")):
+        parts.append(link(src.get("page_url")))  # type: ignore[arg-type]
     elif src.get("name"):
-        parts.append(f"from {src['name']}" + (f" ({src['filename']})" if src.get("filename") else ""))
+        parts.append(f"from {plain(src['name'], 40)}" + (f" ({plain(src['filename'], 120)})" if src.get("filename") else ""))
     return " · ".join(parts)
 
 
@@ -80,11 +99,11 @@ def result_text(record: dict[str, Any]) -> str:
     if status == "failed":
         stage = record.get("failed_stage") or "?"
         kept = f"\nThe avatar is kept: `/pfp restore {rid}` applies it later." if record.get("avatar_path") else ""
-        return clip(f"❌ Avatar change #{rid} failed at **{stage}**: {record.get('error') or 'unknown error'}{kept}")
+        return clip(f"❌ Avatar change #{rid} failed at **{stage}**: {plain(record.get('error') or 'unknown error', 1200)}{kept}")
     head = "✅ New avatar applied" if status == "applied" else "📝 Dry run: avatar made but not applied"
     lines = [f"{head} (#{rid})."]
     if record.get("description"):
-        lines.append(f"> {record['description']}")
+        lines.append(f"> {plain(record['description'])}")
     c = credit(record)
     if c:
         lines.append(c)
@@ -99,9 +118,9 @@ def result_text(record: dict[str, Any]) -> str:
 
 
 def announcement_text(record: dict[str, Any], character: str) -> str:
-    lines = [f"✨ {character} has a new look!"]
+    lines = [f"✨ {plain(character, 100)} has a new look!"]
     if record.get("description"):
-        lines.append(f"> {record['description']}")
+        lines.append(f"> {plain(record['description'])}")
     c = credit(record)
     if c:
         lines.append(c)
@@ -114,8 +133,8 @@ def history_text(rows: list[dict[str, Any]]) -> str:
     lines = ["**Recent avatar changes**"]
     for r in rows:
         when = (r.get("finished_at") or r.get("started_at") or "")[:16].replace("T", " ")
-        who = f" · {r['artist']}" if r.get("artist") else ""
-        link = f" · <{r['page_url']}>" if r.get("page_url") else ""
+        who = f" · {plain(r['artist'], 100)}" if r.get("artist") else ""
+        page = f" · {link(r.get('page_url'))}" if link(r.get("page_url")) else ""
         restored = f" · restore of #{r['restored_from']}" if r.get("restored_from") else ""
-        lines.append(f"{STATUS_ICON.get(r.get('status', ''), '•')} **#{r['id']}** {r.get('status')} {when}{who}{restored}{link}")
+        lines.append(f"{STATUS_ICON.get(r.get('status', ''), '•')} **#{r['id']}** {r.get('status')} {when}{who}{restored}{page}")
     return clip("\n".join(lines))
