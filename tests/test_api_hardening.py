@@ -116,3 +116,12 @@ def test_a_full_gate_refuses_before_reading_the_upload(tmp_path, eileen_bytes):
             release.set()
             holder.join(60)
         assert first["r"].status_code == 200, first["r"].text
+
+
+def test_detector_docs_are_served_locally(tmp_path):
+    with serve_app(create_app(FaceDetectSettings(outputs=tmp_path / "out", preload=False))) as url:
+        page = httpx.get(url + "/docs").text
+        assets = [a for a in ("swagger-ui.css", "swagger-ui-bundle.js", "init.js") if f"/docs-assets/{a}" in page]
+        assert len(assets) == 3 and "cdn" not in page.lower() and "<script>" not in page
+        for a in assets:
+            assert httpx.get(f"{url}/docs-assets/{a}").status_code == 200

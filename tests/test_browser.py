@@ -192,3 +192,18 @@ def test_logged_out_page_offers_login_not_actions(page: Any) -> None:
     page.goto("/actions/profile-picture")
     assert page.locator("#change-now").count() == 0 and page.locator("#login-to-change").count() == 1
     assert TOKEN not in page.content()
+
+
+def test_api_docs_render_from_local_files_under_the_csp(page: Any, base: str) -> None:
+    """/docs is Swagger UI from this server alone: every request stays on the panel, the page keeps the
+    strict Content-Security-Policy, and the operations render (no CSP violation stops the scripts)."""
+    requests: list[str] = []
+    problems: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    response = page.goto("/docs")
+    assert response is not None and response.status == 200
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    page.wait_for_selector("[data-path='/profile-picture/change']", timeout=30_000)
+    assert requests and all(u.startswith(base) for u in requests), requests
+    assert not [p for p in problems if "Content Security Policy" in p and "script" in p], problems

@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facedetect import __version__
+from facedetect.docs import install_local_docs
 from facedetect.errors import FaceDetectError
 from facedetect.metrics import Metrics
 from facedetect.multipart import read_file_field
@@ -185,7 +186,10 @@ def create_app(settings: FaceDetectSettings | None = None, *, service: Detection
         version=__version__,
         description="Anime face detection. POST an image to /detect as multipart field `file`.",
         lifespan=lifespan,
+        docs_url=None,  # served from local files below, never from a CDN
+        redoc_url=None,
     )
+    install_local_docs(app, "facedetect")
     app.state.settings, app.state.service, app.state.gate, app.state.metrics = settings, service, gate, metrics
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _install_error_handlers(app)

@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from facedetect.docs import install_local_docs
 from facedetect.errors import FaceDetectError
 from mikubot.config import Settings
 from mikubot.redact import scrub, strip_userinfo
@@ -74,7 +75,10 @@ def create_app(settings: Settings, *, runner: ChangeRunner | None = None) -> Fas
         description="Change Miku's Discord avatar, follow a change live, browse and restore earlier ones. "
                     "State-changing requests need `Authorization: Bearer <MIKU_WEB_TOKEN>` (or a login session).",
         lifespan=lifespan,
+        docs_url=None,  # /docs is served from local files (install_local_docs), under the same CSP as every page
+        redoc_url=None,
     )
+    install_local_docs(app, "miku-bot panel")
     app.state.panel = state
     app.add_middleware(RequestGuard, state=state)  # innermost of the middlewares: see the order note below
     app.include_router(api.router)
@@ -95,9 +99,6 @@ def create_app(settings: Settings, *, runner: ChangeRunner | None = None) -> Fas
         response = await call_next(request)
         for k, v in SECURITY_HEADERS.items():
             response.headers.setdefault(k, v)
-        if request.url.path.startswith(("/docs", "/redoc")):
-            # Swagger UI loads its assets from a CDN and runs inline scripts: relax the policy there only.
-            del response.headers["Content-Security-Policy"]
         route = request.scope.get("route")
         state.metrics.requests.labels(request.method, getattr(route, "path", "(unmatched)"),
                                       str(response.status_code)).inc()
