@@ -28,7 +28,7 @@ from rich.table import Table
 from mikubot.bot import PANEL_HOST, PANEL_PORT
 from mikubot.config import ConfigFileError, Settings, load_settings
 from mikubot.events import STAGES, EventBus, ProgressEvent
-from mikubot.history import History, HistoryError
+from mikubot.history import ChangeLocked, History, HistoryError
 from mikubot.sources import SPEC_HELP
 
 app = typer.Typer(help="Miku's avatar pipeline: find art, verify, crop around the face, upload.", no_args_is_help=True,
@@ -176,7 +176,10 @@ def pfp_change(
         async with AvatarPipeline(settings, bus=bus) as pipeline:
             return await pipeline.change(dry_run=True if dry_run else None, out=out)
 
-    record = _run_with_board(go, bus, console)
+    try:
+        record = _run_with_board(go, bus, console)
+    except ChangeLocked as exc:  # a bot or panel on the same data directory is changing the avatar
+        _die(str(exc), code=1)
     if not console.is_terminal:
         console.line()
     if as_json:

@@ -1,18 +1,25 @@
 """The change history in SQLite: every avatar change, the posts already used, and the avatars to restore.
 
 A change row is written twice: ``start`` inserts it as ``running`` before any work; ``finish`` fills
-every result column and the final status in one transaction. A process that dies in between leaves a
-``running`` row, which the next ``History`` opened on the file marks ``failed`` (only if the process
-that owned it is gone, so a CLI run beside a live bot does not fail the bot's change). There is
-never a half-written finished row.
+every result column and the final status in one transaction. There is never a half-written finished row.
+
+One change at a time per data directory, across processes: ``start`` takes an exclusive ``flock`` on
+``<data dir>/change.lock`` (refusing with ``ChangeLocked`` and the running change's id when another
+process holds it) and ``finish`` lets it go; the kernel lets go when a process dies. So a ``running``
+row whose lock is free has no live owner: recovery (when a ``History`` opens, and whenever a change
+starts) marks it ``failed``. This does not depend on process ids — which say nothing under PID 1 in a
+container, or for a process on another host sharing the directory. Each row records its owner's
+instance id (random per process) and the machine's boot id, so a process never closes its own rows.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -82,26 +89,47 @@ class HistoryError(Exception):
     """A history operation a person asked for cannot be done (unknown id, nothing to restore)."""
 
 
+class ChangeLocked(HistoryError):
+    """Another process runs a change on this data directory; ``running_id`` is its row (when known)."""
+
+    def __init__(self, running_id: int | None, lock_path: Path) -> None:
+        self.running_id = running_id
+        what = f"change #{running_id}" if running_id is not None else "a change"
+        super().__init__(f"another process is running {what} on this data directory (it holds {lock_path}); "
+                         "wait for it to finish")
+
+
+INSTANCE_ID = uuid.uuid4().hex  # this process; rows it owns are never "recovered" by it
+LOCK_FILE = "change.lock"
+MIGRATIONS = {"owner_instance": "TEXT", "owner_boot": "TEXT"}  # columns added after the first schema
+
+
+def boot_id() -> str:
+    """The machine's boot id (Linux), or its host name elsewhere: recorded with each row's owner."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return socket.gethostname()
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class History:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock_path = self.path.parent / LOCK_FILE
+        self._lock_fd: int | None = None
+        self._lock_users = 0
+        self._holding: set[int] = set()  # rows this object started and has not finished
         with self._tx() as db:
             db.executescript(SCHEMA)
+            have = {r["name"] for r in db.execute("PRAGMA table_info(changes)")}
+            for column, kind in MIGRATIONS.items():
+                if column not in have:
+                    db.execute(f"ALTER TABLE changes ADD COLUMN {column} {kind}")
         self.recovered = self.recover()
 
     @contextmanager
@@ -120,13 +148,51 @@ class History:
 
     # --- life of a change --------------------------------------------------------------------------------
     def start(self, source_spec: str, *, dry_run: bool, restored_from: int | None = None) -> int:
+        """Insert a ``running`` row, holding the data directory's change lock until ``finish``.
+
+        Raises ``ChangeLocked`` when another process runs a change on this data directory.
+        """
+        self._acquire()
+        try:
+            self._recover_rows()  # under the lock: any other running row is an orphan
+            with self._tx() as db:
+                cur = db.execute(
+                    "INSERT INTO changes (status, started_at, source_spec, dry_run, restored_from, owner_host,"
+                    " owner_pid, owner_instance, owner_boot) VALUES ('running', ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (_now(), strip_userinfo(source_spec), int(dry_run), restored_from, socket.gethostname(),
+                     os.getpid(), INSTANCE_ID, boot_id()),
+                )
+                change_id = int(cur.lastrowid)
+            self._holding.add(change_id)
+            return change_id
+        except BaseException:
+            self._release()
+            raise
+
+    def _acquire(self) -> None:
+        if self._lock_fd is None:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise ChangeLocked(self._foreign_running_id(), self.lock_path) from None
+            self._lock_fd = fd
+        self._lock_users += 1
+
+    def _release(self) -> None:
+        if self._lock_fd is None:
+            return
+        self._lock_users -= 1
+        if self._lock_users <= 0:
+            os.close(self._lock_fd)  # closing the last descriptor drops the flock
+            self._lock_fd, self._lock_users = None, 0
+
+    def _foreign_running_id(self) -> int | None:
         with self._tx() as db:
-            cur = db.execute(
-                "INSERT INTO changes (status, started_at, source_spec, dry_run, restored_from, owner_host, owner_pid)"
-                " VALUES ('running', ?, ?, ?, ?, ?, ?)",
-                (_now(), strip_userinfo(source_spec), int(dry_run), restored_from, socket.gethostname(), os.getpid()),
-            )
-            return int(cur.lastrowid)
+            row = db.execute("SELECT id FROM changes WHERE status = 'running' AND owner_instance IS NOT ?"
+                             " ORDER BY id DESC LIMIT 1", (INSTANCE_ID,)).fetchone()
+        return int(row["id"]) if row else None
 
     def finish(self, change_id: int, status: str, **fields: Any) -> None:
         """Close a running change with its final ``status`` and results, atomically."""
@@ -145,23 +211,46 @@ class History:
             values["report_path"] = str(values["report_path"])
         assignments = ", ".join(f"{k} = ?" for k in values)
         sql = f"UPDATE changes SET status = ?, finished_at = ?{', ' + assignments if assignments else ''} WHERE id = ? AND status = 'running'"
-        with self._tx() as db:
-            cur = db.execute(sql, (status, _now(), *values.values(), change_id))
-            if cur.rowcount != 1:
-                raise HistoryError(f"change {change_id} is not running (already finished or unknown)")
+        try:
+            with self._tx() as db:
+                cur = db.execute(sql, (status, _now(), *values.values(), change_id))
+                if cur.rowcount != 1:
+                    raise HistoryError(f"change {change_id} is not running (already finished or unknown)")
+        finally:
+            if change_id in self._holding:  # the row is closed (or was already): its lock goes
+                self._holding.discard(change_id)
+                self._release()
 
     def recover(self) -> list[int]:
-        """Mark changes whose process is gone as failed; returns their ids."""
-        host = socket.gethostname()
+        """Mark changes whose owner is gone as failed; returns their ids.
+
+        Only when the change lock is free (no process runs a change on this data directory) — then no
+        other process's ``running`` row can be alive, whatever its pid or host said.
+        """
+        if self._lock_fd is not None:
+            return self._recover_rows()
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return []  # a change runs elsewhere; its process closes its own row
+            return self._recover_rows()
+        finally:
+            os.close(fd)
+
+    def _recover_rows(self) -> list[int]:
+        """Under the change lock: every running row not owned by this process is an orphan."""
         with self._tx() as db:
-            rows = db.execute("SELECT id, owner_host, owner_pid FROM changes WHERE status = 'running'").fetchall()
-            dead = [r["id"] for r in rows if r["owner_host"] != host or not _pid_alive(r["owner_pid"])]
-            for cid in dead:
+            rows = db.execute("SELECT id, owner_boot FROM changes WHERE status = 'running' AND owner_instance IS NOT ?",
+                              (INSTANCE_ID,)).fetchall()
+            for r in rows:
+                why = "the machine restarted" if r["owner_boot"] and r["owner_boot"] != boot_id() else "its process ended"
                 db.execute(
                     "UPDATE changes SET status = 'failed', finished_at = ?, error = ? WHERE id = ? AND status = 'running'",
-                    (_now(), "interrupted: the process ended during this change (found at start-up)", cid),
+                    (_now(), f"interrupted: {why} during this change (found later)", r["id"]),
                 )
-        return dead
+        return [r["id"] for r in rows]
 
     # --- reading -----------------------------------------------------------------------------------------------
     def get(self, change_id: int) -> dict[str, Any] | None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from mikubot.events import EventBus, ProgressEvent
+from mikubot.history import ChangeLocked
 from mikubot.pipeline import AvatarPipeline
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,8 @@ class ChangeRunner:
             waiter.cancel()
         if handle.change_id is None and handle.task.done() and not handle.task.cancelled():
             exc = handle.task.exception()
+            if isinstance(exc, ChangeLocked):  # another process runs a change on this data directory
+                raise ChangeBusy(exc.running_id, kind) from None
             if exc is not None:
                 raise exc
             handle.change_id = handle.task.result().get("id")
