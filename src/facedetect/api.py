@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facedetect import __version__
+from facedetect.contract import errors, multipart_file_body
 from facedetect.docs import install_local_docs
 from facedetect.errors import FaceDetectError
 from facedetect.metrics import Metrics
@@ -201,12 +202,8 @@ def create_app(settings: FaceDetectSettings | None = None, *, service: Detection
     async def index() -> dict[str, Any]:
         return {"service": "facedetect", "version": __version__, "endpoints": list(ENDPOINTS[1:]), "docs": "/docs"}
 
-    @app.post(
-        "/detect",
-        openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-            "type": "object", "required": ["file"],
-            "properties": {"file": {"type": "string", "format": "binary"}}}}}}},
-    )
+    @app.post("/detect", responses=errors(400, 403, 413, 415, 422, 503),
+              openapi_extra=multipart_file_body("the image: JPEG, PNG, WebP, GIF or BMP"))
     async def detect(
         request: Request,
         _: Annotated[None, Depends(refuse_cross_site)],
@@ -228,12 +225,12 @@ def create_app(settings: FaceDetectSettings | None = None, *, service: Detection
     async def get_health() -> dict[str, Any]:
         return health()
 
-    @app.post("/load", dependencies=[needs_token])
+    @app.post("/load", dependencies=[needs_token], responses=errors(401, 403, 503))
     async def load() -> dict[str, Any]:
         seconds = await anyio.to_thread.run_sync(service.load)
         return {**health(), "elapsed_ms": round(seconds * 1000, 1)}
 
-    @app.post("/unload", dependencies=[needs_token])
+    @app.post("/unload", dependencies=[needs_token], responses=errors(401, 403, 503))
     async def unload() -> dict[str, Any]:
         before = service.detector.vram_mib()
         seconds = await anyio.to_thread.run_sync(service.unload)

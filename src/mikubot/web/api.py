@@ -7,6 +7,7 @@ the change id) — never cancels it; ``?wait=true`` answers with the finished re
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 
+from facedetect.contract import errors, multipart_file_body
 from facedetect.errors import FaceDetectError
 from mikubot.history import HistoryError
 from mikubot.runner import ChangeBusy, RunningChange
@@ -27,7 +29,9 @@ from mikubot.web.state import Panel, panel
 from mikubot.web.status import gather
 from mikubot.web.views import annotated_path, change_view, inside
 
-router = APIRouter()
+router = APIRouter(responses=errors(400, 413, 422, 503))  # any route: a foreign Host, a big body, a bad value
+WRITE = errors(401, 403, 409, 415, 429)  # and a state-changing one: the token, CSRF, a running change
+WAITED = {200: {"description": "the finished change record (with ?wait=true)"}}
 SQLITE_MAX_INT = 2**63 - 1  # ids and offsets past SQLite's integer range are answered 422, never 500
 ChangeId = Annotated[int, PathParam(ge=1, le=SQLITE_MAX_INT, description="a change's id (see the history)")]
 
@@ -46,11 +50,20 @@ class ChangeRequest(BaseModel):
     dry_run: bool | None = Field(None, description="true: write the avatar, never call Discord")
 
 
-def busy_response(p: Panel, exc: ChangeBusy) -> JSONResponse:
+async def busy_response(p: Panel, exc: ChangeBusy) -> JSONResponse:
     p.metrics.busy.inc()
+    running_id = exc.running_id
+    cur = p.runner.current
+    if running_id is None and cur is not None:
+        # Refused in the instant between the running change's start and its id: wait for the id, so
+        # every 409 says which change to follow.
+        waiter = asyncio.ensure_future(cur.id_known.wait())
+        await asyncio.wait({waiter, cur.task}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        running_id = cur.change_id
     return JSONResponse(status_code=409, headers={"Retry-After": "5"}, content={
-        "detail": str(exc), "running_change_id": exc.running_id, "kind": exc.kind,
-        "events_url": f"/profile-picture/changes/{exc.running_id}/events" if exc.running_id is not None else None,
+        "detail": str(ChangeBusy(running_id, exc.kind)), "running_change_id": running_id, "kind": exc.kind,
+        "events_url": f"/profile-picture/changes/{running_id}/events" if running_id is not None else None,
     })
 
 
@@ -71,8 +84,7 @@ def jsonable(record: dict[str, Any]) -> Any:
 
 
 @router.post("/profile-picture/change", status_code=202, tags=["profile picture"],
-             responses={200: {"description": "the finished change record (with ?wait=true)"},
-                        409: {"description": "a change is running; its id is in running_change_id"}})
+             responses={**WAITED, **WRITE})
 async def change(
     request: Request,
     body: ChangeRequest | None = Body(None),
@@ -98,11 +110,11 @@ async def change(
     try:
         handle = await p.runner.start_change(source=spec, candidates=k, dry_run=dry)
     except ChangeBusy as exc:
-        return busy_response(p, exc)
+        return await busy_response(p, exc)
     return await started(p, handle, wait)
 
 
-@router.get("/profile-picture/changes/{change_id}", tags=["profile picture"])
+@router.get("/profile-picture/changes/{change_id}", tags=["profile picture"], responses=errors(404))
 async def get_change(request: Request, change_id: ChangeId) -> dict[str, Any]:
     """One change: its history row (status ``running`` until it ends), its events so far, file links."""
     p = panel(request)
@@ -117,7 +129,8 @@ async def get_change(request: Request, change_id: ChangeId) -> dict[str, Any]:
 
 @router.get("/profile-picture/changes/{change_id}/events", tags=["profile picture"],
             response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}, "description": "progress events, then `end`"}})
+            responses={200: {"content": {"text/event-stream": {}}, "description": "progress events, then `end`"},
+                       **errors(404)})
 async def events(request: Request, change_id: ChangeId) -> StreamingResponse:
     """Server-Sent Events: the change's events so far, then live ones; ``event: end`` closes the stream."""
     p = panel(request)
@@ -139,8 +152,7 @@ async def history(request: Request, limit: int = Query(20, ge=1, le=200), offset
 
 
 @router.post("/profile-picture/restore/{change_id}", status_code=202, tags=["profile picture"],
-             responses={404: {"description": "no such change"}, 409: {"description": "a change is running"},
-                        422: {"description": "that change has no avatar to restore"}})
+             responses={**WAITED, **WRITE, **errors(404)})
 async def restore(request: Request, change_id: ChangeId, wait: bool = Query(False), dry_run: bool | None = Query(None),
                   _: str = Depends(write_access)) -> JSONResponse:
     """Apply an earlier change's avatar again (recorded as a new change)."""
@@ -150,15 +162,14 @@ async def restore(request: Request, change_id: ChangeId, wait: bool = Query(Fals
     try:
         handle = await p.runner.start_restore(change_id, dry_run=dry_run)
     except ChangeBusy as exc:
-        return busy_response(p, exc)
+        return await busy_response(p, exc)
     except HistoryError as exc:
         raise HTTPException(422, str(exc)) from None
     return await started(p, handle, wait)
 
 
-@router.post("/profile-picture/upload", tags=["profile picture"],
-             responses={400: {"description": "not an image"}, 413: {"description": "too large"},
-                        415: {"description": "unsupported format"}})
+@router.post("/profile-picture/upload", tags=["profile picture"], responses={**WRITE, **errors(404)},
+             openapi_extra=multipart_file_body("the image (JPEG, PNG, WebP, GIF or BMP) in the field `file`"))
 async def upload(request: Request, _: str = Depends(write_access)) -> dict[str, Any]:
     """A custom image (multipart field ``file``): stored, face-detected and cropped; answers with the crop
     box, the faces and the preview PNG's URL. ``POST .../upload/{upload_id}/apply`` then makes it the avatar."""
@@ -177,12 +188,12 @@ async def upload(request: Request, _: str = Depends(write_access)) -> dict[str, 
     return preview.to_json()
 
 
-@router.get("/profile-picture/upload/{upload_id}/preview.png", tags=["profile picture"], response_class=FileResponse)
+@router.get("/profile-picture/upload/{upload_id}/preview.png", tags=["profile picture"], response_class=FileResponse, responses=errors(404))
 async def upload_preview(request: Request, upload_id: str) -> FileResponse:
     return _upload_file(request, upload_id, "preview.png", "image/png")
 
 
-@router.get("/profile-picture/upload/{upload_id}/annotated.jpg", tags=["profile picture"], response_class=FileResponse)
+@router.get("/profile-picture/upload/{upload_id}/annotated.jpg", tags=["profile picture"], response_class=FileResponse, responses=errors(404))
 async def upload_annotated(request: Request, upload_id: str) -> FileResponse:
     return _upload_file(request, upload_id, "annotated.jpg", "image/jpeg")
 
@@ -198,7 +209,8 @@ def _upload_file(request: Request, upload_id: str, suffix: str, media: str) -> F
     return FileResponse(path, media_type=media, headers={"Cache-Control": "no-cache"})
 
 
-@router.post("/profile-picture/upload/{upload_id}/apply", status_code=202, tags=["profile picture"])
+@router.post("/profile-picture/upload/{upload_id}/apply", status_code=202, tags=["profile picture"],
+             responses={**WAITED, **WRITE, **errors(404)})
 async def upload_apply(request: Request, upload_id: str, wait: bool = Query(False), dry_run: bool | None = Query(None),
                        _: str = Depends(write_access)) -> JSONResponse:
     """Make an uploaded image the avatar: an ordinary change with the ``file:`` source."""
@@ -207,11 +219,11 @@ async def upload_apply(request: Request, upload_id: str, wait: bool = Query(Fals
     try:
         handle = await p.runner.start_change(source=f"file:{path}", candidates=1, dry_run=dry_run)
     except ChangeBusy as exc:
-        return busy_response(p, exc)
+        return await busy_response(p, exc)
     return await started(p, handle, wait)
 
 
-@router.get("/avatars/{change_id}.png", tags=["files"], response_class=FileResponse)
+@router.get("/avatars/{change_id}.png", tags=["files"], response_class=FileResponse, responses=errors(404))
 async def avatar(request: Request, change_id: ChangeId) -> FileResponse:
     """The avatar a change produced (only files inside the data directory's avatars folder are served)."""
     p = panel(request)
@@ -224,7 +236,7 @@ async def avatar(request: Request, change_id: ChangeId) -> FileResponse:
     return FileResponse(path, media_type="image/png")
 
 
-@router.get("/avatars/{change_id}/annotated.jpg", tags=["files"], response_class=FileResponse)
+@router.get("/avatars/{change_id}/annotated.jpg", tags=["files"], response_class=FileResponse, responses=errors(404))
 async def annotated(request: Request, change_id: ChangeId) -> FileResponse:
     """The change's source image with the faces, the crop square and the round avatar area drawn on it."""
     p = panel(request)
