@@ -11,6 +11,14 @@ memory; 503 + Retry-After when saturated", measured against the real ``facedetec
    ``--concurrency`` requests in flight, sampling the server's VmRSS / VmHWM from /proc throughout.
 3. Saturation: a burst of ``--burst`` valid uploads at once (more than workers + queue).
 4. Afterwards the server must be alive, idle, and still find Eileen's face where the label says.
+5. Large bodies in flight: a second ``facedetect serve`` with the default limits (20 MiB uploads,
+   1 worker, queue 8) gets ``--large`` (80) uploads of a ~19 MB image at once, and a ``mikubot web``
+   panel gets as many unauthenticated 60 MB JSON bodies. Each request is sent by a raw socket client
+   that stops sending as soon as an answer arrives. The detector must answer every upload 200 or 503
+   (refused at the gate, before its body is read) and the panel every body 401 (refused before a
+   byte of it is read); neither process's high-water mark may rise by more than the bodies it admits
+   at once can explain — (workers + queue + 1) x 2 x 20 MiB for the detector, 64 MiB for the panel —
+   where reading every body first would cost 80 x 19 MB.
 
 The bar is counted, never timed (other benchmarks share the cores): no status >= 500 except 503 with
 Retry-After, no transport errors or timeouts, every response within the statuses its kind allows, bounded
@@ -19,7 +27,7 @@ window — nor the high-water mark VmHWM may rise more than max(48 MiB, 10 %) ab
 the first 2 000 uploads), some 503s (and
 200s, and nothing else) in the burst, and a correct detection at the end.
 
-    .venv/bin/python bench/hostile.py [--n 10000] [--concurrency 12] [--seed 0] [--no-write]
+    .venv/bin/python bench/hostile.py [--n 10000] [--concurrency 12] [--seed 0] [--large 80] [--no-write]
 
 Writes the "hostile" section of bench/RESULTS.md; exits 1 when the bar is missed.
 """
@@ -269,6 +277,153 @@ def encode_form(image: bytes) -> bytes:
             b"Content-Type: image/png\r\n\r\n" + image + b"\r\n--sat--\r\n")
 
 
+# ---- large bodies in flight ----
+LARGE_BYTES = 19 * 1000 * 1000  # the issue's 19 MB uploads; under the detector's default 20 MiB limit
+PANEL_BODY = 60 * 1000 * 1000  # the issue's 60 MB JSON body to POST /profile-picture/change
+CHUNK = 256 * 1024
+
+
+@dataclass
+class RawAnswer:
+    status: int | None
+    sent: int  # body bytes written before the answer came (or the connection closed)
+    problem: str | None = None
+
+
+async def raw_post(url: str, path: str, headers: dict[str, str], body: bytes, timeout: float = 600.0) -> RawAnswer:
+    """POST ``body`` over a plain socket, stopping as soon as the server answers: a server that refuses
+    before reading (the point of the gate) is seen as such instead of as a reset mid-upload."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {len(body)}\r\n" + \
+        "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    writer.write(head.encode())
+    answer = asyncio.ensure_future(reader.readuntil(b"\r\n\r\n"))
+    sent = 0
+    try:
+        async with asyncio.timeout(timeout):
+            view = memoryview(body)
+            while sent < len(body) and not answer.done():
+                writer.write(view[sent:sent + CHUNK])
+                sent += min(CHUNK, len(body) - sent)
+                drain = asyncio.ensure_future(writer.drain())
+                await asyncio.wait({drain, answer}, return_when=asyncio.FIRST_COMPLETED)
+                if not drain.done():
+                    drain.cancel()
+                    break  # the server answered and stopped reading
+                drain.result()
+            raw = await answer
+        status = int(raw.split(b" ", 2)[1])
+        return RawAnswer(status, sent)
+    except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
+        if answer.done() and not answer.cancelled() and answer.exception() is None:
+            return RawAnswer(int(answer.result().split(b" ", 2)[1]), sent)
+        return RawAnswer(None, sent, f"{type(exc).__name__}: {exc}")
+    finally:
+        answer.cancel()
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+def large_image(art: Path) -> bytes:
+    """A real PNG of about ``LARGE_BYTES``: Eileen on noise (noise does not compress)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    side = int((LARGE_BYTES / 3) ** 0.5)
+    noise = Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8), "RGB")
+    noise.paste(Image.open(art / FACE_FILE).convert("RGB"), (side // 3, side // 3))
+    return encode(noise, "PNG")
+
+
+@dataclass
+class LargePhase:
+    name: str
+    n: int
+    body_mb: float
+    statuses: Counter
+    problems: list[str]
+    rss_before: float
+    hwm_after: float
+    limit_mib: float
+    sent_mb: float
+
+    @property
+    def rise(self) -> float:
+        return self.hwm_after - self.rss_before
+
+
+async def _many(url: str, path: str, headers: dict[str, str], body: bytes, n: int) -> list[RawAnswer]:
+    return list(await asyncio.gather(*(raw_post(url, path, headers, body) for _ in range(n))))
+
+
+def large_detector_phase(n: int, art: Path, workdir: Path) -> LargePhase:
+    image = large_image(art)
+    form = (b'--big\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + image + b"\r\n--big--\r\n")
+    workers, queue, max_bytes = 1, 8, 20 * 1024 * 1024  # FacedetectSettings' defaults
+    with start_server(workers, queue, max_bytes, workdir) as server:
+        pid = server.proc.pid
+        before = read_memory(pid)["VmRSS"]
+        answers = asyncio.run(_many(server.url, "/detect", {"Content-Type": "multipart/form-data; boundary=big"},
+                                    form, n))
+        hwm = read_memory(pid)["VmHWM"]
+    statuses = Counter(a.status if a.status is not None else "no answer" for a in answers)
+    problems = [a.problem or f"status {a.status}" for a in answers if a.status not in (200, 503)]
+    return LargePhase("detector: multipart image uploads to /detect", n, len(form) / 1e6, statuses, problems,
+                      before, hwm, (workers + queue + 1) * 2 * max_bytes / 2**20, sum(a.sent for a in answers) / 1e6)
+
+
+def large_panel_phase(n: int, workdir: Path) -> LargePhase:
+    port = free_port()
+    env = {**os.environ, "MIKU_DATA_DIR": str(workdir / "panel-data"), "MIKU_WEB_TOKEN": "hostile-bench-token-0123456789",
+           "MIKU_SOURCE": f"local:{workdir}", "MIKU_DRY_RUN": "true"}
+    exe = os.path.join(os.path.dirname(sys.executable), "mikubot")
+    log = workdir / "panel.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen([exe, "web", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                                stdout=sink, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mikubot web exited with {proc.returncode}: {log.read_text()[-2000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError("mikubot web did not answer within 120 s")
+            time.sleep(0.2)
+        before = read_memory(proc.pid)["VmRSS"]
+        body = b'{"source": "' + b"a" * (PANEL_BODY - 14) + b'"}'
+        answers = asyncio.run(_many(url, "/profile-picture/change", {"Content-Type": "application/json"}, body, n))
+        alive = httpx.get(f"{url}/health", timeout=10).status_code == 200
+        hwm = read_memory(proc.pid)["VmHWM"]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    statuses = Counter(a.status if a.status is not None else "no answer" for a in answers)
+    problems = [a.problem or f"status {a.status}" for a in answers if a.status != 401]
+    if not alive:
+        problems.append("/health did not answer afterwards")
+    return LargePhase("panel: unauthenticated JSON bodies to /profile-picture/change", n, len(body) / 1e6, statuses,
+                      problems, before, hwm, 64.0, sum(a.sent for a in answers) / 1e6)
+
+
+def large_report(phases: list[LargePhase]) -> list[str]:
+    rows = [[p.name, p.n, f"{p.body_mb:.0f}", f"{p.n * p.body_mb:.0f}", f"{p.sent_mb:.0f}", status_cell(p.statuses),
+             f"{p.rss_before:.0f}", f"{p.hwm_after:.0f}", f"{p.rise:+.0f}", f"{p.limit_mib:.0f}"] for p in phases]
+    return ["", f"Large bodies in flight (all {phases[0].n} sent at once by raw-socket clients that stop sending "
+                "when the answer comes):", "",
+            table(["target", "requests", "MB each", "MB offered", "MB actually sent", "statuses",
+                   "RSS before MiB", "VmHWM after MiB", "rise MiB", "allowed rise MiB"], rows)]
+
+
 # ---- afterwards ----
 def iou(a: list[float], b: list[float]) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
@@ -363,6 +518,8 @@ def main() -> int:
     parser.add_argument("--max-bytes", type=int, default=1 << 20, help="FACEDETECT_MAX_BYTES (default 1 MiB)")
     parser.add_argument("--burst", type=int, default=None, help="saturation burst (default 3 x (workers + queue))")
     parser.add_argument("--art", type=Path, default=Path(os.environ.get("MIKU_TEST_ART", ROOT / ".cache/art/images")))
+    parser.add_argument("--large", type=int, default=80, help="large bodies sent at once to a default detector "
+                        "and to the panel (default 80; 0 skips the phase)")
     parser.add_argument("--no-write", action="store_true", help="print the table instead of writing RESULTS.md")
     args = parser.parse_args()
     args.burst = args.burst or 3 * (args.workers + args.queue)
@@ -387,13 +544,27 @@ def main() -> int:
         after_burst = read_memory(pid)["VmRSS"]
         after = check_after(server, args.art)
 
+    large: list[LargePhase] = []
+    if args.large:
+        with tempfile.TemporaryDirectory(prefix="hostile-large-") as tmp:
+            print(f"large bodies: {args.large} x ~19 MB uploads to a default detector", flush=True)
+            large.append(large_detector_phase(args.large, args.art, Path(tmp)))
+            print(f"large bodies: {args.large} x 60 MB unauthenticated JSON bodies to the panel", flush=True)
+            large.append(large_panel_phase(args.large, Path(tmp)))
+
     hwm_warm = main_tally.hwm_at_warmup if main_tally.hwm_at_warmup is not None else mem_end["VmHWM"]
     rss = {"start": rss_start, "hwm_warmup": hwm_warm, "hwm_end": mem_end["VmHWM"], "end": mem_end["VmRSS"],
            "after_burst": after_burst}
     peaks = window_peaks(sampler.samples, main_tally.marks)
     medians = window_medians(sampler.samples, main_tally.marks)
-    verdicts = bar(main_tally, sat, after, rss, medians, args)
+    verdicts = bar(main_tally, sat, after, rss, medians, args) + [
+        (f"{p.name}: every answer {'200 or 503' if 'detector' in p.name else '401'}, memory rise ≤ "
+         f"{p.limit_mib:.0f} MiB", not p.problems and p.rise <= p.limit_mib,
+         f"{status_cell(p.statuses)}; VmHWM {p.rise:+.0f} MiB over {p.n} × {p.body_mb:.0f} MB offered"
+         + (f"; {p.problems[0]}" if p.problems else "")) for p in large]
     md = report(args, server, main_tally, sat, after, rss, peaks, medians, verdicts)
+    if large:
+        md += "\n" + "\n".join(large_report(large))
     if args.no_write:
         print(md)
     else:
