@@ -520,6 +520,8 @@ def main() -> int:
     parser.add_argument("--art", type=Path, default=Path(os.environ.get("MIKU_TEST_ART", ROOT / ".cache/art/images")))
     parser.add_argument("--large", type=int, default=80, help="large bodies sent at once to a default detector "
                         "and to the panel (default 80; 0 skips the phase)")
+    parser.add_argument("--large-targets", default="detector,panel",
+                        help="which services get the large bodies (default detector,panel)")
     parser.add_argument("--no-write", action="store_true", help="print the table instead of writing RESULTS.md")
     args = parser.parse_args()
     args.burst = args.burst or 3 * (args.workers + args.queue)
@@ -547,10 +549,14 @@ def main() -> int:
     large: list[LargePhase] = []
     if args.large:
         with tempfile.TemporaryDirectory(prefix="hostile-large-") as tmp:
-            print(f"large bodies: {args.large} x ~19 MB uploads to a default detector", flush=True)
-            large.append(large_detector_phase(args.large, args.art, Path(tmp)))
-            print(f"large bodies: {args.large} x 60 MB unauthenticated JSON bodies to the panel", flush=True)
-            large.append(large_panel_phase(args.large, Path(tmp)))
+            targets = {t.strip() for t in args.large_targets.split(",")}
+            if "detector" in targets:
+                print(f"large bodies: {args.large} x ~19 MB uploads to a default detector", flush=True)
+                large.append(large_detector_phase(args.large, args.art, Path(tmp)))
+                print(large_report(large[-1:])[-1], flush=True)
+            if "panel" in targets:
+                print(f"large bodies: {args.large} x 60 MB unauthenticated JSON bodies to the panel", flush=True)
+                large.append(large_panel_phase(args.large, Path(tmp)))
 
     hwm_warm = main_tally.hwm_at_warmup if main_tally.hwm_at_warmup is not None else mem_end["VmHWM"]
     rss = {"start": rss_start, "hwm_warmup": hwm_warm, "hwm_end": mem_end["VmHWM"], "end": mem_end["VmRSS"],
