@@ -159,7 +159,7 @@ class ChangeRunner:
             return
         if not task.cancelled() and task.exception() is None:
             cur.change_id = cur.change_id if cur.change_id is not None else task.result().get("id")
-        elif not task.cancelled():
+        elif not task.cancelled() and not isinstance(task.exception(), ChangeLocked):  # refused, not broken
             log.error("avatar %s #%s ended with an internal error: %r", cur.kind, cur.change_id, task.exception())
         if cur.change_id is not None:
             self._finished[cur.change_id] = cur
