@@ -89,7 +89,7 @@ async def test_the_deadline_fails_a_hung_change_and_releases_its_reservation(art
     emu = LlamaSwapEmulator(config)
     with emu.serve():
         s = settings(tmp_path, f"local:{art}", candidates=1, llama_swap_url=emu.url, vision_model="vision",
-                     gpu_probe="emulator", gpu_probe_url=emu.gpu_url, change_timeout_s=3, vision_timeout_s=600,
+                     gpu_probe="emulator", gpu_probe_url=emu.gpu_url, change_timeout_s=10, vision_timeout_s=600,
                      http_timeout_s=600, settle_s=0)
         async with AvatarPipeline(s) as pipeline:
             held: list[dict[str, int]] = []
