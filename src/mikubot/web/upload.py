@@ -22,6 +22,7 @@ from typing import Any
 from fastapi import HTTPException, Request
 from starlette.datastructures import UploadFile
 
+from facedetect import formats
 from facedetect.errors import FaceDetectError
 from facedetect.imageio import Limits, load_image
 from mikubot.crop import CropError, FaceTooSmall, avatar_png, crop_avatar
@@ -33,7 +34,6 @@ from vramctl.errors import VramError
 
 UPLOAD_ID = re.compile(r"^[0-9a-f]{64}$")
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and headers around the file
-EXTS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
 UNSAFE_NAME = re.compile(r"[^A-Za-z0-9 ._()-]+")
 
 
@@ -127,7 +127,7 @@ async def make_preview(pipeline: AvatarPipeline, data: bytes, filename: str = "u
     try:
         path = stored_upload(pipeline, upload_id)  # the same picture again: keep its first name
     except HTTPException:
-        path = folder / "image" / clean_name(filename, EXTS.get(info.format or "", "img"))
+        path = folder / "image" / clean_name(filename, formats.extension(info.format))
         await asyncio.to_thread(atomic_write, path, data)
     notes: list[str] = []
     finder = FaceFinder(s.face_detector_url, pipeline.local_detector, lambda to, why: notes.append(why))
