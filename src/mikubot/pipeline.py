@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from PIL import Image
 
 from facedetect.errors import FaceDetectError
 from facedetect.imageio import load_image
+from facedetect.types import Detection
 from mikubot.config import Settings
 from mikubot.crop import CropError, CropResult, FaceTooSmall, avatar_png, crop_avatar, face_in_circle, rank_faces
 from mikubot.detection import FaceFinder, FaceResult, InProcessDetector
@@ -100,6 +101,7 @@ class Reservation:
     waited_s: float
     unloaded: list[str]
     timeline: Any  # vramctl's Timeline
+    errors: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"consumer": self.consumer, "waited_s": round(self.waited_s, 4), "unloaded": self.unloaded}
@@ -107,6 +109,56 @@ class Reservation:
 
 def _box(box: Any) -> list[float] | None:
     return [round(float(v), 1) for v in box] if box is not None else None
+
+
+class NoRoomForDetector(Exception):
+    """The face detector's VRAM cannot be had, and the in-process backend needs VRAM too."""
+
+
+@dataclass
+class Picture:
+    """What the crop choice needs to know of one picture."""
+
+    image: Image.Image
+    detections: list[Detection]
+    confidence: float  # how sure the verifier is that it shows the character (1.0: the owner chose it)
+
+
+@dataclass
+class Framing:
+    """Which picture becomes the avatar and how it is cut; the faces that were too small, and why."""
+
+    index: int
+    crop: CropResult
+    refused: list[tuple[int, str]] = field(default_factory=list)
+    without_face: bool = False  # no usable face in any picture: cropped by saliency (then top-centre)
+
+
+def frame_best(pictures: list[Picture], *, output_size: int, max_upscale: float) -> Framing:
+    """The crop stage's choice — for a change's survivors and the panel's upload preview alike: the best
+    face (weighted by the verifier's confidence) that fills the round avatar within ``max_upscale``; if
+    none does, the most confidently verified picture cropped without a face. ``CropError`` if even that fails."""
+
+    def rank(i: int) -> tuple[float, float]:
+        p = pictures[i]
+        faces = rank_faces(p.detections, p.image.size)
+        return (faces[0][0] if faces else 0.0) * (0.5 + 0.5 * p.confidence), p.confidence
+
+    refused: list[tuple[int, str]] = []
+    for i in sorted(range(len(pictures)), key=rank, reverse=True):
+        p = pictures[i]
+        if not rank_faces(p.detections, p.image.size):
+            continue
+        try:
+            crop = crop_avatar(p.image, p.detections, output_size=output_size, max_upscale=max_upscale,
+                               allow_fallback=False)
+        except FaceTooSmall as exc:
+            refused.append((i, str(exc)))
+            continue
+        return Framing(i, crop, refused)
+    best = max(range(len(pictures)), key=lambda i: pictures[i].confidence)
+    crop = crop_avatar(pictures[best].image, [], output_size=output_size, max_upscale=max_upscale, allow_fallback=True)
+    return Framing(best, crop, refused, without_face=True)
 
 
 class AvatarPipeline:
@@ -170,6 +222,23 @@ class AvatarPipeline:
         s = self.settings
         return HeuristicVerifier(s.character_name, s.character_tag, s.hair_colours, self._hair_detector.get(),
                                  tolerance=s.hair_tolerance)
+
+    async def reserve_detector(self, room: AsyncExitStack, note: str,
+                               on_fallback: Callable[[str, str], None]) -> tuple[str | None, Reservation | None]:
+        """Enter the face detector's reservation on ``room``; returns the detector service's URL to use (None:
+        detect in-process) and the reservation. Without the reservation only a backend that needs no VRAM
+        (``vram.CPU_BACKENDS``) may run, in-process; ``NoRoomForDetector`` otherwise. Used by a change's
+        reserve stage and by the panel's upload preview."""
+        try:
+            res = await room.enter_async_context(self.coordinator.reserve(DETECTOR, note=note))
+        except VramError as exc:
+            backend = self.local_detector.backend
+            if backend not in CPU_BACKENDS:
+                raise NoRoomForDetector(f"cannot make room for the face detector: {exc}") from None
+            on_fallback("in-process", f"cannot reserve the detector service ({exc}); "
+                        f"detecting in-process with {backend} (no VRAM)")
+            return None, None
+        return self.settings.face_detector_url, Reservation(DETECTOR, res.waited_s, res.unloaded, res.timeline, res.errors)
 
     def _dry_run(self, asked: bool | None) -> tuple[bool, str | None]:
         """Whether this change stays off Discord, and why (for the events and the record)."""
@@ -517,53 +586,34 @@ class Change:
 
     async def _reserve_detector(self, room: AsyncExitStack, n: int) -> str | None:
         """Enter the detector reservation on ``room``; the detector service's URL to use (None: in-process)."""
-        backend = self.pipeline.local_detector.backend
         try:
-            res = await room.enter_async_context(self.pipeline.coordinator.reserve(DETECTOR, note=f"detect {n}"))
-        except VramError as exc:
-            # Without the reservation, only a detector that needs no VRAM may run.
-            if backend not in CPU_BACKENDS:
-                raise ChangeFailed("reserve", f"cannot make room for the face detector: {exc}") from None
-            self.fall_back("detect", "in-process", f"cannot reserve the detector service ({exc}); "
-                           f"detecting in-process with {backend} (no VRAM)")
-            return None
-        self.reservations.append(Reservation(DETECTOR, res.waited_s, res.unloaded, res.timeline))
-        self.events.emit("reserve", "progress", reserved=DETECTOR, waited_s=round(res.waited_s, 3),
-                         unloaded=res.unloaded, errors=res.errors)
-        return self.settings.face_detector_url
+            service, res = await self.pipeline.reserve_detector(room, f"detect {n}",
+                                                                lambda to, why: self.fall_back("detect", to, why))
+        except NoRoomForDetector as exc:
+            raise ChangeFailed("reserve", str(exc)) from None
+        if res is not None:
+            self.reservations.append(res)
+            self.events.emit("reserve", "progress", reserved=DETECTOR, waited_s=round(res.waited_s, 3),
+                             unloaded=res.unloaded, errors=res.errors)
+        return service
 
     def crop(self, survivors: list[Pick]) -> Chosen:
-        """The best face among the survivors, cropped for the round frame; else the best-verified picture
-        cropped by saliency (then top-centre)."""
-        s = self.settings
-
-        def rank(p: Pick) -> tuple[float, float]:
-            assert p.image is not None and p.verification is not None
-            faces = rank_faces(p.faces.detections if p.faces else [], p.image.size)
-            return (faces[0][0] if faces else 0.0) * (0.5 + 0.5 * p.verification.confidence), p.verification.confidence
-
-        refused: list[str] = []
-        for pick in sorted(survivors, key=rank, reverse=True):
-            assert pick.image is not None
-            detections = pick.faces.detections if pick.faces else []
-            if not rank_faces(detections, pick.image.size):
-                continue
-            try:
-                return self._cropped(pick, crop_avatar(pick.image, detections, output_size=s.output_size,
-                                                       max_upscale=s.max_upscale, allow_fallback=False))
-            except FaceTooSmall as exc:
-                refused.append(f"{pick.candidate.key}: {exc}")
-                self.events.emit("crop", "skip", key=pick.candidate.key, reason=str(exc))
-        pick = max(survivors, key=lambda p: p.verification.confidence if p.verification else 0.0)
-        assert pick.image is not None
+        """The crop stage: ``frame_best`` over the survivors, reported as events."""
+        pictures = [Picture(p.image, p.faces.detections if p.faces else [],  # type: ignore[arg-type]
+                            p.verification.confidence if p.verification else 0.0) for p in survivors]
         try:
-            result = crop_avatar(pick.image, [], output_size=s.output_size, max_upscale=s.max_upscale,
-                                 allow_fallback=True)
+            framing = frame_best(pictures, output_size=self.settings.output_size, max_upscale=self.settings.max_upscale)
         except CropError as exc:
-            raise ChangeFailed("crop", f"cannot crop {pick.candidate.key}: {exc}") from None
-        self.fall_back("crop", result.method, "no usable face in any candidate"
-                       + (f" ({'; '.join(refused)})" if refused else ""), key=pick.candidate.key)
-        return self._cropped(pick, result)
+            best = max(survivors, key=lambda p: p.verification.confidence if p.verification else 0.0)
+            raise ChangeFailed("crop", f"cannot crop {best.candidate.key}: {exc}") from None
+        for i, why in framing.refused:
+            self.events.emit("crop", "skip", key=survivors[i].candidate.key, reason=why)
+        pick = survivors[framing.index]
+        if framing.without_face:
+            refused = "; ".join(f"{survivors[i].candidate.key}: {why}" for i, why in framing.refused)
+            self.fall_back("crop", framing.crop.method, "no usable face in any candidate"
+                           + (f" ({refused})" if refused else ""), key=pick.candidate.key)
+        return self._cropped(pick, framing.crop)
 
     def _cropped(self, pick: Pick, crop: CropResult) -> Chosen:
         self.events.emit("crop", "progress", key=pick.candidate.key, method=crop.method, box=_box(crop.box),
