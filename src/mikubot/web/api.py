@@ -1,4 +1,4 @@
-"""The panel's JSON API: the seed's ``POST /profile-picture/change`` and everything around it.
+"""The panel's JSON API: ``POST /profile-picture/change`` (change the avatar now) and everything around it.
 
 State-changing routes depend on ``write_access`` (the token, see auth.py). A change runs in the shared
 ``ChangeRunner``'s task, so a client that disconnects — or never waits (the default answer is 202 with
@@ -80,7 +80,7 @@ async def change(
     wait: bool = Query(False, description="answer when the change has finished, with its record"),
     _: str = Depends(write_access),
 ) -> JSONResponse:
-    """Change the avatar now (the seed's ``curl -X POST localhost:3939/profile-picture/change``)."""
+    """Change the avatar now (``curl -X POST localhost:3939/profile-picture/change``)."""
     p = panel(request)
     b = body or ChangeRequest()
     spec = (b.source if b.source is not None else source) or None
