@@ -108,6 +108,26 @@ async def test_danbooru_down_fails_at_search(fresh, tmp_path):
     assert row["post_key"] is None and row["candidates"] == []
 
 
+async def test_no_picture_downloads_fails_at_download_and_frees_the_vision_model(fresh, tmp_path):
+    """Every picture answers 404 while the vision model's room is being made: the change fails at the
+    download stage, the verify stage never finishes, and the vision reservation is given back."""
+    for variant in ("/original", "/sample", "/720x720", "/360x360", "/180x180"):
+        fresh.danbooru.fail(404, times=100, path=variant)
+    settings = fresh.settings(tmp_path, candidates=2)
+    bus = EventBus()
+    seen: list[tuple[str, str]] = []
+    bus.subscribe(lambda e: seen.append((e.stage, e.status)))
+    async with AvatarPipeline(settings, bus=bus) as p:
+        record = await p.change()
+        held = p.coordinator.held
+    row = History(settings.history_path).get(record["id"])
+    history_row_is_consistent(row)
+    assert record["status"] == "failed" and record["failed_stage"] == "download", record["error"]
+    assert "no candidate could be downloaded" in record["error"]
+    assert ("download", "fail") in seen and ("verify", "done") not in seen
+    assert held == {}, "no reservation is left held"
+
+
 async def test_danbooru_5xx_then_recovers(fresh, tmp_path):
     fresh.danbooru.fail(503, times=1)
     record, _ = await change(fresh.settings(tmp_path, candidates=1))

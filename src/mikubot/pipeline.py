@@ -272,10 +272,7 @@ class AvatarPipeline:
             path = self.history.restorable(change_id)
             earlier = self.history.get(change_id) or {}
             change = Change.begin(self, f"restore:{change_id}", dry_run, restored_from=change_id, credit=earlier)
-            change.kept_avatar = path
-            change.files = {"avatar": str(path), "report": str(change.default_report), "annotated": None,
-                            "kept": str(path)}
-            return await change.conclude(change.apply(path.read_bytes(), path, restored_from=change_id))
+            return await change.conclude(change.reapply(path, change_id))
 
 
 class Change:
@@ -473,8 +470,8 @@ class Change:
             for task in (verifying, downloading):
                 if not task.done():
                     task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, ChangeFailed):
-                        await task
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await task  # its outcome is the one raised above; this only collects it
             for pick in self.picks:  # a body nobody asked for (the vision model went away)
                 if pick.body is not None:
                     pick.body.cancel()
@@ -626,6 +623,13 @@ class Change:
         annotated = annotated_source(pick.image, pick.faces.detections if pick.faces else [], crop.box) \
             if pick.image is not None else None
         return write_change_files(self.settings.avatars_dir, self.id, png, annotated, out)
+
+    # --- a restore: the kept avatar of an earlier change, uploaded again ------------------------------------------
+    async def reapply(self, path: Path, restored_from: int) -> None:
+        self.kept_avatar = path
+        self.files = {"avatar": str(path), "report": str(self.default_report), "annotated": None, "kept": str(path)}
+        png = await asyncio.to_thread(path.read_bytes)
+        await self.apply(png, path, restored_from=restored_from)
 
     # --- upload: shared by a change and a restore -------------------------------------------------------------------
     async def apply(self, png: bytes, written: Path, **detail: Any) -> None:
