@@ -48,7 +48,7 @@ LLAMA_CONFIG: dict[str, Any] = {
 
 # The reference sizes (text ~5 GB, vision ~4 GB + mmproj, detector ~1 GB, 512 MiB display): text and vision
 # never fit together, but once text is gone vision and the detector do — the detector can stay loaded.
-SEED_SIZES_CONFIG: dict[str, Any] = {
+REFERENCE_SIZES_CONFIG: dict[str, Any] = {
     **LLAMA_CONFIG,
     "gpu_reserved_mib": 512,
 }
