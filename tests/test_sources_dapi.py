@@ -29,7 +29,7 @@ def by_id(app) -> dict[int, str]:
 async def test_search_and_download(flavour: str, art_dir, client) -> None:
     app = create_dapi_app(art_dir=art_dir, flavour=flavour)
     with serve_app(app) as base:
-        src = source_from_spec(flavour, http=client, min_size=300, backoff_s=0.01, rng=3, **{f"{flavour}_url": base})
+        src = source_from_spec(flavour, http=client, min_side=300, source_backoff_s=0.01, rng=3, **{f"{flavour}_url": base})
         found = await src.search(10, set())
         names = {by_id(app)[c.extra["post_id"]] for c in found}
         assert names == SYLVIE_GENERAL
@@ -73,7 +73,7 @@ async def test_gelbooru_credentials_are_params_but_masked(art_dir, client, caplo
     app.state.control.fail(500, times=5, path="/index.php")
     with serve_app(app) as base:
         src = source_from_spec("gelbooru", gelbooru_url=base, http=client, gelbooru_user_id="42",
-                               gelbooru_api_key="topsecret", retries=1, backoff_s=0.01)
+                               gelbooru_api_key="topsecret", source_retries=1, source_backoff_s=0.01)
         with pytest.raises(SourceError) as info:
             await src.search(1, set())
     assert info.value.retryable and "500" in info.value.message and "topsecret" not in str(info.value)
