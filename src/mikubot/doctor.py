@@ -120,26 +120,30 @@ async def check_source(s: Settings, http: httpx.AsyncClient) -> Check:
                          "run `make art` for the sample art, or set MIKU_SOURCE=local:/your/folder")
         return Check("source", "ok", f"Source folder {folder} found")
     if kind in ("danbooru", "safebooru", "gelbooru"):
-        base = {"danbooru": s.danbooru_url, "safebooru": "https://safebooru.org", "gelbooru": "https://gelbooru.com"}[kind]
-        path = "/posts.json?limit=1" if kind == "danbooru" else "/index.php?page=dapi&s=post&q=index&json=1&limit=1"
-        try:
-            r = await http.get(base + path, headers={"User-Agent": s.user_agent}, timeout=10.0)
-        except httpx.HTTPError as exc:
-            return Check("source", "fail", f"{kind.capitalize()} not reachable at {base}: {type(exc).__name__}",
-                         "check the network (and MIKU_DANBOORU_URL for Danbooru); or use MIKU_SOURCE=local:DIR")
-        if r.status_code == 401:
-            return Check("source", "fail", f"{kind.capitalize()} rejected the login (401)",
-                         "check MIKU_DANBOORU_LOGIN and MIKU_DANBOORU_API_KEY, or unset both to search anonymously")
-        if r.status_code >= 400:
-            return Check("source", "fail", f"{kind.capitalize()} answered {r.status_code} at {base}",
-                         "try again later; a 429 or 5xx is the site's, not ours")
-        login = " (logged in)" if s.danbooru_login and kind == "danbooru" else ""
-        return Check("source", "ok", f"{kind.capitalize()} reachable at {base}{login}")
+        return await check_booru(s, kind, http)
     try:
         source_from_spec(spec)
     except SourceError as exc:
         return Check("source", "fail", f"Source {spec!r} refused: {exc.message}", "fix MIKU_SOURCE")
     return Check("source", "ok", f"Source {spec} accepted")
+
+
+async def check_booru(s: Settings, kind: str, http: httpx.AsyncClient) -> Check:
+    """One real request through the source itself (its URL, credentials and query), without retries."""
+    name = kind.capitalize()
+    if kind == "gelbooru" and s.gelbooru_credentials is None:
+        return Check("source", "fail", "Gelbooru lacks API credentials: it answers 401 to API calls without them",
+                     "set MIKU_GELBOORU_USER_ID (the number) and MIKU_GELBOORU_API_KEY from gelbooru.com: "
+                     "My Account > Options > API Access Credentials; or use another MIKU_SOURCE")
+    try:
+        src = source_from_spec(kind, **{**s.source_settings(), "http": http, "source_retries": 0,
+                                        "http_timeout_s": min(s.http_timeout_s, 10.0)})
+        message = await src.probe()  # type: ignore[attr-defined]
+    except SourceError as exc:
+        fix = ("try again later; a 429 or 5xx is the site's, not ours" if exc.retryable else
+               f"fix the {name} settings (MIKU_{kind.upper()}_*), or use MIKU_SOURCE=local:DIR")
+        return Check("source", "fail", f"{name} search failed: {exc.message}", fix)
+    return Check("source", "ok", message)
 
 
 def check_data_dir(s: Settings) -> Check:

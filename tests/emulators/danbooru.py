@@ -582,8 +582,12 @@ def to_dapi(post: dict[str, Any], flavour: str) -> dict[str, Any] | None:
             preview_url=f"/thumbnails/{directory}/thumbnail_{md5}.jpg",
         )
     else:
-        # Safebooru's JSON as older versions give it: no file_url; clients build it from directory + image.
-        out.update(hash=md5, rating=SAFEBOORU_RATING[rating], comment_count=0)
+        # Safebooru's JSON today: file_url and sample_url (the original's own URL when it has no sample),
+        # ratings spelled out, and a score that is null (Safebooru keeps no votes).
+        file_url = "" if gone else f"/images/{directory}/{image}"
+        out.update(hash=md5, rating=SAFEBOORU_RATING[rating], comment_count=0, score=None, file_url=file_url,
+                   sample_url=f"/samples/{directory}/sample_{md5}.jpg" if sample and not gone else file_url,
+                   preview_url=f"/thumbnails/{directory}/thumbnail_{md5}.jpg")
         if gone:
             out.update(directory=None, image="")
     return out
@@ -614,6 +618,10 @@ def create_dapi_app(
         q = request.query_params
         if (q.get("page"), q.get("s"), q.get("q")) != ("dapi", "post", "index"):
             return Response("<html><body>not the API</body></html>", media_type="text/html")
+        account = control.users.get(q.get("user_id") or "")
+        if flavour == "gelbooru" and (account is None or account[0] != q.get("api_key")):
+            # Gelbooru since June 2025: no API without an account's user_id and api_key.
+            return Response(b"[]", status_code=401, media_type="application/json")
         terms = q.get("tags", "").split()
         try:
             limit = max(0, min(int(q.get("limit", 100)), max_limit))

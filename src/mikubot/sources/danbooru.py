@@ -182,14 +182,15 @@ class DanbooruSource:
         return await download_post_image(self.transfer, candidate)
 
     async def probe(self) -> str:
-        """One cheap request, for ``mikubot doctor``: can we search, and how does it look?"""
-        posts = await self.transfer.get_json(
-            f"{self.base}/posts.json", params={"tags": self.options.character_tag, "limit": 1},
-            auth=self.options.auth_login(), what="a test search",
-        )
-        login = "as " + self.options.danbooru_login if self.options.auth_login() else "anonymously"
-        n = len(posts) if isinstance(posts, list) else 0
-        return f"Danbooru at {self.base} answers {login} ({n} post{'s' if n != 1 else ''} for {self.options.character_tag})"
+        """One cheap request, for ``mikubot doctor``: does the search work, and how many posts match?
+        (``/counts/posts.json`` checks the tag limit as a search does.)"""
+        query = " ".join(self.tags)
+        body = await self.transfer.get_json(f"{self.base}/counts/posts.json", params={"tags": query},
+                                            auth=self.options.auth_login(), what="a test count")
+        n = (body.get("counts") or {}).get("posts") if isinstance(body, dict) else None
+        login = "as " + str(self.options.danbooru_login) if self.options.auth_login() else "anonymously"
+        found = f"{n} posts match {query!r}" if isinstance(n, int) else f"the search {query!r} is accepted"
+        return f"Danbooru at {self.base} answers {login}: {found}"
 
 
 def _int(value: Any) -> int | None:
