@@ -3,7 +3,7 @@
 Danbooru is an internet service, so tests use this instead. ``create_app(posts, art_dir=...)`` serves
 ``GET /posts.json`` with Danbooru's field names (``tag_string*``, ``rating`` g/s/q/e, ``file_url``,
 ``large_file_url``, ``media_asset.variants`` ...), honours ``tags``/``limit``/``page``, ``order:random``,
-``random:N``, ``rating:g,s`` and ``status:``, answers ``GET /counts/posts.json``, accepts
+``random:N`` (and ``random=true``, a redirect to it), ``rating:g,s`` and ``status:``, answers ``GET /counts/posts.json``, accepts
 ``login``+``api_key`` as HTTP basic auth or as parameters, and serves the image files its posts list
 (the Ren'Py test art, resized on the fly for samples and thumbnails).
 
@@ -48,9 +48,10 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from PIL import Image
 
 TAG_LIMITS = {"member": 2, "gold": 6, "platinum": None}  # user.rb tag_query_limit; None: no limit
@@ -61,6 +62,7 @@ UNLIMITED_METATAGS = frozenset("""
     tagcount pixiv_id pixiv
 """.split())
 MAX_PER_PAGE = 200
+TRUTHY = frozenset({"1", "true", "t", "yes", "y", "on"})
 SAMPLE_WIDTH = 850
 RATING_LETTER = {"g": "g", "general": "g", "s": "s", "sensitive": "s", "q": "q", "questionable": "q",
                  "e": "e", "explicit": "e", "safe": "g"}
@@ -490,6 +492,15 @@ def create_app(
         if err is not None:
             return err
         q = request.query_params
+        if q.get("random", "").lower() in TRUTHY:
+            # posts_controller.rb#index: random=true redirects to the same search plus random:<per page>.
+            wanted = q.get("limit") or metatag_value(terms, "limit") or "20"
+            if not wanted.isdigit():
+                return _error(422, "PostQuery::Error", "limit must be a number")
+            per_page = min(int(wanted), MAX_PER_PAGE)
+            params = {"tags": " ".join([*terms, f"random:{per_page}"]).strip(),
+                      **{k: q[k] for k in ("page", "limit", "login", "api_key") if k in q}}
+            return RedirectResponse(f"/posts.json?{urlencode(params)}", status_code=302)
         try:
             limit = int(q.get("limit") or metatag_value(terms, "limit") or 20)
             draw = metatag_value(terms, "random")
