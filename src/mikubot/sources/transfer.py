@@ -1,10 +1,10 @@
 """HTTP for the sources: one place for timeouts, retries, 429s and bounded downloads.
 
 Every remote source goes through ``Transfer`` so they all behave the same towards the sites they use:
-a descriptive User-Agent, a per-attempt deadline, and the repository's one retry policy (``httpretry``:
+a descriptive User-Agent, a per-attempt deadline, the repository's one retry policy (``httpretry``:
 backoff with jitter on network errors, timeouts and 5xx, ``Retry-After`` honoured on 429 up to a bound,
-beyond which the change fails with a retryable error rather than hanging), and downloads streamed and cut off at the byte limit so a 40 MB
-original or an endless response never reaches memory. Secrets travel in headers, never in messages.
+beyond which the change fails with a retryable error rather than hanging), and downloads streamed and
+cut off at the byte limit so a 40 MB original or an endless response never reaches memory. Secrets travel in headers, never in messages.
 """
 
 from __future__ import annotations
