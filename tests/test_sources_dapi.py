@@ -132,3 +132,16 @@ async def test_safebooru_current_json(art_dir, client) -> None:
         found = await dapi_source("safebooru", base, client, min_side=300).search(10, set())
     assert {c.rating for c in found} == {"g"} and all(c.extra["score"] is None for c in found)
     assert all(c.image_url == c.extra["original_url"] and c.extra["variant"] == "original" for c in found)
+
+
+async def test_gelbooru_filters_ratings_on_the_server(art_dir, client) -> None:
+    app = dapi_app(art_dir, "gelbooru")
+    with serve_app(app) as base:
+        one = dapi_source("gelbooru", base, client, min_side=300, require_solo=False)
+        assert {c.rating for c in await one.search(20, set())} == {"g"}
+        two = dapi_source("gelbooru", base, client, min_side=300, ratings="g,s")
+        assert {c.rating for c in await two.search(20, set())} == {"g", "s"}
+    tags = [r.params["tags"] for r in app.state.control.searches()]
+    assert tags[0] == "hatsune_miku rating:general"
+    assert tags[-1] == "hatsune_miku -rating:questionable -rating:explicit solo"
+    assert not any(why.startswith("rating") for why in {**one.last_search.rejected, **two.last_search.rejected})

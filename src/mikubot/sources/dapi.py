@@ -9,8 +9,8 @@ or an empty body for no results; older versions omit ``file_url`` (it is then bu
 and ``image``). Gelbooru answers 401 to API calls without ``user_id`` and ``api_key`` (since mid-2025):
 they come from ``MIKU_GELBOORU_USER_ID``/``MIKU_GELBOORU_API_KEY`` and travel in the query, as the API
 demands, masked in every message and log line (``transfer.display_url``). Pages are ``pid`` (from 0), visited in random order; the same client-side
-filters as Danbooru apply. There is no tag limit, but the query stays the character tag (plus
-``extra_tag``, ``rating:`` for a single rating and ``solo``) so both sites treat it the same.
+filters as Danbooru apply. There is no tag limit: the query is the character tag, ``extra_tag``, ``solo``
+and, on Gelbooru, the ratings (``rating:general``, or ``-rating:questionable -rating:explicit`` for g+s).
 
 Which file: the ``sample_url`` (about 850 px) when the original's long side exceeds ``max_side``,
 else the original (``file_url``).
@@ -55,9 +55,14 @@ class DapiSource:
         tags = [self.options.character_tag]
         if self.options.extra_tag:
             tags.append(self.options.extra_tag.strip())
-        if len(self.options.ratings) == 1 and self.name == "gelbooru":
-            # Safebooru has (almost) only "safe" posts, whose rating tag differs from Gelbooru's words.
-            tags.append("rating:" + RATING_WORDS[next(iter(self.options.ratings))])
+        if self.name == "gelbooru":
+            # Ratings go to the server: one as rating:general, several by excluding the others.
+            # (Safebooru has almost only general posts, and its rating words have changed over time.)
+            ratings = self.options.ratings
+            if len(ratings) == 1:
+                tags.append("rating:" + RATING_WORDS[ratings[0]])
+            else:
+                tags += ["-rating:" + word for letter, word in RATING_WORDS.items() if letter not in ratings]
         if self.options.require_solo and "solo" not in tags:
             tags.append("solo")
         return tags
