@@ -53,7 +53,8 @@ def _split(value: Any) -> Any:
 
 class SourceSettings(BaseModel):
     """The sources' settings (part of ``Settings``; the field name in upper case after ``MIKU_`` is its
-    environment variable)."""
+    environment variable). Validators are named ``_source_*``: ``Settings`` inherits them, and a validator
+    of the same name there would silently replace one here."""
 
     # What to look for
     character_tag: str = Field("hatsune_miku", description="the character's booru tag")
@@ -86,12 +87,12 @@ class SourceSettings(BaseModel):
 
     @field_validator("ratings", "blacklist", mode="before")
     @classmethod
-    def _lists(cls, v: Any) -> Any:
+    def _source_lists(cls, v: Any) -> Any:
         return _split(v)
 
     @field_validator("ratings")
     @classmethod
-    def _ratings(cls, v: list[str]) -> list[str]:
+    def _source_ratings(cls, v: list[str]) -> list[str]:
         letters = {normalise_rating(r) for r in v}
         if None in letters or not letters:
             raise ValueError(f"ratings must be some of g, s, q, e (or general, sensitive, ...), not {v}")
@@ -99,18 +100,18 @@ class SourceSettings(BaseModel):
 
     @field_validator("blacklist")
     @classmethod
-    def _blacklist(cls, v: list[str]) -> list[str]:
+    def _source_blacklist(cls, v: list[str]) -> list[str]:
         return sorted({t.strip().lower() for t in v if t.strip()})
 
     @field_validator("danbooru_login", "danbooru_api_key", "gelbooru_user_id", "gelbooru_api_key", "extra_tag",
                      mode="before")
     @classmethod
-    def _empty_is_unset(cls, v: Any) -> Any:
+    def _source_empty_is_unset(cls, v: Any) -> Any:
         return None if isinstance(v, str) and not v.strip() else v
 
     @field_validator("character_tag")
     @classmethod
-    def _tag(cls, v: str) -> str:
+    def _source_tag(cls, v: str) -> str:
         tag = v.strip().lower().replace(" ", "_")
         if not tag:
             raise ValueError("character_tag is empty")
@@ -118,21 +119,21 @@ class SourceSettings(BaseModel):
 
     @field_validator("extra_tag")
     @classmethod
-    def _one_tag(cls, v: str | None) -> str | None:
+    def _source_one_tag(cls, v: str | None) -> str | None:
         if v is not None and len(v.split()) != 1:
             raise ValueError(f"extra_tag must be one tag, not {v!r}")
         return v.strip() if v is not None else None
 
     @field_validator("gelbooru_user_id", mode="before")
     @classmethod
-    def _user_id(cls, v: Any) -> Any:
+    def _source_user_id(cls, v: Any) -> Any:
         if v is not None and not str(v).strip().isdigit():
             raise ValueError("gelbooru_user_id is the numeric id shown with the API key (not the user name)")
         return None if v is None else str(v).strip()
 
     @field_validator("danbooru_url", "gelbooru_url", "safebooru_url")
     @classmethod
-    def _url(cls, v: str) -> str:
+    def _source_url(cls, v: str) -> str:
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"{v!r} is not an http(s) URL")
         return v.rstrip("/")
