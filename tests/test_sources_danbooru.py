@@ -145,7 +145,9 @@ def test_query_plan_respects_the_tag_limit():
     assert plan_query(SourceOptions(ratings="s,g")) == (["hatsune_miku", "order:random", "rating:g,s"], True)
     assert plan_query(SourceOptions(ratings="g,s,q,e")) == (["hatsune_miku", "order:random"], True)
     assert plan_query(SourceOptions(danbooru_tag_limit=1)) == (["hatsune_miku", "rating:g"], False)
-    tags, rnd = plan_query(SourceOptions(danbooru_tag_limit=6))
+    assert plan_query(SourceOptions(danbooru_tag_limit=6))[0] == ["hatsune_miku", "order:random", "rating:g"]
+    gold = SourceOptions(danbooru_tag_limit=6, danbooru_login="goldfan", danbooru_api_key="k")
+    tags, rnd = plan_query(gold)
     assert tags == ["hatsune_miku", "order:random", "solo", "rating:g"] and rnd
     with pytest.raises(ValueError, match="limit of 1"):
         plan_query(SourceOptions(danbooru_tag_limit=1, extra_tag="solo"))
@@ -189,8 +191,13 @@ async def test_login_uses_basic_auth_and_never_leaks_the_key(danbooru, client):
 
 
 async def test_too_many_tags_is_danbooru_422(danbooru, client):
-    base, _, _ = danbooru
-    src = source(base, client, danbooru_tag_limit=3)  # an anonymous account cannot do 3
+    base, control, _ = danbooru
+    # A tag limit above 2 without a login is not believed: anonymous searches stay within 2.
+    src = source(base, client, danbooru_tag_limit=6)
+    assert src.tags == ["hatsune_miku", "order:random", "rating:g"] and len(await src.search(3, set())) == 3
+    # A Gold account that says it has 6 but is really a Member gets Danbooru's 422, quoted.
+    control.add_user("member", "member-key", "member")
+    src = source(base, client, danbooru_tag_limit=6, danbooru_login="member", danbooru_api_key="member-key")
     with pytest.raises(SourceError) as info:
         await src.search(3, set())
     assert not info.value.retryable

@@ -47,7 +47,10 @@ def test_environment_reaches_the_source(monkeypatch: pytest.MonkeyPatch) -> None
     assert opts.safebooru_url == "https://safebooru.example" and opts.danbooru_tag_limit == 6
     assert opts.ratings == ["g", "s"] and opts.blacklist == ["comic", "guro"] and opts.extra_tag is None
     assert "gel-secret" not in repr(opts) and s.masked()["gelbooru_api_key"] == "**********"
-    danbooru = source_from_spec("danbooru", **s.source_settings())
+    assert source_from_spec("danbooru", **s.source_settings()).tags == ["hatsune_miku", "order:random", "rating:g,s"]
+    monkeypatch.setenv("MIKU_DANBOORU_LOGIN", "goldfan")
+    monkeypatch.setenv("MIKU_DANBOORU_API_KEY", "gold-key")
+    danbooru = source_from_spec("danbooru", **Settings().source_settings())
     assert danbooru.tags == ["hatsune_miku", "order:random", "solo", "rating:g,s"]  # Gold: room for solo
 
 

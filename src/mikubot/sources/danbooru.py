@@ -51,17 +51,19 @@ class Variant:
 def plan_query(options: SourceOptions) -> tuple[list[str], bool]:
     """The search's tags and whether the server randomises (``order:random``).
 
-    Counted tags fill the account's limit: the character, then ``extra_tag`` or ``order:random``, then
-    ``solo`` if there is room. The rating filter goes on top as ``rating:g,s``: a free metatag, which
+    Counted tags fill the account's limit (``danbooru_search_tags``: 2 without a login, whatever
+    ``danbooru_tag_limit`` says): the character, then ``extra_tag`` or ``order:random``, then ``solo`` if
+    there is room. The rating filter goes on top as ``rating:g,s``: a free metatag, which
     Danbooru has not counted towards the limit for years (``PostQuery::UNLIMITED_METATAGS``)."""
+    limit = options.danbooru_search_tags
     counted = [options.character_tag]
     if options.extra_tag:
         counted.append(options.extra_tag)
-    if len(counted) > options.danbooru_tag_limit:
-        raise ValueError(f"{len(counted)} tags do not fit the account's limit of {options.danbooru_tag_limit}")
+    if len(counted) > limit:
+        raise ValueError(f"{len(counted)} tags do not fit the account's limit of {limit}")
     wishes = ([] if options.extra_tag else ["order:random"]) + (["solo"] if options.require_solo else [])
     for wish in wishes:
-        if len(counted) < options.danbooru_tag_limit and wish not in counted:
+        if len(counted) < limit and wish not in counted:
             counted.append(wish)
     free = [] if len(options.ratings) == len(RATING_ORDER) else ["rating:" + ",".join(options.ratings)]
     return counted + free, "order:random" in counted

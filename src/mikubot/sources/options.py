@@ -31,6 +31,7 @@ RATING_NAMES: dict[str, str] = {
     "e": "e", "explicit": "e",
 }
 RATING_ORDER = "gsqe"
+ANONYMOUS_TAG_LIMIT = 2  # Danbooru's tag_query_limit below Gold (app/models/user.rb)
 
 # Lists from the environment arrive as text: "a,b,c" or JSON; ``_split`` parses both.
 TextList = Annotated[list[str], NoDecode]
@@ -149,6 +150,12 @@ class SourceSettings(BaseModel):
         if self.gelbooru_user_id and self.gelbooru_api_key is not None:
             return self.gelbooru_user_id, self.gelbooru_api_key.get_secret_value()
         return None
+
+    @property
+    def danbooru_search_tags(self) -> int:
+        """Counted tags a Danbooru search may use: ``danbooru_tag_limit`` with a login, never more than an
+        anonymous account's 2 without one (whatever the setting says)."""
+        return self.danbooru_tag_limit if self.auth_login() else min(self.danbooru_tag_limit, ANONYMOUS_TAG_LIMIT)
 
     def auth_login(self) -> tuple[str, str] | None:
         """Danbooru credentials for HTTP basic auth (never put in a URL, so never in a log line)."""
