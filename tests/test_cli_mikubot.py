@@ -108,6 +108,7 @@ def test_doctor_embedded_default_is_healthy(folder, tmp_path):
     assert r.returncode == 0, r.stdout
     assert "✅ Anime face detector in-process (animeface)" in r.stdout
     assert "➖ No Discord token" in r.stdout and "➖ No vision model" in r.stdout and "➖ No GPU probe" in r.stdout
+    assert "➖ Gelbooru off: no API credentials" in r.stdout
 
 
 def test_doctor_reports_failures_with_fixes(folder, tmp_path):
@@ -151,10 +152,16 @@ def test_gelbooru_that_demands_credentials_end_to_end(art_dir, tmp_path):
         assert r.returncode == 1 and record["status"] == "failed" and "401" in record["error"]
         assert "MIKU_GELBOORU_API_KEY" in record["error"]
 
+        half = mikubot("doctor", "--json", cwd=tmp_path, **{**env, "MIKU_SOURCE": "local:.", "MIKU_GELBOORU_USER_ID": "1"})
+        gel = {c["name"]: c for c in json.loads(half.stdout)}["gelbooru"]
+        assert gel["state"] == "warn" and "half" in gel["message"] and "MIKU_GELBOORU_API_KEY" in gel["fix"]
+
         env.update(MIKU_GELBOORU_USER_ID=GELBOORU_USER, MIKU_GELBOORU_API_KEY=GELBOORU_KEY)
         r = mikubot("doctor", "--json", cwd=tmp_path, **env)
-        source = {c["name"]: c for c in json.loads(r.stdout)}["source"]
+        checks = {c["name"]: c for c in json.loads(r.stdout)}
+        source = checks["source"]
         assert source["state"] == "ok" and f"Gelbooru at {gelbooru} answers" in source["message"], source
+        assert "gelbooru" not in checks  # the source check speaks for Gelbooru when it is the source
         out = tmp_path / "gelbooru.png"
         r = mikubot("pfp", "change", "--source", "gelbooru", "--dry-run", "-k", "2", "--out", str(out), "--json",
                     cwd=tmp_path, **env)

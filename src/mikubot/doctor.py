@@ -28,6 +28,8 @@ from vramctl.servers.llama_swap import LlamaSwapClient
 
 State = Literal["ok", "off", "warn", "fail"]
 ICONS: dict[str, str] = {"ok": "✅", "off": "➖", "warn": "⚠️", "fail": "❌"}
+GELBOORU_FIX = ("set MIKU_GELBOORU_USER_ID (the number) and MIKU_GELBOORU_API_KEY from gelbooru.com: "
+                "My Account > Options > API Access Credentials")
 
 
 @dataclass
@@ -133,8 +135,7 @@ async def check_booru(s: Settings, kind: str, http: httpx.AsyncClient) -> Check:
     name = kind.capitalize()
     if kind == "gelbooru" and s.gelbooru_credentials is None:
         return Check("source", "fail", "Gelbooru lacks API credentials: it answers 401 to API calls without them",
-                     "set MIKU_GELBOORU_USER_ID (the number) and MIKU_GELBOORU_API_KEY from gelbooru.com: "
-                     "My Account > Options > API Access Credentials; or use another MIKU_SOURCE")
+                     GELBOORU_FIX + "; or use another MIKU_SOURCE")
     try:
         src = source_from_spec(kind, **{**s.source_settings(), "http": http, "source_retries": 0,
                                         "http_timeout_s": min(s.http_timeout_s, 10.0)})
@@ -144,6 +145,17 @@ async def check_booru(s: Settings, kind: str, http: httpx.AsyncClient) -> Check:
                f"fix the {name} settings (MIKU_{kind.upper()}_*), or use MIKU_SOURCE=local:DIR")
         return Check("source", "fail", f"{name} search failed: {exc.message}", fix)
     return Check("source", "ok", message)
+
+
+def check_gelbooru(s: Settings) -> Check:
+    """Gelbooru can be picked per change (``--source``, ``/pfp change``) even when it is not the default:
+    say whether it would be refused for want of credentials (no request: it is not the configured source)."""
+    if s.gelbooru_credentials is not None:
+        return Check("gelbooru", "ok", f"Gelbooru API credentials set (user id {s.gelbooru_user_id})")
+    if s.gelbooru_user_id or s.gelbooru_api_key is not None:
+        return Check("gelbooru", "warn", "Gelbooru has half its API credentials: it will answer 401", GELBOORU_FIX)
+    return Check("gelbooru", "off", "Gelbooru off: no API credentials (MIKU_GELBOORU_USER_ID, MIKU_GELBOORU_API_KEY); "
+                 "changes from gelbooru would get 401", GELBOORU_FIX)
 
 
 def check_data_dir(s: Settings) -> Check:
@@ -162,10 +174,13 @@ async def run_checks(s: Settings, http: httpx.AsyncClient | None = None) -> list
     own = http is None
     client = http or httpx.AsyncClient()
     try:
-        return list(await asyncio.gather(
+        checks = list(await asyncio.gather(
             check_detector(s), check_llama_swap(s, client), check_gpu(s, client), check_discord(s, client),
             check_source(s, client), asyncio.to_thread(check_data_dir, s),
         ))
+        if s.source.split(":", 1)[0].lower() != "gelbooru":  # else the source check has said it
+            checks.append(check_gelbooru(s))
+        return checks
     finally:
         if own:
             await client.aclose()
