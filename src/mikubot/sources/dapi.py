@@ -8,9 +8,10 @@ a bare list (with ``file_url``, ``sample_url``, ``rating: "general"`` and a ``sc
 or an empty body for no results; older versions omit ``file_url`` (it is then built from ``directory``
 and ``image``). Gelbooru answers 401 to API calls without ``user_id`` and ``api_key`` (since mid-2025):
 they come from ``MIKU_GELBOORU_USER_ID``/``MIKU_GELBOORU_API_KEY`` and travel in the query, as the API
-demands, masked in every message and log line (``transfer.display_url``). Pages are ``pid`` (from 0), visited in random order; the same client-side
-filters as Danbooru apply. There is no tag limit: the query is the character tag, ``extra_tag``, ``solo``
-and, on Gelbooru, the ratings (``rating:general``, or ``-rating:questionable -rating:explicit`` for g+s).
+demands, masked in every message and log line (``transfer.display_url``). Pages are ``pid`` (from 0),
+visited in random order; the same client-side filters as Danbooru apply. There is no tag limit: the query
+is the character tag, ``extra_tag``, ``solo`` and, on Gelbooru, the ratings (``rating:general``, or
+``-rating:questionable -rating:explicit`` for g+s).
 
 Which file: the ``sample_url`` (about 850 px) when the original's long side exceeds ``max_side``,
 else the original (``file_url``).

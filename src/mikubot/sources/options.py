@@ -59,7 +59,8 @@ class SourceSettings(BaseModel):
 
     # What to look for
     character_tag: str = Field("hatsune_miku", description="the character's booru tag")
-    extra_tag: str | None = Field(None, description="one more server-side tag for the boorus, e.g. solo (replaces Danbooru's order:random)")
+    extra_tag: str | None = Field(None, description="one more server-side tag for the boorus, e.g. solo "
+                                  "(replaces Danbooru's order:random)")
     ratings: TextList = Field(default_factory=lambda: ["g"], description="allowed ratings (g, s, q, e)")
     blacklist: TextList = Field(default_factory=list, description="posts with any of these tags are skipped")
     require_solo: bool = Field(True, description="booru posts must be tagged solo")
@@ -70,10 +71,12 @@ class SourceSettings(BaseModel):
     danbooru_url: str = "https://danbooru.donmai.us"
     danbooru_login: str | None = Field(None, description="Danbooru account name (with danbooru_api_key)")
     danbooru_api_key: SecretStr | None = None
-    danbooru_tag_limit: int = Field(2, ge=1, description="tags one search may use: 2 anonymous/Member, 6 Gold; rating: is free")
+    danbooru_tag_limit: int = Field(2, ge=1, description="counted tags one search may use: 2 anonymous/Member, "
+                                    "6 Gold (never more than 2 without a login); rating: is free")
     # Gelbooru (API credentials required since 2025) and Safebooru
     gelbooru_url: str = "https://gelbooru.com"
-    gelbooru_user_id: str | None = Field(None, description="numeric Gelbooru user id (Account > Options > API Access Credentials)")
+    gelbooru_user_id: str | None = Field(None, description="numeric Gelbooru user id (My Account > Options > "
+                                         "API Access Credentials)")
     gelbooru_api_key: SecretStr | None = Field(None, description="Gelbooru API key (same page)")
     safebooru_url: str = "https://safebooru.org"
     booru_per_page: int = Field(50, ge=1, le=100, description="posts asked for per search request")
@@ -83,7 +86,8 @@ class SourceSettings(BaseModel):
     user_agent: str = DEFAULT_USER_AGENT
     source_retries: int = Field(3, ge=0, description="retries after a network error, 429 or 5xx")
     source_backoff_s: float = Field(0.5, ge=0, description="first wait between retries (doubling, jittered)")
-    source_max_retry_after_s: float = Field(60.0, ge=0, description="longest Retry-After waited out; longer fails the change")
+    source_max_retry_after_s: float = Field(60.0, ge=0, description="longest Retry-After waited out; a longer one "
+                                            "fails the change")
     source_max_redirects: int = Field(5, ge=0)
 
     @field_validator("ratings", "blacklist", mode="before")

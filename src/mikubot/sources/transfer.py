@@ -4,7 +4,8 @@ Every remote source goes through ``Transfer`` so they all behave the same toward
 a descriptive User-Agent, a per-attempt deadline, the repository's one retry policy (``httpretry``:
 backoff with jitter on network errors, timeouts and 5xx, ``Retry-After`` honoured on 429 up to a bound,
 beyond which the change fails with a retryable error rather than hanging), and downloads streamed and
-cut off at the byte limit so a 40 MB original or an endless response never reaches memory. Secrets travel in headers, never in messages.
+cut off at the byte limit so a 40 MB original or an endless response never reaches memory. Secrets
+travel in headers, never in messages.
 """
 
 from __future__ import annotations
