@@ -145,3 +145,16 @@ async def test_gelbooru_filters_ratings_on_the_server(art_dir, client) -> None:
     assert tags[0] == "hatsune_miku rating:general"
     assert tags[-1] == "hatsune_miku -rating:questionable -rating:explicit solo"
     assert not any(why.startswith("rating") for why in {**one.last_search.rejected, **two.last_search.rejected})
+
+
+async def test_safebooru_legacy_json_without_urls(art_dir, client) -> None:
+    app = create_dapi_app(art_dir=art_dir, flavour="safebooru", legacy=True)
+    with serve_app(app) as base:
+        assert not any("file_url" in p for p in app.state.posts)
+        src = dapi_source("safebooru", base, client, min_side=300)
+        found = await src.search(10, set())
+        assert {by_id(app)[c.extra["post_id"]] for c in found} == SYLVIE_GENERAL and {c.rating for c in found} == {"g"}
+        assert all(c.image_url == f"{base}/images/{p['directory']}/{p['image']}" for c in found
+                   for p in app.state.posts if p["id"] == c.extra["post_id"])
+        got = await src.download(found[0])
+    assert got.data == (art_dir / by_id(app)[found[0].extra["post_id"]]).read_bytes()

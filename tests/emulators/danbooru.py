@@ -34,7 +34,9 @@ leave the ``serve_app`` block (connection refused). ``control.requests`` logs wh
 body ``[]`` to any API call without a valid ``user_id`` and ``api_key`` (so since June 2025, as its
 users and client authors report: e.g. AtoraSuunva/booru#115, gallery-dl#7674); give it accounts with
 ``control.add_user(user_id, api_key)``. Safebooru's current JSON is a bare list of posts with
-``file_url``, ``sample_url``, ``preview_url``, ``rating: "general"`` and ``score: null``.
+``file_url``, ``sample_url``, ``preview_url``, ``rating: "general"`` and ``score: null``; with
+``legacy=True`` it answers as it used to, without the URLs (built from ``directory`` and ``image``) and
+with ``rating: "safe"``.
 """
 
 from __future__ import annotations
@@ -611,10 +613,14 @@ def create_dapi_app(
     flavour: str = "gelbooru",
     character_tag: str = "hatsune_miku",
     control: DanbooruControl | None = None,
+    legacy: bool = False,
 ) -> FastAPI:
     """Gelbooru-style ``index.php?page=dapi&s=post&q=index&json=1``; posts are Danbooru-shaped (converted)."""
     source_posts = default_posts(art_dir, character_tag=character_tag) if posts is None else posts
     dapi_posts = [d for d in (to_dapi(p, flavour) for p in source_posts) if d is not None]
+    if legacy:  # Safebooru's JSON before file_url: clients build it from directory + image; "safe" rating
+        dapi_posts = [{**{k: v for k, v in d.items() if not k.endswith("_url")},
+                       "rating": "safe" if d["rating"] == "general" else d["rating"]} for d in dapi_posts]
     control = control or DanbooruControl()
     store = ArtStore(art_dir)
     store.register(source_posts)
