@@ -149,3 +149,19 @@ async def test_async_detector_client_and_vramctl_share_the_policy(script) -> Non
         with pytest.raises(ServerError, match="unreachable"):
             await call(http, "llama-swap", f"http://127.0.0.1:{free_port()}", "GET", "/running")
     assert s.paths == ["/load"] * 3 + ["/api/models/unload/vision"] * 2
+
+
+def test_dependencies_point_one_way() -> None:
+    """httpretry sits below facedetect, vramctl and mikubot; facedetect and vramctl never import mikubot."""
+    import ast
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    forbidden = {"httpretry": {"mikubot", "vramctl", "facedetect"}, "facedetect": {"mikubot", "vramctl"},
+                 "vramctl": {"mikubot", "facedetect"}}
+    for package, banned in forbidden.items():
+        for path in (src / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+                assert not {n.split(".")[0] for n in names} & banned, f"{path.relative_to(src)} imports {names}"
