@@ -65,7 +65,7 @@ async def test_local_changes_and_missing_folders(folder: Path, tmp_path: Path) -
         await source_from_spec(f"local:{tmp_path / 'nope'}").search(1, set())
     with pytest.raises(SourceError, match="not a folder"):
         await source_from_spec(f"local:{folder / 'a.png'}").search(1, set())
-    assert await source_from_spec(f"local:{folder / 'sub'}", max_download_bytes=1000).search(5, set()) == []
+    assert await source_from_spec(f"local:{folder / 'sub'}", max_download_mib=1000 / 2**20).search(5, set()) == []
 
 
 async def test_file_source(art_dir: Path, tmp_path: Path) -> None:
@@ -100,6 +100,6 @@ def test_spec_parsing() -> None:
         source_from_spec("danbooru", extra_tag="solo 1girl")
     src = source_from_spec("danbooru", ratings="general,sensitive", min_side=256, max_download_mib=2,
                            danbooru_api_key="k", danbooru_login="me", character_tag="Hatsune Miku")
-    assert src.options.ratings == {"g", "s"} and src.options.min_size == 256
+    assert src.options.ratings == ["g", "s"] and src.options.min_side == 256
     assert src.options.max_download_bytes == 2 * 1024 * 1024 and src.options.character_tag == "hatsune_miku"
     assert "k" not in repr(src.options.danbooru_api_key)

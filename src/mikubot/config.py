@@ -26,6 +26,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from mikubot.sources.options import SourceSettings
+
 CONFIG_ENV = "MIKU_CONFIG"
 HEX_COLOUR = re.compile(r"^#?[0-9a-fA-F]{6}$")
 # Miku's hair in official art and fan art: the canonical teal, its darker shade, and the lighter cyan.
@@ -42,7 +44,10 @@ class ConfigFileError(ValueError):
     """The file named by MIKU_CONFIG is missing or cannot be read."""
 
 
-class Settings(BaseSettings):
+class Settings(SourceSettings, BaseSettings):
+    """Every setting. The sources' own (``MIKU_DANBOORU_*``, ``MIKU_GELBOORU_*``, ``MIKU_RATINGS`` ...) are
+    inherited from ``mikubot.sources.options.SourceSettings``, their one model."""
+
     model_config = SettingsConfigDict(env_prefix="MIKU_", extra="ignore", populate_by_name=True)
 
     # --- state -------------------------------------------------------------------------------------
@@ -56,21 +61,13 @@ class Settings(BaseSettings):
     candidates: int = Field(5, ge=1, le=20, description="K: candidates fetched and verified per change")
     dry_run: bool = Field(False, description="write the avatar to a file and never call Discord")
     character_name: str = "Hatsune Miku"
-    character_tag: str = "hatsune_miku"
     hair_colours: StrList = Field(default_factory=lambda: list(MIKU_HAIR))
     hair_tolerance: float = Field(100.0, gt=0, description="RGB distance that still counts as the hair colour (animeface's reading varies by up to ~100)")
     min_confidence: float = Field(0.5, ge=0, le=1, description="verification confidence a candidate needs")
     output_size: int = Field(1024, ge=64, le=4096)
     max_upscale: float = Field(2.0, ge=1.0)
 
-    # --- sources ---------------------------------------------------------------------------------------
-    danbooru_url: str = "https://danbooru.donmai.us"
-    danbooru_login: str | None = None
-    danbooru_api_key: SecretStr | None = None
-    ratings: StrList = Field(default_factory=lambda: ["g"], description="allowed ratings (g, s, q, e)")
-    blacklist: StrList = Field(default_factory=list)
-    min_side: int = Field(512, ge=1, description="smallest acceptable image side in pixels")
-    max_download_mib: float = Field(20.0, gt=0)
+    # --- sources: SourceSettings (inherited) -------------------------------------------------------------
 
     # --- vision model (llama-swap) ----------------------------------------------------------------------
     llama_swap_url: str | None = Field(None, description="unset: heuristic verifier, no vision model")
@@ -117,10 +114,7 @@ class Settings(BaseSettings):
     # --- web panel ----------------------------------------------------------------------------------------
     web_token: SecretStr | None = None
 
-    http_timeout_s: float = Field(30.0, gt=0)
-    user_agent: str = "miku-discord/0.1 (self-hosted avatar bot; +https://github.com/)"
-
-    @field_validator("hair_colours", "ratings", "blacklist", mode="before")
+    @field_validator("hair_colours", mode="before")
     @classmethod
     def _split_list(cls, v: Any) -> Any:
         # Environment values may be "a,b,c" as well as JSON; the file gives real lists.
@@ -160,7 +154,7 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, v: Any) -> Any:
         return None if isinstance(v, str) and not v.strip() else v
 
-    @field_validator("llama_swap_url", "face_detector_url", "gpu_probe_url", "discord_api", "danbooru_url")
+    @field_validator("llama_swap_url", "face_detector_url", "gpu_probe_url", "discord_api")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
         if v is None:

@@ -28,6 +28,8 @@ from vramctl.servers.llama_swap import LlamaSwapClient
 
 State = Literal["ok", "off", "warn", "fail"]
 ICONS: dict[str, str] = {"ok": "✅", "off": "➖", "warn": "⚠️", "fail": "❌"}
+GELBOORU_FIX = ("set MIKU_GELBOORU_USER_ID (the number) and MIKU_GELBOORU_API_KEY from gelbooru.com: "
+                "My Account > Options > API Access Credentials")
 
 
 @dataclass
@@ -120,26 +122,40 @@ async def check_source(s: Settings, http: httpx.AsyncClient) -> Check:
                          "run `make art` for the sample art, or set MIKU_SOURCE=local:/your/folder")
         return Check("source", "ok", f"Source folder {folder} found")
     if kind in ("danbooru", "safebooru", "gelbooru"):
-        base = {"danbooru": s.danbooru_url, "safebooru": "https://safebooru.org", "gelbooru": "https://gelbooru.com"}[kind]
-        path = "/posts.json?limit=1" if kind == "danbooru" else "/index.php?page=dapi&s=post&q=index&json=1&limit=1"
-        try:
-            r = await http.get(base + path, headers={"User-Agent": s.user_agent}, timeout=10.0)
-        except httpx.HTTPError as exc:
-            return Check("source", "fail", f"{kind.capitalize()} not reachable at {base}: {type(exc).__name__}",
-                         "check the network (and MIKU_DANBOORU_URL for Danbooru); or use MIKU_SOURCE=local:DIR")
-        if r.status_code == 401:
-            return Check("source", "fail", f"{kind.capitalize()} rejected the login (401)",
-                         "check MIKU_DANBOORU_LOGIN and MIKU_DANBOORU_API_KEY, or unset both to search anonymously")
-        if r.status_code >= 400:
-            return Check("source", "fail", f"{kind.capitalize()} answered {r.status_code} at {base}",
-                         "try again later; a 429 or 5xx is the site's, not ours")
-        login = " (logged in)" if s.danbooru_login and kind == "danbooru" else ""
-        return Check("source", "ok", f"{kind.capitalize()} reachable at {base}{login}")
+        return await check_booru(s, kind, http)
     try:
         source_from_spec(spec)
     except SourceError as exc:
         return Check("source", "fail", f"Source {spec!r} refused: {exc.message}", "fix MIKU_SOURCE")
     return Check("source", "ok", f"Source {spec} accepted")
+
+
+async def check_booru(s: Settings, kind: str, http: httpx.AsyncClient) -> Check:
+    """One real request through the source itself (its URL, credentials and query), without retries."""
+    name = kind.capitalize()
+    if kind == "gelbooru" and s.gelbooru_credentials is None:
+        return Check("source", "fail", "Gelbooru lacks API credentials: it answers 401 to API calls without them",
+                     GELBOORU_FIX + "; or use another MIKU_SOURCE")
+    try:
+        src = source_from_spec(kind, **{**s.source_settings(), "http": http, "source_retries": 0,
+                                        "http_timeout_s": min(s.http_timeout_s, 10.0)})
+        message = await src.probe()  # type: ignore[attr-defined]
+    except SourceError as exc:
+        fix = ("try again later; a 429 or 5xx is the site's, not ours" if exc.retryable else
+               f"fix the {name} settings (MIKU_{kind.upper()}_*), or use MIKU_SOURCE=local:DIR")
+        return Check("source", "fail", f"{name} search failed: {exc.message}", fix)
+    return Check("source", "ok", message)
+
+
+def check_gelbooru(s: Settings) -> Check:
+    """Gelbooru can be picked per change (``--source``, ``/pfp change``) even when it is not the default:
+    say whether it would be refused for want of credentials (no request: it is not the configured source)."""
+    if s.gelbooru_credentials is not None:
+        return Check("gelbooru", "ok", f"Gelbooru API credentials set (user id {s.gelbooru_user_id})")
+    if s.gelbooru_user_id or s.gelbooru_api_key is not None:
+        return Check("gelbooru", "warn", "Gelbooru has half its API credentials: it will answer 401", GELBOORU_FIX)
+    return Check("gelbooru", "off", "Gelbooru off: no API credentials (MIKU_GELBOORU_USER_ID, MIKU_GELBOORU_API_KEY); "
+                 "changes from gelbooru would get 401", GELBOORU_FIX)
 
 
 def check_data_dir(s: Settings) -> Check:
@@ -158,10 +174,13 @@ async def run_checks(s: Settings, http: httpx.AsyncClient | None = None) -> list
     own = http is None
     client = http or httpx.AsyncClient()
     try:
-        return list(await asyncio.gather(
+        checks = list(await asyncio.gather(
             check_detector(s), check_llama_swap(s, client), check_gpu(s, client), check_discord(s, client),
             check_source(s, client), asyncio.to_thread(check_data_dir, s),
         ))
+        if s.source.split(":", 1)[0].lower() != "gelbooru":  # else the source check has said it
+            checks.append(check_gelbooru(s))
+        return checks
     finally:
         if own:
             await client.aclose()

@@ -201,15 +201,8 @@ class AvatarPipeline:
 
     # --- construction helpers ------------------------------------------------------------------------------
     def make_source(self, spec: str) -> Source:
-        s = self.settings
-        options: dict[str, Any] = {
-            "character_tag": s.character_tag, "danbooru_url": s.danbooru_url, "danbooru_login": s.danbooru_login,
-            "danbooru_api_key": s.danbooru_api_key, "ratings": s.ratings, "blacklist": s.blacklist,
-            "min_side": s.min_side, "max_download_mib": s.max_download_mib, "http_timeout_s": s.http_timeout_s,
-            "user_agent": s.user_agent, "http": self.http,
-        }
-        options.update(self.source_options)
-        return source_from_spec(spec, **options)
+        # Every source setting, straight from Settings (they share one model), plus the shared client.
+        return source_from_spec(spec, **{**self.settings.source_settings(), "http": self.http, **self.source_options})
 
     def make_verifier(self) -> Verifier:
         s = self.settings
