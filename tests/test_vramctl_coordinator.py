@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from emulators.llama_swap import LlamaSwapEmulator, create_detector_app, create_ollama_app
+from emulators.llama_swap import LlamaSwapEmulator, create_detector_app
+from emulators.ollama import create_ollama_app
 from servers import free_port, serve_app
 from vramctl import (Consumer, Coordinator, EmulatorProbe, NotEnoughVram, ReservationTimeout, UnknownConsumer,
                      VramSettings, metrics)
