@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -303,33 +304,54 @@ def test_ollama_emulator_answers_before_the_runner_stops(card):
         assert oll.state.ollama["unloads"] == []
 
 
-async def test_a_model_stopping_on_its_own_is_waited_for_and_nothing_else_is_unloaded():
-    """/running shows `stopping` (a ttl expiry, another client's unload): that memory is on its way back, so
-    vramctl waits for the card to show it free instead of unloading the text model as well."""
+@contextlib.contextmanager
+def vision_stopping_on_its_own():
+    """Vision (4096) is being stopped by another client, text (2048) is loaded: 8192 - 512 - 4096 - 2048 = 1536
+    free; a 2048 MiB detector needs 2048 + 256. Vision's memory alone covers it once it is back."""
     emu = LlamaSwapEmulator({"gpu_total_mib": 8192, "gpu_reserved_mib": 512, "models": {
         "vision": {"vram_mib": 4096, "stop_s": 0.4, "release_s": 0.2},
         "llama3.1": {"vram_mib": 2048}}})
     det_app = create_detector_app(emu.gpu, vram_mib=2048)
     with emu.serve(), serve_app(det_app) as det_url:
         emu.preload("vision")
-        emu.preload("llama3.1")  # 8192 - 512 - 4096 - 2048 = 1536 free; the detector needs 2048 + 256
-        s = VramSettings(consumers=[
-            Consumer(name="text", kind="llama-swap", model="llama3.1", vram_mib=2048, priority=0),
-            Consumer(name="vision", kind="llama-swap", model="vision", vram_mib=4096, priority=1),
-            Consumer(name="face-detector", kind="facedetect", url=det_url, vram_mib=2048, priority=2)],
-            probe="emulator", probe_url=emu.gpu_url, llama_swap_url=emu.url, poll_s=0.02, timeout_s=5.0,
-            settle_s=0.3, safety_margin_mib=256)
-        async with httpx.AsyncClient() as http:
-            other_client = asyncio.create_task(http.post(f"{emu.url}/api/models/unload/vision", timeout=10))
-            await until(lambda: emu.state["vision"] == "stopping")
-            async with Coordinator(s) as coord:
-                async with coord.reserve("face-detector") as r:
-                    assert httpx.post(f"{det_url}/detect").status_code == 200
-            assert (await other_client).text == "OK"
+        emu.preload("llama3.1")
+        consumers = [Consumer(name="text", kind="llama-swap", model="llama3.1", vram_mib=2048, priority=0),
+                     Consumer(name="vision", kind="llama-swap", model="vision", vram_mib=4096, priority=1),
+                     Consumer(name="face-detector", kind="facedetect", url=det_url, vram_mib=2048, priority=2)]
+        with ThreadPoolExecutor(1) as pool:
+            other_client = pool.submit(httpx.post, f"{emu.url}/api/models/unload/vision", timeout=10)
+            deadline = time.monotonic() + 5
+            while emu.state["vision"] != "stopping":
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+            yield emu, det_url, det_app.state.detector, consumers
+            assert other_client.result().text == "OK"
+
+
+async def test_a_model_stopping_on_its_own_is_waited_for_and_nothing_else_is_unloaded():
+    """/running shows `stopping` (a ttl expiry, another client's unload): that memory is on its way back, so
+    vramctl waits for the card to show it free instead of unloading the text model as well."""
+    with vision_stopping_on_its_own() as (emu, det_url, detector, consumers):
+        s = VramSettings(consumers=consumers, probe="emulator", probe_url=emu.gpu_url, llama_swap_url=emu.url,
+                         poll_s=0.02, timeout_s=5.0, settle_s=0.3, safety_margin_mib=256)
+        async with Coordinator(s) as coord:
+            async with coord.reserve("face-detector") as r:
+                assert httpx.post(f"{det_url}/detect").status_code == 200
     releasing = next(e for e in r.timeline.events if e.event == "releasing")
     assert releasing.consumer == "vision" and "stopping" in releasing.detail
     assert r.unloaded == [] and "unload" not in names(r) and emu.unloads == ["vision"]
-    assert emu.running() == ["llama3.1"] and emu.gpu.oom_count == 0 and det_app.state.detector["ooms"] == 0
+    assert emu.running() == ["llama3.1"] and emu.gpu.oom_count == 0 and detector["ooms"] == 0
+
+
+async def test_without_a_probe_a_stopping_model_is_given_the_settle_delay():
+    with vision_stopping_on_its_own() as (emu, det_url, detector, consumers):
+        s = VramSettings(consumers=consumers, probe="none", llama_swap_url=emu.url, gpu_total_mib=8192 - 512,
+                         settle_s=1.2, safety_margin_mib=256)
+        async with Coordinator(s) as coord:
+            async with coord.reserve("face-detector") as r:
+                assert httpx.post(f"{det_url}/detect").status_code == 200
+    assert "settle" in names(r) and r.unloaded == [] and emu.running() == ["llama3.1"]
+    assert emu.gpu.oom_count == 0 and detector["ooms"] == 0  # 1.2 s settle ≥ 0.4 stop + 0.2 release
 
 
 async def test_fewest_consumers_are_unloaded(card):

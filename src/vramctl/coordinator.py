@@ -241,12 +241,13 @@ class Coordinator:
         s = self.settings
         candidates = self._candidates(c, states)
         others = [o for o in s.consumers if o.name != c.name and (states[o.name].loaded or states[o.name].releasing)]
-        if s.gpu_total_mib:
-            estimate = s.gpu_total_mib - sum(self._need(o, states) for o in others)
+        if s.gpu_total_mib:  # a stopping model's memory is counted as back after the settle delay
+            loaded = [o for o in others if states[o.name].loaded]
+            estimate = s.gpu_total_mib - sum(self._need(o, states) for o in loaded)
             self._event(res, "estimated", None, estimate,
                         f"no probe: {s.gpu_total_mib} MiB card minus declared use of loaded consumers")
             victims = choose_victims(candidates, need - estimate)
-            held_use = sum(self._need(o, states) for o in others if o not in victims and not states[o.name].releasing)
+            held_use = sum(self._need(o, states) for o in loaded if o not in victims)
             if s.gpu_total_mib - held_use < need:
                 raise NotEnoughVram(self._holders_message(c, need, None, states, res,
                                                           "the loaded consumers that are in use leave too little"))
