@@ -277,20 +277,21 @@ async def test_ollama_answers_keep_alive_zero_at_once_and_vramctl_waits_for_the_
     stops later and the driver lets go after that. The reservation is granted on the measured memory only."""
     oll = create_ollama_app({"llava": {"vram_mib": 6912, "stop_s": 0.3, "release_s": 0.2}}, card.emu.gpu)
     with serve_app(oll) as oll_url:
-        assert httpx.post(f"{oll_url}/api/generate", json={"model": "llava"}).status_code == 200
+        loaded = await asyncio.to_thread(httpx.post, f"{oll_url}/api/generate", json={"model": "llava"})
+        assert loaded.status_code == 200
         s = card.settings(consumers=[
             Consumer(name="llava", kind="ollama", model="llava", url=oll_url, vram_mib=6912),
             Consumer(name="face-detector", kind="facedetect", url=card.detector_url, vram_mib=1024),
         ])
-        async with Coordinator(s) as coord:
-            async with coord.reserve("face-detector") as r:
-                assert httpx.post(f"{card.detector_url}/detect").status_code == 200
+        async with Coordinator(s) as coord, coord.reserve("face-detector") as r:
+            assert (await asyncio.to_thread(httpx.post, f"{card.detector_url}/detect")).status_code == 200
         ev = names(r)
         assert ev.index("unloaded") < ev.index("waiting") < ev.index("free") < ev.index("granted")
         unloaded = next(e for e in r.timeline.events if e.event == "unloaded")
         assert unloaded.free_mib is not None and unloaded.free_mib < 1024 + 256  # answered, memory still held
         assert r.unloaded == ["llava"] and r.free_mib >= 1024 + 256
-        assert oll.state.ollama["unloads"] == ["llava:latest"] and httpx.get(f"{oll_url}/api/ps").json()["models"] == []
+        ps = await asyncio.to_thread(httpx.get, f"{oll_url}/api/ps")
+        assert oll.state.ollama["unloads"] == ["llava:latest"] and ps.json()["models"] == []
         assert card.emu.gpu.oom_count == 0 and card.detector["ooms"] == 0
 
 
@@ -334,9 +335,8 @@ async def test_a_model_stopping_on_its_own_is_waited_for_and_nothing_else_is_unl
     with vision_stopping_on_its_own() as (emu, det_url, detector, consumers):
         s = VramSettings(consumers=consumers, probe="emulator", probe_url=emu.gpu_url, llama_swap_url=emu.url,
                          poll_s=0.02, timeout_s=5.0, settle_s=0.3, safety_margin_mib=256)
-        async with Coordinator(s) as coord:
-            async with coord.reserve("face-detector") as r:
-                assert httpx.post(f"{det_url}/detect").status_code == 200
+        async with Coordinator(s) as coord, coord.reserve("face-detector") as r:
+            assert (await asyncio.to_thread(httpx.post, f"{det_url}/detect")).status_code == 200
     releasing = next(e for e in r.timeline.events if e.event == "releasing")
     assert releasing.consumer == "vision" and "stopping" in releasing.detail
     assert r.unloaded == [] and "unload" not in names(r) and emu.unloads == ["vision"]
@@ -347,9 +347,8 @@ async def test_without_a_probe_a_stopping_model_is_given_the_settle_delay():
     with vision_stopping_on_its_own() as (emu, det_url, detector, consumers):
         s = VramSettings(consumers=consumers, probe="none", llama_swap_url=emu.url, gpu_total_mib=8192 - 512,
                          settle_s=1.2, safety_margin_mib=256)
-        async with Coordinator(s) as coord:
-            async with coord.reserve("face-detector") as r:
-                assert httpx.post(f"{det_url}/detect").status_code == 200
+        async with Coordinator(s) as coord, coord.reserve("face-detector") as r:
+            assert (await asyncio.to_thread(httpx.post, f"{det_url}/detect")).status_code == 200
     assert "settle" in names(r) and r.unloaded == [] and emu.running() == ["llama3.1"]
     assert emu.gpu.oom_count == 0 and detector["ooms"] == 0  # 1.2 s settle ≥ 0.4 stop + 0.2 release
 

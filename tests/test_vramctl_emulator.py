@@ -8,8 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-
-from emulators.llama_swap import OOM_MESSAGE, LlamaSwapEmulator, SimulatedGpu, create_app
+from emulators.llama_swap import (
+    OOM_MESSAGE,
+    LlamaSwapEmulator,
+    SimulatedGpu,
+    create_app,
+)
 from servers import serve_app
 
 CONFIG = """
@@ -247,7 +251,6 @@ def test_create_app_serves_with_the_shared_helper():
 def test_deployment_config_follows_llama_swaps_schema():
     """llama-swap/config.yaml loads in the emulator's parser of llama-swap's schema, with the issue's models."""
     import yaml
-
     from emulators.llama_swap import ROOT_CONFIG
     cfg = yaml.safe_load(ROOT_CONFIG.read_text())
     assert set(cfg) <= {"healthCheckTimeout", "logLevel", "startPort", "macros", "models", "apiKeys", "groups"}
@@ -262,7 +265,6 @@ def test_deployment_config_follows_llama_swaps_schema():
 
 def test_the_emulated_release_is_the_one_compose_pins():
     import yaml
-
     from emulators.llama_swap import LLAMA_SWAP_VERSION, ROOT_CONFIG
     compose = yaml.safe_load((ROOT_CONFIG.parents[1] / "docker-compose.yml").read_text())
     image = compose["services"]["llama-swap"]["image"]

@@ -85,7 +85,12 @@ from typing import Any
 import uvicorn
 import yaml
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import (
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 LLAMA_SWAP_VERSION = "v250"  # the release docker-compose.yml pins and this emulator follows
@@ -299,10 +304,10 @@ def expand_macros(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
     next_port = int(cfg.get("startPort", DEFAULT_START_PORT))
     out: dict[str, dict[str, Any]] = {}
     for mid in sorted(cfg.get("models") or {}):
-        m = dict((cfg["models"][mid] or {}))
+        m = dict(cfg["models"][mid] or {})
         m.setdefault("cmd", EMULATOR_DEFAULT_CMD)
         local = dict(global_macros)
-        local.update((m.pop("macros", None) or {}))
+        local.update(m.pop("macros", None) or {})
         macros = [("MODEL_ID", mid), *local.items()]
         for key in ("cmd", "cmdStop"):
             if isinstance(m.get(key), str):
@@ -436,7 +441,7 @@ class LlamaSwapEmulator:
 
     # ---- serving with a real, stoppable socket ----
     @contextlib.contextmanager
-    def serve(self) -> Iterator["LlamaSwapEmulator"]:
+    def serve(self) -> Iterator[LlamaSwapEmulator]:
         """Serve llama-swap on one port and the card (for probes) on another; `set_down` closes the first."""
         gpu_server = _Server(create_gpu_app(self.gpu))
         self._server = _Server(self.app)

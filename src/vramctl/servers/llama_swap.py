@@ -72,7 +72,7 @@ class Catalog:
         return name in self.real or name in self.peers
 
     @classmethod
-    def from_models(cls, data: list[dict[str, Any]]) -> "Catalog":
+    def from_models(cls, data: list[dict[str, Any]]) -> Catalog:
         cat = cls()
         unqualified: dict[str, set[str]] = {}
         for rec in data:
