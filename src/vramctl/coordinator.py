@@ -58,7 +58,7 @@ class Residency:
     detail: str = ""
     uses_gpu: bool | None = None  # measured by the server itself (face detector /health); None: not reported
     backend: str | None = None  # what the server runs, for messages
-    releasing: bool = False  # stopping (llama-swap `stopping`/`shutdown`, Ollama expiring): memory not back yet
+    releasing: bool = False  # llama-swap `stopping`/`shutdown`: its memory is not back until the probe shows it
 
 
 class Coordinator:
