@@ -7,10 +7,9 @@ import base64
 
 import openai
 import pytest
-from PIL import Image
-
 from emulators.llama_swap import LlamaSwapEmulator
 from images import encode
+from PIL import Image
 
 CONFIG = {"apiKeys": ["sekret"], "models": {
     "vision": {"cmd": "llama-server --port ${PORT} --mmproj m.gguf", "aliases": ["minicpm-v"], "vram_mib": 4608,

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 from emulators.llama_swap import LlamaSwapEmulator
+
 from vramctl import Consumer, Coordinator, EmulatorProbe, VramSettings
 from vramctl.errors import ServerError, UnloadUnsupported
-from vramctl.servers.llama_swap import Catalog, LlamaSwapClient, RemoteModel, error_message
+from vramctl.servers.llama_swap import (
+    Catalog,
+    LlamaSwapClient,
+    RemoteModel,
+    error_message,
+)
 
 CONFIG = {"gpu_total_mib": 8192, "gpu_reserved_mib": 512,
           "models": {"vision": {"cmd": "llama-server --port ${PORT}", "aliases": ["minicpm-v"], "vram_mib": 4608,
@@ -126,3 +131,14 @@ async def test_probe_sees_memory_of_a_stopping_model_until_it_is_released(emu):
         before = (await EmulatorProbe(emu.gpu_url, http).read()).free_mib
         await LlamaSwapClient(emu.url, http).unload("vision")
         assert (await EmulatorProbe(emu.gpu_url, http).read()).free_mib == before  # stopped, not yet released
+
+
+async def test_doctor_accepts_an_alias_as_the_vision_model(emu):
+    from mikubot.config import Settings
+    from mikubot.doctor import check_llama_swap
+
+    async with httpx.AsyncClient() as http:
+        ok = await check_llama_swap(Settings(llama_swap_url=emu.url, vision_model="minicpm-v"), http)
+        bad = await check_llama_swap(Settings(llama_swap_url=emu.url, vision_model="nope"), http)
+    assert ok.state == "ok" and "minicpm-v" in ok.message
+    assert bad.state == "fail" and "llama3.1, vision" in bad.message
