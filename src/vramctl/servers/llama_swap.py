@@ -193,8 +193,8 @@ class LlamaSwapClient:
         raise self._failed("/unload", r)
 
     async def swap_to(self, model: str) -> None:
-        """Kept only as a last resort: ask for another model with `max_tokens: 1`, which makes llama-swap stop
-        the current one — and load `model`, memory it does not need."""
+        """The swap-to-text method, kept only as a last resort: ask for another model with `max_tokens: 1`, which makes
+        llama-swap stop the current one — and load `model`, memory it does not need."""
         body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
         r = await self._call("POST", "/v1/chat/completions", json=body, timeout=max(self.timeout_s, 120.0))
         if r.status_code != 200:
