@@ -142,3 +142,17 @@ async def test_doctor_accepts_an_alias_as_the_vision_model(emu):
         bad = await check_llama_swap(Settings(llama_swap_url=emu.url, vision_model="nope"), http)
     assert ok.state == "ok" and "minicpm-v" in ok.message
     assert bad.state == "fail" and "llama3.1, vision" in bad.message
+
+
+@pytest.mark.parametrize(("state", "loaded", "releasing"), [("starting", True, False), ("ready", True, False),
+                                                             ("stopping", False, True), ("shutdown", False, True)])
+def test_every_process_state_has_a_residency(state, loaded, releasing):
+    """internal/process/process.go's states, as /running may report them (v250 lists all but stopped and
+    shutdown; a server that lists shutdown is still read right). Aliases resolve to the real id."""
+    from vramctl.coordinator import llama_swap_residency
+    from vramctl.servers.llama_swap import RunningModel
+
+    cat = Catalog(real={"vision": "vision", "minicpm-v": "vision"})
+    r = llama_swap_residency("minicpm-v", [RunningModel("vision", state)], cat)
+    assert (r.loaded, r.releasing) == (loaded, releasing) and state in r.detail
+    assert llama_swap_residency("minicpm-v", [], cat).loaded is False
