@@ -88,9 +88,9 @@ SCENARIOS = {
 
 def llama_config(sc: Scenario) -> dict[str, Any]:
     return {"gpu_total_mib": CARD_MIB, "gpu_reserved_mib": DISPLAY_MIB, "models": {
-        "llama3.1": {"cmd": "llama-server -m llama3.1.gguf", "vram_mib": TEXT_MIB, "load_s": TEXT_LOAD_S,
+        "llama3.1": {"cmd": "llama-server --port ${PORT} -m llama3.1.gguf", "vram_mib": TEXT_MIB, "load_s": TEXT_LOAD_S,
                      "stop_s": STOP_S, "release_s": RELEASE_S, "infer_s": 0.05},
-        "vision": {"cmd": "llama-server -m minicpm-v.gguf --mmproj mmproj.gguf", "vram_mib": sc.vision_mib,
+        "vision": {"cmd": "llama-server --port ${PORT} -m minicpm-v.gguf --mmproj mmproj.gguf", "vram_mib": sc.vision_mib,
                    "load_s": VISION_LOAD_S, "stop_s": STOP_S, "release_s": RELEASE_S, "infer_s": VISION_INFER_S,
                    "vision": True},
     }}

@@ -40,8 +40,8 @@ LLAMA_CONFIG: dict[str, Any] = {
     "gpu_total_mib": 8192,
     "gpu_reserved_mib": 2600,
     "models": {
-        "llama3.1": {"cmd": "llama-server -m llama3.1.gguf", "vram_mib": 5120, "load_s": 0.1, "stop_s": 0.05, "release_s": 0.1},
-        "vision": {"cmd": "llama-server -m minicpm-v.gguf --mmproj mmproj.gguf", "vram_mib": 4608, "load_s": 0.2,
+        "llama3.1": {"cmd": "llama-server --port ${PORT} -m llama3.1.gguf", "vram_mib": 5120, "load_s": 0.1, "stop_s": 0.05, "release_s": 0.1},
+        "vision": {"cmd": "llama-server --port ${PORT} -m minicpm-v.gguf --mmproj mmproj.gguf", "vram_mib": 4608, "load_s": 0.2,
                    "stop_s": 0.05, "release_s": 0.2, "infer_s": 0.02, "vision": True},
     },
 }

@@ -124,7 +124,8 @@ def test_the_seeds_three_services(compose):
 
 def test_llama_swap_service(compose):
     svc = service(compose, "llama-swap")
-    assert svc["image"] == "ghcr.io/mostlygeek/llama-swap:cuda"
+    # One released CUDA build (llama-swap vNNN, CUDA, llama.cpp bNNNN), never the floating `:cuda` tag.
+    assert re.fullmatch(r"ghcr\.io/mostlygeek/llama-swap:v\d+-cuda-b\d+", svc["image"]), svc["image"]
     assert svc["runtime"] == "nvidia"
     assert ports(svc) == {8080: 8090}  # llama-swap listens on :8080 in its image; the seed used :8090
     m = mounts(svc)

@@ -72,11 +72,12 @@ async def check_llama_swap(s: Settings, http: httpx.AsyncClient) -> Check:
         return Check("llama-swap", "off", "No vision model configured: the heuristic verifier (tags + hair colour) is used",
                      "set MIKU_LLAMA_SWAP_URL (and MIKU_VISION_MODEL) to verify with a vision model")
     try:
-        models = await LlamaSwapClient(s.llama_swap_url, http, timeout_s=5.0).models()
+        catalog = await LlamaSwapClient(s.llama_swap_url, http, timeout_s=5.0).catalog()
     except ServerError as exc:
         return Check("llama-swap", "fail", f"llama-swap not reachable: {exc}",
                      "start llama-swap (`docker compose up -d llama-swap`) or fix MIKU_LLAMA_SWAP_URL")
-    if s.vision_model not in models:
+    models = [name for name, real in catalog.real.items() if name == real]
+    if not catalog.knows(s.vision_model):  # a model id, an alias, or a peer's model
         return Check("llama-swap", "fail",
                      f"llama-swap connected, but has no model {s.vision_model!r} (it has: {', '.join(models) or 'none'})",
                      "set MIKU_VISION_MODEL to one of those ids, or add the model to llama-swap's config.yaml")
