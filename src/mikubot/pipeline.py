@@ -34,7 +34,8 @@ from mikubot.events import ChangeEvents, EventBus
 from mikubot.history import History
 from mikubot.outputs import ChangeFiles, annotated_source, write_change_files, write_report
 from mikubot.sources import Candidate, Source, SourceError, source_from_spec
-from mikubot.upload import DiscordUploader, UploadError
+from mikubot.discord_rest import DiscordError
+from mikubot.upload import set_avatar
 from mikubot.verify import HeuristicVerifier, Verification, Verifier, VisionUnavailable, VisionVerifier
 from mikubot.vram import DETECTOR, VISION, vram_settings
 from vramctl.coordinator import Coordinator
@@ -427,14 +428,9 @@ class AvatarPipeline:
                 size=[state.crop.image.width, state.crop.image.height])
 
     async def _upload(self, state: ChangeState, png: bytes) -> None:
-        s = self.settings
-        assert s.discord_token is not None
-        uploader = DiscordUploader(s.discord_api, s.discord_token.get_secret_value(), http=self.http,
-                                   max_retries=s.upload_max_retries, max_wait_s=s.upload_max_wait_s,
-                                   timeout_s=s.http_timeout_s)
         try:
-            result = await uploader.set_avatar(png)
-        except UploadError as exc:
+            result = await set_avatar(self.settings, png)
+        except DiscordError as exc:
             state.upload = {"error": exc.message, "status_code": exc.status_code, "retryable": exc.retryable,
                             "kept": str(state.kept_avatar)}
             raise ChangeFailed("upload", exc.message) from None
