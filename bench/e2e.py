@@ -108,7 +108,7 @@ class Rig:
         self.detector_app = create_detector_app(self.llama.gpu, vram_mib=DETECTOR_MIB, load_s=DETECTOR_LOAD_S,
                                                 stop_s=0.2, release_s=0.3, loaded=sc.detector_loaded)
         self.detector = stack.enter_context(serve_app(self.detector_app, health="/health"))
-        app, self.discord = create_discord(token=TOKEN, delay_s=UPLOAD_S, bucket_limit=100)
+        app, self.discord = create_discord(token=TOKEN, avatar_delay_s=UPLOAD_S, bucket_limit=100)
         self.discord_url = stack.enter_context(serve_app(app))
         self.k = k
 

@@ -91,6 +91,19 @@ async def test_a_global_429_holds_then_200(emulator, stock_http):
     assert answers[-1][0] == 200 and len(emulator.uploads) == 1
 
 
+async def test_remaining_zero_makes_discord_py_wait_before_asking(emulator, stock_http):
+    """X-RateLimit-Remaining: 0 with X-RateLimit-Reset-After: discord.py holds the next request on
+    that bucket until the reset instead of running into a 429."""
+    http, answers = stock_http
+    await http.static_login(TOKEN)
+    emulator.bucket_limit, emulator.bucket_window_s = 1, 0.5
+    await http.edit_profile({"avatar": avatar(png())})
+    await http.edit_profile({"avatar": avatar(png((9, 9, 9)))})
+    patches = [r for r in emulator.requests if r["method"] == "PATCH"]
+    assert [r["status"] for r in patches] == [200, 200] and len(emulator.uploads) == 2
+    assert patches[1]["t"] - patches[0]["t"] >= 0.4  # held for the bucket's reset (less the answer's travel)
+
+
 async def test_a_429_without_via_is_taken_for_a_ban(emulator, stock_http):
     """Why the emulator must send Via: without it discord.py raises at the first 429."""
     http, _ = stock_http

@@ -64,15 +64,20 @@ async def test_429_beyond_the_bound_is_a_clear_retryable_error(discord):
     assert not ctl.uploads
 
 
-async def test_bucket_rate_limit_headers_are_honoured():
-    """A spent bucket (X-RateLimit-Remaining: 0) makes discord.py wait for its reset before asking again."""
-    app, ctl = create_app(token="t", bucket_limit=1, bucket_window_s=0.3)
+async def test_a_bucket_spent_by_someone_else_is_waited_out():
+    """Another client spent the route's bucket (1 per 3 s): our upload meets a 429 with the bucket's
+    headers, discord.py waits it out, then 200. (A bucket our own client spends, discord.py waits out
+    before returning: tests/test_discord_conformance.py.)"""
+    app, ctl = create_app(token="t", bucket_limit=1, bucket_window_s=3.0)
+    avatar = "data:image/png;base64," + base64.b64encode(png()).decode()
     with serve_app(app) as base:
-        await set_avatar(settings(f"{base}/api/v10", "t"), png())
-        second = await set_avatar(settings(f"{base}/api/v10", "t"), png(colour=(1, 2, 3)))
-        assert second.attempts in (1, 2)  # a fresh client meets the spent bucket as a 429 at most once
-        assert all(r["bucket"] == "b3a0f4c1e2d5users@me" for r in second.rate_limits)
-        assert len(ctl.uploads) == 2
+        async with httpx.AsyncClient() as other:
+            r = await other.patch(f"{base}/api/v10/users/@me", json={"avatar": avatar}, headers={"Authorization": "Bot t"})
+            assert r.status_code == 200 and r.headers["x-ratelimit-remaining"] == "0"
+        result = await set_avatar(settings(f"{base}/api/v10", "t"), png(colour=(1, 2, 3)))
+    assert result.attempts == 2 and len(ctl.uploads) == 2
+    (limit,) = result.rate_limits
+    assert limit["bucket"] == "b3a0f4c1e2d5users@me" and 0 < limit["retry_after"] <= 3.0 and not limit["global"]
 
 
 async def test_real_429_response_carries_discord_headers():
@@ -148,3 +153,13 @@ async def test_server_errors_retry_then_fail_clearly(discord):
 async def test_discord_down_is_a_clear_error():
     with pytest.raises(DiscordUnavailable, match="cannot reach Discord"):
         await set_avatar(settings(f"http://127.0.0.1:{free_port()}/api/v10", "t"), png())
+
+
+async def test_a_429_that_is_not_discords_fails_at_once(discord):
+    """A 429 without Discord's Via header (a Cloudflare edge refusing the host): discord.py does not
+    wait it out, and the error says it is a rate limit, not a refused avatar."""
+    api, ctl = discord
+    ctl.force_429, ctl.send_via = 1, False
+    with pytest.raises(RateLimited, match=r"\(429\)") as err:
+        await set_avatar(settings(api), png())
+    assert err.value.retryable and not ctl.uploads

@@ -91,6 +91,7 @@ class DiscordControl:
     force_status: int = 500
     force_status_count: int = 0
     delay_s: float = 0.0
+    avatar_delay_s: float = 0.0  # the avatar PATCH alone takes this long (Discord resizing the image)
     uploads: list[UploadedAvatar] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     # The bot's other calls: channel messages (with their files), role edits, and interaction answers
@@ -248,6 +249,8 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
         refused = await refuse(request)
         if refused is not None:
             return refused
+        if ctl.avatar_delay_s:
+            await asyncio.sleep(ctl.avatar_delay_s)
         now = time.monotonic()
         with ctl.lock:
             if now - ctl._bucket_start >= ctl.bucket_window_s:
@@ -475,6 +478,7 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
     async def configure(request: Request) -> dict[str, Any]:
         changes = await request.json()
         allowed = {"force_429", "retry_after_s", "global_429", "send_via", "force_status", "force_status_count", "delay_s",
+                   "avatar_delay_s",
                    "avatar_changes_allowed", "bucket_limit", "bucket_window_s", "max_avatar_bytes"}
         for k, v in changes.items():
             if k in allowed:
