@@ -10,7 +10,7 @@ Current User", Resources › Message, Interactions › Receiving and Responding)
 - Every answer carries ``Via: 1.1 google`` as Discord's do. discord.py takes a 429 *without* ``Via``
   for a Cloudflare ban and raises instead of waiting, so the header decides whether it retries.
 - ``PATCH /users/@me``: ``Authorization: Bot <token>`` or 401 ``{"message": "401: Unauthorized",
-  "code": 0}``; the ``avatar`` data URI (PNG, JPEG, GIF or WebP, decodable, at most 10 MiB) or 400 code
+  "code": 0}``; the ``avatar`` data URI (JPG, GIF or PNG as Reference › Image Data lists, decodable, at most 10 MiB) or 400 code
   50035 with nested form errors (``IMAGE_INVALID``, ``BINARY_TYPE_MAX_SIZE``, ``AVATAR_RATE_LIMIT``
   "You are changing your avatar too fast"); then the user object. The route's bucket sends
   ``X-RateLimit-Limit/-Remaining/-Reset/-Reset-After/-Bucket``; spent, a 429 with those,
@@ -53,8 +53,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from PIL import Image
 
-DATA_URI = re.compile(r"^data:(image/(?:png|jpeg|jpg|gif|webp));base64,(.*)$", re.S)
-PIL_FORMAT = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/gif": "GIF", "image/webp": "WEBP"}
+DATA_URI = re.compile(r"^data:(image/(?:png|jpeg|jpg|gif));base64,(.*)$", re.S)  # Reference › Image Data
+PIL_FORMAT = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/gif": "GIF"}
 VIA = {"Via": "1.1 google"}  # on every Discord answer; discord.py retries a 429 only when it is there
 APPLICATION_ID = "777"
 
