@@ -19,8 +19,8 @@ from facedetect.client import AsyncFaceDetectClient, FaceDetectClientError
 from facedetect.errors import FaceDetectError
 from mikubot.config import Settings
 from mikubot.detection import InProcessDetector
-from mikubot.sources import SourceError, source_from_spec
 from mikubot.discord_rest import DiscordError
+from mikubot.sources import SourceError, source_from_spec
 from mikubot.upload import whoami
 from mikubot.vram import vram_settings
 from vramctl.errors import ServerError

@@ -30,11 +30,11 @@ from facedetect.imageio import load_image
 from mikubot.config import Settings
 from mikubot.crop import CropError, CropResult, FaceTooSmall, avatar_png, crop_avatar, face_in_circle, rank_faces
 from mikubot.detection import FaceFinder, FaceResult, InProcessDetector
+from mikubot.discord_rest import DiscordError
 from mikubot.events import ChangeEvents, EventBus
 from mikubot.history import History
 from mikubot.outputs import ChangeFiles, annotated_source, write_change_files, write_report
 from mikubot.sources import Candidate, Source, SourceError, source_from_spec
-from mikubot.discord_rest import DiscordError
 from mikubot.upload import set_avatar
 from mikubot.verify import HeuristicVerifier, Verification, Verifier, VisionUnavailable, VisionVerifier
 from mikubot.vram import DETECTOR, VISION, vram_settings
