@@ -56,7 +56,7 @@ from mikubot.config import Settings  # noqa: E402
 from mikubot.crop import avatar_png, crop_avatar  # noqa: E402
 from mikubot.pipeline import AvatarPipeline  # noqa: E402
 from mikubot.sources import source_from_spec  # noqa: E402
-from mikubot.upload import DiscordUploader  # noqa: E402
+from mikubot.upload import set_avatar  # noqa: E402
 from mikubot.verify import VisionVerifier  # noqa: E402
 from facedetect.imageio import load_image  # noqa: E402
 
@@ -108,7 +108,7 @@ class Rig:
         self.detector_app = create_detector_app(self.llama.gpu, vram_mib=DETECTOR_MIB, load_s=DETECTOR_LOAD_S,
                                                 stop_s=0.2, release_s=0.3, loaded=sc.detector_loaded)
         self.detector = stack.enter_context(serve_app(self.detector_app, health="/health"))
-        app, self.discord = create_discord(token=TOKEN, delay_s=UPLOAD_S, bucket_limit=100)
+        app, self.discord = create_discord(token=TOKEN, avatar_delay_s=UPLOAD_S, bucket_limit=100)
         self.discord_url = stack.enter_context(serve_app(app))
         self.k = k
 
@@ -152,7 +152,7 @@ async def seed(rig: Rig, data_dir: Path) -> dict[str, Any]:
         oom = r.status_code != 200
         image, _ = load_image(chosen.data or b"")
         png = avatar_png(crop_avatar(image, [], output_size=1024))
-        await DiscordUploader(s.discord_api, TOKEN, http=http).set_avatar(png)
+        await set_avatar(s, png)
     return {"total_s": time.monotonic() - t0, "vision_s": vision_s, "detector_oom": oom}
 
 

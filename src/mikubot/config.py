@@ -98,8 +98,8 @@ class Settings(SourceSettings, BaseSettings):
     # --- Discord ------------------------------------------------------------------------------------------
     discord_token: SecretStr | None = None
     discord_api: str = "https://discord.com/api/v10"
-    upload_max_retries: int = Field(3, ge=0)
-    upload_max_wait_s: float = Field(60.0, ge=0, description="longest 429 wait accepted before giving up")
+    upload_max_wait_s: float = Field(60.0, ge=0, description="longest Discord 429 wait accepted before giving up "
+                                     "(discord.py's max_ratelimit_timeout; it raises anything below 30 s to 30)")
 
     # --- the bot (`mikubot run`) ---------------------------------------------------------------------------
     admin_user_ids: IntList = Field(default_factory=list, description="Discord user ids allowed to use /pfp")

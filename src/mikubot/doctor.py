@@ -19,8 +19,9 @@ from facedetect.client import AsyncFaceDetectClient, FaceDetectClientError
 from facedetect.errors import FaceDetectError
 from mikubot.config import Settings
 from mikubot.detection import InProcessDetector
+from mikubot.discord_rest import DiscordError
 from mikubot.sources import SourceError, source_from_spec
-from mikubot.upload import DiscordUploader, UploadError
+from mikubot.upload import whoami
 from mikubot.vram import vram_settings
 from vramctl.errors import ServerError
 from vramctl.probes import ProbeError, select_probe
@@ -104,8 +105,8 @@ async def check_discord(s: Settings, http: httpx.AsyncClient) -> Check:
         return Check("discord", "off", "No Discord token: changes are dry runs (the avatar is written to a file)",
                      "set MIKU_DISCORD_TOKEN to the bot token from the Developer Portal to apply avatars")
     try:
-        me = await DiscordUploader(s.discord_api, s.discord_token.get_secret_value(), http=http, timeout_s=10.0).me()
-    except UploadError as exc:
+        me = await whoami(s, timeout_s=10.0)
+    except DiscordError as exc:
         fix = ("copy the token again from https://discord.com/developers/applications → your app → Bot"
                if exc.status_code == 401 else f"check the network path to {s.discord_api} (MIKU_DISCORD_API)")
         return Check("discord", "fail", f"Discord token check failed: {exc.message}", fix)

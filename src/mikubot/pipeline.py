@@ -35,13 +35,14 @@ from facedetect.imageio import load_image
 from facedetect.types import Detection
 from mikubot.config import Settings
 from mikubot.crop import CropError, CropResult, FaceTooSmall, avatar_png, crop_avatar, face_in_circle, rank_faces
+from mikubot.discord_rest import DiscordError
 from mikubot.detection import FaceFinder, FaceResult, InProcessDetector
 from mikubot.events import ChangeEvents, EventBus
 from mikubot.history import History
 from mikubot.outputs import ChangeFiles, annotated_source, write_change_files, write_report
 from mikubot.record import ChangeRecord, Credit
 from mikubot.sources import Candidate, Source, SourceError, source_from_spec
-from mikubot.upload import DiscordUploader, UploadError
+from mikubot.upload import set_avatar
 from mikubot.verify import HeuristicVerifier, Verification, Verifier, VisionUnavailable, VisionVerifier
 from mikubot.vram import CPU_BACKENDS, DETECTOR, VISION, vram_settings
 from vramctl.coordinator import Coordinator
@@ -632,14 +633,9 @@ class Change:
                 self.upload = {"skipped": self.dry_reason, "written": str(written)}
                 self.events.emit("upload", "skip", reason=self.dry_reason, avatar=str(written))
                 return
-            s = self.settings
-            assert s.discord_token is not None
-            uploader = DiscordUploader(s.discord_api, s.discord_token.get_secret_value(), http=self.pipeline.http,
-                                       max_retries=s.upload_max_retries, max_wait_s=s.upload_max_wait_s,
-                                       timeout_s=s.http_timeout_s)
             try:
-                result = await uploader.set_avatar(png)
-            except UploadError as exc:
+                result = await set_avatar(self.settings, png)
+            except DiscordError as exc:
                 self.upload = {"error": exc.message, "status_code": exc.status_code, "retryable": exc.retryable,
                                "kept": str(self.kept_avatar)}
                 raise ChangeFailed("upload", exc.message) from None
