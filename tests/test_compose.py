@@ -255,7 +255,7 @@ def test_bot_service(compose):
 # --- images ---------------------------------------------------------------------------------------------
 def test_hadolint_passes_both_dockerfiles():
     result = subprocess.run([tool("hadolint"), "--no-color", "--failure-threshold", "warning", *map(str, DOCKERFILES.values())],
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -357,7 +357,7 @@ def test_make_installs_with_the_same_constraints():
     makefile = (ROOT / "Makefile").read_text()
     installs = [line for line in makefile.splitlines() if "pip install" in line and "-e" in line]
     assert installs and all("-c constraints.txt" in line for line in installs)
-    assert re.search(r"^constraints:", makefile, re.M)
+    assert re.search(r"^constraints:", makefile, re.MULTILINE)
 
 
 def test_bot_dockerfile(compose):
