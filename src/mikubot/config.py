@@ -27,6 +27,7 @@ from pydantic_settings import (
 )
 
 from mikubot.sources.options import SourceSettings
+from vramctl.config import DETECTOR_VRAM_MIB, TEXT_VRAM_MIB, VISION_VRAM_MIB
 
 CONFIG_ENV = "MIKU_CONFIG"
 HEX_COLOUR = re.compile(r"^#?[0-9a-fA-F]{6}$")
@@ -72,9 +73,9 @@ class Settings(SourceSettings, BaseSettings):
     # --- vision model (llama-swap) ----------------------------------------------------------------------
     llama_swap_url: str | None = Field(None, description="unset: heuristic verifier, no vision model")
     vision_model: str = "vision"
-    vision_vram_mib: int = 4096
+    vision_vram_mib: int = VISION_VRAM_MIB
     text_model: str | None = Field(None, description="llama-swap id of the chat model (declared to vramctl)")
-    text_vram_mib: int = 5120
+    text_vram_mib: int = TEXT_VRAM_MIB
     vision_timeout_s: float = 120.0
 
     # --- face detector ----------------------------------------------------------------------------------
@@ -85,7 +86,7 @@ class Settings(SourceSettings, BaseSettings):
     )
     detector_backend: str = "animeface"
     detector_model_path: str | None = None
-    detector_vram_mib: int = 1024
+    detector_vram_mib: int = DETECTOR_VRAM_MIB
 
     # --- GPU probe (vramctl) ------------------------------------------------------------------------------
     vram_config: Path | None = Field(

@@ -43,12 +43,22 @@ class Consumer(BaseModel):
         return self.kind != "external"
 
 
+# What the default models of llama-swap/config.yaml need in VRAM, in MiB: the one home of these sizes
+# (mikubot's settings and the consumers below read them). Estimates: GGUF file + mmproj + KV cache at the
+# configured context + 768 MiB of CUDA context and compute buffers, rounded up to 64 MiB; the table of
+# every quantisation is in docs/operations.md ("Models and VRAM"). Measure yours with `vramctl watch`.
+TEXT_VRAM_MIB = 6528  # Llama 3.1 8B Instruct Q4_K_M, 8192-token context
+VISION_VRAM_MIB = 6464  # MiniCPM-V 2.6 Q4_K_M + f16 mmproj, 4096-token context
+DETECTOR_VRAM_MIB = 1024  # the face detector's yolo-onnx session on CUDA
+
+
 def default_consumers() -> list[Consumer]:
-    """The default deployment: vision ~4 GB (+ mmproj and image context), text ~5 GB, detector ~1 GB."""
+    """The default deployment: the text and vision models of llama-swap/config.yaml, the detector on :6078."""
     return [
-        Consumer(name="text", kind="llama-swap", model="llama3.1", vram_mib=5120, priority=0),
-        Consumer(name="vision", kind="llama-swap", model="vision", vram_mib=4608, priority=1),
-        Consumer(name="face-detector", kind="facedetect", url="http://localhost:6078", vram_mib=1024, priority=2),
+        Consumer(name="text", kind="llama-swap", model="llama3.1", vram_mib=TEXT_VRAM_MIB, priority=0),
+        Consumer(name="vision", kind="llama-swap", model="vision", vram_mib=VISION_VRAM_MIB, priority=1),
+        Consumer(name="face-detector", kind="facedetect", url="http://localhost:6078",
+                 vram_mib=DETECTOR_VRAM_MIB, priority=2),
     ]
 
 
