@@ -7,17 +7,19 @@ ART    ?= .cache/art
 OUT    ?= out/demo
 BENCH_DATA ?= ../shared/bench
 
-.PHONY: help install art demo test test-fast bench lint clean
+.PHONY: help install art demo test test-fast bench lint clean constraints
 
 help:
 	@echo "make demo   - detect faces in the sample art and make an avatar (embedded defaults, no config)"
 	@echo "make test   - run the whole test suite (installs what it needs first)"
 	@echo "make bench  - run the benchmarks and rewrite bench/RESULTS.md"
+	@echo "make constraints - re-resolve every extra of pyproject.toml into constraints.txt (needs PyPI)"
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins every package to the versions the images install too (one lock for all).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[all,test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[all,test]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -32,10 +34,22 @@ demo: install art
 
 test: install art
 	bash scripts/test-deps.sh
-	MIKU_TEST_ART=$(ART)/images $(PY) -m pytest -q
+	MIKU_TEST_ART=$(ART)/images MIKU_TEST_CASCADE=$(BENCH_DATA)/peers/lbpcascade_animeface.xml $(PY) -m pytest -q
 
 bench: install art
 	$(PY) bench/detect.py --art $(ART)/images --bench-data $(BENCH_DATA)
+
+# One resolution of every extra at once (the GPU detector's onnxruntime-gpu included), in a throwaway
+# venv, with pip's own resolver; scripts/constraints.py turns pip's report into constraints.txt.
+LOCK_EXTRAS := all,detector-gpu,supervisor,test
+LOCK_VENV   := .cache/lock-venv
+constraints:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install -q --dry-run --ignore-installed --report $(LOCK_VENV)/report.json '.[$(LOCK_EXTRAS)]'
+	$(LOCK_VENV)/bin/python scripts/constraints.py $(LOCK_VENV)/report.json '$(LOCK_EXTRAS)' > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf $(VENV) .cache out .pytest_cache

@@ -56,7 +56,7 @@ from mikubot.config import Settings  # noqa: E402
 from mikubot.crop import avatar_png, crop_avatar  # noqa: E402
 from mikubot.pipeline import AvatarPipeline  # noqa: E402
 from mikubot.sources import source_from_spec  # noqa: E402
-from mikubot.upload import DiscordUploader  # noqa: E402
+from mikubot.upload import set_avatar  # noqa: E402
 from mikubot.verify import VisionVerifier  # noqa: E402
 from facedetect.imageio import load_image  # noqa: E402
 
@@ -88,9 +88,9 @@ SCENARIOS = {
 
 def llama_config(sc: Scenario) -> dict[str, Any]:
     return {"gpu_total_mib": CARD_MIB, "gpu_reserved_mib": DISPLAY_MIB, "models": {
-        "llama3.1": {"cmd": "llama-server -m llama3.1.gguf", "vram_mib": TEXT_MIB, "load_s": TEXT_LOAD_S,
+        "llama3.1": {"cmd": "llama-server --port ${PORT} -m llama3.1.gguf", "vram_mib": TEXT_MIB, "load_s": TEXT_LOAD_S,
                      "stop_s": STOP_S, "release_s": RELEASE_S, "infer_s": 0.05},
-        "vision": {"cmd": "llama-server -m minicpm-v.gguf --mmproj mmproj.gguf", "vram_mib": sc.vision_mib,
+        "vision": {"cmd": "llama-server --port ${PORT} -m minicpm-v.gguf --mmproj mmproj.gguf", "vram_mib": sc.vision_mib,
                    "load_s": VISION_LOAD_S, "stop_s": STOP_S, "release_s": RELEASE_S, "infer_s": VISION_INFER_S,
                    "vision": True},
     }}
@@ -108,7 +108,7 @@ class Rig:
         self.detector_app = create_detector_app(self.llama.gpu, vram_mib=DETECTOR_MIB, load_s=DETECTOR_LOAD_S,
                                                 stop_s=0.2, release_s=0.3, loaded=sc.detector_loaded)
         self.detector = stack.enter_context(serve_app(self.detector_app, health="/health"))
-        app, self.discord = create_discord(token=TOKEN, delay_s=UPLOAD_S, bucket_limit=100)
+        app, self.discord = create_discord(token=TOKEN, avatar_delay_s=UPLOAD_S, bucket_limit=100)
         self.discord_url = stack.enter_context(serve_app(app))
         self.k = k
 
@@ -152,7 +152,7 @@ async def seed(rig: Rig, data_dir: Path) -> dict[str, Any]:
         oom = r.status_code != 200
         image, _ = load_image(chosen.data or b"")
         png = avatar_png(crop_avatar(image, [], output_size=1024))
-        await DiscordUploader(s.discord_api, TOKEN, http=http).set_avatar(png)
+        await set_avatar(s, png)
     return {"total_s": time.monotonic() - t0, "vision_s": vision_s, "detector_oom": oom}
 
 
@@ -209,7 +209,7 @@ def main() -> None:
         + "\n- **vision s** = the verify window: from the first request for the vision model (ours: its "
         "reservation, which unloads the text model and waits until the memory is free; seed: its first chat "
         "request, for which llama-swap swaps the text model out) to the last of the K answers. "
-        "**rest s** = total − vision; DESIGN's bar is rest ≤ 2 s. **unloads**: processes that left the card "
+        "**rest s** = total − vision; the target is rest ≤ 2 s. **unloads**: processes that left the card "
         "(models and detector); **loads**: what came onto it during the change (text = loaded unasked).\n\n"
         + table(["scenario", "method", "K", "total s", "vision s", "rest s", "bar ≤ 2 s", "unloads",
                  "vision loads", "detector loads", "text loads (unasked)", "OOM"], rows)

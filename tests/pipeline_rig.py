@@ -34,21 +34,21 @@ from servers import serve_app
 TOKEN = "bot-token-for-tests"
 MIKU = "hatsune_miku"
 
-# The deployment of DESIGN.md on an emulated 8 GB card: display and CUDA contexts hold 2.6 GB, so the text
+# The reference deployment on an emulated 8 GB card: display and CUDA contexts hold 2.6 GB, so the text
 # model (5 GB) and the vision model (4.5 GB) never fit together, and the detector (1 GB) not beside vision.
 LLAMA_CONFIG: dict[str, Any] = {
     "gpu_total_mib": 8192,
     "gpu_reserved_mib": 2600,
     "models": {
-        "llama3.1": {"cmd": "llama-server -m llama3.1.gguf", "vram_mib": 5120, "load_s": 0.1, "stop_s": 0.05, "release_s": 0.1},
-        "vision": {"cmd": "llama-server -m minicpm-v.gguf --mmproj mmproj.gguf", "vram_mib": 4608, "load_s": 0.2,
+        "llama3.1": {"cmd": "llama-server --port ${PORT} -m llama3.1.gguf", "vram_mib": 5120, "load_s": 0.1, "stop_s": 0.05, "release_s": 0.1},
+        "vision": {"cmd": "llama-server --port ${PORT} -m minicpm-v.gguf --mmproj mmproj.gguf", "vram_mib": 4608, "load_s": 0.2,
                    "stop_s": 0.05, "release_s": 0.2, "infer_s": 0.02, "vision": True},
     },
 }
 
-# The seed's own sizes (text ~5 GB, vision ~4 GB + mmproj, detector ~1 GB, 512 MiB display): text and vision
+# The reference sizes (text ~5 GB, vision ~4 GB + mmproj, detector ~1 GB, 512 MiB display): text and vision
 # never fit together, but once text is gone vision and the detector do — the detector can stay loaded.
-SEED_SIZES_CONFIG: dict[str, Any] = {
+REFERENCE_SIZES_CONFIG: dict[str, Any] = {
     **LLAMA_CONFIG,
     "gpu_reserved_mib": 512,
 }

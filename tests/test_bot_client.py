@@ -4,14 +4,16 @@ the mapping from a discord.py interaction's member to our Invoker."""
 from __future__ import annotations
 
 import discord
-import httpx
-
+from emulators.discord import create_app
+from interactions import interaction_payload
 from mikubot.bot.client import MikuClient, intents, pfp_group
 from mikubot.bot.commands import BotState
-from mikubot.bot.rest import DiscordRest
+from mikubot.bot.context import Invoker, invoker_of
 from mikubot.config import Settings
+from mikubot.discord_rest import DiscordHTTP
 from mikubot.pipeline import AvatarPipeline
 from mikubot.runner import ChangeRunner
+from servers import serve_app
 
 
 async def test_command_tree_and_minimal_intents(tmp_path):
@@ -19,27 +21,56 @@ async def test_command_tree_and_minimal_intents(tmp_path):
     pipeline = AvatarPipeline(settings)
     try:
         state = BotState(ChangeRunner(pipeline))
-        async with httpx.AsyncClient() as http:
-            rest = DiscordRest(settings.discord_api, None, http=http)
-            client = MikuClient(state, rest)
-            group = client.tree.get_command("pfp")
-            assert isinstance(group, discord.app_commands.Group)
-            assert sorted(c.name for c in group.commands) == ["change", "history", "restore", "status"]
-            change = group.get_command("change")
-            assert [p.name for p in change.parameters] == ["source"] and not change.parameters[0].required
-            restore = group.get_command("restore")
-            assert restore.parameters[0].required and restore.parameters[0].min_value == 1
-            # No configured admins: Discord itself hides /pfp from members without Manage Server.
-            assert group.default_permissions == discord.Permissions(manage_guild=True)
-            assert client.intents.value == intents().value == discord.Intents(guilds=True).value
-            assert not client.intents.message_content and not client.intents.members and not client.intents.presences
-            await client.close()
+        client = MikuClient(state)
+        assert isinstance(client.http, DiscordHTTP) and client._connection.http is client.http
+        assert client.http.api_base == "https://discord.com/api/v10"
+        group = client.tree.get_command("pfp")
+        assert isinstance(group, discord.app_commands.Group)
+        assert sorted(c.name for c in group.commands) == ["change", "history", "restore", "status"]
+        change = group.get_command("change")
+        assert [p.name for p in change.parameters] == ["source"] and not change.parameters[0].required
+        restore = group.get_command("restore")
+        assert restore.parameters[0].required and restore.parameters[0].min_value == 1
+        # No configured admins: Discord itself hides /pfp from members without Manage Server.
+        assert group.default_permissions == discord.Permissions(manage_guild=True)
+        assert client.intents.value == intents().value == discord.Intents(guilds=True).value
+        assert not client.intents.message_content and not client.intents.members and not client.intents.presences
+        await client.close()
 
-            other = AvatarPipeline(Settings(data_dir=tmp_path / "b", admin_role_ids=[5]))
-            try:
-                with_admins = pfp_group(BotState(ChangeRunner(other)), rest)
-            finally:
-                await other.aclose()
-            assert with_admins.default_permissions is None  # configured roles must see it; our check decides
+        other = AvatarPipeline(Settings(data_dir=tmp_path / "b", admin_role_ids=[5]))
+        try:
+            with_admins = pfp_group(BotState(ChangeRunner(other)))
+        finally:
+            await other.aclose()
+        assert with_admins.default_permissions is None  # configured roles must see it; our check decides
     finally:
         await pipeline.aclose()
+
+
+async def test_a_slash_command_answers_through_discord_py(tmp_path):
+    """/pfp status as discord.py receives it: the registered callback builds the context from the
+    discord.py Interaction (the invoker from Discord's resolved permissions) and answers through the
+    interaction webhooks at MIKU_DISCORD_API."""
+    app, ctl = create_app(token="bot-token")
+    with serve_app(app) as base:
+        settings = Settings(data_dir=tmp_path, discord_api=f"{base}/api/v10", discord_token="bot-token", guild_id=99)
+        pipeline = AvatarPipeline(settings)
+        client = MikuClient(BotState(ChangeRunner(pipeline), edit_interval_s=0.0))
+        try:
+            await client.login("bot-token")  # the REST half: the token check, then /pfp registered in server 99
+            assert [c["name"] for c in ctl.commands["99"]] == ["pfp"]
+            assert sorted(o["name"] for o in ctl.commands["99"][0]["options"]) == ["change", "history", "restore", "status"]
+            status = client.tree.get_command("pfp").get_command("status")
+            manager = Invoker(user_id=4, name="manager")
+            for n, perms in ((1, discord.Permissions(manage_guild=True)), (2, discord.Permissions.none())):
+                interaction = discord.Interaction(data=interaction_payload(manager, n, perms, sub="status"),
+                                                  state=client._connection)
+                assert invoker_of(interaction).manage_guild is perms.manage_guild
+                await status.callback(interaction)
+            allowed, refused = ctl.interactions["itoken-1"], ctl.interactions["itoken-2"]
+            assert allowed[0]["type"] == 5 and "no change running" in allowed[-1]["content"]
+            assert refused[0]["type"] == 4 and refused[0]["data"]["flags"] == 64
+            assert "Manage Server" in refused[0]["data"]["content"]
+        finally:
+            await client.close()
+            await pipeline.aclose()

@@ -1,19 +1,23 @@
 """The /pfp handlers against the real pipeline (sample art, in-process detection, SQLite history) and
 the Discord REST emulator for everything Discord sees: the interaction answers, the avatar upload,
-the announcement and the role colour. No gateway: the handlers are plain async functions."""
+the announcement and the role colour, all sent by discord.py. No gateway: each interaction is a
+discord.py ``Interaction`` built from the INTERACTION_CREATE payload Discord would send, and the
+handlers are plain async functions over it."""
 
 from __future__ import annotations
 
 import itertools
 from pathlib import Path
 
+import discord as discordpy
 import pytest
 from emulators.discord import create_app
+from interactions import interaction_payload
 from mikubot.bot.announce import AfterChange
 from mikubot.bot.commands import BotState, pfp_change, pfp_history, pfp_restore, pfp_status, source_allowed
-from mikubot.bot.context import Invoker, RestInteraction
-from mikubot.bot.rest import DiscordRest
+from mikubot.bot.context import InteractionContext, Invoker
 from mikubot.config import Settings
+from mikubot.discord_rest import use_api
 from mikubot.pipeline import AvatarPipeline
 from mikubot.runner import ChangeRunner
 from servers import serve_app
@@ -40,24 +44,33 @@ async def bot(discord, art_dir, tmp_path):
     )
     pipeline = AvatarPipeline(settings)
     runner = ChangeRunner(pipeline)
-    rest = DiscordRest(api, "bot-token", http=pipeline.http)
-    after = AfterChange(settings, rest)
+    after = AfterChange(settings)
     runner.add_listener(after)
     state = BotState(runner, edit_interval_s=0.0)
+    client = discordpy.Client(intents=discordpy.Intents(guilds=True))
+    use_api(client, api)
+    await client.login("bot-token")  # no gateway: the REST half of the client, as the bot's own
     try:
-        yield state, rest, ctl, after
+        yield state, client, ctl, after
     finally:
+        await client.close()
         await pipeline.aclose()
 
 
-def interaction(rest: DiscordRest, invoker: Invoker = ADMIN) -> RestInteraction:
-    n = next(_tokens)
-    return RestInteraction(rest, interaction_id=9000 + n, application_id=777, token=f"itoken-{n}", invoker=invoker)
+def interaction(client: discordpy.Client, invoker: Invoker = ADMIN) -> InteractionContext:
+    perms = discordpy.Permissions(manage_guild=invoker.manage_guild)
+    data = interaction_payload(invoker, next(_tokens), perms)
+    # The roles come with the Invoker: the test server is not in this gateway-less client's cache.
+    return InteractionContext(discordpy.Interaction(data=data, state=client._connection), invoker)
+
+
+def token_of(ctx: InteractionContext) -> str:
+    return ctx.interaction.token
 
 
 async def test_change_applies_avatar_with_live_progress_announcement_and_role_colour(bot):
-    state, rest, ctl, after = bot
-    ctx = interaction(rest)
+    state, client, ctl, after = bot
+    ctx = interaction(client)
     record = await pfp_change(ctx, state)
     assert record is not None and record["status"] == "applied", record.get("error")
 
@@ -67,7 +80,7 @@ async def test_change_applies_avatar_with_live_progress_announcement_and_role_co
     assert up.format == "PNG" and [up.width, up.height] == record["avatar_size"] and up.width == up.height
     assert up.data == Path(record["avatar_path"]).read_bytes()
 
-    answers = ctl.interactions[ctx._token]
+    answers = ctl.interactions[token_of(ctx)]
     assert answers[0]["kind"] == "callback" and answers[0]["type"] == 5  # deferred
     edits = [a for a in answers if a["kind"] == "edit"]
     # Progress edits came before the result and walked through the stages in order.
@@ -94,29 +107,29 @@ async def test_change_applies_avatar_with_live_progress_announcement_and_role_co
 
 
 async def test_non_admin_is_refused_and_nothing_happens(bot):
-    state, rest, ctl, _ = bot
-    ctx = interaction(rest, STRANGER)
+    state, client, ctl, _ = bot
+    ctx = interaction(client, STRANGER)
     assert await pfp_change(ctx, state) is None
-    (answer,) = ctl.interactions[ctx._token]
+    (answer,) = ctl.interactions[token_of(ctx)]
     assert answer["type"] == 4 and answer["data"]["flags"] == 64
     assert "Manage Server" in answer["data"]["content"]
     assert ctl.uploads == [] and state.runner.pipeline.history.list() == []
 
 
 async def test_admin_by_role_or_manage_server(bot):
-    state, rest, ctl, _ = bot
-    by_role = interaction(rest, Invoker(user_id=3, role_ids=frozenset({77})))
-    manager = interaction(rest, Invoker(user_id=4, manage_guild=True))
+    state, client, ctl, _ = bot
+    by_role = interaction(client, Invoker(user_id=3, role_ids=frozenset({77})))
+    manager = interaction(client, Invoker(user_id=4, manage_guild=True))
     assert await pfp_history(by_role, state) is not None
     assert await pfp_status(manager, state) is not None
-    assert ctl.interactions[by_role._token][0]["type"] == 5
+    assert ctl.interactions[token_of(by_role)][0]["type"] == 5
 
 
 async def test_sources_that_read_the_server_disk_are_refused(bot):
-    state, rest, ctl, _ = bot
-    ctx = interaction(rest)
+    state, client, ctl, _ = bot
+    ctx = interaction(client)
     assert await pfp_change(ctx, state, source="file:/etc/passwd") is None
-    (answer,) = ctl.interactions[ctx._token]
+    (answer,) = ctl.interactions[token_of(ctx)]
     assert answer["type"] == 4 and "not a source" in answer["data"]["content"]
     assert state.runner.pipeline.history.list() == []
     assert source_allowed("danbooru") and source_allowed("url:https://example.org/a.png")
@@ -124,11 +137,11 @@ async def test_sources_that_read_the_server_disk_are_refused(bot):
 
 
 async def test_second_change_while_one_runs_names_the_running_one(bot):
-    state, rest, ctl, _ = bot
+    state, client, ctl, _ = bot
     handle = await state.runner.start_change(dry_run=True)
-    ctx = interaction(rest)
+    ctx = interaction(client)
     assert await pfp_change(ctx, state) is None
-    last = ctl.interactions[ctx._token][-1]
+    last = ctl.interactions[token_of(ctx)][-1]
     assert last["kind"] == "edit" and "already running" in last["content"] and f"#{handle.change_id}" in last["content"]
     record = await handle.result()
     assert record["status"] == "dry-run"
@@ -136,31 +149,31 @@ async def test_second_change_while_one_runs_names_the_running_one(bot):
 
 
 async def test_restore_reapplies_an_earlier_avatar_and_history_lists_both(bot):
-    state, rest, ctl, _ = bot
-    first = await pfp_change(interaction(rest), state)
+    state, client, ctl, _ = bot
+    first = await pfp_change(interaction(client), state)
     assert first is not None and first["status"] == "applied"
-    ctx = interaction(rest)
+    ctx = interaction(client)
     again = await pfp_restore(ctx, state, first["id"])
     assert again is not None and again["status"] == "applied", again.get("error")
     assert len(ctl.uploads) == 2 and ctl.uploads[1].data == ctl.uploads[0].data
     assert state.runner.pipeline.history.get(again["id"])["restored_from"] == first["id"]
-    assert "New avatar applied" in ctl.interactions[ctx._token][-1]["content"]
+    assert "New avatar applied" in ctl.interactions[token_of(ctx)][-1]["content"]
 
-    text = await pfp_history(interaction(rest), state)
+    text = await pfp_history(interaction(client), state)
     assert f"#{first['id']}" in text and f"#{again['id']}" in text and f"restore of #{first['id']}" in text
 
-    missing = interaction(rest)
+    missing = interaction(client)
     assert await pfp_restore(missing, state, 999) is None
-    assert "Cannot restore #999" in ctl.interactions[missing._token][-1]["content"]
+    assert "Cannot restore #999" in ctl.interactions[token_of(missing)][-1]["content"]
 
 
 async def test_failed_upload_says_why_and_keeps_the_avatar(bot):
-    state, rest, ctl, _ = bot
+    state, client, ctl, _ = bot
     ctl.avatar_changes_allowed = 0  # Discord: "You are changing your avatar too fast"
-    ctx = interaction(rest)
+    ctx = interaction(client)
     record = await pfp_change(ctx, state)
     assert record["status"] == "failed" and record["failed_stage"] == "upload"
-    final = ctl.interactions[ctx._token][-1]
+    final = ctl.interactions[token_of(ctx)][-1]
     assert "failed at **upload**" in final["content"] and "too fast" in final["content"]
     assert f"/pfp restore {record['id']}" in final["content"]
     assert Path(record["avatar_path"]).is_file()
@@ -168,20 +181,20 @@ async def test_failed_upload_says_why_and_keeps_the_avatar(bot):
 
 
 async def test_status_shows_running_change_and_last_result(bot):
-    state, rest, ctl, _ = bot
+    state, client, _, _ = bot
     handle = await state.runner.start_change(dry_run=True)
-    text = await pfp_status(interaction(rest), state)
+    text = await pfp_status(interaction(client), state)
     assert f"#{handle.change_id} running" in text
     await handle.result()
-    text = await pfp_status(interaction(rest), state)
+    text = await pfp_status(interaction(client), state)
     assert "no change running" in text and f"last: #{handle.change_id} dry-run" in text
     assert "no scheduled rotation" in text
 
 
 async def test_progress_edits_are_throttled(bot):
-    state, rest, ctl, _ = bot
+    state, client, ctl, _ = bot
     state.edit_interval_s = 3600.0  # one progress edit at most, then the result
-    ctx = interaction(rest)
+    ctx = interaction(client)
     record = await pfp_change(ctx, state)
-    edits = [a for a in ctl.interactions[ctx._token] if a["kind"] == "edit"]
+    edits = [a for a in ctl.interactions[token_of(ctx)] if a["kind"] == "edit"]
     assert len(edits) == 2 and f"#{record['id']}" in edits[-1]["content"]

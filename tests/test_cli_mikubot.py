@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from emulators.danbooru import create_dapi_app
 from emulators.discord import create_app as create_discord
 from facedetect.api import create_app as create_facedetect
 from facedetect.settings import FaceDetectSettings
@@ -107,6 +108,7 @@ def test_doctor_embedded_default_is_healthy(folder, tmp_path):
     assert r.returncode == 0, r.stdout
     assert "✅ Anime face detector in-process (animeface)" in r.stdout
     assert "➖ No Discord token" in r.stdout and "➖ No vision model" in r.stdout and "➖ No GPU probe" in r.stdout
+    assert "➖ Gelbooru off: no API credentials" in r.stdout
 
 
 def test_doctor_reports_failures_with_fixes(folder, tmp_path):
@@ -127,3 +129,50 @@ def test_doctor_reports_failures_with_fixes(folder, tmp_path):
         assert ok.returncode == 0 and checks["discord"]["state"] == "ok" and "Miku" in checks["discord"]["message"]
     r = mikubot("doctor", cwd=tmp_path, MIKU_SOURCE=f"local:{folder}", FACE_DETECTOR_URL=f"http://127.0.0.1:{free_port()}")
     assert r.returncode == 1 and "❌ Anime face detector API not reachable" in r.stdout and "facedetect serve" in r.stdout
+
+
+GELBOORU_USER, GELBOORU_KEY = "1234", "gel-secret-key"
+
+
+def test_gelbooru_that_demands_credentials_end_to_end(art_dir, tmp_path):
+    """Gelbooru answers 401 to anonymous API calls: doctor says what to set, a change says why it failed,
+    and with MIKU_GELBOORU_USER_ID/MIKU_GELBOORU_API_KEY the dry-run change works; the key is never shown."""
+    app = create_dapi_app(art_dir=art_dir, flavour="gelbooru")
+    app.state.control.add_user(GELBOORU_USER, GELBOORU_KEY)
+    with serve_app(app) as gelbooru:
+        # the heuristic verifier's hair check is not what this test is about: Sylvie's sprites stand in for Miku
+        env = {"MIKU_GELBOORU_URL": gelbooru, "MIKU_MIN_SIDE": "300", "MIKU_MIN_CONFIDENCE": "0",
+               "MIKU_SOURCE": "gelbooru"}
+        r = mikubot("doctor", "--json", cwd=tmp_path, **env)
+        source = {c["name"]: c for c in json.loads(r.stdout)}["source"]
+        assert r.returncode == 1 and source["state"] == "fail" and "lacks API credentials" in source["message"]
+        assert "MIKU_GELBOORU_USER_ID" in source["fix"] and "MIKU_GELBOORU_API_KEY" in source["fix"]
+        r = mikubot("pfp", "change", "--source", "gelbooru", "--dry-run", "--json", cwd=tmp_path, **env)
+        record = json.loads(r.stdout)
+        assert r.returncode == 1 and record["status"] == "failed" and "401" in record["error"]
+        assert "MIKU_GELBOORU_API_KEY" in record["error"]
+
+        half = mikubot("doctor", "--json", cwd=tmp_path, **{**env, "MIKU_SOURCE": "local:.", "MIKU_GELBOORU_USER_ID": "1"})
+        gel = {c["name"]: c for c in json.loads(half.stdout)}["gelbooru"]
+        assert gel["state"] == "warn" and "half" in gel["message"] and "MIKU_GELBOORU_API_KEY" in gel["fix"]
+
+        env.update(MIKU_GELBOORU_USER_ID=GELBOORU_USER, MIKU_GELBOORU_API_KEY=GELBOORU_KEY)
+        r = mikubot("doctor", "--json", cwd=tmp_path, **env)
+        checks = {c["name"]: c for c in json.loads(r.stdout)}
+        source = checks["source"]
+        assert source["state"] == "ok" and f"Gelbooru at {gelbooru} answers" in source["message"], source
+        assert "gelbooru" not in checks  # the source check speaks for Gelbooru when it is the source
+        out = tmp_path / "gelbooru.png"
+        r = mikubot("pfp", "change", "--source", "gelbooru", "--dry-run", "-k", "2", "--out", str(out), "--json",
+                    cwd=tmp_path, **env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        record = json.loads(r.stdout)
+        assert record["status"] == "dry-run" and record["source"]["name"] == "gelbooru" and out.is_file()
+        shown = mikubot("config", "show", "--json", cwd=tmp_path, **env)
+        values = json.loads(shown.stdout)
+        assert values["gelbooru_api_key"] == "**********" and values["gelbooru_user_id"] == GELBOORU_USER
+    searches = app.state.control.searches()
+    assert searches[-1].params["user_id"] == GELBOORU_USER and searches[-1].params["api_key"] == "***"
+    stored = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    assert GELBOORU_KEY.encode() not in stored, "the API key reached a file (history, report, log)"
+    assert GELBOORU_KEY not in r.stdout + r.stderr + shown.stdout

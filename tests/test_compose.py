@@ -1,47 +1,58 @@
-"""The deployment files checked against the code they deploy (no Docker engine here): ports, health
-paths, build contexts, volumes and every setting name in .env.example."""
+"""The deployment files checked by the real tools and against the code they deploy (no Docker engine
+here): Compose v2's own parser (compose-go, in the `docker-compose` binary) reads docker-compose.yml with
+and without a .env, hadolint lints both Dockerfiles, Docker's own dockerignore matcher tells what a build
+context sends; then ports, health paths, GPUs, start order, volumes, the one lock of versions, the model
+files and every setting name in .env.example are checked against the code."""
 
 from __future__ import annotations
 
-import fnmatch
+import json
 import re
 import shlex
+import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from deploy_tools import ROOT, compose_config, compose_model, project_copy, tool
+from docker.utils.build import exclude_paths
 from dockerfile_parse import DockerfileParser
+from packaging.requirements import Requirement
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
 from facedetect.settings import FaceDetectSettings
-from mikubot.config import CONFIG_ENV, Settings
 from mikubot.bot import PANEL_PORT
-from vramctl.config import VramSettings
+from mikubot.config import CONFIG_ENV, Settings
+from vramctl.config import (
+    DETECTOR_VRAM_MIB,
+    TEXT_VRAM_MIB,
+    VISION_VRAM_MIB,
+    VramSettings,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (Settings, VramSettings, FaceDetectSettings)
-COMPOSE_ONLY = {"MODELS_DIR"}  # interpolated by docker compose itself, read by no Python code
+# Interpolated by docker compose itself, read by no Python code.
+COMPOSE_ONLY = {"MODELS_DIR", "DETECTOR_VARIANT"}
 LINE = re.compile(r"^(# )?([A-Z][A-Z0-9_]*)=(.*)$")
+DOCKERFILES = {"miku-bot": ROOT / "bot" / "Dockerfile", "anime-face-detector": ROOT / "face-detector" / "Dockerfile"}
 
 
 @pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+def compose(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """docker-compose.yml as Compose v2 resolves it, with no .env at all."""
+    return compose_model(project_copy(tmp_path_factory.mktemp("no-env")))
 
 
 def service(compose: dict[str, Any], name: str) -> dict[str, Any]:
     return compose["services"][name]
 
 
-def ports(svc: dict[str, Any]) -> dict[int, int]:
-    """container port -> host port."""
-    out = {}
-    for p in svc.get("ports", []):
-        parts = str(p).split(":")
-        out[int(parts[-1])] = int(parts[-2])
-    return out
+def ports(svc: dict[str, Any]) -> dict[int, tuple[str, int]]:
+    """container port -> (host address, host port)."""
+    return {int(p["target"]): (p.get("host_ip", "0.0.0.0"), int(p["published"])) for p in svc.get("ports", [])}
 
 
 def env_names(cls: type[BaseSettings]) -> dict[str, set[str]]:
@@ -68,68 +79,86 @@ def env_example() -> list[tuple[bool, str, str]]:
 
 
 def healthcheck_url(svc: dict[str, Any]) -> str:
-    test = svc["healthcheck"]["test"]
-    text = " ".join(test) if isinstance(test, list) else test
+    text = " ".join(svc["healthcheck"]["test"])
     m = re.search(r"https?://[^'\" ]+", text)
     assert m, f"no URL in healthcheck {text!r}"
     return m.group(0)
 
 
-def dockerfile(svc: dict[str, Any]) -> tuple[Path, Path, DockerfileParser]:
-    build = svc["build"]
-    context = (ROOT / build["context"]).resolve()
-    path = context / build.get("dockerfile", "Dockerfile")
-    assert context.is_dir() and path.is_file(), f"{path} missing"
-    return context, path, DockerfileParser(path=str(path))
+def mounts(svc: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """container path -> (type, source), the source of a bind relative to the project."""
+    return {v["target"]: (v["type"], v["source"]) for v in svc.get("volumes", [])}
 
 
-def dockerignored(path: Path, name: str) -> bool:
-    """Docker's rule: a pattern matches a path or one of its parent folders, the last matching
-    pattern wins, and ``!`` re-includes."""
-    ignore = path.with_name(path.name + ".dockerignore")
-    if not ignore.is_file():
-        ignore = path.parent / ".dockerignore"
-    parts = name.strip("/").split("/")
-    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-    excluded = False
-    for raw in ignore.read_text().splitlines() if ignore.is_file() else []:
-        pat = raw.strip()
-        if not pat or pat.startswith("#"):
-            continue
-        neg = pat.startswith("!")
-        pat = pat.lstrip("!").rstrip("/")
-        if pat.startswith("**/"):
-            hit = any(fnmatch.fnmatch(p.split("/")[-1], pat[3:]) for p in prefixes)
-        else:
-            hit = any(fnmatch.fnmatch(p, pat) for p in prefixes)
-        if hit:
-            excluded = not neg
-    return excluded
+def gpu_capabilities(svc: dict[str, Any]) -> list[list[str]]:
+    devices = svc.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+    assert all(d["driver"] == "nvidia" for d in devices)
+    return [sorted(d["capabilities"]) for d in devices]
 
 
-def mounts(svc: dict[str, Any]) -> dict[str, str]:
-    """container path -> host path or volume name, with compose's ``${VAR:-default}`` at its default."""
-    out = {}
-    for v in svc.get("volumes", []):
-        text = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(v))
-        source, target = text.split(":")[:2]
-        out[target] = source
-    return out
+def seconds(duration: str) -> float:
+    m = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", duration)
+    assert m and duration, duration
+    return int(m.group(1) or 0) * 60 + int(m.group(2) or 0)
+
+
+# --- Compose v2 itself ------------------------------------------------------------------------------------
+def test_compose_v2_accepts_the_file_without_a_dot_env(compose):
+    assert compose["name"] == "miku-discord"
+    assert set(compose["services"]) == {"llama-swap", "anime-face-detector", "miku-bot"}
+    # Nothing of a .env: the two services that read one get only what compose itself sets.
+    assert "MIKU_WEB_TOKEN" not in service(compose, "miku-bot")["environment"]
+
+
+def test_a_dot_env_reaches_both_services_and_compose_values_win(tmp_path):
+    env = "MIKU_WEB_TOKEN=tok\nFACEDETECT_BACKEND=cascade\nMIKU_DATA_DIR=/elsewhere\nMIKU_VISION_VRAM_MIB=5000\n"
+    model = compose_model(project_copy(tmp_path, env_file=env))
+    bot, detector = service(model, "miku-bot")["environment"], service(model, "anime-face-detector")["environment"]
+    assert bot["MIKU_WEB_TOKEN"] == "tok" and detector["FACEDETECT_BACKEND"] == "cascade"
+    assert bot["MIKU_DATA_DIR"] == "/data"  # set by compose: the volume is mounted there
+    # One setting sizes the vision model for the bot and for `vramctl` in its container alike.
+    assert bot["MIKU_VISION_VRAM_MIB"] == "5000"
+    vision = next(c for c in json.loads(bot["MIKU_VRAM_CONSUMERS"]) if c["name"] == "vision")
+    assert vision["vram_mib"] == 5000
+
+
+def test_the_tool_rejects_a_required_dot_env_that_is_missing(tmp_path):
+    """The check above can fail: the short form `env_file: [.env]` makes .env required, and Compose v2
+    refuses the file without one."""
+    project = project_copy(tmp_path)
+    text = (ROOT / "docker-compose.yml").read_text()
+    strict = re.sub(r"- path: \.env\n\s+required: false", "- .env", text)
+    assert strict != text
+    (project / "strict.yml").write_text(strict)
+    result = compose_config(project, compose_file="strict.yml", check=False)
+    assert result.returncode != 0 and ".env" in result.stderr
 
 
 # --- services -------------------------------------------------------------------------------------------
-def test_the_seeds_three_services(compose):
-    assert set(compose["services"]) == {"llama-swap", "anime-face-detector", "miku-bot"}
+def test_every_published_port_is_on_the_hosts_loopback(compose):
+    for name, svc in compose["services"].items():
+        for target, (host_ip, _) in ports(svc).items():
+            assert host_ip == "127.0.0.1", f"{name}: container port {target} is published on {host_ip}"
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "drop the \"127.0.0.1:\"" in text  # the comment that says how to open one
+
+
+def test_gpus_by_device_reservation_not_the_nvidia_runtime(compose):
+    assert gpu_capabilities(service(compose, "llama-swap")) == [["gpu"]]
+    assert gpu_capabilities(service(compose, "anime-face-detector")) == [["gpu"]]
+    assert gpu_capabilities(service(compose, "miku-bot")) == [["utility"]]  # NVML only
+    for svc in compose["services"].values():
+        assert "runtime" not in svc
 
 
 def test_llama_swap_service(compose):
     svc = service(compose, "llama-swap")
-    assert svc["image"] == "ghcr.io/mostlygeek/llama-swap:cuda"
-    assert svc["runtime"] == "nvidia"
-    assert ports(svc) == {8080: 8090}  # llama-swap listens on :8080 in its image; the seed used :8090
+    # One released CUDA build (llama-swap vNNN, CUDA, llama.cpp bNNNN), never the floating `:cuda` tag.
+    assert re.fullmatch(r"ghcr\.io/mostlygeek/llama-swap:v\d+-cuda-b\d+", svc["image"]), svc["image"]
+    assert ports(svc) == {8080: ("127.0.0.1", 8090)}  # llama-swap listens on :8080 in its image
     m = mounts(svc)
-    assert (ROOT / m["/app/config.yaml"]).is_file(), "llama-swap/config.yaml is missing"  # the image reads it there
-    assert m["/models"] == "./models"
+    assert Path(m["/app/config.yaml"][1]).is_file(), "llama-swap/config.yaml is missing"  # the image reads it there
+    assert Path(m["/models"][1]).name == "models"
     assert healthcheck_url(svc) == "http://localhost:8080/health"
 
 
@@ -145,21 +174,41 @@ def test_llama_swap_config_serves_the_models_the_bot_asks_for():
 
 def test_detector_service_matches_facedetect_defaults(compose):
     svc = service(compose, "anime-face-detector")
-    fd = FaceDetectSettings()
-    assert svc["runtime"] == "nvidia"
-    assert ports(svc) == {fd.port: fd.port, fd.ui_port: fd.ui_port} == {6078: 6078, 7860: 7860}
+    fd = FaceDetectSettings.model_fields
+    assert ports(svc) == {6078: ("127.0.0.1", 6078), 7860: ("127.0.0.1", 7860)}
+    assert (fd["port"].default, fd["ui_port"].default) == (6078, 7860)
+    # Inside the container the programs bind every interface (the host side is loopback, above).
+    assert svc["environment"]["FACEDETECT_HOST"] == "0.0.0.0"
     url = healthcheck_url(svc)
-    assert url.endswith(f":{fd.port}/health")
+    assert url.endswith(":6078/health")
     from facedetect.api import create_app
 
     routes = {r.path for r in create_app(FaceDetectSettings(preload=False)).routes}
     assert "/health" in routes and "/detect" in routes
-    context, path, df = dockerfile(svc)
-    assert path == ROOT / "face-detector" / "Dockerfile"
-    assert {str(fd.port), str(fd.ui_port)} <= set(" ".join(i["value"] for i in df.structure if i["instruction"] == "EXPOSE").split())
+    assert Path(svc["build"]["dockerfile"]) == Path("face-detector/Dockerfile")
+    df = DockerfileParser(path=str(DOCKERFILES["anime-face-detector"]))
+    exposes = " ".join(i["value"] for i in df.structure if i["instruction"] == "EXPOSE").split()
+    assert {"6078", "7860"} <= set(exposes)
     outputs = df.envs.get("FACEDETECT_OUTPUTS")
-    assert mounts(svc)[outputs] in compose["volumes"], "the outputs volume must be where the image writes"
-    assert mounts(svc)["/models"] == "./models"
+    kind, source = mounts(svc)[outputs]
+    assert kind == "volume" and source in compose["volumes"], "the outputs volume must be where the image writes"
+    assert Path(mounts(svc)["/models"][1]).name == "models"
+
+
+def test_detector_image_is_the_gpu_variant_unless_asked_otherwise(compose, tmp_path):
+    assert service(compose, "anime-face-detector")["build"]["args"] == {"VARIANT": "gpu"}
+    cpu = compose_model(project_copy(tmp_path), extra_env={"DETECTOR_VARIANT": "cpu"})
+    assert service(cpu, "anime-face-detector")["build"]["args"] == {"VARIANT": "cpu"}
+
+
+def test_docker_waits_for_supervisord_to_stop_its_programs(compose):
+    import configparser
+
+    conf = configparser.RawConfigParser(inline_comment_prefixes=(";",))
+    conf.read(ROOT / "face-detector" / "supervisord.conf")
+    waits = [conf.getint(s, "stopwaitsecs", fallback=10) for s in conf.sections() if s.startswith("program:")]
+    grace = seconds(service(compose, "anime-face-detector")["stop_grace_period"])
+    assert grace > max(waits), f"stop_grace_period {grace}s must exceed supervisord's stopwaitsecs {max(waits)}s"
 
 
 def test_bot_service(compose):
@@ -167,61 +216,156 @@ def test_bot_service(compose):
 
     assert PANEL_PORT == DEFAULT_PORT  # `mikubot run` and `mikubot web` serve the panel on the same port
     svc = service(compose, "miku-bot")
-    assert ports(svc) == {PANEL_PORT: PANEL_PORT} == {3939: 3939}
-    assert svc["env_file"] == [".env"] and (ROOT / ".env.example").is_file()
+    assert ports(svc) == {PANEL_PORT: ("127.0.0.1", PANEL_PORT)} == {3939: ("127.0.0.1", 3939)}
+    assert (ROOT / ".env.example").is_file()
     env = svc["environment"]
     # Inside the compose network the bot reaches the others by service name on their container ports.
-    assert env["FACE_DETECTOR_URL"].endswith(f"http://anime-face-detector:{FaceDetectSettings().port}}}")
-    llama_port = next(iter(ports(service(compose, "llama-swap"))))
-    assert env["MIKU_LLAMA_SWAP_URL"].endswith(f"http://llama-swap:{llama_port}}}")
+    assert env["FACE_DETECTOR_URL"] == "http://anime-face-detector:6078"
+    assert env["MIKU_LLAMA_SWAP_URL"] == f"http://llama-swap:{next(iter(ports(service(compose, 'llama-swap'))))}"
     for name in env:
         if name.startswith(("MIKU_", "FACE_DETECTOR_URL")):
             assert any(name in names for cls in (Settings, VramSettings) for names in env_names(cls).values()), \
                 f"{name} is not a setting"
-    # Those URLs parse as settings (the ${VAR:-default} of compose resolved to its default).
-    resolved = {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(v)) for k, v in env.items()}
-    s = Settings(data_dir=resolved["MIKU_DATA_DIR"], face_detector_url=resolved["FACE_DETECTOR_URL"],
-                 llama_swap_url=resolved["MIKU_LLAMA_SWAP_URL"], gpu_probe=resolved["MIKU_GPU_PROBE"])
+    s = Settings(data_dir=env["MIKU_DATA_DIR"], face_detector_url=env["FACE_DETECTOR_URL"],
+                 llama_swap_url=env["MIKU_LLAMA_SWAP_URL"], gpu_probe=env["MIKU_GPU_PROBE"])
     assert s.gpu_probe == "nvml"
-    # `vramctl` run inside the container sees the compose addresses and the models llama-swap serves.
+    # `vramctl` run inside the container sees the compose addresses, the models llama-swap serves, and
+    # the same sizes the bot declares.
     with pytest.MonkeyPatch.context() as m:
         for name in ("MIKU_VRAM_CONSUMERS", "MIKU_VRAM_PROBE", "MIKU_LLAMA_SWAP_URL"):
-            m.setenv(name, resolved[name])
+            m.setenv(name, env[name])
         vram = VramSettings()
-    assert vram.llama_swap_url == resolved["MIKU_LLAMA_SWAP_URL"] and vram.probe == "nvml"
+    assert vram.llama_swap_url == env["MIKU_LLAMA_SWAP_URL"] and vram.probe == "nvml"
     detector = vram.consumer("face-detector")
-    assert detector.kind == "facedetect" and detector.url == resolved["FACE_DETECTOR_URL"]
+    assert detector.kind == "facedetect" and detector.url == env["FACE_DETECTOR_URL"]
     served = yaml.safe_load((ROOT / "llama-swap" / "config.yaml").read_text())["models"]
     assert {c.model for c in vram.consumers if c.kind == "llama-swap"} <= set(served)
+    sizes = {c.name: c.vram_mib for c in vram.consumers}
+    assert sizes == {"text": s.text_vram_mib, "vision": s.vision_vram_mib, "face-detector": s.detector_vram_mib}
     # The data volume is mounted where MIKU_DATA_DIR points, and declared.
-    assert mounts(svc)[env["MIKU_DATA_DIR"]] in compose["volumes"]
-    # It starts after both dependencies are *healthy*, and each of them has a healthcheck.
+    kind, source = mounts(svc)[env["MIKU_DATA_DIR"]]
+    assert kind == "volume" and source in compose["volumes"]
+    # It starts once both dependencies have *started*: without a healthy detector or vision model it
+    # still runs (in-process detection, heuristic verifier) and `mikubot doctor` says what is missing.
     for dep in ("llama-swap", "anime-face-detector"):
-        assert svc["depends_on"][dep]["condition"] == "service_healthy"
-        assert "healthcheck" in service(compose, dep)
+        assert svc["depends_on"][dep]["condition"] == "service_started"
+        assert "healthcheck" in service(compose, dep)  # `docker compose ps` still shows their health
     assert healthcheck_url(svc) == f"http://localhost:{PANEL_PORT}/health"
 
 
-def test_build_contexts_and_copy_sources_exist(compose):
-    for name, svc in compose["services"].items():
-        if "build" not in svc:
-            continue
-        context, path, df = dockerfile(svc)
-        for instr in df.structure:
+# --- images ---------------------------------------------------------------------------------------------
+def test_hadolint_passes_both_dockerfiles():
+    result = subprocess.run([tool("hadolint"), "--no-color", "--failure-threshold", "warning", *map(str, DOCKERFILES.values())],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def context_files(root: Path) -> set[str]:
+    """What a build of ``root`` sends to the daemon under its .dockerignore, by Docker's own matcher."""
+    patterns = [line.strip() for line in (root / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    return {p for p in exclude_paths(str(root), patterns) if (root / p).is_file()}
+
+
+def test_the_dockerignore_sends_only_what_the_images_need(tmp_path):
+    ctx = tmp_path / "checkout"
+    files = [".env", ".env.local", ".venv/bin/python", ".cache/art/images/a.png", "data/history.db", "out/demo/avatar.png",
+             ".git/HEAD", "models/m.gguf", "tests/test_x.py", "src/pkg/__pycache__/m.cpython-311.pyc", "src/pkg/.env",
+             "src/pkg/m.py", "pyproject.toml", "README.md", "LICENSE", "constraints.txt",
+             "face-detector/supervisord.conf", "face-detector/exit-on-fatal.py", "face-detector/Dockerfile"]
+    for name in files:
+        (ctx / name).parent.mkdir(parents=True, exist_ok=True)
+        (ctx / name).write_text("x")
+    (ctx / ".dockerignore").write_text((ROOT / ".dockerignore").read_text())
+    sent = context_files(ctx) - {".dockerignore"}
+    assert sent == {"src/pkg/m.py", "pyproject.toml", "README.md", "LICENSE", "constraints.txt",
+                    "face-detector/supervisord.conf", "face-detector/exit-on-fatal.py"}
+    # No per-Dockerfile ignore file that BuildKit would prefer over the root one.
+    assert not [p for p in DOCKERFILES.values() if p.with_name(p.name + ".dockerignore").exists()]
+
+
+def test_every_copy_source_exists_and_is_in_the_context(compose):
+    sent = context_files(ROOT)
+    for name, path in DOCKERFILES.items():
+        assert (Path(service(compose, name)["build"]["context"]) / "docker-compose.yml").is_file()  # the root
+        for instr in DockerfileParser(path=str(path)).structure:
             if instr["instruction"] != "COPY" or "--from" in instr["value"]:
                 continue
             *sources, _dest = [a for a in shlex.split(instr["value"]) if not a.startswith("--")]
             for src in sources:
-                assert (context / src).exists(), f"{name}: COPY {src} but {context / src} does not exist"
-                assert not dockerignored(path, src), f"{name}: COPY {src} is excluded by the dockerignore"
+                assert (ROOT / src).exists(), f"{name}: COPY {src} but it does not exist"
+                assert src in sent or any(f.startswith(src.rstrip("/") + "/") for f in sent), \
+                    f"{name}: COPY {src} is excluded by .dockerignore"
+
+
+def test_images_install_dependencies_first_then_the_project_without_them():
+    for path in DOCKERFILES.values():
+        steps = [(i["instruction"], i["value"]) for i in DockerfileParser(path=str(path)).structure]
+        copy_src = steps.index(("COPY", "src ./src"))
+        deps = [v for k, v in steps[:copy_src] if k == "RUN" and "pip install" in v]
+        assert len(deps) == 1 and "--constraint constraints.txt" in deps[0], path
+        assert any(k == "COPY" and "constraints.txt" in v for k, v in steps[:copy_src])
+        after = [v for k, v in steps[copy_src:] if k == "RUN" and "pip install" in v]
+        assert after == ["pip install --no-deps ."], path
+
+
+def extra_closure(extras: set[str]) -> dict[str, Requirement]:
+    """Every requirement of the base install plus these extras, following `miku-discord[...]` links."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    out: dict[str, Requirement] = {}
+    todo, seen = [*project["dependencies"]], set()
+    for e in extras:
+        todo += project["optional-dependencies"][e]
+    while todo:
+        req = Requirement(todo.pop())
+        if req.name == project["name"]:
+            for e in req.extras - seen:
+                seen.add(e)
+                todo += project["optional-dependencies"][e]
+            continue
+        out[req.name.lower()] = req
+    return out
+
+
+def pins() -> dict[str, str]:
+    out = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            out[name.lower()] = version
+    return out
+
+
+def test_constraints_pin_every_requirement_within_its_range():
+    pinned = pins()
+    everything = extra_closure({"all", "detector-gpu", "supervisor", "test"})
+    for name, req in everything.items():
+        assert name in pinned, f"{name} is not in constraints.txt: run `make constraints`"
+        assert req.specifier.contains(pinned[name], prereleases=True), f"{name}=={pinned[name]} is outside {req}"
+
+
+def test_cpu_and_gpu_detector_extras_install_exactly_one_onnxruntime():
+    cpu, gpu = extra_closure({"detector"}), extra_closure({"detector-gpu"})
+    assert "onnxruntime" in cpu and "onnxruntime-gpu" not in cpu
+    assert "onnxruntime-gpu" in gpu and "onnxruntime" not in gpu
+    assert {"cuda", "cudnn"} <= gpu["onnxruntime-gpu"].extras  # NVIDIA's CUDA and cuDNN wheels come along
+    assert set(cpu) - {"onnxruntime"} == set(gpu) - {"onnxruntime-gpu"}
+    text = DOCKERFILES["anime-face-detector"].read_text()
+    assert 'cpu) detector="detector"' in text and 'gpu) detector="detector-gpu"' in text
+
+
+def test_make_installs_with_the_same_constraints():
+    makefile = (ROOT / "Makefile").read_text()
+    installs = [line for line in makefile.splitlines() if "pip install" in line and "-e" in line]
+    assert installs and all("-c constraints.txt" in line for line in installs)
+    assert re.search(r"^constraints:", makefile, re.MULTILINE)
 
 
 def test_bot_dockerfile(compose):
-    context, path, df = dockerfile(service(compose, "miku-bot"))
-    assert path == ROOT / "bot" / "Dockerfile"
+    path = DOCKERFILES["miku-bot"]
+    assert Path(service(compose, "miku-bot")["build"]["dockerfile"]) == Path("bot/Dockerfile")
+    df = DockerfileParser(path=str(path))
     assert df.baseimage.startswith("python:3.11")
-    assert dockerignored(path, ".venv") and dockerignored(path, ".env") and dockerignored(path, ".cache")
-    assert not dockerignored(path, "src") and not dockerignored(path, "pyproject.toml")
     assert df.envs["MIKU_DATA_DIR"] == service(compose, "miku-bot")["environment"]["MIKU_DATA_DIR"]
     user = next(i["value"] for i in reversed(df.structure) if i["instruction"] == "USER")
     assert user not in ("root", "0")
@@ -237,7 +381,41 @@ def test_bot_dockerfile(compose):
     result = CliRunner().invoke(app, ["run", "--help"])
     assert result.exit_code == 0, result.output
     assert "--host" in result.output and "--port" in result.output
-    assert "[bot]" in (ROOT / "bot" / "Dockerfile").read_text()  # the extra that carries discord.py
+    assert '".[bot]"' in path.read_text()  # the extra that carries discord.py
+
+
+# --- models and VRAM ------------------------------------------------------------------------------------
+def model_table() -> list[dict[str, str]]:
+    """The rows of docs/operations.md's quantisation table."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    section = text.split("## Models and VRAM", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[2:]]
+
+
+def test_model_files_are_the_publishers_names_and_sizes_match_the_vram_table():
+    rows = model_table()
+    defaults = {r["model"]: r for r in rows if "default" in r["quantisation"]}
+    assert set(defaults) == {"text", "vision"}
+    config = yaml.safe_load((ROOT / "llama-swap" / "config.yaml").read_text())["models"]
+    for model, consumer in (("text", "llama3.1"), ("vision", "vision")):
+        args = shlex.split(config[consumer]["cmd"])
+        files = [args[args.index("--model") + 1]] + ([args[args.index("--mmproj") + 1]] if "--mmproj" in args else [])
+        documented = [f.strip("` ") for f in defaults[model]["file under models/"].split("+")]
+        assert [f.removeprefix("/models/") for f in files] == documented
+    # openbmb ships MiniCPM-V under these names; the text model under bartowski's.
+    assert documented == ["MiniCPM-V-2_6-gguf/ggml-model-Q4_K_M.gguf", "MiniCPM-V-2_6-gguf/mmproj-model-f16.gguf"]
+    # The sizes vramctl and mikubot declare are the table's, from one home.
+    assert int(defaults["text"]["VRAM (MiB)"]) == TEXT_VRAM_MIB == Settings.model_fields["text_vram_mib"].default
+    assert int(defaults["vision"]["VRAM (MiB)"]) == VISION_VRAM_MIB == Settings.model_fields["vision_vram_mib"].default
+    assert Settings.model_fields["detector_vram_mib"].default == DETECTOR_VRAM_MIB
+    seed = {c.name: c.vram_mib for c in VramSettings.model_fields["consumers"].default_factory()}
+    assert seed == {"text": TEXT_VRAM_MIB, "vision": VISION_VRAM_MIB, "face-detector": DETECTOR_VRAM_MIB}
+    # Each row's estimate is its own sum: file + mmproj + KV cache + overhead, rounded up to 64 MiB.
+    for r in rows:
+        total = sum(int(r[k]) for k in ("weights (MiB)", "mmproj (MiB)", "KV cache (MiB)", "overhead (MiB)"))
+        assert int(r["VRAM (MiB)"]) == -(-total // 64) * 64, r
 
 
 # --- .env.example -----------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from mikubot.crop import (
     FaceTooSmall,
     NoUsableFace,
     avatar_png,
-    choose_face,
     crop_avatar,
     face_in_circle,
     rank_faces,
@@ -191,7 +190,7 @@ def test_a_usable_bigger_face_is_taken_when_the_best_ranked_is_too_small() -> No
     image = noise(2400, 2000)
     small_central = face(1170, 970, 1230, 1030)  # 60 px, dead centre
     big_side = face(200, 300, 500, 600)
-    assert choose_face([small_central, big_side], image.size) is not None
+    assert rank_faces([small_central, big_side], image.size)
     result = crop_avatar(image, [small_central, big_side])
     assert result.face == big_side
 
@@ -199,7 +198,7 @@ def test_a_usable_bigger_face_is_taken_when_the_best_ranked_is_too_small() -> No
 def test_unusable_faces_mean_fallback_or_a_clear_refusal() -> None:
     image = noise(1200, 800)
     junk = [face(100, 100, 400, 400, confidence=0.2), face(600, 300, 620, 320)]
-    assert choose_face(junk, image.size) is None
+    assert rank_faces(junk, image.size) == []
     assert crop_avatar(image, junk).method in ("saliency", "top-centre")
     with pytest.raises(NoUsableFace, match="fallbacks are off"):
         crop_avatar(image, junk, allow_fallback=False)
@@ -270,22 +269,21 @@ def test_any_face_outscores_any_fallback() -> None:
 # --- choosing the face -----------------------------------------------------------------------------
 
 
-def test_choose_face_prefers_big_central_confident_faces() -> None:
+def test_rank_faces_prefers_big_central_confident_faces() -> None:
     size = (2000, 1500)
     small_corner = face(40, 40, 140, 140, confidence=1.0)
     big_central = face(850, 600, 1150, 900, confidence=0.9)
     big_corner = face(1650, 1150, 1950, 1450, confidence=0.9)
     doubtful_central = face(800, 550, 1200, 950, confidence=0.3)  # below the confidence floor
     faces = [small_corner, big_corner, doubtful_central, big_central]
-    assert choose_face(faces, size) == big_central
     ranked = [d for _, d in rank_faces(faces, size)]
     assert ranked == [big_central, big_corner, small_corner]
     same_conf = [face(900, 700, 1100, 900), face(800, 600, 1200, 1000)]
-    assert choose_face(same_conf, size) == same_conf[1]  # bigger wins
+    assert rank_faces(same_conf, size)[0][1] == same_conf[1]  # bigger wins
     same_size = [face(100, 1200, 400, 1500), face(900, 600, 1200, 900)]
-    assert choose_face(same_size, size) == same_size[1]  # more central wins
-    assert choose_face([face(900, 700, 920, 720)], size) is None  # 20 px: noise
-    assert choose_face([], size) is None
+    assert rank_faces(same_size, size)[0][1] == same_size[1]  # more central wins
+    assert rank_faces([face(900, 700, 920, 720)], size) == []  # 20 px: noise
+    assert rank_faces([], size) == []
 
 
 # --- helpers and output -----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from mikubot.events import EventBus
 from mikubot.history import History
 from mikubot.pipeline import AvatarPipeline
 from pipeline_rig import YES, history_row_is_consistent, posts_for, scaled_art, vision_answers, world
@@ -38,6 +39,7 @@ def fresh(rig, art):
     rig.llama.set_answer("vision", vision_answers(art, dict.fromkeys(PLAN, YES), []))
     d = rig.discord
     d.force_429 = d.force_status_count = 0
+    d.delay_s = 0.0
     d.avatar_changes_allowed = None
     d._avatar_times.clear()
     d.token = "bot-token-for-tests"
@@ -106,6 +108,26 @@ async def test_danbooru_down_fails_at_search(fresh, tmp_path):
     assert row["post_key"] is None and row["candidates"] == []
 
 
+async def test_no_picture_downloads_fails_at_download_and_frees_the_vision_model(fresh, tmp_path):
+    """Every picture answers 404 while the vision model's room is being made: the change fails at the
+    download stage, the verify stage never finishes, and the vision reservation is given back."""
+    for variant in ("/original", "/sample", "/720x720", "/360x360", "/180x180"):
+        fresh.danbooru.fail(404, times=100, path=variant)
+    settings = fresh.settings(tmp_path, candidates=2)
+    bus = EventBus()
+    seen: list[tuple[str, str]] = []
+    bus.subscribe(lambda e: seen.append((e.stage, e.status)))
+    async with AvatarPipeline(settings, bus=bus) as p:
+        record = await p.change()
+        held = p.coordinator.held
+    row = History(settings.history_path).get(record["id"])
+    history_row_is_consistent(row)
+    assert record["status"] == "failed" and record["failed_stage"] == "download", record["error"]
+    assert "no candidate could be downloaded" in record["error"]
+    assert ("download", "fail") in seen and ("verify", "done") not in seen
+    assert held == {}, "no reservation is left held"
+
+
 async def test_danbooru_5xx_then_recovers(fresh, tmp_path):
     fresh.danbooru.fail(503, times=1)
     record, _ = await change(fresh.settings(tmp_path, candidates=1))
@@ -138,7 +160,7 @@ async def test_avatar_changed_too_fast_is_a_clear_failure(fresh, tmp_path):
 
 
 async def test_discord_429_beyond_the_bound_fails_retryably(fresh, tmp_path):
-    fresh.discord.force_429, fresh.discord.retry_after_s = 5, 30.0
+    fresh.discord.force_429, fresh.discord.retry_after_s = 5, 45.0  # discord.py gives up at once beyond 30 s
     record, row = await change(fresh.settings(tmp_path, candidates=1, upload_max_wait_s=1.0))
     assert record["status"] == "failed" and "rate limit" in record["error"]
     assert record["upload"]["retryable"] is True and row["avatar_path"]
@@ -150,14 +172,37 @@ async def test_discord_down_fails_clearly(fresh, tmp_path):
     assert record["status"] == "failed" and "cannot reach Discord" in record["error"]
 
 
+def cancel_at(bus: EventBus, stage: str, task: asyncio.Task) -> None:
+    """Cancel ``task`` as soon as ``stage`` starts (the event, not a guess at how long it takes to get there)."""
+    bus.subscribe(lambda e: task.cancel() if (e.stage, e.status) == (stage, "start") else None)
+
+
 async def test_a_cancelled_change_still_finishes_its_row(fresh, tmp_path):
-    fresh.danbooru.slow(2)
+    fresh.danbooru.slow(2)  # the search is still waiting on Danbooru when the cancellation comes
     settings = fresh.settings(tmp_path, candidates=1)
-    async with AvatarPipeline(settings) as p:
+    bus = EventBus()
+    async with AvatarPipeline(settings, bus=bus) as p:
         task = asyncio.create_task(p.change())
-        await asyncio.sleep(0.5)
-        task.cancel()
+        cancel_at(bus, "search", task)
         with pytest.raises(asyncio.CancelledError):
             await task
     rows = History(settings.history_path).list()
     assert len(rows) == 1 and rows[0]["status"] == "failed" and "CancelledError" in rows[0]["error"]
+    assert rows[0]["finished_at"] and rows[0]["events"][-1]["stage"] == "record"
+
+
+async def test_a_cancelled_restore_still_finishes_its_row(fresh, tmp_path):
+    settings = fresh.settings(tmp_path, candidates=1, dry_run=True)
+    record, _ = await change(settings)
+    assert record["status"] == "dry-run", record["error"]
+    fresh.discord.delay_s = 5.0  # Discord is still answering the upload when the cancellation comes
+    bus = EventBus()
+    async with AvatarPipeline(fresh.settings(tmp_path), bus=bus) as p:
+        task = asyncio.create_task(p.restore(record["id"]))
+        cancel_at(bus, "upload", task)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    row = History(settings.history_path).list(1)[0]
+    assert row["restored_from"] == record["id"], "the restore's own row"
+    assert row["status"] == "failed" and "CancelledError" in row["error"] and row["finished_at"]
+    assert row["post_key"] == record["source"]["key"] and row["events"][-1]["stage"] == "record"

@@ -13,7 +13,7 @@ import pytest
 
 from mikubot.events import EventBus
 from mikubot.pipeline import AvatarPipeline
-from pipeline_rig import SEED_SIZES_CONFIG, YES, posts_for, scaled_art, vision_answers, world
+from pipeline_rig import REFERENCE_SIZES_CONFIG, YES, posts_for, scaled_art, vision_answers, world
 
 PLAN = {"eileen happy.png": 1.0, "eileen vhappy.png": 1.0, "eileen concerned.png": 1.0}
 
@@ -57,13 +57,13 @@ async def test_text_unload_runs_while_the_candidates_download(art, tmp_path):
 
 
 async def test_detector_that_fits_beside_vision_needs_no_swap(art, tmp_path):
-    """The seed's sizes: once text is gone, vision (4.5 GB) and the detector (1 GB) fit together. The detector
+    """The reference sizes: once text is gone, vision (4.5 GB) and the detector (1 GB) fit together. The detector
     reservation goes at once, the vision model is not unloaded, and the text model is never loaded."""
-    with world(_root(art), posts_for(art), discord=False, outputs=tmp_path / "fd", llama_config=SEED_SIZES_CONFIG,
+    with world(_root(art), posts_for(art), discord=False, outputs=tmp_path / "fd", llama_config=REFERENCE_SIZES_CONFIG,
                gpu_detector=True) as w:
         w.llama.set_answer("vision", vision_answers(art, dict.fromkeys(PLAN, YES), []))
         w.llama.preload("llama3.1")
-        httpx.post(f"{w.detector_url}/load").raise_for_status()  # the seed: "Face detector stays loaded"
+        httpx.post(f"{w.detector_url}/load").raise_for_status()  # the detector stays loaded between changes
         async with AvatarPipeline(w.settings(tmp_path / "data", candidates=3)) as pipeline:
             record = await pipeline.change(dry_run=True)
             assert record["status"] == "dry-run", record["error"]

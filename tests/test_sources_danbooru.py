@@ -8,14 +8,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from emulators.danbooru import art_file, create_app
+from emulators.danbooru import art_file, counted_terms, create_app
 from servers import serve_app
 
 from mikubot.sources import Candidate, SourceError, source_from_spec
 from mikubot.sources.danbooru import choose_variant, plan_query
 from mikubot.sources.options import DEFAULT_USER_AGENT, SourceOptions
 
-FAST = {"backoff_s": 0.01, "timeout_s": 5.0, "rng": 7}
+FAST = {"source_backoff_s": 0.01, "http_timeout_s": 5.0, "rng": 7}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 
 def source(base: str, client: httpx.AsyncClient, **options):
-    return source_from_spec("danbooru", danbooru_url=base, http=client, **{**FAST, "min_size": 300, **options})
+    return source_from_spec("danbooru", danbooru_url=base, http=client, **{**FAST, "min_side": 300, **options})
 
 
 async def test_search_filters_client_side(danbooru, client):
@@ -57,13 +57,14 @@ async def test_search_filters_client_side(danbooru, client):
     rejected = src.last_search.rejected
     assert rejected["not solo"] == 3 and rejected["file type zip"] == 1
     assert rejected["no file (deleted, banned or hidden)"] == 1
-    assert {"rating s", "rating q", "rating e"} <= set(rejected)
-    # Two tags at most, a descriptive User-Agent, anonymous.
+    # The server filtered the ratings (rating: is a free metatag), so no page carried a post of another rating.
+    assert not any(why.startswith("rating") for why in rejected)
+    # Two counted tags at most, a descriptive User-Agent, anonymous.
     for r in control.searches():
-        assert len(r.params["tags"].split()) <= 2
+        assert counted_terms(r.params["tags"].split()) <= 2
         assert r.user_agent == DEFAULT_USER_AGENT
         assert r.login is None
-    assert control.searches()[0].params["tags"] == "hatsune_miku order:random"
+    assert control.searches()[0].params["tags"] == "hatsune_miku order:random rating:g"
 
 
 async def test_ratings_blacklist_and_exclude(danbooru, client):
@@ -78,9 +79,9 @@ async def test_ratings_blacklist_and_exclude(danbooru, client):
     assert await src.search(0, set()) == []
 
 
-async def test_min_size_filters_small_originals(danbooru, client):
+async def test_min_side_filters_small_originals(danbooru, client):
     base, _, _ = danbooru
-    src = source(base, client, min_size=512)
+    src = source(base, client, min_side=512)
     assert await src.search(5, set()) == []
     assert src.last_search.rejected["smaller than 512 px"] == 4
     assert "smaller than 512 px" in src.last_search.describe()
@@ -139,19 +140,36 @@ def test_variant_choice_never_takes_a_huge_original():
 
 
 def test_query_plan_respects_the_tag_limit():
-    assert plan_query(SourceOptions()) == (["hatsune_miku", "order:random"], True)
-    assert plan_query(SourceOptions(extra_tag="solo")) == (["hatsune_miku", "solo"], False)
-    tags, rnd = plan_query(SourceOptions(danbooru_tag_limit=6))
-    assert tags == ["hatsune_miku", "order:random", "rating:g", "solo"] and rnd
+    assert plan_query(SourceOptions()) == (["hatsune_miku", "order:random", "rating:g"], True)
+    assert plan_query(SourceOptions(extra_tag="solo")) == (["hatsune_miku", "solo", "rating:g"], False)
+    assert plan_query(SourceOptions(ratings="s,g")) == (["hatsune_miku", "order:random", "rating:g,s"], True)
+    assert plan_query(SourceOptions(ratings="g,s,q,e")) == (["hatsune_miku", "order:random"], True)
+    assert plan_query(SourceOptions(danbooru_tag_limit=1)) == (["hatsune_miku", "rating:g"], False)
+    assert plan_query(SourceOptions(danbooru_tag_limit=6))[0] == ["hatsune_miku", "order:random", "rating:g"]
+    gold = SourceOptions(danbooru_tag_limit=6, danbooru_login="goldfan", danbooru_api_key="k")
+    tags, rnd = plan_query(gold)
+    assert tags == ["hatsune_miku", "order:random", "solo", "rating:g"] and rnd
+    with pytest.raises(ValueError, match="limit of 1"):
+        plan_query(SourceOptions(danbooru_tag_limit=1, extra_tag="solo"))
+
+
+async def test_ratings_are_filtered_by_the_server(danbooru, client):
+    base, control, app = danbooru
+    src = source(base, client, ratings=["sensitive", "general"], require_solo=False)
+    found = await src.search(20, set())
+    assert control.searches()[0].params["tags"] == "hatsune_miku order:random rating:g,s"
+    assert {c.rating for c in found} == {"g", "s"} and src.last_search.seen == src.last_search.accepted + sum(
+        n for why, n in src.last_search.rejected.items() if not why.startswith("rating"))
+    assert not any(why.startswith("rating") for why in src.last_search.rejected)
 
 
 async def test_page_randomisation_without_order_random(danbooru, client):
     base, control, app = danbooru
-    src = source(base, client, extra_tag="solo", per_page=3, max_pages=6)
+    src = source(base, client, extra_tag="solo", booru_per_page=3, booru_max_pages=6)
     found = await src.search(20, set())
     assert len(found) == 4
     pages = [int(r.params["page"]) for r in control.searches()]
-    assert all(r.params["tags"] == "hatsune_miku solo" for r in control.searches())
+    assert all(r.params["tags"] == "hatsune_miku solo rating:g" for r in control.searches())
     assert sorted(set(pages)) == sorted(pages)  # no page asked twice
     assert {1, 2, 3} <= set(pages) and len(pages) <= 6
 
@@ -163,7 +181,7 @@ async def test_login_uses_basic_auth_and_never_leaks_the_key(danbooru, client):
     assert len(await src.search(3, set())) == 3
     r = control.searches()[-1]
     assert r.login == "mikufan" and r.authorization and "api_key" not in r.params
-    assert len(r.params["tags"].split()) == 4  # a Gold account pushes rating and solo to the server
+    assert r.params["tags"] == "hatsune_miku order:random solo rating:g"  # a Gold account has room for solo
     bad = source(base, client, danbooru_login="mikufan", danbooru_api_key="wrong-key")
     with pytest.raises(SourceError) as info:
         await bad.search(3, set())
@@ -173,8 +191,13 @@ async def test_login_uses_basic_auth_and_never_leaks_the_key(danbooru, client):
 
 
 async def test_too_many_tags_is_danbooru_422(danbooru, client):
-    base, _, _ = danbooru
-    src = source(base, client, danbooru_tag_limit=3)  # an anonymous account cannot do 3
+    base, control, _ = danbooru
+    # A tag limit above 2 without a login is not believed: anonymous searches stay within 2.
+    src = source(base, client, danbooru_tag_limit=6)
+    assert src.tags == ["hatsune_miku", "order:random", "rating:g"] and len(await src.search(3, set())) == 3
+    # A Gold account that says it has 6 but is really a Member gets Danbooru's 422, quoted.
+    control.add_user("member", "member-key", "member")
+    src = source(base, client, danbooru_tag_limit=6, danbooru_login="member", danbooru_api_key="member-key")
     with pytest.raises(SourceError) as info:
         await src.search(3, set())
     assert not info.value.retryable
@@ -208,7 +231,7 @@ async def test_5xx_is_retried_with_backoff(danbooru, client):
     control.reset()
     control.fail(503, times=10)
     with pytest.raises(SourceError) as info:
-        await source(base, client, retries=2).search(1, set())
+        await source(base, client, source_retries=2).search(1, set())
     assert info.value.retryable and "503" in info.value.message and "3 attempts" in info.value.message
     assert len(control.searches()) == 3
 
@@ -217,14 +240,14 @@ async def test_slow_server_times_out(danbooru, client):
     base, control, _ = danbooru
     control.slow(1.0)
     with pytest.raises(SourceError) as info:
-        await source(base, client, timeout_s=0.2, retries=1).search(1, set())
+        await source(base, client, http_timeout_s=0.2, source_retries=1).search(1, set())
     assert info.value.retryable and "did not answer" in info.value.message
 
 
 async def test_download_size_is_bounded(danbooru, client):
     base, _, _ = danbooru
     # Originals over the limit are not chosen: the 720-px WebP variant (~37 kB) is, and it is still too big.
-    src = source(base, client, max_download_bytes=20_000)
+    src = source(base, client, max_download_mib=20_000 / 2**20)
     cand = (await src.search(1, set()))[0]
     assert cand.extra["variant"] == "720x720"
     with pytest.raises(SourceError) as info:
@@ -246,13 +269,13 @@ async def test_down_is_a_clear_retryable_error(art_dir, client):
     with serve_app(create_app(art_dir=art_dir)) as base:
         pass  # the server is gone: connection refused
     with pytest.raises(SourceError) as info:
-        await source(base, client, retries=1).search(1, set())
+        await source(base, client, source_retries=1).search(1, set())
     assert info.value.retryable and "cannot reach Danbooru" in info.value.message
 
 
 async def test_own_client_is_used_when_none_given(danbooru):
     base, control, _ = danbooru
-    src = source_from_spec("danbooru", danbooru_url=base, min_size=300, **FAST)
+    src = source_from_spec("danbooru", danbooru_url=base, min_side=300, **FAST)
     cand = (await src.search(1, set()))[0]
     assert (await src.download(cand)).data
     assert control.searches()[0].user_agent == DEFAULT_USER_AGENT

@@ -7,7 +7,6 @@ succeeds goes to a real TLS server on loopback, which the test allows explicitly
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import ssl
 import subprocess
 import threading
@@ -168,7 +167,7 @@ async def tls_client(cert: tuple[Path, Path]) -> AsyncIterator[httpx.AsyncClient
 
 
 def url_source(url: str, client: httpx.AsyncClient, **options):
-    return source_from_spec(f"url:{url}", http=client, url_policy=LOOPBACK, backoff_s=0.01, timeout_s=5,
+    return source_from_spec(f"url:{url}", http=client, url_policy=LOOPBACK, source_backoff_s=0.01, http_timeout_s=5,
                             **options)
 
 
@@ -209,7 +208,7 @@ async def test_download_refusals(tls_base: str, tls_client: httpx.AsyncClient, p
 
 
 async def test_size_limit(tls_base: str, tls_client: httpx.AsyncClient) -> None:
-    src = url_source(f"{tls_base}/miku.png", tls_client, max_download_bytes=10_000)
+    src = url_source(f"{tls_base}/miku.png", tls_client, max_download_mib=10_000 / 2**20)
     with pytest.raises(SourceError) as info:
         await src.download((await src.search(1, set()))[0])
     assert "download limit" in info.value.message
@@ -223,7 +222,7 @@ async def test_peer_address_is_checked_after_connecting(tls_base: str, tls_clien
 
     src = url_source(f"{tls_base}/miku.png", tls_client)
     cand = (await src.search(1, set()))[0]
-    src.options = dataclasses.replace(src.options, url_policy=UrlPolicy())
+    src.options = src.options.model_copy(update={"url_policy": UrlPolicy()})
     src.transfer.options = src.options
 
     async def name_ok(url: str) -> None:  # as if DNS had said "public" and then rebound to loopback

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 
-from emulators.llama_swap import LlamaSwapEmulator, create_detector_app, create_ollama_app
+from emulators.llama_swap import LlamaSwapEmulator, create_detector_app
+from emulators.ollama import create_ollama_app
 from servers import free_port, serve_app
 from vramctl import (Consumer, Coordinator, EmulatorProbe, NotEnoughVram, ReservationTimeout, UnknownConsumer,
                      VramSettings, metrics)
@@ -125,20 +127,35 @@ async def test_detector_lends_its_vram_back_for_vision(card):
     assert card.emu.gpu.oom_count == 0
 
 
+async def until(condition, timeout: float = 5.0) -> None:
+    """Wait for a condition another task brings about (never a fixed delay standing in for it)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
 async def test_held_reservation_is_never_evicted_and_waits_its_turn(card):
     card.emu.preload("vision")
     async with Coordinator(card.settings()) as coord:
+        granted, let_go = asyncio.Event(), asyncio.Event()
         release_at: dict[str, float] = {}
 
         async def vision_user():
             async with coord.reserve("vision"):
-                await asyncio.sleep(0.3)
+                granted.set()
+                await let_go.wait()
                 release_at["vision"] = time.monotonic()
 
         task = asyncio.create_task(vision_user())
-        await asyncio.sleep(0.05)
-        async with coord.reserve("face-detector") as r:
-            pass
+        await granted.wait()
+        held = coord.reserve("face-detector")
+        detector = asyncio.create_task(held.__aenter__())
+        await until(lambda: coord.timeline.count("waiting") == 1)  # it polls, vision untouched while held
+        assert not detector.done() and card.emu.unloads == []
+        let_go.set()
+        r = await asyncio.wait_for(detector, 5)
+        await held.__aexit__(None, None, None)
         await task
     unload_t = r.timeline.started + next(e.t for e in r.timeline.events if e.event == "unload")
     assert unload_t >= release_at["vision"]  # vision was unloaded only after its holder let go
@@ -146,19 +163,20 @@ async def test_held_reservation_is_never_evicted_and_waits_its_turn(card):
 
 
 async def test_reservations_are_granted_in_arrival_order(card):
+    entered: list[str] = []
     async with Coordinator(card.settings()) as coord:
         async def hold(name: str, note: str):
             async with coord.reserve(name, note=note):
-                await asyncio.sleep(0.02)
+                entered.append(note)
 
         tasks = []
         for i in range(4):
             tasks.append(asyncio.create_task(hold("face-detector", f"job{i}")))
-            await asyncio.sleep(0)  # arrival order = creation order
+            await until(lambda n=i + 1: coord.timeline.count("request") == n)  # arrived before the next is made
         await asyncio.gather(*tasks)
     req = [e.detail for e in coord.timeline.events if e.event == "request"]
     assert [d.split(";")[1].strip() for d in req] == ["job0", "job1", "job2", "job3"]
-    assert coord.timeline.count("granted") == 4
+    assert entered == ["job0", "job1", "job2", "job3"] and coord.timeline.count("granted") == 4
 
 
 async def test_unknown_consumer_is_a_clear_error(card):
@@ -254,19 +272,85 @@ async def test_status_reports_gpu_and_what_each_server_has_loaded(card):
     assert st["servers"][card.emu.url]["running"] == [{"model": "vision", "state": "ready"}]
 
 
-async def test_ollama_models_are_unloaded_with_keep_alive_zero(card):
-    oll = create_ollama_app({"llava": {"vram_mib": 6912, "stop_s": 0.02, "release_s": 0.2}}, card.emu.gpu)
+async def test_ollama_answers_keep_alive_zero_at_once_and_vramctl_waits_for_the_memory(card):
+    """Ollama (server/routes.go → sched.expireRunner) answers the unload as soon as it is queued; the runner
+    stops later and the driver lets go after that. The reservation is granted on the measured memory only."""
+    oll = create_ollama_app({"llava": {"vram_mib": 6912, "stop_s": 0.3, "release_s": 0.2}}, card.emu.gpu)
     with serve_app(oll) as oll_url:
-        assert httpx.post(f"{oll_url}/api/generate", json={"model": "llava"}).status_code == 200
+        loaded = await asyncio.to_thread(httpx.post, f"{oll_url}/api/generate", json={"model": "llava"})
+        assert loaded.status_code == 200
         s = card.settings(consumers=[
             Consumer(name="llava", kind="ollama", model="llava", url=oll_url, vram_mib=6912),
             Consumer(name="face-detector", kind="facedetect", url=card.detector_url, vram_mib=1024),
         ])
-        async with Coordinator(s) as coord:
-            async with coord.reserve("face-detector") as r:
-                pass
-        assert r.unloaded == ["llava"] and httpx.get(f"{oll_url}/api/ps").json()["models"] == []
-        assert card.emu.gpu.oom_count == 0
+        async with Coordinator(s) as coord, coord.reserve("face-detector") as r:
+            assert (await asyncio.to_thread(httpx.post, f"{card.detector_url}/detect")).status_code == 200
+        ev = names(r)
+        assert ev.index("unloaded") < ev.index("waiting") < ev.index("free") < ev.index("granted")
+        unloaded = next(e for e in r.timeline.events if e.event == "unloaded")
+        assert unloaded.free_mib is not None and unloaded.free_mib < 1024 + 256  # answered, memory still held
+        assert r.unloaded == ["llava"] and r.free_mib >= 1024 + 256
+        ps = await asyncio.to_thread(httpx.get, f"{oll_url}/api/ps")
+        assert oll.state.ollama["unloads"] == ["llava:latest"] and ps.json()["models"] == []
+        assert card.emu.gpu.oom_count == 0 and card.detector["ooms"] == 0
+
+
+def test_ollama_emulator_answers_before_the_runner_stops(card):
+    oll = create_ollama_app({"llava": {"vram_mib": 1000, "stop_s": 0.5}}, card.emu.gpu)
+    with serve_app(oll) as url:
+        httpx.post(f"{url}/api/generate", json={"model": "llava"})
+        r = httpx.post(f"{url}/api/generate", json={"model": "llava", "keep_alive": 0})
+        assert r.json() == {**r.json(), "model": "llava", "done": True, "done_reason": "unload"}
+        assert [m["name"] for m in httpx.get(f"{url}/api/ps").json()["models"]] == ["llava:latest"]  # still there
+        assert oll.state.ollama["unloads"] == []
+
+
+@contextlib.contextmanager
+def vision_stopping_on_its_own():
+    """Vision (4096) is being stopped by another client, text (2048) is loaded: 8192 - 512 - 4096 - 2048 = 1536
+    free; a 2048 MiB detector needs 2048 + 256. Vision's memory alone covers it once it is back."""
+    emu = LlamaSwapEmulator({"gpu_total_mib": 8192, "gpu_reserved_mib": 512, "models": {
+        "vision": {"vram_mib": 4096, "stop_s": 0.4, "release_s": 0.2},
+        "llama3.1": {"vram_mib": 2048}}})
+    det_app = create_detector_app(emu.gpu, vram_mib=2048)
+    with emu.serve(), serve_app(det_app) as det_url:
+        emu.preload("vision")
+        emu.preload("llama3.1")
+        consumers = [Consumer(name="text", kind="llama-swap", model="llama3.1", vram_mib=2048, priority=0),
+                     Consumer(name="vision", kind="llama-swap", model="vision", vram_mib=4096, priority=1),
+                     Consumer(name="face-detector", kind="facedetect", url=det_url, vram_mib=2048, priority=2)]
+        with ThreadPoolExecutor(1) as pool:
+            other_client = pool.submit(httpx.post, f"{emu.url}/api/models/unload/vision", timeout=10)
+            deadline = time.monotonic() + 5
+            while emu.state["vision"] != "stopping":
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+            yield emu, det_url, det_app.state.detector, consumers
+            assert other_client.result().text == "OK"
+
+
+async def test_a_model_stopping_on_its_own_is_waited_for_and_nothing_else_is_unloaded():
+    """/running shows `stopping` (a ttl expiry, another client's unload): that memory is on its way back, so
+    vramctl waits for the card to show it free instead of unloading the text model as well."""
+    with vision_stopping_on_its_own() as (emu, det_url, detector, consumers):
+        s = VramSettings(consumers=consumers, probe="emulator", probe_url=emu.gpu_url, llama_swap_url=emu.url,
+                         poll_s=0.02, timeout_s=5.0, settle_s=0.3, safety_margin_mib=256)
+        async with Coordinator(s) as coord, coord.reserve("face-detector") as r:
+            assert (await asyncio.to_thread(httpx.post, f"{det_url}/detect")).status_code == 200
+    releasing = next(e for e in r.timeline.events if e.event == "releasing")
+    assert releasing.consumer == "vision" and "stopping" in releasing.detail
+    assert r.unloaded == [] and "unload" not in names(r) and emu.unloads == ["vision"]
+    assert emu.running() == ["llama3.1"] and emu.gpu.oom_count == 0 and detector["ooms"] == 0
+
+
+async def test_without_a_probe_a_stopping_model_is_given_the_settle_delay():
+    with vision_stopping_on_its_own() as (emu, det_url, detector, consumers):
+        s = VramSettings(consumers=consumers, probe="none", llama_swap_url=emu.url, gpu_total_mib=8192 - 512,
+                         settle_s=1.2, safety_margin_mib=256)
+        async with Coordinator(s) as coord, coord.reserve("face-detector") as r:
+            assert (await asyncio.to_thread(httpx.post, f"{det_url}/detect")).status_code == 200
+    assert "settle" in names(r) and r.unloaded == [] and emu.running() == ["llama3.1"]
+    assert emu.gpu.oom_count == 0 and detector["ooms"] == 0  # 1.2 s settle ≥ 0.4 stop + 0.2 release
 
 
 async def test_fewest_consumers_are_unloaded(card):
@@ -304,10 +388,8 @@ async def test_memory_promised_to_a_model_still_loading_is_not_handed_out(card):
         async with coord.reserve("vision") as rv:
             held = coord.reserve("face-detector")
             detector = asyncio.create_task(held.__aenter__())
-            while coord.timeline.count("measured") < 2:  # vision's, then the detector's
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.1)  # a few polls: it keeps waiting
-            assert not detector.done()
+            await until(lambda: coord.timeline.count("waiting") == 1)  # the detector's: it polls, and keeps waiting
+            assert not detector.done() and coord.timeline.count("measured") == 2  # vision's, then the detector's
             chat = httpx.post(f"{card.emu.url}/v1/chat/completions", timeout=10, json={
                 "model": "vision", "messages": [{"role": "user", "content": "is this Miku?"}]})
             assert chat.status_code == 200, chat.text

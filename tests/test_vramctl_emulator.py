@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import base64
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-
-from emulators.llama_swap import OOM_MESSAGE, LlamaSwapEmulator, SimulatedGpu, create_app
+from emulators.llama_swap import (
+    OOM_MESSAGE,
+    LlamaSwapEmulator,
+    SimulatedGpu,
+    create_app,
+)
 from servers import serve_app
 
 CONFIG = """
@@ -51,10 +56,13 @@ def chat(url: str, model: str, content="hi", **kw) -> httpx.Response:
 
 def test_management_endpoints_have_llama_swaps_shapes(emu):
     assert httpx.get(f"{emu.url}/health").text == "OK"
+    assert httpx.head(f"{emu.url}/health").status_code == 200  # Go's mux answers HEAD on a GET route
     models = httpx.get(f"{emu.url}/v1/models").json()
     assert models["object"] == "list"
     assert [m["id"] for m in models["data"]] == ["llama3.1", "vision"]
     assert all(m["owned_by"] == "llama-swap" and m["object"] == "model" for m in models["data"])
+    assert models["data"][0]["meta"] == {"llamaswap": {"type": "model", "aliases": ["text"]}}
+    assert {m["status"]["value"] for m in models["data"]} == {"unloaded"}
     assert httpx.get(f"{emu.url}/running").json() == {"running": []}
     emu.preload("vision")
     running = httpx.get(f"{emu.url}/running").json()["running"]
@@ -62,13 +70,75 @@ def test_management_endpoints_have_llama_swaps_shapes(emu):
     r = httpx.post(f"{emu.url}/api/models/unload/vision")
     assert (r.status_code, r.text) == (200, "OK")
     assert httpx.get(f"{emu.url}/running").json() == {"running": []}
-    r = httpx.post(f"{emu.url}/api/models/unload/nope", headers={"Accept": "application/json"})
-    assert (r.status_code, r.json()) == (404, {"error": "Model not found"})
-    assert httpx.post(f"{emu.url}/api/models/unload/nope").text == "Model not found"
     time.sleep(0.35)  # vision's memory back from the driver
     emu.preload("llama3.1")
     assert (httpx.get(f"{emu.url}/unload").text, emu.running()) == ("OK", [])
     assert httpx.post(f"{emu.url}/api/models/unload").json() == {"msg": "ok"}
+
+
+def test_errors_have_llama_swaps_format(emu):
+    """swaputil.SendResponse: JSON by default, "llama-swap: ..." text for Accept: text/plain; the router's own
+    404/405 are Go's plain text (what an older server without a route answers too)."""
+    r = httpx.post(f"{emu.url}/api/models/unload/nope")
+    assert (r.status_code, r.json()) == (404, {"src": "llama-swap", "error": "model not found"})
+    r = httpx.post(f"{emu.url}/api/models/unload/nope", headers={"Accept": "text/plain"})
+    assert (r.status_code, r.text) == (404, "llama-swap: model not found")
+    assert "<h1>llama-swap</h1>" in httpx.post(f"{emu.url}/api/models/unload/nope", headers={"Accept": "text/html"}).text
+    r = httpx.get(f"{emu.url}/no/such/route")
+    assert (r.status_code, r.text) == (404, "404 page not found\n")
+    assert httpx.delete(f"{emu.url}/running").status_code == 405
+    emu.switches.error_envelope = True  # main after v250 (#1038)
+    assert httpx.post(f"{emu.url}/api/models/unload/nope").json() == {"src": "llama-swap", "error": {
+        "message": "model not found", "type": "invalid_request_error", "param": None, "code": "not_found"}}
+
+
+def test_running_lists_every_model_that_is_not_stopped(emu):
+    """RunningModels skips only stopped and shutdown: a loading model shows `starting`, a stopping one `stopping`."""
+    def seen(state: str) -> bool:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if any(r["state"] == state for r in httpx.get(f"{emu.url}/running").json()["running"]):
+                return True
+        return False
+
+    emu.models["llama3.1"].load_s = 0.5
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(chat, emu.url, "text")
+        assert seen("starting")
+        assert answer.result().status_code == 200
+        assert [(r["model"], r["state"]) for r in httpx.get(f"{emu.url}/running").json()["running"]] == [
+            ("llama3.1", "ready")]
+        assert httpx.get(f"{emu.url}/v1/models").json()["data"][0]["status"] == {"value": "loaded"}
+        emu.models["llama3.1"].stop_s = 0.5
+        stopped = pool.submit(httpx.post, f"{emu.url}/api/models/unload/text")  # an alias names the model
+        assert seen("stopping")
+        assert stopped.result().text == "OK" and emu.unloads == ["llama3.1"]
+
+
+def test_macros_are_expanded_like_llama_swap():
+    e = LlamaSwapEmulator({"startPort": 9000, "macros": {"bin": "/app/llama-server", "srv": "${bin} --port ${PORT}"},
+                           "models": {"b": {"cmd": "${srv} -m ${MODEL_ID}.gguf\n# a comment ${nope}"},
+                                      "a": {"cmd": "${srv} -m ${ctx}", "macros": {"ctx": "4096"}},
+                                      "c": {"cmd": "docker run x", "proxy": "http://10.0.0.9:8080"}}})
+    assert e.models["a"].cmd == "/app/llama-server --port 9000 -m 4096"  # ports in sorted model-id order
+    assert e.models["b"].cmd == "/app/llama-server --port 9001 -m b.gguf"
+    assert (e.models["a"].proxy, e.models["c"].proxy) == ("http://localhost:9000", "http://10.0.0.9:8080")
+    with pytest.raises(ValueError, match="unknown macro"):
+        LlamaSwapEmulator({"models": {"m": {"cmd": "x --port ${PORT} ${undefined}"}}})
+    with pytest.raises(ValueError, match="only available when used in cmd"):
+        LlamaSwapEmulator({"models": {"m": {"cmd": "x"}}})  # the default proxy needs ${PORT}
+
+
+def test_peers_are_listed_answered_remotely_and_not_unloadable_here():
+    e = LlamaSwapEmulator({"models": {"m": {"cmd": "s --port ${PORT}", "vram_mib": 100}},
+                           "peers": {"gpu-box": {"proxy": "http://192.0.2.1:8080", "models": ["big"]}}})
+    with e.serve():
+        ids = {m["id"]: m["meta"]["llamaswap"] for m in httpx.get(f"{e.url}/v1/models").json()["data"]}
+        assert ids["gpu-box/big"] == {"type": "peer", "peerID": "gpu-box"}
+        assert chat(e.url, "big").status_code == 200 and e.gpu.free_mib == 8192  # another machine's memory
+        r = httpx.post(f"{e.url}/api/models/unload/gpu-box/big")
+        assert (r.status_code, r.json()["error"]) == (404, "model not found")  # RealModelName: local models only
+        assert httpx.get(f"{e.url}/running").json() == {"running": []}
 
 
 def test_unload_returns_when_process_is_gone_but_memory_comes_back_later(emu):
@@ -122,11 +192,12 @@ def test_image_inputs_and_configurable_answers(emu):
 
 
 def test_bad_requests_are_4xx(emu):
-    r = httpx.post(f"{emu.url}/v1/chat/completions", content=b"not json")
-    assert r.status_code == 400 and "model" in r.text
-    assert chat(emu.url, "no-such-model").status_code == 400
+    r = httpx.post(f"{emu.url}/v1/chat/completions", content=b"not json", headers={"Content-Type": "application/json"})
+    assert (r.status_code, r.json()["error"]) == (404, "no model id could be identified")
+    r = chat(emu.url, "no-such-model")
+    assert (r.status_code, r.json()) == (404, {"src": "llama-swap", "error": "no router for requested model"})
     r = httpx.post(f"{emu.url}/v1/chat/completions", json={"model": "llama3.1", "messages": []})
-    assert r.status_code == 400
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"  # llama-server's own
 
 
 def test_ttl_expiry_unloads():
@@ -180,12 +251,21 @@ def test_create_app_serves_with_the_shared_helper():
 def test_deployment_config_follows_llama_swaps_schema():
     """llama-swap/config.yaml loads in the emulator's parser of llama-swap's schema, with the issue's models."""
     import yaml
-
     from emulators.llama_swap import ROOT_CONFIG
     cfg = yaml.safe_load(ROOT_CONFIG.read_text())
     assert set(cfg) <= {"healthCheckTimeout", "logLevel", "startPort", "macros", "models", "apiKeys", "groups"}
     e = LlamaSwapEmulator(ROOT_CONFIG)
     assert e.models["llama3.1"].ttl == 1800 and e.models["vision"].ttl == 900
     assert "--mmproj" in e.models["vision"].cmd and all(m.check_endpoint == "/health" for m in e.models.values())
-    assert all("${PORT}" in m.proxy and "${PORT}" in cfg["macros"]["server"] for m in e.models.values())
+    assert "${PORT}" in cfg["macros"]["server"]  # expanded per model, from startPort in sorted id order
+    assert (e.models["llama3.1"].proxy, e.models["vision"].proxy) == ("http://127.0.0.1:10001", "http://127.0.0.1:10002")
+    assert "--port 10002" in e.models["vision"].cmd and "${" not in e.models["vision"].cmd
     assert e.real_name("text") == "llama3.1"
+
+
+def test_the_emulated_release_is_the_one_compose_pins():
+    import yaml
+    from emulators.llama_swap import LLAMA_SWAP_VERSION, ROOT_CONFIG
+    compose = yaml.safe_load((ROOT_CONFIG.parents[1] / "docker-compose.yml").read_text())
+    image = compose["services"]["llama-swap"]["image"]
+    assert image.startswith(f"ghcr.io/mostlygeek/llama-swap:{LLAMA_SWAP_VERSION}-cuda-"), image

@@ -1,4 +1,4 @@
-"""The detector's HTTP API (the seed's contract, kept exactly): POST /detect, GET /health, POST /load,
+"""The detector's HTTP API (a fixed contract that clients rely on): POST /detect, GET /health, POST /load,
 POST /unload, GET /metrics.
 
 A request to ``/detect`` first takes a place at the admission gate (N workers + a bounded queue); past

@@ -3,6 +3,10 @@
 Failures surface as ``FaceDetectClientError`` (a ``FaceDetectError``) carrying the HTTP status and the
 API's own message, so callers handle "bad image" (4xx), "busy" (503 + ``retry_after``) and "detector
 down" (``status_code`` 503, ``unreachable=True``) without parsing httpx exceptions.
+
+A busy detector (503 or 429 with ``Retry-After``, its bounded queue is full) is waited for and asked again
+under the repository's one retry policy (``httpretry.BUSY``: twice more, waits up to 10 s);
+an unreachable one is reported at once so the caller can fall back to in-process detection.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import httpx
 
 from facedetect.errors import FaceDetectError
 from facedetect.types import Detection, DetectionResult, ImageInfo
+from httpretry import BUSY, RetryPolicy, retry_after_of
 
 DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=5.0)  # a big CG on CPU takes seconds; connecting should not
 
@@ -64,11 +69,10 @@ def _check(response: httpx.Response) -> dict[str, Any]:
         detail = response.json().get("detail", response.text)
     except ValueError:
         detail = response.text[:500]
-    retry = response.headers.get("retry-after")
     raise FaceDetectClientError(
         f"face detector answered {response.status_code}: {detail}",
         status_code=response.status_code,
-        retry_after=float(retry) if retry and retry.replace(".", "", 1).isdigit() else None,
+        retry_after=retry_after_of(response),
     )
 
 
@@ -83,8 +87,9 @@ class FaceDetectClient:
     """``FaceDetectClient("http://127.0.0.1:6078").detect(data, "art.png") -> DetectionResult``."""
 
     def __init__(self, base_url: str, *, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-                 transport: httpx.BaseTransport | None = None):
+                 transport: httpx.BaseTransport | None = None, retry: RetryPolicy = BUSY):
         self.base_url = base_url.rstrip("/")
+        self.retry = retry
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
 
     def __enter__(self) -> "FaceDetectClient":
@@ -98,7 +103,7 @@ class FaceDetectClient:
 
     def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         try:
-            response = self._http.request(method, path, **kwargs)
+            response = self.retry.send_sync(lambda: self._http.request(method, path, **kwargs))
         except httpx.TransportError as exc:
             raise _unreachable(self.base_url, exc) from exc
         return _check(response)
@@ -128,8 +133,9 @@ class AsyncFaceDetectClient:
     """The same calls, awaitable: ``await AsyncFaceDetectClient(url).detect(data, "art.png")``."""
 
     def __init__(self, base_url: str, *, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-                 transport: httpx.AsyncBaseTransport | None = None):
+                 transport: httpx.AsyncBaseTransport | None = None, retry: RetryPolicy = BUSY):
         self.base_url = base_url.rstrip("/")
+        self.retry = retry
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
 
     async def __aenter__(self) -> "AsyncFaceDetectClient":
@@ -143,7 +149,7 @@ class AsyncFaceDetectClient:
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         try:
-            response = await self._http.request(method, path, **kwargs)
+            response = await self.retry.send(lambda: self._http.request(method, path, **kwargs))
         except httpx.TransportError as exc:
             raise _unreachable(self.base_url, exc) from exc
         return _check(response)

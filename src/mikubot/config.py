@@ -1,6 +1,6 @@
 """mikubot's settings: environment (``MIKU_...``), an optional YAML/TOML file (``MIKU_CONFIG``), defaults.
 
-With nothing configured this is the *embedded default* of DESIGN.md: in-process ``animeface`` detection,
+With nothing configured this is the *embedded default*: in-process ``animeface`` detection,
 the heuristic verifier (no vision model), no GPU probe, dry-run (no Discord token), the sample-art folder
 as the source. Every piece of state (history database, avatars, reports) lives under ``data_dir``.
 
@@ -27,6 +27,8 @@ from pydantic_settings import (
 )
 
 from mikubot.redact import scrub
+from mikubot.sources.options import SourceSettings
+from vramctl.config import DETECTOR_VRAM_MIB, TEXT_VRAM_MIB, VISION_VRAM_MIB
 
 CONFIG_ENV = "MIKU_CONFIG"
 HEX_COLOUR = re.compile(r"^#?[0-9a-fA-F]{6}$")
@@ -44,7 +46,10 @@ class ConfigFileError(ValueError):
     """The file named by MIKU_CONFIG is missing or cannot be read."""
 
 
-class Settings(BaseSettings):
+class Settings(SourceSettings, BaseSettings):
+    """Every setting. The sources' own (``MIKU_DANBOORU_*``, ``MIKU_GELBOORU_*``, ``MIKU_RATINGS`` ...) are
+    inherited from ``mikubot.sources.options.SourceSettings``, their one model."""
+
     model_config = SettingsConfigDict(env_prefix="MIKU_", extra="ignore", populate_by_name=True)
 
     # --- state -------------------------------------------------------------------------------------
@@ -60,28 +65,20 @@ class Settings(BaseSettings):
                                     "and recorded as failed (its GPU reservations released)")
     dry_run: bool = Field(False, description="write the avatar to a file and never call Discord")
     character_name: str = "Hatsune Miku"
-    character_tag: str = "hatsune_miku"
     hair_colours: StrList = Field(default_factory=lambda: list(MIKU_HAIR))
     hair_tolerance: float = Field(100.0, gt=0, description="RGB distance that still counts as the hair colour (animeface's reading varies by up to ~100)")
     min_confidence: float = Field(0.5, ge=0, le=1, description="verification confidence a candidate needs")
     output_size: int = Field(1024, ge=64, le=4096)
     max_upscale: float = Field(2.0, ge=1.0)
 
-    # --- sources ---------------------------------------------------------------------------------------
-    danbooru_url: str = "https://danbooru.donmai.us"
-    danbooru_login: str | None = None
-    danbooru_api_key: SecretStr | None = None
-    ratings: StrList = Field(default_factory=lambda: ["g"], description="allowed ratings (g, s, q, e)")
-    blacklist: StrList = Field(default_factory=list)
-    min_side: int = Field(512, ge=1, description="smallest acceptable image side in pixels")
-    max_download_mib: float = Field(20.0, gt=0)
+    # --- sources: SourceSettings (inherited) -------------------------------------------------------------
 
     # --- vision model (llama-swap) ----------------------------------------------------------------------
     llama_swap_url: str | None = Field(None, description="unset: heuristic verifier, no vision model")
     vision_model: str = "vision"
-    vision_vram_mib: int = 4096
+    vision_vram_mib: int = VISION_VRAM_MIB
     text_model: str | None = Field(None, description="llama-swap id of the chat model (declared to vramctl)")
-    text_vram_mib: int = 5120
+    text_vram_mib: int = TEXT_VRAM_MIB
     vision_timeout_s: float = 120.0
 
     # --- face detector ----------------------------------------------------------------------------------
@@ -92,7 +89,7 @@ class Settings(BaseSettings):
     )
     detector_backend: str = "animeface"
     detector_model_path: str | None = None
-    detector_vram_mib: int = 1024
+    detector_vram_mib: int = DETECTOR_VRAM_MIB
 
     # --- GPU probe (vramctl) ------------------------------------------------------------------------------
     vram_config: Path | None = Field(
@@ -105,8 +102,8 @@ class Settings(BaseSettings):
     # --- Discord ------------------------------------------------------------------------------------------
     discord_token: SecretStr | None = None
     discord_api: str = "https://discord.com/api/v10"
-    upload_max_retries: int = Field(3, ge=0)
-    upload_max_wait_s: float = Field(60.0, ge=0, description="longest 429 wait accepted before giving up")
+    upload_max_wait_s: float = Field(60.0, ge=0, description="longest Discord 429 wait accepted before giving up "
+                                     "(discord.py's max_ratelimit_timeout; it raises anything below 30 s to 30)")
 
     # --- the bot (`mikubot run`) ---------------------------------------------------------------------------
     admin_user_ids: IntList = Field(default_factory=list, description="Discord user ids allowed to use /pfp")
@@ -125,10 +122,7 @@ class Settings(BaseSettings):
     web_trusted_proxies: StrList = Field(default_factory=list, description="addresses (or CIDRs) of TLS proxies "
                                          "whose X-Forwarded-Proto/-For the panel believes (Secure cookie behind https)")
 
-    http_timeout_s: float = Field(30.0, gt=0)
-    user_agent: str = "miku-discord/0.1 (self-hosted avatar bot; +https://github.com/)"
-
-    @field_validator("hair_colours", "ratings", "blacklist", "web_allowed_hosts", "web_trusted_proxies", mode="before")
+    @field_validator("hair_colours", "web_allowed_hosts", "web_trusted_proxies", mode="before")
     @classmethod
     def _split_list(cls, v: Any) -> Any:
         # Environment values may be "a,b,c" as well as JSON; the file gives real lists.
@@ -176,7 +170,7 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, v: Any) -> Any:
         return None if isinstance(v, str) and not v.strip() else v
 
-    @field_validator("llama_swap_url", "face_detector_url", "gpu_probe_url", "discord_api", "danbooru_url")
+    @field_validator("llama_swap_url", "face_detector_url", "gpu_probe_url", "discord_api")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
         if v is None:

@@ -126,12 +126,6 @@ def rank_faces(detections: list[Detection], image_size: tuple[int, int]) -> list
     return sorted(scored, key=lambda sd: sd[0], reverse=True)
 
 
-def choose_face(detections: list[Detection], image_size: tuple[int, int]) -> Detection | None:
-    """The best face for an avatar (confidence, size, centrality), ignoring tiny/low-confidence ones."""
-    ranked = rank_faces(detections, image_size)
-    return ranked[0][1] if ranked else None
-
-
 def output_side(image_size: tuple[int, int], output_size: int, max_upscale: float) -> int:
     """A fallback avatar's side (its crop is the image's shorter side): ``output_size``, unless even
     the whole image would need more than ``max_upscale``."""

@@ -101,11 +101,5 @@ class FaceFinder:
 
     async def _service(self, data: bytes, filename: str):  # -> DetectionResult
         assert self._client is not None
-        try:
-            return await self._client.detect(data, filename, annotate=False)
-        except FaceDetectClientError as exc:
-            # Saturated (503 + Retry-After, the service itself is fine): wait once as asked, then retry.
-            if exc.status_code == 503 and not exc.unreachable and exc.retry_after is not None and exc.retry_after <= 10:
-                await asyncio.sleep(exc.retry_after)
-                return await self._client.detect(data, filename, annotate=False)
-            raise
+        # A saturated service (503 + Retry-After) is waited for by the client's retry policy.
+        return await self._client.detect(data, filename, annotate=False)

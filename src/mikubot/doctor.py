@@ -1,5 +1,5 @@
-"""``mikubot doctor``: is every part this deployment uses reachable and working? One line per part, in
-the seed's style ("✅ Anime face detector API connected"), and for every failure a concrete fix.
+"""``mikubot doctor``: is every part this deployment uses reachable and working? One line per part, with
+a mark in front ("✅ Anime face detector API connected"), and for every failure a concrete fix.
 
 Parts not configured are reported as off, not failed: the embedded default (no services at all) is a
 healthy deployment.
@@ -19,9 +19,10 @@ from facedetect.client import AsyncFaceDetectClient, FaceDetectClientError
 from facedetect.errors import FaceDetectError
 from mikubot.config import Settings
 from mikubot.detection import InProcessDetector
+from mikubot.discord_rest import DiscordError
 from mikubot.redact import strip_userinfo
 from mikubot.sources import SourceError, source_from_spec
-from mikubot.upload import DiscordUploader, UploadError
+from mikubot.upload import whoami
 from mikubot.vram import vram_settings
 from vramctl.errors import ServerError
 from vramctl.probes import ProbeError, select_probe
@@ -29,6 +30,8 @@ from vramctl.servers.llama_swap import LlamaSwapClient
 
 State = Literal["ok", "off", "warn", "fail"]
 ICONS: dict[str, str] = {"ok": "✅", "off": "➖", "warn": "⚠️", "fail": "❌"}
+GELBOORU_FIX = ("set MIKU_GELBOORU_USER_ID (the number) and MIKU_GELBOORU_API_KEY from gelbooru.com: "
+                "My Account > Options > API Access Credentials")
 
 
 @dataclass
@@ -76,11 +79,12 @@ async def check_llama_swap(s: Settings, http: httpx.AsyncClient) -> Check:
         return Check("llama-swap", "off", "No vision model configured: the heuristic verifier (tags + hair colour) is used",
                      "set MIKU_LLAMA_SWAP_URL (and MIKU_VISION_MODEL) to verify with a vision model")
     try:
-        models = await LlamaSwapClient(s.llama_swap_url, http, timeout_s=5.0).models()
+        catalog = await LlamaSwapClient(s.llama_swap_url, http, timeout_s=5.0).catalog()
     except ServerError as exc:
         return Check("llama-swap", "fail", f"llama-swap not reachable: {exc}",
                      "start llama-swap (`docker compose up -d llama-swap`) or fix MIKU_LLAMA_SWAP_URL")
-    if s.vision_model not in models:
+    models = [name for name, real in catalog.real.items() if name == real]
+    if not catalog.knows(s.vision_model):  # a model id, an alias, or a peer's model
         return Check("llama-swap", "fail",
                      f"llama-swap connected, but has no model {s.vision_model!r} (it has: {', '.join(models) or 'none'})",
                      "set MIKU_VISION_MODEL to one of those ids, or add the model to llama-swap's config.yaml")
@@ -107,8 +111,8 @@ async def check_discord(s: Settings, http: httpx.AsyncClient) -> Check:
         return Check("discord", "off", "No Discord token: changes are dry runs (the avatar is written to a file)",
                      "set MIKU_DISCORD_TOKEN to the bot token from the Developer Portal to apply avatars")
     try:
-        me = await DiscordUploader(s.discord_api, s.discord_token.get_secret_value(), http=http, timeout_s=10.0).me()
-    except UploadError as exc:
+        me = await whoami(s, timeout_s=10.0)
+    except DiscordError as exc:
         fix = ("copy the token again from https://discord.com/developers/applications → your app → Bot"
                if exc.status_code == 401 else f"check the network path to {s.discord_api} (MIKU_DISCORD_API)")
         return Check("discord", "fail", f"Discord token check failed: {exc.message}", fix)
@@ -126,26 +130,40 @@ async def check_source(s: Settings, http: httpx.AsyncClient) -> Check:
                          "run `make art` for the sample art, or set MIKU_SOURCE=local:/your/folder")
         return Check("source", "ok", f"Source folder {folder} found")
     if kind in ("danbooru", "safebooru", "gelbooru"):
-        base = {"danbooru": s.danbooru_url, "safebooru": "https://safebooru.org", "gelbooru": "https://gelbooru.com"}[kind]
-        path = "/posts.json?limit=1" if kind == "danbooru" else "/index.php?page=dapi&s=post&q=index&json=1&limit=1"
-        try:
-            r = await http.get(base + path, headers={"User-Agent": s.user_agent}, timeout=10.0)
-        except httpx.HTTPError as exc:
-            return Check("source", "fail", f"{kind.capitalize()} not reachable at {base}: {type(exc).__name__}",
-                         "check the network (and MIKU_DANBOORU_URL for Danbooru); or use MIKU_SOURCE=local:DIR")
-        if r.status_code == 401:
-            return Check("source", "fail", f"{kind.capitalize()} rejected the login (401)",
-                         "check MIKU_DANBOORU_LOGIN and MIKU_DANBOORU_API_KEY, or unset both to search anonymously")
-        if r.status_code >= 400:
-            return Check("source", "fail", f"{kind.capitalize()} answered {r.status_code} at {base}",
-                         "try again later; a 429 or 5xx is the site's, not ours")
-        login = " (logged in)" if s.danbooru_login and kind == "danbooru" else ""
-        return Check("source", "ok", f"{kind.capitalize()} reachable at {base}{login}")
+        return await check_booru(s, kind, http)
     try:
         source_from_spec(spec)
     except SourceError as exc:
         return Check("source", "fail", f"Source {spec!r} refused: {exc.message}", "fix MIKU_SOURCE")
     return Check("source", "ok", f"Source {spec} accepted")
+
+
+async def check_booru(s: Settings, kind: str, http: httpx.AsyncClient) -> Check:
+    """One real request through the source itself (its URL, credentials and query), without retries."""
+    name = kind.capitalize()
+    if kind == "gelbooru" and s.gelbooru_credentials is None:
+        return Check("source", "fail", "Gelbooru lacks API credentials: it answers 401 to API calls without them",
+                     GELBOORU_FIX + "; or use another MIKU_SOURCE")
+    try:
+        src = source_from_spec(kind, **{**s.source_settings(), "http": http, "source_retries": 0,
+                                        "http_timeout_s": min(s.http_timeout_s, 10.0)})
+        message = await src.probe()  # type: ignore[attr-defined]
+    except SourceError as exc:
+        fix = ("try again later; a 429 or 5xx is the site's, not ours" if exc.retryable else
+               f"fix the {name} settings (MIKU_{kind.upper()}_*), or use MIKU_SOURCE=local:DIR")
+        return Check("source", "fail", f"{name} search failed: {exc.message}", fix)
+    return Check("source", "ok", message)
+
+
+def check_gelbooru(s: Settings) -> Check:
+    """Gelbooru can be picked per change (``--source``, ``/pfp change``) even when it is not the default:
+    say whether it would be refused for want of credentials (no request: it is not the configured source)."""
+    if s.gelbooru_credentials is not None:
+        return Check("gelbooru", "ok", f"Gelbooru API credentials set (user id {s.gelbooru_user_id})")
+    if s.gelbooru_user_id or s.gelbooru_api_key is not None:
+        return Check("gelbooru", "warn", "Gelbooru has half its API credentials: it will answer 401", GELBOORU_FIX)
+    return Check("gelbooru", "off", "Gelbooru off: no API credentials (MIKU_GELBOORU_USER_ID, MIKU_GELBOORU_API_KEY); "
+                 "changes from gelbooru would get 401", GELBOORU_FIX)
 
 
 def check_data_dir(s: Settings) -> Check:
@@ -164,10 +182,13 @@ async def run_checks(s: Settings, http: httpx.AsyncClient | None = None) -> list
     own = http is None
     client = http or httpx.AsyncClient()
     try:
-        return list(await asyncio.gather(
+        checks = list(await asyncio.gather(
             check_detector(s), check_llama_swap(s, client), check_gpu(s, client), check_discord(s, client),
             check_source(s, client), asyncio.to_thread(check_data_dir, s),
         ))
+        if s.source.split(":", 1)[0].lower() != "gelbooru":  # else the source check has said it
+            checks.append(check_gelbooru(s))
+        return checks
     finally:
         if own:
             await client.aclose()

@@ -3,7 +3,7 @@
 `async with coordinator.reserve("face-detector") as r:` returns once the consumer may load and run; the
 reservation may span a whole batch. While it is held, the consumer is never unloaded for someone else.
 Reservations are granted one at a time in arrival order (asyncio.Lock is FIFO), so two callers never race
-to free the same memory. Without a probe the coordinator unloads and waits `settle_s` (the seed's 3 s).
+to free the same memory. Without a probe the coordinator unloads and waits `settle_s` (3 s by default).
 
 A face detector service says in its /health whether it runs on the GPU (`uses_gpu`): one that does not
 (animeface, cascade) needs 0 MiB whatever its declared `vram_mib`, so nothing is unloaded for it and it is
@@ -31,6 +31,7 @@ from .planner import choose_victims
 from .probes import GpuMemory, Probe, ProbeError, select_probe
 from .servers import FaceDetectControl, LlamaSwapClient, OllamaClient
 from .servers.facedetect import reported_uses_gpu
+from .servers.llama_swap import Catalog, RunningModel
 from .servers.ollama import same_model
 from .timeline import Timeline
 
@@ -57,6 +58,7 @@ class Residency:
     detail: str = ""
     uses_gpu: bool | None = None  # measured by the server itself (face detector /health); None: not reported
     backend: str | None = None  # what the server runs, for messages
+    releasing: bool = False  # llama-swap `stopping`/`shutdown`: its memory is not back until the probe shows it
 
 
 class Coordinator:
@@ -69,6 +71,7 @@ class Coordinator:
         self.timeline = Timeline()
         self._lock = asyncio.Lock()
         self._held: dict[str, int] = defaultdict(int)
+        self._catalogs: dict[str, Catalog] = {}  # llama-swap URL → the names it answers to
 
     # ---- public surface ------------------------------------------------------------------------------
     def reserve(self, consumer: str, *, note: str = "") -> AbstractAsyncContextManager[Reservation]:
@@ -146,102 +149,113 @@ class Coordinator:
             self._event(res, "released", c.name, None, f"held {time.monotonic() - started - res.waited_s:.3f} s")
 
     async def _make_room(self, c: Consumer, res: Reservation) -> None:
-        s = self.settings
-        need = c.vram_mib + s.safety_margin_mib
-        deadline = res.timeline.started + s.timeout_s
+        need = c.vram_mib + self.settings.safety_margin_mib
         states, _ = await self._residency(res)
         states.setdefault(c.name, Residency(None, "not a configured consumer"))  # reserve_mib
         if self._cpu_only(c, states):
             self._event(res, "cpu-only", c.name, None,
                         f"face detector runs on the CPU ({states[c.name].backend or 'unknown backend'}): needs no "
                         f"VRAM (declared {c.vram_mib} MiB not reserved)")
-            if states[c.name].loaded is False:
-                await self._resume(c, res)
-            return
-        if states[c.name].loaded:
+        elif states[c.name].loaded:
             self._event(res, "already-loaded", c.name, None, states[c.name].detail)
             return
-        mem = await self._measure(res)
-        if mem is None:
+        elif (mem := await self._measure(res)) is None:
             await self._make_room_blind(c, res, states, need)
-            return
+        else:
+            await self._make_room_measured(c, res, states, need, mem)
+        if c.kind == "facedetect" and states[c.name].loaded is False:
+            await self._resume(c, res)
+
+    async def _make_room_measured(self, c: Consumer, res: Reservation, states: dict[str, Residency], need: int,
+                                  mem: GpuMemory) -> None:
+        """Unload the fewest others, then poll the probe until the card shows `need` MiB free."""
+        s = self.settings
+        deadline = res.timeline.started + s.timeout_s
         promised = self._promised(c, states)
         self._event(res, "measured", None, mem.free_mib,
                     f"need {need:.0f} MiB ({c.vram_mib} + {s.safety_margin_mib} margin) of {mem.total_mib:.0f}"
                     + (f"; {promised:.0f} MiB promised to reservations not loaded yet" if promised else ""))
-        unloaded: list[tuple[Consumer, float]] = []  # who we stopped, and the free MiB just before
+        leaving: list[tuple[Consumer, float]] = []  # stopped (by us or on their own), and the free MiB just before
         stuck_since: float | None = None
-        waiting = False
-        while True:
-            if mem.free_mib - promised >= need:
-                if unloaded:
-                    self._event(res, "free", None, mem.free_mib, f"{mem.free_mib:.0f} MiB free ≥ {need:.0f} needed")
-                else:
-                    self._event(res, "enough", None, mem.free_mib, "enough free VRAM already; nothing unloaded")
-                res.free_mib = mem.free_mib
-                break
-            pending = self._pending_release(unloaded, mem.free_mib)
-            if need + promised - mem.free_mib - pending > 0:
-                states, _ = await self._residency(res)
-                states.setdefault(c.name, Residency(None))
-                promised = self._promised(c, states)
-                tried = {v.name for v, _ in unloaded}
-                candidates = [o for o in s.consumers if o.name != c.name and o.controllable and o.name not in tried
-                              and states[o.name].loaded and self._held.get(o.name, 0) == 0
-                              and not self._cpu_only(o, states)]
-                victims = choose_victims(candidates, need + promised - mem.free_mib - pending)
-                # All at once: two servers stopping (and the driver releasing) in parallel cost the longest of
-                # them, not the sum.
-                await self._unload_all(victims, c, res, mem.free_mib)
-                unloaded.extend((v, mem.free_mib) for v in victims)
-                if victims:
-                    stuck_since = None
-                elif pending <= 0 and not any(self._held.get(o.name, 0) for o in s.consumers if o.name != c.name):
+        while mem.free_mib - promised < need:
+            if need + promised - mem.free_mib - self._pending_release(leaving, mem.free_mib) > 0:
+                states, promised, victims = await self._unload_more(c, res, need, mem, leaving)
+                pending = self._pending_release(leaving, mem.free_mib)
+                stuck_since = None if victims or pending > 0 or self._others_held(c) else stuck_since or time.monotonic()
+                if stuck_since is not None and time.monotonic() - stuck_since >= s.settle_s:
                     # Nothing to unload, nothing on its way out, nobody to wait for: waiting would not help
                     # (after a grace for memory some server is releasing on its own, e.g. a ttl expiry).
-                    stuck_since = stuck_since or time.monotonic()
-                    if time.monotonic() - stuck_since >= s.settle_s:
-                        raise NotEnoughVram(self._holders_message(c, need, mem, states, res, "nothing left to unload"))
+                    raise NotEnoughVram(self._holders_message(c, need, mem, states, res, "nothing left to unload"))
             if time.monotonic() >= deadline:
                 states, _ = await self._residency(res)
                 raise ReservationTimeout(self._holders_message(c, need, mem, states, res,
                                                                f"not free within {s.timeout_s:g} s"))
-            if not waiting:
+            if not res.timeline.count("waiting"):
                 self._event(res, "waiting", None, mem.free_mib, f"polling every {s.poll_s:g} s for {need:.0f} MiB")
-                waiting = True
             await asyncio.sleep(s.poll_s)
             new = await self._measure(res)
             if new is None:  # the probe failed on the way: fall back to the settle delay
                 await self._settle(res)
-                break
+                return
             mem = new
-        if c.kind == "facedetect" and states[c.name].loaded is False:
-            await self._resume(c, res)
+        self._event(res, "free" if leaving else "enough", None, mem.free_mib,
+                    f"{mem.free_mib:.0f} MiB free ≥ {need:.0f} needed" if leaving
+                    else "enough free VRAM already; nothing unloaded")
+        res.free_mib = mem.free_mib
+
+    async def _unload_more(self, c: Consumer, res: Reservation, need: int, mem: GpuMemory,
+                           leaving: list[tuple[Consumer, float]]) -> tuple[dict[str, Residency], float, list[Consumer]]:
+        """Ask the servers again; count models already stopping as memory on its way back; unload the fewest
+        others that cover what is still missing. Returns the new states, promised MiB and the victims."""
+        states, _ = await self._residency(res)
+        states.setdefault(c.name, Residency(None))
+        promised = self._promised(c, states)
+        gone = {v.name for v, _ in leaving}
+        for o in self.settings.consumers:
+            if o.name != c.name and o.name not in gone and states[o.name].releasing:
+                self._event(res, "releasing", o.name, mem.free_mib,
+                            f"{states[o.name].detail}; its memory counts once the card shows it free")
+                leaving.append((o, mem.free_mib))
+                gone.add(o.name)
+        deficit = need + promised - mem.free_mib - self._pending_release(leaving, mem.free_mib)
+        victims = choose_victims(self._candidates(c, states, gone), deficit) if deficit > 0 else []
+        # All at once: two servers stopping (and the driver releasing) in parallel cost the longest of them.
+        await self._unload_all(victims, c, res, mem.free_mib)
+        leaving.extend((v, mem.free_mib) for v in victims)
+        return states, promised, victims
+
+    def _candidates(self, c: Consumer, states: dict[str, Residency], exclude: set[str] | frozenset[str] = frozenset()
+                    ) -> list[Consumer]:
+        """Who may be unloaded for `c`: loaded, controllable, not held, on the GPU, not already tried."""
+        return [o for o in self.settings.consumers
+                if o.name != c.name and o.name not in exclude and o.controllable and states[o.name].loaded
+                and not self._held.get(o.name, 0) and not self._cpu_only(o, states)]
+
+    def _others_held(self, c: Consumer) -> bool:
+        return any(self._held.get(o.name, 0) for o in self.settings.consumers if o.name != c.name)
 
     async def _make_room_blind(self, c: Consumer, res: Reservation, states: dict[str, Residency], need: int) -> None:
         """No probe: unload what must go (all others, or by estimate when the card's size is configured),
-        then wait the settle delay — the only thing left when nothing can measure."""
+        then wait the settle delay — the only thing left when nothing can measure. A model that is stopping
+        on its own holds its memory until then too."""
         s = self.settings
-        candidates = [o for o in s.consumers if o.name != c.name and o.controllable
-                      and states[o.name].loaded and self._held.get(o.name, 0) == 0 and not self._cpu_only(o, states)]
-        if s.gpu_total_mib:
-            resident = sum(self._need(o, states) for o in s.consumers if o.name != c.name and states[o.name].loaded)
-            estimate = s.gpu_total_mib - resident
+        candidates = self._candidates(c, states)
+        others = [o for o in s.consumers if o.name != c.name and (states[o.name].loaded or states[o.name].releasing)]
+        if s.gpu_total_mib:  # a stopping model's memory is counted as back after the settle delay
+            loaded = [o for o in others if states[o.name].loaded]
+            estimate = s.gpu_total_mib - sum(self._need(o, states) for o in loaded)
             self._event(res, "estimated", None, estimate,
                         f"no probe: {s.gpu_total_mib} MiB card minus declared use of loaded consumers")
             victims = choose_victims(candidates, need - estimate)
-            held_use = sum(self._need(o, states) for o in s.consumers if o.name != c.name and states[o.name].loaded
-                           and o not in victims)
+            held_use = sum(self._need(o, states) for o in loaded if o not in victims)
             if s.gpu_total_mib - held_use < need:
                 raise NotEnoughVram(self._holders_message(c, need, None, states, res,
                                                           "the loaded consumers that are in use leave too little"))
         else:
             victims = candidates
         await self._unload_all(victims, c, res, None)
-        if res.unloaded:
+        if res.unloaded or any(states[o.name].releasing for o in others):
             await self._settle(res)
-        if c.kind == "facedetect" and states[c.name].loaded is False:
-            await self._resume(c, res)
 
     async def _settle(self, res: Reservation) -> None:
         self._event(res, "settle", None, None,
@@ -336,7 +350,7 @@ class Coordinator:
             raise UnloadUnsupported("llama-swap", url, f"no unload endpoint and no other model to swap {v.name} out with")
         t = targets[0]
         self._event(res, "swap-last-resort", v.name, None,
-                    f"LAST RESORT (the seed's method): llama-swap has no unload endpoint; requesting {t.model} "
+                    f"LAST RESORT (the swap-to-text method): llama-swap has no unload endpoint; requesting {t.model} "
                     f"with max_tokens 1, which loads {t.vram_mib} MiB nobody asked for")
         await client.swap_to(t.model or "")
         return f"swap-to-{t.name}"
@@ -377,11 +391,10 @@ class Coordinator:
         async def ask(kind: str, url: str, members: list[Consumer]) -> None:
             try:
                 if kind == "llama-swap":
-                    running = await LlamaSwapClient(url, self._http, s.llama_swap_api_key).running()
+                    running, catalog = await self._llama_swap_state(url, members)
                     servers[url] = {"kind": kind, "running": [{"model": r.model, "state": r.state} for r in running]}
                     for c in members:
-                        hit = next((r for r in running if r.model == c.model), None)
-                        states[c.name] = Residency(hit is not None, f"llama-swap: {hit.state}" if hit else "llama-swap: not running")
+                        states[c.name] = llama_swap_residency(c.model or "", running, catalog)
                 elif kind == "ollama":
                     loaded = await OllamaClient(url, self._http).ps()
                     servers[url] = {"kind": kind, "models": [{"name": m.name, "size_vram_mib": round(m.size_vram_mib, 1)}
@@ -412,6 +425,19 @@ class Coordinator:
 
         await asyncio.gather(*(ask(k, u, m) for (k, u), m in by_server.items()))
         return states, servers
+
+    async def _llama_swap_state(self, url: str, members: list[Consumer]) -> tuple[list[RunningModel], Catalog]:
+        """`/running`, and the names llama-swap answers to (asked again only when a consumer's name is new to
+        it: its config was reloaded, or the name is wrong). Without `/v1/models` names are taken as they are."""
+        client = LlamaSwapClient(url, self._http, self.settings.llama_swap_api_key)
+        running = await client.running()
+        catalog = self._catalogs.get(url)
+        if catalog is None or not all(catalog.knows(c.model or "") for c in members):
+            try:
+                catalog = self._catalogs[url] = await client.catalog()
+            except ServerError:
+                catalog = catalog or Catalog()
+        return running, catalog
 
     def _holders_message(self, c: Consumer, need: float, mem: GpuMemory | None, states: dict[str, Residency],
                          res: Reservation, why: str) -> str:
@@ -451,3 +477,19 @@ class Coordinator:
         if res is not None:
             res.timeline.add(event, consumer, free, detail, at=now)
         metrics.EVENTS.labels(event).inc()
+
+
+def llama_swap_residency(model: str, running: list[RunningModel], catalog: Catalog) -> Residency:
+    """Where `model` (an id, an alias or a peer's model) stands on its llama-swap: `/running` names real ids."""
+    peer = catalog.peer(model)
+    if peer:
+        return Residency(False, f"llama-swap: served by peer {peer!r}, another machine: holds no VRAM here")
+    real = catalog.resolve(model)
+    named = f"{model} = {real}, " if real != model else ""
+    hit = next((r for r in running if r.model == real), None)
+    if hit is None:
+        return Residency(False, f"llama-swap: {named}not running")
+    if hit.releasing:
+        return Residency(False, f"llama-swap: {named}{hit.state} (memory not free until the card shows it)",
+                         releasing=True)
+    return Residency(hit.holds_memory, f"llama-swap: {named}{hit.state}")

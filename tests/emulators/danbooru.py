@@ -2,11 +2,22 @@
 
 Danbooru is an internet service, so tests use this instead. ``create_app(posts, art_dir=...)`` serves
 ``GET /posts.json`` with Danbooru's field names (``tag_string*``, ``rating`` g/s/q/e, ``file_url``,
-``large_file_url``, ``media_asset.variants`` ...), honours ``tags``/``limit``/``page``, refuses more than
-two tags for anonymous/Member accounts with Danbooru's 422 ``PostQuery::TagLimitError``, accepts
+``large_file_url``, ``media_asset.variants`` ...), honours ``tags``/``limit``/``page``, ``order:random``,
+``random:N`` (and ``random=true``, a redirect to it), ``rating:g,s`` and ``status:``, answers ``GET /counts/posts.json``, accepts
 ``login``+``api_key`` as HTTP basic auth or as parameters, and serves the image files its posts list
-(the Ren'Py test art, resized on the fly for samples and thumbnails). Tag counting is strict: every term
-but ``limit:`` counts towards the limit (``order:random`` and ``rating:g`` included).
+(the Ren'Py test art, resized on the fly for samples and thumbnails).
+
+The tag limit follows Danbooru's source, danbooru/danbooru at production-2026.08.06.135255-utc-112
+(commit 06587d1f, August 2026): ``app/logical/post_query.rb`` counts the unique tags, wildcards and
+metatags of a search except ``UNLIMITED_METATAGS`` (``rating``, ``status``, ``limit`` since 2020; ``id``,
+``width``, ``score`` ... since June 2022), skips the check for an empty search or a single plain tag
+(``validate_tag_limit!``), and ``app/models/user.rb`` (``tag_query_limit``) allows 2 for anonymous and
+Member accounts, 6 for Gold and no limit for Platinum. Over the limit, ``application_controller.rb``
+answers 422 with ``{"success": false, "error": "PostQuery::TagLimitError", "message": "You cannot search
+for more than 2 tags at a time.", "backtrace": [...]}``. ``limit=`` wins over ``limit:`` and both are
+clamped to 200 (``app/logical/post_sets/post.rb``); ``random:N`` draws N posts (clamped to 200,
+``post_query_builder.rb``); ``/counts/posts.json`` answers ``{"counts": {"posts": N}}`` under the same
+limit (``counts_controller.rb``).
 
 The default post set (``default_posts``): Sylvie's sprites are tagged as the character (``hatsune_miku``
 unless told otherwise) with mixed ratings, one of them banned and one deleted (neither has ``file_url``);
@@ -19,7 +30,13 @@ retry_after)`` -> n 429s with ``Retry-After``; ``fail(status, n)`` -> n 5xx; ``s
 leave the ``serve_app`` block (connection refused). ``control.requests`` logs what clients sent.
 
 ``create_dapi_app(flavour="gelbooru"|"safebooru")`` serves the same art through
-``index.php?page=dapi&s=post&q=index&json=1`` in that site's dialect.
+``index.php?page=dapi&s=post&q=index&json=1`` in that site's dialect. Gelbooru answers 401 with the
+body ``[]`` to any API call without a valid ``user_id`` and ``api_key`` (so since June 2025, as its
+users and client authors report: e.g. AtoraSuunva/booru#115, gallery-dl#7674); give it accounts with
+``control.add_user(user_id, api_key)``. Safebooru's current JSON is a bare list of posts with
+``file_url``, ``sample_url``, ``preview_url``, ``rating: "general"`` and ``score: null``; with
+``legacy=True`` it answers as it used to, without the URLs (built from ``directory`` and ``image``) and
+with ``rating: "safe"``.
 """
 
 from __future__ import annotations
@@ -33,18 +50,26 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from PIL import Image
 
-TAG_LIMITS = {"member": 2, "gold": 6, "platinum": 12}
-FREE_METATAGS = ("limit:",)
+TAG_LIMITS = {"member": 2, "gold": 6, "platinum": None}  # user.rb tag_query_limit; None: no limit
+# post_query.rb PostQuery::UNLIMITED_METATAGS: metatags that do not count towards the limit.
+UNLIMITED_METATAGS = frozenset("""
+    status rating limit is id date age filesize filetype parent child md5 width
+    height duration mpixels ratio score upvote downvotes favcount embedded
+    tagcount pixiv_id pixiv
+""".split())
+MAX_PER_PAGE = 200
+TRUTHY = frozenset({"1", "true", "t", "yes", "y", "on"})
 SAMPLE_WIDTH = 850
 RATING_LETTER = {"g": "g", "general": "g", "s": "s", "sensitive": "s", "q": "q", "questionable": "q",
                  "e": "e", "explicit": "e", "safe": "g"}
 GELBOORU_RATING = {"g": "general", "s": "sensitive", "q": "questionable", "e": "explicit"}
-SAFEBOORU_RATING = {"g": "safe", "s": "questionable"}
+SAFEBOORU_RATING = {"g": "general", "s": "questionable"}
 MEDIA_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif"}
 
 
@@ -177,26 +202,55 @@ def default_posts(art_dir: Path, *, character_tag: str = "hatsune_miku") -> list
 
 # --- query matching (shared by both dialects) ------------------------------------------------------------
 
-def _rating_terms(value: str) -> set[str]:
-    return {RATING_LETTER[v] for v in value.split(",") if v in RATING_LETTER}
+def _metatag(term: str) -> tuple[str, str] | None:
+    """``("rating", "g,s")`` for ``rating:g,s`` (and ``-rating:g``); ``None`` for a plain tag."""
+    name, sep, value = term.lstrip("-~").partition(":")
+    return (name.lower(), value) if sep and value else None
+
+
+def _status(post: dict[str, Any]) -> str:
+    if post.get("is_banned"):
+        return "banned"
+    return "deleted" if post.get("is_deleted") or post.get("status") == "deleted" else "active"
+
+
+def _term_matches(post: dict[str, Any], tags: set[str], term: str) -> bool:
+    meta = _metatag(term)
+    if meta is None:
+        return term.lstrip("-~") in tags
+    name, value = meta
+    if name == "rating":  # Post.rating_matches: the first letter of each comma-separated value
+        rating = RATING_LETTER.get(str(post.get("rating")), str(post.get("rating")))
+        return rating in {v[:1] for v in value.lower().split(",") if v}
+    if name == "status":
+        return value.lower() in ("any", "all") or _status(post) == value.lower()
+    return True  # order:, limit:, random: ... shape the result, not the match
 
 
 def match(post: dict[str, Any], terms: list[str]) -> bool:
     tags = set(str(post.get("tag_string") or post.get("tags") or "").split())
-    rating = RATING_LETTER.get(str(post.get("rating")), str(post.get("rating")))
-    for term in terms:
-        negate = term.startswith("-")
-        t = term[1:] if negate else term
-        if t.startswith(("order:", "limit:", "status:")):
-            continue
-        ok = rating in _rating_terms(t.split(":", 1)[1]) if t.startswith("rating:") else t in tags
-        if ok == negate:
-            return False
-    return True
+    return all(_term_matches(post, tags, t) != t.startswith("-") for t in terms)
 
 
 def counted_terms(terms: list[str]) -> int:
-    return sum(1 for t in terms if not t.lstrip("-").startswith(FREE_METATAGS))
+    """PostQuery#term_count: unique terms, less the free metatags."""
+    unique = {t.lower() for t in terms}
+    return sum(1 for t in unique if (_metatag(t) or ("",))[0] not in UNLIMITED_METATAGS)
+
+
+def over_tag_limit(terms: list[str], limit: int | None) -> bool:
+    """PostQuery#validate_tag_limit!: an empty search and a single plain tag are never over."""
+    if not terms or (len(terms) == 1 and _metatag(terms[0]) is None and not terms[0].startswith("-")):
+        return False
+    return limit is not None and counted_terms(terms) > limit
+
+
+def metatag_value(terms: list[str], name: str) -> str | None:
+    for t in terms:
+        meta = _metatag(t)
+        if meta is not None and meta[0] == name:
+            return meta[1]
+    return None
 
 
 # --- control -------------------------------------------------------------------------------------------------
@@ -332,7 +386,13 @@ def _absolute(post: dict[str, Any], base: str) -> dict[str, Any]:
 
 
 def _error(status: int, error: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"success": False, "error": error, "message": message}, status_code=status, headers=headers)
+    # application_controller.rb render_error_page: the API's error object (the backtrace is a list of lines).
+    return JSONResponse({"success": False, "error": error, "message": message, "backtrace": []},
+                        status_code=status, headers=headers)
+
+
+def _tag_limit_error(limit: int) -> JSONResponse:
+    return _error(422, "PostQuery::TagLimitError", f"You cannot search for more than {limit} tags at a time.")
 
 
 def _install_common(app: FastAPI, control: DanbooruControl, store: ArtStore) -> None:
@@ -411,32 +471,50 @@ def create_app(
     app.state.posts = posts
     _install_common(app, control, store)
 
+    def searched(request: Request) -> tuple[str | None, list[str], list[dict[str, Any]], Response | None]:
+        """The account level, the search's terms and matching posts (newest first), or Danbooru's error."""
+        level, err = _auth(request, control)
+        if err is not None:
+            return level, [], [], err
+        terms = request.query_params.get("tags", "").split()
+        limit_tags = TAG_LIMITS[level or "member"]
+        if over_tag_limit(terms, limit_tags):
+            return level, terms, [], _tag_limit_error(limit_tags or 0)
+        matched = sorted((p for p in posts if match(p, terms)), key=lambda p: p["id"], reverse=True)
+        return level, terms, matched, None
+
+    def shuffled(matched: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = list(matched)
+        (random.Random(control.seed) if control.seed is not None else random).shuffle(out)
+        return out
+
     @app.get("/posts.json")
     async def search(request: Request) -> Response:
-        level, err = _auth(request, control)
+        level, terms, matched, err = searched(request)
         if err is not None:
             return err
         q = request.query_params
-        terms = q.get("tags", "").split()
-        limit_tag = TAG_LIMITS.get(level or "member", 2)
-        if counted_terms(terms) > limit_tag:
-            return _error(422, "PostQuery::TagLimitError",
-                          f"You cannot search for more than {limit_tag} tags at a time. "
-                          "Upgrade your account to search for more tags at once.")
+        if q.get("random", "").lower() in TRUTHY:
+            # posts_controller.rb#index: random=true redirects to the same search plus random:<per page>.
+            wanted = q.get("limit") or metatag_value(terms, "limit") or "20"
+            if not wanted.isdigit():
+                return _error(422, "PostQuery::Error", "limit must be a number")
+            per_page = min(int(wanted), MAX_PER_PAGE)
+            params = {"tags": " ".join([*terms, f"random:{per_page}"]).strip(),
+                      **{k: q[k] for k in ("page", "limit", "login", "api_key") if k in q}}
+            return RedirectResponse(f"/posts.json?{urlencode(params)}", status_code=302)
         try:
-            limit = int(q.get("limit", 20))
-            for t in terms:
-                if t.startswith("limit:"):
-                    limit = int(t.split(":", 1)[1])
+            limit = int(q.get("limit") or metatag_value(terms, "limit") or 20)
+            draw = metatag_value(terms, "random")
+            if draw is not None:
+                matched = shuffled(matched)[:max(0, min(int(draw), MAX_PER_PAGE))]
         except ValueError:
-            return _error(422, "ArgumentError", "limit must be a number")
-        limit = max(1, min(limit, 200))
+            return _error(422, "PostQuery::Error", "limit and random: must be numbers")
+        limit = max(0, min(limit, MAX_PER_PAGE))
         page_param = q.get("page", "1")
-        matched = [p for p in posts if match(p, terms)]
-        matched.sort(key=lambda p: p["id"], reverse=True)
-        if "order:random" in terms:
-            random.Random(control.seed).shuffle(matched) if control.seed is not None else random.shuffle(matched)
-            page_param = "1"  # Danbooru: random order ignores the page
+        if metatag_value(terms, "order") == "random":
+            matched = shuffled(matched)
+            page_param = "1"  # random order ignores the page
         if page_param[:1] in ("a", "b") and page_param[1:].isdigit():
             pivot = int(page_param[1:])
             matched = [p for p in matched if (p["id"] < pivot if page_param[0] == "b" else p["id"] > pivot)]
@@ -454,6 +532,11 @@ def create_app(
             chosen = matched[(page - 1) * limit: page * limit]
         base = str(request.base_url).rstrip("/")
         return JSONResponse([_absolute(p, base) for p in chosen])
+
+    @app.get("/counts/posts.json")
+    async def count(request: Request) -> Response:
+        _level, _terms, matched, err = searched(request)
+        return err if err is not None else JSONResponse({"counts": {"posts": len(matched)}})
 
     @app.get("/posts/{post_id}.json")
     async def one(post_id: int, request: Request) -> Response:
@@ -512,8 +595,12 @@ def to_dapi(post: dict[str, Any], flavour: str) -> dict[str, Any] | None:
             preview_url=f"/thumbnails/{directory}/thumbnail_{md5}.jpg",
         )
     else:
-        # Safebooru's JSON as older versions give it: no file_url; clients build it from directory + image.
-        out.update(hash=md5, rating=SAFEBOORU_RATING[rating], comment_count=0)
+        # Safebooru's JSON today: file_url and sample_url (the original's own URL when it has no sample),
+        # ratings spelled out, and a score that is null (Safebooru keeps no votes).
+        file_url = "" if gone else f"/images/{directory}/{image}"
+        out.update(hash=md5, rating=SAFEBOORU_RATING[rating], comment_count=0, score=None, file_url=file_url,
+                   sample_url=f"/samples/{directory}/sample_{md5}.jpg" if sample and not gone else file_url,
+                   preview_url=f"/thumbnails/{directory}/thumbnail_{md5}.jpg")
         if gone:
             out.update(directory=None, image="")
     return out
@@ -526,10 +613,14 @@ def create_dapi_app(
     flavour: str = "gelbooru",
     character_tag: str = "hatsune_miku",
     control: DanbooruControl | None = None,
+    legacy: bool = False,
 ) -> FastAPI:
     """Gelbooru-style ``index.php?page=dapi&s=post&q=index&json=1``; posts are Danbooru-shaped (converted)."""
     source_posts = default_posts(art_dir, character_tag=character_tag) if posts is None else posts
     dapi_posts = [d for d in (to_dapi(p, flavour) for p in source_posts) if d is not None]
+    if legacy:  # Safebooru's JSON before file_url: clients build it from directory + image; "safe" rating
+        dapi_posts = [{**{k: v for k, v in d.items() if not k.endswith("_url")},
+                       "rating": "safe" if d["rating"] == "general" else d["rating"]} for d in dapi_posts]
     control = control or DanbooruControl()
     store = ArtStore(art_dir)
     store.register(source_posts)
@@ -544,6 +635,10 @@ def create_dapi_app(
         q = request.query_params
         if (q.get("page"), q.get("s"), q.get("q")) != ("dapi", "post", "index"):
             return Response("<html><body>not the API</body></html>", media_type="text/html")
+        account = control.users.get(q.get("user_id") or "")
+        if flavour == "gelbooru" and (account is None or account[0] != q.get("api_key")):
+            # Gelbooru since June 2025: no API without an account's user_id and api_key.
+            return Response(b"[]", status_code=401, media_type="application/json")
         terms = q.get("tags", "").split()
         try:
             limit = max(0, min(int(q.get("limit", 100)), max_limit))

@@ -1,17 +1,32 @@
-"""A Discord REST emulator: the two user endpoints the avatar pipeline touches, spoken like Discord.
+"""A Discord REST emulator: the routes the bot calls, spoken like Discord so discord.py itself works
+against it (the tests drive it with discord.py 2.7's own HTTP client and webhook adapter).
 
-``PATCH /api/v10/users/@me`` checks ``Authorization: Bot <token>``, validates the ``avatar`` data URI
-(png/jpeg/gif, decodable, within the size limit) and answers with the user object; errors use Discord's
-shapes (401 ``{"message": "401: Unauthorized", "code": 0}``, 400 code 50035 with nested form errors,
-``AVATAR_RATE_LIMIT`` "You are changing your avatar too fast"). The per-route bucket sends the real
-``X-RateLimit-*`` headers and, once spent, 429 ``{"message": "You are being rate limited.",
-"retry_after": x, "global": false}`` with ``Retry-After``. ``GET /api/v10/users/@me`` returns the user.
+Written from Discord's API documentation (discord/discord-api-docs: Topics › Rate Limits, Topics ›
+OAuth2 "Get Current Bot Application Information", Reference › Image Data, Resources › User "Modify
+Current User", Resources › Message, Interactions › Receiving and Responding) and from what discord.py
+2.7 reads (``discord/http.py`` ``HTTPClient.request`` and ``static_login``,
+``discord/webhook/async_.py`` ``AsyncWebhookAdapter.request``, ``discord/client.py`` ``Client.login``):
 
-The bot's other calls are spoken too: ``POST /channels/{id}/messages`` (JSON or Discord's multipart
-``payload_json`` + ``files[n]``), ``PATCH /guilds/{g}/roles/{r}`` (``color``), and the interaction
-webhooks (``POST /interactions/{id}/{token}/callback`` once per interaction, then ``PATCH
-/webhooks/{app}/{token}/messages/@original``, 404 "Unknown Webhook" before a callback); all are kept
-in ``messages``, ``roles`` and ``interactions`` for assertions.
+- Every answer carries ``Via: 1.1 google`` as Discord's do. discord.py takes a 429 *without* ``Via``
+  for a Cloudflare ban and raises instead of waiting, so the header decides whether it retries.
+- ``PATCH /users/@me``: ``Authorization: Bot <token>`` or 401 ``{"message": "401: Unauthorized",
+  "code": 0}``; the ``avatar`` data URI (JPG, GIF or PNG as Reference › Image Data lists, decodable, at most 10 MiB) or 400 code
+  50035 with nested form errors (``IMAGE_INVALID``, ``BINARY_TYPE_MAX_SIZE``, ``AVATAR_RATE_LIMIT``
+  "You are changing your avatar too fast"); then the user object. The route's bucket sends
+  ``X-RateLimit-Limit/-Remaining/-Reset/-Reset-After/-Bucket``; spent, a 429 with those,
+  ``X-RateLimit-Scope: user``, ``Retry-After`` and ``{"message": "You are being rate limited.",
+  "retry_after": s, "global": false}``. ``GET /users/@me`` and ``GET /oauth2/applications/@me`` are
+  what ``Client.login`` asks; ``PUT /applications/{app}[/guilds/{g}]/commands`` registers the slash
+  commands (``CommandTree.sync``).
+- ``POST /channels/{id}/messages`` (JSON, or multipart ``payload_json`` + ``files[n]`` declared in
+  ``attachments``), ``PATCH /guilds/{g}/roles/{r}`` (``color``), answered with Discord's message and
+  role objects.
+- Interactions: ``POST /interactions/{id}/{token}/callback`` once per interaction (a second: 400 code
+  40060 "Interaction has already been acknowledged."), 204 or, with ``?with_response=true``, 200 and
+  the interaction callback response; ``PATCH /webhooks/{app}/{token}/messages/@original`` (404 code
+  10015 "Unknown Webhook" before a callback) and ``POST /webhooks/{app}/{token}`` (a followup). The
+  token in the URL is the credential; no bot token is needed. All are kept in ``messages``, ``roles``
+  and ``interactions`` for assertions.
 
 The control handle switches misbehaviour on (forced 429s, 5xx, delays, avatar-change limit) and keeps
 every accepted avatar for assertions. It is shared with the test in-process, and also reachable over
@@ -25,6 +40,7 @@ import base64
 import binascii
 import hashlib
 import io
+import itertools
 import json
 import math
 import re
@@ -37,8 +53,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from PIL import Image
 
-DATA_URI = re.compile(r"^data:(image/(?:png|jpeg|jpg|gif));base64,(.*)$", re.S)
+DATA_URI = re.compile(r"^data:(image/(?:png|jpeg|jpg|gif));base64,(.*)$", re.S)  # Reference › Image Data
 PIL_FORMAT = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/gif": "GIF"}
+VIA = {"Via": "1.1 google"}  # on every Discord answer; discord.py retries a 429 only when it is there
+APPLICATION_ID = "777"
 
 
 @dataclass
@@ -68,9 +86,12 @@ class DiscordControl:
     # ``force_status_count`` requests get ``force_status``; every request waits ``delay_s`` first.
     force_429: int = 0
     retry_after_s: float = 0.25
+    global_429: bool = False  # the forced 429s are the global limit (``X-RateLimit-Global``) instead of the route's
+    send_via: bool = True  # False: answer without Discord's ``Via`` header, as a Cloudflare edge would
     force_status: int = 500
     force_status_count: int = 0
     delay_s: float = 0.0
+    avatar_delay_s: float = 0.0  # the avatar PATCH alone takes this long (Discord resizing the image)
     uploads: list[UploadedAvatar] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     # The bot's other calls: channel messages (with their files), role edits, and interaction answers
@@ -79,6 +100,7 @@ class DiscordControl:
     roles: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     interactions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     known_channels: set[str] | None = None  # None: every channel exists
+    commands: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # registered, by guild id ("" global)
     _bucket_start: float = 0.0
     _bucket_used: int = 0
     _avatar_times: list[float] = field(default_factory=list)
@@ -109,11 +131,23 @@ def _form_error(field_name: str, code: str, message: str) -> JSONResponse:
     )
 
 
+def _is_true(value: str | None) -> bool:
+    return (value or "").lower() in ("1", "true")
+
+
 def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[FastAPI, DiscordControl]:
     """A Discord REST emulator app and its control handle (``options`` set DiscordControl fields)."""
     ctl = control or DiscordControl(**options)
+    message_ids = itertools.count(1_000_000_000_000)
     app = FastAPI(title="Discord REST emulator")
     app.state.control = ctl
+
+    @app.middleware("http")
+    async def via(request: Request, call_next: Any) -> Response:
+        response = await call_next(request)
+        if ctl.send_via and not request.url.path.startswith("/_emulator/"):
+            response.headers.update(VIA)
+        return response
 
     def authorised(request: Request) -> bool:
         return request.headers.get("authorization") == f"Bot {ctl.token}"
@@ -127,10 +161,16 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
             "X-RateLimit-Bucket": "b3a0f4c1e2d5users@me",
         }
 
-    def rate_limited(retry_after: float, headers: dict[str, str]) -> JSONResponse:
-        headers = {**headers, "Retry-After": str(max(1, math.ceil(retry_after))), "X-RateLimit-Scope": "user"}
+    def rate_limited(retry_after: float, headers: dict[str, str], *, is_global: bool = False) -> JSONResponse:
+        """Discord's 429 (Topics › Rate Limits): the body's ``retry_after`` in seconds with a fraction,
+        ``Retry-After`` whole seconds; a global one has ``X-RateLimit-Global`` and no route bucket."""
+        if is_global:
+            headers = {"X-RateLimit-Global": "true", "X-RateLimit-Scope": "global"}
+        else:
+            headers = {**headers, "X-RateLimit-Scope": "user"}
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
         return JSONResponse(
-            {"message": "You are being rate limited.", "retry_after": round(retry_after, 3), "global": False},
+            {"message": "You are being rate limited.", "retry_after": round(retry_after, 3), "global": is_global},
             status_code=429, headers=headers,
         )
 
@@ -163,11 +203,54 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
         log(request, 200)
         return JSONResponse(ctl.user())
 
+    @app.get("/api/v10/oauth2/applications/@me")
+    async def get_application(request: Request) -> JSONResponse:
+        refused = await refuse(request)
+        if refused is not None:
+            return refused
+        log(request, 200)
+        return JSONResponse({
+            "id": APPLICATION_ID, "name": ctl.username, "icon": None, "description": "", "bot_public": False,
+            "bot_require_code_grant": False, "verify_key": "0" * 64, "flags": 0, "team": None,
+            "owner": {"id": "1", "username": "owner", "discriminator": "0", "avatar": None, "global_name": None},
+        })
+
+    async def overwrite_commands(request: Request, application_id: str, guild_id: str | None) -> JSONResponse:
+        """Bulk Overwrite (Global|Guild) Application Commands: the list back, each with Discord's ids."""
+        refused = await refuse(request)
+        if refused is not None:
+            return refused
+        if application_id != APPLICATION_ID:
+            log(request, 403)
+            return JSONResponse({"message": "Missing Access", "code": 50001}, status_code=403)
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, list) or not all(isinstance(c, dict) and c.get("name") for c in body):
+            log(request, 400)
+            return JSONResponse({"message": "Invalid Form Body", "code": 50035}, status_code=400)
+        ctl.commands[guild_id or ""] = body
+        answer = [{**c, "id": str(5_000 + i), "application_id": APPLICATION_ID, "version": "1", "type": c.get("type", 1),
+                   **({"guild_id": guild_id} if guild_id else {})} for i, c in enumerate(body)]
+        log(request, 200)
+        return JSONResponse(answer)
+
+    @app.put("/api/v10/applications/{application_id}/commands")
+    async def overwrite_global_commands(application_id: str, request: Request) -> JSONResponse:
+        return await overwrite_commands(request, application_id, None)
+
+    @app.put("/api/v10/applications/{application_id}/guilds/{guild_id}/commands")
+    async def overwrite_guild_commands(application_id: str, guild_id: str, request: Request) -> JSONResponse:
+        return await overwrite_commands(request, application_id, guild_id)
+
     @app.patch("/api/v10/users/@me")
     async def patch_me(request: Request) -> JSONResponse:
         refused = await refuse(request)
         if refused is not None:
             return refused
+        if ctl.avatar_delay_s:
+            await asyncio.sleep(ctl.avatar_delay_s)
         now = time.monotonic()
         with ctl.lock:
             if now - ctl._bucket_start >= ctl.bucket_window_s:
@@ -176,7 +259,7 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
             if ctl.force_429 > 0:
                 ctl.force_429 -= 1
                 log(request, 429)
-                return rate_limited(ctl.retry_after_s, bucket_headers(0, ctl.retry_after_s))
+                return rate_limited(ctl.retry_after_s, bucket_headers(0, ctl.retry_after_s), is_global=ctl.global_429)
             if ctl._bucket_used >= ctl.bucket_limit:
                 log(request, 429)
                 return rate_limited(reset_after, bucket_headers(0, reset_after))
@@ -227,7 +310,8 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
         log(request, 200)
         return JSONResponse(ctl.user(), headers=headers)
 
-    async def message_body(request: Request) -> tuple[dict[str, Any], list[dict[str, Any]]] | JSONResponse:
+    async def message_body(request: Request, *, allow_empty: bool = False
+                           ) -> tuple[dict[str, Any], list[dict[str, Any]]] | JSONResponse:
         """A JSON body, or Discord's multipart form (``payload_json`` + ``files[n]``) with its files."""
         ctype = request.headers.get("content-type", "")
         files: list[dict[str, Any]] = []
@@ -240,10 +324,13 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
                 payload = json.loads(raw)
             except ValueError:
                 return JSONResponse({"message": "400: Bad Request", "code": 0}, status_code=400)
+            if not isinstance(payload, dict):
+                return JSONResponse({"message": "400: Bad Request", "code": 0}, status_code=400)
             for key, value in form.multi_items():
                 if key.startswith("files[") and hasattr(value, "read"):
                     files.append({"field": key, "filename": value.filename, "data": await value.read()})
-            declared = {a.get("filename") for a in payload.get("attachments", [])}
+            inner = payload.get("data") if isinstance(payload.get("data"), dict) else payload  # a callback's message
+            declared = {a.get("filename") for a in inner.get("attachments", []) if isinstance(a, dict)}
             if any(f["filename"] not in declared for f in files):
                 return _form_error("attachments", "ATTACHMENT_NOT_DECLARED", "Every file needs an entry in attachments")
         else:
@@ -256,16 +343,24 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
         content = payload.get("content") or ""
         if len(content) > 2000:
             return _form_error("content", "BASE_TYPE_MAX_LENGTH", "Must be 2000 or fewer in length.")
-        if not content and not files and not payload.get("embeds"):
+        if not allow_empty and not content and not files and not payload.get("embeds"):
             return JSONResponse({"message": "Cannot send an empty message", "code": 50006}, status_code=400)
         return payload, files
 
     def message_object(channel_id: str, payload: dict[str, Any], files: list[dict[str, Any]]) -> dict[str, Any]:
-        mid = str(len(ctl.messages) + 1_000_000_000_000)
+        """Discord's message object (Resources › Message), as discord.py's ``Message`` reads it."""
+        mid = str(next(message_ids))
         return {
-            "id": mid, "channel_id": channel_id, "content": payload.get("content") or "",
-            "embeds": payload.get("embeds") or [], "author": {"id": ctl.user_id, "username": ctl.username, "bot": True},
-            "attachments": [{"id": str(i), "filename": f["filename"], "size": len(f["data"])} for i, f in enumerate(files)],
+            "id": mid, "channel_id": channel_id, "type": 0, "content": payload.get("content") or "",
+            "author": {"id": ctl.user_id, "username": ctl.username, "discriminator": "0", "avatar": ctl.avatar_hash,
+                       "global_name": None, "bot": True},
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000000+00:00", time.gmtime()), "edited_timestamp": None,
+            "tts": False, "mention_everyone": False, "mentions": [], "mention_roles": [], "pinned": False,
+            "embeds": payload.get("embeds") or [], "flags": int(payload.get("flags") or 0), "components": [],
+            "attachments": [{"id": str(i), "filename": f["filename"], "size": len(f["data"]),
+                             "url": f"https://cdn.discordapp.com/attachments/{channel_id}/{mid}/{f['filename']}",
+                             "proxy_url": f"https://media.discordapp.net/attachments/{channel_id}/{mid}/{f['filename']}"}
+                            for i, f in enumerate(files)],
         }
 
     @app.post("/api/v10/channels/{channel_id}/messages")
@@ -306,25 +401,49 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
 
     @app.post("/api/v10/interactions/{interaction_id}/{token}/callback")
     async def interaction_callback(interaction_id: str, token: str, request: Request) -> Response:
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict) or body.get("type") not in (1, 4, 5, 6, 7, 9):
+        bad = await misbehave(request)
+        if bad is not None:
+            log(request, bad.status_code)
+            return bad
+        parsed = await message_body(request, allow_empty=True)
+        if isinstance(parsed, JSONResponse):
+            log(request, parsed.status_code)
+            return parsed
+        body, files = parsed
+        if body.get("type") not in (1, 4, 5, 6, 7, 9):
             log(request, 400)
-            return JSONResponse({"message": "Invalid interaction response type", "code": 50035}, status_code=400)
+            return _form_error("type", "BASE_TYPE_CHOICES", "Value must be one of (1, 4, 5, 6, 7, 9).")
+        data = body.get("data") or {}
+        if body["type"] == 4 and not (data.get("content") or data.get("embeds") or files):
+            log(request, 400)
+            return JSONResponse({"message": "Cannot send an empty message", "code": 50006}, status_code=400)
         answers = ctl.interactions.setdefault(token, [])
         if any(a["kind"] == "callback" for a in answers):
             log(request, 400)
             return JSONResponse({"message": "Interaction has already been acknowledged.", "code": 40060}, status_code=400)
-        answers.append({"kind": "callback", "type": body["type"], "data": body.get("data") or {}, "t": time.time()})
-        log(request, 204)
-        return Response(status_code=204)
+        answers.append({"kind": "callback", "type": body["type"], "data": data, "files": files, "t": time.time()})
+        log(request, 200)
+        if not _is_true(request.query_params.get("with_response")):
+            return Response(status_code=204)
+        flags = int(data.get("flags") or 0)
+        message = message_object("0", data, files) if body["type"] == 4 else None
+        resource: dict[str, Any] = {"type": body["type"]}
+        if message is not None:
+            resource["message"] = message
+        return JSONResponse({
+            "interaction": {"id": interaction_id, "type": 2, "response_message_id": message and message["id"],
+                            "response_message_loading": body["type"] == 5, "response_message_ephemeral": bool(flags & 64)},
+            "resource": resource,
+        })
+
+    def acknowledged(token: str) -> list[dict[str, Any]] | None:
+        answers = ctl.interactions.get(token)
+        return answers if answers and any(a["kind"] == "callback" for a in answers) else None
 
     @app.patch("/api/v10/webhooks/{application_id}/{token}/messages/@original")
     async def edit_original(application_id: str, token: str, request: Request) -> JSONResponse:
-        answers = ctl.interactions.get(token)
-        if not answers or not any(a["kind"] == "callback" for a in answers):
+        answers = acknowledged(token)
+        if answers is None or application_id != APPLICATION_ID:
             log(request, 404)
             return JSONResponse({"message": "Unknown Webhook", "code": 10015}, status_code=404)
         parsed = await message_body(request)
@@ -336,6 +455,21 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
         log(request, 200)
         return JSONResponse(message_object("0", payload, files))
 
+    @app.post("/api/v10/webhooks/{application_id}/{token}")
+    async def followup(application_id: str, token: str, request: Request) -> JSONResponse:
+        answers = acknowledged(token)
+        if answers is None or application_id != APPLICATION_ID:
+            log(request, 404)
+            return JSONResponse({"message": "Unknown Webhook", "code": 10015}, status_code=404)
+        parsed = await message_body(request)
+        if isinstance(parsed, JSONResponse):
+            log(request, parsed.status_code)
+            return parsed
+        payload, files = parsed
+        answers.append({"kind": "followup", "content": payload.get("content") or "", "files": files, "t": time.time()})
+        log(request, 200)
+        return JSONResponse(message_object("0", payload, files))
+
     @app.get("/_emulator/state")
     async def state() -> dict[str, Any]:
         return ctl.to_json()
@@ -343,7 +477,8 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
     @app.post("/_emulator/configure")
     async def configure(request: Request) -> dict[str, Any]:
         changes = await request.json()
-        allowed = {"force_429", "retry_after_s", "force_status", "force_status_count", "delay_s",
+        allowed = {"force_429", "retry_after_s", "global_429", "send_via", "force_status", "force_status_count", "delay_s",
+                   "avatar_delay_s",
                    "avatar_changes_allowed", "bucket_limit", "bucket_window_s", "max_avatar_bytes"}
         for k, v in changes.items():
             if k in allowed:

@@ -1,31 +1,69 @@
 """A llama-swap emulator on loopback, with a simulated GPU behind it.
 
 llama-swap is a Go binary from no registry here and there is no GPU, so tests and benchmarks talk to this
-instead. It speaks llama-swap's HTTP API as its source defines it (proxy/proxymanager.go, proxymanager_api.go):
+instead. It follows the release that docker-compose.yml pins (`LLAMA_SWAP_VERSION`, v250; image
+`ghcr.io/mostlygeek/llama-swap:v250-cuda-b10423`), file by file of that tag's source:
 
-    GET  /health                     → "OK"
-    GET  /v1/models                  → {"object": "list", "data": [{"id", "object": "model", "created", "owned_by": "llama-swap"}]}
-    GET  /running                    → {"running": [{"model", "state": "ready", "cmd", "proxy", "ttl", ...}]}
-    GET  /unload                     → "OK" (stops every model)
-    POST /api/models/unload          → {"msg": "ok"}
-    POST /api/models/unload/{id}     → "OK" once the process is gone; 404 "Model not found" for unknown ids
-    POST /v1/chat/completions        → loads the model on demand, swapping out the others (no groups)
+    internal/server/server.go     routes (Go's ServeMux: a `GET` route also answers `HEAD`; unknown paths get
+                                  "404 page not found", a known path with another method 405)
+    internal/server/api.go        GET  /health                 → 200 "OK" (never behind the API key)
+                                  GET  /v1/models              → {"object": "list", "data": [{"id", "object": "model",
+                                                                  "created", "owned_by": "llama-swap", "name"?,
+                                                                  "description"?, "status": {"value": "loaded"|
+                                                                  "unloaded"}, "meta"?: {"llamaswap": {"type":
+                                                                  "model"|"alias"|"peer", "aliases"?, "modelID"?,
+                                                                  "peerID"?}}}]}, sorted by id
+                                  GET  /running                → {"running": [{"model", "state", "cmd", "proxy",
+                                                                  "ttl", "name", "description"}]}: every local
+                                                                  model that is not stopped (`starting`, `ready`,
+                                                                  `stopping`), real ids only, macros expanded
+                                  GET  /unload                 → "OK" once every local model has stopped
+    internal/server/apigroup.go   POST /api/models/unload      → {"msg": "ok"}
+                                  POST /api/models/unload/{id} → "OK" once that process has stopped; the id may be
+                                                                  an alias; 404 "model not found" when it is neither
+                                                                  a local model nor an alias (a peer's model too:
+                                                                  RealModelName knows local models only); 404 "no
+                                                                  local server found for requested model" when no
+                                                                  local process serves a configured model
+    internal/server/server.go     POST /v1/chat/completions    → the model from the JSON body (gjson, only for a
+      (localPeerHandler)                                          `Content-Type: application/json` body): local
+                                                                  model or alias → loaded on demand, swapping the
+                                                                  others out (no groups); a peer's model → proxied
+                                                                  to the peer (answered here without the card: it is
+                                                                  another machine's memory); else 404 "no router for
+                                                                  requested model"; no model → 404 "no model id could
+                                                                  be identified"
+    internal/swaputil/http.go     errors (SendResponse): `Accept` containing text/plain → "llama-swap: <msg>";
+                                  text/html → a small HTML page; otherwise JSON {"src": "llama-swap", "error":
+                                  "<msg>"}. `Switches.error_envelope` gives the OpenAI-style body of llama-swap's
+                                  main branch after v250 (commit cb536168, #1038, not in a release of the stored
+                                  source): {"src": "llama-swap", "error": {"message", "type", "param": null, "code"}}
+    internal/process/process.go   states: stopped, starting, ready, stopping, shutdown
+    internal/config/macros.go     `macros` (global, then per model), MODEL_ID, and PORT allocated from
+                                  `startPort` (5800) in sorted model-id order for models whose cmd uses ${PORT};
+                                  the default proxy is http://localhost:${PORT}; `#` comment lines leave cmd
+    internal/config/load.go       aliases, ttl (globalTTL when unset), apiKeys; internal/config/peer.go: peers
+    internal/server/auth.go       apiKeys: Bearer, Basic (the password) or x-api-key; 401 with WWW-Authenticate
 
-Errors follow llama-swap's sendErrorResponse: plain text, or {"error": msg} when the client accepts JSON.
-`apiKeys` from the config are enforced like llama-swap does (Bearer, Basic password, x-api-key).
+Behind a local model llama-server answers the chat itself (its own error shape, {"error": {"code", "message",
+"type"}}); with `"stream": true` it streams Server-Sent Events (`chat.completion.chunk` objects, then
+`data: [DONE]`), which llama-swap passes through.
 
-Models come from a YAML/dict in llama-swap's own config shape (`models: {id: {cmd, proxy, ttl, aliases, ...}}`)
-plus emulator-only fields per model: `vram_mib`, `load_s`, `stop_s`, `release_s`, `infer_s`, `vision`; and at
-the top level `gpu_total_mib` (8192) and `gpu_reserved_mib` (memory held by others: display, CUDA contexts).
+Models come from a YAML/dict in llama-swap's own config shape (`models: {id: {cmd, proxy, ttl, aliases, ...}}`,
+`peers: {id: {proxy, models: [...]}}`) plus emulator-only fields per model: `vram_mib`, `load_s`, `stop_s`,
+`release_s`, `infer_s`, `vision`; and at the top level `gpu_total_mib` (8192) and `gpu_reserved_mib` (memory
+held by others: display, CUDA contexts).
 
 The VRAM ledger (`SimulatedGpu`): a model's memory is allocated when its weights reach the card (at the end of
-`load_s`); a load that does not fit fails with `cudaMalloc failed: out of memory` (HTTP 500) — the seed's
-failure. Stopping takes `stop_s` (unload calls return when the process is gone, as llama-swap's do) and the
-card gets the memory back `release_s` later (driver teardown). `GET /_emulator/vram` is what EmulatorProbe reads.
+`load_s`); a load that does not fit fails (HTTP 500 "unspecific error: upstream command exited prematurely",
+to which the emulator adds llama-server's `cudaMalloc failed: out of memory` from the log so tests can tell).
+Stopping takes `stop_s` (the model shows `stopping` meanwhile; unload calls return when the process is gone, as
+llama-swap's do) and the card gets the memory back `release_s` later (driver teardown). `GET /_emulator/vram`
+is what EmulatorProbe reads.
 
-Also here, because they share the simulated card: an Ollama emulator (`create_ollama_app`: /api/ps,
-/api/generate with keep_alive 0) and the face detector's pause/resume endpoints on that card
+Also here, because it shares the simulated card: the face detector's pause/resume endpoints on that card
 (`create_detector_app`: /health, /load, /unload, /detect) — a GPU detector's VRAM cannot exist without a GPU.
+Ollama's emulator is in `emulators.ollama`.
 """
 
 from __future__ import annotations
@@ -34,9 +72,12 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import html
+import json
+import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +85,15 @@ from typing import Any
 import uvicorn
 import yaml
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import (
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+LLAMA_SWAP_VERSION = "v250"  # the release docker-compose.yml pins and this emulator follows
 
 OOM_MESSAGE = "cudaMalloc failed: out of memory"
 ROOT_CONFIG = Path(__file__).resolve().parents[2] / "llama-swap" / "config.yaml"  # the real deployment's config
@@ -157,11 +206,18 @@ def create_gpu_app(gpu: SimulatedGpu) -> FastAPI:
 # ---------------------------------------------------------------------------------------------------------
 # llama-swap
 # ---------------------------------------------------------------------------------------------------------
+ACTIVE = ("starting", "ready", "stopping")  # states /running lists (RunningModels skips stopped and shutdown)
+DEFAULT_PROXY = "http://localhost:${PORT}"
+DEFAULT_START_PORT = 5800
+EMULATOR_DEFAULT_CMD = "llama-server --port ${PORT}"  # for test configs without `cmd` (llama-swap requires one)
+_MACRO = re.compile(r"\$\{([A-Za-z0-9_.-]+)\}")
+
+
 @dataclass
 class ModelSpec:
     id: str
     cmd: str = ""
-    proxy: str = "http://localhost:${PORT}"
+    proxy: str = "http://localhost:5800"
     ttl: int = 0
     aliases: list[str] = field(default_factory=list)
     check_endpoint: str = "/health"
@@ -195,13 +251,16 @@ Answer = str | Callable[[ChatRequest], str]
 class Switches:
     """Misbehaviour. `slow_s` delays every API answer; `fail_status` answers that code (on `fail_paths`, or
     everywhere when None); `legacy_no_model_unload` / `legacy_no_unload` remove the unload routes as older
-    llama-swap versions lack them. Being down is `LlamaSwapEmulator.set_down()` (the socket really closes)."""
+    llama-swap versions lack them (their router answers a plain "404 page not found"); `error_envelope`
+    answers errors in the OpenAI-style body of llama-swap's main branch after v250. Being down is
+    `LlamaSwapEmulator.set_down()` (the socket really closes)."""
 
     slow_s: float = 0.0
     fail_status: int | None = None
     fail_paths: set[str] | None = None
     legacy_no_model_unload: bool = False
     legacy_no_unload: bool = False
+    error_envelope: bool = False
     down: bool = False
 
 
@@ -219,24 +278,100 @@ def _load_config(config: dict | str | Path) -> dict[str, Any]:
     return data
 
 
+def _substitute(value: Any, macros: list[tuple[str, Any]]) -> Any:
+    """substituteMacroList: the last-declared macro first, so a later one may use an earlier one."""
+    if isinstance(value, str):
+        for name, v in reversed(macros):
+            value = value.replace(f"${{{name}}}", str(v))
+        return value
+    if isinstance(value, list):
+        return [_substitute(v, macros) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, macros) for k, v in value.items()}
+    return value
+
+
+def _strip_comments(cmd: str) -> str:
+    return "\n".join(line for line in cmd.splitlines() if not line.strip().startswith("#"))
+
+
+def expand_macros(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The models of `cfg` with macros expanded as internal/config/macros.go (v250) does."""
+    global_macros = list((cfg.get("macros") or {}).items())
+    for name, _ in global_macros:
+        if name in ("PID", "PORT", "MODEL_ID"):
+            raise ValueError(f"macro name '{name}' is reserved")
+    next_port = int(cfg.get("startPort", DEFAULT_START_PORT))
+    out: dict[str, dict[str, Any]] = {}
+    for mid in sorted(cfg.get("models") or {}):
+        m = dict(cfg["models"][mid] or {})
+        m.setdefault("cmd", EMULATOR_DEFAULT_CMD)
+        local = dict(global_macros)
+        local.update(m.pop("macros", None) or {})
+        macros = [("MODEL_ID", mid), *local.items()]
+        for key in ("cmd", "cmdStop"):
+            if isinstance(m.get(key), str):
+                m[key] = _strip_comments(m[key])
+        m.setdefault("proxy", DEFAULT_PROXY)
+        m = _substitute(m, macros)
+        cmd, proxy = str(m.get("cmd", "")), str(m.get("proxy") or "")
+        if "${PORT}" in proxy and "${PORT}" not in cmd:
+            raise ValueError(f"model {mid}: proxy uses ${{PORT}} but cmd does not - ${{PORT}} is only available "
+                             "when used in cmd")
+        if "${PORT}" in cmd:
+            m = _substitute(m, [("PORT", next_port)])
+            next_port += 1
+        for key in ("cmd", "proxy"):
+            left = [n for n in _MACRO.findall(str(m.get(key, ""))) if not n.startswith("env.")]
+            if left:
+                raise ValueError(f"unknown macro '${{{left[0]}}}' found in model {mid} {key}")
+        out[str(mid)] = m
+    return out
+
+
 def _parse_models(cfg: dict[str, Any]) -> dict[str, ModelSpec]:
-    if cfg.get("groups"):
-        raise ValueError("the emulator swaps like llama-swap without groups; `groups` is not emulated")
+    if cfg.get("groups") or cfg.get("matrix") or cfg.get("routing"):
+        raise ValueError("the emulator swaps like llama-swap's default group; groups/matrix are not emulated")
     global_ttl = int(cfg.get("globalTTL", 0) or 0)
     models = {}
-    for mid, m in (cfg.get("models") or {}).items():
-        m = m or {}
+    for mid, m in expand_macros(cfg).items():
         aliases = [a["id"] if isinstance(a, dict) else str(a) for a in m.get("aliases") or []]
         ttl = m.get("ttl", -1)
-        models[str(mid)] = ModelSpec(
-            id=str(mid), cmd=str(m.get("cmd", "")), proxy=str(m.get("proxy", "http://localhost:${PORT}")),
-            ttl=global_ttl if ttl is None or int(ttl) < 0 else int(ttl), aliases=aliases,
+        models[mid] = ModelSpec(
+            id=mid, cmd=str(m.get("cmd", "")), proxy=str(m.get("proxy")), aliases=aliases,
+            ttl=global_ttl if ttl is None or int(ttl) < 0 else int(ttl),
             check_endpoint=str(m.get("checkEndpoint", "/health")), name=str(m.get("name", "")),
             description=str(m.get("description", "")), unlisted=bool(m.get("unlisted", False)),
             vram_mib=float(m.get("vram_mib", 1024)), load_s=float(m.get("load_s", 0)), stop_s=float(m.get("stop_s", 0)),
             release_s=float(m.get("release_s", 0)), infer_s=float(m.get("infer_s", 0)), vision=bool(m.get("vision", False)),
         )
+    seen: dict[str, str] = {}
+    for spec in models.values():
+        for alias in spec.aliases:
+            if alias in seen or alias in models:
+                raise ValueError(f"duplicate alias {alias} found in model: {spec.id}")
+            seen[alias] = spec.id
     return models
+
+
+def _parse_peers(cfg: dict[str, Any]) -> dict[str, list[str]]:
+    return {str(pid): [str(m) for m in (p or {}).get("models") or []] for pid, p in (cfg.get("peers") or {}).items()}
+
+
+_ERROR_TYPES = {400: ("invalid_request_error", "bad_request"), 401: ("authentication_error", "unauthorized"),
+                403: ("authentication_error", "forbidden"), 404: ("invalid_request_error", "not_found"),
+                409: ("invalid_request_error", "conflict"), 429: ("rate_limit_error", "rate_limit_exceeded"),
+                502: ("server_error", "bad_gateway"), 503: ("server_error", "service_unavailable"),
+                504: ("server_error", "gateway_timeout")}
+
+
+def error_body(status: int, message: str, *, envelope: bool) -> dict[str, Any]:
+    """SendResponse's JSON: v250's string `error`, or main's OpenAI-style envelope (swaputil/httperror.go)."""
+    if not envelope:
+        return {"src": "llama-swap", "error": message}
+    kind, code = _ERROR_TYPES.get(status, ("invalid_request_error", "invalid_request") if 400 <= status < 500
+                                  else ("server_error", "internal_error"))
+    return {"src": "llama-swap", "error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
 class LlamaSwapEmulator:
@@ -246,6 +381,8 @@ class LlamaSwapEmulator:
         cfg = _load_config(config)
         self.config = cfg
         self.models = _parse_models(cfg)
+        self.peers = _parse_peers(cfg)
+        self.include_aliases_in_list = bool(cfg.get("includeAliasesInList", False))
         self.health_check_timeout = float(cfg.get("healthCheckTimeout", 120))
         self.api_keys = [str(k) for k in cfg.get("apiKeys") or []]
         self.gpu = gpu or SimulatedGpu(cfg.get("gpu_total_mib", 8192), cfg.get("gpu_reserved_mib", 0))
@@ -280,6 +417,7 @@ class LlamaSwapEmulator:
             self.last_used[spec.id] = time.monotonic()
 
     def running(self) -> list[str]:
+        """Models in the `ready` state (what a chat would be answered by at once)."""
         with self._mutex:
             return [m for m, s in self.state.items() if s == "ready"]
 
@@ -289,13 +427,21 @@ class LlamaSwapEmulator:
                 "state": dict(self.state)}
 
     def real_name(self, name: str) -> str | None:
+        """config.RealModelName: a local model id, or the model an alias names."""
         if name in self.models:
             return name
         return next((m.id for m in self.models.values() if name in m.aliases), None)
 
+    def peer_of(self, name: str) -> str | None:
+        """config.ResolvePeerModel: `peer/model`, or a model name exactly one peer serves."""
+        hits = {pid for pid, models in self.peers.items() for m in models if f"{pid}/{m}" == name}
+        if not hits:
+            hits = {pid for pid, models in self.peers.items() if name in models}
+        return next(iter(hits)) if len(hits) == 1 else None
+
     # ---- serving with a real, stoppable socket ----
     @contextlib.contextmanager
-    def serve(self) -> Iterator["LlamaSwapEmulator"]:
+    def serve(self) -> Iterator[LlamaSwapEmulator]:
         """Serve llama-swap on one port and the card (for probes) on another; `set_down` closes the first."""
         gpu_server = _Server(create_gpu_app(self.gpu))
         self._server = _Server(self.app)
@@ -352,14 +498,14 @@ class LlamaSwapEmulator:
             if spec.load_s > self.health_check_timeout:
                 await asyncio.sleep(self.health_check_timeout)
                 self.state[mid] = "stopped"
-                raise LoadFailed(f"unable to start process: health check timed out after {self.health_check_timeout:g}s")
+                raise LoadFailed(f"health check timed out after {self.health_check_timeout:g}s")
             await asyncio.sleep(spec.load_s)
             with self._mutex:
                 try:
                     self.gpu.alloc(mid, spec.vram_mib)
                 except OutOfMemory as exc:
                     self.state[mid] = "stopped"
-                    raise LoadFailed(f"upstream command exited prematurely: llama-server: {exc}") from exc
+                    raise LoadFailed(f"upstream command exited prematurely (llama-server: {exc})") from exc
                 self.state[mid] = "ready"
                 self.loads.append(mid)
                 self.last_used[mid] = time.monotonic()
@@ -374,23 +520,64 @@ class LlamaSwapEmulator:
                     async with self._lock():
                         await self._stop(mid)
 
+    async def _unload(self, *mids: str) -> None:
+        """baseRouter.Unload: blocks until each targeted process has stopped."""
+        async with self._lock():
+            await asyncio.gather(*(self._stop(m) for m in mids or self.models))
+
     # ---- HTTP ----
     def _error(self, request: Request, status: int, message: str) -> Response:
-        if "application/json" in request.headers.get("accept", ""):
-            return JSONResponse({"error": message}, status_code=status)
-        return PlainTextResponse(message, status_code=status)
+        """swaputil.SendResponse."""
+        accept = request.headers.get("accept", "")
+        if "text/plain" in accept:
+            return PlainTextResponse(f"llama-swap: {message}", status_code=status)
+        if "text/html" in accept:
+            return Response(f"<html><body><h1>llama-swap</h1><p>{html.escape(message)}</p></body></html>",
+                            status_code=status, media_type="text/html")
+        return JSONResponse(error_body(status, message, envelope=self.switches.error_envelope), status_code=status)
 
     def _authorised(self, request: Request) -> bool:
         if not self.api_keys:
             return True
         auth = request.headers.get("authorization", "")
-        key = request.headers.get("x-api-key", "")
-        if auth.startswith("Basic "):
-            with contextlib.suppress(binascii.Error, UnicodeDecodeError, ValueError):
-                key = base64.b64decode(auth[6:]).decode().split(":", 1)[1]
-        elif auth.startswith("Bearer "):
-            key = auth[7:]
-        return key in self.api_keys
+        scheme, _, credentials = auth.partition(" ")
+        bearer = basic = ""
+        if scheme.lower() == "bearer":
+            bearer = credentials
+        elif scheme.lower() == "basic":
+            with contextlib.suppress(binascii.Error, UnicodeDecodeError, ValueError, IndexError):
+                basic = base64.b64decode(credentials).decode().split(":", 1)[1]
+        return (basic or bearer or request.headers.get("x-api-key", "")) in self.api_keys
+
+    def _model_records(self) -> list[dict[str, Any]]:
+        created = int(time.time())
+
+        def record(rid: str, name: str, description: str, status: str, meta: dict[str, Any]) -> dict[str, Any]:
+            rec: dict[str, Any] = {"id": rid, "object": "model", "created": created, "owned_by": "llama-swap"}
+            if name.strip():
+                rec["name"] = name.strip()
+            if description.strip():
+                rec["description"] = description.strip()
+            rec["meta"] = {"llamaswap": meta}
+            rec["status"] = {"value": status}
+            return rec
+
+        data = []
+        for m in self.models.values():
+            if m.unlisted:
+                continue
+            status = "loaded" if self.state[m.id] in ACTIVE else "unloaded"
+            meta: dict[str, Any] = {"type": "model"}
+            if m.aliases:
+                meta["aliases"] = list(m.aliases)
+            data.append(record(m.id, m.name, m.description, status, meta))
+            if self.include_aliases_in_list:
+                data += [record(a, m.name, m.description, status, {"type": "alias", "modelID": m.id})
+                         for a in m.aliases if a.strip()]
+        for pid, models in self.peers.items():
+            data += [record(f"{pid}/{m}", f"{pid}: {m}", "", "unloaded", {"type": "peer", "peerID": pid})
+                     for m in models]
+        return sorted(data, key=lambda r: r["id"])
 
     def _build_app(self) -> FastAPI:
         emu = self
@@ -404,9 +591,17 @@ class LlamaSwapEmulator:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-        app = FastAPI(title="llama-swap emulator", lifespan=lifespan)
+        app = FastAPI(title="llama-swap emulator", lifespan=lifespan, docs_url=None, redoc_url=None,
+                      openapi_url=None)
         app.state.emulator = emu
         _add_gpu_routes(app, self.gpu)
+
+        @app.exception_handler(StarletteHTTPException)
+        async def go_mux_errors(request: Request, exc: StarletteHTTPException) -> Response:
+            # net/http's ServeMux: plain text, not llama-swap's error format.
+            if exc.status_code == 405:
+                return PlainTextResponse("Method Not Allowed\n", status_code=405, headers=exc.headers)
+            return PlainTextResponse("404 page not found\n", status_code=exc.status_code)
 
         @app.middleware("http")
         async def misbehave(request: Request, call_next):
@@ -418,7 +613,7 @@ class LlamaSwapEmulator:
                 await asyncio.sleep(sw.slow_s)
             if sw.fail_status and (sw.fail_paths is None or path in sw.fail_paths):
                 return emu._error(request, sw.fail_status, f"emulated failure {sw.fail_status}")
-            protected = path != "/health" and path != "/wol-health"
+            protected = path not in ("/health", "/wol-health")
             if protected and not emu._authorised(request):
                 resp = emu._error(request, 401, "unauthorized: invalid or missing API key")
                 resp.headers["WWW-Authenticate"] = 'Basic realm="llama-swap"'
@@ -429,98 +624,118 @@ class LlamaSwapEmulator:
                 return PlainTextResponse("404 page not found", status_code=404)
             return await call_next(request)
 
-        @app.get("/health")
+        @app.api_route("/health", methods=["GET", "HEAD"])
+        @app.api_route("/wol-health", methods=["GET", "HEAD"])
         async def health() -> Response:
             return PlainTextResponse("OK")
 
-        @app.get("/v1/models")
+        @app.api_route("/v1/models", methods=["GET", "HEAD"])
+        @app.api_route("/models", methods=["GET", "HEAD"])
         async def list_models() -> dict[str, Any]:
-            created = int(time.time())
-            data = []
-            for m in sorted(emu.models.values(), key=lambda m: m.id):
-                if m.unlisted:
-                    continue
-                rec: dict[str, Any] = {"id": m.id, "object": "model", "created": created, "owned_by": "llama-swap"}
-                if m.name:
-                    rec["name"] = m.name
-                if m.description:
-                    rec["description"] = m.description
-                data.append(rec)
-            return {"object": "list", "data": data}
+            return {"object": "list", "data": emu._model_records()}
 
-        @app.get("/running")
+        @app.api_route("/running", methods=["GET", "HEAD"])
         async def running() -> dict[str, Any]:
-            return {"running": [{"model": m.id, "state": "ready", "cmd": m.cmd, "proxy": m.proxy, "ttl": m.ttl,
+            with emu._mutex:
+                states = dict(emu.state)
+            return {"running": [{"model": m.id, "state": states[m.id], "cmd": m.cmd, "proxy": m.proxy, "ttl": m.ttl,
                                  "name": m.name, "description": m.description}
-                                for m in emu.models.values() if emu.state[m.id] == "ready"]}
+                                for m in sorted(emu.models.values(), key=lambda m: m.id) if states[m.id] in ACTIVE]}
 
         @app.get("/unload")
         async def unload_all() -> Response:
-            async with emu._lock():
-                await asyncio.gather(*(emu._stop(m) for m in emu.models))
+            await emu._unload()
             emu.requests.append({"path": "/unload"})
             return PlainTextResponse("OK")
 
         @app.post("/api/models/unload")
         async def api_unload_all() -> dict[str, str]:
-            async with emu._lock():
-                await asyncio.gather(*(emu._stop(m) for m in emu.models))
+            await emu._unload()
             return {"msg": "ok"}
 
         @app.post("/api/models/unload/{model:path}")
         async def api_unload(model: str, request: Request) -> Response:
-            mid = emu.real_name(model)
-            emu.requests.append({"path": "/api/models/unload", "model": model})
+            requested = model.removeprefix("/")
+            emu.requests.append({"path": "/api/models/unload", "model": requested})
+            mid = emu.real_name(requested)
             if mid is None:
-                return emu._error(request, 404, "Model not found")
-            async with emu._lock():
-                await emu._stop(mid)
+                return emu._error(request, 404, "model not found")
+            await emu._unload(mid)
             return PlainTextResponse("OK")
 
         @app.post("/v1/chat/completions")
         async def chat(request: Request) -> Response:
-            try:
-                body = await request.json()
-            except ValueError:
-                return emu._error(request, 400, "missing or invalid 'model' key")
+            raw = await request.body()
+            body: Any = None
+            if "application/json" in request.headers.get("content-type", ""):
+                with contextlib.suppress(ValueError):
+                    body = json.loads(raw)
             requested = body.get("model") if isinstance(body, dict) else None
             if not isinstance(requested, str) or not requested:
-                return emu._error(request, 400, "missing or invalid 'model' key")
-            mid = emu.real_name(requested)
+                return emu._error(request, 404, "no model id could be identified")
             emu.requests.append({"path": "/v1/chat/completions", "model": requested})
-            if mid is None:
-                return emu._error(request, 400, f"could not find suitable inference handler for {requested}")
+            mid = emu.real_name(requested)
+            if mid is None and emu.peer_of(requested) is None:
+                return emu._error(request, 404, "no router for requested model")
             try:
-                chat_req = _parse_chat(mid, body)
+                chat_req = _parse_chat(mid or requested, body)
             except ValueError as exc:
-                return JSONResponse({"error": {"code": 400, "message": str(exc), "type": "invalid_request_error"}},
-                                    status_code=400)
+                return _llama_server_error(400, str(exc), "invalid_request_error")
+            if mid is None:  # a peer's model: another machine answers, with its own memory
+                return _completion(requested, chat_req, emu.answers.get(requested, f"[{requested}] ok"), body)
             spec = emu.models[mid]
             if chat_req.images and not spec.vision:
-                return JSONResponse({"error": {"code": 500, "type": "server_error", "message":
-                                     "image input is not supported - hint: if this is unexpected, you may need to "
-                                     "provide the mmproj"}}, status_code=500)
+                return _llama_server_error(500, "image input is not supported - hint: if this is unexpected, you may "
+                                           "need to provide the mmproj", "server_error")
             try:
                 await emu._ensure_ready(mid)
             except LoadFailed as exc:
-                return emu._error(request, 500, str(exc))
+                return emu._error(request, 500, f"unspecific error: [{mid}] {exc}")
             emu.inflight[mid] += 1
             try:
                 await asyncio.sleep(spec.infer_s)
                 answer = emu.answers.get(mid, f"[{mid}] ok")
-                text = answer(chat_req) if callable(answer) else str(answer)
             finally:
                 emu.inflight[mid] -= 1
                 emu.last_used[mid] = time.monotonic()
-            return JSONResponse({
-                "id": f"chatcmpl-emu{len(emu.requests)}", "object": "chat.completion", "created": int(time.time()),
-                "model": requested,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": max(1, len(chat_req.text.split())), "completion_tokens":
-                          max(1, len(text.split())), "total_tokens": max(1, len(chat_req.text.split())) + max(1, len(text.split()))},
-            })
+            return _completion(requested, chat_req, answer, body)
 
         return app
+
+
+def _llama_server_error(status: int, message: str, kind: str) -> Response:
+    """llama-server's own error body (tools/server: format_error_response)."""
+    return JSONResponse({"error": {"code": status, "message": message, "type": kind}}, status_code=status)
+
+
+def _completion(model: str, req: ChatRequest, answer: Answer, body: dict[str, Any]) -> Response:
+    """llama-server's answer: one chat.completion, or with `stream: true` a stream of chunks as SSE."""
+    text = answer(req) if callable(answer) else str(answer)
+    cid, created = f"chatcmpl-emu{time.monotonic_ns()}", int(time.time())
+    prompt_tokens, completion_tokens = max(1, len(req.text.split())), max(1, len(text.split()))
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+             "total_tokens": prompt_tokens + completion_tokens}
+    if not body.get("stream"):
+        return JSONResponse({
+            "id": cid, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": usage})
+
+    def chunk(delta: dict[str, Any], finish: str | None, **extra: Any) -> str:
+        return "data: " + json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                                      "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}) + "\n\n"
+
+    async def events() -> AsyncIterator[str]:
+        yield chunk({"role": "assistant", "content": None}, None)
+        for word in re.findall(r"\S+\s*", text) or [""]:
+            yield chunk({"content": word}, None)
+        yield chunk({}, "stop")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            yield "data: " + json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
+                                         "model": model, "choices": [], "usage": usage}) + "\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
 
 
 def _parse_chat(mid: str, body: dict[str, Any]) -> ChatRequest:
@@ -564,58 +779,8 @@ def create_app(config: dict | str | Path, gpu: SimulatedGpu | None = None) -> Fa
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Ollama and the face detector, on the same card
+# The face detector, on the same card
 # ---------------------------------------------------------------------------------------------------------
-def create_ollama_app(models: Mapping[str, Mapping[str, float]], gpu: SimulatedGpu) -> FastAPI:
-    """Ollama's load/unload surface: `/api/ps` (size_vram in bytes), `/api/generate` (empty prompt loads,
-    `keep_alive: 0` unloads and answers done_reason "unload"), `/api/tags`. Model names default to `:latest`."""
-    def norm(n: str) -> str:
-        return n if ":" in n else f"{n}:latest"
-
-    specs = {norm(k): dict(v) for k, v in models.items()}
-    loaded: dict[str, float] = {}
-    app = FastAPI(title="ollama emulator")
-    app.state.loaded = loaded
-
-    @app.get("/")
-    async def root() -> Response:
-        return PlainTextResponse("Ollama is running")
-
-    @app.get("/api/tags")
-    async def tags() -> dict[str, Any]:
-        return {"models": [{"name": n, "model": n, "size": int(s.get("vram_mib", 0) * 2**20)} for n, s in specs.items()]}
-
-    @app.get("/api/ps")
-    async def ps() -> dict[str, Any]:
-        return {"models": [{"name": n, "model": n, "size": int(specs[n]["vram_mib"] * 2**20),
-                            "size_vram": int(specs[n]["vram_mib"] * 2**20), "expires_at": "2099-01-01T00:00:00Z",
-                            "details": {"format": "gguf"}} for n in loaded]}
-
-    @app.post("/api/generate")
-    async def generate(body: dict[str, Any]) -> Response:
-        name = norm(str(body.get("model", "")))
-        if name not in specs:
-            return JSONResponse({"error": f"model '{body.get('model')}' not found"}, status_code=404)
-        s = specs[name]
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        if body.get("keep_alive") in (0, "0", "0s"):
-            if name in loaded:
-                loaded.pop(name)
-                await asyncio.sleep(s.get("stop_s", 0))
-                gpu.free(f"ollama:{name}", s.get("release_s", 0))
-            return JSONResponse({"model": name, "created_at": now, "response": "", "done": True, "done_reason": "unload"})
-        if name not in loaded:
-            await asyncio.sleep(s.get("load_s", 0))
-            try:
-                gpu.alloc(f"ollama:{name}", s["vram_mib"])
-            except OutOfMemory as exc:
-                return JSONResponse({"error": str(exc)}, status_code=500)
-            loaded[name] = time.monotonic()
-        return JSONResponse({"model": name, "created_at": now, "response": "", "done": True, "done_reason": "load"})
-
-    return app
-
-
 def create_detector_app(gpu: SimulatedGpu, *, vram_mib: float = 1024, load_s: float = 0.0, stop_s: float = 0.0,
                         release_s: float = 0.0, loaded: bool = False, uses_gpu: bool | None = True) -> FastAPI:
     """The face detector service's VRAM side on the simulated card: /health, /load, /unload and a /detect that

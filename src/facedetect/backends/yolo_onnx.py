@@ -15,6 +15,7 @@ Weights are never downloaded: the user points ``model_path`` at a file.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -414,6 +415,10 @@ class YoloOnnxDetector(Detector):
             raise BackendUnavailable(f"YOLO model file not found: {self.model_path}")
         providers = self._choose_providers(ort)
         wants_cuda = any((p[0] if isinstance(p, tuple) else p) == "CUDAExecutionProvider" for p in providers)
+        if wants_cuda and hasattr(ort, "preload_dlls") and importlib.util.find_spec("nvidia") is not None:
+            # onnxruntime-gpu[cuda,cudnn] (the GPU detector image) brings CUDA and cuDNN as NVIDIA's pip
+            # wheels, outside the loader's search path: load them before the CUDA provider needs them.
+            ort.preload_dlls()
         _, used_before = _nvml_usage(self.device_id) if wants_cuda else (None, None)
 
         opts = ort.SessionOptions()

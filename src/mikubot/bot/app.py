@@ -1,5 +1,5 @@
 """``mikubot run``: the Discord bot, the :3939 panel and the rotation schedule in ONE process and ONE
-event loop, sharing one pipeline and one ``ChangeRunner`` (as the seed's bot served :3939 itself).
+event loop, sharing one pipeline and one ``ChangeRunner`` (the bot serves :3939 itself).
 
 Start-up runs the ``doctor`` checks and logs each line ("✅ Anime face detector API connected").
 Without a Discord token the panel still runs and every change is a dry run. The process lives as
@@ -20,7 +20,6 @@ from mikubot.bot import PANEL_HOST, PANEL_PORT
 from mikubot.bot.announce import AfterChange
 from mikubot.bot.client import MikuClient
 from mikubot.bot.commands import BotState
-from mikubot.bot.rest import DiscordRest
 from mikubot.bot.schedule import Rotation, RotationScheduler
 from mikubot.config import Settings
 from mikubot.doctor import run_checks
@@ -64,16 +63,15 @@ async def serve(settings: Settings, *, host: str = PANEL_HOST, port: int = PANEL
         scheduler = RotationScheduler(runner, rotation) if rotation is not None else None
         state = BotState(runner, scheduler)
         token = settings.discord_token.get_secret_value() if settings.discord_token is not None else None
-        rest = DiscordRest(settings.discord_api, token, http=http, user_agent="DiscordBot (https://github.com/, 0.1) miku-discord")
         if token and not settings.dry_run:
-            runner.add_listener(AfterChange(settings, rest))
+            runner.add_listener(AfterChange(settings))
         if settings.colour_role_id is not None and settings.guild_id is None:
             log.warning("MIKU_COLOUR_ROLE_ID is set but MIKU_GUILD_ID is not: the role colour is off")
 
         server = make_server(settings, host=host, port=port, runner=runner)
         panel = asyncio.create_task(server.serve(), name="panel")
         if token and bot:
-            client = MikuClient(state, rest)
+            client = MikuClient(state)
             tasks.append(asyncio.create_task(_bot(client, token), name="discord"))
         else:
             log.warning("➖ Discord bot off (%s): the panel runs alone and changes are dry runs",

@@ -2,8 +2,8 @@
 
 Intents: none beyond ``guilds`` (the application-command cache needs the guild list). Slash commands
 need no privileged intent, and the interaction itself carries the member's roles and permissions. The
-answers go through ``RestInteraction`` (the interaction's own webhook), the same code the tests drive
-against the Discord REST emulator.
+answers go through ``InteractionContext`` (discord.py's Interaction API), the same code the tests drive
+against the Discord REST emulator; the client's HTTP goes to ``MIKU_DISCORD_API`` (``use_api``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from discord import app_commands
 
 from mikubot.bot import commands
 from mikubot.bot.commands import BotState
-from mikubot.bot.context import Invoker, RestInteraction
-from mikubot.bot.rest import DiscordRest
+from mikubot.bot.context import InteractionContext
+from mikubot.discord_rest import use_api
 
 log = logging.getLogger(__name__)
 
@@ -27,29 +27,13 @@ def intents() -> discord.Intents:
     return i
 
 
-def invoker_of(interaction: discord.Interaction) -> Invoker:
-    user = interaction.user
-    roles: frozenset[int] = frozenset()
-    manage = False
-    if isinstance(user, discord.Member):
-        roles = frozenset(r.id for r in user.roles)
-        perms = user.guild_permissions
-        manage = perms.manage_guild or perms.administrator
-    return Invoker(user_id=user.id, role_ids=roles, manage_guild=manage, name=str(user))
-
-
-def context_of(interaction: discord.Interaction, rest: DiscordRest) -> RestInteraction:
-    return RestInteraction(rest, interaction_id=interaction.id, application_id=interaction.application_id,
-                           token=interaction.token, invoker=invoker_of(interaction))
-
-
 class MikuClient(discord.Client):
-    def __init__(self, state: BotState, rest: DiscordRest) -> None:
+    def __init__(self, state: BotState) -> None:
         super().__init__(intents=intents())
+        use_api(self, state.settings.discord_api)
         self.state = state
-        self.rest = rest
         self.tree = app_commands.CommandTree(self)
-        self.tree.add_command(pfp_group(state, rest))
+        self.tree.add_command(pfp_group(state))
         self.tree.on_error = self._on_tree_error  # type: ignore[method-assign]
 
     async def setup_hook(self) -> None:
@@ -70,7 +54,7 @@ class MikuClient(discord.Client):
         log.error("/pfp failed: %s", error, exc_info=error)
 
 
-def pfp_group(state: BotState, rest: DiscordRest) -> app_commands.Group:
+def pfp_group(state: BotState) -> app_commands.Group:
     s = state.settings
     # Without configured admins, only Manage Server may use /pfp: let Discord hide it from the others
     # as well. With configured users/roles Discord must show it to them, and our own check decides.
@@ -83,19 +67,19 @@ def pfp_group(state: BotState, rest: DiscordRest) -> app_commands.Group:
     @group.command(name="change", description="Find new art, crop around the face and make it the avatar")
     @app_commands.describe(source="danbooru, safebooru, gelbooru or url:https://… (default: the configured source)")
     async def change(interaction: discord.Interaction, source: str | None = None) -> None:
-        await commands.pfp_change(context_of(interaction, rest), state, source)
+        await commands.pfp_change(InteractionContext(interaction), state, source)
 
     @group.command(name="restore", description="Apply an earlier avatar again")
     @app_commands.describe(change_id="the change's number, from /pfp history")
     async def restore(interaction: discord.Interaction, change_id: app_commands.Range[int, 1]) -> None:
-        await commands.pfp_restore(context_of(interaction, rest), state, change_id)
+        await commands.pfp_restore(InteractionContext(interaction), state, change_id)
 
     @group.command(name="status", description="The running change, the last one and the schedule")
     async def status(interaction: discord.Interaction) -> None:
-        await commands.pfp_status(context_of(interaction, rest), state)
+        await commands.pfp_status(InteractionContext(interaction), state)
 
     @group.command(name="history", description="Recent avatar changes")
     async def history(interaction: discord.Interaction) -> None:
-        await commands.pfp_history(context_of(interaction, rest), state)
+        await commands.pfp_history(InteractionContext(interaction), state)
 
     return group

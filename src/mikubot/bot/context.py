@@ -1,10 +1,11 @@
 """What a command handler needs from a slash-command invocation, and nothing more.
 
 Handlers are plain async functions over ``CommandContext``: who asked (``Invoker``) and three ways
-to answer (refuse at once, defer, edit the deferred answer). ``RestInteraction`` implements it with
-Discord's interaction webhooks (``POST /interactions/{id}/{token}/callback``, ``PATCH
-/webhooks/{app}/{token}/messages/@original``); the gateway client hands it the ids of each
-discord.py interaction, so production and the tests (against the REST emulator) run the same code.
+to answer (refuse at once, defer, edit the deferred answer). ``InteractionContext`` implements it on
+discord.py's Interaction API (``interaction.response`` and ``edit_original_response``: Discord's
+``POST /interactions/{id}/{token}/callback`` and ``PATCH /webhooks/{app}/{token}/messages/@original``),
+sent to the client's own base URL, so production and the tests (against the REST emulator) run the
+same code.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from mikubot.bot.rest import DiscordRest
+import discord
 
-EPHEMERAL = 64
+from mikubot.discord_rest import discord_errors, webhooks_of
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,19 @@ class Invoker:
     role_ids: frozenset[int] = field(default_factory=frozenset)
     manage_guild: bool = False
     name: str = ""
+
+
+def invoker_of(interaction: discord.Interaction) -> Invoker:
+    """Who asked. Permissions are Discord's own resolution for this interaction (``member.permissions``
+    in the payload), so they hold even when the server is not in the client's cache."""
+    user = interaction.user
+    roles: frozenset[int] = frozenset()
+    manage = False
+    if isinstance(user, discord.Member):
+        roles = frozenset(r.id for r in user.roles if not r.is_default())
+        perms = interaction.permissions
+        manage = perms.manage_guild or perms.administrator
+    return Invoker(user_id=user.id, role_ids=roles, manage_guild=manage, name=str(user))
 
 
 class CommandContext(Protocol):
@@ -42,26 +56,30 @@ class CommandContext(Protocol):
         """Replace the deferred answer (progress, then the result, optionally with the avatar)."""
 
 
-class RestInteraction:
-    """A ``CommandContext`` over Discord's interaction webhooks."""
+NO_MENTIONS = discord.AllowedMentions.none()
 
-    def __init__(self, rest: DiscordRest, *, interaction_id: int | str, application_id: int | str, token: str,
-                 invoker: Invoker) -> None:
-        self.rest = rest
-        self.interaction_id = interaction_id
-        self.application_id = application_id
-        self._token = token
-        self.invoker = invoker
+
+class InteractionContext:
+    """A ``CommandContext`` over a discord.py interaction."""
+
+    def __init__(self, interaction: discord.Interaction, invoker: Invoker | None = None) -> None:
+        self.interaction = interaction
+        self.invoker = invoker if invoker is not None else invoker_of(interaction)
+
+    @property
+    def _api_base(self) -> str:
+        return getattr(self.interaction.client.http, "api_base", "Discord")
 
     async def refuse(self, content: str) -> None:
-        await self.rest.request(
-            "POST", f"/interactions/{self.interaction_id}/{self._token}/callback", auth=False,
-            json={"type": 4, "data": {"content": content, "flags": EPHEMERAL, "allowed_mentions": {"parse": []}}},
-        )
+        with webhooks_of(self.interaction.client), discord_errors(self._api_base, "the answer"):
+            await self.interaction.response.send_message(content, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     async def defer(self) -> None:
-        await self.rest.defer(self.interaction_id, self._token)
+        with webhooks_of(self.interaction.client), discord_errors(self._api_base, "the answer"):
+            await self.interaction.response.defer(thinking=True)
 
     async def edit(self, content: str, *, image: Path | None = None) -> None:
-        files = [image] if image is not None and image.is_file() else None
-        await self.rest.edit_original(self.application_id, self._token, content, files=files)
+        attachments = [discord.File(image)] if image is not None and image.is_file() else discord.utils.MISSING
+        with webhooks_of(self.interaction.client), discord_errors(self._api_base, "the answer"):
+            await self.interaction.edit_original_response(content=content, attachments=attachments,
+                                                          allowed_mentions=NO_MENTIONS)

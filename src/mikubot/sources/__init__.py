@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
+
 from mikubot.sources.base import IMAGE_EXTS, Candidate, Source, SourceError
 from mikubot.sources.danbooru import DanbooruSource
 from mikubot.sources.dapi import DapiSource
 from mikubot.sources.file import FileSource
 from mikubot.sources.local import LocalFolderSource
-from mikubot.sources.options import DEFAULT_USER_AGENT, SourceOptions
+from mikubot.sources.options import DEFAULT_USER_AGENT, SourceOptions, SourceSettings
 from mikubot.sources.report import SearchReport
 from mikubot.sources.url import UrlSource
 from mikubot.sources.urlsafety import UnsafeUrl, UrlPolicy, check_url
@@ -22,7 +24,7 @@ SPEC_HELP = "danbooru | safebooru | gelbooru | local:DIR | url:https://... | fil
 
 __all__ = [
     "DEFAULT_USER_AGENT", "IMAGE_EXTS", "SPEC_HELP", "Candidate", "DanbooruSource", "DapiSource", "FileSource",
-    "LocalFolderSource", "SearchReport", "Source", "SourceConfigError", "SourceError", "SourceOptions",
+    "LocalFolderSource", "SearchReport", "Source", "SourceConfigError", "SourceError", "SourceOptions", "SourceSettings",
     "UnsafeUrl", "UrlPolicy", "UrlSource", "check_url", "source_from_spec",
 ]
 
@@ -34,6 +36,16 @@ class SourceConfigError(SourceError, ValueError):
         super().__init__(message, retryable=False)
 
 
+def describe_errors(exc: ValidationError) -> str:
+    """pydantic's errors as one line a person can act on (input values left out: they may be secrets)."""
+    parts = []
+    for err in exc.errors():
+        name = ".".join(str(p) for p in err["loc"]) or "options"
+        message = "unknown source option" if err["type"] == "extra_forbidden" else err["msg"]
+        parts.append(f"{name}: {message.removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
 def source_from_spec(spec: str, **options: Any) -> Source:
     """Build the source named by ``spec`` (see ``SPEC_HELP``) with ``options`` (see ``SourceOptions``).
 
@@ -41,9 +53,9 @@ def source_from_spec(spec: str, **options: Any) -> Source:
     without needing the network (http://, credentials in it).
     """
     try:
-        opts = SourceOptions.build(**options)
-    except (TypeError, ValueError) as exc:
-        raise SourceConfigError(str(exc)) from None
+        opts = SourceOptions(**options)
+    except ValidationError as exc:
+        raise SourceConfigError(describe_errors(exc)) from None
     spec = (spec or "").strip()
     kind, sep, arg = spec.partition(":")
     kind = kind.lower()
@@ -58,7 +70,7 @@ def source_from_spec(spec: str, **options: Any) -> Source:
             return FileSource(arg.strip(), opts)
         if kind == "url" and arg.strip():
             return UrlSource(arg.strip(), opts)
-    except ValueError as exc:  # a query that cannot fit the tag limit, a bad extra_tag
+    except ValueError as exc:  # a query that cannot fit the tag limit
         raise SourceConfigError(str(exc)) from None
     if kind in ("local", "file", "url"):
         raise SourceConfigError(f"the source {spec!r} needs a value after the colon: {SPEC_HELP}")

@@ -1,11 +1,13 @@
 """Danbooru (``GET /posts.json``): the character's art, filtered client-side, downloaded at a sane size.
 
-Query plan. Anonymous and Member accounts may search only two tags (Gold 6, Platinum 12;
-``danbooru_tag_limit``). The first is always the character tag. The second is ``extra_tag`` when one is
-configured (e.g. ``solo``), else ``order:random`` so each search sees a fresh random sample. When the
-limit leaves room, a single allowed rating (``rating:g``) and ``solo`` are pushed to the server too.
-Without ``order:random`` the pages are visited in random order instead. Every filter is applied again
-client-side whatever the server was asked, since it is cheap and a mis-tagged post costs a whole change.
+Query plan. Anonymous and Member accounts may search only two tags (Gold 6; ``danbooru_tag_limit``).
+The first is always the character tag. The second is ``extra_tag`` when one is configured (e.g.
+``solo``), else ``order:random`` so each search sees a fresh random sample; ``solo`` follows when the
+limit leaves room. The allowed ratings always go to the server (``rating:g`` or ``rating:g,s``): ``rating:``
+is one of Danbooru's free metatags, which do not count towards the limit, so the server filters ratings
+and no page is wasted on posts we would throw away. Without ``order:random`` the pages are visited in
+random order instead. Every filter is applied again client-side whatever the server was asked, since it
+is cheap and a mis-tagged post costs a whole change.
 
 Which file. A post offers the original (often 3000-6000 px, up to tens of MB), the ``large_file_url``
 sample (850 px wide, JPEG/WebP) and ``media_asset.variants`` (180/360/720 px thumbnails, the sample,
@@ -18,12 +20,13 @@ download and decode for pixels the avatar throws away.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from mikubot.sources.base import IMAGE_EXTS, Candidate, SourceError, normalise_ext
 from mikubot.sources.filters import rejection
-from mikubot.sources.options import SourceOptions, normalise_rating
+from mikubot.sources.options import RATING_ORDER, SourceOptions, normalise_rating
 from mikubot.sources.paging import collect, download_post_image
 from mikubot.sources.report import SearchReport
 from mikubot.sources.transfer import Transfer
@@ -46,56 +49,48 @@ class Variant:
 
 
 def plan_query(options: SourceOptions) -> tuple[list[str], bool]:
-    """The server-side tags (within the account's tag limit) and whether the server randomises."""
-    tags = [options.character_tag]
+    """The search's tags and whether the server randomises (``order:random``).
+
+    Counted tags fill the account's limit (``danbooru_search_tags``: 2 without a login, whatever
+    ``danbooru_tag_limit`` says): the character, then ``extra_tag`` or ``order:random``, then ``solo`` if
+    there is room. The rating filter goes on top as ``rating:g,s``: a free metatag, which
+    Danbooru has not counted towards the limit for years (``PostQuery::UNLIMITED_METATAGS``)."""
+    limit = options.danbooru_search_tags
+    counted = [options.character_tag]
     if options.extra_tag:
-        if " " in options.extra_tag.strip():
-            raise ValueError(f"extra_tag must be one tag, not {options.extra_tag!r}")
-        tags.append(options.extra_tag.strip())
-    if len(tags) > options.danbooru_tag_limit:
-        raise ValueError(f"{len(tags)} tags do not fit the account's limit of {options.danbooru_tag_limit}")
-    server_random = False
-    wishes = ["order:random"]
-    if len(options.ratings) == 1:
-        wishes.append("rating:" + next(iter(options.ratings)))
-    if options.require_solo:
-        wishes.append("solo")
+        counted.append(options.extra_tag)
+    if len(counted) > limit:
+        raise ValueError(f"{len(counted)} tags do not fit the account's limit of {limit}")
+    wishes = ([] if options.extra_tag else ["order:random"]) + (["solo"] if options.require_solo else [])
     for wish in wishes:
-        if len(tags) >= options.danbooru_tag_limit:
-            break
-        if wish not in tags:
-            tags.append(wish)
-            server_random = server_random or wish == "order:random"
-    return tags, server_random
+        if len(counted) < limit and wish not in counted:
+            counted.append(wish)
+    free = [] if len(options.ratings) == len(RATING_ORDER) else ["rating:" + ",".join(options.ratings)]
+    return counted + free, "order:random" in counted
+
+
+def _variants(post: dict[str, Any]) -> Iterator[Variant]:
+    """Every file a post offers but the thumbnails: its media asset's variants, the original, the sample."""
+    width, height = _int(post.get("image_width")), _int(post.get("image_height"))
+    for raw in (post.get("media_asset") or {}).get("variants") or []:
+        if raw.get("type") not in THUMBNAIL_TYPES:
+            yield Variant(str(raw.get("type", "")), str(raw.get("url") or ""), _int(raw.get("width")),
+                          _int(raw.get("height")), normalise_ext(raw.get("file_ext")))
+    yield Variant("original", str(post.get("file_url") or ""), width, height, normalise_ext(post.get("file_ext")))
+    large = str(post.get("large_file_url") or "")
+    if width and height and width > SAMPLE_WIDTH:  # the sample is 850 px wide, or the original itself
+        width, height = SAMPLE_WIDTH, round(height * SAMPLE_WIDTH / width)
+    yield Variant("sample", large, width, height, normalise_ext(large.rsplit(".", 1)[-1]))
 
 
 def choose_variant(post: dict[str, Any], options: SourceOptions) -> Variant | None:
     """The file to download for ``post`` (see the module docstring for the rule)."""
-    file_url = post.get("file_url")
-    width, height = _int(post.get("image_width")), _int(post.get("image_height"))
     file_size = _int(post.get("file_size"))
     original_ok = file_size is None or file_size <= options.max_download_bytes
     found: dict[str, Variant] = {}
-
-    def add(v: Variant) -> None:
-        if v.url and v.ext in IMAGE_EXTS and v.url not in found:
-            found[v.url] = v
-
-    asset = post.get("media_asset") or {}
-    for raw in asset.get("variants") or []:
-        kind = str(raw.get("type", ""))
-        if kind in THUMBNAIL_TYPES or (kind == "original" and not original_ok):
-            continue
-        add(Variant(kind, str(raw.get("url") or ""), _int(raw.get("width")), _int(raw.get("height")),
-                    normalise_ext(raw.get("file_ext"))))
-    if file_url and original_ok:
-        add(Variant("original", file_url, width, height, normalise_ext(post.get("file_ext"))))
-    large = post.get("large_file_url")
-    if large and large != file_url:
-        sw, sh = width, height
-        if width and height and width > SAMPLE_WIDTH:
-            sw, sh = SAMPLE_WIDTH, round(height * SAMPLE_WIDTH / width)
-        add(Variant("sample", large, sw, sh, normalise_ext(large.rsplit(".", 1)[-1])))
+    for v in _variants(post):
+        if v.url and v.ext in IMAGE_EXTS and (original_ok or v.kind != "original"):
+            found.setdefault(v.url, v)  # the first name for a URL wins: a sample that is the original is the original
     if not found:
         return None
     choices = list(found.values())
@@ -119,7 +114,7 @@ class DanbooruSource:
         self.last_search = SearchReport()
 
     async def _page(self, page: int) -> list[dict[str, Any]]:
-        params = {"tags": " ".join(self.tags), "limit": self.options.per_page, "page": page}
+        params = {"tags": " ".join(self.tags), "limit": self.options.booru_per_page, "page": page}
         body = await self.transfer.get_json(
             f"{self.base}/posts.json", params=params, auth=self.options.auth_login(),
             what=f"the search {params['tags']!r} (page {page})",
@@ -176,27 +171,28 @@ class DanbooruSource:
     async def search(self, limit: int, exclude: set[str]) -> list[Candidate]:
         report = SearchReport(query=" ".join(self.tags))
         self.last_search = report
-        max_pages = self.options.max_pages
+        max_pages = self.options.booru_max_pages
         if self.server_random:
             pages = [1] * max_pages  # each request is a fresh random sample
         else:
             pages = list(range(1, max_pages + 1))
             self.options.rng.shuffle(pages)
         return await collect(pages, self._page, self.candidate, prefix="danbooru", limit=limit, exclude=exclude,
-                             report=report, per_page=self.options.per_page, resample=self.server_random)
+                             report=report, per_page=self.options.booru_per_page, resample=self.server_random)
 
     async def download(self, candidate: Candidate) -> Candidate:
         return await download_post_image(self.transfer, candidate)
 
     async def probe(self) -> str:
-        """One cheap request, for ``mikubot doctor``: can we search, and how does it look?"""
-        posts = await self.transfer.get_json(
-            f"{self.base}/posts.json", params={"tags": self.options.character_tag, "limit": 1},
-            auth=self.options.auth_login(), what="a test search",
-        )
-        login = "as " + self.options.danbooru_login if self.options.auth_login() else "anonymously"
-        n = len(posts) if isinstance(posts, list) else 0
-        return f"Danbooru at {self.base} answers {login} ({n} post{'s' if n != 1 else ''} for {self.options.character_tag})"
+        """One cheap request, for ``mikubot doctor``: does the search work, and how many posts match?
+        (``/counts/posts.json`` checks the tag limit as a search does.)"""
+        query = " ".join(self.tags)
+        body = await self.transfer.get_json(f"{self.base}/counts/posts.json", params={"tags": query},
+                                            auth=self.options.auth_login(), what="a test count")
+        n = (body.get("counts") or {}).get("posts") if isinstance(body, dict) else None
+        login = "as " + str(self.options.danbooru_login) if self.options.auth_login() else "anonymously"
+        found = f"{n} posts match {query!r}" if isinstance(n, int) else f"the search {query!r} is accepted"
+        return f"Danbooru at {self.base} answers {login}: {found}"
 
 
 def _int(value: Any) -> int | None:

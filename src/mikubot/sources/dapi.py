@@ -1,13 +1,17 @@
 """Safebooru and Gelbooru through the Gelbooru-style "dapi" (``index.php?page=dapi&s=post&q=index&json=1``).
 
 Their posts differ from Danbooru's: ``tags`` is one space-separated string, ``rating`` is spelled out
-(``general``/``sensitive``/``questionable``/``explicit``; Safebooru says ``safe``), the uploader is
+(``general``/``sensitive``/``questionable``/``explicit``; older Safebooru says ``safe``), the uploader is
 ``owner``, and there are no artist tags in the post (``artist`` stays empty). Gelbooru wraps the list
 in ``{"@attributes": ..., "post": [...]}`` and leaves ``post`` out when nothing matched; Safebooru returns
-a bare list, or an empty body for no results, and older versions omit ``file_url`` (it is then built from
-``directory`` and ``image``). Pages are ``pid`` (from 0), visited in random order; the same client-side
-filters as Danbooru apply. There is no tag limit, but the query stays the character tag (plus
-``extra_tag``, ``rating:`` for a single rating and ``solo``) so both sites treat it the same.
+a bare list (with ``file_url``, ``sample_url``, ``rating: "general"`` and a ``score`` that may be null),
+or an empty body for no results; older versions omit ``file_url`` (it is then built from ``directory``
+and ``image``). Gelbooru answers 401 to API calls without ``user_id`` and ``api_key`` (since mid-2025):
+they come from ``MIKU_GELBOORU_USER_ID``/``MIKU_GELBOORU_API_KEY`` and travel in the query, as the API
+demands, masked in every message and log line (``transfer.display_url``). Pages are ``pid`` (from 0),
+visited in random order; the same client-side filters as Danbooru apply. There is no tag limit: the query
+is the character tag, ``extra_tag``, ``solo`` and, on Gelbooru, the ratings (``rating:general``, or
+``-rating:questionable -rating:explicit`` for g+s).
 
 Which file: the ``sample_url`` (about 850 px) when the original's long side exceeds ``max_side``,
 else the original (``file_url``).
@@ -36,17 +40,30 @@ class DapiSource:
         self.name = name
         self.options = options
         self.base = options.safebooru_url if name == "safebooru" else options.gelbooru_url
-        self.transfer = Transfer(options, name.capitalize())
+        self.transfer = Transfer(options, name.capitalize(), auth_hint=self._auth_hint())
         self.tags = self._plan()
         self.last_search = SearchReport()
+
+    def _auth_hint(self) -> str:
+        if self.name != "gelbooru":
+            return "this site should not need credentials; check MIKU_SAFEBOORU_URL"
+        if self.options.gelbooru_credentials is None:
+            return ("Gelbooru's API needs an account's credentials: set MIKU_GELBOORU_USER_ID and "
+                    "MIKU_GELBOORU_API_KEY (gelbooru.com: My Account > Options > API Access Credentials)")
+        return "check MIKU_GELBOORU_USER_ID (the number, not the name) and MIKU_GELBOORU_API_KEY"
 
     def _plan(self) -> list[str]:
         tags = [self.options.character_tag]
         if self.options.extra_tag:
             tags.append(self.options.extra_tag.strip())
-        if len(self.options.ratings) == 1 and self.name == "gelbooru":
-            # Safebooru has (almost) only "safe" posts, whose rating tag differs from Gelbooru's words.
-            tags.append("rating:" + RATING_WORDS[next(iter(self.options.ratings))])
+        if self.name == "gelbooru":
+            # Ratings go to the server: one as rating:general, several by excluding the others.
+            # (Safebooru has almost only general posts, and its rating words have changed over time.)
+            ratings = self.options.ratings
+            if len(ratings) == 1:
+                tags.append("rating:" + RATING_WORDS[ratings[0]])
+            else:
+                tags += ["-rating:" + word for letter, word in RATING_WORDS.items() if letter not in ratings]
         if self.options.require_solo and "solo" not in tags:
             tags.append("solo")
         return tags
@@ -54,11 +71,11 @@ class DapiSource:
     def _params(self, pid: int) -> dict[str, Any]:
         params: dict[str, Any] = {
             "page": "dapi", "s": "post", "q": "index", "json": 1,
-            "tags": " ".join(self.tags), "limit": self.options.per_page, "pid": pid,
+            "tags": " ".join(self.tags), "limit": self.options.booru_per_page, "pid": pid,
         }
-        if self.name == "gelbooru" and self.options.gelbooru_user_id and self.options.gelbooru_api_key:
-            params["user_id"] = self.options.gelbooru_user_id
-            params["api_key"] = self.options.gelbooru_api_key.get_secret_value()
+        credentials = self.options.gelbooru_credentials
+        if self.name == "gelbooru" and credentials is not None:
+            params["user_id"], params["api_key"] = credentials
         return params
 
     async def _page(self, pid: int) -> list[dict[str, Any]]:
@@ -101,7 +118,8 @@ class DapiSource:
             return None
         url, kind, w, h = file_url, "original", width, height
         sample = post.get("sample_url")
-        if sample and post.get("sample") not in (0, False, "0") and max(width or 0, height or 0) > self.options.max_side:
+        has_sample = sample and sample != file_url and post.get("sample") not in (0, False, "0")
+        if has_sample and max(width or 0, height or 0) > self.options.max_side:
             url, kind = str(sample), "sample"
             w, h = _int(post.get("sample_width")) or None, _int(post.get("sample_height")) or None
             ext = normalise_ext(str(sample).rsplit(".", 1)[-1])
@@ -133,10 +151,10 @@ class DapiSource:
     async def search(self, limit: int, exclude: set[str]) -> list[Candidate]:
         report = SearchReport(query=" ".join(self.tags))
         self.last_search = report
-        pids = list(range(self.options.max_pages))
+        pids = list(range(self.options.booru_max_pages))
         self.options.rng.shuffle(pids)
         return await collect(pids, self._page, self.candidate, prefix=self.name, limit=limit, exclude=exclude,
-                             report=report, per_page=self.options.per_page)
+                             report=report, per_page=self.options.booru_per_page)
 
     async def download(self, candidate: Candidate) -> Candidate:
         return await download_post_image(self.transfer, candidate)

@@ -36,11 +36,11 @@ def rejection(
         return f"not tagged {options.character_tag}"
     if options.require_solo and "solo" not in tagset:
         return "not solo"
-    banned = sorted(tagset & options.blacklist)
+    banned = sorted(tagset.intersection(options.blacklist))
     if banned:
         return "blacklisted tag " + banned[0]
-    if width is not None and height is not None and min(width, height) < options.min_size:
-        return f"smaller than {options.min_size} px"
+    if width is not None and height is not None and min(width, height) < options.min_side:
+        return f"smaller than {options.min_side} px"
     return None
 
 

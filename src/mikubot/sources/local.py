@@ -4,7 +4,7 @@ The folder is searched recursively (sub-folders are a natural way to sort art), 
 folders and not following symbolic links to folders (no loops, no escaping the folder). Files are taken
 in random order. A file's key is the SHA-256 of its content, so a renamed or copied picture still counts
 as used. Only JPEG, PNG, WebP and GIF files (by extension, then by content) are candidates; the booru
-``min_size``/rating/solo filters do not apply, because the owner chose these pictures.
+``min_side``/rating/solo filters do not apply, because the owner chose these pictures.
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ import os
 import stat
 from pathlib import Path
 
+from facedetect import formats
 from mikubot.sources.base import Candidate, SourceError
 from mikubot.sources.imagefile import ImageBomb, sniff
 from mikubot.sources.options import SourceOptions
 from mikubot.sources.report import SearchReport
 
-SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif"})
+SUFFIXES = formats.SUFFIXES  # the formats the detector reads, no other
 
 
 def image_files(directory: Path) -> list[Path]:

@@ -1,26 +1,26 @@
-"""HTTP for the sources: one place for timeouts, retries with backoff, 429s and bounded downloads.
+"""HTTP for the sources: one place for timeouts, retries, 429s and bounded downloads.
 
 Every remote source goes through ``Transfer`` so they all behave the same towards the sites they use:
-a descriptive User-Agent, a per-attempt deadline, exponential backoff (with jitter) on network errors,
-timeouts and 5xx, ``Retry-After`` honoured on 429 (up to a bound, beyond which the change fails with a
-retryable error rather than hanging), and downloads streamed and cut off at the byte limit so a 40 MB
-original or an endless response never reaches memory. Secrets travel in headers, never in messages.
+a descriptive User-Agent, a per-attempt deadline, the repository's one retry policy (``httpretry``:
+backoff with jitter on network errors, timeouts and 5xx, ``Retry-After`` honoured on 429 up to a bound,
+beyond which the change fails with a retryable error rather than hanging), and downloads streamed and
+cut off at the byte limit so a 40 MB original or an endless response never reaches memory. Secrets
+travel in headers, never in messages.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from httpretry import RetryLater, retry_after_of
 from mikubot.sources.base import SourceError
 from mikubot.sources.options import SourceOptions
 
@@ -54,22 +54,6 @@ if not any(isinstance(f, _MaskSecretsInHttpxLogs) for f in _HTTPX_LOGGER.filters
     _HTTPX_LOGGER.addFilter(_MaskSecretsInHttpxLogs())
 
 
-def retry_after_seconds(value: str | None) -> float | None:
-    """``Retry-After`` as seconds: either delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 def error_message(response: httpx.Response, body: bytes | None = None) -> str:
     """The site's own words for an error (Danbooru: ``{"message": ...}``), else the status line.
 
@@ -84,19 +68,11 @@ def error_message(response: httpx.Response, body: bytes | None = None) -> str:
     return f"HTTP {response.status_code} {response.reason_phrase}".strip()
 
 
-class _Retry(Exception):
-    """One failed attempt worth repeating; ``wait`` overrides the backoff (a 429's Retry-After)."""
-
-    def __init__(self, message: str, wait: float | None = None):
-        super().__init__(message)
-        self.message = message
-        self.wait = wait
-
-
 @dataclass
 class Transfer:
     options: SourceOptions
     service: str  # "Danbooru", "Safebooru", ... : how messages name the other side
+    auth_hint: str = "check MIKU_DANBOORU_LOGIN and MIKU_DANBOORU_API_KEY, or unset both to search anonymously"
 
     @contextlib.asynccontextmanager
     async def client(self) -> AsyncIterator[httpx.AsyncClient]:
@@ -105,38 +81,36 @@ class Transfer:
             yield self.options.http
             return
         # trust_env=False: a proxy from the environment would defeat the URL source's address checks.
-        async with httpx.AsyncClient(timeout=self.options.timeout_s, trust_env=False) as client:
+        async with httpx.AsyncClient(timeout=self.options.http_timeout_s, trust_env=False) as client:
             yield client
 
     def _headers(self) -> dict[str, str]:
         return {"User-Agent": self.options.user_agent, "Accept": "application/json, image/*;q=0.9, */*;q=0.5"}
 
     async def _attempts(self, what: str, attempt: Callable[[], Awaitable[Any]]) -> Any:
-        """Run ``attempt`` until it succeeds, raises ``SourceError``, or the retries are spent."""
+        """Run ``attempt`` under the sources' retry policy (``httpretry``); failures become ``SourceError``."""
         opts = self.options
-        last = ""
-        for n in range(opts.retries + 1):
-            try:
-                async with asyncio.timeout(opts.timeout_s):
-                    return await attempt()
-            except _Retry as exc:
-                last, wait = exc.message, exc.wait
-            except (TimeoutError, httpx.TimeoutException):
-                last, wait = f"{self.service} did not answer {what} within {opts.timeout_s:g} s", None
-            except httpx.TransportError as exc:
-                last, wait = f"cannot reach {self.service} for {what}: {_describe(exc)}", None
-            if n == opts.retries:
-                break
-            if wait is None:
-                wait = opts.backoff_s * (2**n) * opts.rng.uniform(0.5, 1.0)
-            elif wait > opts.max_retry_after_s:
+        policy = opts.retry
+
+        async def timed() -> Any:
+            async with asyncio.timeout(opts.http_timeout_s):
+                return await attempt()
+
+        try:
+            return await policy.run(timed)
+        except RetryLater as exc:
+            last = exc.message
+            if policy.too_long(exc):
                 raise SourceError(
-                    f"{last}; {self.service} asks to wait {wait:.0f} s, longer than the "
-                    f"{opts.max_retry_after_s:g} s this bot waits - try again later",
+                    f"{last}; {self.service} asks to wait {exc.retry_after:.0f} s, longer than the "
+                    f"{policy.max_retry_after_s:g} s this bot waits - try again later",
                     retryable=True,
-                )
-            await asyncio.sleep(wait)
-        tries = opts.retries + 1
+                ) from None
+        except (TimeoutError, httpx.TimeoutException):
+            last = f"{self.service} did not answer {what} within {opts.http_timeout_s:g} s"
+        except httpx.TransportError as exc:
+            last = f"cannot reach {self.service} for {what}: {_describe(exc)}"
+        tries = policy.attempts
         raise SourceError(f"{last} (gave up after {tries} attempt{'s' if tries != 1 else ''})", retryable=True)
 
     def _raise_for_status(self, response: httpx.Response, url: str, what: str, body: bytes | None = None) -> None:
@@ -145,16 +119,13 @@ class Transfer:
             return
         shown = display_url(url)
         if status == 429:
-            raise _Retry(
-                f"{self.service} rate-limited {what} (429)",
-                wait=retry_after_seconds(response.headers.get("Retry-After")),
-            )
+            raise RetryLater(f"{self.service} rate-limited {what} (429)", retry_after=retry_after_of(response))
         if status >= 500:
-            raise _Retry(f"{self.service} failed {what} with HTTP {status} ({error_message(response, body)})")
+            raise RetryLater(f"{self.service} failed {what} with HTTP {status} ({error_message(response, body)})")
         message = error_message(response, body)
         if status in (401, 403):
             raise SourceError(
-                f"{self.service} refused {what} (HTTP {status}: {message}); check the login and API key",
+                f"{self.service} refused {what} (HTTP {status}: {message}); {self.auth_hint}",
                 retryable=False,
             )
         raise SourceError(f"{self.service} rejected {what} at {shown} (HTTP {status}: {message})", retryable=False)
@@ -168,7 +139,7 @@ class Transfer:
             async with self.client() as client:
                 response = await client.get(
                     url, params=params, headers=self._headers(), auth=auth or httpx.USE_CLIENT_DEFAULT,
-                    follow_redirects=True, timeout=self.options.timeout_s,
+                    follow_redirects=True, timeout=self.options.http_timeout_s,
                 )
             self._raise_for_status(response, url, what)
             if not response.content.strip():
@@ -178,7 +149,7 @@ class Transfer:
             except (ValueError, UnicodeDecodeError):
                 # A challenge page or a proxy's error page in place of JSON: usually passes.
                 ctype = response.headers.get("content-type", "?")
-                raise _Retry(f"{self.service} answered {what} with {ctype}, not JSON") from None
+                raise RetryLater(f"{self.service} answered {what} with {ctype}, not JSON") from None
 
         return await self._attempts(what, attempt)
 
@@ -201,12 +172,12 @@ class Transfer:
         async def attempt() -> tuple[bytes, str, str | None]:
             current = url
             async with self.client() as client:
-                for _hop in range(self.options.max_redirects + 1):
+                for _hop in range(self.options.source_max_redirects + 1):
                     if check_hop is not None:
                         await check_hop(current)
                     async with client.stream(
                         "GET", current, headers=self._headers(), follow_redirects=False,
-                        timeout=self.options.timeout_s,
+                        timeout=self.options.http_timeout_s,
                     ) as response:
                         if check_response is not None:
                             check_response(response, display_url(current))
@@ -238,7 +209,7 @@ class Transfer:
                             chunks.append(chunk)
                         return b"".join(chunks), current, ctype
             raise SourceError(
-                f"{display_url(url)} redirected more than {self.options.max_redirects} times; not followed"
+                f"{display_url(url)} redirected more than {self.options.source_max_redirects} times; not followed"
             )
 
         return await self._attempts(what, attempt)

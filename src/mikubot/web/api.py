@@ -1,4 +1,4 @@
-"""The panel's JSON API: the seed's ``POST /profile-picture/change`` and everything around it.
+"""The panel's JSON API: ``POST /profile-picture/change`` (change the avatar now) and everything around it.
 
 State-changing routes depend on ``write_access`` (the token, see auth.py). A change runs in the shared
 ``ChangeRunner``'s task, so a client that disconnects — or never waits (the default answer is 202 with
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from facedetect.contract import errors, multipart_file_body
 from facedetect.errors import FaceDetectError
 from mikubot.history import HistoryError
+from mikubot.record import ChangeRecord
 from mikubot.runner import ChangeBusy, RunningChange
 from mikubot.sources import SourceError
 from mikubot.web import upload as uploads
@@ -31,7 +32,7 @@ from mikubot.web.views import annotated_path, change_view, inside
 
 router = APIRouter(responses=errors(400, 413, 422, 503))  # any route: a foreign Host, a big body, a bad value
 WRITE = errors(401, 403, 409, 415, 429)  # and a state-changing one: the token, CSRF, a running change
-WAITED = {200: {"description": "the finished change record (with ?wait=true)"}}
+WAITED = {200: {"model": ChangeRecord, "description": "the finished change record (with ?wait=true)"}}
 SQLITE_MAX_INT = 2**63 - 1  # ids and offsets past SQLite's integer range are answered 422, never 500
 ChangeId = Annotated[int, PathParam(ge=1, le=SQLITE_MAX_INT, description="a change's id (see the history)")]
 
@@ -94,7 +95,7 @@ async def change(
     wait: bool = Query(False, description="answer when the change has finished, with its record"),
     _: str = Depends(write_access),
 ) -> JSONResponse:
-    """Change the avatar now (the seed's ``curl -X POST localhost:3939/profile-picture/change``)."""
+    """Change the avatar now (``curl -X POST localhost:3939/profile-picture/change``)."""
     p = panel(request)
     b = body or ChangeRequest()
     spec = (b.source if b.source is not None else source) or None

@@ -1,4 +1,5 @@
-"""One place that turns httpx failures into ServerError with the server's name and URL."""
+"""One place that turns httpx failures into ServerError with the server's name and URL, and where a busy
+server's ``Retry-After`` is honoured (``httpretry.BUSY``, the repository's one retry policy)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,17 @@ from typing import Any
 
 import httpx
 
+from httpretry import BUSY, RetryPolicy
+
 from ..errors import ServerError
 
 
 async def call(http: httpx.AsyncClient, server: str, base: str, method: str, path: str, *,
-               timeout: float | None = None, **kw: Any) -> httpx.Response:
+               timeout: float | None = None, retry: RetryPolicy = BUSY, **kw: Any) -> httpx.Response:
     """Send a request; connection problems become ServerError. The caller judges the status code."""
     url = f"{base}{path}"
     try:
-        return await http.request(method, url, timeout=timeout, **kw)
+        return await retry.send(lambda: http.request(method, url, timeout=timeout, **kw))
     except httpx.TimeoutException as exc:
         raise ServerError(server, base, f"{method} {path} timed out ({type(exc).__name__})") from exc
     except httpx.HTTPError as exc:

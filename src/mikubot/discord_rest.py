@@ -1,0 +1,191 @@
+"""Every Discord REST call goes through discord.py; this module is where those calls start and where
+their errors end.
+
+``MIKU_DISCORD_API`` moves them to another base URL (the tests' emulator). discord.py builds each URL
+from the class attribute ``discord.http.Route.BASE`` (discord.py 2.7, ``discord/http.py``; its own
+API-version switch assigns that attribute for the whole process) and offers no per-client base. So
+``DiscordHTTP`` — discord.py's ``HTTPClient`` — moves each of its routes onto its own base before
+discord.py sends it, and ``DiscordWebhooks`` does the same for discord.py's webhook adapter
+(``discord/webhook/async_.py``), which carries the interaction answers. One process can then hold a
+client for discord.com and one for an emulator. discord.py keeps everything else: the token header,
+the rate-limit buckets, the 429 waits (``retry_after``, with Discord's ``Via`` header telling a real
+429 from a Cloudflare ban), the retries of 500/502/504.
+
+``discord_errors`` is the one place where discord.py's and aiohttp's exceptions become ours: a
+``DiscordError`` whose message says what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import discord
+from discord.http import HTTPClient, Route
+from discord.webhook.async_ import AsyncWebhookAdapter, async_context
+
+from mikubot.config import Settings
+
+AVATAR_TOO_FAST = "changing your avatar too fast"
+
+
+class DiscordError(Exception):
+    """Discord did not do what we asked. ``retryable``: trying again later may work."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, status_code: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+
+class Unauthorized(DiscordError):
+    pass
+
+
+class AvatarRateLimited(DiscordError):
+    retryable = True
+
+
+class RateLimited(DiscordError):
+    retryable = True
+
+
+class DiscordUnavailable(DiscordError):
+    retryable = True
+
+
+@contextlib.contextmanager
+def discord_errors(api_base: str, what: str) -> Iterator[None]:
+    """Turn what discord.py (or the network under it) raises while doing ``what`` into a DiscordError."""
+    try:
+        yield
+    except discord.LoginFailure:
+        raise Unauthorized("Discord rejected the bot token (401 Unauthorized); set MIKU_DISCORD_TOKEN to the token "
+                           "from the Developer Portal's Bot page", status_code=401) from None
+    except discord.RateLimited as exc:  # a 429 asking for longer than MIKU_UPLOAD_MAX_WAIT_S
+        raise RateLimited(f"Discord rate limit: asked to wait {exc.retry_after:.1f} s for {what}, longer than "
+                          "MIKU_UPLOAD_MAX_WAIT_S allows", status_code=429, retry_after=exc.retry_after) from None
+    except discord.HTTPException as exc:
+        detail = " ".join(exc.text.split()) or "(no message)"
+        if exc.status == 401:
+            raise Unauthorized("Discord rejected the bot token (401 Unauthorized); set MIKU_DISCORD_TOKEN to the "
+                               "bot's token", status_code=401) from None
+        if AVATAR_TOO_FAST in exc.text.lower():
+            raise AvatarRateLimited(f"Discord: {detail} Avatar changes are limited to a few per hour",
+                                    status_code=exc.status) from None
+        if exc.status == 429:  # a 429 without Discord's Via header: Cloudflare's, or retries ran out
+            raise RateLimited(f"Discord rate limit on {what} (429): {detail}", status_code=429) from None
+        kind = DiscordUnavailable if exc.status >= 500 else DiscordError
+        raise kind(f"Discord refused {what} ({exc.status}, code {exc.code}): {detail}", status_code=exc.status) from None
+    except discord.DiscordException as exc:  # e.g. an image type discord.py cannot send
+        raise DiscordError(f"cannot send {what} to Discord: {exc}") from None
+    except ValueError as exc:  # discord.py's check of the avatar bytes ("Unsupported image type given")
+        raise DiscordError(f"cannot send {what} to Discord: {exc}") from None
+    except TimeoutError:
+        raise DiscordUnavailable(f"Discord did not answer {what} in time at {api_base}") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise DiscordUnavailable(f"cannot reach Discord at {api_base}: {type(exc).__name__}") from None
+
+
+def rebase(url: str, api_base: str) -> str:
+    """``url`` (built on discord.py's ``Route.BASE``) moved onto ``api_base``."""
+    default = Route.BASE
+    if api_base == default or not url.startswith(default):
+        return url
+    return api_base + url[len(default):]
+
+
+class DiscordWebhooks(AsyncWebhookAdapter):
+    """discord.py's webhook adapter (interaction callbacks, ``@original`` edits) at our base URL."""
+
+    def __init__(self, api_base: str) -> None:
+        super().__init__()
+        self.api_base = api_base
+
+    async def request(self, route: Route, session: aiohttp.ClientSession, **kwargs: Any) -> Any:
+        route.url = rebase(route.url, self.api_base)
+        return await super().request(route, session, **kwargs)
+
+
+class DiscordHTTP(HTTPClient):
+    """discord.py's HTTP client at ``api_base``; ``exchanges`` lists each answer (method, path, status
+    and the rate-limit headers), read from discord.py's documented ``http_trace`` hook."""
+
+    def __init__(self, loop: Any, *, api_base: str, max_ratelimit_timeout: float | None = None) -> None:
+        self.exchanges: list[dict[str, Any]] = []
+        trace = aiohttp.TraceConfig()
+        trace.on_request_end.append(self._record)
+        super().__init__(loop, http_trace=trace, max_ratelimit_timeout=max_ratelimit_timeout)
+        self.api_base = api_base.rstrip("/")
+        self.webhooks = DiscordWebhooks(self.api_base)
+
+    async def request(self, route: Route, **kwargs: Any) -> Any:
+        route.url = rebase(route.url, self.api_base)
+        return await super().request(route, **kwargs)
+
+    async def _record(self, _session: Any, _ctx: Any, params: aiohttp.TraceRequestEndParams) -> None:
+        h = params.response.headers
+        wait = h.get("X-RateLimit-Reset-After") or h.get("Retry-After")
+        self.exchanges.append({
+            "method": params.method, "path": params.url.path, "status": params.response.status,
+            "retry_after": float(wait) if params.response.status == 429 and wait else None,
+            "bucket": h.get("X-RateLimit-Bucket"), "global": h.get("X-RateLimit-Global") == "true",
+        })
+
+
+def use_api(client: discord.Client, api_base: str, *, max_wait_s: float | None = None) -> DiscordHTTP:
+    """Give a discord.py client (before it logs in) an HTTP client at ``api_base``. discord.py's
+    ``ConnectionState`` holds its own reference to the HTTP client, so both are set."""
+    http = DiscordHTTP(client.loop, api_base=api_base, max_ratelimit_timeout=max_wait_s)
+    client.http = http
+    client._connection.http = http
+    return http
+
+
+@contextlib.contextmanager
+def webhooks_of(client: discord.Client) -> Iterator[None]:
+    """Send the interaction answers made inside this block to ``client``'s base URL (discord.py picks
+    its webhook adapter from a context variable)."""
+    adapter = getattr(client.http, "webhooks", None)
+    if adapter is None:
+        yield
+        return
+    token = async_context.set(adapter)
+    try:
+        yield
+    finally:
+        async_context.reset(token)
+
+
+@dataclass
+class RestSession:
+    """A logged-in discord.py client without a gateway: ``Client.login`` checks the token (``GET
+    /users/@me``, ``GET /oauth2/applications/@me``) and every REST call of the client then works."""
+
+    client: discord.Client
+    http: DiscordHTTP
+    api_base: str
+
+
+@contextlib.asynccontextmanager
+async def rest_session(settings: Settings, *, max_wait_s: float | None = None,
+                       login_timeout_s: float | None = None) -> AsyncIterator[RestSession]:
+    if settings.discord_token is None:
+        raise Unauthorized("no Discord bot token configured (MIKU_DISCORD_TOKEN)")
+    base = settings.discord_api
+    client = discord.Client(intents=discord.Intents(guilds=True))  # no gateway: intents ask for nothing
+    http = use_api(client, base, max_wait_s=max_wait_s)
+    try:
+        with discord_errors(base, "the login"):
+            async with asyncio.timeout(login_timeout_s):
+                await client.login(settings.discord_token.get_secret_value())
+        yield RestSession(client, http, base)
+    finally:
+        await client.close()

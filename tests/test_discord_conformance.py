@@ -1,0 +1,153 @@
+"""The Discord REST emulator checked by an independent client: discord.py 2.7's own ``HTTPClient``
+(stock, not our subclass; pointed at the emulator through its ``Route.BASE``) and the ``mikubot``
+console script, which uploads through discord.py.
+
+What discord.py requires of a real Discord, read from ``discord/http.py`` (``HTTPClient.request``):
+a 429 is waited out and retried only when it carries the ``Via`` header and a JSON body with
+``retry_after`` (else it is taken for a Cloudflare ban and raised); ``global: true`` holds every route;
+``X-RateLimit-Remaining`` and ``X-RateLimit-Bucket`` drive its per-bucket accounting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+from typing import Any
+
+import aiohttp
+import discord
+import pytest
+from discord.http import HTTPClient, Route
+from PIL import Image
+
+from emulators.discord import create_app
+from servers import serve_app, venv_bin
+
+TOKEN = "conformance-token"
+
+
+def png(colour: tuple[int, int, int] = (57, 197, 187)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 48), colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def avatar(image: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(image).decode()
+
+
+@pytest.fixture
+def emulator(monkeypatch):
+    app, ctl = create_app(token=TOKEN, bucket_limit=50)
+    with serve_app(app) as base:
+        monkeypatch.setattr(Route, "BASE", f"{base}/api/v10")  # discord.py's one API base, restored after
+        yield ctl
+
+
+@pytest.fixture
+async def stock_http():
+    """discord.py's HTTP client as it ships; a trace records each answer's status and headers."""
+    answers: list[tuple[int, Any]] = []
+
+    async def record(_session, _ctx, params: aiohttp.TraceRequestEndParams) -> None:
+        answers.append((params.response.status, params.response.headers.copy()))  # case-insensitive
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_end.append(record)
+    http = HTTPClient(asyncio.get_running_loop(), http_trace=trace)
+    try:
+        yield http, answers
+    finally:
+        await http.close()
+
+
+async def test_a_429_with_discords_headers_is_waited_out_then_200(emulator, stock_http):
+    http, answers = stock_http
+    me = await http.static_login(TOKEN)
+    assert me["username"] == "Miku" and me["bot"] is True
+    emulator.force_429, emulator.retry_after_s = 1, 0.3
+    user = await http.edit_profile({"avatar": avatar(png())})
+    assert [r["status"] for r in emulator.requests if r["method"] == "PATCH"] == [429, 200]
+    assert user["avatar"] == emulator.uploads[-1].avatar_hash and len(emulator.uploads) == 1
+    status, headers = answers[-2]
+    assert status == 429 and headers["Via"] == "1.1 google"
+    assert headers["Retry-After"] == "1" and headers["X-RateLimit-Reset-After"] == "0.300"
+    assert headers["X-RateLimit-Remaining"] == "0" and headers["X-RateLimit-Bucket"]
+    assert answers[-1][0] == 200
+
+
+async def test_a_global_429_holds_then_200(emulator, stock_http):
+    http, answers = stock_http
+    await http.static_login(TOKEN)
+    emulator.force_429, emulator.retry_after_s, emulator.global_429 = 1, 0.2, True
+    await http.edit_profile({"avatar": avatar(png())})
+    status, headers = answers[-2]
+    assert status == 429 and headers["X-RateLimit-Global"] == "true" and "X-RateLimit-Bucket" not in headers
+    assert answers[-1][0] == 200 and len(emulator.uploads) == 1
+
+
+async def test_remaining_zero_makes_discord_py_wait_before_asking(emulator, stock_http):
+    """X-RateLimit-Remaining: 0 with X-RateLimit-Reset-After: discord.py holds the next request on
+    that bucket until the reset instead of running into a 429."""
+    http, answers = stock_http
+    await http.static_login(TOKEN)
+    emulator.bucket_limit, emulator.bucket_window_s = 1, 0.5
+    await http.edit_profile({"avatar": avatar(png())})
+    await http.edit_profile({"avatar": avatar(png((9, 9, 9)))})
+    patches = [r for r in emulator.requests if r["method"] == "PATCH"]
+    assert [r["status"] for r in patches] == [200, 200] and len(emulator.uploads) == 2
+    assert patches[1]["t"] - patches[0]["t"] >= 0.4  # held for the bucket's reset (less the answer's travel)
+
+
+async def test_a_429_without_via_is_taken_for_a_ban(emulator, stock_http):
+    """Why the emulator must send Via: without it discord.py raises at the first 429."""
+    http, _ = stock_http
+    await http.static_login(TOKEN)
+    emulator.force_429, emulator.send_via = 1, False
+    with pytest.raises(discord.HTTPException) as err:
+        await http.edit_profile({"avatar": avatar(png())})
+    assert err.value.status == 429 and not emulator.uploads
+
+
+async def test_discord_py_errors_from_the_emulator(emulator, stock_http):
+    http, _ = stock_http
+    with pytest.raises(discord.LoginFailure):
+        await http.static_login("not-the-token")
+    await http.static_login(TOKEN)
+    emulator.avatar_changes_allowed = 0
+    with pytest.raises(discord.HTTPException) as err:
+        await http.edit_profile({"avatar": avatar(png())})
+    assert err.value.status == 400 and err.value.code == 50035
+    assert "In avatar: You are changing your avatar too fast" in err.value.text
+    emulator.avatar_changes_allowed = None
+    with pytest.raises(discord.HTTPException) as err:
+        await http.edit_profile({"avatar": "data:image/png;base64,aGVsbG8="})
+    assert err.value.code == 50035 and "In avatar: Invalid image data" in err.value.text
+
+
+def test_pfp_change_applies_through_discord_py_after_a_429(art_dir, tmp_path):
+    """``mikubot pfp change`` (no dry run) against a Discord that first answers 429, then 200."""
+    folder = tmp_path / "art"
+    folder.mkdir()
+    shutil.copy(art_dir / "eileen happy.png", folder / "eileen happy.png")
+    app, ctl = create_app(token=TOKEN, bucket_limit=50)
+    ctl.force_429, ctl.retry_after_s = 1, 0.3
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MIKU_", "FACE_DETECTOR"))}
+    with serve_app(app) as base:
+        env.update(MIKU_DISCORD_API=f"{base}/api/v10", MIKU_DISCORD_TOKEN=TOKEN)
+        r = subprocess.run([venv_bin("mikubot"), "pfp", "change", "--source", f"local:{folder}", "--candidates", "1",
+                            "--json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    record = json.loads(r.stdout)
+    assert record["status"] == "applied" and record["uploaded"], record.get("error")
+    assert record["upload"]["attempts"] == 2 and record["upload"]["rate_limits"][0]["retry_after"] == 0.3
+    patches = [q["status"] for q in ctl.requests if q["method"] == "PATCH" and q["path"].endswith("/users/@me")]
+    assert patches == [429, 200] and len(ctl.uploads) == 1
+    with open(tmp_path / record["avatar_path"], "rb") as f:  # relative to the working directory
+        assert ctl.uploads[0].data == f.read()
+    assert TOKEN not in r.stdout + r.stderr
