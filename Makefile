@@ -42,8 +42,8 @@ test: install art
 	bash scripts/test-deps.sh
 	MIKU_TEST_ART=$(ART)/images $(PY) -m pytest -q
 
-bench: install art
-	$(PY) bench/detect.py --art $(ART)/images --bench-data $(BENCH_DATA)
+bench: install art scenes
+	$(PY) bench/detect.py --art $(ART)/images --bench-data $(BENCH_DATA) --scenes $(SCENES)
 
 clean:
 	rm -rf $(VENV) .cache out .pytest_cache
