@@ -4,7 +4,9 @@ really on the characters' faces.
 The detector benchmark (bench/detect.py) and the crop benchmark score against these labels, so a box that
 drifts off its face through a transform would make every number meaningless. The face check is a
 cross-validation with the embedded animeface model, which on upright, large, unoccluded sprite faces is
-reliable: each such labelled face must be matched by a detection at IoU >= 0.5.
+reliable: each such labelled face must be matched by a detection at IoU >= 0.3 (as tests/test_labels.py
+checks the hand labels: animeface's boxes run ~1.2x wider than the labels' tight convention, so a correct
+box can sit under 0.5, while one carried wrongly through a flip, scale or rotation lands near 0).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from facedetect.backends import create_detector
@@ -92,12 +95,32 @@ def test_every_sprite_is_a_target_in_both_splits(art_dir: Path) -> None:
     assert sum(scenes.tune_split(i) for i in range(scenes.COUNT)) * 3 <= scenes.COUNT
 
 
+@pytest.mark.parametrize("mirrored", [False, True])
+@pytest.mark.parametrize("angle", [0.0, -10.0, 7.5])
+def test_place_carries_the_face_box_through_flip_scale_and_rotation(mirrored: bool, angle: float) -> None:
+    """A sprite whose "face" is a solid square at a known, off-centre box: after place(), the square's
+    pixels are centred on the returned box and have its area (rotation keeps the size)."""
+    sprite = np.zeros((300, 200, 4), np.uint8)
+    sprite[..., 3] = 40  # a faint body, so the sprite has extent beyond the face
+    box = (30.0, 50.0, 90.0, 110.0)  # 60 x 60, left of centre: a wrong flip would move it
+    sprite[50:110, 30:90] = (255, 0, 0, 255)
+    layer, face = scenes.place(sprite, box, 1.7, mirrored, angle, (400.0, 300.0), (800, 600))
+    red = (layer.colour[..., 0] > 128) & (layer.colour[..., 1] < 64) & (layer.alpha > 0.9)
+    ys, xs = np.nonzero(red)
+    assert face[2] - face[0] == pytest.approx(60 * 1.7, abs=0.5)
+    assert ((face[0] + face[2]) / 2, (face[1] + face[3]) / 2) == (400.0, 300.0)
+    assert xs.mean() + 0.5 == pytest.approx(400.0, abs=1.0) and ys.mean() + 0.5 == pytest.approx(300.0, abs=1.0)
+    assert red.sum() == pytest.approx((60 * 1.7) ** 2, rel=0.08)
+
+
 def test_boxes_sit_on_faces(built) -> None:
-    """Large, nearly upright, unoccluded faces: animeface must find each labelled box (IoU >= 0.5)."""
+    """Large, nearly upright, unoccluded faces: animeface finds most labelled boxes (IoU >= 0.3). It misses
+    about one large face in fourteen on its own (docs/detector-speed.md), so the bar is three in four; a box
+    carried wrongly through the transforms would miss nearly all."""
     out, docs = built
     det = create_detector("animeface", mode="full")
     det.load()
-    checked = 0
+    checked = hits = 0
     for split, doc in docs.items():
         for name, entry in doc["images"].items():
             easy = [f for f in entry["faces"]
@@ -107,6 +130,7 @@ def test_boxes_sit_on_faces(built) -> None:
             image, _ = load_image((out / split / name).read_bytes())
             found = [d.bbox for d in det.detect(image)]
             for f in easy:
-                assert max((_iou(f["bbox"], b) for b in found), default=0.0) >= 0.5, (name, f, found)
                 checked += 1
-    assert checked >= 3
+                hits += max((_iou(f["bbox"], b) for b in found), default=0.0) >= 0.3
+    assert checked >= 5
+    assert hits >= 0.75 * checked, f"{hits} of {checked} labelled faces found"
