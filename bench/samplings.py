@@ -34,9 +34,8 @@ from results import table
 from facedetect.backends._nvxs import NvxsLibrary
 from facedetect.imageio import load_image
 
-# name -> (resize factor, minimum window, mirrored)
+# name -> (resize factor, minimum window, mirrored); the plain full-resolution call is bench/detect.py's raw peer
 SAMPLINGS = {
-    "s1.0": (1.0, 42.592, False),
     "s1.0 mw32": (1.0, 32.0, False),
     "m1.0": (1.0, 42.592, True),
     "s0.9": (0.9, 42.592, False),
