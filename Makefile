@@ -6,14 +6,16 @@ PY     := $(VENV)/bin/python
 ART    ?= .cache/art
 OUT    ?= out/demo
 BENCH_DATA ?= ../shared/bench
+SCENES ?= .cache/scenes
 
-.PHONY: help install art demo test test-fast bench lint clean constraints
+.PHONY: help install art scenes demo test test-fast bench lint clean constraints
 
 help:
 	@echo "make demo   - detect faces in the sample art and make an avatar (embedded defaults, no config)"
 	@echo "make test   - run the whole test suite (installs what it needs first)"
 	@echo "make bench  - run the benchmarks and rewrite bench/RESULTS.md"
 	@echo "make constraints - re-resolve every extra of pyproject.toml into constraints.txt (needs PyPI)"
+	@echo "make scenes - compose the labelled scene sets for detection/crop benchmarks (.cache/scenes)"
 
 # constraints.txt pins every package to the versions the images install too (one lock for all).
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -29,6 +31,12 @@ art: $(ART)/.complete
 $(ART)/.complete: scripts/fetch-art.sh
 	bash scripts/fetch-art.sh $(ART)
 
+# Labelled scene sets (tune/test) composed from the fetched art; see bench/scenes.py.
+scenes: $(SCENES)/.complete
+
+$(SCENES)/.complete: $(ART)/.complete bench/scenes.py tests/labels/renpy.json | $(VENV)/.installed
+	$(PY) bench/scenes.py --art $(ART)/images --out $(SCENES)
+
 demo: install art
 	MIKU_DATA_DIR=$(OUT)/data $(VENV)/bin/mikubot pfp change --dry-run --source local:$(ART)/images --out $(OUT)/avatar.png
 
@@ -36,8 +44,8 @@ test: install art
 	bash scripts/test-deps.sh
 	MIKU_TEST_ART=$(ART)/images MIKU_TEST_CASCADE=$(BENCH_DATA)/peers/lbpcascade_animeface.xml $(PY) -m pytest -q
 
-bench: install art
-	$(PY) bench/detect.py --art $(ART)/images --bench-data $(BENCH_DATA)
+bench: install art scenes
+	$(PY) bench/detect.py --art $(ART)/images --bench-data $(BENCH_DATA) --scenes $(SCENES)
 
 # One resolution of every extra at once (the GPU detector's onnxruntime-gpu included), in a throwaway
 # venv, with pip's own resolver; scripts/constraints.py turns pip's report into constraints.txt.

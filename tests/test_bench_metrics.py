@@ -51,3 +51,11 @@ def test_percentile() -> None:
     assert percentile([5.0], 100) == 5.0
     with pytest.raises(ValueError):
         percentile([], 50)
+
+
+def test_box_calibration_scales_about_the_centre_and_shifts_down() -> None:
+    from detect import Calibration
+
+    assert Calibration().apply((10, 20, 30, 60)) == (10, 20, 30, 60)
+    # centre (20, 40) moves down by 0.1 of the 40-px height to y 44; half sizes 10x0.5, 20x0.5
+    assert Calibration(scale=0.5, dy=0.1).apply((10, 20, 30, 60)) == pytest.approx((15, 34, 25, 54))
