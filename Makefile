@@ -6,13 +6,15 @@ PY     := $(VENV)/bin/python
 ART    ?= .cache/art
 OUT    ?= out/demo
 BENCH_DATA ?= ../shared/bench
+SCENES ?= .cache/scenes
 
-.PHONY: help install art demo test test-fast bench lint clean
+.PHONY: help install art scenes demo test test-fast bench lint clean
 
 help:
 	@echo "make demo   - detect faces in the sample art and make an avatar (embedded defaults, no config)"
 	@echo "make test   - run the whole test suite (installs what it needs first)"
 	@echo "make bench  - run the benchmarks and rewrite bench/RESULTS.md"
+	@echo "make scenes - compose the labelled scene sets for detection/crop benchmarks (.cache/scenes)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +28,12 @@ art: $(ART)/.complete
 
 $(ART)/.complete: scripts/fetch-art.sh
 	bash scripts/fetch-art.sh $(ART)
+
+# Labelled scene sets (tune/test) composed from the fetched art; see bench/scenes.py.
+scenes: $(SCENES)/.complete
+
+$(SCENES)/.complete: $(ART)/.complete bench/scenes.py tests/labels/renpy.json | $(VENV)/.installed
+	$(PY) bench/scenes.py --art $(ART)/images --out $(SCENES)
 
 demo: install art
 	MIKU_DATA_DIR=$(OUT)/data $(VENV)/bin/mikubot pfp change --dry-run --source local:$(ART)/images --out $(OUT)/avatar.png
