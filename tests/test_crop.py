@@ -76,10 +76,10 @@ def test_labelled_face_lands_inside_the_round_avatar(art_dir: Path, face_labels:
     # Eyes (half-way down an anime face box) sit above the middle: room for hair, chin clear of the rim.
     eye_y = (result.face.bbox[1] + result.face.bbox[3]) / 2
     assert (eye_y - result.box[1]) / (result.box[3] - result.box[1]) < 0.5
-    if min(image.size) * 2 >= 1024:
-        assert result.image.size == (1024, 1024)
-    else:  # the source is smaller than a 1024 avatar can be made from at 2x: smaller avatar, never more
-        assert 256 <= result.image.width < 1024
+    # framing decides the crop; the output follows: at most 1024, at most 2x upscaled, never below 256
+    side = result.box[2] - result.box[0]
+    assert result.image.width == min(1024, math.floor(side * 2.0)) >= 256
+    assert result.reason.startswith("face: " + ("the only usable face" if len(truths) == 1 else "best score of"))
 
 
 def test_band_cg_gives_a_full_size_avatar_of_a_labelled_face(art_dir: Path, face_labels: dict) -> None:
@@ -115,10 +115,10 @@ def test_box_is_in_source_pixels() -> None:
     # the face is at the target size and horizontally centred
     assert result.face_share == pytest.approx(0.425, abs=0.01)
     assert (x1 + x2) / 2 == pytest.approx(800, abs=1)
-    # a smaller face widens the crop rather than upscaling past 2x: 512 source px for 1024
-    wide = crop_avatar(image, [face(700, 300, 900, 500)])
-    assert wide.box[2] - wide.box[0] == 512 and wide.upscale == 2.0
-    assert 0.25 <= wide.face_share < 0.425
+    # a smaller face keeps its framing; the avatar gets smaller instead (framing first, resolution second)
+    small = crop_avatar(image, [face(700, 300, 900, 500)])
+    assert small.face_share == pytest.approx(0.425, abs=0.01)
+    assert small.image.width == math.floor((small.box[2] - small.box[0]) * 2.0) < 1024 and small.upscale <= 2.0
 
 
 # --- clamping at the edges --------------------------------------------------------------------------
@@ -138,7 +138,7 @@ def test_faces_near_corners_stay_in_the_image_and_the_circle(corner_face: tuple[
     assert not result.padded
     inside, share = face_in_circle(corner_face, result.box)
     assert inside and 0.20 <= share <= 0.75, result.to_json()
-    assert result.image.size == (1024, 1024)
+    assert 256 <= result.image.width <= 1024
 
 
 def test_face_flush_with_the_corner_is_cropped_but_reported_and_scored_down() -> None:
@@ -176,24 +176,42 @@ def test_face_too_wide_for_a_narrow_image_is_padded_with_the_border_colour() -> 
 # --- refusals ----------------------------------------------------------------------------------------
 
 
-def test_tiny_face_is_refused_rather_than_blown_up() -> None:
+def test_small_faces_in_big_scenes_are_framed_not_refused() -> None:
+    """The scene case: a 2000-px picture with a 60-px face. Framing first: the face is framed at the
+    usual share and the avatar is as big as 2x upscaling of that crop allows (282 px), not refused."""
     image = noise(2000, 2000)
-    with pytest.raises(FaceTooSmall, match="upscaling"):
-        crop_avatar(image, [face(1000, 1000, 1060, 1060)])  # a 60-px face in a 1024 avatar
-    # the same face is fine when the caller accepts more upscaling
+    result = crop_avatar(image, [face(1000, 1000, 1060, 1060)])
+    assert result.method == "face" and result.face_inside
+    assert result.face_share == pytest.approx(0.425, abs=0.01)
+    assert result.upscale == pytest.approx(2.0, abs=0.02) and 256 <= result.image.width < 300
+    # a 40-px face: the preferred 94-px crop would give 188 px; the crop widens to reach the 256 floor
+    tiny = crop_avatar(image, [face(1000, 1000, 1040, 1040)])
+    assert tiny.image.width == 256 and tiny.box[2] - tiny.box[0] == 128
+    assert tiny.face_inside and 0.25 <= tiny.face_share <= 0.425
+
+
+def test_face_below_the_floor_is_refused_rather_than_blown_up() -> None:
+    image = noise(2000, 2000)
+    with pytest.raises(FaceTooSmall, match="256-px avatar within 1x"):
+        crop_avatar(image, [face(1000, 1000, 1060, 1060)], max_upscale=1.0)  # 60 px at 25 % < 256 px
+    # the same face is fine when the caller accepts upscaling
     result = crop_avatar(image, [face(1000, 1000, 1060, 1060)], max_upscale=8.0)
     assert result.method == "face" and result.upscale > 2.0
     # a refused image still yields an avatar when the caller asks for the fallbacks explicitly
     assert crop_avatar(image, []).method in ("saliency", "top-centre")
 
 
-def test_a_usable_bigger_face_is_taken_when_the_best_ranked_is_too_small() -> None:
+def test_a_framable_face_is_taken_when_the_best_ranked_is_below_the_floor() -> None:
     image = noise(2400, 2000)
-    small_central = face(1170, 970, 1230, 1030)  # 60 px, dead centre
+    # 60 px, dead centre, the character's hair: ranked first, but below the floor at 1x
+    small_central = hairy(1170, 970, 1230, 1030, "#39c5bb")
     big_side = face(200, 300, 500, 600)
-    assert choose_face([small_central, big_side], image.size) is not None
-    result = crop_avatar(image, [small_central, big_side])
+    assert choose_face([small_central, big_side], image.size, ["#39c5bb"]) == small_central
+    result = crop_avatar(image, [small_central, big_side], max_upscale=1.0, hair_colours=["#39c5bb"])
     assert result.face == big_side
+    assert [c["chosen"] for c in result.choice] == [c["bbox"] == [200.0, 300.0, 500.0, 600.0] for c in result.choice]
+    assert "too small" in result.choice[0]["refused"] and result.choice[1]["chosen"]
+    assert "1 better-ranked face(s) could not be framed" in result.reason
 
 
 def test_unusable_faces_mean_fallback_or_a_clear_refusal() -> None:
@@ -288,6 +306,34 @@ def test_choose_face_prefers_big_central_confident_faces() -> None:
     assert choose_face([], size) is None
 
 
+def hairy(x1: float, y1: float, x2: float, y2: float, hair: str, confidence: float = 1.0) -> Detection:
+    return Detection(bbox=(x1, y1, x2, y2), confidence=confidence, attributes={"hair_color": hair})
+
+
+def test_the_characters_hair_colour_decides_between_faces() -> None:
+    size = (2000, 1500)
+    red_central = hairy(850, 600, 1150, 900, "#f07f7d", confidence=0.95)  # the best face by score
+    teal_side = hairy(100, 200, 250, 350, "#3ac0b5", confidence=0.7)  # Miku's colour, small and off-centre
+    black = hairy(1500, 300, 1700, 500, "#202020")
+    faces = [red_central, teal_side, black]
+    assert choose_face(faces, size) == red_central  # no colours configured: the score decides
+    miku = ["#39c5bb", "#137a7f"]
+    assert choose_face(faces, size, miku) == teal_side
+    assert [d for _, d in rank_faces(faces, size, miku)] == [teal_side, red_central, black]
+    # two matching faces: the score decides between them
+    teal_central = hairy(900, 650, 1100, 850, "#39c5bb", confidence=0.9)
+    assert choose_face([*faces, teal_central], size, miku) == teal_central
+    # the choice is recorded
+    result = crop_avatar(noise(*size), faces, hair_colours=miku)
+    assert result.face == teal_side
+    assert "hair #3ac0b5 matches" in result.reason
+    chosen = [c for c in result.choice if c["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["hair_match"] is True and chosen[0]["rank"] == 0
+    assert {c["hair"]: c["hair_match"] for c in result.choice} == {"#3ac0b5": True, "#f07f7d": False, "#202020": False}
+    # a tighter tolerance: nothing matches, the score decides again
+    assert choose_face(faces, size, miku, hair_tolerance=1.0) == red_central
+
+
 # --- helpers and output -----------------------------------------------------------------------------
 
 
@@ -316,3 +362,7 @@ def test_avatar_png_and_json() -> None:
     assert body["size"] == [1024, 1024]
     assert body["face"]["bbox"] == [500.0, 400.0, 900.0, 800.0]
     assert body["face_inside"] is True
+    assert body["reason"].startswith("face: the only usable face")
+    assert body["choice"][0]["chosen"] is True and len(body["choice"]) == 1
+    fallback = crop_avatar(rgba, [face(500, 400, 520, 420)]).to_json()  # 20 px: not a usable face
+    assert fallback["reason"].startswith(fallback["method"] + ": no usable face") and fallback["choice"] is None
