@@ -40,7 +40,7 @@ demo: install art
 
 test: install art
 	bash scripts/test-deps.sh
-	MIKU_TEST_ART=$(ART)/images $(PY) -m pytest -q
+	MIKU_TEST_ART=$(ART)/images MIKU_TEST_CASCADE=$(BENCH_DATA)/peers/lbpcascade_animeface.xml $(PY) -m pytest -q
 
 bench: install art
 	$(PY) bench/detect.py --art $(ART)/images --bench-data $(BENCH_DATA)

@@ -209,7 +209,7 @@ def main() -> None:
         + "\n- **vision s** = the verify window: from the first request for the vision model (ours: its "
         "reservation, which unloads the text model and waits until the memory is free; seed: its first chat "
         "request, for which llama-swap swaps the text model out) to the last of the K answers. "
-        "**rest s** = total − vision; DESIGN's bar is rest ≤ 2 s. **unloads**: processes that left the card "
+        "**rest s** = total − vision; the target is rest ≤ 2 s. **unloads**: processes that left the card "
         "(models and detector); **loads**: what came onto it during the change (text = loaded unasked).\n\n"
         + table(["scenario", "method", "K", "total s", "vision s", "rest s", "bar ≤ 2 s", "unloads",
                  "vision loads", "detector loads", "text loads (unasked)", "OOM"], rows)

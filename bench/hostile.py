@@ -1,4 +1,4 @@
-"""Hostile-upload benchmark: the DESIGN.md bar "/detect: 0 5xx under >= 10k hostile uploads; bounded
+"""Hostile-upload benchmark: the bar "/detect: 0 5xx under >= 10k hostile uploads; bounded
 memory; 503 + Retry-After when saturated", measured against the real ``facedetect serve`` process.
 
 1. Start ``facedetect serve`` on a free loopback port as its own process (default settings, except a

@@ -1,7 +1,7 @@
 """Detection-quality arithmetic shared by bench/detect.py and the tests.
 
-The matching rule is the one ``../shared/bench/anime-grid/README.md`` fixes, so our numbers compare with
-the peers': detections are taken in descending confidence; each claims the still-unclaimed truth box it
+The matching rule is the public anime-grid benchmark's own (its README, read where ``--bench-data`` points),
+so our numbers compare with the peers': detections are taken in descending confidence; each claims the still-unclaimed truth box it
 overlaps most, if that overlap reaches the IoU threshold. Unclaimed detections are false positives,
 unclaimed truth boxes are misses.
 """

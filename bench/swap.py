@@ -8,7 +8,7 @@ may run" (its memory claimed), and OOMs (`cudaMalloc failed`) on the simulated c
 
     .venv/bin/python bench/swap.py [--release 0.5 1 2 3 5 8] [--stop 0.5] [--no-write]
 
-Target (DESIGN.md): overhead ≤ stop + release + 0.2 s, 0 OOM.
+Target: overhead ≤ stop + release + 0.2 s, 0 OOM.
 """
 
 from __future__ import annotations

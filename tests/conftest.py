@@ -25,6 +25,17 @@ def art_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def peer() -> Path:
+    """The public anime-face cascade (lbpcascade_animeface.xml), named by ``MIKU_TEST_CASCADE``; ``make test``
+    sets it from ``BENCH_DATA``. Missing, it is a failure, not a skip, like missing art."""
+    named = os.environ.get("MIKU_TEST_CASCADE")
+    if not named or not Path(named).is_file():
+        pytest.fail(f"the peer cascade lbpcascade_animeface.xml was not found (MIKU_TEST_CASCADE={named!r}); run "
+                    "`make test`, which sets it from BENCH_DATA, or point MIKU_TEST_CASCADE at the file")
+    return Path(named)
+
+
+@pytest.fixture(scope="session")
 def face_labels() -> dict[str, list[list[float]]]:
     """Hand-labelled face boxes [x1, y1, x2, y2] per Ren'Py image file name (tests/labels/renpy.json)."""
     data = json.loads((ROOT / "tests" / "labels" / "renpy.json").read_text())

@@ -34,7 +34,7 @@ from servers import serve_app
 TOKEN = "bot-token-for-tests"
 MIKU = "hatsune_miku"
 
-# The deployment of DESIGN.md on an emulated 8 GB card: display and CUDA contexts hold 2.6 GB, so the text
+# The reference deployment on an emulated 8 GB card: display and CUDA contexts hold 2.6 GB, so the text
 # model (5 GB) and the vision model (4.5 GB) never fit together, and the detector (1 GB) not beside vision.
 LLAMA_CONFIG: dict[str, Any] = {
     "gpu_total_mib": 8192,
@@ -46,7 +46,7 @@ LLAMA_CONFIG: dict[str, Any] = {
     },
 }
 
-# The seed's own sizes (text ~5 GB, vision ~4 GB + mmproj, detector ~1 GB, 512 MiB display): text and vision
+# The reference sizes (text ~5 GB, vision ~4 GB + mmproj, detector ~1 GB, 512 MiB display): text and vision
 # never fit together, but once text is gone vision and the detector do — the detector can stay loaded.
 SEED_SIZES_CONFIG: dict[str, Any] = {
     **LLAMA_CONFIG,

@@ -20,7 +20,6 @@ from facedetect.backends.scheme import (
     WHEEL_SCALE_FACTOR,
     Placed,
     SearchScheme,
-    merge,
     plan,
     refine,
     resize_for,
@@ -252,9 +251,7 @@ def test_vote_with_one_vote_is_libnvxs_merge() -> None:
         _face(100, 100, 80, 0.7, 0), _face(110, 105, 80, 0.8, 1), _face(400, 400, 60, 0.5, 0),
         _face(405, 400, 50, 0.5, 1), _face(10, 300, 40, 0.51, 1),
     ]
-    voted = vote(faces, overlap=0.1, votes=1, lone_likelihood=1.0, agree_iou=0.5)
-    assert [p.face for p in voted] == [p.face for p in merge(faces, 0.1)]
-    kept = merge(faces, 0.1)
+    kept = vote(faces, overlap=0.1, votes=1, lone_likelihood=1.0, agree_iou=0.5)
     assert [round(p.face.likelihood, 2) for p in kept] == [0.8, 0.51, 0.5]
     assert kept[2].face.face == (405, 400, 50, 50)  # a tie goes to the smaller box
 

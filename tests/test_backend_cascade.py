@@ -1,7 +1,8 @@
 """cascade backend with the real peer cascade (lbpcascade_animeface.xml) on the Ren'Py art.
 
-The cascade is read from ../shared/bench/peers (never copied into the repo); tests that need it skip
-with the reason when it is absent. The bad-file tests need nothing.
+The cascade is a public file outside the repository (never copied in): ``MIKU_TEST_CASCADE`` names it, and
+``make test`` sets it from ``BENCH_DATA``. Tests that need it fail when it is missing (the ``peer``
+fixture, conftest.py), like missing test art. The bad-file tests need nothing.
 """
 
 from __future__ import annotations
@@ -20,16 +21,13 @@ from facedetect.errors import BackendUnavailable
 from facedetect.imageio import load_image
 
 ROOT = Path(__file__).resolve().parent.parent
-PEER = ROOT.parent / "shared" / "bench" / "peers" / "lbpcascade_animeface.xml"
 LABELS = ROOT / "tests" / "labels" / "renpy.json"
 SPRITES = ["eileen happy.png", "lucy happy.png", "sylvie blue smile.png", "sylvie green normal.png"]
 
-needs_peer = pytest.mark.skipif(not PEER.is_file(), reason=f"peer cascade not found at {PEER}")
-
 
 @pytest.fixture(scope="module")
-def detector() -> CascadeDetector:
-    det = create_detector("cascade", model_path=PEER)
+def detector(peer: Path) -> CascadeDetector:
+    det = create_detector("cascade", model_path=peer)
     assert isinstance(det, CascadeDetector)
     return det
 
@@ -46,7 +44,6 @@ def _iou(a: tuple[float, ...], b: list[float]) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-@needs_peer
 @pytest.mark.parametrize("name", SPRITES)
 def test_finds_the_sprite_face(detector: CascadeDetector, art_dir: Path, name: str) -> None:
     image = _rgb(art_dir, name)
@@ -62,41 +59,36 @@ def test_finds_the_sprite_face(detector: CascadeDetector, art_dir: Path, name: s
         assert truth and max(_iou(dets[0].bbox, t) for t in truth) >= 0.3
 
 
-@needs_peer
-def test_matches_opencv_detect_multiscale(detector: CascadeDetector, art_dir: Path) -> None:
+def test_matches_opencv_detect_multiscale(detector: CascadeDetector, art_dir: Path, peer: Path) -> None:
     # The backend is detectMultiScale on an equalised grey image plus a confidence: same boxes.
     image = _rgb(art_dir, "sylvie green smile.png")
     grey = cv2.equalizeHist(np.asarray(image.convert("L")))
-    plain = cv2.CascadeClassifier(str(PEER)).detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
+    plain = cv2.CascadeClassifier(str(peer)).detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
     want = sorted((float(x), float(y), float(x + w), float(y + h)) for x, y, w, h in np.asarray(plain).reshape(-1, 4))
     assert want and sorted(d.bbox for d in detector.detect(image)) == want
 
 
-@needs_peer
 def test_no_faces_on_a_background(detector: CascadeDetector, art_dir: Path) -> None:
     assert detector.detect(_rgb(art_dir, "bg uni.jpg")) == []
 
 
-@needs_peer
-def test_size_limits(art_dir: Path) -> None:
+def test_size_limits(art_dir: Path, peer: Path) -> None:
     image = _rgb(art_dir, "eileen happy.png")  # its face is ~220 px
-    assert create_detector("cascade", model_path=PEER, min_size=300).detect(image) == []
-    assert create_detector("cascade", model_path=PEER, max_size=120).detect(image) == []
+    assert create_detector("cascade", model_path=peer, min_size=300).detect(image) == []
+    assert create_detector("cascade", model_path=peer, max_size=120).detect(image) == []
 
 
-@needs_peer
-def test_confidence_mapping(detector: CascadeDetector) -> None:
+def test_confidence_mapping(detector: CascadeDetector, peer: Path) -> None:
     detector.load()
-    t = last_stage_threshold(PEER)
+    t = last_stage_threshold(peer)
     assert t is not None and detector.describe()["last_stage_threshold"] == pytest.approx(t)
     assert detector.confidence(t) == pytest.approx(0.5)
     assert detector.confidence(t + 1) < detector.confidence(t + 3) < 1.0
     assert detector.confidence(1e6) == 1.0 and detector.confidence(-1e6) == 0.0
 
 
-@needs_peer
-def test_unload_and_lazy_reload(art_dir: Path) -> None:
-    det = create_detector("cascade", model_path=PEER)
+def test_unload_and_lazy_reload(art_dir: Path, peer: Path) -> None:
+    det = create_detector("cascade", model_path=peer)
     det.load()
     assert det.loaded and det.vram_mib() == 0.0
     det.unload()
@@ -131,10 +123,9 @@ def test_invalid_files(tmp_path: Path, kind: str) -> None:
     assert not det.loaded
 
 
-@needs_peer
-def test_truncated_cascade(tmp_path: Path) -> None:
+def test_truncated_cascade(tmp_path: Path, peer: Path) -> None:
     path = tmp_path / "truncated.xml"
-    path.write_bytes(PEER.read_bytes()[:20_000])  # a half-downloaded file, in the test's temp dir only
+    path.write_bytes(peer.read_bytes()[:20_000])  # a half-downloaded file, in the test's temp dir only
     with pytest.raises(BackendUnavailable, match="not a readable OpenCV cascade"):
         create_detector("cascade", model_path=path).load()
 

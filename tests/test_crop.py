@@ -23,7 +23,6 @@ from mikubot.crop import (
     FaceTooSmall,
     NoUsableFace,
     avatar_png,
-    choose_face,
     crop_avatar,
     face_in_circle,
     rank_faces,
@@ -206,7 +205,7 @@ def test_a_framable_face_is_taken_when_the_best_ranked_is_below_the_floor() -> N
     # 60 px, dead centre, the character's hair: ranked first, but below the floor at 1x
     small_central = hairy(1170, 970, 1230, 1030, "#39c5bb")
     big_side = face(200, 300, 500, 600)
-    assert choose_face([small_central, big_side], image.size, ["#39c5bb"]) == small_central
+    assert best([small_central, big_side], image.size, ["#39c5bb"]) == small_central
     result = crop_avatar(image, [small_central, big_side], max_upscale=1.0, hair_colours=["#39c5bb"])
     assert result.face == big_side
     assert [c["chosen"] for c in result.choice] == [c["bbox"] == [200.0, 300.0, 500.0, 600.0] for c in result.choice]
@@ -217,7 +216,7 @@ def test_a_framable_face_is_taken_when_the_best_ranked_is_below_the_floor() -> N
 def test_unusable_faces_mean_fallback_or_a_clear_refusal() -> None:
     image = noise(1200, 800)
     junk = [face(100, 100, 400, 400, confidence=0.2), face(600, 300, 620, 320)]
-    assert choose_face(junk, image.size) is None
+    assert rank_faces(junk, image.size) == []
     assert crop_avatar(image, junk).method in ("saliency", "top-centre")
     with pytest.raises(NoUsableFace, match="fallbacks are off"):
         crop_avatar(image, junk, allow_fallback=False)
@@ -288,22 +287,26 @@ def test_any_face_outscores_any_fallback() -> None:
 # --- choosing the face -----------------------------------------------------------------------------
 
 
-def test_choose_face_prefers_big_central_confident_faces() -> None:
+def test_rank_faces_prefers_big_central_confident_faces() -> None:
     size = (2000, 1500)
     small_corner = face(40, 40, 140, 140, confidence=1.0)
     big_central = face(850, 600, 1150, 900, confidence=0.9)
     big_corner = face(1650, 1150, 1950, 1450, confidence=0.9)
     doubtful_central = face(800, 550, 1200, 950, confidence=0.3)  # below the confidence floor
     faces = [small_corner, big_corner, doubtful_central, big_central]
-    assert choose_face(faces, size) == big_central
     ranked = [d for _, d in rank_faces(faces, size)]
     assert ranked == [big_central, big_corner, small_corner]
     same_conf = [face(900, 700, 1100, 900), face(800, 600, 1200, 1000)]
-    assert choose_face(same_conf, size) == same_conf[1]  # bigger wins
+    assert rank_faces(same_conf, size)[0][1] == same_conf[1]  # bigger wins
     same_size = [face(100, 1200, 400, 1500), face(900, 600, 1200, 900)]
-    assert choose_face(same_size, size) == same_size[1]  # more central wins
-    assert choose_face([face(900, 700, 920, 720)], size) is None  # 20 px: noise
-    assert choose_face([], size) is None
+    assert rank_faces(same_size, size)[0][1] == same_size[1]  # more central wins
+    assert rank_faces([face(900, 700, 920, 720)], size) == []  # 20 px: noise
+    assert rank_faces([], size) == []
+
+
+def best(detections: list[Detection], size: tuple[int, int], *hair: object, **kw: object) -> Detection | None:
+    ranked = rank_faces(detections, size, *hair, **kw)  # type: ignore[arg-type]
+    return ranked[0][1] if ranked else None
 
 
 def hairy(x1: float, y1: float, x2: float, y2: float, hair: str, confidence: float = 1.0) -> Detection:
@@ -316,13 +319,13 @@ def test_the_characters_hair_colour_decides_between_faces() -> None:
     teal_side = hairy(100, 200, 250, 350, "#3ac0b5", confidence=0.7)  # Miku's colour, small and off-centre
     black = hairy(1500, 300, 1700, 500, "#202020")
     faces = [red_central, teal_side, black]
-    assert choose_face(faces, size) == red_central  # no colours configured: the score decides
+    assert best(faces, size) == red_central  # no colours configured: the score decides
     miku = ["#39c5bb", "#137a7f"]
-    assert choose_face(faces, size, miku) == teal_side
+    assert best(faces, size, miku) == teal_side
     assert [d for _, d in rank_faces(faces, size, miku)] == [teal_side, red_central, black]
     # two matching faces: the score decides between them
     teal_central = hairy(900, 650, 1100, 850, "#39c5bb", confidence=0.9)
-    assert choose_face([*faces, teal_central], size, miku) == teal_central
+    assert best([*faces, teal_central], size, miku) == teal_central
     # the choice is recorded
     result = crop_avatar(noise(*size), faces, hair_colours=miku)
     assert result.face == teal_side
@@ -331,7 +334,7 @@ def test_the_characters_hair_colour_decides_between_faces() -> None:
     assert len(chosen) == 1 and chosen[0]["hair_match"] is True and chosen[0]["rank"] == 0
     assert {c["hair"]: c["hair_match"] for c in result.choice} == {"#3ac0b5": True, "#f07f7d": False, "#202020": False}
     # a tighter tolerance: nothing matches, the score decides again
-    assert choose_face(faces, size, miku, hair_tolerance=1.0) == red_central
+    assert best(faces, size, miku, hair_tolerance=1.0) == red_central
 
 
 # --- helpers and output -----------------------------------------------------------------------------

@@ -1,6 +1,9 @@
 """A whole avatar change over loopback: Danbooru emulator → llama-swap emulator (vision answers per image,
 VRAM ledger) → the real facedetect service → Discord emulator. Then a second change.
 
+The first change runs once (the ``first`` fixture, with what the services saw right after it); each test
+checks one behaviour of it.
+
 The detector service runs animeface (the default), on the CPU: its /health says `uses_gpu: false`, so the
 detector reservation needs no VRAM and the vision model is *not* unloaded for detection (a GPU detector's
 swap is covered by tests/test_pipeline_overlap.py and bench/e2e.py with the emulator's simulated one).
@@ -8,8 +11,11 @@ swap is covered by tests/test_pipeline_overlap.py and bench/e2e.py with the emul
 
 from __future__ import annotations
 
+import asyncio
 import io
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -17,8 +23,10 @@ import pytest
 from PIL import Image
 
 from emulators.danbooru import make_post
+from emulators.discord import UploadedAvatar
 from mikubot.crop import face_in_circle
-from mikubot.events import EventBus
+from mikubot.config import Settings
+from mikubot.events import EventBus, ProgressEvent
 from mikubot.history import History
 from mikubot.pipeline import AvatarPipeline
 from pipeline_rig import MIKU, NO_PROSE, YES, YES_FENCED, history_row_is_consistent, posts_for, scaled_art, vision_answers, world
@@ -50,96 +58,128 @@ def rig(art, art_dir, tmp_path_factory):
         yield w
 
 
-async def test_change_end_to_end_then_no_reuse(rig, art, tmp_path):
+@dataclass
+class FirstChange:
+    settings: Settings
+    record: dict[str, Any]
+    events: list[ProgressEvent]
+    seen: list[str]  # the pictures the vision model was shown
+    ledger: dict[str, Any]  # the llama-swap emulator's, right after the change
+    running: list[str]
+    upload: UploadedAvatar
+    names: dict[str, str]  # post key -> art file
+
+
+@pytest.fixture(scope="module")
+def first(rig, art, tmp_path_factory) -> FirstChange:
     seen: list[str] = []
     rig.llama.set_answer("vision", vision_answers(art, VERDICTS, seen))
     rig.llama.preload("llama3.1")  # the bot was chatting: the text model holds the card
     httpx.post(f"{rig.detector_url}/unload")  # someone paused the detector earlier: the reservation resumes it
     rig.danbooru.rate_limit(1, retry_after=0.2)  # Danbooru's 429 on the first search
     rig.discord.force_429, rig.discord.retry_after_s = 1, 0.3  # and Discord's on the first upload
-    settings = rig.settings(tmp_path / "data")
+    settings = rig.settings(tmp_path_factory.mktemp("e2e") / "data")
     bus = EventBus()
-    events = []
+    events: list[ProgressEvent] = []
     bus.subscribe(events.append)
 
-    async with AvatarPipeline(settings, bus=bus) as pipeline:
-        record = await pipeline.change()
-        assert record["status"] == "applied", record["error"]
+    async def change() -> dict[str, Any]:
+        async with AvatarPipeline(settings, bus=bus) as pipeline:
+            return await pipeline.change()
 
-        # --- one vision reservation for all K verifications, one detector reservation for all survivors
-        assert [r["consumer"] for r in record["reservations"]] == ["vision", "face-detector"]
-        requests = [e for e in record["vram_timeline"] if e["event"] == "request"]
-        assert [e["consumer"] for e in requests] == ["vision", "face-detector"]
-        assert len(seen) == 5, "all five candidates were verified"
-        ledger = rig.llama.ledger()
-        assert ledger["oom_count"] == 0
-        assert ledger["loads"].count("vision") == 1, "K candidates cost one vision load, not K"
-        assert ledger["unloads"] == ["llama3.1"], "text freed for vision; the CPU detector needs no room"
-        unloaded = [e["consumer"] for e in record["vram_timeline"] if e["event"] == "unloaded"]
-        assert unloaded == ["text"]
-        assert record["reservations"][1]["unloaded"] == []
-        timeline = record["vram_timeline"]
-        start = next(i for i, e in enumerate(timeline) if e["event"] == "request" and e["consumer"] == "face-detector")
-        detector_events = [e["event"] for e in timeline[start:] if e["event"] != "released"]  # vision's release
-        assert detector_events[:2] == ["request", "cpu-only"] and "resumed" in detector_events, detector_events
-        assert not {"measured", "unload", "waiting"} & set(detector_events), "granted without measuring or unloading"
-        cpu = next(e for e in timeline if e["event"] == "cpu-only")
-        assert cpu["consumer"] == "face-detector" and "animeface" in cpu["detail"] and "needs no VRAM" in cpu["detail"]
-        assert rig.llama.running() == ["vision"], "vision stays for the next change"
+    record = asyncio.run(change())
+    assert record["status"] == "applied", record["error"]
+    return FirstChange(settings, record, events, list(seen), rig.llama.ledger(), rig.llama.running(),
+                       rig.discord.uploads[-1], {f"danbooru:{2001 + i}": name for i, name in enumerate(PLAN)})
 
-        # --- the candidates: the refused ones are recorded with the reason
-        names = {f"danbooru:{2001 + i}": name for i, name in enumerate(PLAN)}
-        by_file = {names[c["key"]]: c for c in record["candidates"]}
-        assert "not Hatsune Miku" in by_file["lucy happy.png"]["skipped"]
-        assert by_file["sylvie blue giggle.png"]["verification"]["evidence"]["parsed"] is False
-        assert by_file["eileen vhappy.png"]["verification"]["confidence"] == pytest.approx(0.9)
-        assert {c["detected_via"] for c in record["candidates"] if not c["skipped"]} == {"service"}
-        assert record["detector_backend"] == "animeface"
 
-        # --- the avatar Discord got: 1024x1024, the labelled face inside the round area
-        upload = rig.discord.uploads[-1]
-        assert (upload.width, upload.height, upload.format) == (1024, 1024, "PNG")
-        name = names[record["source"]["key"]]
-        assert name.startswith("eileen")
-        label = art[name]["labels"][0]
-        crop = record["crop_box"]
-        inside, share = face_in_circle(tuple(label), tuple(crop))
-        assert inside and 0.2 <= share <= 0.75, (label, crop, share)
-        # and the PNG really is that crop of the source
-        with Image.open(art[name]["path"]) as src:
-            src = src.convert("RGBA")
-            white = Image.new("RGBA", src.size, (255, 255, 255, 255))
-            expect = Image.alpha_composite(white, src).convert("RGB").crop(tuple(int(v) for v in crop)).resize((1024, 1024))
-        got = Image.open(io.BytesIO(upload.data)).convert("RGB")
-        assert float(np.abs(np.asarray(got, np.float32) - np.asarray(expect, np.float32)).mean()) < 6.0
-        assert record["upload"]["attempts"] == 2 and record["upload"]["rate_limits"][0]["retry_after"] == 0.3
-        assert record["description"] and "girl" in record["description"]
+def test_one_vision_and_one_detector_reservation_for_all_candidates(first):
+    record, ledger = first.record, first.ledger
+    assert [r["consumer"] for r in record["reservations"]] == ["vision", "face-detector"]
+    requests = [e for e in record["vram_timeline"] if e["event"] == "request"]
+    assert [e["consumer"] for e in requests] == ["vision", "face-detector"]
+    assert len(first.seen) == 5, "all five candidates were verified"
+    assert ledger["oom_count"] == 0
+    assert ledger["loads"].count("vision") == 1, "K candidates cost one vision load, not K"
+    assert ledger["unloads"] == ["llama3.1"], "text freed for vision; the CPU detector needs no room"
+    assert [e["consumer"] for e in record["vram_timeline"] if e["event"] == "unloaded"] == ["text"]
+    assert first.running == ["vision"], "vision stays for the next change"
 
-        # --- the history row is complete
-        row = History(settings.history_path).get(record["id"])
-        history_row_is_consistent(row)
-        assert row["status"] == "applied" and row["post_key"] == record["source"]["key"]
-        assert row["artist"].startswith("artist_") and MIKU in row["tags"] and row["rating"] == "g"
-        assert row["page_url"] and row["image_url"]
-        assert row["face_box"] == record["face_box"] and row["crop_box"] == crop
-        assert row["verification"]["method"] == "vision" and row["description"] == record["description"]
-        assert set(row["timings"]) >= {"search", "download", "verify", "reserve", "detect", "crop", "upload", "record"}
-        assert [e["event"] for e in row["vram_timeline"]].count("granted") == 2
-        assert Path(row["avatar_path"]).read_bytes() == upload.data
-        assert Path(record["report_path"]).is_file()
 
-        # --- events: every stage started and finished in order, all for this change
-        stages = [e.stage for e in events if e.status == "done"]
-        assert stages == ["search", "download", "verify", "reserve", "detect", "crop", "upload", "record"]
-        assert {e.change_id for e in events} == {record["id"]}
+def test_the_cpu_detector_is_granted_without_measuring_or_unloading(first):
+    record = first.record
+    assert record["reservations"][1]["unloaded"] == []
+    timeline = record["vram_timeline"]
+    start = next(i for i, e in enumerate(timeline) if e["event"] == "request" and e["consumer"] == "face-detector")
+    detector_events = [e["event"] for e in timeline[start:] if e["event"] != "released"]  # vision's release
+    assert detector_events[:2] == ["request", "cpu-only"] and "resumed" in detector_events, detector_events
+    assert not {"measured", "unload", "waiting"} & set(detector_events), "granted without measuring or unloading"
+    cpu = next(e for e in timeline if e["event"] == "cpu-only")
+    assert cpu["consumer"] == "face-detector" and "animeface" in cpu["detail"] and "needs no VRAM" in cpu["detail"]
 
-        # --- a second change never reuses the post
-        seen.clear()
+
+def test_refused_candidates_are_recorded_with_the_reason(first):
+    by_file = {first.names[c["key"]]: c for c in first.record["candidates"]}
+    assert "not Hatsune Miku" in by_file["lucy happy.png"]["skipped"]
+    assert by_file["sylvie blue giggle.png"]["verification"]["evidence"]["parsed"] is False
+    assert by_file["eileen vhappy.png"]["verification"]["confidence"] == pytest.approx(0.9)
+    assert {c["detected_via"] for c in first.record["candidates"] if not c["skipped"]} == {"service"}
+    assert first.record["detector_backend"] == "animeface"
+
+
+def test_discord_gets_the_labelled_face_inside_the_round_area(first, art):
+    record, upload = first.record, first.upload
+    assert (upload.width, upload.height, upload.format) == (1024, 1024, "PNG")
+    name = first.names[record["source"]["key"]]
+    assert name.startswith("eileen")
+    crop = record["crop_box"]
+    inside, share = face_in_circle(tuple(art[name]["labels"][0]), tuple(crop))
+    assert inside and 0.2 <= share <= 0.75, (crop, share)
+    # and the PNG really is that crop of the source
+    with Image.open(art[name]["path"]) as src:
+        src = src.convert("RGBA")
+        white = Image.new("RGBA", src.size, (255, 255, 255, 255))
+        expect = Image.alpha_composite(white, src).convert("RGB").crop(tuple(int(v) for v in crop)).resize((1024, 1024))
+    got = Image.open(io.BytesIO(upload.data)).convert("RGB")
+    assert float(np.abs(np.asarray(got, np.float32) - np.asarray(expect, np.float32)).mean()) < 6.0
+    assert record["description"] and "girl" in record["description"]
+
+
+def test_rate_limits_are_waited_out(first):
+    """Discord's 429 on the first upload is waited out as asked and recorded (Danbooru's on the first search
+    too: otherwise the change could not have been applied)."""
+    assert first.record["upload"]["attempts"] == 2 and first.record["upload"]["rate_limits"][0]["retry_after"] == 0.3
+
+
+def test_the_history_row_is_complete(first):
+    record = first.record
+    row = History(first.settings.history_path).get(record["id"])
+    history_row_is_consistent(row)
+    assert row["status"] == "applied" and row["post_key"] == record["source"]["key"]
+    assert row["artist"].startswith("artist_") and MIKU in row["tags"] and row["rating"] == "g"
+    assert row["page_url"] and row["image_url"]
+    assert row["face_box"] == record["face_box"] and row["crop_box"] == record["crop_box"]
+    assert row["verification"]["method"] == "vision" and row["description"] == record["description"]
+    assert set(row["timings"]) >= {"search", "download", "verify", "reserve", "detect", "crop", "upload", "record"}
+    assert [e["event"] for e in row["vram_timeline"]].count("granted") == 2
+    assert Path(row["avatar_path"]).read_bytes() == first.upload.data
+    assert Path(record["report_path"]).is_file()
+
+
+def test_every_stage_finishes_in_order(first):
+    stages = [e.stage for e in first.events if e.status == "done"]
+    assert stages == ["search", "download", "verify", "reserve", "detect", "crop", "upload", "record"]
+    assert {e.change_id for e in first.events} == {first.record["id"]}
+
+
+async def test_a_second_change_never_reuses_the_post(first, rig, art):
+    rig.llama.set_answer("vision", vision_answers(art, VERDICTS, []))
+    async with AvatarPipeline(first.settings) as pipeline:
         second = await pipeline.change(candidates=3)
-        assert second["status"] == "applied", second["error"]
-        assert second["source"]["key"] != record["source"]["key"]
-        assert record["source"]["key"] not in {c["key"] for c in second["candidates"]}
-        assert len(rig.discord.uploads) == 2
-        assert rig.llama.ledger()["oom_count"] == 0
-        # vision was still there: the second change loaded and unloaded nothing
-        assert rig.llama.ledger()["unloads"] == ["llama3.1"] and rig.llama.loads.count("vision") == 1
+    assert second["status"] == "applied", second["error"]
+    assert second["source"]["key"] != first.record["source"]["key"]
+    assert first.record["source"]["key"] not in {c["key"] for c in second["candidates"]}
+    assert len(rig.discord.uploads) == 2
+    assert rig.llama.ledger()["oom_count"] == 0
+    # vision was still there: the second change loaded and unloaded nothing
+    assert rig.llama.ledger()["unloads"] == ["llama3.1"] and rig.llama.loads.count("vision") == 1

@@ -8,7 +8,8 @@ import textwrap
 
 import pytest
 
-from mikubot.history import History, HistoryError
+from mikubot.history import RESULT_COLUMNS, History, HistoryError
+from mikubot.record import ChangeRecord, Credit
 
 
 def test_change_starts_running_and_finishes_atomically(tmp_path):
@@ -28,6 +29,24 @@ def test_change_starts_running_and_finishes_atomically(tmp_path):
     with pytest.raises(HistoryError, match="not running"):
         h.finish(cid, "failed", error="twice")
     assert h.get(cid)["status"] == "dry-run"
+
+
+def test_one_record_fills_every_result_column(tmp_path):
+    """The record a change returns and the row it leaves are one ChangeRecord: every result column is set
+    from it, and reading the row back gives the record's values."""
+    record = ChangeRecord(id=1, status="applied", dry_run=False,
+                          source=Credit(spec="danbooru", name="danbooru", key="42", tags=["solo"], rating="g"),
+                          crop_box=[0.0, 0.0, 10.0, 10.0], fallbacks=["verify:heuristic"], timings_ms={"search": 1.5},
+                          avatar_path=str(tmp_path / "a.png"), uploaded=True)
+    columns = record.history_columns(events=[{"stage": "record", "status": "done"}])
+    assert set(columns) == set(RESULT_COLUMNS)
+    h = History(tmp_path / "h.sqlite3")
+    cid = h.start("danbooru", dry_run=False)
+    h.finish(cid, record.status, **columns)
+    row = h.get(cid)
+    assert (row["source"], row["post_key"], row["tags"], row["rating"]) == ("danbooru", "42", ["solo"], "g")
+    assert row["timings"] == record.timings_ms and row["crop_box"] == record.crop_box and row["uploaded"] is True
+    assert row["events"] == [{"stage": "record", "status": "done"}]
 
 
 def test_finish_refuses_unknown_columns_and_statuses(tmp_path):

@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from mikubot.events import EventBus
 from mikubot.history import History
 from mikubot.pipeline import AvatarPipeline
 from pipeline_rig import YES, history_row_is_consistent, posts_for, scaled_art, vision_answers, world
@@ -38,6 +39,7 @@ def fresh(rig, art):
     rig.llama.set_answer("vision", vision_answers(art, dict.fromkeys(PLAN, YES), []))
     d = rig.discord
     d.force_429 = d.force_status_count = 0
+    d.delay_s = 0.0
     d.avatar_changes_allowed = None
     d._avatar_times.clear()
     d.token = "bot-token-for-tests"
@@ -150,14 +152,37 @@ async def test_discord_down_fails_clearly(fresh, tmp_path):
     assert record["status"] == "failed" and "cannot reach Discord" in record["error"]
 
 
+def cancel_at(bus: EventBus, stage: str, task: asyncio.Task) -> None:
+    """Cancel ``task`` as soon as ``stage`` starts (the event, not a guess at how long it takes to get there)."""
+    bus.subscribe(lambda e: task.cancel() if (e.stage, e.status) == (stage, "start") else None)
+
+
 async def test_a_cancelled_change_still_finishes_its_row(fresh, tmp_path):
-    fresh.danbooru.slow(2)
+    fresh.danbooru.slow(2)  # the search is still waiting on Danbooru when the cancellation comes
     settings = fresh.settings(tmp_path, candidates=1)
-    async with AvatarPipeline(settings) as p:
+    bus = EventBus()
+    async with AvatarPipeline(settings, bus=bus) as p:
         task = asyncio.create_task(p.change())
-        await asyncio.sleep(0.5)
-        task.cancel()
+        cancel_at(bus, "search", task)
         with pytest.raises(asyncio.CancelledError):
             await task
     rows = History(settings.history_path).list()
     assert len(rows) == 1 and rows[0]["status"] == "failed" and "CancelledError" in rows[0]["error"]
+    assert rows[0]["finished_at"] and rows[0]["events"][-1]["stage"] == "record"
+
+
+async def test_a_cancelled_restore_still_finishes_its_row(fresh, tmp_path):
+    settings = fresh.settings(tmp_path, candidates=1, dry_run=True)
+    record, _ = await change(settings)
+    assert record["status"] == "dry-run", record["error"]
+    fresh.discord.delay_s = 5.0  # Discord is still answering the upload when the cancellation comes
+    bus = EventBus()
+    async with AvatarPipeline(fresh.settings(tmp_path), bus=bus) as p:
+        task = asyncio.create_task(p.restore(record["id"]))
+        cancel_at(bus, "upload", task)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    row = History(settings.history_path).list(1)[0]
+    assert row["restored_from"] == record["id"], "the restore's own row"
+    assert row["status"] == "failed" and "CancelledError" in row["error"] and row["finished_at"]
+    assert row["post_key"] == record["source"]["key"] and row["events"][-1]["stage"] == "record"

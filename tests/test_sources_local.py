@@ -84,18 +84,6 @@ async def test_file_source(art_dir: Path, tmp_path: Path) -> None:
         await source_from_spec(f"file:{tmp_path / 't.png'}").search(1, set())
 
 
-async def test_uploaded_bytes(art_dir: Path) -> None:
-    from mikubot.sources import SourceOptions
-
-    data = (art_dir / "bg meadow.jpg").read_bytes()
-    src = FileSource.from_bytes(data, "../../meadow.jpg", SourceOptions())
-    [cand] = await src.search(1, set())
-    assert cand.filename == "meadow.jpg" and cand.file_ext == "jpg"
-    assert (await src.download(cand)).data == data
-    with pytest.raises(SourceError, match="limit"):
-        FileSource.from_bytes(data, "x.jpg", SourceOptions(max_download_bytes=1000))
-
-
 def test_spec_parsing() -> None:
     assert isinstance(source_from_spec("danbooru"), DanbooruSource)
     assert isinstance(source_from_spec("Safebooru"), DapiSource)

@@ -135,5 +135,5 @@ async def test_discord_down_is_a_clear_error():
 
 def test_data_uri_refuses_other_formats():
     assert data_uri(png()).startswith("data:image/png;base64,")
-    with pytest.raises(UploadError, match="PNG, JPEG or GIF"):
+    with pytest.raises(UploadError, match="not JPEG, PNG or GIF"):
         data_uri(b"RIFF....WEBPVP8 ")

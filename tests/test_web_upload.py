@@ -64,6 +64,23 @@ def test_upload_preview_then_apply(client: httpx.Client, art_dir: Path, face_lab
     assert client.get(rec["avatar_url"]).content == png.content  # the preview is exactly what was applied
 
 
+def test_a_bmp_upload_previews_and_applies(client: httpx.Client, art_dir: Path) -> None:
+    """Every format the preview reads, the change reads too (one format table): a BMP is applied, not
+    refused by the file source after a good preview."""
+    with Image.open(art_dir / "eileen vhappy.png") as im:
+        buf = io.BytesIO()
+        im.convert("RGB").save(buf, "BMP")
+    r = client.post("/profile-picture/upload", files={"file": ("portrait.bmp", buf.getvalue(), "image/bmp")},
+                    headers=bearer())
+    assert r.status_code == 200, r.text
+    p = r.json()
+    applied = client.post(p["apply_url"], params={"wait": "true"}, headers=bearer())
+    assert applied.status_code == 200, applied.text
+    rec = applied.json()
+    assert rec["status"] == "dry-run", rec["error"]
+    assert rec["source"]["filename"] == "portrait.bmp" and rec["crop_box"] == [float(v) for v in p["crop_box"]]
+
+
 def test_upload_needs_the_token_before_reading_anything(client: httpx.Client) -> None:
     r = client.post("/profile-picture/upload", files={"file": ("a.png", b"\x89PNG....", "image/png")})
     assert r.status_code == 401

@@ -1,4 +1,4 @@
-"""The detector's HTTP API (the seed's contract, kept exactly): POST /detect, GET /health, POST /load,
+"""The detector's HTTP API (a fixed contract that clients rely on): POST /detect, GET /health, POST /load,
 POST /unload, GET /metrics.
 
 Uploads are parsed here by hand rather than through FastAPI's ``UploadFile`` parameter so the byte limit

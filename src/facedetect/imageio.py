@@ -16,10 +16,11 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from facedetect.errors import BadImage, ImageTooLarge, UnsupportedImage
+from facedetect.formats import PILLOW_NAMES, names
 from facedetect.types import ImageInfo
 
 Image.init()  # registers every plugin before the allow-list below is checked
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+ALLOWED_FORMATS = PILLOW_NAMES  # formats.py: the one table
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000  # 8000 x 5000; Pillow's own bomb guard starts at ~89 Mpx
 # What Pillow's parsers raise on damaged bytes: not only OSError/SyntaxError, but also the index and
@@ -50,7 +51,7 @@ def load_image(data: bytes, limits: Limits = Limits()) -> tuple[Image.Image, Ima
             im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
         raise UnsupportedImage(
-            "not an image this service reads; send JPEG, PNG, WebP, GIF or BMP"
+            f"not an image this service reads; send {names()}"
         ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge(f"the image has too many pixels ({exc})") from None
@@ -103,7 +104,3 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def encode_png(im: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()

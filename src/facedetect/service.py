@@ -35,7 +35,8 @@ class DetectionOutcome:
     paths: OutputPaths | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The API's response body: the seed's four fields first, then our extras."""
+        """The API's response body: the four contract fields first (detections, count, annotated_image,
+        json_file), then the extras."""
         body = self.result.to_json()
         annotated = self.paths.annotated if self.paths else None
         return {
@@ -181,21 +182,6 @@ class DetectionService:
         finally:
             del image
             release_after(info.width * info.height)
-
-    def detect_image(
-        self,
-        image: Image.Image,
-        filename: str | None = None,
-        *,
-        min_confidence: float | None = None,
-        max_faces: int | None = None,
-        annotate: bool = True,
-        save: bool = True,
-    ) -> DetectionOutcome:
-        """Detect on an already decoded RGB image (e.g. one the UI holds)."""
-        info = ImageInfo(width=image.width, height=image.height, mode=image.mode)
-        return self._run(image.convert("RGB"), info, filename, time.perf_counter(), {}, min_confidence,
-                         max_faces, annotate, save)
 
     def _run(
         self,

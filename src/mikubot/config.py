@@ -1,6 +1,6 @@
 """mikubot's settings: environment (``MIKU_...``), an optional YAML/TOML file (``MIKU_CONFIG``), defaults.
 
-With nothing configured this is the *embedded default* of DESIGN.md: in-process ``animeface`` detection,
+With nothing configured this is the *embedded default*: in-process ``animeface`` detection,
 the heuristic verifier (no vision model), no GPU probe, dry-run (no Discord token), the sample-art folder
 as the source. Every piece of state (history database, avatars, reports) lives under ``data_dir``.
 

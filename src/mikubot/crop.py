@@ -165,18 +165,6 @@ def rank_faces(
     return sorted(scored, key=key, reverse=True)
 
 
-def choose_face(
-    detections: list[Detection],
-    image_size: tuple[int, int],
-    hair_colours: list[str] | None = None,
-    hair_tolerance: float = 100.0,
-) -> Detection | None:
-    """The best face for an avatar (hair colour, then confidence, size, centrality), ignoring
-    tiny/low-confidence ones."""
-    ranked = rank_faces(detections, image_size, hair_colours, hair_tolerance)
-    return ranked[0][1] if ranked else None
-
-
 def output_side(image_size: tuple[int, int], output_size: int, max_upscale: float) -> int:
     """A fallback avatar's side (its crop is the image's shorter side): ``output_size``, unless even
     the whole image would need more than ``max_upscale``."""

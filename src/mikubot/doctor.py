@@ -1,5 +1,5 @@
-"""``mikubot doctor``: is every part this deployment uses reachable and working? One line per part, in
-the seed's style ("✅ Anime face detector API connected"), and for every failure a concrete fix.
+"""``mikubot doctor``: is every part this deployment uses reachable and working? One line per part, with
+a mark in front ("✅ Anime face detector API connected"), and for every failure a concrete fix.
 
 Parts not configured are reported as off, not failed: the embedded default (no services at all) is a
 healthy deployment.

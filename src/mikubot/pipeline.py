@@ -9,6 +9,10 @@ Each external part can fail without making the change inconsistent:
 vision model down → heuristic verifier; detector service down → in-process detection → saliency crop;
 Discord refusing → the avatar is kept and the row says why. Every change ends in exactly one finished
 history row ("applied", "dry-run" or "failed"), whatever happened in between.
+
+``AvatarPipeline`` is the long-lived part (settings, HTTP client, VRAM coordinator, history); each change
+or restore is one ``Change``, whose stages are methods that return what the next stage needs and whose
+``conclude`` is the one way any of them ends (see record.py for the record it writes).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,16 +32,18 @@ from PIL import Image
 
 from facedetect.errors import FaceDetectError
 from facedetect.imageio import load_image
+from facedetect.types import Detection
 from mikubot.config import Settings
 from mikubot.crop import CropError, CropResult, FaceTooSmall, avatar_png, crop_avatar, face_in_circle, rank_faces
 from mikubot.detection import FaceFinder, FaceResult, InProcessDetector
 from mikubot.events import ChangeEvents, EventBus
 from mikubot.history import History
 from mikubot.outputs import ChangeFiles, annotated_source, write_change_files, write_report
+from mikubot.record import ChangeRecord, Credit
 from mikubot.sources import Candidate, Source, SourceError, source_from_spec
 from mikubot.upload import DiscordUploader, UploadError
 from mikubot.verify import HeuristicVerifier, Verification, Verifier, VisionUnavailable, VisionVerifier
-from mikubot.vram import DETECTOR, VISION, vram_settings
+from mikubot.vram import CPU_BACKENDS, DETECTOR, VISION, vram_settings
 from vramctl.coordinator import Coordinator
 from vramctl.errors import VramError
 
@@ -63,6 +70,9 @@ class Pick:
     verification: Verification | None = None
     faces: FaceResult | None = None
     skipped: str | None = None  # why it dropped out, if it did
+    # The vision request's body (a scaled JPEG data URI), encoded in a worker thread as soon as the picture
+    # is decoded, so the K answers follow each other with no encoding in between.
+    body: asyncio.Task[dict[str, Any]] | None = None
 
     def summary(self) -> dict[str, Any]:
         c = self.candidate
@@ -76,31 +86,79 @@ class Pick:
 
 
 @dataclass
-class ChangeState:
-    """What the record stage writes; filled stage by stage."""
+class Chosen:
+    """The crop stage's answer: the candidate that becomes the avatar, and how it is cut."""
 
-    change_id: int
-    spec: str
-    dry_run: bool
-    dry_reason: str | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-    fallbacks: list[str] = field(default_factory=list)
-    picks: list[Pick] = field(default_factory=list)
-    chosen: Pick | None = None
-    crop: CropResult | None = None
-    reservations: list[dict[str, Any]] = field(default_factory=list)
-    detector_backend: str | None = None
-    verifier: str | None = None
-    files: dict[str, str | None] = field(default_factory=dict)
-    kept_avatar: Path | None = None
-    upload: dict[str, Any] | None = None
-    uploaded: bool = False
-    error: str | None = None
-    failed_stage: str | None = None
+    pick: Pick
+    crop: CropResult
+
+
+@dataclass
+class Reservation:
+    """One VRAM reservation as the record shows it (``timeline`` goes into the record's shared clock)."""
+
+    consumer: str
+    waited_s: float
+    unloaded: list[str]
+    timeline: Any  # vramctl's Timeline
+    errors: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"consumer": self.consumer, "waited_s": round(self.waited_s, 4), "unloaded": self.unloaded}
 
 
 def _box(box: Any) -> list[float] | None:
     return [round(float(v), 1) for v in box] if box is not None else None
+
+
+class NoRoomForDetector(Exception):
+    """The face detector's VRAM cannot be had, and the in-process backend needs VRAM too."""
+
+
+@dataclass
+class Picture:
+    """What the crop choice needs to know of one picture."""
+
+    image: Image.Image
+    detections: list[Detection]
+    confidence: float  # how sure the verifier is that it shows the character (1.0: the owner chose it)
+
+
+@dataclass
+class Framing:
+    """Which picture becomes the avatar and how it is cut; the faces that were too small, and why."""
+
+    index: int
+    crop: CropResult
+    refused: list[tuple[int, str]] = field(default_factory=list)
+    without_face: bool = False  # no usable face in any picture: cropped by saliency (then top-centre)
+
+
+def frame_best(pictures: list[Picture], *, output_size: int, max_upscale: float) -> Framing:
+    """The crop stage's choice — for a change's survivors and the panel's upload preview alike: the best
+    face (weighted by the verifier's confidence) that fills the round avatar within ``max_upscale``; if
+    none does, the most confidently verified picture cropped without a face. ``CropError`` if even that fails."""
+
+    def rank(i: int) -> tuple[float, float]:
+        p = pictures[i]
+        faces = rank_faces(p.detections, p.image.size)
+        return (faces[0][0] if faces else 0.0) * (0.5 + 0.5 * p.confidence), p.confidence
+
+    refused: list[tuple[int, str]] = []
+    for i in sorted(range(len(pictures)), key=rank, reverse=True):
+        p = pictures[i]
+        if not rank_faces(p.detections, p.image.size):
+            continue
+        try:
+            crop = crop_avatar(p.image, p.detections, output_size=output_size, max_upscale=max_upscale,
+                               allow_fallback=False)
+        except FaceTooSmall as exc:
+            refused.append((i, str(exc)))
+            continue
+        return Framing(i, crop, refused)
+    best = max(range(len(pictures)), key=lambda i: pictures[i].confidence)
+    crop = crop_avatar(pictures[best].image, [], output_size=output_size, max_upscale=max_upscale, allow_fallback=True)
+    return Framing(best, crop, refused, without_face=True)
 
 
 class AvatarPipeline:
@@ -165,281 +223,22 @@ class AvatarPipeline:
         return HeuristicVerifier(s.character_name, s.character_tag, s.hair_colours, self._hair_detector.get(),
                                  tolerance=s.hair_tolerance)
 
-    # --- the change ---------------------------------------------------------------------------------------------
-    async def change(
-        self,
-        *,
-        source: str | None = None,
-        candidates: int | None = None,
-        dry_run: bool | None = None,
-        out: Path | None = None,
-    ) -> dict[str, Any]:
-        """Run one change; returns its record (the history row's content). Never raises for a failed
-        change — the record's ``status`` is "failed" and ``error`` says why — only for bugs."""
-        async with self._lock:
-            s = self.settings
-            spec = source or s.source
-            k = candidates or s.candidates
-            dry, why = self._dry_run(dry_run)
-            change_id = self.history.start(spec, dry_run=dry)
-            state = ChangeState(change_id, spec, dry, dry_reason=why)
-            ev = ChangeEvents(self.bus, change_id)
-            try:
-                await self._run(state, ev, spec, k, out)
-            except ChangeFailed as exc:
-                state.error, state.failed_stage = exc.message, exc.stage
-                ev.emit(exc.stage, "fail", error=exc.message)
-            except BaseException as exc:
-                # A bug or a cancellation: the row must still be finished before the exception goes on.
-                state.error = f"internal error: {type(exc).__name__}: {exc}"
-                state.failed_stage = state.failed_stage or "internal"
-                self._record(state, ev)
-                raise
-            return self._record(state, ev)
-
-    async def _run(self, state: ChangeState, ev: ChangeEvents, spec: str, k: int, out: Path | None) -> None:
-        # search
-        with self._stage(state, ev, "search", spec=spec, limit=k):
-            try:
-                src = self.make_source(spec)
-                exclude = self.history.used_keys(src.name)
-                found = await src.search(k, exclude)
-            except SourceError as exc:
-                raise ChangeFailed("search", exc.message) from None
-            report = getattr(src, "last_search", None)  # what the source saw and turned away, when it says
-            seen = report.describe() if report is not None else None
-            if not found:
-                raise ChangeFailed("search", f"{spec} offered no new candidates ({len(exclude)} already used"
-                                   + (f"; {seen}" if seen else "") + "); widen the search (ratings, blacklist, "
-                                   "another source) or use a fresh MIKU_DATA_DIR")
-            ev.emit("search", "progress", found=len(found), keys=[c.key for c in found], report=seen)
-        # download ∥ verify: the vision model's room is made (unloading whatever is in its way and waiting until
-        # the probe shows it free) while the pictures download — neither needs the other, and the unload is
-        # the long pole. The verify stage therefore starts with the download stage and ends after it.
-        verifier = self.make_verifier()
-        state.verifier = verifier.method
-        async with AsyncExitStack() as vision:
-            verify_stage = _StageTimer(state, ev, "verify", {"count": len(found)})
-            room: asyncio.Task[str | None] | None = None
-            try:
-                with self._stage(state, ev, "download", count=len(found)):
-                    if isinstance(verifier, VisionVerifier):
-                        verify_stage.__enter__()
-                        room = asyncio.create_task(self._reserve_vision(state, ev, vision, len(found)))
-                    live = await self._download(state, ev, src, found)
-                if not live:
-                    raise ChangeFailed("download", "no candidate could be downloaded and decoded: "
-                                       + "; ".join(p.skipped or "" for p in state.picks))
-                if room is None:
-                    verify_stage.__enter__()
-                bodies = self._prepare(verifier, live)  # encoded while the room is still being made
-                if room is not None and (problem := await room) is not None:
-                    verifier = self._fall_back_to_heuristic(state, ev, f"cannot reserve the vision model: {problem}")
-                await self._verify(state, ev, live, verifier, vision, bodies)
-                survivors = [p for p in live if not p.skipped]
-                if not survivors:
-                    raise ChangeFailed("verify", f"none of {len(live)} candidates shows {self.settings.character_name}: "
-                                       + "; ".join(p.skipped or "" for p in live))
-            except BaseException as exc:
-                verify_stage.__exit__(type(exc), exc, exc.__traceback__)
-                raise
-            finally:
-                if room is not None and not room.done():
-                    room.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await room
-            await vision.aclose()  # the vision reservation ends with the last answer, not after the stage's bookkeeping
-            verify_stage.__exit__(None, None, None)
-        # reserve + detect (one detector reservation for all survivors)
-        await self._detect(state, ev, survivors)
-        # crop
-        with self._stage(state, ev, "crop"):
-            self._crop(state, ev, survivors)
-        assert state.chosen is not None and state.crop is not None
-        png = await asyncio.to_thread(avatar_png, state.crop)
-        chosen = state.chosen
-        # The kept avatar exists before Discord sees it (a failed upload can be applied later); the annotated
-        # source — drawing on a large picture and a JPEG, for people, not for Discord — is made during the upload.
-        files = write_change_files(self.settings.avatars_dir, state.change_id, png, None, out)
-        state.files, state.kept_avatar = files.to_json(), files.kept
-        self.history.mark_used(chosen.candidate.source, chosen.candidate.key, state.change_id)
-        annotating = asyncio.create_task(asyncio.to_thread(self._annotated_files, state, png, out))
+    async def reserve_detector(self, room: AsyncExitStack, note: str,
+                               on_fallback: Callable[[str, str], None]) -> tuple[str | None, Reservation | None]:
+        """Enter the face detector's reservation on ``room``; returns the detector service's URL to use (None:
+        detect in-process) and the reservation. Without the reservation only a backend that needs no VRAM
+        (``vram.CPU_BACKENDS``) may run, in-process; ``NoRoomForDetector`` otherwise. Used by a change's
+        reserve stage and by the panel's upload preview."""
         try:
-            # upload
-            with self._stage(state, ev, "upload", dry_run=state.dry_run):
-                if state.dry_run:
-                    state.upload = {"skipped": state.dry_reason, "written": str(files.avatar)}
-                    ev.emit("upload", "skip", reason=state.dry_reason, avatar=str(files.avatar))
-                else:
-                    await self._upload(state, png)
-        finally:
-            state.files = (await annotating).to_json()
-
-    def _annotated_files(self, state: ChangeState, png: bytes, out: Path | None) -> ChangeFiles:
-        """All of the change's files, the annotated source included (worker thread)."""
-        chosen, crop = state.chosen, state.crop
-        assert chosen is not None and crop is not None
-        annotated = annotated_source(chosen.image, chosen.faces.detections if chosen.faces else [], crop.box) \
-            if chosen.image is not None else None
-        return write_change_files(self.settings.avatars_dir, state.change_id, png, annotated, out)
-
-    async def _download(self, state: ChangeState, ev: ChangeEvents, src: Source, found: list[Candidate]) -> list[Pick]:
-        """All candidates at once (a few at a time): K round trips to a booru CDN overlap instead of adding up."""
-        gate = asyncio.Semaphore(DOWNLOADS_AT_ONCE)
-        picks = [Pick(c) for c in found]
-        state.picks.extend(picks)
-
-        async def one(pick: Pick) -> None:
-            c = pick.candidate
-            async with gate:
-                try:
-                    pick.candidate = await src.download(c)
-                    pick.image, _ = await asyncio.to_thread(load_image, pick.candidate.data or b"")
-                    ev.emit("download", "progress", key=c.key, bytes=len(pick.candidate.data or b""),
-                            size=[pick.image.width, pick.image.height])
-                except SourceError as exc:
-                    pick.skipped = f"download: {exc.message}"
-                except FaceDetectError as exc:
-                    pick.skipped = f"image: {exc.message}"
-            if pick.skipped:
-                ev.emit("download", "skip", key=c.key, reason=pick.skipped)
-
-        await asyncio.gather(*(one(p) for p in picks))
-        return [p for p in picks if not p.skipped]
-
-    async def _reserve_vision(self, state: ChangeState, ev: ChangeEvents, stack: AsyncExitStack, n: int) -> str | None:
-        """Enter the vision reservation on ``stack`` (the caller releases it); why not, if it cannot be had."""
-        try:
-            res = await stack.enter_async_context(self.coordinator.reserve(VISION, note=f"verify {n}"))
+            res = await room.enter_async_context(self.coordinator.reserve(DETECTOR, note=note))
         except VramError as exc:
-            return str(exc)
-        state.reservations.append({"consumer": VISION, "waited_s": round(res.waited_s, 4),
-                                   "unloaded": res.unloaded, "timeline": res.timeline})
-        ev.emit("verify", "progress", reserved=VISION, waited_s=round(res.waited_s, 3), unloaded=res.unloaded)
-        return None
-
-    @staticmethod
-    def _prepare(verifier: Verifier, live: list[Pick]) -> dict[int, asyncio.Task[dict[str, Any]]]:
-        """The vision requests' bodies (scaled JPEG data URIs), built in worker threads from the already decoded
-        images, so the K answers follow each other with no encoding in between."""
-        if not isinstance(verifier, VisionVerifier):
-            return {}
-        return {id(p): asyncio.create_task(asyncio.to_thread(verifier.request_body, p.candidate.data or b"", p.image))
-                for p in live}
-
-    async def _verify(self, state: ChangeState, ev: ChangeEvents, live: list[Pick], verifier: Verifier,
-                      vision: AsyncExitStack, bodies: dict[int, asyncio.Task[dict[str, Any]]]) -> None:
-        try:
-            for pick in live:
-                assert pick.candidate.data is not None
-                try:
-                    if isinstance(verifier, VisionVerifier) and id(pick) in bodies:
-                        v = await verifier.verify(pick.candidate, body=await bodies[id(pick)])
-                    else:
-                        v = await verifier.verify(pick.candidate)
-                except VisionUnavailable as exc:
-                    verifier = self._fall_back_to_heuristic(state, ev, str(exc))
-                    await vision.aclose()  # release the vision reservation: nothing will use it now
-                    v = await verifier.verify(pick.candidate)
-                pick.verification = v
-                ok = v.is_character and v.confidence >= self.settings.min_confidence
-                if not ok:
-                    pick.skipped = f"verify: not {self.settings.character_name} ({v.method}, {v.confidence:.2f}: {v.description})"
-                ev.emit("verify", "progress" if ok else "skip", key=pick.candidate.key, method=v.method,
-                        is_character=v.is_character, confidence=round(v.confidence, 3), description=v.description)
-        finally:
-            for task in bodies.values():
-                task.cancel()
-
-    def _fall_back_to_heuristic(self, state: ChangeState, ev: ChangeEvents, reason: str) -> Verifier:
-        state.fallbacks.append("verify:heuristic")
-        state.verifier = "heuristic"
-        ev.emit("verify", "fallback", to="heuristic", reason=reason)
-        return self.heuristic()
-
-    async def _detect(self, state: ChangeState, ev: ChangeEvents, survivors: list[Pick]) -> None:
-        def fallback(to: str, reason: str) -> None:
-            state.fallbacks.append(f"detect:{to}")
-            ev.emit("detect", "fallback", to=to, reason=reason)
-
-        async with AsyncExitStack() as stack:
-            with self._stage(state, ev, "reserve", consumer=DETECTOR):
-                try:
-                    res = await stack.enter_async_context(self.coordinator.reserve(DETECTOR, note=f"detect {len(survivors)}"))
-                    state.reservations.append({"consumer": DETECTOR, "waited_s": round(res.waited_s, 4),
-                                               "unloaded": res.unloaded, "timeline": res.timeline})
-                    ev.emit("reserve", "progress", reserved=DETECTOR, waited_s=round(res.waited_s, 3),
-                            unloaded=res.unloaded, errors=res.errors)
-                except VramError as exc:
-                    # Without the reservation, only a detector that needs no VRAM may run.
-                    if self.local_detector.backend not in ("animeface", "cascade"):
-                        raise ChangeFailed("reserve", f"cannot make room for the face detector: {exc}") from None
-                    fallback("in-process", f"cannot reserve the detector service ({exc}); "
-                             f"detecting in-process with {self.local_detector.backend} (no VRAM)")
-            service = self.settings.face_detector_url if "detect:in-process" not in state.fallbacks else None
-            with self._stage(state, ev, "detect", via="service" if service else "in-process"):
-                async with FaceFinder(service, self.local_detector, fallback) as finder:
-                    for pick in survivors:
-                        assert pick.image is not None and pick.candidate.data is not None
-                        pick.faces = await finder.find(pick.image, pick.candidate.data,
-                                                       pick.candidate.filename or f"{pick.candidate.key}.img")
-                        state.detector_backend = pick.faces.backend or state.detector_backend
-                        ev.emit("detect", "progress", key=pick.candidate.key, faces=len(pick.faces.detections),
-                                via=pick.faces.via, backend=pick.faces.backend, error=pick.faces.error)
-
-    def _crop(self, state: ChangeState, ev: ChangeEvents, survivors: list[Pick]) -> None:
-        s = self.settings
-
-        def rank(p: Pick) -> tuple[float, float]:
-            assert p.image is not None and p.verification is not None
-            faces = rank_faces(p.faces.detections if p.faces else [], p.image.size)
-            return (faces[0][0] if faces else 0.0) * (0.5 + 0.5 * p.verification.confidence), p.verification.confidence
-
-        ordered = sorted(survivors, key=rank, reverse=True)
-        refused: list[str] = []
-        for pick in ordered:
-            detections = pick.faces.detections if pick.faces else []
-            if not rank_faces(detections, pick.image.size):  # type: ignore[union-attr]
-                continue
-            try:
-                result = crop_avatar(pick.image, detections, output_size=s.output_size,  # type: ignore[arg-type]
-                                     max_upscale=s.max_upscale, allow_fallback=False)
-            except FaceTooSmall as exc:
-                refused.append(f"{pick.candidate.key}: {exc}")
-                ev.emit("crop", "skip", key=pick.candidate.key, reason=str(exc))
-                continue
-            state.chosen, state.crop = pick, result
-            break
-        if state.crop is None:
-            # No candidate has a usable face: the best-verified image, cropped by saliency (then top-centre).
-            pick = max(survivors, key=lambda p: p.verification.confidence if p.verification else 0.0)
-            try:
-                result = crop_avatar(pick.image, [], output_size=s.output_size,  # type: ignore[arg-type]
-                                     max_upscale=s.max_upscale, allow_fallback=True)
-            except CropError as exc:
-                raise ChangeFailed("crop", f"cannot crop {pick.candidate.key}: {exc}") from None
-            state.chosen, state.crop = pick, result
-            state.fallbacks.append(f"crop:{result.method}")
-            ev.emit("crop", "fallback", to=result.method, key=pick.candidate.key,
-                    reason="no usable face in any candidate" + (f" ({'; '.join(refused)})" if refused else ""))
-        ev.emit("crop", "progress", key=state.chosen.candidate.key, method=state.crop.method,
-                box=_box(state.crop.box), face=_box(state.crop.face.bbox) if state.crop.face else None,
-                size=[state.crop.image.width, state.crop.image.height])
-
-    async def _upload(self, state: ChangeState, png: bytes) -> None:
-        s = self.settings
-        assert s.discord_token is not None
-        uploader = DiscordUploader(s.discord_api, s.discord_token.get_secret_value(), http=self.http,
-                                   max_retries=s.upload_max_retries, max_wait_s=s.upload_max_wait_s,
-                                   timeout_s=s.http_timeout_s)
-        try:
-            result = await uploader.set_avatar(png)
-        except UploadError as exc:
-            state.upload = {"error": exc.message, "status_code": exc.status_code, "retryable": exc.retryable,
-                            "kept": str(state.kept_avatar)}
-            raise ChangeFailed("upload", exc.message) from None
-        state.upload = result.to_json()
-        state.uploaded = True
+            backend = self.local_detector.backend
+            if backend not in CPU_BACKENDS:
+                raise NoRoomForDetector(f"cannot make room for the face detector: {exc}") from None
+            on_fallback("in-process", f"cannot reserve the detector service ({exc}); "
+                        f"detecting in-process with {backend} (no VRAM)")
+            return None, None
+        return self.settings.face_detector_url, Reservation(DETECTOR, res.waited_s, res.unloaded, res.timeline, res.errors)
 
     def _dry_run(self, asked: bool | None) -> tuple[bool, str | None]:
         """Whether this change stays off Discord, and why (for the events and the record)."""
@@ -451,166 +250,404 @@ class AvatarPipeline:
             return True, "dry run: no MIKU_DISCORD_TOKEN"
         return False, None
 
-    # --- restore ----------------------------------------------------------------------------------------------------
+    # --- the two kinds of change ------------------------------------------------------------------------------
+    async def change(
+        self,
+        *,
+        source: str | None = None,
+        candidates: int | None = None,
+        dry_run: bool | None = None,
+        out: Path | None = None,
+    ) -> dict[str, Any]:
+        """Run one change; returns its record (see record.py). Never raises for a failed change — the
+        record's ``status`` is "failed" and ``error`` says why — only for bugs and cancellation."""
+        async with self._lock:
+            spec = source or self.settings.source
+            change = Change.begin(self, spec, dry_run)
+            return await change.conclude(change.find_and_apply(candidates or self.settings.candidates, out))
+
     async def restore(self, change_id: int, *, dry_run: bool | None = None) -> dict[str, Any]:
         """Apply the avatar of an earlier change again; a new history row records it."""
         async with self._lock:
-            s = self.settings
             path = self.history.restorable(change_id)
-            dry, why = self._dry_run(dry_run)
-            old = self.history.get(change_id) or {}
-            new_id = self.history.start(f"restore:{change_id}", dry_run=dry, restored_from=change_id)
-            state = ChangeState(new_id, f"restore:{change_id}", dry, dry_reason=why)
-            state.kept_avatar = path
-            state.files = {"avatar": str(path), "report": str(s.avatars_dir / f"change-{new_id:05d}.json"),
-                           "annotated": None, "kept": str(path)}
-            ev = ChangeEvents(self.bus, new_id)
-            try:
-                with self._stage(state, ev, "upload", dry_run=dry, restored_from=change_id):
-                    if dry:
-                        state.upload = {"skipped": why, "written": str(path)}
-                        ev.emit("upload", "skip", reason=why, avatar=str(path))
-                    else:
-                        await self._upload(state, path.read_bytes())
-            except ChangeFailed as exc:
-                state.error, state.failed_stage = exc.message, exc.stage
-                ev.emit(exc.stage, "fail", error=exc.message)
-            return self._record(state, ev, inherit=old)
+            earlier = self.history.get(change_id) or {}
+            change = Change.begin(self, f"restore:{change_id}", dry_run, restored_from=change_id, credit=earlier)
+            change.kept_avatar = path
+            change.files = {"avatar": str(path), "report": str(change.default_report), "annotated": None,
+                            "kept": str(path)}
+            return await change.conclude(change.apply(path.read_bytes(), path, restored_from=change_id))
 
-    # --- record -----------------------------------------------------------------------------------------------------
-    def _stage(self, state: ChangeState, ev: ChangeEvents, name: str, **detail: Any) -> "_StageTimer":
-        return _StageTimer(state, ev, name, detail)
 
-    def _record(self, state: ChangeState, ev: ChangeEvents, inherit: dict[str, Any] | None = None) -> dict[str, Any]:
-        ev.emit("record", "start")
+class Change:
+    """One change (or restore) from its ``running`` row to its finished one: the stages, what they found,
+    and the one way it ends (``conclude``)."""
+
+    def __init__(self, pipeline: AvatarPipeline, change_id: int, spec: str, dry_run: bool, dry_reason: str | None,
+                 credit: dict[str, Any] | None = None) -> None:
+        self.pipeline = pipeline
+        self.settings = pipeline.settings
+        self.id = change_id
+        self.spec = spec
+        self.dry_run, self.dry_reason = dry_run, dry_reason
+        self.events = ChangeEvents(pipeline.bus, change_id)
+        self.earlier = credit or {}  # a restore repeats the restored change's credit and crop
+        self.timings: dict[str, float] = {}
+        self.fallbacks: list[str] = []
+        self.picks: list[Pick] = []
+        self.chosen: Chosen | None = None
+        self.reservations: list[Reservation] = []
+        self.verifier: str | None = None
+        self.detector_backend: str | None = None
+        self.files: dict[str, str | None] = {}
+        self.kept_avatar: Path | None = None
+        self.upload: dict[str, Any] | None = None
+        self.uploaded = False
+        self.error: str | None = None
+        self.failed_stage: str | None = None
+
+    @classmethod
+    def begin(cls, pipeline: AvatarPipeline, spec: str, dry_run: bool | None, *, restored_from: int | None = None,
+              credit: dict[str, Any] | None = None) -> Change:
+        """Write the ``running`` row; from here on, ``conclude`` must finish it."""
+        dry, why = pipeline._dry_run(dry_run)
+        change_id = pipeline.history.start(spec, dry_run=dry, restored_from=restored_from)
+        return cls(pipeline, change_id, spec, dry, why, credit)
+
+    @property
+    def default_report(self) -> Path:
+        return self.settings.avatars_dir / f"change-{self.id:05d}.json"
+
+    @contextlib.contextmanager
+    def stage(self, name: str, **detail: Any) -> Iterator[None]:
+        """A stage's span: emits start and done, adds its duration (ms) to the timings. The span is the
+        ``with`` block wherever it runs — a stage running in its own task overlaps the stages around it."""
         t0 = time.monotonic()
-        status = "failed" if state.error else ("dry-run" if state.dry_run else "applied")
-        chosen = state.chosen
-        c = chosen.candidate if chosen else None
-        crop = state.crop
-        face_box = _box(crop.face.bbox) if crop and crop.face else None
-        crop_box = _box(crop.box) if crop else None
-        timeline = self._timeline(state)
-        verification = chosen.verification.to_json() if chosen and chosen.verification else None
-        inherit = inherit or {}
-        fields: dict[str, Any] = {
-            "source": c.source if c else inherit.get("source"),
-            "post_key": c.key if c else inherit.get("post_key"),
-            "page_url": c.page_url if c else inherit.get("page_url"),
-            "image_url": c.image_url if c else inherit.get("image_url"),
-            "artist": c.artist if c else inherit.get("artist"),
-            "tags": list(c.tags) if c else inherit.get("tags"),
-            "rating": c.rating if c else inherit.get("rating"),
-            "face_box": face_box if crop else inherit.get("face_box"),
-            "crop_box": crop_box if crop else inherit.get("crop_box"),
-            "crop_method": crop.method if crop else inherit.get("crop_method"),
-            "fallbacks": state.fallbacks,
-            "detector_backend": state.detector_backend or inherit.get("detector_backend"),
-            "verification": verification if chosen else inherit.get("verification"),
-            "description": (verification or {}).get("description") if chosen else inherit.get("description"),
-            "timings": {k: round(v, 1) for k, v in state.timings.items()},
-            "vram_timeline": timeline,
-            "candidates": [p.summary() for p in state.picks],
-            "avatar_path": str(state.kept_avatar) if state.kept_avatar else None,
-            "report_path": state.files.get("report"),
-            "uploaded": state.uploaded,
-            "error": state.error,
-        }
-        if not state.files.get("report"):
-            state.files["report"] = str(self.settings.avatars_dir / f"change-{state.change_id:05d}.json")
-        fields["report_path"] = state.files["report"]
-        state.timings["record"] = (time.monotonic() - t0) * 1000
-        record = self.record_json(state, status, fields, crop)
-        fields["events"] = [e.to_json() for e in ev.log] + [{"change_id": state.change_id, "stage": "record",
-                                                              "status": "done", "t": round(time.monotonic() - ev.t0, 3),
-                                                              "detail": {"status": status}}]
-        fields["timings"] = record["timings_ms"]
-        if state.files.get("report"):
-            try:
-                write_report(Path(state.files["report"]), record)  # type: ignore[arg-type]
-            except OSError as exc:
-                log.warning("cannot write the report %s: %s", state.files["report"], exc)
-                fields["report_path"] = None
-                record["report_path"] = None
-        self.history.finish(state.change_id, status, **fields)
-        ev.emit("record", "done", status=status, error=state.error, ms=round((time.monotonic() - t0) * 1000, 1))
-        return record
+        self.events.emit(name, "start", **detail)
+        try:
+            yield
+        finally:
+            ms = (time.monotonic() - t0) * 1000
+            self.timings[name] = self.timings.get(name, 0.0) + ms
+        self.events.emit(name, "done", ms=round(ms, 1))
 
-    def _timeline(self, state: ChangeState) -> list[dict[str, Any]]:
+    def fall_back(self, stage: str, to: str, reason: str, **detail: Any) -> None:
+        self.fallbacks.append(f"{stage}:{to}")
+        self.events.emit(stage, "fallback", to=to, **detail, reason=reason)
+
+    # --- the one way a change ends ------------------------------------------------------------------------------
+    async def conclude(self, work: Awaitable[None]) -> dict[str, Any]:
+        """Await the change's work and finish its row, whatever happened: a ``ChangeFailed`` becomes a
+        failed record; a bug or a cancellation finishes the row as failed and then goes on."""
+        try:
+            await work
+        except ChangeFailed as exc:
+            self.error, self.failed_stage = exc.message, exc.stage
+            self.events.emit(exc.stage, "fail", error=exc.message)
+        except BaseException as exc:
+            self.error = f"internal error: {type(exc).__name__}: {exc}"
+            self.failed_stage = self.failed_stage or "internal"
+            self.record()
+            raise
+        return self.record()
+
+    def record(self) -> dict[str, Any]:
+        """The record stage: the report file, then the finished history row, from one ``ChangeRecord``."""
+        self.events.emit("record", "start")
+        t0 = time.monotonic()
+        status = "failed" if self.error else ("dry-run" if self.dry_run else "applied")
+        self.files["report"] = self.files.get("report") or str(self.default_report)
+        self.timings["record"] = (time.monotonic() - t0) * 1000
+        record = self.record_model(status)
+        try:
+            write_report(Path(self.files["report"]), record.to_json())  # type: ignore[arg-type]
+        except OSError as exc:
+            log.warning("cannot write the report %s: %s", self.files["report"], exc)
+            record.report_path = None
+        events = [e.to_json() for e in self.events.log] + [
+            {"change_id": self.id, "stage": "record", "status": "done",
+             "t": round(time.monotonic() - self.events.t0, 3), "detail": {"status": status}}]
+        self.pipeline.history.finish(self.id, status, **record.history_columns(events))
+        self.events.emit("record", "done", status=status, error=self.error, ms=round((time.monotonic() - t0) * 1000, 1))
+        return record.to_json()
+
+    def record_model(self, status: str) -> ChangeRecord:
+        chosen = self.chosen
+        crop = chosen.crop if chosen else None
+        looks = self._looks(chosen) if chosen else {k: self.earlier.get(k) for k in _LOOKS}
+        return ChangeRecord(
+            id=self.id, status=status, dry_run=self.dry_run, source=self._credit(),
+            face_inside_circle=face_in_circle(crop.face.bbox, crop.box)[0] if crop and crop.face else None,
+            avatar_size=[crop.image.width, crop.image.height] if crop else None,
+            fallbacks=self.fallbacks, detector_backend=self.detector_backend or self.earlier.get("detector_backend"),
+            verifier=self.verifier, **looks,
+            timings_ms={k: round(v, 1) for k, v in self.timings.items()},
+            reservations=[r.to_json() for r in self.reservations], vram_timeline=self._timeline(),
+            candidates=[p.summary() for p in self.picks],
+            avatar_path=str(self.kept_avatar) if self.kept_avatar else None, files=self.files,
+            report_path=self.files["report"], uploaded=self.uploaded, upload=self.upload,
+            failed_stage=self.failed_stage, error=self.error,
+        )
+
+    def _credit(self) -> Credit:
+        if self.chosen is None:
+            e = self.earlier
+            return Credit(spec=self.spec, name=e.get("source"), key=e.get("post_key"), page_url=e.get("page_url"),
+                          image_url=e.get("image_url"), artist=e.get("artist"), tags=e.get("tags"),
+                          rating=e.get("rating"))
+        pick = self.chosen.pick
+        c = pick.candidate
+        return Credit(spec=self.spec, name=c.source, key=c.key, page_url=c.page_url, image_url=c.image_url,
+                      artist=c.artist, tags=list(c.tags), rating=c.rating, filename=c.filename,
+                      size=[pick.image.width, pick.image.height] if pick.image is not None else None)
+
+    @staticmethod
+    def _looks(chosen: Chosen) -> dict[str, Any]:
+        """The record's fields that describe the chosen picture and its crop."""
+        crop, verification = chosen.crop, chosen.pick.verification
+        return {"face_box": _box(crop.face.bbox) if crop.face else None, "crop_box": _box(crop.box),
+                "crop_method": crop.method, "verification": verification.to_json() if verification else None,
+                "description": verification.description if verification else None}
+
+    def _timeline(self) -> list[dict[str, Any]]:
         """Both reservations' events on one clock (seconds since the first request)."""
-        events: list[dict[str, Any]] = []
-        if not state.reservations:
-            return events
-        t_zero = min(r["timeline"].started for r in state.reservations)
-        for r in state.reservations:
-            offset = r["timeline"].started - t_zero
-            for e in r["timeline"].to_json():
-                events.append({**e, "t": round(e["t"] + offset, 4)})
+        if not self.reservations:
+            return []
+        t_zero = min(r.timeline.started for r in self.reservations)
+        events = [{**e, "t": round(e["t"] + r.timeline.started - t_zero, 4)}
+                  for r in self.reservations for e in r.timeline.to_json()]
         return sorted(events, key=lambda e: e["t"])
 
-    def record_json(self, state: ChangeState, status: str, fields: dict[str, Any], crop: CropResult | None) -> dict[str, Any]:
-        """The change record as the CLI's ``--json`` prints it and the report file stores it."""
-        face_inside = None
-        if crop is not None and crop.face is not None:
-            face_inside, _ = face_in_circle(crop.face.bbox, crop.box)
-        return {
-            "id": state.change_id,
-            "status": status,
-            "dry_run": state.dry_run,
-            "source": {
-                "spec": state.spec,
-                "name": fields["source"], "key": fields["post_key"], "page_url": fields["page_url"],
-                "image_url": fields["image_url"], "artist": fields["artist"], "tags": fields["tags"],
-                "rating": fields["rating"],
-                "filename": state.chosen.candidate.filename if state.chosen else None,
-                "size": [state.chosen.image.width, state.chosen.image.height]
-                if state.chosen and state.chosen.image is not None else None,
-            },
-            "face_box": fields["face_box"],
-            "crop_box": fields["crop_box"],
-            "crop_method": fields["crop_method"],
-            "face_inside_circle": face_inside,
-            "avatar_size": [crop.image.width, crop.image.height] if crop else None,
-            "fallbacks": state.fallbacks,
-            "detector_backend": fields["detector_backend"],
-            "verifier": state.verifier,
-            "verification": fields["verification"],
-            "description": fields["description"],
-            "timings_ms": {k: round(v, 1) for k, v in state.timings.items()},
-            "reservations": [{k: v for k, v in r.items() if k != "timeline"} for r in state.reservations],
-            "vram_timeline": fields["vram_timeline"],
-            "candidates": fields["candidates"],
-            "avatar_path": fields["avatar_path"],
-            "files": state.files,
-            "report_path": fields["report_path"],
-            "uploaded": state.uploaded,
-            "upload": state.upload,
-            "failed_stage": state.failed_stage,
-            "error": state.error,
-        }
+    # --- a change: the stages in order ----------------------------------------------------------------------------
+    async def find_and_apply(self, k: int, out: Path | None) -> None:
+        src, found = await self.search(self.spec, k)
+        survivors = await self.download_and_verify(src, found)
+        await self.detect(survivors)
+        with self.stage("crop"):
+            self.chosen = chosen = self.crop(survivors)
+        png = await asyncio.to_thread(avatar_png, chosen.crop)
+        # The kept avatar exists before Discord sees it (a failed upload can be applied later); the annotated
+        # source — drawing on a large picture and a JPEG, for people, not for Discord — is made during the upload.
+        files = write_change_files(self.settings.avatars_dir, self.id, png, None, out)
+        self.files, self.kept_avatar = files.to_json(), files.kept
+        self.pipeline.history.mark_used(chosen.pick.candidate.source, chosen.pick.candidate.key, self.id)
+        annotating = asyncio.create_task(asyncio.to_thread(self._annotated_files, chosen, png, out))
+        try:
+            await self.apply(png, files.avatar)
+        finally:
+            self.files = (await annotating).to_json()
+
+    async def search(self, spec: str, k: int) -> tuple[Source, list[Candidate]]:
+        with self.stage("search", spec=spec, limit=k):
+            try:
+                src = self.pipeline.make_source(spec)
+                exclude = self.pipeline.history.used_keys(src.name)
+                found = await src.search(k, exclude)
+            except SourceError as exc:
+                raise ChangeFailed("search", exc.message) from None
+            report = getattr(src, "last_search", None)  # what the source saw and turned away, when it says
+            seen = report.describe() if report is not None else None
+            if not found:
+                raise ChangeFailed("search", f"{spec} offered no new candidates ({len(exclude)} already used"
+                                   + (f"; {seen}" if seen else "") + "); widen the search (ratings, blacklist, "
+                                   "another source) or use a fresh MIKU_DATA_DIR")
+            self.events.emit("search", "progress", found=len(found), keys=[c.key for c in found], report=seen)
+        return src, found
+
+    async def download_and_verify(self, src: Source, found: list[Candidate]) -> list[Pick]:
+        """Download ∥ verify: the vision model's room is made (unloading whatever is in its way and waiting
+        until the probe shows it free) while the pictures download — neither needs the other, and the unload
+        is the long pole. So the two stages run as two tasks; the verify stage starts inside the download
+        stage (the download task is created first, so it starts first) and ends after it."""
+        verifier = self.pipeline.make_verifier()
+        self.verifier = verifier.method
+        prepare = verifier.request_body if isinstance(verifier, VisionVerifier) else None
+        downloading = asyncio.create_task(self.download(src, found, prepare))
+        verifying = asyncio.create_task(self.verify(verifier, downloading, len(found)))
+        try:
+            # A failed download ends the change at once, even while the vision model's room is still being made.
+            await asyncio.wait((downloading, verifying), return_when=asyncio.FIRST_EXCEPTION)
+            if downloading.done() and not downloading.cancelled() and downloading.exception() is not None:
+                await downloading
+            return await verifying
+        finally:
+            for task in (verifying, downloading):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, ChangeFailed):
+                        await task
+            for pick in self.picks:  # a body nobody asked for (the vision model went away)
+                if pick.body is not None:
+                    pick.body.cancel()
+
+    async def download(self, src: Source, found: list[Candidate],
+                       prepare: Callable[[bytes, Image.Image], dict[str, Any]] | None) -> list[Pick]:
+        """All candidates at once (a few at a time): K round trips to a booru CDN overlap instead of adding up."""
+        gate = asyncio.Semaphore(DOWNLOADS_AT_ONCE)
+        picks = [Pick(c) for c in found]
+        self.picks.extend(picks)
+
+        async def one(pick: Pick) -> None:
+            c = pick.candidate
+            async with gate:
+                try:
+                    pick.candidate = await src.download(c)
+                    pick.image, _ = await asyncio.to_thread(load_image, pick.candidate.data or b"")
+                    self.events.emit("download", "progress", key=c.key, bytes=len(pick.candidate.data or b""),
+                                     size=[pick.image.width, pick.image.height])
+                except SourceError as exc:
+                    pick.skipped = f"download: {exc.message}"
+                except FaceDetectError as exc:
+                    pick.skipped = f"image: {exc.message}"
+            if pick.skipped:
+                self.events.emit("download", "skip", key=c.key, reason=pick.skipped)
+            elif prepare is not None:
+                pick.body = asyncio.create_task(asyncio.to_thread(prepare, pick.candidate.data or b"", pick.image))
+
+        with self.stage("download", count=len(found)):
+            await asyncio.gather(*(one(p) for p in picks))
+        live = [p for p in picks if not p.skipped]
+        if not live:
+            raise ChangeFailed("download", "no candidate could be downloaded and decoded: "
+                               + "; ".join(p.skipped or "" for p in picks))
+        return live
+
+    async def verify(self, verifier: Verifier, downloading: asyncio.Task[list[Pick]], count: int) -> list[Pick]:
+        """The verify stage. With the vision model it starts at once and makes the model's room while the
+        pictures download; the heuristic needs no room and starts when they have arrived."""
+        vision = isinstance(verifier, VisionVerifier)
+        if not vision:
+            await downloading
+        with self.stage("verify", count=count):
+            # The vision reservation: entered and released here only. It ends with the last answer (or as soon
+            # as the model is found unusable), not after the stage's bookkeeping.
+            async with AsyncExitStack() as room:
+                if vision and (problem := await self._reserve_vision(room, count)) is not None:
+                    verifier = self._fall_back_to_heuristic(f"cannot reserve the vision model: {problem}")
+                live = await downloading
+                for pick in live:
+                    try:
+                        pick.verification = await self._ask(verifier, pick)
+                    except VisionUnavailable as exc:
+                        verifier = self._fall_back_to_heuristic(str(exc))
+                        await room.aclose()  # nothing will use the vision model now
+                        pick.verification = await verifier.verify(pick.candidate)
+                    self._judge(pick)
+            survivors = [p for p in live if not p.skipped]
+            if not survivors:
+                raise ChangeFailed("verify", f"none of {len(live)} candidates shows {self.settings.character_name}: "
+                                   + "; ".join(p.skipped or "" for p in live))
+        return survivors
+
+    async def _reserve_vision(self, room: AsyncExitStack, n: int) -> str | None:
+        """Enter the vision reservation on ``room``; why not, if it cannot be had."""
+        try:
+            res = await room.enter_async_context(self.pipeline.coordinator.reserve(VISION, note=f"verify {n}"))
+        except VramError as exc:
+            return str(exc)
+        self.reservations.append(Reservation(VISION, res.waited_s, res.unloaded, res.timeline))
+        self.events.emit("verify", "progress", reserved=VISION, waited_s=round(res.waited_s, 3), unloaded=res.unloaded)
+        return None
+
+    @staticmethod
+    async def _ask(verifier: Verifier, pick: Pick) -> Verification:
+        if isinstance(verifier, VisionVerifier) and pick.body is not None:
+            return await verifier.verify(pick.candidate, body=await pick.body)
+        return await verifier.verify(pick.candidate)
+
+    def _judge(self, pick: Pick) -> None:
+        v = pick.verification
+        assert v is not None
+        ok = v.is_character and v.confidence >= self.settings.min_confidence
+        if not ok:
+            pick.skipped = f"verify: not {self.settings.character_name} ({v.method}, {v.confidence:.2f}: {v.description})"
+        self.events.emit("verify", "progress" if ok else "skip", key=pick.candidate.key, method=v.method,
+                         is_character=v.is_character, confidence=round(v.confidence, 3), description=v.description)
+
+    def _fall_back_to_heuristic(self, reason: str) -> Verifier:
+        self.fall_back("verify", "heuristic", reason)
+        self.verifier = "heuristic"
+        return self.pipeline.heuristic()
+
+    async def detect(self, survivors: list[Pick]) -> None:
+        """Reserve + detect: one detector reservation for all survivors; fills each pick's ``faces``."""
+        async with AsyncExitStack() as room:
+            with self.stage("reserve", consumer=DETECTOR):
+                service = await self._reserve_detector(room, len(survivors))
+            with self.stage("detect", via="service" if service else "in-process"):
+                async with FaceFinder(service, self.pipeline.local_detector,
+                                      lambda to, why: self.fall_back("detect", to, why)) as finder:
+                    for pick in survivors:
+                        assert pick.image is not None and pick.candidate.data is not None
+                        pick.faces = await finder.find(pick.image, pick.candidate.data,
+                                                       pick.candidate.filename or f"{pick.candidate.key}.img")
+                        self.detector_backend = pick.faces.backend or self.detector_backend
+                        self.events.emit("detect", "progress", key=pick.candidate.key, faces=len(pick.faces.detections),
+                                         via=pick.faces.via, backend=pick.faces.backend, error=pick.faces.error)
+
+    async def _reserve_detector(self, room: AsyncExitStack, n: int) -> str | None:
+        """Enter the detector reservation on ``room``; the detector service's URL to use (None: in-process)."""
+        try:
+            service, res = await self.pipeline.reserve_detector(room, f"detect {n}",
+                                                                lambda to, why: self.fall_back("detect", to, why))
+        except NoRoomForDetector as exc:
+            raise ChangeFailed("reserve", str(exc)) from None
+        if res is not None:
+            self.reservations.append(res)
+            self.events.emit("reserve", "progress", reserved=DETECTOR, waited_s=round(res.waited_s, 3),
+                             unloaded=res.unloaded, errors=res.errors)
+        return service
+
+    def crop(self, survivors: list[Pick]) -> Chosen:
+        """The crop stage: ``frame_best`` over the survivors, reported as events."""
+        pictures = [Picture(p.image, p.faces.detections if p.faces else [],  # type: ignore[arg-type]
+                            p.verification.confidence if p.verification else 0.0) for p in survivors]
+        try:
+            framing = frame_best(pictures, output_size=self.settings.output_size, max_upscale=self.settings.max_upscale)
+        except CropError as exc:
+            best = max(survivors, key=lambda p: p.verification.confidence if p.verification else 0.0)
+            raise ChangeFailed("crop", f"cannot crop {best.candidate.key}: {exc}") from None
+        for i, why in framing.refused:
+            self.events.emit("crop", "skip", key=survivors[i].candidate.key, reason=why)
+        pick = survivors[framing.index]
+        if framing.without_face:
+            refused = "; ".join(f"{survivors[i].candidate.key}: {why}" for i, why in framing.refused)
+            self.fall_back("crop", framing.crop.method, "no usable face in any candidate"
+                           + (f" ({refused})" if refused else ""), key=pick.candidate.key)
+        return self._cropped(pick, framing.crop)
+
+    def _cropped(self, pick: Pick, crop: CropResult) -> Chosen:
+        self.events.emit("crop", "progress", key=pick.candidate.key, method=crop.method, box=_box(crop.box),
+                         face=_box(crop.face.bbox) if crop.face else None, size=[crop.image.width, crop.image.height])
+        return Chosen(pick, crop)
+
+    def _annotated_files(self, chosen: Chosen, png: bytes, out: Path | None) -> ChangeFiles:
+        """All of the change's files, the annotated source included (worker thread)."""
+        pick, crop = chosen.pick, chosen.crop
+        annotated = annotated_source(pick.image, pick.faces.detections if pick.faces else [], crop.box) \
+            if pick.image is not None else None
+        return write_change_files(self.settings.avatars_dir, self.id, png, annotated, out)
+
+    # --- upload: shared by a change and a restore -------------------------------------------------------------------
+    async def apply(self, png: bytes, written: Path, **detail: Any) -> None:
+        """The upload stage: the avatar to Discord, or (dry run) only where it was written."""
+        with self.stage("upload", dry_run=self.dry_run, **detail):
+            if self.dry_run:
+                self.upload = {"skipped": self.dry_reason, "written": str(written)}
+                self.events.emit("upload", "skip", reason=self.dry_reason, avatar=str(written))
+                return
+            s = self.settings
+            assert s.discord_token is not None
+            uploader = DiscordUploader(s.discord_api, s.discord_token.get_secret_value(), http=self.pipeline.http,
+                                       max_retries=s.upload_max_retries, max_wait_s=s.upload_max_wait_s,
+                                       timeout_s=s.http_timeout_s)
+            try:
+                result = await uploader.set_avatar(png)
+            except UploadError as exc:
+                self.upload = {"error": exc.message, "status_code": exc.status_code, "retryable": exc.retryable,
+                               "kept": str(self.kept_avatar)}
+                raise ChangeFailed("upload", exc.message) from None
+            self.upload = result.to_json()
+            self.uploaded = True
 
 
-class _StageTimer:
-    """``with``-block around a stage: emits start/done and stores its duration in ms."""
-
-    def __init__(self, state: ChangeState, ev: ChangeEvents, name: str, detail: dict[str, Any]) -> None:
-        self.state, self.ev, self.name, self.detail = state, ev, name, detail
-
-    def __enter__(self) -> "_StageTimer":
-        self.t0 = time.monotonic()
-        self.ev.emit(self.name, "start", **self.detail)
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if not hasattr(self, "t0"):
-            return  # never started (the change failed before this stage began)
-        ms = (time.monotonic() - self.t0) * 1000
-        self.state.timings[self.name] = self.state.timings.get(self.name, 0.0) + ms
-        if exc_type is None:
-            self.ev.emit(self.name, "done", ms=round(ms, 1))
-
-
-async def run_change(settings: Settings, *, bus: EventBus | None = None, **kwargs: Any) -> dict[str, Any]:
-    """One change with a pipeline built and closed around it (the CLI's path)."""
-    async with AvatarPipeline(settings, bus=bus) as pipeline:
-        return await pipeline.change(**kwargs)
+_LOOKS = ("face_box", "crop_box", "crop_method", "verification", "description")

@@ -18,9 +18,10 @@ from typing import Any
 
 import httpx
 
+from facedetect import formats
+
 log = logging.getLogger(__name__)
 
-MIME_BY_MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"))
 
 
 class UploadError(Exception):
@@ -71,10 +72,11 @@ class UploadResult:
 
 def data_uri(image: bytes) -> str:
     """``data:image/png;base64,...`` — Discord's image data format; the type comes from the bytes."""
-    for magic, mime in MIME_BY_MAGIC:
-        if image.startswith(magic):
-            return f"data:{mime};base64,{base64.b64encode(image).decode('ascii')}"
-    raise UploadError("the avatar is not PNG, JPEG or GIF; Discord accepts only those")
+    fmt = formats.of_bytes(image)
+    if fmt is None or not fmt.discord:
+        accepted = formats.names(tuple(f for f in formats.FORMATS if f.discord))
+        raise UploadError(f"the avatar is not {accepted}; Discord accepts only those")
+    return f"data:{fmt.mime};base64,{base64.b64encode(image).decode('ascii')}"
 
 
 def retry_after_of(response: httpx.Response) -> float:

@@ -2,7 +2,7 @@
 
 Settings come from the environment (prefix ``MIKU_VRAM_``; the llama-swap URL also from ``MIKU_LLAMA_SWAP_URL``,
 the variable the rest of the project uses), from a YAML file (`VramSettings.from_yaml`) or from a dict
-(`VramSettings.from_mapping`). Without any configuration the consumers are the seed's deployment: llama-swap's
+(`VramSettings.from_mapping`). Without any configuration the consumers are the default deployment: llama-swap's
 `llama3.1` text model and `vision` model, and the face detector service on :6078.
 """
 
@@ -43,8 +43,8 @@ class Consumer(BaseModel):
         return self.kind != "external"
 
 
-def seed_consumers() -> list[Consumer]:
-    """The seed's deployment: vision ~4 GB (+ mmproj and image context), text ~5 GB, detector ~1 GB."""
+def default_consumers() -> list[Consumer]:
+    """The default deployment: vision ~4 GB (+ mmproj and image context), text ~5 GB, detector ~1 GB."""
     return [
         Consumer(name="text", kind="llama-swap", model="llama3.1", vram_mib=5120, priority=0),
         Consumer(name="vision", kind="llama-swap", model="vision", vram_mib=4608, priority=1),
@@ -55,14 +55,14 @@ def seed_consumers() -> list[Consumer]:
 class VramSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MIKU_VRAM_", extra="ignore", populate_by_name=True)
 
-    consumers: list[Consumer] = Field(default_factory=seed_consumers)
+    consumers: list[Consumer] = Field(default_factory=default_consumers)
     probe: ProbeName = "auto"
     probe_url: str | None = None  # the llama-swap emulator's base URL for probe "emulator"
     gpu_index: int = Field(default=0, ge=0)
     # Without a probe the coordinator cannot measure; with the card's size it can at least estimate.
     gpu_total_mib: int | None = Field(default=None, ge=1)
     safety_margin_mib: int = Field(default=256, ge=0)
-    settle_s: float = Field(default=3.0, ge=0)  # the seed's 3 s: used only when nothing can be measured
+    settle_s: float = Field(default=3.0, ge=0)  # a fixed wait after an unload: used only when nothing can be measured
     poll_s: float = Field(default=0.1, gt=0)
     timeout_s: float = Field(default=60.0, gt=0)
     llama_swap_url: str = Field(

@@ -3,7 +3,7 @@
 `async with coordinator.reserve("face-detector") as r:` returns once the consumer may load and run; the
 reservation may span a whole batch. While it is held, the consumer is never unloaded for someone else.
 Reservations are granted one at a time in arrival order (asyncio.Lock is FIFO), so two callers never race
-to free the same memory. Without a probe the coordinator unloads and waits `settle_s` (the seed's 3 s).
+to free the same memory. Without a probe the coordinator unloads and waits `settle_s` (3 s by default).
 
 A face detector service says in its /health whether it runs on the GPU (`uses_gpu`): one that does not
 (animeface, cascade) needs 0 MiB whatever its declared `vram_mib`, so nothing is unloaded for it and it is
@@ -334,7 +334,7 @@ class Coordinator:
             raise UnloadUnsupported("llama-swap", url, f"no unload endpoint and no other model to swap {v.name} out with")
         t = targets[0]
         self._event(res, "swap-last-resort", v.name, None,
-                    f"LAST RESORT (the seed's method): llama-swap has no unload endpoint; requesting {t.model} "
+                    f"LAST RESORT (the swap-to-text method): llama-swap has no unload endpoint; requesting {t.model} "
                     f"with max_tokens 1, which loads {t.vram_mib} MiB nobody asked for")
         await client.swap_to(t.model or "")
         return f"swap-to-{t.name}"

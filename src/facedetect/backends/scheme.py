@@ -288,7 +288,7 @@ def _rank(p: Placed) -> tuple[float, float]:
 def clusters(faces: list[Placed], overlap: float) -> list[list[Placed]]:
     """Group faces as libnvxs merges candidates: in rank order (more likely first, a tie to the smaller
     box) each face joins the first cluster whose leader it overlaps by more than ``overlap``, else leads
-    a new one. Leaders are exactly what :func:`merge` keeps."""
+    a new one. Leaders are exactly what libnvxs's merge keeps."""
     groups: list[list[Placed]] = []
     for cand in sorted(faces, key=_rank):
         for g in groups:
@@ -300,17 +300,12 @@ def clusters(faces: list[Placed], overlap: float) -> list[list[Placed]]:
     return groups
 
 
-def merge(faces: list[Placed], overlap: float) -> list[Placed]:
-    """Duplicate removal as libnvxs does it: of overlapping faces, the more likely wins; a tie, the smaller."""
-    return [g[0] for g in clusters(faces, overlap)]
-
-
 def vote(
     faces: list[Placed], *, overlap: float, votes: int, lone_likelihood: float, agree_iou: float
 ) -> list[Placed]:
     """Merge the passes' faces and keep a cluster's leader when ``votes`` distinct passes found it (a
     member agreeing with the leader at IoU >= ``agree_iou``) or its likelihood reaches ``lone_likelihood``.
-    With ``votes=1`` this is :func:`merge`."""
+    With ``votes=1`` this is libnvxs's own merge (every cluster's leader)."""
     kept: list[Placed] = []
     for g in clusters(faces, overlap):
         lead = g[0]

@@ -1,5 +1,5 @@
 """``mikubot run``: the Discord bot, the :3939 panel and the rotation schedule in ONE process and ONE
-event loop, sharing one pipeline and one ``ChangeRunner`` (as the seed's bot served :3939 itself).
+event loop, sharing one pipeline and one ``ChangeRunner`` (the bot serves :3939 itself).
 
 Start-up runs the ``doctor`` checks and logs each line ("✅ Anime face detector API connected").
 Without a Discord token the panel still runs and every change is a dry run. The process lives as

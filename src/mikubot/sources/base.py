@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-# Still-image formats the rest of the pipeline decodes (facedetect.imageio reads GIF's first frame).
+from facedetect.formats import EXTENSIONS
+
+# Still-image formats the rest of the pipeline decodes (facedetect/formats.py; GIF's first frame).
 # Video (mp4, webm), Flash and Danbooru's "ugoira" zip archives are never candidates.
-IMAGE_EXTS: frozenset[str] = frozenset({"jpg", "png", "webp", "gif"})
+IMAGE_EXTS: frozenset[str] = EXTENSIONS
 
 
 def normalise_ext(ext: str | None) -> str | None:

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from facedetect.formats import BY_PILLOW, MIME_TYPES, PILLOW_NAMES, names
 from mikubot.sources.base import SourceError
 
-FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}
-CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif")
+CONTENT_TYPES = MIME_TYPES  # the formats the detector decodes (facedetect/formats.py), no other
 
 
 @dataclass(frozen=True)
@@ -26,18 +26,18 @@ class ImageHeader:
 
 
 def sniff(data: bytes, *, what: str) -> ImageHeader:
-    """Type and size of ``data``; ``SourceError`` when it is not a JPEG, PNG, WebP or GIF."""
+    """Type and size of ``data``; ``SourceError`` when it is not one of the formats the detector reads."""
     if not data:
         raise SourceError(f"{what} is empty")
     try:
-        with Image.open(io.BytesIO(data), formats=tuple(FORMATS)) as im:
+        with Image.open(io.BytesIO(data), formats=PILLOW_NAMES) as im:
             fmt, (width, height) = im.format, im.size
     except UnidentifiedImageError:
         head = data[:64].lstrip().lower()
-        kind = "a web page" if head.startswith((b"<!doctype", b"<html")) else "not a JPEG, PNG, WebP or GIF image"
+        kind = "a web page" if head.startswith((b"<!doctype", b"<html")) else f"not a {names()} image"
         raise SourceError(f"{what} is {kind}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise SourceError(f"{what} is a damaged image ({exc})") from None
-    if fmt not in FORMATS or width < 1 or height < 1:
+    if fmt not in BY_PILLOW or width < 1 or height < 1:
         raise SourceError(f"{what} is not a usable image")
-    return ImageHeader(FORMATS[fmt], width, height)
+    return ImageHeader(BY_PILLOW[fmt].ext, width, height)

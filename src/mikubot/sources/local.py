@@ -14,12 +14,13 @@ import hashlib
 import os
 from pathlib import Path
 
+from facedetect import formats
 from mikubot.sources.base import Candidate, SourceError
 from mikubot.sources.imagefile import sniff
 from mikubot.sources.options import SourceOptions
 from mikubot.sources.report import SearchReport
 
-SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif"})
+SUFFIXES = formats.SUFFIXES  # the formats the detector reads, no other
 
 
 def image_files(directory: Path) -> list[Path]:

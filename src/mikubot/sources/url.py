@@ -3,7 +3,7 @@
 https only; the host's every address must be public (``urlsafety``), checked before the first request,
 again on each redirect (at most ``max_redirects``), and against the connected peer before the body is
 read. The response must say it is an image (or generic bytes) and is cut off at ``max_download_bytes``
-and ``timeout_s``; the bytes must then really be a JPEG, PNG, WebP or GIF. The key is ``url:<URL>``.
+and ``timeout_s``; the bytes must then really be one of the formats the detector reads. The key is ``url:<URL>``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The panel's JSON API: the seed's ``POST /profile-picture/change`` and everything around it.
+"""The panel's JSON API: ``POST /profile-picture/change`` (change the avatar now) and everything around it.
 
 State-changing routes depend on ``write_access`` (the token, see auth.py). A change runs in the shared
 ``ChangeRunner``'s task, so a client that disconnects — or never waits (the default answer is 202 with
@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from facedetect.errors import FaceDetectError
 from mikubot.history import HistoryError
+from mikubot.record import ChangeRecord
 from mikubot.runner import ChangeBusy, RunningChange
 from mikubot.sources import SourceError
 from mikubot.web import upload as uploads
@@ -68,7 +69,7 @@ def jsonable(record: dict[str, Any]) -> Any:
 
 
 @router.post("/profile-picture/change", status_code=202, tags=["profile picture"],
-             responses={200: {"description": "the finished change record (with ?wait=true)"},
+             responses={200: {"model": ChangeRecord, "description": "the finished change record (with ?wait=true)"},
                         409: {"description": "a change is running; its id is in running_change_id"}})
 async def change(
     request: Request,
@@ -79,7 +80,7 @@ async def change(
     wait: bool = Query(False, description="answer when the change has finished, with its record"),
     _: str = Depends(write_access),
 ) -> JSONResponse:
-    """Change the avatar now (the seed's ``curl -X POST localhost:3939/profile-picture/change``)."""
+    """Change the avatar now (``curl -X POST localhost:3939/profile-picture/change``)."""
     p = panel(request)
     b = body or ChangeRequest()
     spec = (b.source if b.source is not None else source) or None
@@ -136,7 +137,8 @@ async def history(request: Request, limit: int = Query(20, ge=1, le=200), offset
 
 
 @router.post("/profile-picture/restore/{change_id}", status_code=202, tags=["profile picture"],
-             responses={404: {"description": "no such change"}, 409: {"description": "a change is running"},
+             responses={200: {"model": ChangeRecord, "description": "the finished change record (with ?wait=true)"},
+                        404: {"description": "no such change"}, 409: {"description": "a change is running"},
                         422: {"description": "that change has no avatar to restore"}})
 async def restore(request: Request, change_id: int, wait: bool = Query(False), dry_run: bool | None = Query(None),
                   _: str = Depends(write_access)) -> JSONResponse:
@@ -195,7 +197,8 @@ def _upload_file(request: Request, upload_id: str, suffix: str, media: str) -> F
     return FileResponse(path, media_type=media, headers={"Cache-Control": "no-cache"})
 
 
-@router.post("/profile-picture/upload/{upload_id}/apply", status_code=202, tags=["profile picture"])
+@router.post("/profile-picture/upload/{upload_id}/apply", status_code=202, tags=["profile picture"],
+             responses={200: {"model": ChangeRecord, "description": "the finished change record (with ?wait=true)"}})
 async def upload_apply(request: Request, upload_id: str, wait: bool = Query(False), dry_run: bool | None = Query(None),
                        _: str = Depends(write_access)) -> JSONResponse:
     """Make an uploaded image the avatar: an ordinary change with the ``file:`` source."""

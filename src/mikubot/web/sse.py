@@ -12,13 +12,14 @@ browser's ``Last-Event-ID`` skips what it has already seen):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 from mikubot.events import ProgressEvent
 from mikubot.history import History
-from mikubot.runner import ChangeRunner
+from mikubot.runner import ChangeRunner, RunningChange
 
 KEEPALIVE_S = 15.0
 POLL_S = 0.5
@@ -32,44 +33,54 @@ def frame(data: dict[str, Any], *, event: str = "progress", id: int | None = Non
     return "\n".join(lines) + "\n\n"
 
 
-def _end(history: History, change_id: int) -> str:
-    row = history.get(change_id) or {}
-    return frame({"change_id": change_id, "status": row.get("status"), "error": row.get("error")}, event="end")
-
-
 async def change_events(runner: ChangeRunner, change_id: int, last_seen: int = -1) -> AsyncIterator[str]:
+    """The stream: each event as a numbered frame (those after ``last_seen``), comments passed through,
+    and ``end`` with the change's final status once the change has a row."""
     history = runner.pipeline.history
     handle = runner.get(change_id)
-    if handle is not None and not handle.done:
-        queue, unsubscribe = runner.bus.queue()
-        past = list(handle.events)  # same synchronous step as the subscription: no gap, no duplicate
-        try:
-            index = 0
-            for ev in past:
-                if index > last_seen:
-                    yield frame(ev.to_json(), id=index)
-                index += 1
-            while True:
-                try:
-                    ev: ProgressEvent = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
-                except TimeoutError:
-                    if handle.done and queue.empty():
-                        break
-                    yield ": keep-alive\n\n"
-                    continue
-                if ev.change_id != change_id:
-                    continue
-                if index > last_seen:
-                    yield frame(ev.to_json(), id=index)
-                index += 1
-                if ev.stage == "record" and ev.status == "done":
+    running_here = handle is not None and not handle.done
+    items = _live(runner, handle, change_id) if running_here else _stored(history, change_id)  # type: ignore[arg-type]
+    index = 0
+    async with contextlib.aclosing(items):
+        async for item in items:
+            if isinstance(item, str):
+                yield item  # a comment: keeps the connection open, never counted
+                continue
+            if index > last_seen:
+                yield frame(item, id=index)
+            index += 1
+    row = history.get(change_id)
+    if row is not None:
+        yield frame({"change_id": change_id, "status": row.get("status"), "error": row.get("error")}, event="end")
+
+
+async def _live(runner: ChangeRunner, handle: RunningChange, change_id: int) -> AsyncIterator[dict[str, Any] | str]:
+    """A change running in this process: the events so far, then the bus's, until the record is written."""
+    queue, unsubscribe = runner.bus.queue()
+    past = list(handle.events)  # same synchronous step as the subscription: no gap, no duplicate
+    try:
+        for ev in past:
+            yield ev.to_json()
+        while True:
+            try:
+                ev: ProgressEvent = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+            except TimeoutError:
+                if handle.done and queue.empty():
+                    return
+                yield ": keep-alive\n\n"
+                continue
+            if ev.change_id == change_id:
+                yield ev.to_json()
+                if (ev.stage, ev.status) == ("record", "done"):
                     break
-            if not handle.done:
-                await asyncio.wait({handle.task}, timeout=5.0)  # the record is written just before "done"
-        finally:
-            unsubscribe()
-        yield _end(history, change_id)
-        return
+        if not handle.done:
+            await asyncio.wait({handle.task}, timeout=5.0)  # the record is written just before "done"
+    finally:
+        unsubscribe()
+
+
+async def _stored(history: History, change_id: int) -> AsyncIterator[dict[str, Any] | str]:
+    """A finished change's stored events; one running in another process is polled until it finishes."""
     row = history.get(change_id)
     polls = 0
     while row is not None and row["status"] == "running":
@@ -79,9 +90,5 @@ async def change_events(runner: ChangeRunner, change_id: int, last_seen: int = -
         if polls % 20 == 0:
             await asyncio.to_thread(history.recover)  # that process may have died: close its row as failed
         row = history.get(change_id)
-    if row is None:
-        return
-    for index, ev in enumerate(row.get("events") or []):
-        if index > last_seen:
-            yield frame(ev, id=index)
-    yield _end(history, change_id)
+    for ev in (row or {}).get("events") or []:
+        yield ev

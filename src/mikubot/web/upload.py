@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,18 +23,16 @@ from typing import Any
 from fastapi import HTTPException, Request
 from starlette.datastructures import UploadFile
 
+from facedetect import formats
 from facedetect.errors import FaceDetectError
 from facedetect.imageio import Limits, load_image
-from mikubot.crop import CropError, FaceTooSmall, avatar_png, crop_avatar
+from mikubot.crop import CropError, avatar_png
 from mikubot.detection import FaceFinder
 from mikubot.outputs import annotated_source, atomic_write
-from mikubot.pipeline import AvatarPipeline
-from mikubot.vram import DETECTOR
-from vramctl.errors import VramError
+from mikubot.pipeline import AvatarPipeline, NoRoomForDetector, Picture, frame_best
 
 UPLOAD_ID = re.compile(r"^[0-9a-f]{64}$")
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and headers around the file
-EXTS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
 UNSAFE_NAME = re.compile(r"[^A-Za-z0-9 ._()-]+")
 
 
@@ -127,28 +126,29 @@ async def make_preview(pipeline: AvatarPipeline, data: bytes, filename: str = "u
     try:
         path = stored_upload(pipeline, upload_id)  # the same picture again: keep its first name
     except HTTPException:
-        path = folder / "image" / clean_name(filename, EXTS.get(info.format or "", "img"))
+        path = folder / "image" / clean_name(filename, formats.extension(info.format))
         await asyncio.to_thread(atomic_write, path, data)
     notes: list[str] = []
-    finder = FaceFinder(s.face_detector_url, pipeline.local_detector, lambda to, why: notes.append(why))
-    try:
-        async with pipeline.coordinator.reserve(DETECTOR, note="upload preview"):
-            async with finder:
-                found = await finder.find(image, data, path.name)
-    except VramError as exc:
-        if pipeline.local_detector.backend not in ("animeface", "cascade"):
-            raise HTTPException(503, f"cannot make room for the face detector: {exc}") from None
-        notes.append(f"no detector reservation ({exc}); detected in-process")
-        found = await FaceFinder(None, pipeline.local_detector, lambda to, why: notes.append(why)).find(image, data, path.name)
+
+    def note(to: str, why: str) -> None:
+        notes.append(why)
+
+    async with AsyncExitStack() as room:  # the pipeline's own reservation rule and detector chain
+        try:
+            service, _ = await pipeline.reserve_detector(room, "upload preview", note)
+        except NoRoomForDetector as exc:
+            raise HTTPException(503, str(exc)) from None
+        async with FaceFinder(service, pipeline.local_detector, note) as finder:
+            found = await finder.find(image, data, path.name)
     if found.error:
         notes.append(found.error)
-    try:
-        result = crop_avatar(image, found.detections, output_size=s.output_size, max_upscale=s.max_upscale)
-    except FaceTooSmall as exc:
-        notes.append(str(exc))
-        result = crop_avatar(image, [], output_size=s.output_size, max_upscale=s.max_upscale)
+    try:  # the pipeline's own crop choice, for one picture the owner chose (confidence 1)
+        framing = frame_best([Picture(image, found.detections, 1.0)], output_size=s.output_size,
+                             max_upscale=s.max_upscale)
     except CropError as exc:
         raise HTTPException(422, f"cannot crop this image: {exc}") from None
+    notes.extend(why for _, why in framing.refused)
+    result = framing.crop
     png = avatar_png(result)
     annotated = annotated_source(image, found.detections, result.box)
     await asyncio.to_thread(atomic_write, folder / "preview.png", png)

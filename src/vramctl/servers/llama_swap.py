@@ -87,7 +87,7 @@ class LlamaSwapClient:
         raise ServerError(NAME, self.url, f"/unload answered {r.status_code}: {short(r)}", r.status_code)
 
     async def swap_to(self, model: str) -> None:
-        """The seed's way, kept only as a last resort: ask for another model with `max_tokens: 1`, which makes
+        """The swap-to-text method, kept only as a last resort: ask for another model with `max_tokens: 1`, which makes
         llama-swap stop the current one — and load `model`, memory it does not need."""
         body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
         r = await self._call("POST", "/v1/chat/completions", json=body, timeout=max(self.timeout_s, 120.0))

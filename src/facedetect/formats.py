@@ -1,0 +1,60 @@
+"""The one table of image formats: what is read at all, under which file extension and MIME type.
+
+Every reader of untrusted pictures uses it — the detector's decoder (``imageio``), the sources' header
+check, the panel's upload store and the Discord upload — so a picture one of them takes, the others
+take too. It lives in facedetect, the lowest layer, so that every package can import it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    pillow: str  # Pillow's name for it (``Image.format``)
+    label: str  # how a person writes it
+    ext: str  # the file extension it is stored under
+    mime: str
+    discord: bool  # Discord's image data (an avatar) may be of this type
+    aliases: tuple[str, ...] = ()  # other extensions files of this format are found under
+
+
+FORMATS: tuple[ImageFormat, ...] = (
+    ImageFormat("JPEG", "JPEG", "jpg", "image/jpeg", discord=True, aliases=("jpeg",)),
+    ImageFormat("PNG", "PNG", "png", "image/png", discord=True),
+    ImageFormat("WEBP", "WebP", "webp", "image/webp", discord=False),
+    ImageFormat("GIF", "GIF", "gif", "image/gif", discord=True),  # read: its first frame
+    ImageFormat("BMP", "BMP", "bmp", "image/bmp", discord=False),
+)
+BY_PILLOW = {f.pillow: f for f in FORMATS}
+PILLOW_NAMES: tuple[str, ...] = tuple(BY_PILLOW)
+EXTENSIONS: frozenset[str] = frozenset(f.ext for f in FORMATS)
+MIME_TYPES: tuple[str, ...] = tuple(f.mime for f in FORMATS)
+SUFFIXES: frozenset[str] = frozenset(f".{e}" for f in FORMATS for e in (f.ext, *f.aliases))  # file names
+
+
+def names(formats: tuple[ImageFormat, ...] = FORMATS) -> str:
+    """``JPEG, PNG, WebP, GIF or BMP`` — for messages."""
+    labels = [f.label for f in formats]
+    return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " or " + labels[-1]
+
+
+def extension(pillow_format: str | None, default: str = "img") -> str:
+    f = BY_PILLOW.get(pillow_format or "")
+    return f.ext if f else default
+
+
+def of_bytes(data: bytes) -> ImageFormat | None:
+    """The format by its leading bytes (its "magic"), without decoding anything; None if none of ours."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return BY_PILLOW["JPEG"]
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return BY_PILLOW["PNG"]
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return BY_PILLOW["WEBP"]
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return BY_PILLOW["GIF"]
+    if data.startswith(b"BM"):
+        return BY_PILLOW["BMP"]
+    return None
