@@ -305,8 +305,8 @@ class HeuristicVerifier:
         made (else animeface runs on a thumbnail here). With several faces, the one nearest the
         character's colours speaks for the picture (is the character in it?); the most confident one
         when no colours are configured."""
-        if faces is None:
-            faces = self._detect(data)
+        if faces is None or (faces and not any(f.attributes.get("hair_color") for f in faces)):
+            faces = self._detect(data)  # not detected yet, or by a backend that reads no colours (yolo-onnx)
         coloured = [(f, f.attributes.get("hair_color")) for f in faces if f.attributes.get("hair_color")]
         if not coloured:
             return None, None
