@@ -23,6 +23,7 @@ from mikubot.crop import (
     FaceTooSmall,
     NoUsableFace,
     avatar_png,
+    colour_matches,
     crop_avatar,
     face_in_circle,
     rank_faces,
@@ -335,6 +336,22 @@ def test_the_characters_hair_colour_decides_between_faces() -> None:
     assert {c["hair"]: c["hair_match"] for c in result.choice} == {"#3ac0b5": True, "#f07f7d": False, "#202020": False}
     # a tighter tolerance: nothing matches, the score decides again
     assert best(faces, size, miku, hair_tolerance=1.0) == red_central
+
+
+def test_hair_colours_match_by_hue_family_not_rgb_distance_alone() -> None:
+    miku = ["#39c5bb", "#137a7f"]
+    assert colour_matches("#3ac0b5", miku, 100) and colour_matches("#1a8a8a", miku, 100)
+    # grey and black hair are within 100 of the dark teal in RGB, but have no teal in them
+    assert not colour_matches("#535353", miku, 100) and not colour_matches("#3b3937", miku, 100)
+    assert not colour_matches("#3c7fd0", miku, 100)  # blue: close in RGB, 30+ degrees of hue away
+    # a configured colour without a clear hue (black hair) is matched by distance alone
+    assert colour_matches("#2a2a2c", ["#3c3d3f"], 100) and not colour_matches("#f07f7d", ["#3c3d3f"], 100)
+    assert not colour_matches(None, miku, 100) and not colour_matches("#39c5bb", [], 100)
+    size = (1200, 800)
+    grey_big = hairy(500, 300, 700, 500, "#535353")
+    teal_small = hairy(100, 100, 160, 160, "#1a8a8a", confidence=0.8)
+    assert best([grey_big, teal_small], size, miku) == teal_small
+    assert best([grey_big, hairy(100, 100, 160, 160, "#555555")], size, miku) == grey_big
 
 
 # --- helpers and output -----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ Coordinates are source-image pixels, ``[x1, y1, x2, y2]``, exclusive at x2/y2 li
 
 from __future__ import annotations
 
+import colorsys
 import io
 import math
 from dataclasses import dataclass
@@ -40,6 +41,10 @@ MIN_CONFIDENCE = 0.5  # below this animeface's boxes are mostly hair, hands or b
 MIN_FACE_PX = 32  # narrower "faces" are noise at any zoom
 # A face this wide (share of the image's shorter side) or wider gets the full size bonus.
 FULL_SIZE_SHARE = 0.25
+
+# --- which face is the character's ------------------------------------------------------------
+HUE_SPAN = 30.0  # degrees of hue either side of a configured hair colour that still count as it
+HUE_MIN_SATURATION = 0.25  # below this a colour has no clear hue (greys, black, white)
 
 # --- how the face sits in the square -----------------------------------------------------------
 TARGET_FACE_SHARE = 0.425  # face width / crop width we aim for: a head-and-shoulders avatar
@@ -148,6 +153,30 @@ def hair_distance(face: Detection, hair_colours: list[str] | None) -> float | No
         return None
 
 
+def colour_matches(colour: str | None, hair_colours: list[str] | None, tolerance: float) -> bool:
+    """Is ``colour`` one of ``hair_colours``: within ``tolerance`` in RGB and, against a colour with a
+    clear hue (saturation >= ``HUE_MIN_SATURATION``), of the same hue family (as saturated, hue within
+    ``HUE_SPAN`` degrees)? RGB distance alone lets greys pass for a dark teal (#535353 is 87 from #137a7f)."""
+    if colour is None or not hair_colours:
+        return False
+    try:
+        rgb = _hex_rgb(colour)
+        targets = [_hex_rgb(c) for c in hair_colours]
+    except ValueError:
+        return False
+    hue, sat, _ = colorsys.rgb_to_hsv(*(v / 255 for v in rgb))
+    for t in targets:
+        if math.dist(rgb, t) > tolerance:
+            continue
+        t_hue, t_sat, _ = colorsys.rgb_to_hsv(*(v / 255 for v in t))
+        if t_sat < HUE_MIN_SATURATION:
+            return True
+        turn = abs(hue - t_hue) % 1.0
+        if sat >= HUE_MIN_SATURATION and min(turn, 1 - turn) * 360 <= HUE_SPAN:
+            return True
+    return False
+
+
 def rank_faces(
     detections: list[Detection],
     image_size: tuple[int, int],
@@ -159,8 +188,7 @@ def rank_faces(
     scored = [(face_score(d, image_size), d) for d in detections if usable(d)]
 
     def key(sd: tuple[float, Detection]) -> tuple[bool, float]:
-        distance = hair_distance(sd[1], hair_colours)
-        return (distance is not None and distance <= hair_tolerance, sd[0])
+        return (colour_matches(hair_of(sd[1]), hair_colours, hair_tolerance), sd[0])
 
     return sorted(scored, key=key, reverse=True)
 
@@ -246,7 +274,7 @@ def _face_entry(rank: int, quality: float, face: Detection, hair_colours: list[s
         "score": round(quality, 4),
         "hair": hair_of(face),
         "hair_distance": None if distance is None else round(distance, 1),
-        "hair_match": None if distance is None else distance <= hair_tolerance,
+        "hair_match": None if distance is None else colour_matches(hair_of(face), hair_colours, hair_tolerance),
         "chosen": False,
     }
 

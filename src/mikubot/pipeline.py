@@ -40,14 +40,15 @@ from mikubot.crop import (
     FaceTooSmall,
     avatar_png,
     crop_avatar,
+    colour_matches,
     face_in_circle,
-    hair_distance,
+    hair_of,
     rank_faces,
 )
 from mikubot.detection import FaceFinder, FaceResult, InProcessDetector
 from mikubot.events import ChangeEvents, EventBus
 from mikubot.history import History
-from mikubot.outputs import ChangeFiles, annotated_source, write_change_files, write_report
+from mikubot.outputs import candidate_thumbnail, ChangeFiles, annotated_source, write_change_files, write_report
 from mikubot.record import ChangeRecord, Credit
 from mikubot.sources import Candidate, Source, SourceError, source_from_spec
 from mikubot.upload import DiscordUploader, UploadError
@@ -81,6 +82,7 @@ class Pick:
     skipped: str | None = None  # why it dropped out, if it did
     lost: str | None = None  # a survivor the crop stage did not choose: why not
     framing: dict[str, Any] | None = None  # the chosen one: its crop (path taken and why, the faces it chose from)
+    picture: str | None = None  # its thumbnail's file name in the avatars folder (the panel's Candidates view)
     # The vision request's body (a scaled JPEG data URI), encoded in a worker thread as soon as the picture
     # is decoded, so the K answers follow each other with no encoding in between.
     body: asyncio.Task[dict[str, Any]] | None = None
@@ -95,6 +97,8 @@ class Pick:
             "skipped": self.skipped,
             "lost": self.lost,
             "framing": self.framing,
+            "picture": self.picture,
+            "size": [self.image.width, self.image.height] if self.image is not None else None,
         }
 
 
@@ -183,8 +187,7 @@ def frame_best(pictures: list[Picture], *, output_size: int, max_upscale: float,
 
 
 def _matches(face: Detection, hair_colours: list[str] | None, tolerance: float) -> bool:
-    distance = hair_distance(face, hair_colours)
-    return distance is not None and distance <= tolerance
+    return colour_matches(hair_of(face), hair_colours, tolerance)
 
 
 def _lost(pictures: list[Picture], chosen: int, refused: list[tuple[int, str]], otherwise: str) -> dict[int, str]:
@@ -528,6 +531,8 @@ class Change:
                 try:
                     pick.candidate = await src.download(c)
                     pick.image, _ = await asyncio.to_thread(load_image, pick.candidate.data or b"")
+                    pick.picture = await asyncio.to_thread(
+                        candidate_thumbnail, pick.image, self.settings.avatars_dir, self.id, self.picks.index(pick))
                     self.events.emit("download", "progress", key=c.key, bytes=len(pick.candidate.data or b""),
                                      size=[pick.image.width, pick.image.height])
                 except SourceError as exc:

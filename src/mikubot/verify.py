@@ -33,6 +33,7 @@ from facedetect.backends.base import Detector
 from facedetect.errors import FaceDetectError
 from facedetect.imageio import load_image
 from facedetect.types import Detection
+from mikubot.crop import colour_matches
 from mikubot.sources.base import Candidate
 
 TAGGED_SOURCES = frozenset({"danbooru", "safebooru", "gelbooru"})
@@ -312,8 +313,9 @@ class HeuristicVerifier:
             return None, None
         if not self.hair_colours:
             return max(coloured, key=lambda fc: fc[0].confidence)[1], None
-        distances = [(min(colour_distance(c, h) for h in self.hair_colours), -f.confidence, c) for f, c in coloured]
-        distance, _, colour = min(distances)
+        readings = [(not colour_matches(c, self.hair_colours, self.tolerance),
+                     min(colour_distance(c, h) for h in self.hair_colours), -f.confidence, c) for f, c in coloured]
+        _, distance, _, colour = min(readings)
         return colour, distance
 
     def _detect(self, data: bytes) -> list[Detection]:
@@ -333,7 +335,7 @@ class HeuristicVerifier:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         colour, distance = await asyncio.to_thread(self.hair, candidate.data, faces)
-        hair_match = distance is not None and distance <= self.tolerance
+        hair_match = distance is not None and colour_matches(colour, self.hair_colours, self.tolerance)
         tags = [t.lower() for t in candidate.tags]
         tagged = candidate.source in TAGGED_SOURCES
         evidence: dict[str, Any] = {
