@@ -291,12 +291,17 @@ def test_any_face_outscores_any_fallback() -> None:
 def test_rank_faces_prefers_big_central_confident_faces() -> None:
     size = (2000, 1500)
     small_corner = face(40, 40, 140, 140, confidence=1.0)
-    big_central = face(850, 600, 1150, 900, confidence=0.9)
-    big_corner = face(1650, 1150, 1950, 1450, confidence=0.9)
+    big_central = face(850, 600, 1150, 900, confidence=0.98)
+    big_corner = face(1650, 1150, 1950, 1450, confidence=0.98)
     doubtful_central = face(800, 550, 1200, 950, confidence=0.3)  # below the confidence floor
     faces = [small_corner, big_corner, doubtful_central, big_central]
     ranked = [d for _, d in rank_faces(faces, size)]
     assert ranked == [big_central, big_corner, small_corner]
+    # confidence counts steeply: a sure 90-px face beats a bigger, more central 0.92 one (animeface's
+    # confident false positives — a blank head, a smiley — sit at 0.9-0.95; real faces near 1.0)
+    sure_small = face(300, 300, 390, 390, confidence=1.0)
+    unsure_big = face(850, 600, 1100, 850, confidence=0.92)
+    assert rank_faces([unsure_big, sure_small], size)[0][1] == sure_small
     same_conf = [face(900, 700, 1100, 900), face(800, 600, 1200, 1000)]
     assert rank_faces(same_conf, size)[0][1] == same_conf[1]  # bigger wins
     same_size = [face(100, 1200, 400, 1500), face(900, 600, 1200, 900)]

@@ -39,6 +39,9 @@ IntBox = tuple[int, int, int, int]
 # --- which faces count -------------------------------------------------------------------------
 MIN_CONFIDENCE = 0.5  # below this animeface's boxes are mostly hair, hands or background
 MIN_FACE_PX = 32  # narrower "faces" are noise at any zoom
+# Confidence counts steeply: animeface gives real faces ~1.0, and its confident false positives (a blank
+# head, a drawn smiley, a fold of clothes) 0.9-0.95 but often bigger or more central than the real face.
+CONFIDENCE_POWER = 8.0
 # A face this wide (share of the image's shorter side) or wider gets the full size bonus.
 FULL_SIZE_SHARE = 0.25
 
@@ -130,7 +133,7 @@ def face_score(face: Detection, image_size: tuple[int, int]) -> float:
     fx, fy = (face.bbox[0] + face.bbox[2]) / 2, (face.bbox[1] + face.bbox[3]) / 2
     off = math.hypot(fx - width / 2, fy - height / 2) / (0.5 * math.hypot(width, height))
     centrality = 1.0 - min(1.0, off)
-    return float(face.confidence) * (0.4 + 0.6 * size) * (0.6 + 0.4 * centrality)
+    return float(face.confidence) ** CONFIDENCE_POWER * (0.4 + 0.6 * size) * (0.6 + 0.4 * centrality)
 
 
 def usable(face: Detection) -> bool:
