@@ -391,3 +391,17 @@ def test_avatar_png_and_json() -> None:
     assert body["choice"][0]["chosen"] is True and len(body["choice"]) == 1
     fallback = crop_avatar(rgba, [face(500, 400, 520, 420)]).to_json()  # 20 px: not a usable face
     assert fallback["reason"].startswith(fallback["method"] + ": no usable face") and fallback["choice"] is None
+
+
+def test_a_clipped_best_face_gives_way_only_to_a_nearly_as_good_one() -> None:
+    image = noise(1600, 1200)
+    corner = face(0, 0, 300, 300)  # flush with the corner: no square inside the image keeps it in the circle
+    fair = face(700, 500, 900, 700, confidence=0.95)  # central, a little smaller: scores more than half as much
+    poor = face(700, 500, 740, 540, confidence=0.92)  # tiny and unsure: far less than half
+    assert rank_faces([corner, fair], image.size)[0][1] == corner
+    taken = crop_avatar(image, [corner, fair])
+    assert taken.face == fair and taken.face_inside
+    assert taken.choice[0]["refused"] == "cannot sit wholly inside the round frame"
+    kept = crop_avatar(image, [corner, poor])
+    assert kept.face == corner and kept.face_inside is False
+    assert "cannot sit wholly inside" in kept.reason

@@ -49,6 +49,10 @@ FULL_SIZE_SHARE = 0.25
 HUE_SPAN = 30.0  # degrees of hue either side of a configured hair colour that still count as it
 HUE_MIN_SATURATION = 0.25  # below this a colour has no clear hue (greys, black, white)
 
+# A better-ranked face that cannot sit wholly inside the circle (against an image corner) gives way to a
+# later face that can only when that face scores at least this share of it; otherwise it is taken, clipped.
+INSIDE_TRADE = 0.5
+
 # --- how the face sits in the square -----------------------------------------------------------
 TARGET_FACE_SHARE = 0.425  # face width / crop width we aim for: a head-and-shoulders avatar
 MIN_FACE_SHARE = 0.25  # widest crop (smallest face) we accept, to reach the MIN_OUTPUT_PX floor
@@ -237,8 +241,10 @@ def crop_avatar(
             box, inside, padded, out = placed
             if not inside:
                 choice[i]["refused"] = "cannot sit wholly inside the round frame"
-            if chosen is None or (inside and not chosen[2]):
+            if chosen is None:
                 chosen = (i, box, inside, padded, out)
+            elif inside and _quality >= INSIDE_TRADE * ranked[chosen[0]][0]:
+                chosen = (i, box, inside, padded, out)  # a fitting face nearly as good beats a clipped one
             if inside:
                 break
         if chosen is not None:
