@@ -11,12 +11,13 @@ An avatar succeeds when a labelled face box lies wholly inside the circle inscri
 four corners) at 20-75 % of the square's width; "target" asks that of the image's target character's face
 (scene sets only). Methods, in the same run, all on the same detections where they use any:
 
-- ours: the crop stage exactly as a change runs it (``mikubot.pipeline.frame_best`` on the one picture)
-  fed by the default detector (animeface, in-process) with the default settings (``MIKU_HAIR_COLOURS``:
+- ours: the detect and crop stages as a change runs them: the default detector (animeface, in-process)
+  with the detect stage's zoomed second look when it finds no usable face (``mikubot.detection``), then
+  ``mikubot.pipeline.frame_best`` on the one picture, with the default settings (``MIKU_HAIR_COLOURS``:
   Miku's teal, which no face here has, so the face score decides);
 - ours, target's hair: the same with ``hair_colours`` set to the target character's hair colour (as an
   operator configures it for their character);
-- face-centred square (peer): the same detections, the most confident box, a plain square centred on
+- face-centred square (peer): the same detections (second look included), the most confident box, a plain square centred on
   it at the same face share (42.5 %), shifted into the image (the image's shorter side at most); no
   detection: the centre crop;
 - ours, hand-labelled faces: the crop fed the labels as detections (the crop logic without detector misses);
@@ -62,12 +63,14 @@ from facedetect.backends._nvxs import ANALYZE_SEEDS  # noqa: E402
 from facedetect.imageio import to_rgb  # noqa: E402
 from facedetect.types import Detection  # noqa: E402
 from mikubot.config import Settings  # noqa: E402
+from mikubot.detection import detect_zoomed, needs_second_look  # noqa: E402
 from mikubot.crop import TARGET_FACE_SHARE, face_in_circle, rank_faces  # noqa: E402
 from mikubot.pipeline import Picture, frame_best  # noqa: E402
 
 LABELS = ROOT / "tests" / "labels" / "renpy.json"
 MIN_SHARE, MAX_SHARE = 0.20, 0.75
 TARGET = 0.97
+ZOOM = "#zoomed"  # the detection cache's key suffix for the second look
 
 Box = tuple[int, int, int, int]
 
@@ -106,15 +109,15 @@ class DetectionCache:
         st = path.stat()
         return f"{st.st_size}:{st.st_mtime_ns}"
 
-    def get(self, path: Path) -> list[Detection] | None:
-        entry = self.entries.get(str(path.resolve()))
+    def get(self, path: Path, variant: str = "") -> list[Detection] | None:
+        entry = self.entries.get(str(path.resolve()) + variant)
         if entry is None or entry["stamp"] != self._stamp(path):
             return None
         return [Detection(bbox=tuple(d["bbox"]), confidence=d["confidence"], attributes=d["attributes"])
                 for d in entry["faces"]]
 
-    def put(self, path: Path, detections: list[Detection]) -> None:
-        self.entries[str(path.resolve())] = {"stamp": self._stamp(path), "faces": [
+    def put(self, path: Path, detections: list[Detection], variant: str = "") -> None:
+        self.entries[str(path.resolve()) + variant] = {"stamp": self._stamp(path), "faces": [
             {"bbox": list(d.bbox), "confidence": d.confidence, "attributes": d.attributes} for d in detections]}
 
     def save(self) -> None:
@@ -237,6 +240,7 @@ def main() -> None:
     sets = list(dict.fromkeys(it.set for it in items))
     tallies = {s: {m: Tally() for m in methods} for s in sets}
     detect_ms: list[float] = []
+    second_looks: Counter[str] = Counter()
     for n, item in enumerate(items, 1):
         image = to_rgb(Image.open(item.path))
         detections = cache.get(item.path)
@@ -245,6 +249,14 @@ def main() -> None:
             detections = detector.detect(image)
             detect_ms.append((time.perf_counter() - t0) * 1000)
             cache.put(item.path, detections)
+        if needs_second_look(detections, image):  # the detect stage's second look, zoomed 2x
+            zoomed = cache.get(item.path, ZOOM)
+            if zoomed is None:
+                zoomed = detect_zoomed(detector.detect, image)
+                cache.put(item.path, zoomed, ZOOM)
+            if rank_faces(zoomed, image.size):
+                detections = zoomed
+                second_looks[item.set] += 1
         usable = bool(rank_faces(detections, image.size))
         for method, fn in methods.items():
             tally = tallies[item.set][method]
@@ -293,7 +305,8 @@ def main() -> None:
                 ", ".join(f"{k} {v}" for k, v in sorted(t.paths.items())),
                 f"{statistics.median(t.ms):.0f}",
             ])
-        md += [f"### {s} ({len(tallies[s]['centre crop'].ms)} images)", "",
+        md += [f"### {s} ({len(tallies[s]['centre crop'].ms)} images; the second look found the faces in "
+               f"{second_looks[s]})", "",
                table(["method", "hits", "share", "target", "face→fallback", "path taken", "crop p50 ms"], rows), ""]
         misses = tallies[s]["ours (animeface, defaults)"].misses
         if misses:
