@@ -79,7 +79,7 @@ def test_labelled_face_lands_inside_the_round_avatar(art_dir: Path, face_labels:
     # framing decides the crop; the output follows: at most 1024, at most 2x upscaled, never below 256
     side = result.box[2] - result.box[0]
     assert result.image.width == min(1024, math.floor(side * 2.0)) >= 256
-    assert result.reason.startswith("face: " + ("the only usable face" if len(truths) == 1 else "best score of"))
+    assert result.reason.startswith("face: " + ("the only usable face" if len(truths) == 1 else "the best of"))
 
 
 def test_band_cg_gives_a_full_size_avatar_of_a_labelled_face(art_dir: Path, face_labels: dict) -> None:
@@ -288,19 +288,19 @@ def test_any_face_outscores_any_fallback() -> None:
 # --- choosing the face -----------------------------------------------------------------------------
 
 
-def test_rank_faces_prefers_big_central_confident_faces() -> None:
+def test_rank_faces_prefers_confident_then_big_central_faces() -> None:
     size = (2000, 1500)
-    small_corner = face(40, 40, 140, 140, confidence=1.0)
+    small_corner = face(40, 40, 140, 140, confidence=0.97)
     big_central = face(850, 600, 1150, 900, confidence=0.98)
     big_corner = face(1650, 1150, 1950, 1450, confidence=0.98)
     doubtful_central = face(800, 550, 1200, 950, confidence=0.3)  # below the confidence floor
     faces = [small_corner, big_corner, doubtful_central, big_central]
     ranked = [d for _, d in rank_faces(faces, size)]
     assert ranked == [big_central, big_corner, small_corner]
-    # confidence counts steeply: a sure 90-px face beats a bigger, more central 0.92 one (animeface's
-    # confident false positives — a blank head, a smiley — sit at 0.9-0.95; real faces near 1.0)
+    # confidence first: a sure 90-px face beats a bigger, more central 0.999 one (animeface's confident
+    # false positives — a blank head, a smiley — sit at 0.98-0.9999; real faces at 1.0)
     sure_small = face(300, 300, 390, 390, confidence=1.0)
-    unsure_big = face(850, 600, 1100, 850, confidence=0.92)
+    unsure_big = face(850, 600, 1100, 850, confidence=0.999)
     assert rank_faces([unsure_big, sure_small], size)[0][1] == sure_small
     same_conf = [face(900, 700, 1100, 900), face(800, 600, 1200, 1000)]
     assert rank_faces(same_conf, size)[0][1] == same_conf[1]  # bigger wins
@@ -321,15 +321,15 @@ def hairy(x1: float, y1: float, x2: float, y2: float, hair: str, confidence: flo
 
 def test_the_characters_hair_colour_decides_between_faces() -> None:
     size = (2000, 1500)
-    red_central = hairy(850, 600, 1150, 900, "#f07f7d", confidence=0.95)  # the best face by score
+    red_central = hairy(850, 600, 1150, 900, "#f07f7d", confidence=0.95)  # the best face by confidence
     teal_side = hairy(100, 200, 250, 350, "#3ac0b5", confidence=0.7)  # Miku's colour, small and off-centre
-    black = hairy(1500, 300, 1700, 500, "#202020")
+    black = hairy(1500, 300, 1700, 500, "#202020", confidence=0.9)
     faces = [red_central, teal_side, black]
     assert best(faces, size) == red_central  # no colours configured: the score decides
     miku = ["#39c5bb", "#137a7f"]
     assert best(faces, size, miku) == teal_side
     assert [d for _, d in rank_faces(faces, size, miku)] == [teal_side, red_central, black]
-    # two matching faces: the score decides between them
+    # two matching faces: confidence decides between them
     teal_central = hairy(900, 650, 1100, 850, "#39c5bb", confidence=0.9)
     assert best([*faces, teal_central], size, miku) == teal_central
     # the choice is recorded

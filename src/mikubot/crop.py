@@ -11,8 +11,8 @@ refused (``FaceTooSmall``), so the caller can try its next candidate image. With
 saliency (``mikubot.saliency``), then a top-centre square.
 
 With several faces the character's comes first: a face whose hair colour (animeface reports one per
-face) lies within ``hair_tolerance`` of one of ``hair_colours``, then the face score (confidence, size,
-centrality). Every result records which path it took and why (``reason``) and, on the face path, the
+face) matches one of ``hair_colours`` (``colour_matches``), then the detector's confidence, then the
+face score (size, centrality). Every result records which path it took and why (``reason``) and, on the face path, the
 faces it chose between (``choice``).
 
 Coordinates are source-image pixels, ``[x1, y1, x2, y2]``, exclusive at x2/y2 like Pillow's boxes.
@@ -191,11 +191,14 @@ def rank_faces(
     hair_tolerance: float = 100.0,
 ) -> list[tuple[float, Detection]]:
     """Usable faces, best first, with their ``face_score``: faces whose hair matches ``hair_colours``
-    (within ``hair_tolerance``) before the others, then by score."""
+    (``colour_matches``) before the others, then the detector's confidence, then the score (size,
+    centrality). Confidence before size: animeface gives real faces 1.0 (its likelihood, clipped) and
+    its confident false positives (a blank head, a drawn smiley, a fold of cloth) 0.98-0.9999, often
+    bigger or more central than the real face."""
     scored = [(face_score(d, image_size), d) for d in detections if usable(d)]
 
-    def key(sd: tuple[float, Detection]) -> tuple[bool, float]:
-        return (colour_matches(hair_of(sd[1]), hair_colours, hair_tolerance), sd[0])
+    def key(sd: tuple[float, Detection]) -> tuple[bool, float, float]:
+        return (colour_matches(hair_of(sd[1]), hair_colours, hair_tolerance), float(sd[1].confidence), sd[0])
 
     return sorted(scored, key=key, reverse=True)
 
@@ -296,10 +299,10 @@ def _face_reason(choice: list[dict[str, Any]], i: int, inside: bool, out: int) -
     elif c["hair_match"]:
         others = sum(1 for o in choice if o["hair_match"])
         why = (f"hair {c['hair']} matches the character's colours" +
-               (f" (best score of {others} matching)" if others > 1 else f" ({n - 1} other face(s) do not)"))
+               (f" (the most confident of {others} matching)" if others > 1 else f" ({n - 1} other face(s) do not)"))
     else:
         known = any(o["hair_match"] is not None for o in choice)
-        why = f"best score of {n} usable faces (confidence, size, centrality)" + (
+        why = f"the best of {n} usable faces (confidence, then size and centrality)" + (
             "; no hair colour matched" if known else "")
     if i > 0:
         why += f"; {i} better-ranked face(s) could not be framed"
