@@ -523,16 +523,17 @@ class Change:
         """All candidates at once (a few at a time): K round trips to a booru CDN overlap instead of adding up."""
         gate = asyncio.Semaphore(DOWNLOADS_AT_ONCE)
         picks = [Pick(c) for c in found]
+        first = len(self.picks)  # each pick's place in the record's candidates (its thumbnail's number)
         self.picks.extend(picks)
 
-        async def one(pick: Pick) -> None:
+        async def one(index: int, pick: Pick) -> None:
             c = pick.candidate
             async with gate:
                 try:
                     pick.candidate = await src.download(c)
                     pick.image, _ = await asyncio.to_thread(load_image, pick.candidate.data or b"")
                     pick.picture = await asyncio.to_thread(
-                        candidate_thumbnail, pick.image, self.settings.avatars_dir, self.id, self.picks.index(pick))
+                        candidate_thumbnail, pick.image, self.settings.avatars_dir, self.id, index)
                     self.events.emit("download", "progress", key=c.key, bytes=len(pick.candidate.data or b""),
                                      size=[pick.image.width, pick.image.height])
                 except SourceError as exc:
@@ -545,7 +546,7 @@ class Change:
                 pick.body = asyncio.create_task(asyncio.to_thread(prepare, pick.candidate.data or b"", pick.image))
 
         with self.stage("download", count=len(found)):
-            await asyncio.gather(*(one(p) for p in picks))
+            await asyncio.gather(*(one(first + i, p) for i, p in enumerate(picks)))
         live = [p for p in picks if not p.skipped]
         if not live:
             raise ChangeFailed("download", "no candidate could be downloaded and decoded: "
