@@ -119,7 +119,8 @@ def test_change_the_avatar_and_watch_it(page: Any, base: str) -> None:
     page.wait_for_selector("#stages li[data-stage=record].done", timeout=60_000)
     until(page, "document.body.dataset.lastChange !== undefined")
     log: list[list[Any]] = page.evaluate("window.__stageLog")
-    order = ["search", "download", "verify", "reserve", "detect", "crop", "upload", "record"]
+    # No vision model here: the heuristic verifier reads the detect stage's faces, so detection comes first.
+    order = ["search", "download", "reserve", "detect", "verify", "crop", "upload", "record"]
     first_running = {s: next(t for st, cls, t in log if st == s and cls == "running") for s in order if s != "upload"}
     assert list(first_running) == sorted(first_running, key=first_running.get)  # stages start in pipeline order
     assert first_running["detect"] - first_running["search"] > 50  # ms: spread over time, not one burst
@@ -135,6 +136,13 @@ def test_change_the_avatar_and_watch_it(page: Any, base: str) -> None:
     assert chosen.count() == 1
     until(page, "document.querySelector('.candidate.chosen img').naturalWidth > 0")
     assert chosen.locator("svg .face-box").count() >= 1 and chosen.locator("svg .crop-box").count() == 1
+    # every candidate shows its picture (not a grey box) with its faces; the others say why they lost
+    cards = page.locator("#candidates figure.candidate")
+    assert cards.count() >= 2 and page.locator("#candidates .frame.schematic").count() == 0
+    until(page, "[...document.querySelectorAll('#candidates .candidate img')].every(i => i.naturalWidth > 0)")
+    assert page.locator("#candidates .candidate img").count() == cards.count()
+    assert page.locator("#candidates figure.candidate:not(.chosen) svg .face-box").count() >= 1
+    assert "not chosen: " in page.inner_text("#candidates")
     assert page.locator("#vram-chart svg.vram circle.event-dot").count() >= 2
     assert page.locator("#vram-chart table.events tr").count() >= 3
     assert "finished: dry-run" in page.inner_text("#message")

@@ -23,6 +23,7 @@ from mikubot.crop import (
     FaceTooSmall,
     NoUsableFace,
     avatar_png,
+    colour_matches,
     crop_avatar,
     face_in_circle,
     rank_faces,
@@ -75,10 +76,10 @@ def test_labelled_face_lands_inside_the_round_avatar(art_dir: Path, face_labels:
     # Eyes (half-way down an anime face box) sit above the middle: room for hair, chin clear of the rim.
     eye_y = (result.face.bbox[1] + result.face.bbox[3]) / 2
     assert (eye_y - result.box[1]) / (result.box[3] - result.box[1]) < 0.5
-    if min(image.size) * 2 >= 1024:
-        assert result.image.size == (1024, 1024)
-    else:  # the source is smaller than a 1024 avatar can be made from at 2x: smaller avatar, never more
-        assert 256 <= result.image.width < 1024
+    # framing decides the crop; the output follows: at most 1024, at most 2x upscaled, never below 256
+    side = result.box[2] - result.box[0]
+    assert result.image.width == min(1024, math.floor(side * 2.0)) >= 256
+    assert result.reason.startswith("face: " + ("the only usable face" if len(truths) == 1 else "the best of"))
 
 
 def test_band_cg_gives_a_full_size_avatar_of_a_labelled_face(art_dir: Path, face_labels: dict) -> None:
@@ -114,10 +115,10 @@ def test_box_is_in_source_pixels() -> None:
     # the face is at the target size and horizontally centred
     assert result.face_share == pytest.approx(0.425, abs=0.01)
     assert (x1 + x2) / 2 == pytest.approx(800, abs=1)
-    # a smaller face widens the crop rather than upscaling past 2x: 512 source px for 1024
-    wide = crop_avatar(image, [face(700, 300, 900, 500)])
-    assert wide.box[2] - wide.box[0] == 512 and wide.upscale == 2.0
-    assert 0.25 <= wide.face_share < 0.425
+    # a smaller face keeps its framing; the avatar gets smaller instead (framing first, resolution second)
+    small = crop_avatar(image, [face(700, 300, 900, 500)])
+    assert small.face_share == pytest.approx(0.425, abs=0.01)
+    assert small.image.width == math.floor((small.box[2] - small.box[0]) * 2.0) < 1024 and small.upscale <= 2.0
 
 
 # --- clamping at the edges --------------------------------------------------------------------------
@@ -137,7 +138,7 @@ def test_faces_near_corners_stay_in_the_image_and_the_circle(corner_face: tuple[
     assert not result.padded
     inside, share = face_in_circle(corner_face, result.box)
     assert inside and 0.20 <= share <= 0.75, result.to_json()
-    assert result.image.size == (1024, 1024)
+    assert 256 <= result.image.width <= 1024
 
 
 def test_face_flush_with_the_corner_is_cropped_but_reported_and_scored_down() -> None:
@@ -175,24 +176,42 @@ def test_face_too_wide_for_a_narrow_image_is_padded_with_the_border_colour() -> 
 # --- refusals ----------------------------------------------------------------------------------------
 
 
-def test_tiny_face_is_refused_rather_than_blown_up() -> None:
+def test_small_faces_in_big_scenes_are_framed_not_refused() -> None:
+    """The scene case: a 2000-px picture with a 60-px face. Framing first: the face is framed at the
+    usual share and the avatar is as big as 2x upscaling of that crop allows (282 px), not refused."""
     image = noise(2000, 2000)
-    with pytest.raises(FaceTooSmall, match="upscaling"):
-        crop_avatar(image, [face(1000, 1000, 1060, 1060)])  # a 60-px face in a 1024 avatar
-    # the same face is fine when the caller accepts more upscaling
+    result = crop_avatar(image, [face(1000, 1000, 1060, 1060)])
+    assert result.method == "face" and result.face_inside
+    assert result.face_share == pytest.approx(0.425, abs=0.01)
+    assert result.upscale == pytest.approx(2.0, abs=0.02) and 256 <= result.image.width < 300
+    # a 40-px face: the preferred 94-px crop would give 188 px; the crop widens to reach the 256 floor
+    tiny = crop_avatar(image, [face(1000, 1000, 1040, 1040)])
+    assert tiny.image.width == 256 and tiny.box[2] - tiny.box[0] == 128
+    assert tiny.face_inside and 0.25 <= tiny.face_share <= 0.425
+
+
+def test_face_below_the_floor_is_refused_rather_than_blown_up() -> None:
+    image = noise(2000, 2000)
+    with pytest.raises(FaceTooSmall, match="256-px avatar within 1x"):
+        crop_avatar(image, [face(1000, 1000, 1060, 1060)], max_upscale=1.0)  # 60 px at 25 % < 256 px
+    # the same face is fine when the caller accepts upscaling
     result = crop_avatar(image, [face(1000, 1000, 1060, 1060)], max_upscale=8.0)
     assert result.method == "face" and result.upscale > 2.0
     # a refused image still yields an avatar when the caller asks for the fallbacks explicitly
     assert crop_avatar(image, []).method in ("saliency", "top-centre")
 
 
-def test_a_usable_bigger_face_is_taken_when_the_best_ranked_is_too_small() -> None:
+def test_a_framable_face_is_taken_when_the_best_ranked_is_below_the_floor() -> None:
     image = noise(2400, 2000)
-    small_central = face(1170, 970, 1230, 1030)  # 60 px, dead centre
+    # 60 px, dead centre, the character's hair: ranked first, but below the floor at 1x
+    small_central = hairy(1170, 970, 1230, 1030, "#39c5bb")
     big_side = face(200, 300, 500, 600)
-    assert rank_faces([small_central, big_side], image.size)
-    result = crop_avatar(image, [small_central, big_side])
+    assert best([small_central, big_side], image.size, ["#39c5bb"]) == small_central
+    result = crop_avatar(image, [small_central, big_side], max_upscale=1.0, hair_colours=["#39c5bb"])
     assert result.face == big_side
+    assert [c["chosen"] for c in result.choice] == [c["bbox"] == [200.0, 300.0, 500.0, 600.0] for c in result.choice]
+    assert "too small" in result.choice[0]["refused"] and result.choice[1]["chosen"]
+    assert "1 better-ranked face(s) could not be framed" in result.reason
 
 
 def test_unusable_faces_mean_fallback_or_a_clear_refusal() -> None:
@@ -269,21 +288,75 @@ def test_any_face_outscores_any_fallback() -> None:
 # --- choosing the face -----------------------------------------------------------------------------
 
 
-def test_rank_faces_prefers_big_central_confident_faces() -> None:
+def test_rank_faces_prefers_confident_then_big_central_faces() -> None:
     size = (2000, 1500)
-    small_corner = face(40, 40, 140, 140, confidence=1.0)
-    big_central = face(850, 600, 1150, 900, confidence=0.9)
-    big_corner = face(1650, 1150, 1950, 1450, confidence=0.9)
+    small_corner = face(40, 40, 140, 140, confidence=0.97)
+    big_central = face(850, 600, 1150, 900, confidence=0.98)
+    big_corner = face(1650, 1150, 1950, 1450, confidence=0.98)
     doubtful_central = face(800, 550, 1200, 950, confidence=0.3)  # below the confidence floor
     faces = [small_corner, big_corner, doubtful_central, big_central]
     ranked = [d for _, d in rank_faces(faces, size)]
     assert ranked == [big_central, big_corner, small_corner]
+    # confidence first: a sure 90-px face beats a bigger, more central 0.999 one (animeface's confident
+    # false positives — a blank head, a smiley — sit at 0.98-0.9999; real faces at 1.0)
+    sure_small = face(300, 300, 390, 390, confidence=1.0)
+    unsure_big = face(850, 600, 1100, 850, confidence=0.999)
+    assert rank_faces([unsure_big, sure_small], size)[0][1] == sure_small
     same_conf = [face(900, 700, 1100, 900), face(800, 600, 1200, 1000)]
     assert rank_faces(same_conf, size)[0][1] == same_conf[1]  # bigger wins
     same_size = [face(100, 1200, 400, 1500), face(900, 600, 1200, 900)]
     assert rank_faces(same_size, size)[0][1] == same_size[1]  # more central wins
     assert rank_faces([face(900, 700, 920, 720)], size) == []  # 20 px: noise
     assert rank_faces([], size) == []
+
+
+def best(detections: list[Detection], size: tuple[int, int], *hair: object, **kw: object) -> Detection | None:
+    ranked = rank_faces(detections, size, *hair, **kw)  # type: ignore[arg-type]
+    return ranked[0][1] if ranked else None
+
+
+def hairy(x1: float, y1: float, x2: float, y2: float, hair: str, confidence: float = 1.0) -> Detection:
+    return Detection(bbox=(x1, y1, x2, y2), confidence=confidence, attributes={"hair_color": hair})
+
+
+def test_the_characters_hair_colour_decides_between_faces() -> None:
+    size = (2000, 1500)
+    red_central = hairy(850, 600, 1150, 900, "#f07f7d", confidence=0.95)  # the best face by confidence
+    teal_side = hairy(100, 200, 250, 350, "#3ac0b5", confidence=0.7)  # Miku's colour, small and off-centre
+    black = hairy(1500, 300, 1700, 500, "#202020", confidence=0.9)
+    faces = [red_central, teal_side, black]
+    assert best(faces, size) == red_central  # no colours configured: the score decides
+    miku = ["#39c5bb", "#137a7f"]
+    assert best(faces, size, miku) == teal_side
+    assert [d for _, d in rank_faces(faces, size, miku)] == [teal_side, red_central, black]
+    # two matching faces: confidence decides between them
+    teal_central = hairy(900, 650, 1100, 850, "#39c5bb", confidence=0.9)
+    assert best([*faces, teal_central], size, miku) == teal_central
+    # the choice is recorded
+    result = crop_avatar(noise(*size), faces, hair_colours=miku)
+    assert result.face == teal_side
+    assert "hair #3ac0b5 matches" in result.reason
+    chosen = [c for c in result.choice if c["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["hair_match"] is True and chosen[0]["rank"] == 0
+    assert {c["hair"]: c["hair_match"] for c in result.choice} == {"#3ac0b5": True, "#f07f7d": False, "#202020": False}
+    # a tighter tolerance: nothing matches, the score decides again
+    assert best(faces, size, miku, hair_tolerance=1.0) == red_central
+
+
+def test_hair_colours_match_by_hue_family_not_rgb_distance_alone() -> None:
+    miku = ["#39c5bb", "#137a7f"]
+    assert colour_matches("#3ac0b5", miku, 100) and colour_matches("#1a8a8a", miku, 100)
+    # grey and black hair are within 100 of the dark teal in RGB, but have no teal in them
+    assert not colour_matches("#535353", miku, 100) and not colour_matches("#3b3937", miku, 100)
+    assert not colour_matches("#3c7fd0", miku, 100)  # blue: close in RGB, 30+ degrees of hue away
+    # a configured colour without a clear hue (black hair) is matched by distance alone
+    assert colour_matches("#2a2a2c", ["#3c3d3f"], 100) and not colour_matches("#f07f7d", ["#3c3d3f"], 100)
+    assert not colour_matches(None, miku, 100) and not colour_matches("#39c5bb", [], 100)
+    size = (1200, 800)
+    grey_big = hairy(500, 300, 700, 500, "#535353")
+    teal_small = hairy(100, 100, 160, 160, "#1a8a8a", confidence=0.8)
+    assert best([grey_big, teal_small], size, miku) == teal_small
+    assert best([grey_big, hairy(100, 100, 160, 160, "#555555")], size, miku) == grey_big
 
 
 # --- helpers and output -----------------------------------------------------------------------------
@@ -314,3 +387,21 @@ def test_avatar_png_and_json() -> None:
     assert body["size"] == [1024, 1024]
     assert body["face"]["bbox"] == [500.0, 400.0, 900.0, 800.0]
     assert body["face_inside"] is True
+    assert body["reason"].startswith("face: the only usable face")
+    assert body["choice"][0]["chosen"] is True and len(body["choice"]) == 1
+    fallback = crop_avatar(rgba, [face(500, 400, 520, 420)]).to_json()  # 20 px: not a usable face
+    assert fallback["reason"].startswith(fallback["method"] + ": no usable face") and fallback["choice"] is None
+
+
+def test_a_clipped_best_face_gives_way_only_to_a_nearly_as_good_one() -> None:
+    image = noise(1600, 1200)
+    corner = face(0, 0, 300, 300)  # flush with the corner: no square inside the image keeps it in the circle
+    fair = face(700, 500, 900, 700, confidence=0.95)  # central, a little smaller: scores more than half as much
+    poor = face(700, 500, 740, 540, confidence=0.92)  # tiny and unsure: far less than half
+    assert rank_faces([corner, fair], image.size)[0][1] == corner
+    taken = crop_avatar(image, [corner, fair])
+    assert taken.face == fair and taken.face_inside
+    assert taken.choice[0]["refused"] == "cannot sit wholly inside the round frame"
+    kept = crop_avatar(image, [corner, poor])
+    assert kept.face == corner and kept.face_inside is False
+    assert "cannot sit wholly inside" in kept.reason

@@ -206,3 +206,21 @@ async def test_a_cancelled_restore_still_finishes_its_row(fresh, tmp_path):
     assert row["restored_from"] == record["id"], "the restore's own row"
     assert row["status"] == "failed" and "CancelledError" in row["error"] and row["finished_at"]
     assert row["post_key"] == record["source"]["key"] and row["events"][-1]["stage"] == "record"
+
+
+async def test_without_a_vision_model_each_picture_is_detected_once_and_first(fresh, tmp_path):
+    """The heuristic verifier reads the hair colour from the detect stage's faces: detection comes first
+    (no vision model to make room for) and runs once per picture, not once for the hair and again to crop."""
+    record, row = await change(fresh.settings(tmp_path, candidates=2, llama_swap_url=None))
+    assert record["status"] == "applied" and record["verifier"] == "heuristic"
+    events = [(e["stage"], e["status"]) for e in row["events"]]
+    assert events.index(("detect", "done")) < events.index(("verify", "start"))
+    assert events.count(("detect", "start")) == 1 and events.count(("detect", "progress")) == 2
+    for c in record["candidates"]:
+        evidence = c["verification"]["evidence"]
+        assert evidence["faces_from"] == "detect stage" and evidence["hair_color"].startswith("#")
+    chosen = [c for c in record["candidates"] if c["framing"]]
+    assert len(chosen) == 1 and chosen[0]["framing"]["method"] == "face"
+    assert record["crop_reason"] == chosen[0]["framing"]["reason"] and record["crop_reason"].startswith("face: ")
+    assert [c["lost"] for c in record["candidates"] if not c["framing"]] == [
+        "ranked below the chosen picture (hair colour, then face score x verification confidence)"]

@@ -66,7 +66,7 @@ class Settings(SourceSettings, BaseSettings):
     dry_run: bool = Field(False, description="write the avatar to a file and never call Discord")
     character_name: str = "Hatsune Miku"
     hair_colours: StrList = Field(default_factory=lambda: list(MIKU_HAIR))
-    hair_tolerance: float = Field(100.0, gt=0, description="RGB distance that still counts as the hair colour (animeface's reading varies by up to ~100)")
+    hair_tolerance: float = Field(100.0, gt=0, description="RGB distance that still counts as the hair colour (a colour with a clear hue must also be within 30 degrees of hue)")
     min_confidence: float = Field(0.5, ge=0, le=1, description="verification confidence a candidate needs")
     output_size: int = Field(1024, ge=64, le=4096)
     max_upscale: float = Field(2.0, ge=1.0)

@@ -1,18 +1,26 @@
-"""The avatar crop: a square made for a ROUND avatar, around the best face, else what stands out.
+"""The avatar crop: a square made for a ROUND avatar, around the character's face, else what stands out.
 
-Discord shows avatars in a circle, so a face near the corners of a square crop is cut off. The
-face path puts the chosen face well inside the inscribed circle at a pleasant size (its width about
-42 % of the crop's), with the eyes a little above the middle so there is room for hair, then keeps
-the square inside the image (shift; shrink when the image is narrower than the square). Faces too
-small to fill the avatar without upscaling past ``max_upscale`` are refused with ``FaceTooSmall``
-so the caller can try its next candidate image. Without a usable face: saliency
-(``mikubot.saliency``), then a top-centre square. Every result records which path it took.
+Framing first, resolution second. Discord shows avatars in a circle at 128 px or less (about 120 px at
+2x on the profile card), so a face matters more than pixels: whenever a usable face exists, the avatar
+is framed on it. The face is put well inside the inscribed circle at a pleasant size (its width about
+42 % of the crop's), eyes a little above the middle, and the square kept inside the image (shift; shrink
+when the image is narrower). The output side then follows from the crop: up to ``output_size``,
+upscaling by at most ``max_upscale``, never below ``MIN_OUTPUT_PX``; to reach that floor a small face's
+crop widens (down to a ``MIN_FACE_SHARE`` face share). Only a face too small even for the floor is
+refused (``FaceTooSmall``), so the caller can try its next candidate image. Without a usable face:
+saliency (``mikubot.saliency``), then a top-centre square.
+
+With several faces the character's comes first: a face whose hair colour (animeface reports one per
+face) matches one of ``hair_colours`` (``colour_matches``), then the detector's confidence, then the
+face score (size, centrality). Every result records which path it took and why (``reason``) and, on the face path, the
+faces it chose between (``choice``).
 
 Coordinates are source-image pixels, ``[x1, y1, x2, y2]``, exclusive at x2/y2 like Pillow's boxes.
 """
 
 from __future__ import annotations
 
+import colorsys
 import io
 import math
 from dataclasses import dataclass
@@ -30,21 +38,32 @@ IntBox = tuple[int, int, int, int]
 
 # --- which faces count -------------------------------------------------------------------------
 MIN_CONFIDENCE = 0.5  # below this animeface's boxes are mostly hair, hands or background
-MIN_FACE_PX = 32  # narrower "faces" are noise at any zoom, and far too small for a 1024-px avatar
+MIN_FACE_PX = 32  # narrower "faces" are noise at any zoom
+# Confidence counts steeply: animeface gives real faces ~1.0, and its confident false positives (a blank
+# head, a drawn smiley, a fold of clothes) 0.9-0.95 but often bigger or more central than the real face.
+CONFIDENCE_POWER = 8.0
 # A face this wide (share of the image's shorter side) or wider gets the full size bonus.
 FULL_SIZE_SHARE = 0.25
 
+# --- which face is the character's ------------------------------------------------------------
+HUE_SPAN = 30.0  # degrees of hue either side of a configured hair colour that still count as it
+HUE_MIN_SATURATION = 0.25  # below this a colour has no clear hue (greys, black, white)
+
+# A better-ranked face that cannot sit wholly inside the circle (against an image corner) gives way to a
+# later face that can only when that face scores at least this share of it; otherwise it is taken, clipped.
+INSIDE_TRADE = 0.5
+
 # --- how the face sits in the square -----------------------------------------------------------
 TARGET_FACE_SHARE = 0.425  # face width / crop width we aim for: a head-and-shoulders avatar
-MIN_FACE_SHARE = 0.25  # widest crop (smallest face) we accept to avoid upscaling
+MIN_FACE_SHARE = 0.25  # widest crop (smallest face) we accept, to reach the MIN_OUTPUT_PX floor
 MAX_FACE_SHARE = 0.70  # tightest crop (largest face) we accept when the image is narrow
 EYE_LINE = 0.42  # eyes this far down the crop: room for hair above, chin well inside the circle
 # Anime face boxes run from the brow to the chin, so the eyes sit about halfway down the box.
 EYES_IN_FACE_BOX = 0.5
 SIZE_STEPS = 24
-# A source too small for a full-size avatar still gives one at least this big, or the face is refused:
-# below it Discord's profile card (about 120 px at 2x DPI) shows upscaling blur.
-MIN_OUTPUT_PX = 256  # crop sizes tried when the preferred one cannot keep the face inside the circle
+# The output's floor: a face avatar is at least this big (or output_size, if smaller), or the face is
+# refused. Discord's profile card shows about 120 px at 2x DPI; 256 px leaves room for that.
+MIN_OUTPUT_PX = 256
 
 # --- scores (for choosing between candidate images) --------------------------------------------
 # A face crop scores in [0.5, 1]; saliency in [0.1, 0.3]; top-centre 0.05: any face beats any fallback.
@@ -56,7 +75,8 @@ class CropError(Exception):
 
 
 class FaceTooSmall(CropError):
-    """The best face would need upscaling beyond ``max_upscale``: try the next candidate image."""
+    """Every usable face would need upscaling beyond ``max_upscale`` to reach the ``MIN_OUTPUT_PX``
+    floor: try the next candidate image."""
 
 
 class NoUsableFace(FaceTooSmall):
@@ -74,6 +94,8 @@ class CropResult:
     face_inside: bool | None = None  # the face box wholly inside the round avatar (None: no face)
     face_share: float | None = None  # face width / crop width (None: no face)
     padded: bool = False  # the square reached past a too-narrow image, filled with its border colour
+    reason: str = ""  # which path was taken and why, in words
+    choice: list[dict[str, Any]] | None = None  # face path: every usable face, ranked, the chosen one marked
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -86,6 +108,8 @@ class CropResult:
             "face_inside": self.face_inside,
             "face_share": None if self.face_share is None else round(self.face_share, 4),
             "padded": self.padded,
+            "reason": self.reason,
+            "choice": self.choice,
         }
 
 
@@ -113,17 +137,70 @@ def face_score(face: Detection, image_size: tuple[int, int]) -> float:
     fx, fy = (face.bbox[0] + face.bbox[2]) / 2, (face.bbox[1] + face.bbox[3]) / 2
     off = math.hypot(fx - width / 2, fy - height / 2) / (0.5 * math.hypot(width, height))
     centrality = 1.0 - min(1.0, off)
-    return float(face.confidence) * (0.4 + 0.6 * size) * (0.6 + 0.4 * centrality)
+    return float(face.confidence) ** CONFIDENCE_POWER * (0.4 + 0.6 * size) * (0.6 + 0.4 * centrality)
 
 
 def usable(face: Detection) -> bool:
     return face.confidence >= MIN_CONFIDENCE and face.width >= MIN_FACE_PX and face.height > 0
 
 
-def rank_faces(detections: list[Detection], image_size: tuple[int, int]) -> list[tuple[float, Detection]]:
-    """Usable faces, best first, with their ``face_score``."""
+def hair_of(face: Detection) -> str | None:
+    colour = face.attributes.get("hair_color") if face.attributes else None
+    return colour if isinstance(colour, str) and len(colour) == 7 and colour.startswith("#") else None
+
+
+def hair_distance(face: Detection, hair_colours: list[str] | None) -> float | None:
+    """RGB distance from the face's hair colour to the nearest of ``hair_colours`` (None: either unknown)."""
+    colour = hair_of(face)
+    if colour is None or not hair_colours:
+        return None
+    try:
+        return min(math.dist(_hex_rgb(colour), _hex_rgb(c)) for c in hair_colours)
+    except ValueError:
+        return None
+
+
+def colour_matches(colour: str | None, hair_colours: list[str] | None, tolerance: float) -> bool:
+    """Is ``colour`` one of ``hair_colours``: within ``tolerance`` in RGB and, against a colour with a
+    clear hue (saturation >= ``HUE_MIN_SATURATION``), of the same hue family (as saturated, hue within
+    ``HUE_SPAN`` degrees)? RGB distance alone lets greys pass for a dark teal (#535353 is 87 from #137a7f)."""
+    if colour is None or not hair_colours:
+        return False
+    try:
+        rgb = _hex_rgb(colour)
+        targets = [_hex_rgb(c) for c in hair_colours]
+    except ValueError:
+        return False
+    hue, sat, _ = colorsys.rgb_to_hsv(*(v / 255 for v in rgb))
+    for t in targets:
+        if math.dist(rgb, t) > tolerance:
+            continue
+        t_hue, t_sat, _ = colorsys.rgb_to_hsv(*(v / 255 for v in t))
+        if t_sat < HUE_MIN_SATURATION:
+            return True
+        turn = abs(hue - t_hue) % 1.0
+        if sat >= HUE_MIN_SATURATION and min(turn, 1 - turn) * 360 <= HUE_SPAN:
+            return True
+    return False
+
+
+def rank_faces(
+    detections: list[Detection],
+    image_size: tuple[int, int],
+    hair_colours: list[str] | None = None,
+    hair_tolerance: float = 100.0,
+) -> list[tuple[float, Detection]]:
+    """Usable faces, best first, with their ``face_score``: faces whose hair matches ``hair_colours``
+    (``colour_matches``) before the others, then the detector's confidence, then the score (size,
+    centrality). Confidence before size: animeface gives real faces 1.0 (its likelihood, clipped) and
+    its confident false positives (a blank head, a drawn smiley, a fold of cloth) 0.98-0.9999, often
+    bigger or more central than the real face."""
     scored = [(face_score(d, image_size), d) for d in detections if usable(d)]
-    return sorted(scored, key=lambda sd: sd[0], reverse=True)
+
+    def key(sd: tuple[float, Detection]) -> tuple[bool, float, float]:
+        return (colour_matches(hair_of(sd[1]), hair_colours, hair_tolerance), float(sd[1].confidence), sd[0])
+
+    return sorted(scored, key=key, reverse=True)
 
 
 def output_side(image_size: tuple[int, int], output_size: int, max_upscale: float) -> int:
@@ -139,45 +216,97 @@ def crop_avatar(
     output_size: int = 1024,
     max_upscale: float = 2.0,
     allow_fallback: bool = True,
+    hair_colours: list[str] | None = None,
+    hair_tolerance: float = 100.0,
 ) -> CropResult:
-    """A square avatar from ``image`` around its best face, for a round display.
+    """A square avatar from ``image`` framed on the character's face, for a round display.
 
-    Raises ``FaceTooSmall`` when usable faces exist but none fills the avatar within ``max_upscale``
-    (the caller should try another image, or call again with ``detections=[]`` to force the
-    fallbacks), and ``NoUsableFace`` (a ``FaceTooSmall``) when there is no usable face and
+    Faces are taken in ``rank_faces`` order; the first whose framing keeps it wholly inside the circle
+    wins (when none can, the best-ranked one, reported with ``face_inside`` false). Raises
+    ``FaceTooSmall`` when usable faces exist but none reaches the ``MIN_OUTPUT_PX`` floor within
+    ``max_upscale`` (the caller should try another image, or call again with ``detections=[]`` to force
+    the fallbacks), and ``NoUsableFace`` (a ``FaceTooSmall``) when there is no usable face and
     ``allow_fallback`` is False.
     """
     if output_size < 1 or not max_upscale > 0:
         raise ValueError("output_size must be >= 1 and max_upscale > 0")
     rgb = to_rgb(image)
     size = rgb.size
-    ranked = rank_faces(detections, size)
+    ranked = rank_faces(detections, size, hair_colours, hair_tolerance)
     if ranked:
-        best: CropResult | None = None
-        refused: list[str] = []
-        for quality, face in ranked:
+        choice = [_face_entry(i, quality, face, hair_colours, hair_tolerance) for i, (quality, face) in enumerate(ranked)]
+        chosen: tuple[int, IntBox, bool, bool, int] | None = None
+        for i, (_quality, face) in enumerate(ranked):
             placed = _place_face(face, size, output_size, max_upscale)
             if placed is None:
-                refused.append(f"a {face.width:.0f}-px face")
+                choice[i]["refused"] = f"too small for a {min(output_size, MIN_OUTPUT_PX)}-px avatar within {max_upscale:g}x"
                 continue
             box, inside, padded, out = placed
+            if not inside:
+                choice[i]["refused"] = "cannot sit wholly inside the round frame"
+            if chosen is None:
+                chosen = (i, box, inside, padded, out)
+            elif inside and _quality >= INSIDE_TRADE * ranked[chosen[0]][0]:
+                chosen = (i, box, inside, padded, out)  # a fitting face nearly as good beats a clipped one
+            if inside:
+                break
+        if chosen is not None:
+            i, box, inside, padded, out = chosen
+            quality, face = ranked[i]
+            choice[i]["chosen"] = True
+            choice[i].pop("refused", None)
             upscale = out / (box[2] - box[0])
             score = 0.5 + 0.5 * quality * (1.0 if inside else 0.5) * (1.0 if upscale <= 1 else upscale ** -0.25)
-            if best is None or score > best.score:
-                _, share = face_in_circle(face.bbox, box)
-                best = CropResult(_render(rgb, box, out), box, "face", face, upscale, score, inside, share, padded)
-        if best is not None:
-            return best
+            _, share = face_in_circle(face.bbox, box)
+            return CropResult(_render(rgb, box, out), box, "face", face, upscale, score, inside, share, padded,
+                              _face_reason(choice, i, inside, out), choice)
         raise FaceTooSmall(
-            f"no face is big enough for a {output_side(size, output_size, max_upscale)}-px avatar within "
-            f"{max_upscale:g}x upscaling ({', '.join(refused)}): try another image"
+            f"no face is big enough for a {min(output_size, MIN_OUTPUT_PX)}-px avatar within {max_upscale:g}x "
+            f"upscaling ({', '.join(f'a {f.width:.0f}-px face' for _, f in ranked)}): try another image"
         )
     if not allow_fallback:
         raise NoUsableFace(
             f"no usable face (confidence >= {MIN_CONFIDENCE}, width >= {MIN_FACE_PX} px) among "
             f"{len(detections)} detection(s), and fallbacks are off"
         )
-    return _fallback(rgb, output_side(size, output_size, max_upscale))
+    result = _fallback(rgb, output_side(size, output_size, max_upscale))
+    why = (f"no usable face (confidence >= {MIN_CONFIDENCE}, width >= {MIN_FACE_PX} px) among "
+           f"{len(detections)} detection(s)")
+    result.reason = f"{result.method}: {why}" + (": the saliency map is flat" if result.method == "top-centre" else "")
+    return result
+
+
+def _face_entry(rank: int, quality: float, face: Detection, hair_colours: list[str] | None,
+                hair_tolerance: float) -> dict[str, Any]:
+    distance = hair_distance(face, hair_colours)
+    return {
+        "rank": rank,
+        "bbox": [round(float(v), 1) for v in face.bbox],
+        "confidence": round(float(face.confidence), 4),
+        "score": round(quality, 4),
+        "hair": hair_of(face),
+        "hair_distance": None if distance is None else round(distance, 1),
+        "hair_match": None if distance is None else colour_matches(hair_of(face), hair_colours, hair_tolerance),
+        "chosen": False,
+    }
+
+
+def _face_reason(choice: list[dict[str, Any]], i: int, inside: bool, out: int) -> str:
+    c = choice[i]
+    n = len(choice)
+    if n == 1:
+        why = "the only usable face"
+    elif c["hair_match"]:
+        others = sum(1 for o in choice if o["hair_match"])
+        why = (f"hair {c['hair']} matches the character's colours" +
+               (f" (the most confident of {others} matching)" if others > 1 else f" ({n - 1} other face(s) do not)"))
+    else:
+        known = any(o["hair_match"] is not None for o in choice)
+        why = f"the best of {n} usable faces (confidence, then size and centrality)" + (
+            "; no hair colour matched" if known else "")
+    if i > 0:
+        why += f"; {i} better-ranked face(s) could not be framed"
+    return f"face: {why}; {out}-px avatar" + ("" if inside else "; the face cannot sit wholly inside the circle")
 
 
 def avatar_png(result: CropResult) -> bytes:
@@ -224,14 +353,14 @@ def _place_face(
 ) -> tuple[IntBox, bool, bool, int] | None:
     """The square for ``face``: (box, face inside the circle, padded, output side).
 
-    None when the face is too small: it would need more than ``max_upscale`` to fill the avatar.
-    A source big enough for a full ``output_size`` avatar must give one (the crop widens, down to
-    ``MIN_FACE_SHARE``, to keep the upscale in bounds); a smaller source gives a smaller avatar at
-    the preferred framing, but never below ``MIN_OUTPUT_PX``.
+    Framing decides the square; the output side follows from it: ``output_size`` at most, the crop
+    upscaled by at most ``max_upscale``. The floor (``MIN_OUTPUT_PX``, or ``output_size`` if smaller)
+    widens the crop of a small face, down to a ``MIN_FACE_SHARE`` face share; None when even that
+    cannot reach the floor (the face is too small for any avatar).
     """
     smallest_side = min(size)
-    full_size = smallest_side * max_upscale >= output_size
-    need = (output_size if full_size else min(output_size, MIN_OUTPUT_PX)) / max_upscale  # source px
+    floor_px = min(output_size, MIN_OUTPUT_PX)
+    need = floor_px / max_upscale  # the smallest crop side (source px) that still gives the floor
     widest = face.width / MIN_FACE_SHARE
     if min(widest, smallest_side) < need * (1 - 1e-9):
         return None
@@ -243,7 +372,7 @@ def _place_face(
 
     def result(box: IntBox, inside: bool, padded: bool) -> tuple[IntBox, bool, bool, int]:
         side = box[2] - box[0]
-        return box, inside, padded, output_size if full_size else min(output_size, math.floor(side * max_upscale))
+        return box, inside, padded, min(output_size, math.floor(side * max_upscale))
 
     def fits(box: IntBox) -> bool:
         return _margin(face, box) >= 0 and face.width / (box[2] - box[0]) <= MAX_FACE_SHARE
@@ -310,6 +439,11 @@ def _render(rgb: Image.Image, box: IntBox, out: int) -> Image.Image:
     canvas = Image.new("RGB", (x2 - x1, y2 - y1), _border_colour(rgb))
     canvas.paste(rgb, (-x1, -y1))
     return canvas.resize((out, out), Image.Resampling.LANCZOS)
+
+
+def _hex_rgb(colour: str) -> tuple[int, int, int]:
+    h = colour.lstrip("#")
+    return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
 
 
 def _border_colour(rgb: Image.Image) -> tuple[int, int, int]:

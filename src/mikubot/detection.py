@@ -2,6 +2,11 @@
 fallback chain when things break — service down → in-process → no faces (the crop then uses saliency).
 
 Each step down is reported through ``on_fallback`` so the change's events and record say what happened.
+
+A second look for small faces: animeface's smallest window is ~42 px, so a scene whose faces are 30-40 px
+wide gives no face at all, and the change would end in a saliency crop of the whole scene. When a
+picture yields no usable face, it is detected once more at twice its size (in-process, whatever
+detected first) and the boxes are mapped back (``via`` then ends in "+upscaled").
 """
 
 from __future__ import annotations
@@ -17,13 +22,43 @@ from facedetect.backends import Detector, create_detector
 from facedetect.client import AsyncFaceDetectClient, FaceDetectClientError
 from facedetect.errors import FaceDetectError
 from facedetect.types import Detection
+from mikubot.crop import rank_faces
+
+SMALL_FACE_UPSCALE = 2  # the second look's zoom: a 30-px face becomes 60 px, well above animeface's window
+SECOND_LOOK_MAX_SIDE = 2400  # pictures longer than this are not zoomed (their faces are rarely that small)
+
+
+def needs_second_look(detections: list[Detection], image: Image.Image) -> bool:
+    return not rank_faces(detections, image.size) and max(image.size) <= SECOND_LOOK_MAX_SIDE
+
+
+def detect_zoomed(detect: Callable[[Image.Image], list[Detection]], image: Image.Image) -> list[Detection]:
+    """``detect`` on ``image`` enlarged ``SMALL_FACE_UPSCALE`` times, boxes mapped back to its pixels."""
+    k = SMALL_FACE_UPSCALE
+    big = image.resize((image.width * k, image.height * k), Image.Resampling.LANCZOS)
+    return [
+        Detection(bbox=tuple(v / k for v in d.bbox), confidence=d.confidence,  # type: ignore[arg-type]
+                  keypoints=[(x / k, y / k, sc) for x, y, sc in d.keypoints], attributes=d.attributes)
+        for d in detect(big)
+    ]
+
+
+def detect_with_second_look(detect: Callable[[Image.Image], list[Detection]],
+                            image: Image.Image) -> tuple[list[Detection], bool]:
+    """``detect``, then the zoomed second look when the first found no usable face; (faces, zoomed)."""
+    found = detect(image)
+    if needs_second_look(found, image):
+        zoomed = detect_zoomed(detect, image)
+        if rank_faces(zoomed, image.size):
+            return zoomed, True
+    return found, False
 
 
 @dataclass
 class FaceResult:
     detections: list[Detection]
     backend: str | None  # "animeface", "yolo-onnx", ... as reported by whoever detected
-    via: str  # "service" | "in-process" | "none"
+    via: str  # "service" | "in-process" | "none", + "+upscaled" when the second look found the faces
     error: str | None = None  # why this image has no result (bad image, no detector at all)
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -79,6 +114,17 @@ class FaceFinder:
             await self._client.aclose()
 
     async def find(self, image: Image.Image, data: bytes, filename: str) -> FaceResult:
+        result = await self._find(image, data, filename)
+        if result.error is None and self.local_ok and needs_second_look(result.detections, image):
+            try:
+                zoomed = await asyncio.to_thread(detect_zoomed, self.local.detect, image)
+            except FaceDetectError:
+                return result
+            if rank_faces(zoomed, image.size):
+                return FaceResult(zoomed, self.local.backend, f"{result.via}+upscaled", timings_ms=result.timings_ms)
+        return result
+
+    async def _find(self, image: Image.Image, data: bytes, filename: str) -> FaceResult:
         if self.service_ok and self._client is not None:
             try:
                 result = await self._service(data, filename)

@@ -1,9 +1,11 @@
 """Files a change leaves behind: the avatar PNG (always kept under the data directory, so a failed
 upload can be applied later), an annotated copy of the source (face box, crop square, round area),
-and the JSON report — plus copies at ``--out`` when asked."""
+and the JSON report — plus copies at ``--out`` when asked; and a thumbnail of every candidate (the
+panel's Candidates view draws each one's faces on it)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -84,6 +86,29 @@ def write_change_files(
         report = out_avatar.with_suffix(".json")
         return ChangeFiles(out_avatar, report, ann_path, avatar)
     return ChangeFiles(avatar, report, ann_path, avatar)
+
+
+CANDIDATE_THUMB_SIDE = 512  # enough for the panel's cards; the source stays wherever it came from
+
+
+def candidate_picture_path(avatars_dir: Path, change_id: int, index: int) -> Path:
+    return avatars_dir / f"change-{change_id:05d}_candidate-{index}.jpg"
+
+
+def candidate_thumbnail(image: Image.Image, avatars_dir: Path, change_id: int, index: int) -> str | None:
+    """A small JPEG of candidate ``index`` of a change, for the panel to draw its faces on; its file name
+    (inside ``avatars_dir``), or None when it cannot be written (the change goes on without it)."""
+    path = candidate_picture_path(avatars_dir, change_id, index)
+    thumb = image.copy()
+    thumb.thumbnail((CANDIDATE_THUMB_SIDE, CANDIDATE_THUMB_SIDE), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    thumb.convert("RGB").save(buf, "JPEG", quality=80)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, buf.getvalue())
+    except OSError:
+        return None
+    return path.name
 
 
 def write_report(path: Path, record: dict[str, Any]) -> None:

@@ -34,12 +34,22 @@ from facedetect.errors import FaceDetectError
 from facedetect.imageio import load_image
 from facedetect.types import Detection
 from mikubot.config import Settings
-from mikubot.crop import CropError, CropResult, FaceTooSmall, avatar_png, crop_avatar, face_in_circle, rank_faces
-from mikubot.discord_rest import DiscordError
+from mikubot.crop import (
+    CropError,
+    CropResult,
+    FaceTooSmall,
+    avatar_png,
+    crop_avatar,
+    colour_matches,
+    face_in_circle,
+    hair_of,
+    rank_faces,
+)
 from mikubot.detection import FaceFinder, FaceResult, InProcessDetector
+from mikubot.discord_rest import DiscordError
 from mikubot.events import ChangeEvents, EventBus
 from mikubot.history import History
-from mikubot.outputs import ChangeFiles, annotated_source, write_change_files, write_report
+from mikubot.outputs import candidate_thumbnail, ChangeFiles, annotated_source, write_change_files, write_report
 from mikubot.record import ChangeRecord, Credit
 from mikubot.redact import scrub
 from mikubot.sources import Candidate, Source, SourceError, source_from_spec
@@ -72,6 +82,9 @@ class Pick:
     verification: Verification | None = None
     faces: FaceResult | None = None
     skipped: str | None = None  # why it dropped out, if it did
+    lost: str | None = None  # a survivor the crop stage did not choose: why not
+    framing: dict[str, Any] | None = None  # the chosen one: its crop (path taken and why, the faces it chose from)
+    picture: str | None = None  # its thumbnail's file name in the avatars folder (the panel's Candidates view)
     # The vision request's body (a scaled JPEG data URI), encoded in a worker thread as soon as the picture
     # is decoded, so the K answers follow each other with no encoding in between.
     body: asyncio.Task[dict[str, Any]] | None = None
@@ -84,6 +97,10 @@ class Pick:
             "faces": [d.to_json() for d in self.faces.detections] if self.faces else None,
             "detected_via": self.faces.via if self.faces else None,
             "skipped": self.skipped,
+            "lost": self.lost,
+            "framing": self.framing,
+            "picture": self.picture,
+            "size": [self.image.width, self.image.height] if self.image is not None else None,
         }
 
 
@@ -146,33 +163,54 @@ class Framing:
     crop: CropResult
     refused: list[tuple[int, str]] = field(default_factory=list)
     without_face: bool = False  # no usable face in any picture: cropped by saliency (then top-centre)
+    lost: dict[int, str] = field(default_factory=dict)  # every other picture: why it was not chosen
 
 
-def frame_best(pictures: list[Picture], *, output_size: int, max_upscale: float) -> Framing:
+def frame_best(pictures: list[Picture], *, output_size: int, max_upscale: float,
+               hair_colours: list[str] | None = None, hair_tolerance: float = 100.0) -> Framing:
     """The crop stage's choice — for a change's survivors and the panel's upload preview alike: the best
-    face (weighted by the verifier's confidence) that fills the round avatar within ``max_upscale``; if
-    none does, the most confidently verified picture cropped without a face. ``CropError`` if even that fails."""
+    face (the character's hair colour first, then the face score weighted by the verifier's confidence)
+    that can be framed at the output floor; if none can, the most confidently verified picture cropped
+    without a face. Framing first: a picture with a usable face is never passed over for a fallback crop.
+    ``CropError`` if even that fails."""
 
-    def rank(i: int) -> tuple[float, float]:
+    def rank(i: int) -> tuple[bool, float, float]:
         p = pictures[i]
-        faces = rank_faces(p.detections, p.image.size)
-        return (faces[0][0] if faces else 0.0) * (0.5 + 0.5 * p.confidence), p.confidence
+        faces = rank_faces(p.detections, p.image.size, hair_colours, hair_tolerance)
+        match = bool(faces) and _matches(faces[0][1], hair_colours, hair_tolerance)
+        return match, (faces[0][0] if faces else 0.0) * (0.5 + 0.5 * p.confidence), p.confidence
 
     refused: list[tuple[int, str]] = []
-    for i in sorted(range(len(pictures)), key=rank, reverse=True):
+    order = sorted(range(len(pictures)), key=rank, reverse=True)
+    for i in order:
         p = pictures[i]
         if not rank_faces(p.detections, p.image.size):
             continue
         try:
             crop = crop_avatar(p.image, p.detections, output_size=output_size, max_upscale=max_upscale,
-                               allow_fallback=False)
+                               allow_fallback=False, hair_colours=hair_colours, hair_tolerance=hair_tolerance)
         except FaceTooSmall as exc:
             refused.append((i, str(exc)))
             continue
-        return Framing(i, crop, refused)
+        return Framing(i, crop, refused, lost=_lost(pictures, i, refused, "ranked below the chosen picture "
+                                                    "(hair colour, then face score x verification confidence)"))
     best = max(range(len(pictures)), key=lambda i: pictures[i].confidence)
     crop = crop_avatar(pictures[best].image, [], output_size=output_size, max_upscale=max_upscale, allow_fallback=True)
-    return Framing(best, crop, refused, without_face=True)
+    return Framing(best, crop, refused, without_face=True,
+                   lost=_lost(pictures, best, refused, "verified less confidently than the chosen picture"))
+
+
+def _matches(face: Detection, hair_colours: list[str] | None, tolerance: float) -> bool:
+    return colour_matches(hair_of(face), hair_colours, tolerance)
+
+
+def _lost(pictures: list[Picture], chosen: int, refused: list[tuple[int, str]], otherwise: str) -> dict[int, str]:
+    why = dict(refused)
+    for i, p in enumerate(pictures):
+        if i != chosen and i not in why:
+            why[i] = otherwise if rank_faces(p.detections, p.image.size) else (
+                f"no usable face among {len(p.detections)} detection(s)")
+    return why
 
 
 class AvatarPipeline:
@@ -418,7 +456,7 @@ class Change:
         """The record's fields that describe the chosen picture and its crop."""
         crop, verification = chosen.crop, chosen.pick.verification
         return {"face_box": _box(crop.face.bbox) if crop.face else None, "crop_box": _box(crop.box),
-                "crop_method": crop.method, "verification": verification.to_json() if verification else None,
+                "crop_method": crop.method, "crop_reason": crop.reason, "verification": verification.to_json() if verification else None,
                 "description": verification.description if verification else None}
 
     def _timeline(self) -> list[dict[str, Any]]:
@@ -434,7 +472,8 @@ class Change:
     async def find_and_apply(self, k: int, out: Path | None) -> None:
         src, found = await self.search(self.spec, k)
         survivors = await self.download_and_verify(src, found)
-        await self.detect(survivors)
+        if any(p.faces is None for p in survivors):  # the heuristic verifier's path has detected already
+            await self.detect(survivors)
         with self.stage("crop"):
             self.chosen = chosen = self.crop(survivors)
         png = await asyncio.to_thread(avatar_png, chosen.crop)
@@ -497,14 +536,17 @@ class Change:
         """All candidates at once (a few at a time): K round trips to a booru CDN overlap instead of adding up."""
         gate = asyncio.Semaphore(DOWNLOADS_AT_ONCE)
         picks = [Pick(c) for c in found]
+        first = len(self.picks)  # each pick's place in the record's candidates (its thumbnail's number)
         self.picks.extend(picks)
 
-        async def one(pick: Pick) -> None:
+        async def one(index: int, pick: Pick) -> None:
             c = pick.candidate
             async with gate:
                 try:
                     pick.candidate = await src.download(c)
                     pick.image, _ = await asyncio.to_thread(load_image, pick.candidate.data or b"")
+                    pick.picture = await asyncio.to_thread(
+                        candidate_thumbnail, pick.image, self.settings.avatars_dir, self.id, index)
                     self.events.emit("download", "progress", key=c.key, bytes=len(pick.candidate.data or b""),
                                      size=[pick.image.width, pick.image.height])
                 except SourceError as exc:
@@ -517,7 +559,7 @@ class Change:
                 pick.body = asyncio.create_task(asyncio.to_thread(prepare, pick.candidate.data or b"", pick.image))
 
         with self.stage("download", count=len(found)):
-            await asyncio.gather(*(one(p) for p in picks))
+            await asyncio.gather(*(one(first + i, p) for i, p in enumerate(picks)))
         live = [p for p in picks if not p.skipped]
         if not live:
             raise ChangeFailed("download", "no candidate could be downloaded and decoded: "
@@ -529,7 +571,9 @@ class Change:
         pictures download; the heuristic needs no room and starts when they have arrived."""
         vision = isinstance(verifier, VisionVerifier)
         if not vision:
-            await downloading
+            # One detection per image: the heuristic reads the hair colour from the detect stage's faces,
+            # so without a vision model to make room for, detection comes first and is not repeated.
+            await self.detect(await downloading)
         with self.stage("verify", count=count):
             # The vision reservation: entered and released here only. It ends with the last answer (or as soon
             # as the model is found unusable), not after the stage's bookkeeping.
@@ -565,6 +609,8 @@ class Change:
     async def _ask(verifier: Verifier, pick: Pick) -> Verification:
         if isinstance(verifier, VisionVerifier) and pick.body is not None:
             return await verifier.verify(pick.candidate, body=await pick.body)
+        if isinstance(verifier, HeuristicVerifier) and pick.faces is not None:
+            return await verifier.verify(pick.candidate, faces=pick.faces.detections)
         return await verifier.verify(pick.candidate)
 
     def _judge(self, pick: Pick) -> None:
@@ -615,12 +661,15 @@ class Change:
         pictures = [Picture(p.image, p.faces.detections if p.faces else [],  # type: ignore[arg-type]
                             p.verification.confidence if p.verification else 0.0) for p in survivors]
         try:
-            framing = frame_best(pictures, output_size=self.settings.output_size, max_upscale=self.settings.max_upscale)
+            framing = frame_best(pictures, output_size=self.settings.output_size, max_upscale=self.settings.max_upscale,
+                                 hair_colours=self.settings.hair_colours, hair_tolerance=self.settings.hair_tolerance)
         except CropError as exc:
             best = max(survivors, key=lambda p: p.verification.confidence if p.verification else 0.0)
             raise ChangeFailed("crop", f"cannot crop {best.candidate.key}: {exc}") from None
         for i, why in framing.refused:
             self.events.emit("crop", "skip", key=survivors[i].candidate.key, reason=why)
+        for i, why in framing.lost.items():
+            survivors[i].lost = why
         pick = survivors[framing.index]
         if framing.without_face:
             refused = "; ".join(f"{survivors[i].candidate.key}: {why}" for i, why in framing.refused)
@@ -629,6 +678,7 @@ class Change:
         return self._cropped(pick, framing.crop)
 
     def _cropped(self, pick: Pick, crop: CropResult) -> Chosen:
+        pick.framing = crop.to_json()
         self.events.emit("crop", "progress", key=pick.candidate.key, method=crop.method, box=_box(crop.box),
                          face=_box(crop.face.bbox) if crop.face else None, size=[crop.image.width, crop.image.height])
         return Chosen(pick, crop)
@@ -665,4 +715,4 @@ class Change:
             self.uploaded = True
 
 
-_LOOKS = ("face_box", "crop_box", "crop_method", "verification", "description")
+_LOOKS = ("face_box", "crop_box", "crop_method", "crop_reason", "verification", "description")

@@ -39,6 +39,7 @@ class ChangeRecord(BaseModel):
     face_box: list[float] | None = None
     crop_box: list[float] | None = None
     crop_method: str | None = None
+    crop_reason: str | None = Field(None, description="which crop path was taken and why (the face chosen, or why none)")
     face_inside_circle: bool | None = None
     avatar_size: list[int] | None = None
     fallbacks: list[str] = Field(default_factory=list, description="stage:fallback, e.g. verify:heuristic")

@@ -6,7 +6,10 @@ often wrap JSON in prose or code fences, or answer in prose only; ``parse_answer
 The caller holds one vramctl reservation of the vision model around all K calls (pipeline.py).
 
 ``HeuristicVerifier`` needs no model: a booru post's character tag is strong evidence, and animeface
-reports a hair colour that can be compared with the character's configured colours (teal for Miku).
+reports a hair colour per face that can be compared with the character's configured colours (teal for
+Miku). It reads the colours from the detect stage's detections when it is given them (one detection per
+image: the pipeline detects first when the heuristic verifies) and runs its own animeface pass only
+when it is not.
 Images from sources without tags (a local folder, a URL, an uploaded file) were chosen by the
 operator; the heuristic cannot refute them, so it accepts them with a confidence that says how much
 the hair colour agrees.
@@ -29,6 +32,8 @@ from PIL import Image
 from facedetect.backends.base import Detector
 from facedetect.errors import FaceDetectError
 from facedetect.imageio import load_image
+from facedetect.types import Detection
+from mikubot.crop import colour_matches
 from mikubot.sources.base import Candidate
 
 TAGGED_SOURCES = frozenset({"danbooru", "safebooru", "gelbooru"})
@@ -285,37 +290,52 @@ class HeuristicVerifier:
         character: str,
         character_tag: str,
         hair_colours: list[str],
-        detector: Detector,
+        detector: Detector | None,
         *,
         tolerance: float = 100.0,
     ) -> None:
         self.character = character
         self.character_tag = character_tag
         self.hair_colours = hair_colours
-        self.detector = detector
+        self.detector = detector  # only for pictures verified without the detect stage's faces
         self.tolerance = tolerance
 
-    def hair(self, data: bytes) -> tuple[str | None, float | None]:
-        """The hair colour animeface reports for the most confident face, and its distance to the nearest
-        configured colour; (None, None) when there is no face or the detector reports no colour."""
+    def hair(self, data: bytes, faces: list[Detection] | None = None) -> tuple[str | None, float | None]:
+        """The hair colour to judge the picture by, and its distance to the nearest configured colour;
+        (None, None) when no face reports a colour. ``faces``: the picture's detections, when already
+        made (else animeface runs on a thumbnail here). With several faces, the one nearest the
+        character's colours speaks for the picture (is the character in it?); the most confident one
+        when no colours are configured."""
+        if faces is None or (faces and not any(f.attributes.get("hair_color") for f in faces)):
+            faces = self._detect(data)  # not detected yet, or by a backend that reads no colours (yolo-onnx)
+        coloured = [(f, f.attributes.get("hair_color")) for f in faces if f.attributes.get("hair_color")]
+        if not coloured:
+            return None, None
+        if not self.hair_colours:
+            return max(coloured, key=lambda fc: fc[0].confidence)[1], None
+        readings = [(not colour_matches(c, self.hair_colours, self.tolerance),
+                     min(colour_distance(c, h) for h in self.hair_colours), -f.confidence, c) for f, c in coloured]
+        _, distance, _, colour = min(readings)
+        return colour, distance
+
+    def _detect(self, data: bytes) -> list[Detection]:
         try:
             image, _ = load_image(data)
         except FaceDetectError:
-            return None, None
+            return []
+        if self.detector is None:
+            return []
         image.thumbnail((HAIR_PROBE_SIDE, HAIR_PROBE_SIDE), Image.Resampling.LANCZOS)
-        faces = sorted(self.detector.detect(image), key=lambda d: d.confidence, reverse=True)
-        colour = next((f.attributes.get("hair_color") for f in faces if f.attributes.get("hair_color")), None)
-        if colour is None:
-            return None, None
-        return colour, min(colour_distance(colour, c) for c in self.hair_colours) if self.hair_colours else None
+        return self.detector.detect(image)
 
-    async def verify(self, candidate: Candidate) -> Verification:
+    async def verify(self, candidate: Candidate, faces: list[Detection] | None = None) -> Verification:
+        """``faces``: the candidate's detections from the detect stage (saves a second detection)."""
         if candidate.data is None:
             raise ValueError("verify needs a downloaded candidate")
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        colour, distance = await asyncio.to_thread(self.hair, candidate.data)
-        hair_match = distance is not None and distance <= self.tolerance
+        colour, distance = await asyncio.to_thread(self.hair, candidate.data, faces)
+        hair_match = distance is not None and colour_matches(colour, self.hair_colours, self.tolerance)
         tags = [t.lower() for t in candidate.tags]
         tagged = candidate.source in TAGGED_SOURCES
         evidence: dict[str, Any] = {
@@ -324,6 +344,7 @@ class HeuristicVerifier:
             "hair_color": colour,
             "hair_distance": round(distance, 1) if distance is not None else None,
             "hair_match": hair_match if colour else None,
+            "faces_from": "detect stage" if faces is not None else "own detection",
         }
         hair_note = (
             f"hair {colour} {'matches' if hair_match else 'does not match'} {self.character}'s colours"

@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import math
 import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 MAX_FACES = 1024
+# nv_face_analyze reads the hair and skin colours by k-means with random starts, drawn from ONE
+# process-wide generator (nv_rand): unseeded, and shared by every thread, the same face gave a different
+# colour on every call (35 colours in 40 readings of one sprite). Each analysis therefore runs under one
+# lock, once per seed below, with the generator reseeded first, and reports the medoid of its readings:
+# the same pixels always give the same colour, and one unlucky k-means start cannot decide it.
+ANALYZE_SEEDS = (1, 2, 3, 4, 5)
+_ANALYZE_LOCK = threading.Lock()
 
 
 class _Matrix(ctypes.Structure):
@@ -121,6 +130,8 @@ class NvxsLibrary:
         ]
         lib.nv_face_analyze.restype = None
         lib.nv_face_analyze.argtypes = [ctypes.POINTER(_FaceFeature), ctypes.POINTER(_FacePosition), _MatP]
+        lib.nv_srand.restype = None
+        lib.nv_srand.argtypes = [ctypes.c_ulong]
         self._lib = lib
         self._dir = self._symbol("nv_face_mlp_dir")
         self._detector = self._symbol("nv_face_mlp_face_00")
@@ -223,9 +234,9 @@ class PreparedImage:
         out = []
         for i in range(n):
             f = faces[i]
-            feat = _FaceFeature()
+            hair = skin = (0, 0, 0)
             if analyze:
-                lib.nv_face_analyze(ctypes.byref(feat), ctypes.byref(f), self._bgr)
+                hair, skin = self._analyze(f)
             out.append(
                 RawFace(
                     likelihood=float(f.likelihood),
@@ -235,11 +246,24 @@ class PreparedImage:
                     nose=(f.nose.x, f.nose.y),
                     mouth=_rect(f.mouth),
                     chin=(f.chin.x, f.chin.y),
-                    hair_rgb=_rgb(feat.hair_bgr),
-                    skin_rgb=_rgb(feat.skin_bgr),
+                    hair_rgb=hair,
+                    skin_rgb=skin,
                 )
             )
         return out
+
+    def _analyze(self, face: _FacePosition) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+        """(hair, skin) RGB of one face: the medoid of one seeded reading per ``ANALYZE_SEEDS`` entry."""
+        lib = self._library._lib
+        hairs, skins = [], []
+        with _ANALYZE_LOCK:
+            for seed in ANALYZE_SEEDS:
+                feat = _FaceFeature()
+                lib.nv_srand(seed)
+                lib.nv_face_analyze(ctypes.byref(feat), ctypes.byref(face), self._bgr)
+                hairs.append(_rgb(feat.hair_bgr))
+                skins.append(_rgb(feat.skin_bgr))
+        return medoid(hairs), medoid(skins)
 
     def close(self) -> None:
         for m in self._owned:
@@ -251,6 +275,11 @@ class PreparedImage:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def medoid(colours: list[tuple[int, int, int]]) -> tuple[int, int, int]:
+    """The colour closest (summed RGB distance) to all the others; the first such on a tie."""
+    return min(colours, key=lambda c: sum(math.dist(c, o) for o in colours))
 
 
 def _rect(r: _Rect) -> tuple[int, int, int, int]:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from facedetect.contract import errors, multipart_file_body
 from facedetect.errors import FaceDetectError
 from mikubot.history import HistoryError
+from mikubot.outputs import candidate_picture_path
 from mikubot.record import ChangeRecord
 from mikubot.runner import ChangeBusy, RunningChange
 from mikubot.sources import SourceError
@@ -247,6 +248,19 @@ async def annotated(request: Request, change_id: ChangeId) -> FileResponse:
     path = annotated_path(p.settings.avatars_dir, row)
     if not inside(path, p.settings.avatars_dir):
         raise HTTPException(404, f"change {change_id} has no annotated image")
+    return FileResponse(path, media_type="image/jpeg")
+
+
+@router.get("/avatars/{change_id}/candidates/{index}.jpg", tags=["files"], response_class=FileResponse, responses=errors(404))
+async def candidate_picture(request: Request, change_id: ChangeId, index: int = PathParam(ge=0, le=99)) -> FileResponse:
+    """A thumbnail of candidate ``index`` of a change (its place in the record's ``candidates``), for
+    drawing its faces on; 404 for a candidate that was never downloaded."""
+    p = panel(request)
+    if p.history.get(change_id) is None:
+        raise HTTPException(404, f"no change with id {change_id}")
+    path = candidate_picture_path(p.settings.avatars_dir, change_id, index)
+    if not path.is_file():
+        raise HTTPException(404, f"change {change_id} has no picture of candidate {index}")
     return FileResponse(path, media_type="image/jpeg")
 
 

@@ -112,7 +112,7 @@ async def make_preview(pipeline: AvatarPipeline, data: bytes, filename: str = "u
         notes.append(found.error)
     try:  # the pipeline's own crop choice, for one picture the owner chose (confidence 1)
         framing = frame_best([Picture(image, found.detections, 1.0)], output_size=s.output_size,
-                             max_upscale=s.max_upscale)
+                             max_upscale=s.max_upscale, hair_colours=s.hair_colours, hair_tolerance=s.hair_tolerance)
     except CropError as exc:
         raise HTTPException(422, f"cannot crop this image: {exc}") from None
     notes.extend(why for _, why in framing.refused)

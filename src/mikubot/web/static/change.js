@@ -95,16 +95,20 @@
     (rec.events || []).forEach(function (e) { if (e.stage === "download" && e.detail && e.detail.size) sizes[e.detail.key] = e.detail.size; });
     const cands = rec.candidates || [];
     if (!cands.length) { box.appendChild(P.el("p", { class: "muted", text: "No candidates (the change ended before downloading)." })); return; }
-    cands.forEach(function (c) {
+    cands.forEach(function (c, i) {
       const chosen = c.key === rec.post_key;
       const card = P.el("figure", { class: "candidate" + (chosen ? " chosen" : "") + (c.skipped ? " skipped" : ""), "data-key": c.key });
-      const size = sizes[c.key];
+      const size = c.size || sizes[c.key];
       const frame = P.el("div", { class: "frame" });
       if (chosen && rec.annotated_url) {
         // The server-drawn copy (faces, crop square, round area) of the chosen image, with the same
         // boxes drawn again on top from the record's numbers.
         frame.appendChild(P.el("img", { src: rec.annotated_url + "?v=" + rec.id, alt: "chosen candidate with faces and crop" }));
         if (size) frame.appendChild(faceSvg(size, c.faces, rec.crop_box));
+      } else if (c.picture && size) {
+        // Every other downloaded candidate: its thumbnail, with its faces drawn in source pixels on top.
+        frame.appendChild(P.el("img", { src: "/avatars/" + rec.id + "/candidates/" + i + ".jpg", alt: "candidate " + (c.filename || c.key) + " with its faces" }));
+        frame.appendChild(faceSvg(size, c.faces, chosen ? rec.crop_box : null));
       } else if (size) {
         frame.classList.add("schematic");
         const svg = faceSvg(size, c.faces, null);
@@ -117,7 +121,9 @@
       if (v.method) lines.push(v.method + " " + (v.confidence !== undefined ? v.confidence.toFixed(2) : "") + (v.description ? " — " + v.description : ""));
       if (c.faces) lines.push(c.faces.length + " face(s)" + (c.detected_via ? " via " + c.detected_via : ""));
       if (c.skipped) lines.push("skipped: " + c.skipped);
+      if (c.lost) lines.push("not chosen: " + c.lost);
       if (chosen) lines.push("chosen · " + rec.crop_method + " crop " + JSON.stringify(rec.crop_box));
+      if (c.framing && c.framing.reason) lines.push(c.framing.reason);
       const cap = P.el("figcaption", {});
       lines.forEach(function (l) { cap.appendChild(P.el("div", { text: l })); });
       card.appendChild(cap);

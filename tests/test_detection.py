@@ -1,0 +1,45 @@
+"""The detect stage's second look: a picture whose faces are below animeface's ~42-px window gives no
+face at its own size; zoomed 2x it does, and the change frames that face instead of a saliency crop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from mikubot.crop import crop_avatar, face_in_circle
+from mikubot.detection import FaceFinder, InProcessDetector, detect_with_second_look
+
+
+def small_face_scene(art_dir: Path, face_labels: dict, face_px: float) -> tuple[Image.Image, list[float]]:
+    """Eileen shrunk until her labelled face is ``face_px`` wide, on a plain 900x600 backdrop."""
+    sprite = Image.open(art_dir / "eileen happy.png").convert("RGBA")
+    x1, y1, x2, y2 = face_labels["eileen happy.png"][0]
+    k = face_px / (x2 - x1)
+    small = sprite.resize((round(sprite.width * k), round(sprite.height * k)), Image.Resampling.LANCZOS)
+    scene = Image.new("RGB", (900, 600), (170, 190, 210))
+    at = (600, 400)
+    scene.paste(small, at, small)
+    return scene, [at[0] + x1 * k, at[1] + y1 * k, at[0] + x2 * k, at[1] + y2 * k]
+
+
+async def test_a_face_too_small_for_the_detector_is_found_zoomed(art_dir: Path, face_labels: dict) -> None:
+    scene, truth = small_face_scene(art_dir, face_labels, 32)
+    local = InProcessDetector("animeface")
+    assert not [d for d in local.detect(scene) if d.width >= 32], "animeface misses a 32-px face at its own size"
+    async with FaceFinder(None, local, lambda to, why: None) as finder:
+        found = await finder.find(scene, b"", "scene.png")
+    assert found.via == "in-process+upscaled" and found.detections
+    faces, zoomed = detect_with_second_look(local.detect, scene)
+    assert zoomed and [d.bbox for d in faces] == [d.bbox for d in found.detections]
+    result = crop_avatar(scene, found.detections)
+    assert result.method == "face"
+    inside, share = face_in_circle(tuple(truth), result.box)  # type: ignore[arg-type]
+    assert inside and 0.20 <= share <= 0.75 and result.image.width >= 256
+
+
+async def test_no_second_look_when_the_first_finds_a_face(art_dir: Path, face_labels: dict) -> None:
+    scene, _ = small_face_scene(art_dir, face_labels, 90)
+    async with FaceFinder(None, InProcessDetector("animeface"), lambda to, why: None) as finder:
+        found = await finder.find(scene, b"", "scene.png")
+    assert found.via == "in-process" and found.detections
