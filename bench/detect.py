@@ -327,8 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--art", type=Path, default=Path(os.environ.get("MIKU_TEST_ART", ROOT / ".cache/art/images")))
     ap.add_argument("--labels", type=Path, default=ROOT / "tests/labels/renpy.json")
-    ap.add_argument("--bench-data", type=Path, default=ROOT.parent / "shared" / "bench",
-                    help="the public benchmark folder (anime-grid/ and peers/lbpcascade_animeface.xml), read in place")
+    env_data = os.environ.get("MIKU_BENCH_DATA")
+    ap.add_argument("--bench-data", type=Path, default=Path(env_data) if env_data else None,
+                    required=env_data is None,
+                    help="the public benchmark folder (anime-grid/ and peers/lbpcascade_animeface.xml), read in "
+                         "place; default: $MIKU_BENCH_DATA (`make bench` passes BENCH_DATA)")
     ap.add_argument("--scenes", type=Path, default=ROOT / ".cache/scenes", help="`make scenes` output")
     ap.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
     ap.add_argument("--limit", type=int, default=None, help="only the first N images of each set (quick looks)")
