@@ -1,7 +1,7 @@
 """The one table of image formats: what is read at all, under which file extension and MIME type.
 
 Every reader of untrusted pictures uses it — the detector's decoder (``imageio``), the sources' header
-check, the panel's upload store and the Discord upload — so a picture one of them takes, the others
+check, the local folder's scan and the panel's upload store — so a picture one of them takes, the others
 take too. It lives in facedetect, the lowest layer, so that every package can import it.
 """
 
@@ -16,16 +16,15 @@ class ImageFormat:
     label: str  # how a person writes it
     ext: str  # the file extension it is stored under
     mime: str
-    discord: bool  # Discord's image data (an avatar) may be of this type
     aliases: tuple[str, ...] = ()  # other extensions files of this format are found under
 
 
 FORMATS: tuple[ImageFormat, ...] = (
-    ImageFormat("JPEG", "JPEG", "jpg", "image/jpeg", discord=True, aliases=("jpeg",)),
-    ImageFormat("PNG", "PNG", "png", "image/png", discord=True),
-    ImageFormat("WEBP", "WebP", "webp", "image/webp", discord=False),
-    ImageFormat("GIF", "GIF", "gif", "image/gif", discord=True),  # read: its first frame
-    ImageFormat("BMP", "BMP", "bmp", "image/bmp", discord=False),
+    ImageFormat("JPEG", "JPEG", "jpg", "image/jpeg", aliases=("jpeg",)),
+    ImageFormat("PNG", "PNG", "png", "image/png"),
+    ImageFormat("WEBP", "WebP", "webp", "image/webp"),
+    ImageFormat("GIF", "GIF", "gif", "image/gif"),  # read: its first frame
+    ImageFormat("BMP", "BMP", "bmp", "image/bmp"),
 )
 BY_PILLOW = {f.pillow: f for f in FORMATS}
 PILLOW_NAMES: tuple[str, ...] = tuple(BY_PILLOW)
