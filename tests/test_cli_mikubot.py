@@ -176,3 +176,17 @@ def test_gelbooru_that_demands_credentials_end_to_end(art_dir, tmp_path):
     stored = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
     assert GELBOORU_KEY.encode() not in stored, "the API key reached a file (history, report, log)"
     assert GELBOORU_KEY not in r.stdout + r.stderr + shown.stdout
+
+
+def test_stage_board_lists_stages_in_the_order_they_ran():
+    # Without a vision model detect runs before verify; the live table must not show verify above it.
+    from mikubot.cli import StageBoard
+    from mikubot.events import STAGES, ProgressEvent
+
+    board = StageBoard()
+    assert board.order() == list(STAGES)
+    for t, stage in enumerate(("search", "download", "reserve", "detect", "verify")):
+        board.on_event(ProgressEvent(1, stage, "start", float(t)))
+    assert board.order() == ["search", "download", "reserve", "detect", "verify", "crop", "upload", "record"]
+    rendered = [cell for cell in board.render().columns[0]._cells]
+    assert rendered == board.order()

@@ -84,6 +84,12 @@ class StageBoard:
             status = "progress"  # one candidate skipped; the stage goes on
         self.rows[ev.stage] = (status, self._describe(ev) or old_detail, float(took) if took is not None else old_ms)
 
+    def order(self) -> list[str]:
+        """The stages in the order they ran, then those still waiting in the usual order: without a vision
+        model detect runs before verify (the heuristic reads the detect stage's faces)."""
+        ran = sorted(self.started, key=lambda s: (self.started[s], STAGES.index(s)))
+        return ran + [s for s in STAGES if s not in self.started]
+
     @staticmethod
     def _describe(ev: ProgressEvent) -> str:
         d = ev.detail
@@ -113,7 +119,8 @@ class StageBoard:
         table.add_column("")
         table.add_column("detail", overflow="fold", max_width=80)
         table.add_column("ms", justify="right")
-        for stage, (status, detail, ms) in self.rows.items():
+        for stage in self.order():
+            status, detail, ms = self.rows[stage]
             style = STATUS_STYLE.get(status, "")
             table.add_row(stage, f"[{style}]{STATUS_ICON.get(status, '·')}[/]", detail,
                           f"{ms:.0f}" if ms is not None else "")
