@@ -440,8 +440,8 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
         answers = ctl.interactions.get(token)
         return answers if answers and any(a["kind"] == "callback" for a in answers) else None
 
-    @app.patch("/api/v10/webhooks/{application_id}/{token}/messages/@original")
-    async def edit_original(application_id: str, token: str, request: Request) -> JSONResponse:
+    async def webhook_answer(kind: str, application_id: str, token: str, request: Request) -> JSONResponse:
+        """An interaction's later answer (an edit of the original, or a followup): only after a callback."""
         answers = acknowledged(token)
         if answers is None or application_id != APPLICATION_ID:
             log(request, 404)
@@ -451,24 +451,17 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
             log(request, parsed.status_code)
             return parsed
         payload, files = parsed
-        answers.append({"kind": "edit", "content": payload.get("content") or "", "files": files, "t": time.time()})
+        answers.append({"kind": kind, "content": payload.get("content") or "", "files": files, "t": time.time()})
         log(request, 200)
         return JSONResponse(message_object("0", payload, files))
 
+    @app.patch("/api/v10/webhooks/{application_id}/{token}/messages/@original")
+    async def edit_original(application_id: str, token: str, request: Request) -> JSONResponse:
+        return await webhook_answer("edit", application_id, token, request)
+
     @app.post("/api/v10/webhooks/{application_id}/{token}")
     async def followup(application_id: str, token: str, request: Request) -> JSONResponse:
-        answers = acknowledged(token)
-        if answers is None or application_id != APPLICATION_ID:
-            log(request, 404)
-            return JSONResponse({"message": "Unknown Webhook", "code": 10015}, status_code=404)
-        parsed = await message_body(request)
-        if isinstance(parsed, JSONResponse):
-            log(request, parsed.status_code)
-            return parsed
-        payload, files = parsed
-        answers.append({"kind": "followup", "content": payload.get("content") or "", "files": files, "t": time.time()})
-        log(request, 200)
-        return JSONResponse(message_object("0", payload, files))
+        return await webhook_answer("followup", application_id, token, request)
 
     @app.get("/_emulator/state")
     async def state() -> dict[str, Any]:
