@@ -27,3 +27,14 @@ async def call(http: httpx.AsyncClient, server: str, base: str, method: str, pat
 def short(r: httpx.Response) -> str:
     text = r.text.strip().replace("\n", " ")
     return text[:200] + ("…" if len(text) > 200 else "")
+
+
+def json_object(server: str, base: str, path: str, r: httpx.Response) -> dict[str, Any]:
+    """The body of a 200 answer that must be a JSON object; ServerError saying what it was otherwise."""
+    try:
+        body = r.json()
+    except ValueError as exc:
+        raise ServerError(server, base, f"{path} is not JSON: {short(r)}") from exc
+    if not isinstance(body, dict):
+        raise ServerError(server, base, f"{path} is not a JSON object: {short(r)}")
+    return body

@@ -12,7 +12,7 @@ import httpx
 from pydantic import SecretStr
 
 from ..errors import ServerError
-from ._http import call, short
+from ._http import call, json_object, short
 
 NAME = "face detector"
 
@@ -29,13 +29,7 @@ class FaceDetectControl:
         r = await call(self._http, NAME, self.url, "GET", "/health", timeout=5.0)
         if r.status_code != 200:
             raise ServerError(NAME, self.url, f"/health answered {r.status_code}: {short(r)}", r.status_code)
-        try:
-            body = r.json()
-        except ValueError as exc:
-            raise ServerError(NAME, self.url, f"/health is not JSON: {short(r)}") from exc
-        if not isinstance(body, dict):
-            raise ServerError(NAME, self.url, f"/health is not a JSON object: {short(r)}")
-        return body
+        return json_object(NAME, self.url, "/health", r)
 
     async def loaded(self) -> bool:
         return bool((await self.health()).get("detector_loaded"))

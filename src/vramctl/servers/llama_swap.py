@@ -28,7 +28,7 @@ import httpx
 from pydantic import SecretStr
 
 from ..errors import ServerError, UnloadUnsupported
-from ._http import call, short
+from ._http import call, json_object, short
 
 NAME = "llama-swap"
 HOLDING = frozenset({"starting", "ready"})  # the process holds memory or is taking it
@@ -135,13 +135,7 @@ class LlamaSwapClient:
         r = await self._call("GET", path, timeout=timeout or self.timeout_s)
         if r.status_code != 200:
             raise self._failed(path, r)
-        try:
-            body = r.json()
-        except ValueError as exc:
-            raise ServerError(NAME, self.url, f"{path} is not JSON: {short(r)}") from exc
-        if not isinstance(body, dict):
-            raise ServerError(NAME, self.url, f"{path} is not a JSON object: {short(r)}")
-        return body
+        return json_object(NAME, self.url, path, r)
 
     async def health(self) -> bool:
         r = await self._call("GET", "/health", timeout=5.0)
