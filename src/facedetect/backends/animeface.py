@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, Literal
 
+import cv2
 import numpy as np
 from PIL import Image
 
 from facedetect.backends._nvxs import NvxsLibrary, RawFace
 from facedetect.backends.base import Detector
+from facedetect.backends.proposals import ProposalModel, default_model
 from facedetect.backends.scheme import (
     WHEEL_MIN_WINDOW,
     WHEEL_SCALE_FACTOR,
@@ -17,10 +21,11 @@ from facedetect.backends.scheme import (
     SearchScheme,
     search,
 )
+from facedetect.backends.twostage import TwoStage, search_twostage
 from facedetect.errors import BackendUnavailable
 from facedetect.types import Detection
 
-Mode = Literal["fast", "full"]
+Mode = Literal["fast", "full", "twostage"]
 
 KEYPOINT_NAMES = ["left_eye", "right_eye", "nose", "mouth", "chin"]
 
@@ -35,6 +40,8 @@ class AnimefaceDetector(Detector):
     ``scale_factor ** -offset``, a face kept when ``votes`` passes find it or its likelihood reaches
     ``lone_likelihood`` (a lone face's box then re-placed by a dense local search; see
     docs/detector-speed.md). ``mode="full"`` is one raw call at full resolution, the wheel's behaviour.
+    ``mode="twostage"`` proposes faces with a trained HOG classifier and confirms each with animeface on a
+    small crop (:mod:`facedetect.backends.twostage`; ``twostage`` takes its :class:`TwoStage` options).
     Keypoints are [x, y, score] in the order of ``KEYPOINT_NAMES``; the
     model has no per-point score, so each carries the face's likelihood. Attributes: hair and skin
     colour as ``#rrggbb``.
@@ -55,10 +62,13 @@ class AnimefaceDetector(Detector):
         pass_offsets: tuple[float, ...] | list[float] = SearchScheme.pass_offsets,
         votes: int = SearchScheme.votes,
         lone_likelihood: float = SearchScheme.lone_likelihood,
+        twostage: dict[str, Any] | None = None,
     ):
         super().__init__()
-        if mode not in ("fast", "full"):
-            raise BackendUnavailable(f"unknown animeface mode {mode!r}; choose 'fast' or 'full'", status_code=400)
+        if mode not in ("fast", "full", "twostage"):
+            raise BackendUnavailable(
+                f"unknown animeface mode {mode!r}; choose 'fast', 'full' or 'twostage'", status_code=400
+            )
         try:
             self.scheme = SearchScheme(
                 step=step, scale_factor=scale_factor, min_window=min_window,
@@ -68,6 +78,11 @@ class AnimefaceDetector(Detector):
             )
         except (TypeError, ValueError) as exc:
             raise BackendUnavailable(f"bad animeface search parameters: {exc}", status_code=400) from None
+        try:
+            self.twostage = TwoStage(**(twostage or {}))
+        except (TypeError, ValueError) as exc:
+            raise BackendUnavailable(f"bad two-stage parameters: {exc}", status_code=400) from None
+        self._proposer: tuple[ProposalModel, cv2.HOGDescriptor] | None = None
         self.mode: Mode = mode
         self.step = step
         self.scale_factor = scale_factor
@@ -77,12 +92,16 @@ class AnimefaceDetector(Detector):
 
     def _load(self) -> None:
         self._lib = NvxsLibrary()
-        if self.mode == "fast" and self.scheme.threads > 1:
+        if self.mode == "twostage":
+            model = default_model()
+            self._proposer = (model, model.detector())
+        if self.mode != "full" and self.scheme.threads > 1:
             self._pool = ThreadPoolExecutor(self.scheme.threads, thread_name_prefix="animeface")
 
     def _unload(self) -> None:
         # The model lives in the library's data segment; dropping our handle is all there is to free.
         self._lib = None
+        self._proposer = None
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -97,6 +116,8 @@ class AnimefaceDetector(Detector):
                 min_face_fraction=sch.min_face_fraction, threads=sch.threads,
                 pass_offsets=list(sch.pass_offsets), votes=sch.votes, lone_likelihood=sch.lone_likelihood,
             )
+        if self.mode == "twostage":
+            out["twostage"] = dataclasses.asdict(self.twostage)
         return out
 
     @property
@@ -118,6 +139,16 @@ class AnimefaceDetector(Detector):
         if self.mode == "full":
             return [to_detection(f) for f in self.raw(rgb)]
         lib = self.library  # loads (and builds the pool) if needed
+        if self.mode == "twostage":
+            assert self._proposer is not None
+            model, hog = self._proposer
+            confirmed, strong = search_twostage(
+                partial(lib.detect, analyze=True), hog, model, rgb, self.twostage, self._pool
+            )
+            return [to_detection(p.face, (p.sx, p.sy), (p.ox, p.oy)) for p in confirmed] + [
+                Detection(bbox=p.box, confidence=float(1.0 / (1.0 + np.exp(-p.score))), keypoints=[], attributes={})
+                for p in strong
+            ]
         placed = search(lib, rgb, self.scheme, self._pool)
         return [to_detection(p.face, (p.sx, p.sy), (p.ox, p.oy)) for p in placed]
 

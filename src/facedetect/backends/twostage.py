@@ -1,0 +1,118 @@
+"""The two-stage search: cheap HOG proposals (``proposals.py``), each confirmed by animeface on a small crop.
+
+animeface alone cannot find faces under its 42.6-px minimum window, and searching a whole image down to
+30-px faces costs about twice a raw call (docs/detector-speed.md). Here the whole image is searched only by
+the proposal classifier (OpenCV's HOG detector, C++ on all cores, a fraction of a raw call), and animeface
+searches just a crop around each proposal, resized so the face is ``CONFIRM_FACE`` px wide: a 30-px face
+becomes one animeface sees, and a crop of ~100 px costs a few milliseconds.
+
+A proposal is kept as a face when animeface finds a face on its crop that is the same face (IoU >=
+``SAME_FACE_IOU`` with the proposal), and reported with animeface's box and likelihood (mapped back to the
+image); or, unconfirmed, when the proposal's own score reaches ``strong_score`` (its box then is the
+proposal's, in the labels' convention). Proposals are thinned by non-maximum suppression first and at most
+``max_proposals`` (the highest-scoring) are confirmed, which bounds the time an image can take.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from facedetect.backends._nvxs import RawFace
+from facedetect.backends.proposals import Proposal, ProposalModel, grey, propose
+from facedetect.backends.scheme import Placed, iou
+
+CONFIRM_FACE = 56.0  # px: the proposed face's width in the crop animeface searches
+CONFIRM_MARGIN = 0.6  # crop: the proposal box plus this share of its size on each side
+CONFIRM_MIN_WINDOW = 0.75 * CONFIRM_FACE  # animeface's boxes are ~1.2x the labels', so 0.75x-1.6x covers them
+SAME_FACE_IOU = 0.3
+
+
+@dataclass(frozen=True)
+class TwoStage:
+    """Parameters of the two-stage search (``AnimefaceDetector(mode="twostage")``)."""
+
+    threshold: float | None = 0.3  # proposal score (log-odds) floor; None: the model's trained operating point
+    stride: int = 8  # px between windows at each scale
+    scale: float = 1.1  # ratio between pyramid levels
+    nms_iou: float = 0.3
+    max_proposals: int = 16
+    strong_score: float = float("inf")  # unconfirmed proposals scoring this much are kept too
+    # animeface's lattice and ladder on the crop: twice as dense as the wheel's (4, 1.095). On the first 40
+    # scene-tune images the wheel's own found 63 faces, this 79 (docs/detector-speed.md).
+    confirm_step: float = 2.0
+    confirm_scale_factor: float = 1.05
+
+    def __post_init__(self) -> None:
+        if self.stride < 1 or self.scale <= 1.0 or self.max_proposals < 1:
+            raise ValueError("stride and max_proposals must be >= 1 and scale > 1")
+        if not 0.0 < self.nms_iou <= 1.0:
+            raise ValueError("nms_iou must be in (0, 1]")
+
+
+def suppress(found: list[Proposal], nms_iou: float, limit: int) -> list[Proposal]:
+    """Non-maximum suppression, best first, at most ``limit`` kept."""
+    kept: list[Proposal] = []
+    for p in sorted(found, key=lambda p: -p.score):
+        if all(iou(p.box, k.box) < nms_iou for k in kept):
+            kept.append(p)
+            if len(kept) == limit:
+                break
+    return kept
+
+
+RawCall = Callable[..., list[RawFace]]
+
+
+def confirm(raw: RawCall, rgb: np.ndarray, p: Proposal, params: TwoStage) -> Placed | None:
+    """animeface on a crop around ``p`` normalised to a ``CONFIRM_FACE``-px face: its most likely face that
+    is still ``p`` (IoU >= ``SAME_FACE_IOU``), mapped to the image; None when it finds none."""
+    h, w = rgb.shape[:2]
+    x1, y1, x2, y2 = p.box
+    bw, bh = x2 - x1, y2 - y1
+    cx1, cy1 = max(0, int(x1 - CONFIRM_MARGIN * bw)), max(0, int(y1 - CONFIRM_MARGIN * bh))
+    cx2, cy2 = min(w, int(np.ceil(x2 + CONFIRM_MARGIN * bw))), min(h, int(np.ceil(y2 + CONFIRM_MARGIN * bh)))
+    if cx2 <= cx1 or cy2 <= cy1:
+        return None
+    crop = rgb[cy1:cy2, cx1:cx2]
+    s = CONFIRM_FACE / bw
+    nw, nh = max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))
+    if min(nw, nh) * 0.75 < CONFIRM_MIN_WINDOW:
+        return None  # cut off by the image edge too much to hold the face
+    interp = cv2.INTER_AREA if s < 1.0 else cv2.INTER_LINEAR
+    region = np.ascontiguousarray(cv2.resize(crop, (nw, nh), interpolation=interp))
+    fx, fy = nw / crop.shape[1], nh / crop.shape[0]
+    faces = raw(region, step=params.confirm_step, scale_factor=params.confirm_scale_factor,
+                min_window=CONFIRM_MIN_WINDOW)
+    same = [q for q in (Placed(f, fx, fy, 0, float(cx1), float(cy1)) for f in faces) if iou(q.box, p.box) >= SAME_FACE_IOU]
+    return max(same, key=lambda q: q.face.likelihood) if same else None
+
+
+def search_twostage(
+    raw: RawCall, hog: cv2.HOGDescriptor, model: ProposalModel, rgb: np.ndarray, params: TwoStage,
+    pool: Executor | None = None,
+) -> tuple[list[Placed], list[Proposal]]:
+    """Faces confirmed by animeface (``Placed``) and strong unconfirmed proposals (``Proposal``)."""
+    threshold = model.threshold if params.threshold is None else params.threshold
+    found = propose(hog, grey(rgb), threshold, stride=params.stride, scale=params.scale)
+    candidates = suppress(found, params.nms_iou, params.max_proposals)
+
+    def one(p: Proposal) -> Placed | None:
+        return confirm(raw, rgb, p, params)
+
+    results = list(pool.map(one, candidates)) if pool is not None and len(candidates) > 1 else [
+        one(p) for p in candidates
+    ]
+    confirmed: list[Placed] = []
+    strong: list[Proposal] = []
+    for p, r in zip(candidates, results):
+        if r is not None:
+            if all(iou(r.box, c.box) < 0.5 for c in confirmed):  # two proposals confirmed as one face
+                confirmed.append(r)
+        elif p.score >= params.strong_score:
+            strong.append(p)
+    return confirmed, strong
