@@ -118,6 +118,7 @@ class AnimefaceDetector(Detector):
             )
         if self.mode == "twostage":
             out["twostage"] = dataclasses.asdict(self.twostage)
+            out["search"]["threads"] = self.scheme.threads
         return out
 
     @property

@@ -1,0 +1,137 @@
+"""The two-stage detector (``AnimefaceDetector(mode="twostage")``): its proposal model, its proposals' recall
+on scene-tune faces (small ones included), its end result, and the training script's determinism.
+
+The images are the first twelve scene-tune images (the same as tests/test_detect_scenes.py: 30 faces of
+30-297 px, 6 of them 30-41 px, under animeface's 42.6-px minimum window), generated here from the fetched art.
+They are **in-sample** for the proposal classifier (bench/train_proposals.py trains on all of scene-tune),
+so these are regression floors, not evidence of generalisation (bench/detect.py's scene-test, Ren'Py and
+anime-grid columns are). Measured when written: the proposals (after suppression, at the default
+threshold and stride) cover 29 of the 30 faces (IoU >= 0.3) and all 6 small ones; the two-stage detector
+scores 26 true positives, 5 false positives, 4 misses at IoU 0.5 (raw animeface 19 / 6 / 11).
+
+Why the bars sit where they do: the proposal stage is a fixed linear classifier, but OpenCV's pyramid
+resampling and the generator's JPEG decoding may differ by a rounding between builds, which moves a
+borderline window's score across the threshold; a face or two either way is that noise, not a regression.
+So the proposals must cover 27 of 30 (10 % below all, 2 below the measured 29) and 5 of the 6 small faces
+(the point of the stage: animeface alone finds 36 % of such faces). The detector must keep 23 true
+positives (3 below the measured 26, as in tests/test_detect_scenes.py), at most 7 false positives (2 above
+the measured 5), and beat raw animeface's F1 on the same images, which is the mode's reason to exist.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facedetect.backends import create_detector
+from facedetect.backends.proposals import MODEL_PATH, ProposalModel, grey, make_hog, propose
+from facedetect.backends.twostage import TwoStage, suppress
+from facedetect.errors import BackendUnavailable
+from facedetect.imageio import load_image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import scenes
+import train_proposals
+from metrics import Counts, iou, match
+
+INDICES = list(range(0, 36, 3))  # the first twelve scene-tune images
+SMALL = 42.0  # px: faces narrower than this are under animeface's minimum window
+MIN_COVERED, MIN_SMALL = 27, 5
+MIN_TP, MAX_FP = 23, 7
+
+
+@pytest.fixture(scope="module")
+def tune_dir(art_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("scenes")
+    scenes.generate(art_dir, out, indices=INDICES)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tune_scenes(tune_dir: Path) -> list[tuple[str, object, list]]:
+    doc = json.loads((tune_dir / "tune" / "labels.json").read_text())
+    return [
+        (name, load_image((tune_dir / "tune" / name).read_bytes())[0], [f["bbox"] for f in entry["faces"]])
+        for name, entry in sorted(doc["images"].items())
+    ]
+
+
+def test_model_loads_and_matches_the_descriptor() -> None:
+    model = ProposalModel.load()
+    assert model.weights.shape == (make_hog().getDescriptorSize(),)
+    assert np.isfinite(model.weights).all() and np.isfinite(model.bias)
+    assert model.detector().getDescriptorSize() == model.weights.size
+
+
+def test_model_with_the_wrong_shape_is_refused(tmp_path: Path) -> None:
+    data = json.loads(MODEL_PATH.read_text())
+    data["weights"] = data["weights"][:-1]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="weights"):
+        ProposalModel.load(bad)
+
+
+def test_bad_twostage_options_are_a_400() -> None:
+    with pytest.raises(BackendUnavailable) as err:
+        create_detector("animeface", mode="twostage", twostage={"stride": 0})
+    assert err.value.status_code == 400
+    with pytest.raises(BackendUnavailable):
+        create_detector("animeface", mode="twostage", twostage={"no_such_option": 1})
+
+
+def test_proposals_cover_the_faces_small_ones_included(tune_scenes) -> None:
+    params, model = TwoStage(), ProposalModel.load()
+    hog = model.detector()
+    covered = small = small_covered = faces = 0
+    for _name, image, truth in tune_scenes:
+        found = suppress(propose(hog, grey(np.asarray(image)), params.threshold, stride=params.stride,
+                                 scale=params.scale), params.nms_iou, params.max_proposals)
+        for box in truth:
+            hit = any(iou(p.box, box) >= 0.3 for p in found)
+            faces += 1
+            covered += hit
+            if box[2] - box[0] < SMALL:
+                small += 1
+                small_covered += hit
+    assert faces == 30 and small == 6
+    assert covered >= MIN_COVERED, f"proposals cover {covered} of {faces} faces (floor {MIN_COVERED})"
+    assert small_covered >= MIN_SMALL, f"proposals cover {small_covered} of {small} small faces (floor {MIN_SMALL})"
+
+
+def test_twostage_finds_the_faces(tune_scenes) -> None:
+    det = create_detector("animeface", mode="twostage")
+    raw = create_detector("animeface", mode="full")
+    got, base, with_detections = Counts(), Counts(), 0
+    for _name, image, truth in tune_scenes:
+        found = [(d.bbox, d.confidence) for d in det.detect(image)]
+        with_detections += bool(found)
+        got += match(found, truth, 0.5)
+        base += match([(d.bbox, d.confidence) for d in raw.detect(image)], truth, 0.5)
+    assert with_detections >= len(tune_scenes) - 2
+    assert got.tp >= MIN_TP, f"two-stage: {got} at IoU 0.5 (floor {MIN_TP} true positives)"
+    assert got.fp <= MAX_FP, f"two-stage: {got} at IoU 0.5 (at most {MAX_FP} false positives)"
+    assert got.f1 >= base.f1
+
+
+def test_training_is_deterministic(tune_dir: Path, tmp_path: Path) -> None:
+    # Three images keep it fast; the same code path as the full run (augmentation, mining, threshold).
+    few = tmp_path / "few"
+    (few / "tune").mkdir(parents=True)
+    doc = json.loads((tune_dir / "tune" / "labels.json").read_text())
+    keep = sorted(doc["images"])[:3]
+    doc["images"] = {k: doc["images"][k] for k in keep}
+    (few / "tune" / "labels.json").write_text(json.dumps(doc))
+    for k in keep:
+        (few / "tune" / k).write_bytes((tune_dir / "tune" / k).read_bytes())
+    a = train_proposals.train(few, seed=9, rounds=1, recall=0.99)
+    b = train_proposals.train(few, seed=9, rounds=1, recall=0.99)
+    assert a == b
+    c = train_proposals.train(few, seed=10, rounds=1, recall=0.99)
+    assert c["weights"] != a["weights"]  # the seed is what fixes it, not a constant result
