@@ -28,7 +28,13 @@ import numpy as np
 import pytest
 
 from facedetect.backends import create_detector
-from facedetect.backends.proposals import MODEL_PATH, ProposalModel, grey, make_hog, propose
+from facedetect.backends.proposals import (
+    MODEL_PATH,
+    ProposalModel,
+    grey,
+    make_hog,
+    propose,
+)
 from facedetect.backends.twostage import TwoStage, suppress
 from facedetect.errors import BackendUnavailable
 from facedetect.imageio import load_image
