@@ -8,7 +8,7 @@ OUT    ?= out/demo
 BENCH_DATA ?= ../shared/bench
 SCENES ?= .cache/scenes
 
-.PHONY: help install art scenes demo test test-fast bench lint clean constraints
+.PHONY: help install art scenes proposals demo test test-fast bench lint clean constraints
 
 help:
 	@echo "make demo   - detect faces in the sample art and make an avatar (embedded defaults, no config)"
@@ -16,6 +16,7 @@ help:
 	@echo "make bench  - run the benchmarks and rewrite bench/RESULTS.md"
 	@echo "make constraints - re-resolve every extra of pyproject.toml into constraints.txt (needs PyPI)"
 	@echo "make scenes - compose the labelled scene sets for detection/crop benchmarks (.cache/scenes)"
+	@echo "make proposals - retrain the two-stage detector's proposal model on scene-tune (committed; CI need not)"
 
 # constraints.txt pins every package to the versions the images install too (one lock for all).
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -36,6 +37,10 @@ scenes: $(SCENES)/.complete
 
 $(SCENES)/.complete: $(ART)/.complete bench/scenes.py tests/labels/renpy.json | $(VENV)/.installed
 	$(PY) bench/scenes.py --art $(ART)/images --out $(SCENES)
+
+# The two-stage detector's proposal classifier, trained on scene-tune only; see bench/train_proposals.py.
+proposals: scenes
+	$(PY) bench/train_proposals.py --scenes $(SCENES)
 
 demo: install art
 	MIKU_DATA_DIR=$(OUT)/data $(VENV)/bin/mikubot pfp change --dry-run --source local:$(ART)/images --out $(OUT)/avatar.png
