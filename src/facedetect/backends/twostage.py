@@ -3,8 +3,9 @@
 animeface alone cannot find faces under its 42.6-px minimum window, and searching a whole image down to
 30-px faces costs about twice a raw call (docs/detector-speed.md). Here the whole image is searched only by
 the proposal classifier (OpenCV's HOG detector, C++ on all cores, a fraction of a raw call), and animeface
-searches just a crop around each proposal, resized so the face is ``CONFIRM_FACE`` px wide: a 30-px face
-becomes one animeface sees, and a crop of ~100 px costs a few milliseconds.
+searches just a crop around each proposal, resized so the face is 64 px wide (then 56 px if that found
+nothing; ``CONFIRM_FACES``): a 30-px face becomes one animeface sees, and a crop of ~140 px costs tens of
+milliseconds.
 
 A proposal is kept as a face when animeface finds a face on its crop that is the same face (IoU >=
 ``SAME_FACE_IOU`` with the proposal), and reported with animeface's box and likelihood (mapped back to the
@@ -26,9 +27,10 @@ from facedetect.backends._nvxs import RawFace
 from facedetect.backends.proposals import Proposal, ProposalModel, grey, propose
 from facedetect.backends.scheme import Placed, iou
 
-CONFIRM_FACE = 56.0  # px: the proposed face's width in the crop animeface searches
+CONFIRM_FACES = (64.0, 56.0)  # px: the proposed face's width in the crop animeface searches, first try first
 CONFIRM_MARGIN = 0.6  # crop: the proposal box plus this share of its size on each side
-CONFIRM_MIN_WINDOW = 0.75 * CONFIRM_FACE  # animeface's boxes are ~1.2x the labels', so 0.75x-1.6x covers them
+CONFIRM_MIN_SHARE = 0.75  # smallest window, share of the face: animeface's boxes are ~1.2x the labels'
+
 SAME_FACE_IOU = 0.3
 
 
@@ -46,12 +48,17 @@ class TwoStage:
     # scene-tune images the wheel's own found 63 faces, this 79 (docs/detector-speed.md).
     confirm_step: float = 2.0
     confirm_scale_factor: float = 1.05
+    # Face widths (px) a proposal's crop is normalised to, tried in turn until animeface confirms it: one
+    # resampling misses faces another finds (docs/detector-speed.md; chosen on scene-tune).
+    confirm_faces: tuple[float, ...] = CONFIRM_FACES
 
     def __post_init__(self) -> None:
         if self.stride < 1 or self.scale <= 1.0 or self.max_proposals < 1:
             raise ValueError("stride and max_proposals must be >= 1 and scale > 1")
         if not 0.0 < self.nms_iou <= 1.0:
             raise ValueError("nms_iou must be in (0, 1]")
+        if not self.confirm_faces or any(not 32.0 <= f <= 200.0 for f in self.confirm_faces):
+            raise ValueError("confirm_faces must be one or more widths in [32, 200] px")
 
 
 def suppress(found: list[Proposal], nms_iou: float, limit: int) -> list[Proposal]:
@@ -69,7 +76,16 @@ RawCall = Callable[..., list[RawFace]]
 
 
 def confirm(raw: RawCall, rgb: np.ndarray, p: Proposal, params: TwoStage) -> Placed | None:
-    """animeface on a crop around ``p`` normalised to a ``CONFIRM_FACE``-px face: its most likely face that
+    """The first of ``params.confirm_faces`` at which :func:`confirm_at` confirms ``p``, or None."""
+    for face in params.confirm_faces:
+        found = confirm_at(raw, rgb, p, params, face)
+        if found is not None:
+            return found
+    return None
+
+
+def confirm_at(raw: RawCall, rgb: np.ndarray, p: Proposal, params: TwoStage, face: float) -> Placed | None:
+    """animeface on a crop around ``p`` normalised to a ``face``-px face: its most likely face that
     is still ``p`` (IoU >= ``SAME_FACE_IOU``), mapped to the image; None when it finds none."""
     h, w = rgb.shape[:2]
     x1, y1, x2, y2 = p.box
@@ -79,15 +95,16 @@ def confirm(raw: RawCall, rgb: np.ndarray, p: Proposal, params: TwoStage) -> Pla
     if cx2 <= cx1 or cy2 <= cy1:
         return None
     crop = rgb[cy1:cy2, cx1:cx2]
-    s = CONFIRM_FACE / bw
+    s = face / bw
+    min_window = CONFIRM_MIN_SHARE * face
     nw, nh = max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))
-    if min(nw, nh) * 0.75 < CONFIRM_MIN_WINDOW:
+    if min(nw, nh) * 0.75 < min_window:
         return None  # cut off by the image edge too much to hold the face
     interp = cv2.INTER_AREA if s < 1.0 else cv2.INTER_LINEAR
     region = np.ascontiguousarray(cv2.resize(crop, (nw, nh), interpolation=interp))
     fx, fy = nw / crop.shape[1], nh / crop.shape[0]
     faces = raw(region, step=params.confirm_step, scale_factor=params.confirm_scale_factor,
-                min_window=CONFIRM_MIN_WINDOW)
+                min_window=min_window)
     same = [q for q in (Placed(f, fx, fy, 0, float(cx1), float(cy1)) for f in faces) if iou(q.box, p.box) >= SAME_FACE_IOU]
     return max(same, key=lambda q: q.face.likelihood) if same else None
 
