@@ -141,3 +141,10 @@ def test_training_is_deterministic(tune_dir: Path, tmp_path: Path) -> None:
     assert a == b
     c = train_proposals.train(few, seed=10, rounds=1, recall=0.99)
     assert c["weights"] != a["weights"]  # the seed is what fixes it, not a constant result
+
+
+def test_describe_is_json() -> None:
+    # /health serves describe(); a two-stage detector's options must be plain JSON (no inf, no tuples lost).
+    det = create_detector("animeface", mode="twostage")
+    text = json.dumps(det.describe(), allow_nan=False)
+    assert json.loads(text)["twostage"]["confirm_faces"] == [64.0, 56.0]

@@ -43,7 +43,7 @@ class TwoStage:
     scale: float = 1.1  # ratio between pyramid levels
     nms_iou: float = 0.3
     max_proposals: int = 16
-    strong_score: float = float("inf")  # unconfirmed proposals scoring this much are kept too
+    strong_score: float | None = None  # unconfirmed proposals scoring this much are kept too (None: none)
     # animeface's lattice and ladder on the crop: twice as dense as the wheel's (4, 1.095). On the first 40
     # scene-tune images the wheel's own found 63 faces, this 79 (docs/detector-speed.md).
     confirm_step: float = 2.0
@@ -130,6 +130,6 @@ def search_twostage(
         if r is not None:
             if all(iou(r.box, c.box) < 0.5 for c in confirmed):  # two proposals confirmed as one face
                 confirmed.append(r)
-        elif p.score >= params.strong_score:
+        elif params.strong_score is not None and p.score >= params.strong_score:
             strong.append(p)
     return confirmed, strong
