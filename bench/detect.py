@@ -8,6 +8,8 @@ cascade calibration's parameters were chosen on, and *scene-test*, which nothing
 Detectors, each image run by every detector in turn before the next image (so load spikes hit them alike):
 
 * ours: ``create_detector("animeface")``, the default scheme (docs/detector-speed.md);
+* two-stage: ``create_detector("animeface", mode="twostage")``, HOG proposals (a classifier trained on
+  scene-tune by bench/train_proposals.py) confirmed by animeface on small crops; its own verdict line;
 * raw animeface: one libnvxs call at full resolution (the wheel's behaviour), one image at a time;
 * raw animeface x2: the same call on two images at once (two worker threads), so it too uses both cores;
   its wall time is each image's own latency, its throughput the pair's elapsed time / 2;
