@@ -16,7 +16,10 @@ four corners) at 20-75 % of the square's width; "target" asks that of the image'
   ``mikubot.pipeline.frame_best`` on the one picture, with the default settings (``MIKU_HAIR_COLOURS``:
   Miku's teal, which no face here has, so the face score decides);
 - ours, target's hair: the same with ``hair_colours`` set to the target character's hair colour (as an
-  operator configures it for their character);
+  operator configures it for their character); its *target* column is the target-pick rate: how often the
+  avatar holds the target character's face when several characters are in the picture;
+- ours, target's hair, detector's hair reading: the same choice going by animeface's own hair colour
+  instead of ours (``mikubot.hair``, which the detect stage adds to every face), for comparison;
 - face-centred square (peer): the same detections (second look included), the most confident box, a plain square centred on
   it at the same face share (42.5 %), shifted into the image (the image's shorter side at most); no
   detection: the centre crop;
@@ -65,6 +68,7 @@ from facedetect.types import Detection  # noqa: E402
 from mikubot.config import Settings  # noqa: E402
 from mikubot.detection import detect_zoomed, needs_second_look  # noqa: E402
 from mikubot.crop import TARGET_FACE_SHARE, face_in_circle, rank_faces  # noqa: E402
+from mikubot.hair import with_hair  # noqa: E402
 from mikubot.pipeline import Picture, frame_best  # noqa: E402
 
 LABELS = ROOT / "tests" / "labels" / "renpy.json"
@@ -151,6 +155,12 @@ def ours(image: Image.Image, detections: list[Detection], settings: Settings,
     return framing.crop.box, framing.crop.method
 
 
+def detectors_reading(detections: list[Detection]) -> list[Detection]:
+    """The detections without our hair read: the choice then goes by animeface's own ``hair_color``."""
+    return [Detection(bbox=d.bbox, confidence=d.confidence,
+                      attributes={k: v for k, v in d.attributes.items() if k != "hair"}) for d in detections]
+
+
 def face_centred(image: Image.Image, detections: list[Detection]) -> tuple[Box, str]:
     """The peer: the detector's most confident box, a plain centred square at the same face share."""
     if not detections:
@@ -230,6 +240,8 @@ def main() -> None:
     methods: dict[str, Callable[[Image.Image, Item, list[Detection]], tuple[Box, str]]] = {
         "ours (animeface, defaults)": lambda im, it, d: ours(im, d, settings),
         "ours, target's hair colour": lambda im, it, d: ours(im, d, settings, [it.target_hair] if it.target_hair else []),
+        "ours, target's hair colour, detector's hair reading": lambda im, it, d: ours(
+            im, detectors_reading(d), settings, [it.target_hair] if it.target_hair else []),
         "face-centred square (same detections)": lambda im, it, d: face_centred(im, d),
         "ours, hand-labelled faces": lambda im, it, d: ours(
             im, [Detection(bbox=tuple(b), confidence=1.0) for b in it.truths], settings),  # type: ignore[arg-type]
@@ -257,6 +269,7 @@ def main() -> None:
             if rank_faces(zoomed, image.size):
                 detections = zoomed
                 second_looks[item.set] += 1
+        detections = with_hair(image, detections)  # the detect stage's own hair read (mikubot.hair)
         usable = bool(rank_faces(detections, image.size))
         for method, fn in methods.items():
             tally = tallies[item.set][method]
@@ -283,7 +296,7 @@ def main() -> None:
         "",
         f"Each image is one dry-run change with the embedded defaults (one candidate). Success: a labelled face box "
         f"wholly inside the round avatar (all four corners in the inscribed circle) at {MIN_SHARE:.0%}-{MAX_SHARE:.0%} "
-        f"of its width; *target*: the same for the scene's target character. Target ≥ {TARGET:.0%}. "
+        f"of its width; *target pick*: the same for the scene's target character. Target ≥ {TARGET:.0%}. "
         f"face→fallback: changes whose detections held a usable face but that ended in a saliency or top-centre crop. "
         "Crop time excludes detection" + (f" (animeface p50 {statistics.median(detect_ms):.0f} ms/image here). "
                                           if detect_ms else " (detections from the cache). ") +
@@ -307,7 +320,7 @@ def main() -> None:
             ])
         md += [f"### {s} ({len(tallies[s]['centre crop'].ms)} images; the second look found the faces in "
                f"{second_looks[s]})", "",
-               table(["method", "hits", "share", "target", "face→fallback", "path taken", "crop p50 ms"], rows), ""]
+               table(["method", "hits", "share", "target pick", "face→fallback", "path taken", "crop p50 ms"], rows), ""]
         misses = tallies[s]["ours (animeface, defaults)"].misses
         if misses:
             shown = misses[:12]

@@ -149,13 +149,11 @@ def usable(face: Detection) -> bool:
 
 
 def hair_of(face: Detection) -> str | None:
-    """The face's hair colour: our own read (``mikubot.hair``, in ``attributes["hair"]``) when there is
-    one, else the detector's (animeface's ``hair_color``)."""
-    for key in ("hair", "hair_color"):
-        colour = face.attributes.get(key) if face.attributes else None
-        if isinstance(colour, str) and len(colour) == 7 and colour.startswith("#"):
-            return colour
-    return None
+    """The face's hair colour: our own read (``mikubot.hair``, in ``attributes["hair"]``; None when it found
+    no hair to read) when the face has been through it, else the detector's (animeface's ``hair_color``)."""
+    attributes = face.attributes or {}
+    colour = attributes["hair"] if "hair" in attributes else attributes.get("hair_color")
+    return colour if isinstance(colour, str) and len(colour) == 7 and colour.startswith("#") else None
 
 
 def hair_distance(face: Detection, hair_colours: list[str] | None) -> float | None:
