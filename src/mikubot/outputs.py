@@ -1,13 +1,15 @@
 """Files a change leaves behind: the avatar PNG (always kept under the data directory, so a failed
 upload can be applied later), an annotated copy of the source (face box, crop square, round area),
 and the JSON report — plus copies at ``--out`` when asked; and a thumbnail of every candidate (the
-panel's Candidates view draws each one's faces on it)."""
+panel's Candidates view draws each one's faces on it), kept for the last ``MIKU_CANDIDATE_PICTURES_KEPT``
+changes only (``prune_candidate_pictures``; the avatars are kept for good)."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -109,6 +111,32 @@ def candidate_thumbnail(image: Image.Image, avatars_dir: Path, change_id: int, i
     except OSError:
         return None
     return path.name
+
+
+CANDIDATE_PICTURE = re.compile(r"^change-(\d{5,})_candidate-(\d+)\.jpg$")
+
+
+def prune_candidate_pictures(avatars_dir: Path, newest_change: int, keep_changes: int) -> list[Path]:
+    """Delete the candidate thumbnails of every change older than the last ``keep_changes`` (ids up to
+    ``newest_change - keep_changes``); the deleted paths. Only files named as ``candidate_picture_path``
+    names them are touched: avatars, annotated copies and reports are never deleted. A file that cannot
+    be deleted is left for the next change to try."""
+    oldest_kept = newest_change - keep_changes + 1
+    removed = []
+    try:
+        names = [p for p in avatars_dir.iterdir() if CANDIDATE_PICTURE.match(p.name)]
+    except OSError:
+        return []
+    for path in sorted(names):
+        m = CANDIDATE_PICTURE.match(path.name)
+        assert m is not None
+        if int(m.group(1)) < oldest_kept:
+            try:
+                path.unlink()
+            except OSError:
+                continue
+            removed.append(path)
+    return removed
 
 
 def write_report(path: Path, record: dict[str, Any]) -> None:

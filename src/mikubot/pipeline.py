@@ -49,7 +49,8 @@ from mikubot.detection import FaceFinder, FaceResult, InProcessDetector
 from mikubot.discord_rest import DiscordError
 from mikubot.events import ChangeEvents, EventBus
 from mikubot.history import History
-from mikubot.outputs import candidate_thumbnail, ChangeFiles, annotated_source, write_change_files, write_report
+from mikubot.outputs import (candidate_thumbnail, ChangeFiles, annotated_source, prune_candidate_pictures,
+                             write_change_files, write_report)
 from mikubot.record import ChangeRecord, Credit
 from mikubot.redact import scrub
 from mikubot.sources import Candidate, Source, SourceError, source_from_spec
@@ -560,6 +561,8 @@ class Change:
 
         with self.stage("download", count=len(found)):
             await asyncio.gather(*(one(first + i, p) for i, p in enumerate(picks)))
+            await asyncio.to_thread(prune_candidate_pictures, self.settings.avatars_dir, self.id,
+                                    self.settings.candidate_pictures_kept)
         live = [p for p in picks if not p.skipped]
         if not live:
             raise ChangeFailed("download", "no candidate could be downloaded and decoded: "

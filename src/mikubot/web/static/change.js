@@ -105,10 +105,17 @@
         // boxes drawn again on top from the record's numbers.
         frame.appendChild(P.el("img", { src: rec.annotated_url + "?v=" + rec.id, alt: "chosen candidate with faces and crop" }));
         if (size) frame.appendChild(faceSvg(size, c.faces, rec.crop_box));
-      } else if (c.picture && size) {
+      } else if (c.picture_url && size) {
         // Every other downloaded candidate: its thumbnail, with its faces drawn in source pixels on top.
-        frame.appendChild(P.el("img", { src: "/avatars/" + rec.id + "/candidates/" + i + ".jpg", alt: "candidate " + (c.filename || c.key) + " with its faces" }));
+        frame.appendChild(P.el("img", { src: c.picture_url, alt: "candidate " + (c.filename || c.key) + " with its faces" }));
         frame.appendChild(faceSvg(size, c.faces, chosen ? rec.crop_box : null));
+      } else if (c.picture_pruned && size) {
+        // Its thumbnail was deleted (kept for the latest changes only): the faces on a blank of its shape.
+        frame.classList.add("schematic", "pruned");
+        const svg = faceSvg(size, c.faces, null);
+        svg.classList.add("plain");
+        frame.appendChild(svg);
+        frame.appendChild(P.el("p", { class: "pruned-note", text: "Picture no longer kept: candidate thumbnails are kept for the latest changes only (MIKU_CANDIDATE_PICTURES_KEPT)." }));
       } else if (size) {
         frame.classList.add("schematic");
         const svg = faceSvg(size, c.faces, null);
