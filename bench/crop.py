@@ -14,7 +14,8 @@ four corners) at 20-75 % of the square's width; "target" asks that of the image'
 - ours: the detect and crop stages as a change runs them: the default detector (animeface, in-process)
   with the detect stage's zoomed second look when it finds no usable face (``mikubot.detection``), then
   ``mikubot.pipeline.frame_best`` on the one picture, with the default settings (``MIKU_HAIR_COLOURS``:
-  Miku's teal, which no face here has, so the face score decides);
+  Miku's teal, which no character here has, so the face score decides — unless the hair read above a
+  false-positive face, a drawn smiley on blue-green scenery, comes out teal);
 - ours, target's hair: the same with ``hair_colours`` set to the target character's hair colour (as an
   operator configures it for their character); its *target* column is the target-pick rate: how often the
   avatar holds the target character's face when several characters are in the picture;
