@@ -1,0 +1,283 @@
+"""The profile banner: a 5:2 crop of the avatar's picture, with the avatar's face where the card shows it.
+
+Discord shows a profile banner 5:2 at the top of the profile card, and the avatar circle sits over the
+banner's lower left, its centre on the banner's bottom edge. A face there would be hidden behind the
+avatar. So the banner is framed on the face the avatar chose (the same detections, no second detection
+pass) and only placements that keep that face wholly inside the banner and clear of the avatar circle
+(its ring included) are taken; among those, the face at a readable size, eyes a little above the
+middle, and the most of what stands out (``mikubot.saliency``) inside the frame, without cutting
+another detected face in half. Without a face (the avatar came from saliency), the widest 5:2 frame
+holding the most saliency outside the circle.
+
+Pure functions of (picture, detections, chosen face) -> banner image, so a server's banner is made the
+same way as the global one. A picture too small for a 600 x 240 banner within ``max_upscale`` gets none
+(``NoBanner``, its message the reason recorded); the avatar is still applied.
+
+Coordinates are source-image pixels, ``[x1, y1, x2, y2]``, exclusive at x2/y2 like Pillow's boxes.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from facedetect.imageio import to_rgb
+from facedetect.types import Detection
+from mikubot.crop import usable
+from mikubot.saliency import SaliencyUnavailable, saliency_map
+
+Method = Literal["face", "saliency"]
+IntBox = tuple[int, int, int, int]
+FloatBox = tuple[float, float, float, float]
+
+# --- Discord's profile card, measured on the desktop client's profile popout (px) --------------------
+# The card is 340 px wide; the banner fills its width at 5:2 (340 x 136). The avatar is an 80-px circle
+# at x 16..96 whose centre lies on the banner's bottom edge, drawn inside a 6-px ring of the card's
+# colour, so 46 px around that centre are hidden from the banner.
+CARD_WIDTH = 340
+ASPECT = 5 / 2  # banner width / height
+AVATAR_LEFT = 16
+AVATAR_DIAMETER = 80
+AVATAR_RING = 6
+# The hidden disc in banner units (shares of the banner's width; the banner is 1 / ASPECT tall).
+CIRCLE_X = (AVATAR_LEFT + AVATAR_DIAMETER / 2) / CARD_WIDTH  # 0.1647
+CIRCLE_Y = 1 / ASPECT  # on the bottom edge
+CIRCLE_R = (AVATAR_DIAMETER / 2 + AVATAR_RING) / CARD_WIDTH  # 0.1353
+FACE_MARGIN = 0.01  # the face box stays this far (share of the width) from the disc
+
+# --- size ---------------------------------------------------------------------------------------------
+MIN_WIDTH, MIN_HEIGHT = 600, 240  # Discord's smallest banner
+OUTPUT_WIDTH = 1200  # twice the widest the banner is shown (the full profile, ~600 px)
+
+# --- how the face sits in the banner ---------------------------------------------------------------------
+TARGET_FACE_HEIGHT = 0.40  # face height / banner height we aim for: a face with its hair, some scene around
+MIN_FACE_HEIGHT = 0.15  # a smaller face is still fine when the picture gives no closer frame
+MAX_FACE_HEIGHT = 0.75  # a bigger face has no room for its hair
+EYE_LINE = 0.45  # eyes this far down the banner
+SIZE_STEPS = 10
+GRID = 24  # positions tried across each free span
+
+# The placement score: face size, saliency inside the frame, the eyes' place; cutting another face costs.
+W_SIZE, W_SALIENCY, W_PLACE, CUT_FACE = 0.45, 0.35, 0.20, 0.15
+
+
+class NoBanner(Exception):
+    """No banner can be made from this picture; the message is the reason recorded."""
+
+
+@dataclass
+class BannerResult:
+    image: Image.Image  # RGB, 5:2, at least MIN_WIDTH x MIN_HEIGHT
+    box: IntBox  # source pixels, always inside the picture
+    method: Method
+    face: Detection | None  # the avatar's face, when the banner is framed on it
+    face_visible: bool | None  # the face wholly inside the banner and clear of the avatar circle (None: no face)
+    upscale: float  # output px per source px
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"method": self.method, "box": [int(v) for v in self.box], "size": [self.image.width, self.image.height],
+                "face": self.face.to_json() if self.face else None, "face_visible": self.face_visible,
+                "upscale": round(self.upscale, 4), "reason": self.reason}
+
+
+def hidden_disc(box: FloatBox) -> tuple[float, float, float]:
+    """The part of ``box`` (a banner crop) that the avatar circle covers on the card: (cx, cy, r) in the
+    same pixels as ``box``."""
+    width = box[2] - box[0]
+    return box[0] + CIRCLE_X * width, box[1] + CIRCLE_Y * width, CIRCLE_R * width
+
+
+def visibility(face_box: FloatBox, box: FloatBox) -> float:
+    """How clearly the face shows on the card, as a share of the banner's width: the smallest of its
+    distances to the banner's edges and to the avatar circle (< 0: cut by an edge or under the circle)."""
+    width = box[2] - box[0]
+    fx1, fy1, fx2, fy2 = face_box
+    edges = min(fx1 - box[0], fy1 - box[1], box[2] - fx2, box[3] - fy2)
+    cx, cy, r = hidden_disc(box)
+    nearest_x, nearest_y = min(max(cx, fx1), fx2), min(max(cy, fy1), fy2)  # the face box's point nearest the centre
+    clear = math.hypot(nearest_x - cx, nearest_y - cy) - r
+    return min(edges, clear) / width
+
+
+def face_visible(face_box: FloatBox, box: FloatBox) -> bool:
+    """Is the whole face box inside the banner and off the avatar circle (its ring included)?"""
+    return visibility(face_box, box) >= 0
+
+
+def largest_box(size: tuple[int, int]) -> tuple[int, int]:
+    """The biggest 5:2 (width, height) inside a picture of ``size``."""
+    w, h = size
+    bw = min(w, math.floor(h * ASPECT))
+    return bw, round(bw / ASPECT)
+
+
+def output_width(box_width: int, *, out_width: int = OUTPUT_WIDTH, max_upscale: float = 2.0) -> int:
+    """The banner's width for a crop ``box_width`` wide: ``out_width`` at most, upscaled by ``max_upscale``
+    at most, a multiple of 5 so the height is exact."""
+    w = min(out_width, math.floor(box_width * max_upscale))
+    return w - w % 5
+
+
+def crop_banner(
+    image: Image.Image,
+    face: Detection | None,
+    detections: list[Detection] | None = None,
+    *,
+    out_width: int = OUTPUT_WIDTH,
+    max_upscale: float = 2.0,
+) -> BannerResult:
+    """The banner for ``image`` framed on ``face`` (the face the avatar chose, or None when the avatar
+    was cropped without one). ``detections``: the same picture's detections, so that other faces are not
+    cut in half. Raises ``NoBanner`` when the picture is too small for ``MIN_WIDTH`` x ``MIN_HEIGHT``
+    within ``max_upscale``."""
+    if out_width < MIN_WIDTH:
+        raise ValueError(f"out_width must be at least {MIN_WIDTH}")
+    rgb = to_rgb(image)
+    size = rgb.size
+    big_w, big_h = largest_box(size)
+    need = math.ceil(MIN_WIDTH / max_upscale - 1e-9)  # the narrowest crop that still gives MIN_WIDTH
+    if big_w < need or output_width(big_w, out_width=out_width, max_upscale=max_upscale) < MIN_WIDTH:
+        raise NoBanner(f"the picture ({size[0]}x{size[1]}) is too small for a {MIN_WIDTH}x{MIN_HEIGHT} banner "
+                       f"within {max_upscale:g}x upscaling (its largest 5:2 crop is {big_w}x{big_h})")
+    mass = _SaliencyMass(rgb)
+    others = [d.bbox for d in (detections or []) if usable(d) and (face is None or d.bbox != face.bbox)]
+    if face is None:
+        box = _salient_box(size, big_w, mass)
+        reason = "saliency: the avatar has no face; the widest 5:2 frame holding the most of what stands out"
+        return _result(rgb, box, "saliency", None, None, reason, out_width, max_upscale)
+    box, seen = _place_face(face.bbox, size, need, mass, others)
+    share = (face.bbox[3] - face.bbox[1]) / (box[3] - box[1])
+    out = output_width(box[2] - box[0], out_width=out_width, max_upscale=max_upscale)
+    reason = (f"face: the avatar's face, {share:.0%} of the banner's height, clear of the avatar circle; "
+              f"{out}x{out * 2 // 5} banner" if seen else
+              "face: the avatar's face cannot be framed clear of the avatar circle and the edges in this picture; "
+              f"the placement showing most of it; {out}x{out * 2 // 5} banner")
+    return _result(rgb, box, "face", face, seen, reason, out_width, max_upscale)
+
+
+def banner_png(result: BannerResult) -> bytes:
+    """The banner as PNG bytes (``PATCH /users/@me``'s ``banner``)."""
+    buf = io.BytesIO()
+    result.image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# --- placement ------------------------------------------------------------------------------------------
+
+
+class _SaliencyMass:
+    """Saliency inside any box, from an integral image of the thumbnail's map (flat when unavailable)."""
+
+    def __init__(self, rgb: Image.Image) -> None:
+        try:
+            smap = saliency_map(rgb)
+        except SaliencyUnavailable:
+            smap = np.ones((16, 40), dtype=np.float32)
+        self.sx, self.sy = smap.shape[1] / rgb.width, smap.shape[0] / rgb.height
+        self.total = float(smap.sum()) or 1.0
+        self.integral = np.pad(smap.astype(np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+
+    def share(self, box: FloatBox) -> float:
+        h, w = self.integral.shape
+        x1 = min(max(int(round(box[0] * self.sx)), 0), w - 1)
+        x2 = min(max(int(round(box[2] * self.sx)), x1), w - 1)
+        y1 = min(max(int(round(box[1] * self.sy)), 0), h - 1)
+        y2 = min(max(int(round(box[3] * self.sy)), y1), h - 1)
+        i = self.integral
+        return float(i[y2, x2] - i[y1, x2] - i[y2, x1] + i[y1, x1]) / self.total
+
+
+def _spans(start_pref: float, free: int) -> list[int]:
+    """Positions across a free span of ``free`` px: an even grid, plus the preferred one (clamped)."""
+    if free <= 0:
+        return [0]
+    steps = {round(free * i / GRID) for i in range(GRID + 1)}
+    steps.add(int(round(min(max(start_pref, 0), free))))
+    return sorted(steps)
+
+
+def _widths(lo: float, hi: float) -> list[int]:
+    if hi <= lo:
+        return [int(math.floor(hi))]
+    return sorted({int(math.floor(lo * (hi / lo) ** (i / SIZE_STEPS))) for i in range(SIZE_STEPS + 1)})
+
+
+def _cuts(box: FloatBox, other: FloatBox) -> bool:
+    """Does the banner cut ``other`` (partly inside, partly outside)?"""
+    ix = min(box[2], other[2]) - max(box[0], other[0])
+    iy = min(box[3], other[3]) - max(box[1], other[1])
+    if ix <= 0 or iy <= 0:
+        return False
+    return ix * iy < (other[2] - other[0]) * (other[3] - other[1]) * 0.999
+
+
+def _place_face(face: FloatBox, size: tuple[int, int], need: int, mass: _SaliencyMass,
+                others: list[FloatBox]) -> tuple[IntBox, bool]:
+    """The best 5:2 box for ``face``, and whether the face is visible in it."""
+    w, h = size
+    big_w, _ = largest_box(size)
+    fh = face[3] - face[1]
+    fcx, fcy = (face[0] + face[2]) / 2, face[1] + 0.5 * fh  # eyes half-way down an anime face box
+    lo = max(need, fh / MAX_FACE_HEIGHT * ASPECT)
+    hi = min(big_w, max(lo, fh / MIN_FACE_HEIGHT * ASPECT))
+    lo = min(lo, big_w)  # a face too big for any frame: the widest frame, the face share over the limit
+    best: tuple[float, IntBox] | None = None
+    fallback: tuple[float, IntBox] | None = None
+    for bw in _widths(lo, hi):
+        bh = round(bw / ASPECT)
+        if bh > h or bw > w:
+            continue
+        share = fh / bh
+        size_score = math.exp(-(math.log(share / TARGET_FACE_HEIGHT) ** 2) / (2 * 0.5 ** 2))
+        # The preferred place: eyes on EYE_LINE, the face a little right of the middle (away from the circle).
+        xs = _spans(fcx - 0.55 * bw, w - bw)
+        ys = _spans(fcy - EYE_LINE * bh, h - bh)
+        for x in xs:
+            for y in ys:
+                box = (float(x), float(y), float(x + bw), float(y + bh))
+                margin = visibility(face, box)
+                if margin < FACE_MARGIN:
+                    if fallback is None or margin > fallback[0]:
+                        fallback = (margin, (x, y, x + bw, y + bh))
+                    continue
+                dx = (fcx - x) / bw - 0.55
+                dy = (fcy - y) / bh - EYE_LINE
+                place = max(0.0, 1 - math.hypot(dx, dy * 0.4) * 2)
+                score = (W_SIZE * size_score + W_SALIENCY * mass.share(box) + W_PLACE * place
+                         - CUT_FACE * sum(_cuts(box, o) for o in others))
+                if best is None or score > best[0]:
+                    best = (score, (x, y, x + bw, y + bh))
+    if best is not None:
+        return best[1], True
+    assert fallback is not None
+    return fallback[1], False
+
+
+def _salient_box(size: tuple[int, int], bw: int, mass: _SaliencyMass) -> IntBox:
+    """The widest 5:2 box, slid to hold the most saliency outside the avatar circle."""
+    w, h = size
+    bh = round(bw / ASPECT)
+    best: tuple[float, IntBox] | None = None
+    for x in _spans(0, w - bw):
+        for y in _spans(0, h - bh):
+            box = (float(x), float(y), float(x + bw), float(y + bh))
+            cx, cy, r = hidden_disc(box)
+            covered = mass.share((cx - r, cy - r, cx + r, cy))  # the circle's upper half's square, roughly
+            score = mass.share(box) - covered
+            if best is None or score > best[0]:
+                best = (score, (x, y, x + bw, y + bh))
+    assert best is not None
+    return best[1]
+
+
+def _result(rgb: Image.Image, box: IntBox, method: Method, face: Detection | None, seen: bool | None,
+            reason: str, out_width: int, max_upscale: float) -> BannerResult:
+    out = output_width(box[2] - box[0], out_width=out_width, max_upscale=max_upscale)
+    image = rgb.resize((out, out * 2 // 5), Image.Resampling.LANCZOS, box=box)
+    return BannerResult(image, box, method, face, seen, out / (box[2] - box[0]), reason)
