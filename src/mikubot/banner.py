@@ -6,8 +6,10 @@ avatar. So the banner is framed on the face the avatar chose (the same detection
 pass) and only placements that keep that face wholly inside the banner and clear of the avatar circle
 (its ring included) are taken; among those, the face at a readable size, eyes a little above the
 middle, and the most of what stands out (``mikubot.saliency``) inside the frame, without cutting
-another detected face in half. Without a face (the avatar came from saliency), the widest 5:2 frame
-holding the most saliency outside the circle.
+another detected face in half. Only a face so low in the picture's lower left that no frame inside the
+picture lifts it clear of the circle makes the banner reach below the picture (by at most the circle's
+height, filled with the colour of the picture's bottom edge, mostly behind the avatar anyway). Without
+a face (the avatar came from saliency), the widest 5:2 frame holding the most saliency outside the circle.
 
 Pure functions of (picture, detections, chosen face) -> banner image, so a server's banner is made the
 same way as the global one. A picture too small for a 600 x 240 banner within ``max_upscale`` gets none
@@ -49,6 +51,9 @@ CIRCLE_X = (AVATAR_LEFT + AVATAR_DIAMETER / 2) / CARD_WIDTH  # 0.1647
 CIRCLE_Y = 1 / ASPECT  # on the bottom edge
 CIRCLE_R = (AVATAR_DIAMETER / 2 + AVATAR_RING) / CARD_WIDTH  # 0.1353
 FACE_MARGIN = 0.01  # the face box stays this far (share of the width) from the disc
+# The most a banner may reach below the picture (share of its width): the circle's height above the
+# bottom edge and the margin. Only for a face no frame inside the picture can show.
+MAX_PAD = CIRCLE_R + 2 * FACE_MARGIN
 
 # --- size ---------------------------------------------------------------------------------------------
 MIN_WIDTH, MIN_HEIGHT = 600, 240  # Discord's smallest banner
@@ -73,17 +78,18 @@ class NoBanner(Exception):
 @dataclass
 class BannerResult:
     image: Image.Image  # RGB, 5:2, at least MIN_WIDTH x MIN_HEIGHT
-    box: IntBox  # source pixels, always inside the picture
+    box: IntBox  # source pixels; inside the picture unless ``padded``
     method: Method
     face: Detection | None  # the avatar's face, when the banner is framed on it
     face_visible: bool | None  # the face wholly inside the banner and clear of the avatar circle (None: no face)
     upscale: float  # output px per source px
     reason: str
+    padded: bool = False  # the box reaches below the picture, filled with its bottom edge's colour
 
     def to_json(self) -> dict[str, Any]:
         return {"method": self.method, "box": [int(v) for v in self.box], "size": [self.image.width, self.image.height],
                 "face": self.face.to_json() if self.face else None, "face_visible": self.face_visible,
-                "upscale": round(self.upscale, 4), "reason": self.reason}
+                "upscale": round(self.upscale, 4), "reason": self.reason, "padded": self.padded}
 
 
 def hidden_disc(box: FloatBox) -> tuple[float, float, float]:
@@ -93,16 +99,21 @@ def hidden_disc(box: FloatBox) -> tuple[float, float, float]:
     return box[0] + CIRCLE_X * width, box[1] + CIRCLE_Y * width, CIRCLE_R * width
 
 
-def visibility(face_box: FloatBox, box: FloatBox) -> float:
-    """How clearly the face shows on the card, as a share of the banner's width: the smallest of its
-    distances to the banner's edges and to the avatar circle (< 0: cut by an edge or under the circle)."""
+def clearances(face_box: FloatBox, box: FloatBox) -> tuple[float, float]:
+    """The face box's distance to the banner's edges and to the avatar circle, as shares of the banner's
+    width (< 0: cut by an edge, or under the circle)."""
     width = box[2] - box[0]
     fx1, fy1, fx2, fy2 = face_box
     edges = min(fx1 - box[0], fy1 - box[1], box[2] - fx2, box[3] - fy2)
     cx, cy, r = hidden_disc(box)
     nearest_x, nearest_y = min(max(cx, fx1), fx2), min(max(cy, fy1), fy2)  # the face box's point nearest the centre
-    clear = math.hypot(nearest_x - cx, nearest_y - cy) - r
-    return min(edges, clear) / width
+    return edges / width, (math.hypot(nearest_x - cx, nearest_y - cy) - r) / width
+
+
+def visibility(face_box: FloatBox, box: FloatBox) -> float:
+    """How clearly the face shows on the card, as a share of the banner's width: the smaller of its
+    distances to the banner's edges and to the avatar circle (< 0: cut by an edge or under the circle)."""
+    return min(clearances(face_box, box))
 
 
 def face_visible(face_box: FloatBox, box: FloatBox) -> bool:
@@ -151,14 +162,22 @@ def crop_banner(
         box = _salient_box(size, big_w, mass)
         reason = "saliency: the avatar has no face; the widest 5:2 frame holding the most of what stands out"
         return _result(rgb, box, "saliency", None, None, reason, out_width, max_upscale)
-    box, seen = _place_face(face.bbox, size, need, mass, others)
+    placed = _place_face(face.bbox, size, need, mass, others, pad=False)
+    assert placed is not None  # without padding there is always a placement (the one showing most)
+    box, seen = placed
+    padded = False
+    if not seen:  # the face is too low in the lower left: reach below the picture, as little as needed
+        below = _place_face(face.bbox, size, need, mass, others, pad=True)
+        if below is not None:
+            box, seen, padded = below[0], True, below[0][3] > size[1]
     share = (face.bbox[3] - face.bbox[1]) / (box[3] - box[1])
     out = output_width(box[2] - box[0], out_width=out_width, max_upscale=max_upscale)
-    reason = (f"face: the avatar's face, {share:.0%} of the banner's height, clear of the avatar circle; "
-              f"{out}x{out * 2 // 5} banner" if seen else
+    reason = (f"face: the avatar's face, {share:.0%} of the banner's height, clear of the avatar circle"
+              + ("; the face is so low in the lower left that the banner reaches below the picture (filled)"
+                 if padded else "") + f"; {out}x{out * 2 // 5} banner" if seen else
               "face: the avatar's face cannot be framed clear of the avatar circle and the edges in this picture; "
               f"the placement showing most of it; {out}x{out * 2 // 5} banner")
-    return _result(rgb, box, "face", face, seen, reason, out_width, max_upscale)
+    return _result(rgb, box, "face", face, seen, reason, out_width, max_upscale, padded)
 
 
 def banner_png(result: BannerResult) -> bytes:
@@ -193,12 +212,13 @@ class _SaliencyMass:
         return float(i[y2, x2] - i[y1, x2] - i[y2, x1] + i[y1, x1]) / self.total
 
 
-def _spans(start_pref: float, free: int) -> list[int]:
-    """Positions across a free span of ``free`` px: an even grid, plus the preferred one (clamped)."""
-    if free <= 0:
-        return [0]
-    steps = {round(free * i / GRID) for i in range(GRID + 1)}
-    steps.add(int(round(min(max(start_pref, 0), free))))
+def _spans(start_pref: float, lo: float, hi: float) -> list[int]:
+    """Starts from ``lo`` to ``hi`` (whole px): an even grid, plus the preferred one (clamped)."""
+    lo_i, hi_i = math.ceil(lo), math.floor(hi)
+    if hi_i <= lo_i:
+        return [max(lo_i, 0) if hi_i < lo_i else lo_i]
+    steps = {lo_i + round((hi_i - lo_i) * i / GRID) for i in range(GRID + 1)}
+    steps.add(int(round(min(max(start_pref, lo_i), hi_i))))
     return sorted(steps)
 
 
@@ -218,8 +238,10 @@ def _cuts(box: FloatBox, other: FloatBox) -> bool:
 
 
 def _place_face(face: FloatBox, size: tuple[int, int], need: int, mass: _SaliencyMass,
-                others: list[FloatBox]) -> tuple[IntBox, bool]:
-    """The best 5:2 box for ``face``, and whether the face is visible in it."""
+                others: list[FloatBox], *, pad: bool) -> tuple[IntBox, bool] | None:
+    """The best 5:2 box for ``face``, and whether the face is visible in it (if not, the box showing most
+    of it). ``pad``: the box may reach below the picture by up to ``MAX_PAD`` of its width (the less the
+    better), and only a box showing the face counts (None if there is none)."""
     w, h = size
     big_w, _ = largest_box(size)
     fh = face[3] - face[1]
@@ -231,32 +253,51 @@ def _place_face(face: FloatBox, size: tuple[int, int], need: int, mass: _Salienc
     fallback: tuple[float, IntBox] | None = None
     for bw in _widths(lo, hi):
         bh = round(bw / ASPECT)
-        if bh > h or bw > w:
+        below = math.floor(MAX_PAD * bw) if pad else 0
+        if bh > h + below or bw > w:
             continue
         share = fh / bh
         size_score = math.exp(-(math.log(share / TARGET_FACE_HEIGHT) ** 2) / (2 * 0.5 ** 2))
         # The preferred place: eyes on EYE_LINE, the face a little right of the middle (away from the circle).
-        xs = _spans(fcx - 0.55 * bw, w - bw)
-        ys = _spans(fcy - EYE_LINE * bh, h - bh)
+        # Only starts that keep the face inside the frame: the grid is fine where it matters.
+        xs = _spans(fcx - 0.55 * bw, max(0, face[2] - bw), min(face[0], w - bw))
+        ys = _spans(fcy - EYE_LINE * bh, max(0, face[3] - bh), min(face[1], h - bh + below))
         for x in xs:
             for y in ys:
                 box = (float(x), float(y), float(x + bw), float(y + bh))
-                margin = visibility(face, box)
-                if margin < FACE_MARGIN:
-                    if fallback is None or margin > fallback[0]:
-                        fallback = (margin, (x, y, x + bw, y + bh))
-                    continue
+                edges, clear = clearances(face, box)
                 dx = (fcx - x) / bw - 0.55
                 dy = (fcy - y) / bh - EYE_LINE
                 place = max(0.0, 1 - math.hypot(dx, dy * 0.4) * 2)
+                if edges < 0 or clear < FACE_MARGIN:
+                    if not pad:  # the placement showing most of the face, should none show all of it
+                        shown = _shown(face, box) + 0.01 * place
+                        if fallback is None or shown > fallback[0]:
+                            fallback = (shown, (x, y, x + bw, y + bh))
+                    continue
                 score = (W_SIZE * size_score + W_SALIENCY * mass.share(box) + W_PLACE * place
-                         - CUT_FACE * sum(_cuts(box, o) for o in others))
+                         - CUT_FACE * sum(_cuts(box, o) for o in others) - max(0, y + bh - h) / bh)
                 if best is None or score > best[0]:
                     best = (score, (x, y, x + bw, y + bh))
     if best is not None:
         return best[1], True
+    if pad:
+        return None
     assert fallback is not None
     return fallback[1], False
+
+
+def _shown(face: FloatBox, box: FloatBox, n: int = 8) -> float:
+    """The share of the face box the card shows (inside the banner, off the circle), from n x n samples."""
+    cx, cy, r = hidden_disc(box)
+    fx1, fy1, fx2, fy2 = face
+    seen = 0
+    for i in range(n):
+        px = fx1 + (fx2 - fx1) * (i + 0.5) / n
+        for j in range(n):
+            py = fy1 + (fy2 - fy1) * (j + 0.5) / n
+            seen += box[0] <= px < box[2] and box[1] <= py < box[3] and math.hypot(px - cx, py - cy) > r
+    return seen / (n * n)
 
 
 def _salient_box(size: tuple[int, int], bw: int, mass: _SaliencyMass) -> IntBox:
@@ -264,8 +305,8 @@ def _salient_box(size: tuple[int, int], bw: int, mass: _SaliencyMass) -> IntBox:
     w, h = size
     bh = round(bw / ASPECT)
     best: tuple[float, IntBox] | None = None
-    for x in _spans(0, w - bw):
-        for y in _spans(0, h - bh):
+    for x in _spans(0, 0, w - bw):
+        for y in _spans(0, 0, h - bh):
             box = (float(x), float(y), float(x + bw), float(y + bh))
             cx, cy, r = hidden_disc(box)
             covered = mass.share((cx - r, cy - r, cx + r, cy))  # the circle's upper half's square, roughly
@@ -277,7 +318,13 @@ def _salient_box(size: tuple[int, int], bw: int, mass: _SaliencyMass) -> IntBox:
 
 
 def _result(rgb: Image.Image, box: IntBox, method: Method, face: Detection | None, seen: bool | None,
-            reason: str, out_width: int, max_upscale: float) -> BannerResult:
+            reason: str, out_width: int, max_upscale: float, padded: bool = False) -> BannerResult:
     out = output_width(box[2] - box[0], out_width=out_width, max_upscale=max_upscale)
-    image = rgb.resize((out, out * 2 // 5), Image.Resampling.LANCZOS, box=box)
-    return BannerResult(image, box, method, face, seen, out / (box[2] - box[0]), reason)
+    source = rgb
+    if box[3] > rgb.height:  # reach below the picture: continue it with its bottom edge's colour
+        bottom = np.asarray(rgb)[-max(1, rgb.height // 100):].reshape(-1, 3)
+        r, g, b = (int(v) for v in np.median(bottom, axis=0))
+        source = Image.new("RGB", (rgb.width, box[3]), (r, g, b))
+        source.paste(rgb, (0, 0))
+    image = source.resize((out, out * 2 // 5), Image.Resampling.LANCZOS, box=box)
+    return BannerResult(image, box, method, face, seen, out / (box[2] - box[0]), reason, padded)
