@@ -22,9 +22,9 @@ from emulators.discord import create_app
 from facedetect.types import Detection
 from mikubot.banner import (
     CARD_WIDTH,
+    MAX_PAD,
     MIN_HEIGHT,
     MIN_WIDTH,
-    MAX_PAD,
     NoBanner,
     crop_banner,
     face_visible,

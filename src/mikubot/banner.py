@@ -204,10 +204,10 @@ class _SaliencyMass:
 
     def share(self, box: FloatBox) -> float:
         h, w = self.integral.shape
-        x1 = min(max(int(round(box[0] * self.sx)), 0), w - 1)
-        x2 = min(max(int(round(box[2] * self.sx)), x1), w - 1)
-        y1 = min(max(int(round(box[1] * self.sy)), 0), h - 1)
-        y2 = min(max(int(round(box[3] * self.sy)), y1), h - 1)
+        x1 = min(max(round(box[0] * self.sx), 0), w - 1)
+        x2 = min(max(round(box[2] * self.sx), x1), w - 1)
+        y1 = min(max(round(box[1] * self.sy), 0), h - 1)
+        y2 = min(max(round(box[3] * self.sy), y1), h - 1)
         i = self.integral
         return float(i[y2, x2] - i[y1, x2] - i[y2, x1] + i[y1, x1]) / self.total
 
@@ -218,14 +218,14 @@ def _spans(start_pref: float, lo: float, hi: float) -> list[int]:
     if hi_i <= lo_i:
         return [max(lo_i, 0) if hi_i < lo_i else lo_i]
     steps = {lo_i + round((hi_i - lo_i) * i / GRID) for i in range(GRID + 1)}
-    steps.add(int(round(min(max(start_pref, lo_i), hi_i))))
+    steps.add(round(min(max(start_pref, lo_i), hi_i)))
     return sorted(steps)
 
 
 def _widths(lo: float, hi: float) -> list[int]:
     if hi <= lo:
-        return [int(math.floor(hi))]
-    return sorted({int(math.floor(lo * (hi / lo) ** (i / SIZE_STEPS))) for i in range(SIZE_STEPS + 1)})
+        return [math.floor(hi)]
+    return sorted({math.floor(lo * (hi / lo) ** (i / SIZE_STEPS)) for i in range(SIZE_STEPS + 1)})
 
 
 def _cuts(box: FloatBox, other: FloatBox) -> bool:
