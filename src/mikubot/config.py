@@ -73,6 +73,8 @@ class Settings(SourceSettings, BaseSettings):
     candidate_pictures_kept: int = Field(50, ge=0, description="the candidates' thumbnails (the panel's Candidates "
                                          "view) are kept for this many latest changes, older ones deleted; the "
                                          "avatars themselves are never deleted")
+    banner: bool = Field(False, description="also make a 5:2 profile banner from the same picture and apply it "
+                         "with the avatar (a second public image, so off by default)")
 
     # --- sources: SourceSettings (inherited) -------------------------------------------------------------
 

@@ -65,6 +65,8 @@ def change_view(row: dict[str, Any], avatars_dir: Path, *, with_events: bool = T
     out["annotated_url"] = f"/avatars/{cid}/annotated.jpg" if inside(annotated_path(avatars_dir, row), avatars_dir) else None
     if isinstance(row.get("candidates"), list):
         out["candidates"] = [_candidate_view(c, i, cid, avatars_dir) for i, c in enumerate(row["candidates"])]
+    has_banner = bool(row.get("banner_path")) and inside(Path(row["banner_path"]), avatars_dir)
+    out["banner_url"] = f"/avatars/{cid}/banner.png" if has_banner else None
     out["credit"] = {
         "artist": row.get("artist"),
         "source": row.get("source"),
