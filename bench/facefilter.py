@@ -31,7 +31,7 @@ from results import table
 from facedetect.backends import create_detector
 from facedetect.backends.facefilter import FaceFilter
 
-SAMPLE = {"renpy": "not trained on; threshold margin set on it", "grid": "other art, not trained on; threshold margin set on it",
+SAMPLE = {"renpy": "not trained on; recipe checked on it", "grid": "other art, not trained on; recipe checked on it",
           "scene-tune": "**in-sample** (trained on)", "scene-test": "out-of-sample"}
 
 

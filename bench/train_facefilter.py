@@ -48,7 +48,12 @@ from metrics import iou
 
 from facedetect.backends import create_detector
 from facedetect.backends.base import Detector
-from facedetect.backends.facefilter import FEATURES_VERSION, FaceFilter, default_model_path, features
+from facedetect.backends.facefilter import (
+    FEATURES_VERSION,
+    FaceFilter,
+    default_model_path,
+    features,
+)
 from facedetect.imageio import load_image
 
 FACE_IOU, NOT_FACE_IOU = 0.5, 0.3

@@ -25,7 +25,13 @@ import pytest
 from PIL import Image
 
 from facedetect.backends import create_detector
-from facedetect.backends.facefilter import FaceFilter, FaceFilterError, default_model_path, feature_count, features
+from facedetect.backends.facefilter import (
+    FaceFilter,
+    FaceFilterError,
+    default_model_path,
+    feature_count,
+    features,
+)
 from facedetect.errors import BackendUnavailable
 from facedetect.imageio import load_image
 

@@ -60,8 +60,8 @@ def _crop(rgb: np.ndarray, box: Box, grow: float, size: int) -> np.ndarray:
     h, w = rgb.shape[:2]
     cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
     bw, bh = max(1.0, (box[2] - box[0]) * grow), max(1.0, (box[3] - box[1]) * grow)
-    x1, y1 = int(math.floor(cx - bw / 2)), int(math.floor(cy - bh / 2))
-    x2, y2 = max(x1 + 1, int(math.ceil(cx + bw / 2))), max(y1 + 1, int(math.ceil(cy + bh / 2)))
+    x1, y1 = math.floor(cx - bw / 2), math.floor(cy - bh / 2)
+    x2, y2 = max(x1 + 1, math.ceil(cx + bw / 2)), max(y1 + 1, math.ceil(cy + bh / 2))
     pad = (max(0, -y1), max(0, y2 - h), max(0, -x1), max(0, x2 - w))
     part = rgb[max(0, y1):min(h, y2), max(0, x1):min(w, x2)]
     if part.size == 0:  # wholly outside the image
