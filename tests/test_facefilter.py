@@ -140,6 +140,16 @@ def test_missing_or_corrupt_model_is_a_clear_error(tmp_path: Path) -> None:
     det = create_detector("animeface", face_filter=str(tmp_path / "nope.json"))
     with pytest.raises(BackendUnavailable, match="face filter"):
         det.load()
+    with pytest.raises(BackendUnavailable, match="face_filter") as bad_option:
+        create_detector("animeface", face_filter=3)
+    assert bad_option.value.status_code == 400
+
+
+def test_filter_defaults() -> None:
+    """On in the fast mode, off in the full mode (the raw peer stays the wheel's behaviour)."""
+    assert create_detector("animeface").describe()["face_filter"] is True
+    assert create_detector("animeface", mode="full").describe()["face_filter"] is False
+    assert create_detector("animeface", face_filter=False).describe()["face_filter"] is False
 
 
 def test_features_at_image_edges() -> None:
