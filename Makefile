@@ -8,7 +8,7 @@ OUT    ?= out/demo
 BENCH_DATA ?= ../shared/bench
 SCENES ?= .cache/scenes
 
-.PHONY: help install art scenes proposals demo test test-fast bench lint clean constraints
+.PHONY: help install art scenes proposals facefilter demo test test-fast bench lint clean constraints
 
 help:
 	@echo "make demo   - detect faces in the sample art and make an avatar (embedded defaults, no config)"
@@ -17,6 +17,7 @@ help:
 	@echo "make constraints - re-resolve every extra of pyproject.toml into constraints.txt (needs PyPI)"
 	@echo "make scenes - compose the labelled scene sets for detection/crop benchmarks (.cache/scenes)"
 	@echo "make proposals - retrain the two-stage detector's proposal model on scene-tune (committed; CI need not)"
+	@echo "make facefilter - retrain the detector's false-positive filter on scene-tune (FILTER_DETECTOR/FILTER_OPTIONS)"
 
 # constraints.txt pins every package to the versions the images install too (one lock for all).
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -41,6 +42,13 @@ $(SCENES)/.complete: $(ART)/.complete bench/scenes.py tests/labels/renpy.json | 
 # The two-stage detector's proposal classifier, trained on scene-tune only; see bench/train_proposals.py.
 proposals: scenes
 	$(PY) bench/train_proposals.py --scenes $(SCENES)
+
+# The default detector's learned false-positive filter, retrained on scene-tune only (bench/train_facefilter.py).
+# FILTER_DETECTOR / FILTER_OPTIONS (JSON) name the detector whose candidates it learns from.
+FILTER_DETECTOR ?= animeface
+FILTER_OPTIONS  ?= {"face_filter": false, "lone_likelihood": 0.0}
+facefilter: scenes
+	$(PY) bench/train_facefilter.py --scenes $(SCENES) --detector $(FILTER_DETECTOR) --options '$(FILTER_OPTIONS)'
 
 demo: install art
 	MIKU_DATA_DIR=$(OUT)/data $(VENV)/bin/mikubot pfp change --dry-run --source local:$(ART)/images --out $(OUT)/avatar.png

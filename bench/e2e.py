@@ -1,12 +1,12 @@
-"""A full avatar change in the emulators with the seed's latencies: ours vs the seed's method, on two cards.
+"""A full avatar change in the emulators with the original bot's latencies: ours vs the original bot's method, on two cards.
 
-Latencies (seed, "Typical Timeline"): vision verification 5 s (2 s loading the model + 3 s answering, per
+Latencies (the original bot's "Typical Timeline"): vision verification 5 s (2 s loading the model + 3 s answering, per
 picture), unloading a model 2 s (0.5 s for the llama-server process to exit + 1.5 s until the driver hands the
 memory back), detector load 1 s, upload 1 s; the text model takes 2 s to load.
 
 Two cards (8 GB, 512 MiB held by the display), both starting with the text model loaded (the bot was chatting):
-- **seed sizes** — the seed's own figures: text 5120 MiB, vision 4608 MiB (~4 GB + mmproj), detector 1024 MiB,
-  and the detector loaded ("stays loaded", the seed says). Once text is gone, vision and detector fit together.
+- **original sizes** — the original bot's own figures: text 5120 MiB, vision 4608 MiB (~4 GB + mmproj), detector 1024 MiB,
+  and the detector loaded ("stays loaded", the original bot says). Once text is gone, vision and detector fit together.
 - **tight** — vision 6912 MiB (a bigger image context): vision and detector never fit together, so the
   detector starts unloaded and every change needs a swap between verification and detection.
 
@@ -14,17 +14,17 @@ Two cards (8 GB, 512 MiB held by the display), both starting with the text model
   shows the memory free) runs while the candidates download; one vision load and K answers; then one
   detector reservation, which goes at once when the detector is loaded or fits, and otherwise unloads vision
   and waits until the (emulated) probe shows the memory free.
-- seed: verify, then "swap to the text model" (a 1-token chat request to llama3.1, which makes llama-swap
+- original: verify, then "swap to the text model" (a 1-token chat request to llama3.1, which makes llama-swap
   stop vision and load 5 GB of text model nobody asked for), sleep 3 s, detect, crop, upload.
 
 Both use the same Danbooru emulator, sources, crop and Discord emulator; only the VRAM handling differs.
 The detector is the GPU detector's simulated VRAM side (it finds no faces, so both crop by saliency).
 
 **Vision time** is the verify window: from the first request for the vision model (ours: its reservation,
-which makes room for it; the seed: its first chat request, for which llama-swap swaps the text model out)
+which makes room for it; the original bot: its first chat request, for which llama-swap swaps the text model out)
 to the last of the K answers. Everything else in the total is overhead the bar "≤ vision time + 2 s" limits.
 
-    .venv/bin/python bench/e2e.py [--art .cache/art/images] [--k 1 5] [--scenario seed-sizes tight] [--no-write]
+    .venv/bin/python bench/e2e.py [--art .cache/art/images] [--k 1 5] [--scenario original-sizes tight] [--no-write]
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ VISION_S, STOP_S, RELEASE_S, DETECTOR_LOAD_S, UPLOAD_S = 5.0, 0.5, 1.5, 1.0, 1.0
 VISION_LOAD_S = 2.0  # of the 5 s: loading the weights; the rest is answering (per picture)
 VISION_INFER_S = VISION_S - VISION_LOAD_S
 TEXT_LOAD_S = 2.0
-SEED_SLEEP_S = 3.0
+ORIGINAL_SLEEP_S = 3.0
 PLAN = {"eileen happy.png": 1.6, "eileen vhappy.png": 1.6, "eileen concerned.png": 1.6,
         "sylvie blue giggle.png": 2.2, "sylvie green normal.png": 2.2}
 CARD_MIB, DISPLAY_MIB, TEXT_MIB, DETECTOR_MIB = 8192, 512, 5120, 1024
@@ -79,7 +79,7 @@ class Scenario:
 
 
 SCENARIOS = {
-    "seed-sizes": Scenario("seed-sizes", 4608, True, "the seed's sizes: vision 4608 MiB fits beside the detector "
+    "original-sizes": Scenario("original-sizes", 4608, True, "the original bot's sizes: vision 4608 MiB fits beside the detector "
                            "(1024 MiB, loaded) once text is gone"),
     "tight": Scenario("tight", 6912, False, "vision 6912 MiB never fits beside the detector (1024 MiB, unloaded "
                       "at the start)"),
@@ -132,8 +132,8 @@ async def ours(rig: Rig, data_dir: Path) -> dict[str, Any]:
     return {"total_s": total, "vision_s": ms["verify"] / 1000, "stages": ms}
 
 
-async def seed(rig: Rig, data_dir: Path) -> dict[str, Any]:
-    """The seed's profile_picture_manager flow, with its _ensure_vram_available (swap to text + sleep 3)."""
+async def original(rig: Rig, data_dir: Path) -> dict[str, Any]:
+    """The original bot's profile_picture_manager flow, with its _ensure_vram_available (swap to text + sleep 3)."""
     s = rig.settings(data_dir)
     t0 = time.monotonic()
     async with httpx.AsyncClient(timeout=120) as http:
@@ -147,7 +147,7 @@ async def seed(rig: Rig, data_dir: Path) -> dict[str, Any]:
         # _ensure_vram_available: "swap to text model → vision model unloads → 3 second wait"
         await http.post(f"{rig.llama.url}/v1/chat/completions",
                         json={"model": "llama3.1", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]})
-        await asyncio.sleep(SEED_SLEEP_S)
+        await asyncio.sleep(ORIGINAL_SLEEP_S)
         r = await http.post(f"{rig.detector}/detect", files={"file": ("a.png", chosen.data or b"")})
         oom = r.status_code != 200
         image, _ = load_image(chosen.data or b"")
@@ -164,12 +164,12 @@ def run(art_dir: Path, ks: list[int], scenarios: list[str]) -> tuple[list[list[o
         for name in scenarios:
             sc = SCENARIOS[name]
             for k in ks:
-                for method in ("seed", "ours"):
+                for method in ("original", "ours"):
                     with ExitStack() as stack:
                         rig = Rig(art, stack, k, sc)
                         rig.llama.preload("llama3.1")  # the bot was chatting
                         start = len(rig.llama.gpu.history)
-                        fn = ours if method == "ours" else seed
+                        fn = ours if method == "ours" else original
                         out = asyncio.run(fn(rig, Path(tmp) / f"data-{name}-{method}-{k}"))
                         history = rig.llama.gpu.history[start:]
                         unloads = sum(1 for e in history if e["event"] == "exit")
@@ -199,15 +199,15 @@ def main() -> None:
     args = ap.parse_args()
     rows, stage_rows = run(args.art, args.k, args.scenario)
     md = (
-        f"A full avatar change in the emulators with the seed's latencies: vision {VISION_S:g} s ({VISION_LOAD_S:g} s "
+        f"A full avatar change in the emulators with the original bot's latencies: vision {VISION_S:g} s ({VISION_LOAD_S:g} s "
         f"load + {VISION_INFER_S:g} s per picture), unload {STOP_S + RELEASE_S:g} s ({STOP_S:g} s process exit + "
         f"{RELEASE_S:g} s driver release), detector load {DETECTOR_LOAD_S:g} s, upload {UPLOAD_S:g} s, text load "
         f"{TEXT_LOAD_S:g} s; 8 GB card ({DISPLAY_MIB} MiB display), text {TEXT_MIB} MiB loaded at the start, "
-        f"detector {DETECTOR_MIB} MiB. *seed*: swap to the text model + sleep {SEED_SLEEP_S:g} s; *ours*: vramctl "
-        "reservations. Seed's own figure: 10–19 s.\n\n"
+        f"detector {DETECTOR_MIB} MiB. *original*: swap to the text model + sleep {ORIGINAL_SLEEP_S:g} s; *ours*: vramctl "
+        "reservations. The original bot's own figure: 10–19 s.\n\n"
         + "\n".join(f"- **{sc.name}**: {sc.note}." for sc in SCENARIOS.values() if sc.name in args.scenario)
         + "\n- **vision s** = the verify window: from the first request for the vision model (ours: its "
-        "reservation, which unloads the text model and waits until the memory is free; seed: its first chat "
+        "reservation, which unloads the text model and waits until the memory is free; original: its first chat "
         "request, for which llama-swap swaps the text model out) to the last of the K answers. "
         "**rest s** = total − vision; the target is rest ≤ 2 s. **unloads**: processes that left the card "
         "(models and detector); **loads**: what came onto it during the change (text = loaded unasked).\n\n"
@@ -224,15 +224,15 @@ def main() -> None:
 
 
 NOTES = (
-    "Reading it: with the seed's sizes the detector never leaves the card, so after the last answer only "
+    "Reading it: with the original bot's sizes the detector never leaves the card, so after the last answer only "
     "detect, crop and the 1 s upload remain — the bar is met, for K = 1 and 5 alike. On the tight card the "
     "detector cannot load until the vision model has stopped (0.5 s) and the driver has released its memory "
     "(1.5 s), then it loads (1 s), then the upload (1 s): at least 4 s after the last answer whatever the "
     "coordinator does, so the bar is physically out of reach there without giving up the GPU detector "
     "(docs/pipeline.md says why we do not detect on the CPU instead). Ours' vision window is ~1.5 s longer "
-    "than the seed's: vramctl lets the vision model load only once the probe shows the text model's memory "
+    "than the original bot's: vramctl lets the vision model load only once the probe shows the text model's memory "
     "back, where llama-swap's own swap starts loading as soon as the text process has exited (the emulator, "
-    "like a slow loader, allocates at the end of the load, so the seed gets away with it here). The seed's "
+    "like a slow loader, allocates at the end of the load, so the original bot gets away with it here). The original bot's "
     "method loads the text model nobody asked for and sleeps a fixed 3 s; K candidates cost ours one vision "
     "load and at most one swap.\n"
 )

@@ -1,5 +1,5 @@
 """How long after a GPU process ends does NVML show its memory free? The real-world figure behind the
-seed's "sleep 3 s" (and the `release_s` of the llama-swap emulator).
+original bot's "sleep 3 s" (and the `release_s` of the llama-swap emulator).
 
 A child process allocates ~2 GB with the CUDA driver API (ctypes on libcuda, no framework needed), touches it,
 reports, then ends — by exiting (`exit`: the driver tears the context down) or by SIGKILL (`kill`: what

@@ -1,7 +1,7 @@
-"""Seed's "swap to the text model and sleep 3 s" vs vramctl's "unload, then wait until the probe shows it free".
+"""The original bot's "swap to the text model and sleep 3 s" vs vramctl's "unload, then wait until the probe shows it free".
 
 For each driver release latency (`release_s`: how long after the model process exits the card gets its memory
-back) both methods run against the llama-swap emulator with the seed's card: 8 GB (512 MiB held by the display
+back) both methods run against the llama-swap emulator with the original bot's card: 8 GB (512 MiB held by the display
 and CUDA contexts), vision model 6912 MiB with mmproj and image context, text model 5120 MiB (2 s to load),
 face detector 1024 MiB; stopping a llama-server takes 0.5 s. Measured: time from "VRAM needed" to "detector
 may run" (its memory claimed), and OOMs (`cudaMalloc failed`) on the simulated card.
@@ -32,7 +32,7 @@ from servers import serve_app  # noqa: E402
 from vramctl import Consumer, Coordinator, VramSettings  # noqa: E402
 
 TEXT_LOAD_S = 2.0
-SEED_SLEEP_S = 3.0
+ORIGINAL_SLEEP_S = 3.0
 VISION_MIB, TEXT_MIB, DETECTOR_MIB = 6912, 5120, 1024
 
 
@@ -45,14 +45,14 @@ def card(stop_s: float, release_s: float):
     return emu, det
 
 
-async def seed_method(emu: LlamaSwapEmulator, det_url: str) -> tuple[float, bool]:
-    """The seed's _ensure_vram_available(): ask for the text model (max_tokens 1), sleep 3 s; then the detector
+async def original_method(emu: LlamaSwapEmulator, det_url: str) -> tuple[float, bool]:
+    """The original bot's _ensure_vram_available(): ask for the text model (max_tokens 1), sleep 3 s; then the detector
     loads. Returns (seconds from need to detector running, whether the detector got its memory)."""
     async with httpx.AsyncClient(timeout=120) as http:
         t0 = time.monotonic()
         await http.post(f"{emu.url}/v1/chat/completions", json={
-            "model": "llama3.1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})  # errors ignored, as in the seed
-        await asyncio.sleep(SEED_SLEEP_S)
+            "model": "llama3.1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})  # errors ignored, as in the original bot
+        await asyncio.sleep(ORIGINAL_SLEEP_S)
         r = await http.post(f"{det_url}/load")
         return time.monotonic() - t0, r.status_code == 200
 
@@ -75,8 +75,8 @@ def run_one(method: str, stop_s: float, release_s: float) -> dict:
     emu, det = card(stop_s, release_s)
     with emu.serve(), serve_app(det) as det_url:
         emu.preload("vision")
-        if method == "seed":
-            elapsed, ok = asyncio.run(seed_method(emu, det_url))
+        if method == "original":
+            elapsed, ok = asyncio.run(original_method(emu, det_url))
         else:
             elapsed, ok, _ = asyncio.run(our_method(emu, det_url))
         return {"elapsed": elapsed, "ok": ok, "oom": emu.gpu.oom_count, "text_loaded": "llama3.1" in emu.loads}
@@ -91,20 +91,20 @@ def main() -> None:
     rows = []
     all_ok = True
     for rel in args.release:
-        seed = run_one("seed", args.stop, rel)
+        orig = run_one("original", args.stop, rel)
         ours = run_one("ours", args.stop, rel)
         overhead = ours["elapsed"] - (args.stop + rel)
         met = ours["oom"] == 0 and ours["ok"] and overhead <= 0.2
         all_ok &= met
-        rows.append([f"{rel:g}", f"{seed['elapsed']:.2f}", seed["oom"], "no (OOM)" if not seed["ok"] else "yes",
-                     f"{TEXT_MIB} MiB" if seed["text_loaded"] else "— (its load OOMed)",
+        rows.append([f"{rel:g}", f"{orig['elapsed']:.2f}", orig["oom"], "no (OOM)" if not orig["ok"] else "yes",
+                     f"{TEXT_MIB} MiB" if orig["text_loaded"] else "— (its load OOMed)",
                      f"{ours['elapsed']:.2f}", ours["oom"], f"{overhead:+.2f}", "✅" if met else "❌"])
         print(" | ".join(str(c) for c in rows[-1]), flush=True)
-    md = (f"Seed's card on the llama-swap emulator: 8192 MiB (512 held by display/contexts), vision {VISION_MIB} MiB "
+    md = (f"The original bot's card on the llama-swap emulator: 8192 MiB (512 held by display/contexts), vision {VISION_MIB} MiB "
           f"loaded, detector needs {DETECTOR_MIB} MiB, llama-server stop {args.stop:g} s, text model load "
           f"{TEXT_LOAD_S:g} s. Time = from \"VRAM needed\" to \"detector has its memory\". Overhead = ours − "
           f"(stop + release); target ≤ 0.2 s and 0 OOM.\n\n"
-          + table(["release_s", "seed: time (s)", "seed: OOMs", "seed: detector ran", "seed: text model loaded",
+          + table(["release_s", "original: time (s)", "original: OOMs", "original: detector ran", "original: text model loaded",
                    "ours: time (s)", "ours: OOMs", "ours: overhead (s)", "target met"], rows))
     print(md)
     if not args.no_write:

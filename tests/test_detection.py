@@ -9,6 +9,7 @@ from PIL import Image
 
 from mikubot.crop import crop_avatar, face_in_circle
 from mikubot.detection import FaceFinder, InProcessDetector, detect_with_second_look
+from mikubot.hair import hair_difference
 
 
 def small_face_scene(art_dir: Path, face_labels: dict, face_px: float) -> tuple[Image.Image, list[float]]:
@@ -43,3 +44,7 @@ async def test_no_second_look_when_the_first_finds_a_face(art_dir: Path, face_la
     async with FaceFinder(None, InProcessDetector("animeface"), lambda to, why: None) as finder:
         found = await finder.find(scene, b"", "scene.png")
     assert found.via == "in-process" and found.detections
+    # Each face carries our own hair read (mikubot.hair) beside animeface's: Eileen's red, not a ribbon.
+    eileen = max(found.detections, key=lambda d: d.confidence)
+    assert eileen.attributes["hair"] and eileen.attributes["hair_color"]
+    assert hair_difference(eileen.attributes["hair"], "#f87f7d") < hair_difference(eileen.attributes["hair"], "#d07255")

@@ -10,9 +10,9 @@ crop widens (down to a ``MIN_FACE_SHARE`` face share). Only a face too small eve
 refused (``FaceTooSmall``), so the caller can try its next candidate image. Without a usable face:
 saliency (``mikubot.saliency``), then a top-centre square.
 
-With several faces the character's comes first: a face whose hair colour (animeface reports one per
-face) matches one of ``hair_colours`` (``colour_matches``), then the detector's confidence, then the
-face score (size, centrality). Every result records which path it took and why (``reason``) and, on the face path, the
+With several faces the character's comes first: a face whose hair colour (``mikubot.hair`` reads one per
+face; else the detector's own reading) matches one of ``hair_colours`` (``colour_matches``), the nearest
+colour first (``hair_nearness``), then the detector's confidence, then the face score (size, centrality). Every result records which path it took and why (``reason``) and, on the face path, the
 faces it chose between (``choice``).
 
 Coordinates are source-image pixels, ``[x1, y1, x2, y2]``, exclusive at x2/y2 like Pillow's boxes.
@@ -31,6 +31,7 @@ from PIL import Image
 
 from facedetect.imageio import to_rgb
 from facedetect.types import Detection
+from mikubot.hair import hair_difference
 from mikubot.saliency import SaliencyUnavailable, salient_square
 
 Method = Literal["face", "saliency", "top-centre"]
@@ -48,6 +49,9 @@ FULL_SIZE_SHARE = 0.25
 # --- which face is the character's ------------------------------------------------------------
 HUE_SPAN = 30.0  # degrees of hue either side of a configured hair colour that still count as it
 HUE_MIN_SATURATION = 0.25  # below this a colour has no clear hue (greys, black, white)
+# Matching faces are ordered by hair_nearness in steps this wide (Lab units): nearer by less is a tie,
+# left to the detector's confidence.
+NEARNESS_STEP = 8.0
 
 # A better-ranked face that cannot sit wholly inside the circle (against an image corner) gives way to a
 # later face that can only when that face scores at least this share of it; otherwise it is taken, clipped.
@@ -145,7 +149,10 @@ def usable(face: Detection) -> bool:
 
 
 def hair_of(face: Detection) -> str | None:
-    colour = face.attributes.get("hair_color") if face.attributes else None
+    """The face's hair colour: our own read (``mikubot.hair``, in ``attributes["hair"]``; None when it found
+    no hair to read) when the face has been through it, else the detector's (animeface's ``hair_color``)."""
+    attributes = face.attributes or {}
+    colour = attributes["hair"] if "hair" in attributes else attributes.get("hair_color")
     return colour if isinstance(colour, str) and len(colour) == 7 and colour.startswith("#") else None
 
 
@@ -184,6 +191,17 @@ def colour_matches(colour: str | None, hair_colours: list[str] | None, tolerance
     return False
 
 
+def hair_nearness(colour: str | None, hair_colours: list[str] | None) -> float:
+    """Perceptual difference (``mikubot.hair.hair_difference``) from ``colour`` to the nearest of
+    ``hair_colours``; infinite when either is unknown."""
+    if colour is None or not hair_colours:
+        return math.inf
+    try:
+        return min(hair_difference(colour, c) for c in hair_colours)
+    except ValueError:
+        return math.inf
+
+
 def rank_faces(
     detections: list[Detection],
     image_size: tuple[int, int],
@@ -191,14 +209,20 @@ def rank_faces(
     hair_tolerance: float = 100.0,
 ) -> list[tuple[float, Detection]]:
     """Usable faces, best first, with their ``face_score``: faces whose hair matches ``hair_colours``
-    (``colour_matches``) before the others, then the detector's confidence, then the score (size,
+    (``colour_matches``) before the others, and among those the nearest colour (``hair_nearness``, in
+    ``NEARNESS_STEP`` steps) first, then the detector's confidence, then the score (size,
     centrality). Confidence before size: animeface gives real faces 1.0 (its likelihood, clipped) and
     its confident false positives (a blank head, a drawn smiley, a fold of cloth) 0.98-0.9999, often
     bigger or more central than the real face."""
     scored = [(face_score(d, image_size), d) for d in detections if usable(d)]
 
-    def key(sd: tuple[float, Detection]) -> tuple[bool, float, float]:
-        return (colour_matches(hair_of(sd[1]), hair_colours, hair_tolerance), float(sd[1].confidence), sd[0])
+    def key(sd: tuple[float, Detection]) -> tuple[bool, float, float, float]:
+        colour = hair_of(sd[1])
+        match = colour_matches(colour, hair_colours, hair_tolerance)
+        # Among matching faces the nearest colour first: red and orange hair both pass for a red, but the
+        # red-haired face is the character.
+        near = -round(hair_nearness(colour, hair_colours) / NEARNESS_STEP) if match else 0
+        return (match, near, float(sd[1].confidence), sd[0])
 
     return sorted(scored, key=key, reverse=True)
 
@@ -285,6 +309,7 @@ def _face_entry(rank: int, quality: float, face: Detection, hair_colours: list[s
         "confidence": round(float(face.confidence), 4),
         "score": round(quality, 4),
         "hair": hair_of(face),
+        "hair_detector": (face.attributes or {}).get("hair_color"),  # the detector's own reading, for comparison
         "hair_distance": None if distance is None else round(distance, 1),
         "hair_match": None if distance is None else colour_matches(hair_of(face), hair_colours, hair_tolerance),
         "chosen": False,

@@ -7,6 +7,10 @@ A second look for small faces: animeface's smallest window is ~42 px, so a scene
 wide gives no face at all, and the change would end in a saliency crop of the whole scene. When a
 picture yields no usable face, it is detected once more at twice its size (in-process, whatever
 detected first) and the boxes are mapped back (``via`` then ends in "+upscaled").
+
+Every face found gets our own hair-colour read (``mikubot.hair.with_hair``, ``attributes["hair"]``), which the
+crop's choice of the character's face and the heuristic verifier go by; the detector's own reading, if
+any, stays beside it (animeface's ``hair_color``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from facedetect.client import AsyncFaceDetectClient, FaceDetectClientError
 from facedetect.errors import FaceDetectError
 from facedetect.types import Detection
 from mikubot.crop import rank_faces
+from mikubot.hair import with_hair
 
 SMALL_FACE_UPSCALE = 2  # the second look's zoom: a 30-px face becomes 60 px, well above animeface's window
 SECOND_LOOK_MAX_SIDE = 2400  # pictures longer than this are not zoomed (their faces are rarely that small)
@@ -114,6 +119,13 @@ class FaceFinder:
             await self._client.aclose()
 
     async def find(self, image: Image.Image, data: bytes, filename: str) -> FaceResult:
+        """The picture's faces, each with our own hair-colour read (``mikubot.hair``) in ``attributes["hair"]``."""
+        result = await self._located(image, data, filename)
+        if result.detections:
+            result.detections = await asyncio.to_thread(with_hair, image, result.detections)
+        return result
+
+    async def _located(self, image: Image.Image, data: bytes, filename: str) -> FaceResult:
         result = await self._find(image, data, filename)
         if result.error is None and self.local_ok and needs_second_look(result.detections, image):
             try:

@@ -5,11 +5,11 @@
 often wrap JSON in prose or code fences, or answer in prose only; ``parse_answer`` takes all of those.
 The caller holds one vramctl reservation of the vision model around all K calls (pipeline.py).
 
-``HeuristicVerifier`` needs no model: a booru post's character tag is strong evidence, and animeface
-reports a hair colour per face that can be compared with the character's configured colours (teal for
-Miku). It reads the colours from the detect stage's detections when it is given them (one detection per
-image: the pipeline detects first when the heuristic verifies) and runs its own animeface pass only
-when it is not.
+``HeuristicVerifier`` needs no model: a booru post's character tag is strong evidence, and the hair
+colour read around each face (``mikubot.hair``) can be compared with the character's configured colours
+(teal for Miku). It takes the faces from the detect stage's detections when it is given them (one
+detection per image: the pipeline detects first when the heuristic verifies) and runs its own animeface
+pass only when it is not.
 Images from sources without tags (a local folder, a URL, an uploaded file) were chosen by the
 operator; the heuristic cannot refute them, so it accepts them with a confidence that says how much
 the hair colour agrees.
@@ -33,7 +33,8 @@ from facedetect.backends.base import Detector
 from facedetect.errors import FaceDetectError
 from facedetect.imageio import load_image
 from facedetect.types import Detection
-from mikubot.crop import colour_matches
+from mikubot.crop import colour_matches, hair_of
+from mikubot.hair import with_hair
 from mikubot.sources.base import Candidate
 
 TAGGED_SOURCES = frozenset({"danbooru", "safebooru", "gelbooru"})
@@ -306,9 +307,9 @@ class HeuristicVerifier:
         made (else animeface runs on a thumbnail here). With several faces, the one nearest the
         character's colours speaks for the picture (is the character in it?); the most confident one
         when no colours are configured."""
-        if faces is None or (faces and not any(f.attributes.get("hair_color") for f in faces)):
-            faces = self._detect(data)  # not detected yet, or by a backend that reads no colours (yolo-onnx)
-        coloured = [(f, f.attributes.get("hair_color")) for f in faces if f.attributes.get("hair_color")]
+        if faces is None or (faces and not any(hair_of(f) for f in faces)):
+            faces = self._detect(data)  # not detected yet, or without a colour read
+        coloured = [(f, colour) for f in faces if (colour := hair_of(f))]
         if not coloured:
             return None, None
         if not self.hair_colours:
@@ -326,7 +327,7 @@ class HeuristicVerifier:
         if self.detector is None:
             return []
         image.thumbnail((HAIR_PROBE_SIDE, HAIR_PROBE_SIDE), Image.Resampling.LANCZOS)
-        return self.detector.detect(image)
+        return with_hair(image, self.detector.detect(image))
 
     async def verify(self, candidate: Candidate, faces: list[Detection] | None = None) -> Verification:
         """``faces``: the candidate's detections from the detect stage (saves a second detection)."""

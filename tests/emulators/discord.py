@@ -12,7 +12,11 @@ Current User", Resources › Message, Interactions › Receiving and Responding)
 - ``PATCH /users/@me``: ``Authorization: Bot <token>`` or 401 ``{"message": "401: Unauthorized",
   "code": 0}``; the ``avatar`` data URI (JPG, GIF or PNG as Reference › Image Data lists, decodable, at most 10 MiB) or 400 code
   50035 with nested form errors (``IMAGE_INVALID``, ``BINARY_TYPE_MAX_SIZE``, ``AVATAR_RATE_LIMIT``
-  "You are changing your avatar too fast"); then the user object. The route's bucket sends
+  "You are changing your avatar too fast"); then the user object. The ``banner`` field (Resources › User
+  "Modify Current User": a profile banner, ``null`` removes it) is checked the same way — a data URI of
+  PNG, JPEG, GIF or WebP, decodable, at most 10 MiB — in the same form: a bad avatar or banner is one
+  50035 naming each bad field, and neither is kept; the user object then carries the banner's hash, as
+  discord.py's ``ClientUser.banner`` (``discord/user.py``) reads it. The route's bucket sends
   ``X-RateLimit-Limit/-Remaining/-Reset/-Reset-After/-Bucket``; spent, a 429 with those,
   ``X-RateLimit-Scope: user``, ``Retry-After`` and ``{"message": "You are being rate limited.",
   "retry_after": s, "global": false}``. ``GET /users/@me`` and ``GET /oauth2/applications/@me`` are
@@ -53,8 +57,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from PIL import Image
 
-DATA_URI = re.compile(r"^data:(image/(?:png|jpeg|jpg|gif));base64,(.*)$", re.S)  # Reference › Image Data
-PIL_FORMAT = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/gif": "GIF"}
+DATA_URI = re.compile(r"^data:(image/[a-z]+);base64,(.*)$", re.S)  # Reference › Image Data
+PIL_FORMAT = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/gif": "GIF", "image/webp": "WEBP"}
+AVATAR_MIMES = frozenset({"image/png", "image/jpeg", "image/jpg", "image/gif"})
+BANNER_MIMES = AVATAR_MIMES | {"image/webp"}  # a profile banner may be WebP as well (animated ones too)
 VIA = {"Via": "1.1 google"}  # on every Discord answer; discord.py retries a 429 only when it is there
 APPLICATION_ID = "777"
 
@@ -82,6 +88,7 @@ class DiscordControl:
     avatar_changes_allowed: int | None = None
     avatar_window_s: float = 600.0
     max_avatar_bytes: int = 10 * 1024 * 1024
+    max_banner_bytes: int = 10 * 1024 * 1024
     # Misbehaviour: the next ``force_429`` PATCHes get 429 with ``retry_after_s``; the next
     # ``force_status_count`` requests get ``force_status``; every request waits ``delay_s`` first.
     force_429: int = 0
@@ -93,6 +100,8 @@ class DiscordControl:
     delay_s: float = 0.0
     avatar_delay_s: float = 0.0  # the avatar PATCH alone takes this long (Discord resizing the image)
     uploads: list[UploadedAvatar] = field(default_factory=list)
+    banners: list[UploadedAvatar] = field(default_factory=list)  # every accepted banner, in order
+    banner_removed: bool = False  # the last banner change was ``"banner": null``
     requests: list[dict[str, Any]] = field(default_factory=list)
     # The bot's other calls: channel messages (with their files), role edits, and interaction answers
     # (callbacks and edits of the original response, keyed by interaction token).
@@ -110,25 +119,59 @@ class DiscordControl:
     def avatar_hash(self) -> str | None:
         return self.uploads[-1].avatar_hash if self.uploads else None
 
+    @property
+    def banner_hash(self) -> str | None:
+        return self.banners[-1].avatar_hash if self.banners and not self.banner_removed else None
+
     def user(self) -> dict[str, Any]:
         return {
             "id": self.user_id, "username": self.username, "global_name": None, "discriminator": "0",
-            "avatar": self.avatar_hash, "bot": True, "verified": True, "mfa_enabled": False,
+            "avatar": self.avatar_hash, "banner": self.banner_hash, "accent_color": None, "bot": True, "verified": True, "mfa_enabled": False,
             "flags": 0, "public_flags": 0, "locale": "en-US", "email": None,
         }
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "uploads": len(self.uploads), "avatar": self.avatar_hash, "requests": self.requests[-50:],
+            "uploads": len(self.uploads), "avatar": self.avatar_hash, "banners": len(self.banners),
+            "banner": self.banner_hash, "requests": self.requests[-50:],
             "force_429": self.force_429, "force_status_count": self.force_status_count,
         }
 
 
 def _form_error(field_name: str, code: str, message: str) -> JSONResponse:
+    return _form_errors({field_name: (code, message)})
+
+
+def _form_errors(errors: dict[str, tuple[str, str]]) -> JSONResponse:
+    """Discord's 400 code 50035 "Invalid Form Body", each bad field with its error code and message."""
     return JSONResponse(
-        {"code": 50035, "errors": {field_name: {"_errors": [{"code": code, "message": message}]}}, "message": "Invalid Form Body"},
+        {"code": 50035, "errors": {name: {"_errors": [{"code": code, "message": message}]}
+                                   for name, (code, message) in errors.items()}, "message": "Invalid Form Body"},
         status_code=400,
     )
+
+
+def decode_image(value: Any, mimes: frozenset[str], max_bytes: int) -> UploadedAvatar | tuple[str, str]:
+    """An image field of ``PATCH /users/@me`` (Reference › Image Data): a base64 data URI of one of
+    ``mimes`` whose bytes decode as that format, at most ``max_bytes``; else Discord's error code and message."""
+    invalid = ("IMAGE_INVALID", "Invalid image data")
+    m = DATA_URI.match(value) if isinstance(value, str) else None
+    if not m or m.group(1) not in mimes:
+        return invalid
+    mime, payload = m.group(1), m.group(2)
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        return invalid
+    if len(data) > max_bytes:
+        return ("BINARY_TYPE_MAX_SIZE", f"File cannot be larger than {max_bytes // 1024} kb.")
+    try:
+        with Image.open(io.BytesIO(data), formats=[PIL_FORMAT[mime]]) as im:
+            im.load()
+            fmt, (w, h) = im.format or "", im.size
+    except Exception:  # noqa: BLE001 - any decoder failure is "invalid image" to Discord
+        return invalid
+    return UploadedAvatar(data, mime, w, h, fmt, time.time(), hashlib.md5(data).hexdigest())
 
 
 def _is_true(value: str | None) -> bool:
@@ -273,40 +316,41 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
         if not isinstance(body, dict):
             log(request, 400)
             return JSONResponse({"message": "400: Bad Request", "code": 0}, status_code=400, headers=headers)
-        avatar = body.get("avatar", ...)
-        if avatar is ...:
+        avatar, banner = body.get("avatar", ...), body.get("banner", ...)
+        if avatar is ... and banner is ...:
             log(request, 200)
             return JSONResponse(ctl.user(), headers=headers)
-        if not isinstance(avatar, str):
+        # The form is checked as a whole: every bad field is named in one 50035, and nothing is kept.
+        errors: dict[str, tuple[str, str]] = {}
+        new_avatar = new_banner = None
+        if avatar is not ...:
+            got = decode_image(avatar, AVATAR_MIMES, ctl.max_avatar_bytes)
+            if isinstance(got, UploadedAvatar):
+                new_avatar = got
+            else:
+                errors["avatar"] = got
+        if banner is not ... and banner is not None:  # null removes the banner
+            got = decode_image(banner, BANNER_MIMES, ctl.max_banner_bytes)
+            if isinstance(got, UploadedAvatar):
+                new_banner = got
+            else:
+                errors["banner"] = got
+        if errors:
             log(request, 400)
-            return _form_error("avatar", "IMAGE_INVALID", "Invalid image data")
-        m = DATA_URI.match(avatar)
-        if not m:
-            log(request, 400)
-            return _form_error("avatar", "IMAGE_INVALID", "Invalid image data")
-        mime, payload = m.group(1), m.group(2)
-        try:
-            data = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            log(request, 400)
-            return _form_error("avatar", "IMAGE_INVALID", "Invalid image data")
-        if len(data) > ctl.max_avatar_bytes:
-            log(request, 400)
-            return _form_error("avatar", "BINARY_TYPE_MAX_SIZE", f"File cannot be larger than {ctl.max_avatar_bytes // 1024} kb.")
-        try:
-            with Image.open(io.BytesIO(data), formats=[PIL_FORMAT[mime]]) as im:
-                im.load()
-                fmt, (w, h) = im.format or "", im.size
-        except Exception:  # noqa: BLE001 - any decoder failure is "invalid image" to Discord
-            log(request, 400)
-            return _form_error("avatar", "IMAGE_INVALID", "Invalid image data")
+            return _form_errors(errors)
         with ctl.lock:
-            ctl._avatar_times = [t for t in ctl._avatar_times if now - t < ctl.avatar_window_s]
-            if ctl.avatar_changes_allowed is not None and len(ctl._avatar_times) >= ctl.avatar_changes_allowed:
-                log(request, 400)
-                return _form_error("avatar", "AVATAR_RATE_LIMIT", "You are changing your avatar too fast. Try again later.")
-            ctl._avatar_times.append(now)
-            ctl.uploads.append(UploadedAvatar(data, mime, w, h, fmt, time.time(), hashlib.md5(data).hexdigest()))
+            if new_avatar is not None:
+                ctl._avatar_times = [t for t in ctl._avatar_times if now - t < ctl.avatar_window_s]
+                if ctl.avatar_changes_allowed is not None and len(ctl._avatar_times) >= ctl.avatar_changes_allowed:
+                    log(request, 400)
+                    return _form_error("avatar", "AVATAR_RATE_LIMIT", "You are changing your avatar too fast. Try again later.")
+                ctl._avatar_times.append(now)
+                ctl.uploads.append(new_avatar)
+            if new_banner is not None:
+                ctl.banners.append(new_banner)
+                ctl.banner_removed = False
+            elif banner is None:
+                ctl.banner_removed = True
         log(request, 200)
         return JSONResponse(ctl.user(), headers=headers)
 
@@ -472,7 +516,7 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
         changes = await request.json()
         allowed = {"force_429", "retry_after_s", "global_429", "send_via", "force_status", "force_status_count", "delay_s",
                    "avatar_delay_s",
-                   "avatar_changes_allowed", "bucket_limit", "bucket_window_s", "max_avatar_bytes"}
+                   "avatar_changes_allowed", "bucket_limit", "bucket_window_s", "max_avatar_bytes", "max_banner_bytes"}
         for k, v in changes.items():
             if k in allowed:
                 setattr(ctl, k, v)

@@ -14,6 +14,7 @@ from PIL import Image
 from facedetect.backends._nvxs import NvxsLibrary, RawFace
 from facedetect.backends.base import Detector
 from facedetect.backends.proposals import ProposalModel, default_model
+from facedetect.backends.facefilter import FaceFilter, FaceFilterError
 from facedetect.backends.scheme import (
     WHEEL_MIN_WINDOW,
     WHEEL_SCALE_FACTOR,
@@ -26,6 +27,9 @@ from facedetect.errors import BackendUnavailable
 from facedetect.types import Detection
 
 Mode = Literal["fast", "full", "twostage"]
+
+# Whether the fast mode filters its faces by default (docs/detector-speed.md, "Face filter", says why).
+DEFAULT_FACE_FILTER = True
 
 KEYPOINT_NAMES = ["left_eye", "right_eye", "nose", "mouth", "chin"]
 
@@ -42,6 +46,9 @@ class AnimefaceDetector(Detector):
     docs/detector-speed.md). ``mode="full"`` is one raw call at full resolution, the wheel's behaviour.
     ``mode="twostage"`` proposes faces with a trained HOG classifier and confirms each with animeface on a
     small crop (:mod:`facedetect.backends.twostage`; ``twostage`` takes its :class:`TwoStage` options).
+    ``face_filter`` passes the found faces through the learned false-positive filter
+    (:mod:`~facedetect.backends.facefilter`): ``True`` the committed model, a path another model file,
+    ``False`` none; ``None`` (default) means on in the fast mode and off in the full mode (the wheel's).
     Keypoints are [x, y, score] in the order of ``KEYPOINT_NAMES``; the
     model has no per-point score, so each carries the face's likelihood. Attributes: hair and skin
     colour as ``#rrggbb``.
@@ -63,6 +70,7 @@ class AnimefaceDetector(Detector):
         votes: int = SearchScheme.votes,
         lone_likelihood: float = SearchScheme.lone_likelihood,
         twostage: dict[str, Any] | None = None,
+        face_filter: bool | str | None = None,
     ):
         super().__init__()
         if mode not in ("fast", "full", "twostage"):
@@ -87,10 +95,21 @@ class AnimefaceDetector(Detector):
         self.step = step
         self.scale_factor = scale_factor
         self.min_window = min_window
+        if face_filter is None:
+            face_filter = DEFAULT_FACE_FILTER and mode == "fast"
+        if not isinstance(face_filter, (bool, str)):
+            raise BackendUnavailable("face_filter must be true, false or a model file path", status_code=400)
+        self.face_filter: bool | str = face_filter
+        self._filter: FaceFilter | None = None
         self._lib: NvxsLibrary | None = None
         self._pool: ThreadPoolExecutor | None = None
 
     def _load(self) -> None:
+        if self.face_filter is not False:
+            try:
+                self._filter = FaceFilter.load(None if self.face_filter is True else self.face_filter)
+            except FaceFilterError as exc:
+                raise BackendUnavailable(f"animeface face filter: {exc}") from None
         self._lib = NvxsLibrary()
         if self.mode == "twostage":
             model = default_model()
@@ -102,6 +121,7 @@ class AnimefaceDetector(Detector):
         # The model lives in the library's data segment; dropping our handle is all there is to free.
         self._lib = None
         self._proposer = None
+        self._filter = None
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -109,6 +129,7 @@ class AnimefaceDetector(Detector):
     def describe(self) -> dict[str, Any]:
         out = dict(super().describe())
         out["mode"] = self.mode
+        out["face_filter"] = self.face_filter
         out["search"] = {"step": self.step, "scale_factor": self.scale_factor, "min_window": self.min_window}
         if self.mode == "fast":
             sch = self.scheme
@@ -138,20 +159,26 @@ class AnimefaceDetector(Detector):
         # One copy of the pixels, not two: convert() copies even an RGB image, and so does np.asarray.
         rgb = np.ascontiguousarray(np.asarray(image if image.mode == "RGB" else image.convert("RGB")))
         if self.mode == "full":
-            return [to_detection(f) for f in self.raw(rgb)]
-        lib = self.library  # loads (and builds the pool) if needed
-        if self.mode == "twostage":
+            found = [to_detection(f) for f in self.raw(rgb)]
+        elif self.mode == "twostage":
+            lib = self.library  # loads (and builds the pool and the proposer) if needed
             assert self._proposer is not None
             model, hog = self._proposer
             confirmed, strong = search_twostage(
                 partial(lib.detect, analyze=True), hog, model, rgb, self.twostage, self._pool
             )
-            return [to_detection(p.face, (p.sx, p.sy), (p.ox, p.oy)) for p in confirmed] + [
+            found = [to_detection(p.face, (p.sx, p.sy), (p.ox, p.oy)) for p in confirmed] + [
                 Detection(bbox=p.box, confidence=float(1.0 / (1.0 + np.exp(-p.score))), keypoints=[], attributes={})
                 for p in strong
             ]
-        placed = search(lib, rgb, self.scheme, self._pool)
-        return [to_detection(p.face, (p.sx, p.sy), (p.ox, p.oy)) for p in placed]
+        else:
+            lib = self.library  # loads (and builds the pool) if needed
+            placed = search(lib, rgb, self.scheme, self._pool)
+            found = [to_detection(p.face, (p.sx, p.sy), (p.ox, p.oy)) for p in placed]
+        if self._filter is None or not found:
+            return found
+        keep = self._filter.keep(rgb, [d.bbox for d in found])
+        return [d for d, k in zip(found, keep) if k]
 
 
 def to_detection(

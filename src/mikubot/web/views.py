@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from mikubot.outputs import candidate_picture_path
+
 INTERNAL = ("owner_host", "owner_pid")
 
 
@@ -61,9 +63,23 @@ def change_view(row: dict[str, Any], avatars_dir: Path, *, with_events: bool = T
     has_avatar = bool(row.get("avatar_path")) and inside(Path(row["avatar_path"]), avatars_dir)
     out["avatar_url"] = f"/avatars/{cid}.png" if has_avatar else None
     out["annotated_url"] = f"/avatars/{cid}/annotated.jpg" if inside(annotated_path(avatars_dir, row), avatars_dir) else None
+    if isinstance(row.get("candidates"), list):
+        out["candidates"] = [_candidate_view(c, i, cid, avatars_dir) for i, c in enumerate(row["candidates"])]
+    has_banner = bool(row.get("banner_path")) and inside(Path(row["banner_path"]), avatars_dir)
+    out["banner_url"] = f"/avatars/{cid}/banner.png" if has_banner else None
     out["credit"] = {
         "artist": row.get("artist"),
         "source": row.get("source"),
         "link": safe_link(row.get("page_url")) or safe_link(row.get("image_url")),
     }
     return out
+
+
+def _candidate_view(candidate: Any, index: int, change_id: int, avatars_dir: Path) -> Any:
+    """A record's candidate with ``picture_url`` (its thumbnail, while kept) and ``picture_pruned`` (it had one,
+    deleted since: thumbnails are kept for the last ``MIKU_CANDIDATE_PICTURES_KEPT`` changes only)."""
+    if not isinstance(candidate, dict):
+        return candidate
+    kept = bool(candidate.get("picture")) and inside(candidate_picture_path(avatars_dir, change_id, index), avatars_dir)
+    return {**candidate, "picture_url": f"/avatars/{change_id}/candidates/{index}.jpg" if kept else None,
+            "picture_pruned": bool(candidate.get("picture")) and not kept}
