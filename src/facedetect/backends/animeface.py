@@ -13,8 +13,8 @@ from PIL import Image
 
 from facedetect.backends._nvxs import NvxsLibrary, RawFace
 from facedetect.backends.base import Detector
-from facedetect.backends.proposals import ProposalModel, default_model
 from facedetect.backends.facefilter import FaceFilter, FaceFilterError
+from facedetect.backends.proposals import ProposalModel, default_model
 from facedetect.backends.scheme import (
     WHEEL_MIN_WINDOW,
     WHEEL_SCALE_FACTOR,
@@ -28,7 +28,7 @@ from facedetect.types import Detection
 
 Mode = Literal["fast", "full", "twostage"]
 
-# Whether the fast mode filters its faces by default (docs/detector-speed.md, "Face filter", says why).
+# Whether the fast and two-stage modes filter their faces by default (docs/detector-speed.md, "Face filter").
 DEFAULT_FACE_FILTER = True
 
 KEYPOINT_NAMES = ["left_eye", "right_eye", "nose", "mouth", "chin"]
@@ -48,7 +48,8 @@ class AnimefaceDetector(Detector):
     small crop (:mod:`facedetect.backends.twostage`; ``twostage`` takes its :class:`TwoStage` options).
     ``face_filter`` passes the found faces through the learned false-positive filter
     (:mod:`~facedetect.backends.facefilter`): ``True`` the committed model, a path another model file,
-    ``False`` none; ``None`` (default) means on in the fast mode and off in the full mode (the wheel's).
+    ``False`` none; ``None`` (default) means on in the fast and two-stage modes and off in the full mode
+    (the wheel's).
     Keypoints are [x, y, score] in the order of ``KEYPOINT_NAMES``; the
     model has no per-point score, so each carries the face's likelihood. Attributes: hair and skin
     colour as ``#rrggbb``.
@@ -96,7 +97,7 @@ class AnimefaceDetector(Detector):
         self.scale_factor = scale_factor
         self.min_window = min_window
         if face_filter is None:
-            face_filter = DEFAULT_FACE_FILTER and mode == "fast"
+            face_filter = DEFAULT_FACE_FILTER and mode != "full"
         if not isinstance(face_filter, (bool, str)):
             raise BackendUnavailable("face_filter must be true, false or a model file path", status_code=400)
         self.face_filter: bool | str = face_filter
