@@ -48,11 +48,11 @@ def eileen(art_dir: Path) -> Image.Image:
 @pytest.fixture(scope="module")
 def default_detector() -> AnimefaceDetector:
     det = create_detector("animeface")
-    assert isinstance(det, AnimefaceDetector) and det.mode == "fast"
+    assert isinstance(det, AnimefaceDetector) and det.mode == "twostage"
     return det
 
 
-@pytest.mark.parametrize("mode", ["fast", "full"])
+@pytest.mark.parametrize("mode", ["twostage", "fast", "full"])
 def test_finds_the_labelled_face(eileen: Image.Image, face_labels: dict, mode: str) -> None:
     dets = AnimefaceDetector(mode=mode).detect(eileen)
     assert dets, "animeface returned nothing for a clear frontal face"
@@ -85,7 +85,7 @@ def test_full_mode_is_one_raw_call(eileen: Image.Image) -> None:
 def test_scaled_search_maps_back_exactly(eileen: Image.Image) -> None:
     # A large min_face_fraction forces the downscaled path on a small image (fast to test); one
     # full-resolution pass without voting is then exactly one raw call on the working image.
-    det = AnimefaceDetector(min_face_fraction=0.25, threads=1, pass_offsets=(0,), votes=1)
+    det = AnimefaceDetector(mode="fast", min_face_fraction=0.25, threads=1, pass_offsets=(0,), votes=1)
     rgb = np.asarray(eileen)
     scale = det.scheme.work_scale(rgb.shape[1], rgb.shape[0])
     assert scale < 0.6
@@ -104,9 +104,11 @@ def test_scaled_search_maps_back_exactly(eileen: Image.Image) -> None:
     ("options", "min_iou"),
     [
         # One full-resolution pass: padding moves the lattice, not the image's pixels.
-        ({"pass_offsets": (0,), "votes": 1}, 0.7),
-        # The default downscales, so padding also changes how pixels are resampled: the box may move more,
+        ({"mode": "fast", "pass_offsets": (0,), "votes": 1}, 0.7),
+        # The fast scheme downscales, so padding also changes how pixels are resampled: the box may move more,
         # but the face stays found at the benchmark's matching bar.
+        ({"mode": "fast"}, 0.5),
+        # The default two-stage mode: the proposal lattice moves with the padding; same bar.
         ({}, 0.5),
     ],
 )
@@ -158,7 +160,7 @@ def test_bad_options_are_client_errors() -> None:
 
 
 def test_unload_and_reload(eileen: Image.Image) -> None:
-    det = AnimefaceDetector()
+    det = AnimefaceDetector(mode="fast")
     assert det.detect(eileen)
     det.unload()
     assert not det.loaded and det._pool is None
@@ -172,7 +174,7 @@ def test_each_pass_maps_back_exactly(eileen: Image.Image) -> None:
     per-axis factors; mapped back, its face overlaps the full-resolution face."""
     rgb = np.asarray(eileen)
     offset = 5.5
-    det = AnimefaceDetector(threads=1, pass_offsets=(offset,), votes=1)
+    det = AnimefaceDetector(mode="fast", threads=1, pass_offsets=(offset,), votes=1)
     s = WHEEL_SCALE_FACTOR**-offset
     small, sx, sy = resize_for(rgb, s)
     assert small.shape[:2] == (round(rgb.shape[0] * s), round(rgb.shape[1] * s))

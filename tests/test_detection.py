@@ -1,5 +1,6 @@
-"""The detect stage's second look: a picture whose faces are below animeface's ~42-px window gives no
-face at its own size; zoomed 2x it does, and the change frames that face instead of a saliency crop."""
+"""The detect stage's second look: a picture whose faces are below animeface's ~42-px window gives the fast
+scheme no face at its own size; zoomed 2x it does, and the change frames that face instead of a saliency
+crop. The default two-stage mode proposes faces from ~24 px up, so it frames such a face at its own size."""
 
 from __future__ import annotations
 
@@ -26,13 +27,24 @@ def small_face_scene(art_dir: Path, face_labels: dict, face_px: float) -> tuple[
 
 async def test_a_face_too_small_for_the_detector_is_found_zoomed(art_dir: Path, face_labels: dict) -> None:
     scene, truth = small_face_scene(art_dir, face_labels, 32)
-    local = InProcessDetector("animeface")
+    local = InProcessDetector("animeface", mode="fast")
     assert not [d for d in local.detect(scene) if d.width >= 32], "animeface misses a 32-px face at its own size"
     async with FaceFinder(None, local, lambda to, why: None) as finder:
         found = await finder.find(scene, b"", "scene.png")
     assert found.via == "in-process+upscaled" and found.detections
     faces, zoomed = detect_with_second_look(local.detect, scene)
     assert zoomed and [d.bbox for d in faces] == [d.bbox for d in found.detections]
+    result = crop_avatar(scene, found.detections)
+    assert result.method == "face"
+    inside, share = face_in_circle(tuple(truth), result.box)  # type: ignore[arg-type]
+    assert inside and 0.20 <= share <= 0.75 and result.image.width >= 256
+
+
+async def test_the_default_frames_a_small_face_at_its_own_size(art_dir: Path, face_labels: dict) -> None:
+    scene, truth = small_face_scene(art_dir, face_labels, 28)
+    async with FaceFinder(None, InProcessDetector("animeface"), lambda to, why: None) as finder:
+        found = await finder.find(scene, b"", "scene.png")
+    assert found.via == "in-process" and found.detections
     result = crop_avatar(scene, found.detections)
     assert result.method == "face"
     inside, share = face_in_circle(tuple(truth), result.box)  # type: ignore[arg-type]

@@ -113,7 +113,8 @@ def test_proposals_cover_the_faces_small_ones_included(tune_scenes) -> None:
 
 
 def test_twostage_finds_the_faces(tune_scenes) -> None:
-    det = create_detector("animeface", mode="twostage")
+    det = create_detector("animeface")  # the default mode, so a default that silently finds nothing fails here
+    assert det.describe()["mode"] == "twostage"
     raw = create_detector("animeface", mode="full")
     got, base, with_detections = Counts(), Counts(), 0
     for _name, image, truth in tune_scenes:

@@ -19,6 +19,7 @@ import asyncio
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from PIL import Image
 
@@ -72,16 +73,17 @@ class InProcessDetector:
     """One lazily built detector shared by every change of a process (building animeface costs ~50 ms,
     a YOLO session far more). Thread-safe: detection runs in worker threads."""
 
-    def __init__(self, backend: str = "animeface", model_path: str | None = None) -> None:
+    def __init__(self, backend: str = "animeface", model_path: str | None = None, **options: Any) -> None:
         self.backend = backend
         self.model_path = model_path
+        self.options = options  # backend options beyond the model file (e.g. animeface's mode)
         self._detector: Detector | None = None
         self._lock = threading.Lock()
 
     def get(self) -> Detector:
         with self._lock:
             if self._detector is None:
-                detector = create_detector(self.backend, model_path=self.model_path)
+                detector = create_detector(self.backend, model_path=self.model_path, **self.options)
                 detector.load()
                 self._detector = detector
             return self._detector
