@@ -46,7 +46,7 @@ class ConfigFileError(ValueError):
     """The file named by MIKU_CONFIG is missing or cannot be read."""
 
 
-SOURCE_SPEC = re.compile(r"^(danbooru|safebooru|gelbooru|(local|file|url):\S.*)$", re.I)
+SOURCE_SPEC = re.compile(r"^(danbooru|safebooru|gelbooru|(local|file|url):\S.*)$", re.IGNORECASE)
 
 
 class GuildLook(BaseModel):
@@ -221,7 +221,7 @@ class Settings(SourceSettings, BaseSettings):
                 v = json.loads(v)
             except ValueError as exc:
                 raise ValueError(f"guild_looks is not valid JSON ({exc})") from None
-        if not isinstance(v, dict):
+        if not isinstance(v, dict):  # noqa: TRY004 - pydantic reports a ValueError as invalid input, not a TypeError
             raise ValueError("guild_looks must map server (guild) ids to looks, e.g. "
                              '{"123456789012345678": {"source": "local:art/server", "bio_credit": true}}')
         bad = [k for k in v if not str(k).strip().isdigit() or int(k) <= 0]

@@ -15,11 +15,12 @@ issue names and what independent clients enforce (twilight-http's ``UpdateCurren
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import discord.utils
-from discord.utils import escape_markdown, escape_mentions
+from discord.utils import escape_mentions
 
 from mikubot.config import Settings
 from mikubot.discord_rest import DiscordError, discord_errors, rest_session
@@ -29,9 +30,15 @@ BIO_MAX_CHARS = 400
 ELLIPSIS = "…"
 
 
+# Every character Discord's Markdown gives a meaning to (emphasis, code, spoilers, quotes, headings, lists,
+# masked links ``[text](url)``, ``<…>`` mentions and links), and the backslash itself. discord.py's
+# ``escape_markdown`` leaves a masked link's later brackets alone, so the bio escapes them all itself.
+MARKDOWN = re.compile(r"([\\*_~`|>\[\]()<#-])")
+
+
 def _inert(text: str) -> str:
-    """One line of untrusted text as plain Discord text: Markdown and masked links escaped, no mentions."""
-    return escape_mentions(escape_markdown(" ".join(str(text).split()), ignore_links=False))
+    """One line of untrusted text as plain Discord text: every Markdown character escaped, no mentions."""
+    return escape_mentions(MARKDOWN.sub(r"\\\1", " ".join(str(text).split())))
 
 
 def credit_bio(credit: dict[str, Any], *, limit: int = BIO_MAX_CHARS) -> str | None:
