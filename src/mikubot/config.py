@@ -221,8 +221,8 @@ class Settings(SourceSettings, BaseSettings):
                 v = json.loads(v)
             except ValueError as exc:
                 raise ValueError(f"guild_looks is not valid JSON ({exc})") from None
-        if not isinstance(v, dict):  # noqa: TRY004 - pydantic reports a ValueError as invalid input, not a TypeError
-            raise ValueError("guild_looks must map server (guild) ids to looks, e.g. "
+        if not isinstance(v, dict):  # a ValueError: pydantic reports it as invalid input (a TypeError it does not)
+            raise ValueError("guild_looks must map server (guild) ids to looks, e.g. "  # noqa: TRY004
                              '{"123456789012345678": {"source": "local:art/server", "bio_credit": true}}')
         bad = [k for k in v if not str(k).strip().isdigit() or int(k) <= 0]
         if bad:
