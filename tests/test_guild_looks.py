@@ -14,6 +14,8 @@ from pathlib import Path
 
 import discord as discordpy
 import pytest
+from emulators.danbooru import create_app as create_danbooru
+from emulators.danbooru import make_post
 from emulators.discord import create_app
 from interactions import interaction_payload
 from pydantic import ValidationError
@@ -257,6 +259,31 @@ async def test_a_dry_run_server_change_touches_nothing(pipeline, discord):
     record = await pipeline.change(guild_id=SERVER, dry_run=True)
     assert record["status"] == "dry-run" and record["guild_id"] == SERVER and record["upload"]["guild_id"] == SERVER
     assert ctl.guild_members == {} and ctl.uploads == []
+
+
+async def test_a_servers_booru_look_searches_its_tag_and_credits_the_artist_in_the_bio(discord, art_dir, tmp_path):
+    """A server whose look is Danbooru with a character of its own: the search asks for that tag, the
+    verifier checks it, and the bio credits the post's (very long, Markdown-laden) artist within 400."""
+    api, ctl = discord
+    artist = "*kagamine*_" + "r" * 500 + "_(artist)"
+    lucy = make_post(art_dir / "lucy happy.png", 2001, characters=["lucy_(ren'py)"], artist=artist,
+                     general=["1girl", "solo", "smile", "red_hair"])
+    booru = create_danbooru(posts=[lucy], art_dir=art_dir)
+    with serve_app(booru) as danbooru_url:
+        settings = load_settings(
+            data_dir=tmp_path / "data", source="local:/nonexistent", candidates=1, discord_token=TOKEN,
+            discord_api=api, danbooru_url=danbooru_url, min_side=64,
+            guild_looks={str(SERVER): {"source": "danbooru", "character_tag": "lucy_(ren'py)", "character_name": "Lucy"}})
+        async with AvatarPipeline(settings) as p:
+            record = await p.change(guild_id=SERVER)
+    assert record["status"] == "applied", record.get("error")
+    assert record["source"]["artist"] == artist and record["verification"]["is_character"]
+    searched = [r.params.get("tags", "") for r in booru.state.control.requests if r.path == "/posts.json"]
+    assert searched and all("lucy_(ren'py)" in q and "hatsune_miku" not in q for q in searched)
+    bio = ctl.guild_members[str(SERVER)]["bio"]
+    page = record["source"]["page_url"]
+    assert page.startswith(danbooru_url) and bio.endswith(" · " + page) and bio.startswith(r"Art by \*kagamine\*\_rrr")
+    assert len(bio) <= 400 and bio == record["upload"]["bio"] and "…" in bio and ctl.uploads == []
 
 
 # --- /pfp change in a server ------------------------------------------------------------------------------------

@@ -87,13 +87,14 @@ async def set_guild_look(settings: Settings, guild_id: int, image: bytes, *, bio
     """Make ``image`` the bot's avatar in server ``guild_id`` and, when ``bio`` is given, its bio there. The
     global profile is not touched. DiscordError (with the hint that the avatar is kept) when Discord refuses:
     a 403/404 here usually means the bot is not in that server."""
-    fields: dict[str, Any] = {"avatar": discord.utils._bytes_to_base64_data(image)}  # what Member.edit sends
-    if bio is not None:
-        fields["bio"] = bio
     what = f"the avatar for server {guild_id}"
     try:
         async with rest_session(settings, max_wait_s=max(30.0, settings.upload_max_wait_s)) as session:
             with discord_errors(session.api_base, what):
+                # What Member.edit sends: the data URI (its ValueError for an unsupported image is mapped too).
+                fields: dict[str, Any] = {"avatar": discord.utils._bytes_to_base64_data(image)}
+                if bio is not None:
+                    fields["bio"] = bio
                 member = await session.http.edit_my_member(guild_id, reason="avatar change", **fields)
     except DiscordError as exc:
         if exc.status_code in (403, 404):
