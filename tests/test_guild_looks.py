@@ -327,7 +327,8 @@ async def test_pfp_change_in_a_server_with_a_look_changes_that_server_only(bot):
     assert len(ctl.guild_uploads) == 1
 
     text = await pfp_history(in_server(client, manage=True), state)
-    assert text is not None and "#1" in text and "#2" in text
+    assert text is not None and "**#1** applied" in text and f"server {SERVER}" in text.splitlines()[2]
+    assert "server" not in text.splitlines()[1]  # #2, the global profile's change
 
 
 async def test_pfp_change_refuses_non_admins_and_scopes_that_cannot_be(bot):

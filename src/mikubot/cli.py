@@ -266,6 +266,8 @@ def pfp_restore(
         console.print(f"[bold red]❌ restore of change {change_id} failed:[/] {record['error']}", highlight=False)
     else:
         how = "applied to Discord" if record["status"] == "applied" else "dry run: Discord not called"
+        if record.get("guild_id"):
+            how += f" (server {record['guild_id']} only)"
         console.print(f"[bold green]✅ avatar of change {change_id} {how}:[/] {record['avatar_path']} "
                       f"(recorded as change {record['id']})", highlight=False)
     raise typer.Exit(1 if record["status"] == "failed" else 0)

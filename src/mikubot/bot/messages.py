@@ -142,5 +142,7 @@ def history_text(rows: list[dict[str, Any]]) -> str:
         who = f" · {plain(r['artist'], 100)}" if r.get("artist") else ""
         page = f" · {link(r.get('page_url'))}" if link(r.get("page_url")) else ""
         restored = f" · restore of #{r['restored_from']}" if r.get("restored_from") else ""
-        lines.append(f"{STATUS_ICON.get(r.get('status', ''), '•')} **#{r['id']}** {r.get('status')} {when}{who}{restored}{page}")
+        server = f" · server {r['guild_id']}" if r.get("guild_id") else ""
+        lines.append(f"{STATUS_ICON.get(r.get('status', ''), '•')} **#{r['id']}** {r.get('status')} {when}{server}{who}"
+                     f"{restored}{page}")
     return clip("\n".join(lines))
