@@ -28,17 +28,26 @@ four corners) at 20-75 % of the square's width; "target" asks that of the image'
 "face→fallback" counts changes whose detections held a usable face but whose avatar was a saliency or
 top-centre crop (the policy says: never).
 
+**Banner** (``mikubot.banner``, MIKU_BANNER), scene sets only: each image's 5:2 profile banner, and
+whether a labelled face box lies wholly inside it and clear of the avatar circle that Discord draws over
+its lower left (``banner.face_visible``: the card's geometry); *target*: the target character's face.
+Methods: ours (the avatar's framing as above, then ``crop_banner`` on its face and the same detections;
+a picture too small for 600x240 counts as a miss), ours on the hand-labelled faces, the centre 5:2 crop
+(the largest), smartcrop at 5:2 (``SmartCrop().crop(image, 500, 200)``, its top crop).
+
 Detections are kept in ``.cache/crop-detections.json`` (keyed by the detector's description and each
 file's size and mtime), so a re-run after a crop change re-detects nothing; ``--fresh`` ignores it.
 
-Usage: MIKU_TEST_ART=.cache/art/images .venv/bin/python bench/crop.py [--scenes .cache/scenes] [--limit N] [--fresh] [--no-write]
-Writes the "crop" section of bench/RESULTS.md.
+Usage: MIKU_TEST_ART=.cache/art/images .venv/bin/python bench/crop.py [--scenes .cache/scenes] [--limit N] [--fresh]
+       [--no-write] [--banner-only]
+Writes the "crop" and "banner" sections of bench/RESULTS.md (``--banner-only``: the banner's alone).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -62,6 +71,7 @@ from facedetect.backends import create_detector  # noqa: E402
 from facedetect.backends._nvxs import ANALYZE_SEEDS  # noqa: E402
 from facedetect.imageio import to_rgb  # noqa: E402
 from facedetect.types import Detection  # noqa: E402
+from mikubot.banner import NoBanner, crop_banner, face_visible  # noqa: E402
 from mikubot.config import Settings  # noqa: E402
 from mikubot.detection import detect_zoomed, needs_second_look  # noqa: E402
 from mikubot.crop import TARGET_FACE_SHARE, face_in_circle, rank_faces  # noqa: E402
@@ -164,6 +174,35 @@ def face_centred(image: Image.Image, detections: list[Detection]) -> tuple[Box, 
     return (x, y, x + side, y + side), "face-centred"
 
 
+def banner_ours(image: Image.Image, detections: list[Detection], settings: Settings) -> tuple[Box | None, str]:
+    """The change's banner: the avatar's framing chooses the face, the banner is framed on it."""
+    framing = frame_best([Picture(image, detections, 1.0)], output_size=settings.output_size,
+                         max_upscale=settings.max_upscale, hair_colours=settings.hair_colours,
+                         hair_tolerance=settings.hair_tolerance)
+    try:
+        banner = crop_banner(image, framing.crop.face, detections, max_upscale=settings.max_upscale)
+    except NoBanner:
+        return None, "no banner"
+    return banner.box, banner.method + (" padded" if banner.padded else "")
+
+
+def centre_banner(image: Image.Image) -> Box:
+    w, h = image.size
+    bw = min(w, math.floor(h * 2.5))
+    bh = round(bw / 2.5)
+    x, y = (w - bw) // 2, (h - bh) // 2
+    return (x, y, x + bw, y + bh)
+
+
+def smart_banner(image: Image.Image) -> Box:
+    c = smartcrop.SmartCrop().crop(image, 500, 200)["top_crop"]
+    return (c["x"], c["y"], c["x"] + c["width"], c["y"] + c["height"])
+
+
+def shows(box: Box | None, truth: list[float]) -> bool:
+    return box is not None and face_visible(tuple(truth), box)  # type: ignore[arg-type]
+
+
 def centre_crop(image: Image.Image) -> Box:
     w, h = image.size
     s = min(w, h)
@@ -212,10 +251,11 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="at most N images per scene split")
     parser.add_argument("--fresh", action="store_true", help="detect again, ignoring the detection cache")
     parser.add_argument("--no-write", action="store_true", help="print the table; leave bench/RESULTS.md alone")
+    parser.add_argument("--banner-only", action="store_true", help="the banner section alone (scene sets)")
     args = parser.parse_args()
     art = Path(os.environ.get("MIKU_TEST_ART", ROOT / ".cache" / "art" / "images"))
-    items = renpy_items(art)
-    if not items or not items[0].path.exists():
+    items = [] if args.banner_only else renpy_items(art)
+    if not args.banner_only and (not items or not items[0].path.exists()):
         sys.exit(f"no labelled art in {art}; run `make art`")
     scenes = scene_items(args.scenes, "tune", args.limit) + scene_items(args.scenes, "test", args.limit)
     if not scenes:
@@ -237,8 +277,18 @@ def main() -> None:
         "centre crop": lambda im, it, d: (centre_crop(im), "centre"),
         "smartcrop": lambda im, it, d: (smart_crop(im), "smartcrop"),
     }
+    if args.banner_only:
+        methods = {}
+    banner_methods: dict[str, Callable[[Image.Image, Item, list[Detection]], tuple[Box | None, str]]] = {
+        "ours (the avatar's face, same detections)": lambda im, it, d: banner_ours(im, d, settings),
+        "ours, hand-labelled faces": lambda im, it, d: banner_ours(
+            im, [Detection(bbox=tuple(b), confidence=1.0) for b in it.truths], settings),  # type: ignore[arg-type]
+        "centre 5:2 crop": lambda im, it, d: (centre_banner(im), "centre"),
+        "smartcrop 5:2": lambda im, it, d: (smart_banner(im), "smartcrop"),
+    }
     sets = list(dict.fromkeys(it.set for it in items))
     tallies = {s: {m: Tally() for m in methods} for s in sets}
+    banner_tallies = {s: {m: Tally() for m in banner_methods} for s in sets if s.startswith("scenes")}
     detect_ms: list[float] = []
     second_looks: Counter[str] = Counter()
     for n, item in enumerate(items, 1):
@@ -274,9 +324,31 @@ def main() -> None:
             if not ok:
                 why = "no true face inside the circle" if share is None else f"true face at {share:.0%} of the width"
                 tally.misses.append(f"{item.name} ({why}, {path})")
+        for method, banner_fn in banner_methods.items() if item.set in banner_tallies else ():
+            tally = banner_tallies[item.set][method]
+            t0 = time.perf_counter()
+            banner_box, path = banner_fn(image, item, detections)
+            tally.ms.append((time.perf_counter() - t0) * 1000)
+            ok = any(shows(banner_box, t) for t in item.truths)
+            tally.hits += ok
+            tally.paths[path] += 1
+            if item.target is not None:
+                tally.targets += 1
+                tally.target_hits += shows(banner_box, item.target)
+            if not ok:
+                tally.misses.append(f"{item.name} ({path})")
         if n % 20 == 0 or n == len(items):
             cache.save()
-            print(f"{n}/{len(items)}", {s: tallies[s]["ours (animeface, defaults)"].hits for s in sets}, flush=True)
+            print(f"{n}/{len(items)}", {s: (tallies[s]["ours (animeface, defaults)"].hits if methods else None,
+                                            banner_tallies[s][next(iter(banner_methods))].hits
+                                            if s in banner_tallies else None) for s in sets}, flush=True)
+
+    banner_md = banner_section(banner_tallies, banner_methods)
+    if args.banner_only:
+        print(banner_md)
+        if not args.no_write:
+            write_section("banner", banner_md)
+        return
 
     md = [
         "## Avatar crop (bench/crop.py)",
@@ -315,8 +387,44 @@ def main() -> None:
             md.append("")
     text = "\n".join(md)
     print(text)
+    print(banner_md)
     if not args.no_write:
         write_section("crop", text)
+        write_section("banner", banner_md)
+
+
+def banner_section(tallies: dict[str, dict[str, Tally]], methods: dict[str, Any]) -> str:
+    md = [
+        "## Profile banner (bench/crop.py)",
+        "",
+        "Each scene image's 5:2 banner. Success: a labelled face box wholly inside the banner and clear of the "
+        "avatar circle Discord draws over its lower left (80-px circle with its 6-px ring at x 16..96 of a "
+        "340-px card, centred on the banner's bottom edge); *target*: the same for the scene's target character. "
+        f"Goal ≥ {TARGET:.0%} for ours. Ours uses the avatar's face and detections (no second detection); a "
+        "picture too small for 600x240 counts as a miss. Parameters were chosen on *tune*; *test* is held out.",
+        "",
+    ]
+    for s, by_method in tallies.items():
+        rows = []
+        for method in methods:
+            t = by_method[method]
+            count = len(t.ms)
+            if not count:
+                continue
+            share = t.hits / count
+            rows.append([
+                method, f"{t.hits}/{count}", f"**{share:.1%}**" if method.startswith("ours (") else f"{share:.1%}",
+                f"{t.target_hits}/{t.targets} ({t.target_hits / t.targets:.1%})" if t.targets else "–",
+                ", ".join(f"{k} {v}" for k, v in sorted(t.paths.items())), f"{statistics.median(t.ms):.0f}",
+            ])
+        md += [f"### {s} ({len(next(iter(by_method.values())).ms)} images)", "",
+               table(["method", "hits", "share", "target", "path taken", "p50 ms"], rows), ""]
+        misses = by_method[next(iter(methods))].misses
+        if misses:
+            shown = misses[:12]
+            md += ["Misses, ours: " + "; ".join(shown) + (f"; … {len(misses) - len(shown)} more"
+                                                          if len(misses) > len(shown) else ""), ""]
+    return "\n".join(md)
 
 
 if __name__ == "__main__":

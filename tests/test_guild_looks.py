@@ -20,6 +20,7 @@ from emulators.discord import create_app
 from interactions import interaction_payload
 from pydantic import ValidationError
 from servers import serve_app, venv_bin
+from test_banner import composed
 
 from mikubot.bot.commands import BotState, pfp_change, pfp_history
 from mikubot.bot.context import InteractionContext, Invoker
@@ -284,6 +285,30 @@ async def test_a_servers_booru_look_searches_its_tag_and_credits_the_artist_in_t
     page = record["source"]["page_url"]
     assert page.startswith(danbooru_url) and bio.endswith(" · " + page) and bio.startswith(r"Art by \*kagamine\*\_rrr")
     assert len(bio) <= 400 and bio == record["upload"]["bio"] and "…" in bio and ctl.uploads == []
+
+
+async def test_with_miku_banner_a_server_gets_its_own_banner_too(discord, art_dir, tmp_path):
+    """MIKU_BANNER on: the server's avatar and banner go in one member PATCH; the global profile (avatar and
+    banner) stays as it was; a restore of that change sends both to the same server again."""
+    api, ctl = discord
+    art = composed(art_dir, tmp_path / "art")
+    settings = load_settings(data_dir=tmp_path / "data", source=f"local:{art}", candidates=1, discord_token=TOKEN,
+                             discord_api=api, banner=True, guild_looks={str(SERVER): {"bio_credit": False}})
+    async with AvatarPipeline(settings) as p:
+        record = await p.change(guild_id=SERVER)
+        assert record["status"] == "applied", record.get("error")
+        banner = Path(record["banner_path"]).read_bytes()
+        assert [(g, f) for g, f, _ in ctl.guild_uploads] == [(str(SERVER), "avatar"), (str(SERVER), "banner")]
+        assert ctl.guild_uploads[1][2].data == banner and record["upload"]["banner"] == hashlib.md5(banner).hexdigest()
+        assert ctl.guild_members[str(SERVER)]["banner"] == record["upload"]["banner"]
+        assert ctl.uploads == [] and ctl.banners == [] and ctl.avatar_hash is None  # the global profile
+        patches = [r for r in ctl.requests if r["method"] == "PATCH"]
+        assert [r["path"] for r in patches] == [f"/api/v10/guilds/{SERVER}/members/@me"]
+
+        again = await p.restore(record["id"])
+        assert again["status"] == "applied" and again["guild_id"] == SERVER, again.get("error")
+        assert [f for _, f, _ in ctl.guild_uploads[2:]] == ["avatar", "banner"] and ctl.guild_uploads[3][2].data == banner
+        assert ctl.uploads == [] and ctl.banners == []
 
 
 # --- /pfp change in a server ------------------------------------------------------------------------------------

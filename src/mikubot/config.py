@@ -122,6 +122,8 @@ class Settings(SourceSettings, BaseSettings):
     min_confidence: float = Field(0.5, ge=0, le=1, description="verification confidence a candidate needs")
     output_size: int = Field(1024, ge=64, le=4096)
     max_upscale: float = Field(2.0, ge=1.0)
+    banner: bool = Field(False, description="also make a 5:2 profile banner from the same picture and apply it "
+                         "with the avatar (a second public image, so off by default)")
 
     # --- sources: SourceSettings (inherited) -------------------------------------------------------------
 

@@ -78,14 +78,15 @@ class GuildUploadResult:
         user = self.member.get("user") or {}
         return {
             "guild_id": self.guild_id, "user_id": user.get("id"), "username": user.get("username"),
-            "avatar": self.member.get("avatar"), "bio": self.bio, "attempts": self.attempts,
+            "avatar": self.member.get("avatar"), "banner": self.member.get("banner"), "bio": self.bio, "attempts": self.attempts,
             "rate_limits": self.rate_limits,
         }
 
 
-async def set_guild_look(settings: Settings, guild_id: int, image: bytes, *, bio: str | None = None) -> GuildUploadResult:
-    """Make ``image`` the bot's avatar in server ``guild_id`` and, when ``bio`` is given, its bio there. The
-    global profile is not touched. DiscordError (with the hint that the avatar is kept) when Discord refuses:
+async def set_guild_look(settings: Settings, guild_id: int, image: bytes, *, bio: str | None = None,
+                         banner: bytes | None = None) -> GuildUploadResult:
+    """Make ``image`` the bot's avatar in server ``guild_id`` and, when given, ``banner`` its banner and
+    ``bio`` its bio there, in one request. The global profile is not touched. DiscordError (with the hint that the avatar is kept) when Discord refuses:
     a 403/404 here usually means the bot is not in that server."""
     what = f"the avatar for server {guild_id}"
     try:
@@ -93,6 +94,8 @@ async def set_guild_look(settings: Settings, guild_id: int, image: bytes, *, bio
             with discord_errors(session.api_base, what):
                 # What Member.edit sends: the data URI (its ValueError for an unsupported image is mapped too).
                 fields: dict[str, Any] = {"avatar": discord.utils._bytes_to_base64_data(image)}
+                if banner is not None:
+                    fields["banner"] = discord.utils._bytes_to_base64_data(banner)
                 if bio is not None:
                     fields["bio"] = bio
                 member = await session.http.edit_my_member(guild_id, reason="avatar change", **fields)

@@ -33,11 +33,13 @@ STATUSES = ("running", "applied", "dry-run", "failed")
 FINAL_STATUSES = STATUSES[1:]
 
 # Columns a finished change may set; JSON columns are stored as text and decoded on the way out.
-JSON_COLUMNS = ("tags", "fallbacks", "face_box", "crop_box", "verification", "timings", "vram_timeline", "candidates", "events")
+JSON_COLUMNS = ("tags", "fallbacks", "face_box", "crop_box", "verification", "timings", "vram_timeline", "candidates", "events",
+                "banner_box", "banner_size")
 RESULT_COLUMNS = (
     "source", "post_key", "page_url", "image_url", "artist", "tags", "rating", "face_box", "crop_box",
     "crop_method", "fallbacks", "detector_backend", "verification", "description", "timings",
     "vram_timeline", "candidates", "events", "avatar_path", "report_path", "uploaded", "error",
+    "banner_path", "banner_box", "banner_reason", "banner_size",
 )
 
 SCHEMA = """
@@ -103,7 +105,9 @@ INSTANCE_ID = uuid.uuid4().hex  # this process; rows it owns are never "recovere
 LOCK_FILE = "change.lock"
 # Columns added after the first schema. ``guild_id``: the server whose own look the change set (NULL: the
 # global profile).
-MIGRATIONS = {"owner_instance": "TEXT", "owner_boot": "TEXT", "guild_id": "INTEGER"}
+MIGRATIONS = {"owner_instance": "TEXT", "owner_boot": "TEXT",  # columns added after the first schema
+              "banner_path": "TEXT", "banner_box": "TEXT", "banner_reason": "TEXT", "banner_size": "TEXT",
+              "guild_id": "INTEGER"}
 ALL_SCOPES = "all"  # ``list``'s default: the global profile's changes and every server's
 
 
@@ -212,8 +216,9 @@ class History:
             values["uploaded"] = int(bool(values["uploaded"]))
         if "avatar_path" in values and values["avatar_path"] is not None:
             values["avatar_path"] = str(values["avatar_path"])
-        if "report_path" in values and values["report_path"] is not None:
-            values["report_path"] = str(values["report_path"])
+        for path_column in ("report_path", "banner_path"):
+            if values.get(path_column) is not None:
+                values[path_column] = str(values[path_column])
         assignments = ", ".join(f"{k} = ?" for k in values)
         sql = f"UPDATE changes SET status = ?, finished_at = ?{', ' + assignments if assignments else ''} WHERE id = ? AND status = 'running'"
         try:

@@ -1,5 +1,5 @@
 """Files a change leaves behind: the avatar PNG (always kept under the data directory, so a failed
-upload can be applied later), an annotated copy of the source (face box, crop square, round area),
+upload can be applied later) and, with ``MIKU_BANNER``, the banner PNG beside it, an annotated copy of the source (face box, crop square, round area),
 and the JSON report — plus copies at ``--out`` when asked; and a thumbnail of every candidate (the
 panel's Candidates view draws each one's faces on it)."""
 
@@ -29,10 +29,15 @@ class ChangeFiles:
     report: Path
     annotated: Path | None
     kept: Path  # the copy under the data directory that the history points at (restore uses it)
+    banner: Path | None = None  # the banner beside the avatar (``--out``'s copy, else the kept one)
+    kept_banner: Path | None = None  # the banner's copy under the data directory (restore uses it)
 
     def to_json(self) -> dict[str, str | None]:
-        return {"avatar": str(self.avatar), "report": str(self.report),
-                "annotated": str(self.annotated) if self.annotated else None, "kept": str(self.kept)}
+        out = {"avatar": str(self.avatar), "report": str(self.report),
+               "annotated": str(self.annotated) if self.annotated else None, "kept": str(self.kept)}
+        if self.banner is not None:
+            out["banner"] = str(self.banner)
+        return out
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -65,12 +70,18 @@ def write_change_files(
     avatar_png: bytes,
     annotated: Image.Image | None,
     out: Path | None = None,
+    banner_png: bytes | None = None,
 ) -> ChangeFiles:
-    """Write the avatar (and annotated image) under ``avatars_dir`` and, if ``out`` is given, copies there.
-    The report is written later (it includes the upload's outcome) by ``write_report``; its path is fixed here."""
+    """Write the avatar (and annotated image, and banner) under ``avatars_dir`` and, if ``out`` is given,
+    copies there. The report is written later (it includes the upload's outcome) by ``write_report``; its
+    path is fixed here."""
     stem = f"change-{change_id:05d}"
     avatar = avatars_dir / f"{stem}.png"
     atomic_write(avatar, avatar_png)
+    banner: Path | None = None
+    if banner_png is not None:
+        banner = banner_path(avatars_dir, change_id)
+        atomic_write(banner, banner_png)
     ann_path: Path | None = None
     if annotated is not None:
         ann_path = avatars_dir / f"{stem}_annotated.jpg"
@@ -84,8 +95,17 @@ def write_change_files(
             shutil.copyfile(ann_path, out_avatar.with_name(out_avatar.stem + "_annotated.jpg"))
             ann_path = out_avatar.with_name(out_avatar.stem + "_annotated.jpg")
         report = out_avatar.with_suffix(".json")
-        return ChangeFiles(out_avatar, report, ann_path, avatar)
-    return ChangeFiles(avatar, report, ann_path, avatar)
+        out_banner: Path | None = None
+        if banner_png is not None:
+            out_banner = out_avatar.with_name(out_avatar.stem + "_banner.png")
+            atomic_write(out_banner, banner_png)
+        return ChangeFiles(out_avatar, report, ann_path, avatar, out_banner, banner)
+    return ChangeFiles(avatar, report, ann_path, avatar, banner, banner)
+
+
+def banner_path(avatars_dir: Path, change_id: int) -> Path:
+    """Where a change's banner is kept: beside its avatar."""
+    return avatars_dir / f"change-{change_id:05d}_banner.png"
 
 
 CANDIDATE_THUMB_SIDE = 512  # enough for the panel's cards; the source stays wherever it came from

@@ -33,6 +33,7 @@ from PIL import Image
 from facedetect.errors import FaceDetectError
 from facedetect.imageio import load_image
 from facedetect.types import Detection
+from mikubot.banner import BannerResult, NoBanner, banner_png, crop_banner
 from mikubot.config import Settings
 from mikubot.crop import (
     CropError,
@@ -333,7 +334,19 @@ class AvatarPipeline:
             earlier = self.history.get(change_id) or {}
             change = Change.begin(self, f"restore:{change_id}", dry_run, restored_from=change_id, credit=earlier,
                                   guild_id=earlier.get("guild_id"))  # a server's look goes back to that server
-            return await change.conclude(change.reapply(path, change_id))
+            return await change.conclude(change.reapply(path, change_id, *self._restorable_banner(earlier)))
+
+    def _restorable_banner(self, earlier: dict[str, Any]) -> tuple[Path | None, str | None]:
+        """The banner a restore applies with the avatar (only when the restored change had one and
+        MIKU_BANNER is on), and the reason recorded when it applies none."""
+        if not earlier.get("banner_path"):
+            return None, None
+        if not self.settings.banner:
+            return None, f"change {earlier['id']} had a banner; MIKU_BANNER is off, so the avatar alone is restored"
+        path = Path(earlier["banner_path"])
+        if not path.is_file():
+            return None, f"the banner of change {earlier['id']} is gone from {path}; the avatar alone is restored"
+        return path, earlier.get("banner_reason")
 
 
 class Change:
@@ -359,6 +372,9 @@ class Change:
         self.detector_backend: str | None = None
         self.files: dict[str, str | None] = {}
         self.kept_avatar: Path | None = None
+        self.banner: BannerResult | None = None  # MIKU_BANNER: the banner made from the chosen picture
+        self.banner_reason: str | None = None  # how it is framed, or why there is none
+        self.kept_banner: Path | None = None
         self.upload: dict[str, Any] | None = None
         self.uploaded = False
         self.error: str | None = None
@@ -444,8 +460,19 @@ class Change:
             candidates=[p.summary() for p in self.picks],
             avatar_path=str(self.kept_avatar) if self.kept_avatar else None, files=self.files,
             report_path=self.files["report"], uploaded=self.uploaded, upload=self.upload,
-            failed_stage=self.failed_stage, error=self.error,
+            failed_stage=self.failed_stage, error=self.error, **self._banner_fields(),
         )
+
+    def _banner_fields(self) -> dict[str, Any]:
+        """The record's banner fields: the one made here, or (a restore) the restored change's."""
+        b = self.banner
+        restored = self.kept_banner is not None and b is None
+        return {
+            "banner_path": str(self.kept_banner) if self.kept_banner else None,
+            "banner_box": _box(b.box) if b else (self.earlier.get("banner_box") if restored else None),
+            "banner_size": [b.image.width, b.image.height] if b else (self.earlier.get("banner_size") if restored else None),
+            "banner_reason": self.banner_reason,
+        }
 
     def _credit(self) -> Credit:
         if self.chosen is None:
@@ -484,15 +511,16 @@ class Change:
             await self.detect(survivors)
         with self.stage("crop"):
             self.chosen = chosen = self.crop(survivors)
+            banner = await self.make_banner(chosen) if self.settings.banner else None
         png = await asyncio.to_thread(avatar_png, chosen.crop)
         # The kept avatar exists before Discord sees it (a failed upload can be applied later); the annotated
         # source — drawing on a large picture and a JPEG, for people, not for Discord — is made during the upload.
-        files = write_change_files(self.settings.avatars_dir, self.id, png, None, out)
-        self.files, self.kept_avatar = files.to_json(), files.kept
+        files = write_change_files(self.settings.avatars_dir, self.id, png, None, out, banner_png=banner)
+        self.files, self.kept_avatar, self.kept_banner = files.to_json(), files.kept, files.kept_banner
         self.pipeline.history.mark_used(chosen.pick.candidate.source, chosen.pick.candidate.key, self.id)
-        annotating = asyncio.create_task(asyncio.to_thread(self._annotated_files, chosen, png, out))
+        annotating = asyncio.create_task(asyncio.to_thread(self._annotated_files, chosen, png, out, banner))
         try:
-            await self.apply(png, files.avatar)
+            await self.apply(png, files.avatar, banner=banner)
         finally:
             self.files = (await annotating).to_json()
 
@@ -691,34 +719,61 @@ class Change:
                          face=_box(crop.face.bbox) if crop.face else None, size=[crop.image.width, crop.image.height])
         return Chosen(pick, crop)
 
-    def _annotated_files(self, chosen: Chosen, png: bytes, out: Path | None) -> ChangeFiles:
+    async def make_banner(self, chosen: Chosen) -> bytes | None:
+        """MIKU_BANNER: the banner from the chosen picture and the same detections, framed on the face the
+        avatar chose; None (the reason recorded) when the picture is too small for one."""
+        pick = chosen.pick
+        assert pick.image is not None
+        detections = pick.faces.detections if pick.faces else []
+        try:
+            self.banner = await asyncio.to_thread(crop_banner, pick.image, chosen.crop.face, detections,
+                                                  max_upscale=self.settings.max_upscale)
+        except NoBanner as exc:
+            self.banner_reason = f"no banner: {exc}"
+            self.events.emit("crop", "progress", key=pick.candidate.key, banner=None, reason=self.banner_reason)
+            return None
+        self.banner_reason = self.banner.reason
+        self.events.emit("crop", "progress", key=pick.candidate.key, banner=_box(self.banner.box),
+                         banner_size=[self.banner.image.width, self.banner.image.height], reason=self.banner.reason)
+        return await asyncio.to_thread(banner_png, self.banner)
+
+    def _annotated_files(self, chosen: Chosen, png: bytes, out: Path | None, banner: bytes | None = None) -> ChangeFiles:
         """All of the change's files, the annotated source included (worker thread)."""
         pick, crop = chosen.pick, chosen.crop
         annotated = annotated_source(pick.image, pick.faces.detections if pick.faces else [], crop.box) \
             if pick.image is not None else None
-        return write_change_files(self.settings.avatars_dir, self.id, png, annotated, out)
+        return write_change_files(self.settings.avatars_dir, self.id, png, annotated, out, banner_png=banner)
 
     # --- a restore: the kept avatar of an earlier change, uploaded again ------------------------------------------
-    async def reapply(self, path: Path, restored_from: int) -> None:
-        self.kept_avatar = path
+    async def reapply(self, path: Path, restored_from: int, banner_path: Path | None = None,
+                      banner_reason: str | None = None) -> None:
+        self.kept_avatar, self.kept_banner, self.banner_reason = path, banner_path, banner_reason
         self.files = {"avatar": str(path), "report": str(self.default_report), "annotated": None, "kept": str(path)}
         png = await asyncio.to_thread(path.read_bytes)
-        await self.apply(png, path, restored_from=restored_from)
+        banner = None
+        if banner_path is not None:
+            self.files["banner"] = str(banner_path)
+            banner = await asyncio.to_thread(banner_path.read_bytes)
+        await self.apply(png, path, banner=banner, restored_from=restored_from)
 
     # --- upload: shared by a change and a restore -------------------------------------------------------------------
-    async def apply(self, png: bytes, written: Path, **detail: Any) -> None:
-        """The upload stage: the avatar to Discord, or (dry run) only where it was written."""
+    async def apply(self, png: bytes, written: Path, *, banner: bytes | None = None, **detail: Any) -> None:
+        """The upload stage: the avatar (and the banner, in the same request) to Discord — to one server's
+        own look when the change is for a server — or (dry run) only where they were written."""
         scope = {"guild_id": self.guild_id} if self.guild_id is not None else {}
-        with self.stage("upload", dry_run=self.dry_run, **scope, **detail):
+        with self.stage("upload", dry_run=self.dry_run, **({"banner": True} if banner is not None else {}), **scope,
+                        **detail):
             if self.dry_run:
                 self.upload = {"skipped": self.dry_reason, "written": str(written), **scope}
-                self.events.emit("upload", "skip", reason=self.dry_reason, avatar=str(written))
+                banner_file = {"banner": self.files["banner"]} if banner is not None and self.files.get("banner") else {}
+                self.upload.update(banner_file)
+                self.events.emit("upload", "skip", reason=self.dry_reason, avatar=str(written), **banner_file)
                 return
             try:
                 if self.guild_id is not None:
-                    result = await set_guild_look(self.settings, self.guild_id, png, bio=self._bio())
+                    result = await set_guild_look(self.settings, self.guild_id, png, bio=self._bio(), banner=banner)
                 else:
-                    result = await set_avatar(self.settings, png)
+                    result = await set_avatar(self.settings, png, banner)
             except DiscordError as exc:
                 self.upload = {"error": exc.message, "status_code": exc.status_code, "retryable": exc.retryable,
                                "kept": str(self.kept_avatar)}

@@ -57,6 +57,12 @@ class ChangeRecord(BaseModel):
     report_path: str | None = None
     uploaded: bool = False
     upload: dict[str, Any] | None = None
+    # The profile banner (MIKU_BANNER): its file, its 5:2 crop in source pixels, why it is framed so (or why
+    # there is none) and its [width, height]. All None when banners are off.
+    banner_path: str | None = None
+    banner_box: list[float] | None = None
+    banner_reason: str | None = Field(None, description="how the banner was framed, or why the picture has none")
+    banner_size: list[int] | None = None
     failed_stage: str | None = None
     error: str | None = None
 
@@ -75,4 +81,6 @@ class ChangeRecord(BaseModel):
             "vram_timeline": self.vram_timeline, "candidates": self.candidates, "events": events,
             "avatar_path": self.avatar_path, "report_path": self.report_path, "uploaded": self.uploaded,
             "error": self.error,
+            "banner_path": self.banner_path, "banner_box": self.banner_box, "banner_reason": self.banner_reason,
+            "banner_size": self.banner_size,
         }

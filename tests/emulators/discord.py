@@ -12,7 +12,11 @@ Current User", Resources › Message, Interactions › Receiving and Responding)
 - ``PATCH /users/@me``: ``Authorization: Bot <token>`` or 401 ``{"message": "401: Unauthorized",
   "code": 0}``; the ``avatar`` data URI (JPG, GIF or PNG as Reference › Image Data lists, decodable, at most 10 MiB) or 400 code
   50035 with nested form errors (``IMAGE_INVALID``, ``BINARY_TYPE_MAX_SIZE``, ``AVATAR_RATE_LIMIT``
-  "You are changing your avatar too fast"); then the user object. The route's bucket sends
+  "You are changing your avatar too fast"); then the user object. The ``banner`` field (Resources › User
+  "Modify Current User": a profile banner, ``null`` removes it) is checked the same way — a data URI of
+  PNG, JPEG, GIF or WebP, decodable, at most 10 MiB — in the same form: a bad avatar or banner is one
+  50035 naming each bad field, and neither is kept; the user object then carries the banner's hash, as
+  discord.py's ``ClientUser.banner`` (``discord/user.py``) reads it. The route's bucket sends
   ``X-RateLimit-Limit/-Remaining/-Reset/-Reset-After/-Bucket``; spent, a 429 with those,
   ``X-RateLimit-Scope: user``, ``Retry-After`` and ``{"message": "You are being rate limited.",
   "retry_after": s, "global": false}``. ``GET /users/@me`` and ``GET /oauth2/applications/@me`` are
@@ -22,7 +26,8 @@ Current User", Resources › Message, Interactions › Receiving and Responding)
   ``banner`` data URIs, ``bio``; what discord.py 2.7 sends from ``Member.edit`` through
   ``HTTPClient.edit_my_member``): 401 without the bot token; 404 code 10004 "Unknown Guild" for a
   server Discord does not know, 403 code 50001 "Missing Access" for one the bot is not in; each image
-  checked as the avatar above (``IMAGE_INVALID``, ``BINARY_TYPE_MAX_SIZE``); a ``bio`` over
+  checked as the profile's above (``IMAGE_INVALID``, ``BINARY_TYPE_MAX_SIZE``; every bad field in one
+  50035); a ``bio`` over
   ``max_bio_chars`` (400; the route's documentation gives no number, independent clients such as
   twilight-http enforce 1..400 codepoints) is 50035 ``BASE_TYPE_MAX_LENGTH``. The route has its own
   bucket per server (its major parameter), with the same headers and 429s as the avatar's; the answer is
@@ -63,8 +68,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from PIL import Image
 
-DATA_URI = re.compile(r"^data:(image/(?:png|jpeg|jpg|gif));base64,(.*)$", re.S)  # Reference › Image Data
-PIL_FORMAT = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/gif": "GIF"}
+DATA_URI = re.compile(r"^data:(image/[a-z]+);base64,(.*)$", re.S)  # Reference › Image Data
+PIL_FORMAT = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/gif": "GIF", "image/webp": "WEBP"}
+AVATAR_MIMES = frozenset({"image/png", "image/jpeg", "image/jpg", "image/gif"})
+BANNER_MIMES = AVATAR_MIMES | {"image/webp"}  # a profile banner may be WebP as well (animated ones too)
 VIA = {"Via": "1.1 google"}  # on every Discord answer; discord.py retries a 429 only when it is there
 APPLICATION_ID = "777"
 
@@ -92,6 +99,7 @@ class DiscordControl:
     avatar_changes_allowed: int | None = None
     avatar_window_s: float = 600.0
     max_avatar_bytes: int = 10 * 1024 * 1024
+    max_banner_bytes: int = 10 * 1024 * 1024
     # Misbehaviour: the next ``force_429`` PATCHes get 429 with ``retry_after_s``; the next
     # ``force_status_count`` requests get ``force_status``; every request waits ``delay_s`` first.
     force_429: int = 0
@@ -103,6 +111,8 @@ class DiscordControl:
     delay_s: float = 0.0
     avatar_delay_s: float = 0.0  # the avatar PATCH alone takes this long (Discord resizing the image)
     uploads: list[UploadedAvatar] = field(default_factory=list)
+    banners: list[UploadedAvatar] = field(default_factory=list)  # every accepted banner, in order
+    banner_removed: bool = False  # the last banner change was ``"banner": null``
     requests: list[dict[str, Any]] = field(default_factory=list)
     # The bot's other calls: channel messages (with their files), role edits, and interaction answers
     # (callbacks and edits of the original response, keyed by interaction token).
@@ -128,16 +138,21 @@ class DiscordControl:
     def avatar_hash(self) -> str | None:
         return self.uploads[-1].avatar_hash if self.uploads else None
 
+    @property
+    def banner_hash(self) -> str | None:
+        return self.banners[-1].avatar_hash if self.banners and not self.banner_removed else None
+
     def user(self) -> dict[str, Any]:
         return {
             "id": self.user_id, "username": self.username, "global_name": None, "discriminator": "0",
-            "avatar": self.avatar_hash, "bot": True, "verified": True, "mfa_enabled": False,
+            "avatar": self.avatar_hash, "banner": self.banner_hash, "accent_color": None, "bot": True, "verified": True, "mfa_enabled": False,
             "flags": 0, "public_flags": 0, "locale": "en-US", "email": None,
         }
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "uploads": len(self.uploads), "avatar": self.avatar_hash, "requests": self.requests[-50:],
+            "uploads": len(self.uploads), "avatar": self.avatar_hash, "banners": len(self.banners),
+            "banner": self.banner_hash, "requests": self.requests[-50:],
             "force_429": self.force_429, "force_status_count": self.force_status_count,
             "guild_members": self.guild_members,
         }
@@ -154,30 +169,38 @@ class DiscordControl:
 
 
 def _form_error(field_name: str, code: str, message: str) -> JSONResponse:
+    return _form_errors({field_name: (code, message)})
+
+
+def _form_errors(errors: dict[str, tuple[str, str]]) -> JSONResponse:
+    """Discord's 400 code 50035 "Invalid Form Body", each bad field with its error code and message."""
     return JSONResponse(
-        {"code": 50035, "errors": {field_name: {"_errors": [{"code": code, "message": message}]}}, "message": "Invalid Form Body"},
+        {"code": 50035, "errors": {name: {"_errors": [{"code": code, "message": message}]}
+                                   for name, (code, message) in errors.items()}, "message": "Invalid Form Body"},
         status_code=400,
     )
 
 
-def _image(field_name: str, value: Any, max_bytes: int) -> UploadedAvatar | JSONResponse:
-    """A data URI image field (Reference › Image Data) decoded as Discord checks it, or its 400."""
+def decode_image(value: Any, mimes: frozenset[str], max_bytes: int) -> UploadedAvatar | tuple[str, str]:
+    """An image field of ``PATCH /users/@me`` (Reference › Image Data): a base64 data URI of one of
+    ``mimes`` whose bytes decode as that format, at most ``max_bytes``; else Discord's error code and message."""
+    invalid = ("IMAGE_INVALID", "Invalid image data")
     m = DATA_URI.match(value) if isinstance(value, str) else None
-    if not m:
-        return _form_error(field_name, "IMAGE_INVALID", "Invalid image data")
+    if not m or m.group(1) not in mimes:
+        return invalid
     mime, payload = m.group(1), m.group(2)
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        return _form_error(field_name, "IMAGE_INVALID", "Invalid image data")
+        return invalid
     if len(data) > max_bytes:
-        return _form_error(field_name, "BINARY_TYPE_MAX_SIZE", f"File cannot be larger than {max_bytes // 1024} kb.")
+        return ("BINARY_TYPE_MAX_SIZE", f"File cannot be larger than {max_bytes // 1024} kb.")
     try:
         with Image.open(io.BytesIO(data), formats=[PIL_FORMAT[mime]]) as im:
             im.load()
             fmt, (w, h) = im.format or "", im.size
     except Exception:  # noqa: BLE001 - any decoder failure is "invalid image" to Discord
-        return _form_error(field_name, "IMAGE_INVALID", "Invalid image data")
+        return invalid
     return UploadedAvatar(data, mime, w, h, fmt, time.time(), hashlib.md5(data).hexdigest())
 
 
@@ -323,40 +346,41 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
         if not isinstance(body, dict):
             log(request, 400)
             return JSONResponse({"message": "400: Bad Request", "code": 0}, status_code=400, headers=headers)
-        avatar = body.get("avatar", ...)
-        if avatar is ...:
+        avatar, banner = body.get("avatar", ...), body.get("banner", ...)
+        if avatar is ... and banner is ...:
             log(request, 200)
             return JSONResponse(ctl.user(), headers=headers)
-        if not isinstance(avatar, str):
+        # The form is checked as a whole: every bad field is named in one 50035, and nothing is kept.
+        errors: dict[str, tuple[str, str]] = {}
+        new_avatar = new_banner = None
+        if avatar is not ...:
+            got = decode_image(avatar, AVATAR_MIMES, ctl.max_avatar_bytes)
+            if isinstance(got, UploadedAvatar):
+                new_avatar = got
+            else:
+                errors["avatar"] = got
+        if banner is not ... and banner is not None:  # null removes the banner
+            got = decode_image(banner, BANNER_MIMES, ctl.max_banner_bytes)
+            if isinstance(got, UploadedAvatar):
+                new_banner = got
+            else:
+                errors["banner"] = got
+        if errors:
             log(request, 400)
-            return _form_error("avatar", "IMAGE_INVALID", "Invalid image data")
-        m = DATA_URI.match(avatar)
-        if not m:
-            log(request, 400)
-            return _form_error("avatar", "IMAGE_INVALID", "Invalid image data")
-        mime, payload = m.group(1), m.group(2)
-        try:
-            data = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            log(request, 400)
-            return _form_error("avatar", "IMAGE_INVALID", "Invalid image data")
-        if len(data) > ctl.max_avatar_bytes:
-            log(request, 400)
-            return _form_error("avatar", "BINARY_TYPE_MAX_SIZE", f"File cannot be larger than {ctl.max_avatar_bytes // 1024} kb.")
-        try:
-            with Image.open(io.BytesIO(data), formats=[PIL_FORMAT[mime]]) as im:
-                im.load()
-                fmt, (w, h) = im.format or "", im.size
-        except Exception:  # noqa: BLE001 - any decoder failure is "invalid image" to Discord
-            log(request, 400)
-            return _form_error("avatar", "IMAGE_INVALID", "Invalid image data")
+            return _form_errors(errors)
         with ctl.lock:
-            ctl._avatar_times = [t for t in ctl._avatar_times if now - t < ctl.avatar_window_s]
-            if ctl.avatar_changes_allowed is not None and len(ctl._avatar_times) >= ctl.avatar_changes_allowed:
-                log(request, 400)
-                return _form_error("avatar", "AVATAR_RATE_LIMIT", "You are changing your avatar too fast. Try again later.")
-            ctl._avatar_times.append(now)
-            ctl.uploads.append(UploadedAvatar(data, mime, w, h, fmt, time.time(), hashlib.md5(data).hexdigest()))
+            if new_avatar is not None:
+                ctl._avatar_times = [t for t in ctl._avatar_times if now - t < ctl.avatar_window_s]
+                if ctl.avatar_changes_allowed is not None and len(ctl._avatar_times) >= ctl.avatar_changes_allowed:
+                    log(request, 400)
+                    return _form_error("avatar", "AVATAR_RATE_LIMIT", "You are changing your avatar too fast. Try again later.")
+                ctl._avatar_times.append(now)
+                ctl.uploads.append(new_avatar)
+            if new_banner is not None:
+                ctl.banners.append(new_banner)
+                ctl.banner_removed = False
+            elif banner is None:
+                ctl.banner_removed = True
         log(request, 200)
         return JSONResponse(ctl.user(), headers=headers)
 
@@ -395,27 +419,31 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
             return JSONResponse({"message": "400: Bad Request", "code": 0}, status_code=400, headers=headers)
         changes: dict[str, Any] = {}
         images: list[tuple[str, UploadedAvatar]] = []
-        for name in ("avatar", "banner"):
+        errors: dict[str, tuple[str, str]] = {}  # one 50035 names every bad field; nothing is kept then
+        for name, mimes, max_bytes in (("avatar", AVATAR_MIMES, ctl.max_avatar_bytes),
+                                       ("banner", BANNER_MIMES, ctl.max_banner_bytes)):
             if name not in body:
                 continue
             if body[name] is None:  # null removes the server's own image (the global one shows again)
                 changes[name] = None
                 continue
-            image = _image(name, body[name], ctl.max_avatar_bytes)
-            if isinstance(image, JSONResponse):
-                log(request, image.status_code)
-                return image
-            changes[name] = image.avatar_hash
-            images.append((name, image))
+            got = decode_image(body[name], mimes, max_bytes)
+            if isinstance(got, tuple):
+                errors[name] = got
+                continue
+            changes[name] = got.avatar_hash
+            images.append((name, got))
         if "bio" in body:
             bio = body["bio"]
             if bio is not None and not isinstance(bio, str):
-                log(request, 400)
-                return _form_error("bio", "BASE_TYPE_BAD_TYPE", "Must be a string.")
-            if bio is not None and len(bio) > ctl.max_bio_chars:
-                log(request, 400)
-                return _form_error("bio", "BASE_TYPE_MAX_LENGTH", f"Must be {ctl.max_bio_chars} or fewer in length.")
-            changes["bio"] = bio or ""
+                errors["bio"] = ("BASE_TYPE_BAD_TYPE", "Must be a string.")
+            elif bio is not None and len(bio) > ctl.max_bio_chars:
+                errors["bio"] = ("BASE_TYPE_MAX_LENGTH", f"Must be {ctl.max_bio_chars} or fewer in length.")
+            else:
+                changes["bio"] = bio or ""
+        if errors:
+            log(request, 400)
+            return _form_errors(errors)
         with ctl.lock:
             ctl.guild_members.setdefault(guild_id, {}).update(changes)
             ctl.guild_uploads.extend((guild_id, name, image) for name, image in images)
@@ -584,7 +612,8 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
         changes = await request.json()
         allowed = {"force_429", "retry_after_s", "global_429", "send_via", "force_status", "force_status_count", "delay_s",
                    "avatar_delay_s",
-                   "avatar_changes_allowed", "bucket_limit", "bucket_window_s", "max_avatar_bytes", "max_bio_chars"}
+                   "avatar_changes_allowed", "bucket_limit", "bucket_window_s", "max_avatar_bytes", "max_banner_bytes",
+                   "max_bio_chars"}
         for k, v in changes.items():
             if k in allowed:
                 setattr(ctl, k, v)

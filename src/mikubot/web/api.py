@@ -238,6 +238,20 @@ async def avatar(request: Request, change_id: ChangeId) -> FileResponse:
     return FileResponse(path, media_type="image/png")
 
 
+@router.get("/avatars/{change_id}/banner.png", tags=["files"], response_class=FileResponse, responses=errors(404))
+async def banner(request: Request, change_id: ChangeId) -> FileResponse:
+    """The profile banner a change made or restored (MIKU_BANNER; only files inside the data directory's
+    avatars folder are served)."""
+    p = panel(request)
+    row = p.history.get(change_id)
+    if row is None or not row.get("banner_path"):
+        raise HTTPException(404, f"change {change_id} has no banner")
+    path = Path(row["banner_path"])
+    if not inside(path, p.settings.avatars_dir):
+        raise HTTPException(404, f"the banner of change {change_id} is not in the data directory")
+    return FileResponse(path, media_type="image/png")
+
+
 @router.get("/avatars/{change_id}/annotated.jpg", tags=["files"], response_class=FileResponse, responses=errors(404))
 async def annotated(request: Request, change_id: ChangeId) -> FileResponse:
     """The change's source image with the faces, the crop square and the round avatar area drawn on it."""

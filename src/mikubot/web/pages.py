@@ -31,7 +31,7 @@ def _context(request: Request, page: str, **extra: Any) -> dict[str, Any]:
     p = panel(request)
     session = p.auth.session(request)
     return {"page": page, "logged_in": session is not None, "csrf": session.csrf if session else "",
-            "dry_run": p.settings.effective_dry_run, "stages": STAGES, **extra}
+            "dry_run": p.settings.effective_dry_run, "stages": STAGES, "character": p.settings.character_name, **extra}
 
 
 def _safe_next(target: str | None) -> str:

@@ -61,6 +61,8 @@ def change_view(row: dict[str, Any], avatars_dir: Path, *, with_events: bool = T
     has_avatar = bool(row.get("avatar_path")) and inside(Path(row["avatar_path"]), avatars_dir)
     out["avatar_url"] = f"/avatars/{cid}.png" if has_avatar else None
     out["annotated_url"] = f"/avatars/{cid}/annotated.jpg" if inside(annotated_path(avatars_dir, row), avatars_dir) else None
+    has_banner = bool(row.get("banner_path")) and inside(Path(row["banner_path"]), avatars_dir)
+    out["banner_url"] = f"/avatars/{cid}/banner.png" if has_banner else None
     out["credit"] = {
         "artist": row.get("artist"),
         "source": row.get("source"),

@@ -63,6 +63,15 @@
       cap.appendChild(P.el("a", { href: credit.link, rel: "noopener noreferrer nofollow", target: "_blank", text: "source" }));
     }
     if (rec.description) cap.appendChild(P.el("div", { class: "desc", text: rec.description }));
+    // The profile card: the banner with the avatar circle over its lower left, as Discord lays them out.
+    const card = document.getElementById("profile-card");
+    if (rec.avatar_url && rec.banner_url) {
+      document.getElementById("card-banner").src = rec.banner_url + "?v=" + rec.id;
+      document.getElementById("card-avatar").src = rec.avatar_url + "?v=" + rec.id;
+      card.hidden = false;
+    } else {
+      card.hidden = true;
+    }
   }
 
   function faceSvg(size, faces, crop) {

@@ -1,0 +1,330 @@
+"""The profile banner: a 5:2 crop of the avatar's picture, with the avatar's face where the card shows it.
+
+Discord shows a profile banner 5:2 at the top of the profile card, and the avatar circle sits over the
+banner's lower left, its centre on the banner's bottom edge. A face there would be hidden behind the
+avatar. So the banner is framed on the face the avatar chose (the same detections, no second detection
+pass) and only placements that keep that face wholly inside the banner and clear of the avatar circle
+(its ring included) are taken; among those, the face at a readable size, eyes a little above the
+middle, and the most of what stands out (``mikubot.saliency``) inside the frame, without cutting
+another detected face in half. Only a face so low in the picture's lower left that no frame inside the
+picture lifts it clear of the circle makes the banner reach below the picture (by at most the circle's
+height, filled with the colour of the picture's bottom edge, mostly behind the avatar anyway). Without
+a face (the avatar came from saliency), the widest 5:2 frame holding the most saliency outside the circle.
+
+Pure functions of (picture, detections, chosen face) -> banner image, so a server's banner is made the
+same way as the global one. A picture too small for a 600 x 240 banner within ``max_upscale`` gets none
+(``NoBanner``, its message the reason recorded); the avatar is still applied.
+
+Coordinates are source-image pixels, ``[x1, y1, x2, y2]``, exclusive at x2/y2 like Pillow's boxes.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from facedetect.imageio import to_rgb
+from facedetect.types import Detection
+from mikubot.crop import usable
+from mikubot.saliency import SaliencyUnavailable, saliency_map
+
+Method = Literal["face", "saliency"]
+IntBox = tuple[int, int, int, int]
+FloatBox = tuple[float, float, float, float]
+
+# --- Discord's profile card, measured on the desktop client's profile popout (px) --------------------
+# The card is 340 px wide; the banner fills its width at 5:2 (340 x 136). The avatar is an 80-px circle
+# at x 16..96 whose centre lies on the banner's bottom edge, drawn inside a 6-px ring of the card's
+# colour, so 46 px around that centre are hidden from the banner.
+CARD_WIDTH = 340
+ASPECT = 5 / 2  # banner width / height
+AVATAR_LEFT = 16
+AVATAR_DIAMETER = 80
+AVATAR_RING = 6
+# The hidden disc in banner units (shares of the banner's width; the banner is 1 / ASPECT tall).
+CIRCLE_X = (AVATAR_LEFT + AVATAR_DIAMETER / 2) / CARD_WIDTH  # 0.1647
+CIRCLE_Y = 1 / ASPECT  # on the bottom edge
+CIRCLE_R = (AVATAR_DIAMETER / 2 + AVATAR_RING) / CARD_WIDTH  # 0.1353
+FACE_MARGIN = 0.01  # the face box stays this far (share of the width) from the disc
+# The most a banner may reach below the picture (share of its width): the circle's height above the
+# bottom edge and the margin. Only for a face no frame inside the picture can show.
+MAX_PAD = CIRCLE_R + 2 * FACE_MARGIN
+
+# --- size ---------------------------------------------------------------------------------------------
+MIN_WIDTH, MIN_HEIGHT = 600, 240  # Discord's smallest banner
+OUTPUT_WIDTH = 1200  # twice the widest the banner is shown (the full profile, ~600 px)
+
+# --- how the face sits in the banner ---------------------------------------------------------------------
+TARGET_FACE_HEIGHT = 0.40  # face height / banner height we aim for: a face with its hair, some scene around
+MIN_FACE_HEIGHT = 0.15  # a smaller face is still fine when the picture gives no closer frame
+MAX_FACE_HEIGHT = 0.75  # a bigger face has no room for its hair
+EYE_LINE = 0.45  # eyes this far down the banner
+SIZE_STEPS = 10
+GRID = 24  # positions tried across each free span
+
+# The placement score: face size, saliency inside the frame, the eyes' place; cutting another face costs.
+W_SIZE, W_SALIENCY, W_PLACE, CUT_FACE = 0.45, 0.35, 0.20, 0.15
+
+
+class NoBanner(Exception):
+    """No banner can be made from this picture; the message is the reason recorded."""
+
+
+@dataclass
+class BannerResult:
+    image: Image.Image  # RGB, 5:2, at least MIN_WIDTH x MIN_HEIGHT
+    box: IntBox  # source pixels; inside the picture unless ``padded``
+    method: Method
+    face: Detection | None  # the avatar's face, when the banner is framed on it
+    face_visible: bool | None  # the face wholly inside the banner and clear of the avatar circle (None: no face)
+    upscale: float  # output px per source px
+    reason: str
+    padded: bool = False  # the box reaches below the picture, filled with its bottom edge's colour
+
+    def to_json(self) -> dict[str, Any]:
+        return {"method": self.method, "box": [int(v) for v in self.box], "size": [self.image.width, self.image.height],
+                "face": self.face.to_json() if self.face else None, "face_visible": self.face_visible,
+                "upscale": round(self.upscale, 4), "reason": self.reason, "padded": self.padded}
+
+
+def hidden_disc(box: FloatBox) -> tuple[float, float, float]:
+    """The part of ``box`` (a banner crop) that the avatar circle covers on the card: (cx, cy, r) in the
+    same pixels as ``box``."""
+    width = box[2] - box[0]
+    return box[0] + CIRCLE_X * width, box[1] + CIRCLE_Y * width, CIRCLE_R * width
+
+
+def clearances(face_box: FloatBox, box: FloatBox) -> tuple[float, float]:
+    """The face box's distance to the banner's edges and to the avatar circle, as shares of the banner's
+    width (< 0: cut by an edge, or under the circle)."""
+    width = box[2] - box[0]
+    fx1, fy1, fx2, fy2 = face_box
+    edges = min(fx1 - box[0], fy1 - box[1], box[2] - fx2, box[3] - fy2)
+    cx, cy, r = hidden_disc(box)
+    nearest_x, nearest_y = min(max(cx, fx1), fx2), min(max(cy, fy1), fy2)  # the face box's point nearest the centre
+    return edges / width, (math.hypot(nearest_x - cx, nearest_y - cy) - r) / width
+
+
+def visibility(face_box: FloatBox, box: FloatBox) -> float:
+    """How clearly the face shows on the card, as a share of the banner's width: the smaller of its
+    distances to the banner's edges and to the avatar circle (< 0: cut by an edge or under the circle)."""
+    return min(clearances(face_box, box))
+
+
+def face_visible(face_box: FloatBox, box: FloatBox) -> bool:
+    """Is the whole face box inside the banner and off the avatar circle (its ring included)?"""
+    return visibility(face_box, box) >= 0
+
+
+def largest_box(size: tuple[int, int]) -> tuple[int, int]:
+    """The biggest 5:2 (width, height) inside a picture of ``size``."""
+    w, h = size
+    bw = min(w, math.floor(h * ASPECT))
+    return bw, round(bw / ASPECT)
+
+
+def output_width(box_width: int, *, out_width: int = OUTPUT_WIDTH, max_upscale: float = 2.0) -> int:
+    """The banner's width for a crop ``box_width`` wide: ``out_width`` at most, upscaled by ``max_upscale``
+    at most, a multiple of 5 so the height is exact."""
+    w = min(out_width, math.floor(box_width * max_upscale))
+    return w - w % 5
+
+
+def crop_banner(
+    image: Image.Image,
+    face: Detection | None,
+    detections: list[Detection] | None = None,
+    *,
+    out_width: int = OUTPUT_WIDTH,
+    max_upscale: float = 2.0,
+) -> BannerResult:
+    """The banner for ``image`` framed on ``face`` (the face the avatar chose, or None when the avatar
+    was cropped without one). ``detections``: the same picture's detections, so that other faces are not
+    cut in half. Raises ``NoBanner`` when the picture is too small for ``MIN_WIDTH`` x ``MIN_HEIGHT``
+    within ``max_upscale``."""
+    if out_width < MIN_WIDTH:
+        raise ValueError(f"out_width must be at least {MIN_WIDTH}")
+    rgb = to_rgb(image)
+    size = rgb.size
+    big_w, big_h = largest_box(size)
+    need = math.ceil(MIN_WIDTH / max_upscale - 1e-9)  # the narrowest crop that still gives MIN_WIDTH
+    if big_w < need or output_width(big_w, out_width=out_width, max_upscale=max_upscale) < MIN_WIDTH:
+        raise NoBanner(f"the picture ({size[0]}x{size[1]}) is too small for a {MIN_WIDTH}x{MIN_HEIGHT} banner "
+                       f"within {max_upscale:g}x upscaling (its largest 5:2 crop is {big_w}x{big_h})")
+    mass = _SaliencyMass(rgb)
+    others = [d.bbox for d in (detections or []) if usable(d) and (face is None or d.bbox != face.bbox)]
+    if face is None:
+        box = _salient_box(size, big_w, mass)
+        reason = "saliency: the avatar has no face; the widest 5:2 frame holding the most of what stands out"
+        return _result(rgb, box, "saliency", None, None, reason, out_width, max_upscale)
+    placed = _place_face(face.bbox, size, need, mass, others, pad=False)
+    assert placed is not None  # without padding there is always a placement (the one showing most)
+    box, seen = placed
+    padded = False
+    if not seen:  # the face is too low in the lower left: reach below the picture, as little as needed
+        below = _place_face(face.bbox, size, need, mass, others, pad=True)
+        if below is not None:
+            box, seen, padded = below[0], True, below[0][3] > size[1]
+    share = (face.bbox[3] - face.bbox[1]) / (box[3] - box[1])
+    out = output_width(box[2] - box[0], out_width=out_width, max_upscale=max_upscale)
+    reason = (f"face: the avatar's face, {share:.0%} of the banner's height, clear of the avatar circle"
+              + ("; the face is so low in the lower left that the banner reaches below the picture (filled)"
+                 if padded else "") + f"; {out}x{out * 2 // 5} banner" if seen else
+              "face: the avatar's face cannot be framed clear of the avatar circle and the edges in this picture; "
+              f"the placement showing most of it; {out}x{out * 2 // 5} banner")
+    return _result(rgb, box, "face", face, seen, reason, out_width, max_upscale, padded)
+
+
+def banner_png(result: BannerResult) -> bytes:
+    """The banner as PNG bytes (``PATCH /users/@me``'s ``banner``)."""
+    buf = io.BytesIO()
+    result.image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# --- placement ------------------------------------------------------------------------------------------
+
+
+class _SaliencyMass:
+    """Saliency inside any box, from an integral image of the thumbnail's map (flat when unavailable)."""
+
+    def __init__(self, rgb: Image.Image) -> None:
+        try:
+            smap = saliency_map(rgb)
+        except SaliencyUnavailable:
+            smap = np.ones((16, 40), dtype=np.float32)
+        self.sx, self.sy = smap.shape[1] / rgb.width, smap.shape[0] / rgb.height
+        self.total = float(smap.sum()) or 1.0
+        self.integral = np.pad(smap.astype(np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+
+    def share(self, box: FloatBox) -> float:
+        h, w = self.integral.shape
+        x1 = min(max(round(box[0] * self.sx), 0), w - 1)
+        x2 = min(max(round(box[2] * self.sx), x1), w - 1)
+        y1 = min(max(round(box[1] * self.sy), 0), h - 1)
+        y2 = min(max(round(box[3] * self.sy), y1), h - 1)
+        i = self.integral
+        return float(i[y2, x2] - i[y1, x2] - i[y2, x1] + i[y1, x1]) / self.total
+
+
+def _spans(start_pref: float, lo: float, hi: float) -> list[int]:
+    """Starts from ``lo`` to ``hi`` (whole px): an even grid, plus the preferred one (clamped)."""
+    lo_i, hi_i = math.ceil(lo), math.floor(hi)
+    if hi_i <= lo_i:
+        return [max(lo_i, 0) if hi_i < lo_i else lo_i]
+    steps = {lo_i + round((hi_i - lo_i) * i / GRID) for i in range(GRID + 1)}
+    steps.add(round(min(max(start_pref, lo_i), hi_i)))
+    return sorted(steps)
+
+
+def _widths(lo: float, hi: float) -> list[int]:
+    if hi <= lo:
+        return [math.floor(hi)]
+    return sorted({math.floor(lo * (hi / lo) ** (i / SIZE_STEPS)) for i in range(SIZE_STEPS + 1)})
+
+
+def _cuts(box: FloatBox, other: FloatBox) -> bool:
+    """Does the banner cut ``other`` (partly inside, partly outside)?"""
+    ix = min(box[2], other[2]) - max(box[0], other[0])
+    iy = min(box[3], other[3]) - max(box[1], other[1])
+    if ix <= 0 or iy <= 0:
+        return False
+    return ix * iy < (other[2] - other[0]) * (other[3] - other[1]) * 0.999
+
+
+def _place_face(face: FloatBox, size: tuple[int, int], need: int, mass: _SaliencyMass,
+                others: list[FloatBox], *, pad: bool) -> tuple[IntBox, bool] | None:
+    """The best 5:2 box for ``face``, and whether the face is visible in it (if not, the box showing most
+    of it). ``pad``: the box may reach below the picture by up to ``MAX_PAD`` of its width (the less the
+    better), and only a box showing the face counts (None if there is none)."""
+    w, h = size
+    big_w, _ = largest_box(size)
+    fh = face[3] - face[1]
+    fcx, fcy = (face[0] + face[2]) / 2, face[1] + 0.5 * fh  # eyes half-way down an anime face box
+    lo = max(need, fh / MAX_FACE_HEIGHT * ASPECT)
+    hi = min(big_w, max(lo, fh / MIN_FACE_HEIGHT * ASPECT))
+    lo = min(lo, big_w)  # a face too big for any frame: the widest frame, the face share over the limit
+    best: tuple[float, IntBox] | None = None
+    fallback: tuple[float, IntBox] | None = None
+    for bw in _widths(lo, hi):
+        bh = round(bw / ASPECT)
+        below = math.floor(MAX_PAD * bw) if pad else 0
+        if bh > h + below or bw > w:
+            continue
+        share = fh / bh
+        size_score = math.exp(-(math.log(share / TARGET_FACE_HEIGHT) ** 2) / (2 * 0.5 ** 2))
+        # The preferred place: eyes on EYE_LINE, the face a little right of the middle (away from the circle).
+        # Only starts that keep the face inside the frame: the grid is fine where it matters.
+        xs = _spans(fcx - 0.55 * bw, max(0, face[2] - bw), min(face[0], w - bw))
+        ys = _spans(fcy - EYE_LINE * bh, max(0, face[3] - bh), min(face[1], h - bh + below))
+        for x in xs:
+            for y in ys:
+                box = (float(x), float(y), float(x + bw), float(y + bh))
+                edges, clear = clearances(face, box)
+                dx = (fcx - x) / bw - 0.55
+                dy = (fcy - y) / bh - EYE_LINE
+                place = max(0.0, 1 - math.hypot(dx, dy * 0.4) * 2)
+                if edges < 0 or clear < FACE_MARGIN:
+                    if not pad:  # the placement showing most of the face, should none show all of it
+                        shown = _shown(face, box) + 0.01 * place
+                        if fallback is None or shown > fallback[0]:
+                            fallback = (shown, (x, y, x + bw, y + bh))
+                    continue
+                score = (W_SIZE * size_score + W_SALIENCY * mass.share(box) + W_PLACE * place
+                         - CUT_FACE * sum(_cuts(box, o) for o in others) - max(0, y + bh - h) / bh)
+                if best is None or score > best[0]:
+                    best = (score, (x, y, x + bw, y + bh))
+    if best is not None:
+        return best[1], True
+    if pad:
+        return None
+    assert fallback is not None
+    return fallback[1], False
+
+
+def _shown(face: FloatBox, box: FloatBox, n: int = 8) -> float:
+    """The share of the face box the card shows (inside the banner, off the circle), from n x n samples."""
+    cx, cy, r = hidden_disc(box)
+    fx1, fy1, fx2, fy2 = face
+    seen = 0
+    for i in range(n):
+        px = fx1 + (fx2 - fx1) * (i + 0.5) / n
+        for j in range(n):
+            py = fy1 + (fy2 - fy1) * (j + 0.5) / n
+            seen += box[0] <= px < box[2] and box[1] <= py < box[3] and math.hypot(px - cx, py - cy) > r
+    return seen / (n * n)
+
+
+def _salient_box(size: tuple[int, int], bw: int, mass: _SaliencyMass) -> IntBox:
+    """The widest 5:2 box, slid to hold the most saliency outside the avatar circle."""
+    w, h = size
+    bh = round(bw / ASPECT)
+    best: tuple[float, IntBox] | None = None
+    for x in _spans(0, 0, w - bw):
+        for y in _spans(0, 0, h - bh):
+            box = (float(x), float(y), float(x + bw), float(y + bh))
+            cx, cy, r = hidden_disc(box)
+            covered = mass.share((cx - r, cy - r, cx + r, cy))  # the circle's upper half's square, roughly
+            score = mass.share(box) - covered
+            if best is None or score > best[0]:
+                best = (score, (x, y, x + bw, y + bh))
+    assert best is not None
+    return best[1]
+
+
+def _result(rgb: Image.Image, box: IntBox, method: Method, face: Detection | None, seen: bool | None,
+            reason: str, out_width: int, max_upscale: float, padded: bool = False) -> BannerResult:
+    out = output_width(box[2] - box[0], out_width=out_width, max_upscale=max_upscale)
+    source = rgb
+    if box[3] > rgb.height:  # reach below the picture: continue it with its bottom edge's colour
+        bottom = np.asarray(rgb)[-max(1, rgb.height // 100):].reshape(-1, 3)
+        r, g, b = (int(v) for v in np.median(bottom, axis=0))
+        source = Image.new("RGB", (rgb.width, box[3]), (r, g, b))
+        source.paste(rgb, (0, 0))
+    image = source.resize((out, out * 2 // 5), Image.Resampling.LANCZOS, box=box)
+    return BannerResult(image, box, method, face, seen, out / (box[2] - box[0]), reason, padded)
