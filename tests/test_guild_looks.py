@@ -4,6 +4,7 @@ credit line, the history's scope, restore, ``/pfp change`` in a server, and ``mi
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import json
@@ -13,11 +14,13 @@ import subprocess
 from pathlib import Path
 
 import discord as discordpy
+import httpx
 import pytest
 from emulators.danbooru import create_app as create_danbooru
 from emulators.danbooru import make_post
 from emulators.discord import create_app
 from interactions import interaction_payload
+from panel_helpers import panel_server, panel_settings
 from pydantic import ValidationError
 from servers import serve_app, venv_bin
 from test_banner import composed
@@ -401,3 +404,40 @@ def test_cli_pfp_change_guild(discord, looks, tmp_path):
     assert json.loads(r.stdout) == []
     assert TOKEN not in r.stdout + r.stderr
     assert History(tmp_path / "data" / "history.sqlite3").get(record["id"])["guild_id"] == SERVER
+
+
+# --- the panel: a profile card per configured server ---------------------------------------------------------------
+
+def test_the_panel_shows_a_card_per_configured_server(art_dir, tmp_path):
+    art = composed(art_dir, tmp_path / "art")
+    shutil.copy(art_dir / "lucy happy.png", art / "lucy happy.png")
+    settings = panel_settings(tmp_path / "data", art, banner=True, guild_looks={
+        str(SERVER): {"character_name": "Lucy"}, "100": {"source": f"local:{art}"}})
+
+    async def changes() -> tuple[dict, dict]:
+        async with AvatarPipeline(settings) as p:  # the bot's changes, on the panel's data directory
+            return await p.change(source=f"file:{art}/eileen at uni.png"), await p.change(guild_id=SERVER)
+
+    everywhere, server = asyncio.run(changes())
+    assert everywhere["status"] == server["status"] == "dry-run", (everywhere.get("error"), server.get("error"))
+    assert server["banner_path"] and server["guild_id"] == SERVER
+
+    with panel_server(settings) as base, httpx.Client(base_url=base) as http:
+        page = http.get("/actions/profile-picture").text
+        assert f'data-latest="{everywhere["id"]}"' in page  # the global card: the global profile's latest
+        cards = page.split('<figure class="profile-card server-card"')[1:]
+        assert [c.split('"')[1] for c in cards] == [str(SERVER), "100"]
+        assert f'src="/avatars/{server["id"]}.png"' in cards[0] and f'src="/avatars/{server["id"]}/banner.png"' in cards[0]
+        assert "Lucy" in cards[0] and f"#{server['id']} dry-run" in cards[0]
+        assert "no change yet" in cards[1] and "/avatars/" not in cards[1] and "Hatsune Miku" in cards[1]
+        for url in (f"/avatars/{server['id']}.png", f"/avatars/{server['id']}/banner.png"):
+            got = http.get(url)
+            assert got.status_code == 200 and got.headers["content-type"] == "image/png"
+        history = http.get("/history").text
+        mine = history.split(f'data-id="{server["id"]}"')[1].split("</article>")[0]
+        assert f"server {SERVER}" in mine
+        assert f"server {SERVER}" not in history.split(f'data-id="{everywhere["id"]}"')[1].split("</article>")[0]
+
+    plain = panel_settings(tmp_path / "data", art)
+    with panel_server(plain) as base:
+        assert "server-looks" not in httpx.get(f"{base}/actions/profile-picture").text  # none configured: no section
