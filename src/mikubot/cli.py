@@ -156,6 +156,11 @@ def _print_outcome(record: dict[str, Any], console: Console) -> None:
         console.print(f"   profile:    {profile}", highlight=False)
         if files.get("annotated"):
             console.print(f"   annotated:  {files['annotated']}", highlight=False)
+        if files.get("banner"):
+            console.print(f"   banner:     {files['banner']}  ({'x'.join(map(str, record.get('banner_size') or []))})",
+                          highlight=False)
+        elif record.get("banner_reason"):
+            console.print(f"   banner:     {record['banner_reason']}", highlight=False)
         src = record.get("source") or {}
         console.print(f"   source:     {src.get('name')} {src.get('filename') or src.get('page_url') or src.get('key')}",
                       highlight=False)
@@ -171,10 +176,10 @@ def pfp_change(
     dry_run: bool = typer.Option(False, "--dry-run", help="write the avatar to a file; never call Discord"),
     source: Optional[str] = typer.Option(None, "--source", help=SPEC_HELP),
     candidates: Optional[int] = typer.Option(None, "--candidates", "-k", min=1, max=20, help="K candidates to verify"),
-    out: Optional[Path] = typer.Option(None, "--out", help="also write the avatar (and report, annotated image) here"),
+    out: Optional[Path] = typer.Option(None, "--out", help="also write the avatar (and report, annotated image, banner) here"),
     guild: Optional[int] = typer.Option(None, "--guild", min=1, help="change this server's own look (its "
-                                        "MIKU_GUILD_LOOKS entry; the bot's avatar and bio there) instead of the "
-                                        "global profile"),
+                                        "MIKU_GUILD_LOOKS entry; the bot's avatar, banner and bio there) instead "
+                                        "of the global profile"),
     as_json: bool = typer.Option(False, "--json", help="print the change record as JSON"),
 ) -> None:
     """Change the avatar: search → download → verify → reserve → detect → crop → upload → record."""
@@ -270,6 +275,8 @@ def pfp_restore(
             how += f" (server {record['guild_id']} only)"
         console.print(f"[bold green]✅ avatar of change {change_id} {how}:[/] {record['avatar_path']} "
                       f"(recorded as change {record['id']})", highlight=False)
+        if record.get("banner_path") or record.get("banner_reason"):
+            console.print(f"   banner:     {record.get('banner_path') or record['banner_reason']}", highlight=False)
     raise typer.Exit(1 if record["status"] == "failed" else 0)
 
 
