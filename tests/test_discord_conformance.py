@@ -173,6 +173,11 @@ async def test_a_servers_own_avatar_banner_and_bio_through_discord_py(emulator, 
     assert member["banner"] == emulator.guild_members["99"]["banner"] and emulator.guild_uploads[1][2].format == "JPEG"
     assert emulator.uploads == [] and emulator.user()["avatar"] is None  # the global profile: as it was
     assert "100" not in emulator.guild_members
+    state_url = Route.BASE.removesuffix("/api/v10") + "/_emulator/state"  # for a server run in another process
+    async with aiohttp.ClientSession() as session, session.get(state_url) as r:
+        state = await r.json()
+    assert state["guild_members"] == {"99": emulator.guild_members["99"]} and state["member_guilds"] == ["100", "99"]
+    assert state["uploads"] == 0
     # null removes the server's own avatar; an empty bio clears it; what is left out stays.
     member = await http.edit_my_member(99, avatar=None, bio="")
     assert member["avatar"] is None and member["bio"] == "" and member["banner"] == emulator.guild_members["99"]["banner"]

@@ -154,7 +154,7 @@ class DiscordControl:
             "uploads": len(self.uploads), "avatar": self.avatar_hash, "banners": len(self.banners),
             "banner": self.banner_hash, "requests": self.requests[-50:],
             "force_429": self.force_429, "force_status_count": self.force_status_count,
-            "guild_members": self.guild_members,
+            "member_guilds": sorted(self.member_guilds), "guild_members": self.guild_members,
         }
 
     def member(self, guild_id: str) -> dict[str, Any]:
