@@ -433,6 +433,13 @@ def test_the_panel_shows_a_card_per_configured_server(art_dir, tmp_path):
         for url in (f"/avatars/{server['id']}.png", f"/avatars/{server['id']}/banner.png"):
             got = http.get(url)
             assert got.status_code == 200 and got.headers["content-type"] == "image/png"
+        for profile, ids in ((str(SERVER), [server["id"]]), ("global", [everywhere["id"]]), ("100", []),
+                             (None, [server["id"], everywhere["id"]])):
+            listed = http.get("/profile-picture/history", params={"profile": profile} if profile else {}).json()["changes"]
+            assert [c["id"] for c in listed] == ids, profile
+        assert listed[0]["guild_id"] == SERVER
+        for bad in ("servers", "0", "99999999999999999999", "-1"):
+            assert http.get("/profile-picture/history", params={"profile": bad}).status_code == 422, bad
         history = http.get("/history").text
         mine = history.split(f'data-id="{server["id"]}"')[1].split("</article>")[0]
         assert f"server {SERVER}" in mine
