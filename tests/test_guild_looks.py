@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from servers import serve_app, venv_bin
 from test_banner import composed
 
+from mikubot.bot.announce import AfterChange
 from mikubot.bot.commands import BotState, pfp_change, pfp_history
 from mikubot.bot.context import InteractionContext, Invoker
 from mikubot.config import ConfigFileError, GuildLook, load_settings
@@ -312,6 +313,20 @@ async def test_with_miku_banner_a_server_gets_its_own_banner_too(discord, art_di
         assert again["status"] == "applied" and again["guild_id"] == SERVER, again.get("error")
         assert [f for _, f, _ in ctl.guild_uploads[2:]] == ["avatar", "banner"] and ctl.guild_uploads[3][2].data == banner
         assert ctl.uploads == [] and ctl.banners == []
+
+
+async def test_a_server_change_is_neither_announced_nor_recolours_the_role(pipeline, discord):
+    """The announcement and the role colour follow the global avatar; a server's own look changes neither."""
+    _, ctl = discord
+    settings = pipeline.settings.model_copy(update={"announce_channel_id": 4242, "guild_id": SERVER,
+                                                    "colour_role_id": 555})
+    after = AfterChange(settings)
+    server = await pipeline.change(guild_id=SERVER)
+    await after(server)
+    assert server["status"] == "applied" and ctl.messages == [] and ctl.roles == {} and after.outcomes == []
+    everywhere = await pipeline.change()
+    await after(everywhere)
+    assert everywhere["status"] == "applied" and len(ctl.messages) == 1 and ("99", "555") in ctl.roles
 
 
 # --- /pfp change in a server ------------------------------------------------------------------------------------
