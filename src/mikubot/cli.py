@@ -294,7 +294,7 @@ def config_show(as_json: bool = typer.Option(False, "--json")) -> None:
     table.add_column("environment")
     for name, value in values.items():
         env = "FACE_DETECTOR_URL" if name == "face_detector_url" else f"MIKU_{name.upper()}"
-        shown = "(unset)" if value is None else json.dumps(value) if isinstance(value, list) else str(value)
+        shown = "(unset)" if value is None else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
         table.add_row(name, shown, env)
     console = Console()
     console.print(table)
