@@ -85,14 +85,18 @@ def test_the_latest_change_shows_the_profile_card(page: Any, base: str) -> None:
     assert record["status"] == "dry-run" and record["banner_path"], record
     log_in(page)
     until(page, "!document.getElementById('profile-card').hidden")
-    until(page, "document.getElementById('card-banner').naturalWidth > 0 && "
+    width, height = record["banner_size"]
+    until(page, f"document.getElementById('card-banner').naturalWidth === {width} && "
+                f"document.getElementById('card-banner').naturalHeight === {height} && "
                 "document.getElementById('card-avatar').naturalWidth > 0")
-    natural = page.evaluate("[document.getElementById('card-banner').naturalWidth, "
-                            "document.getElementById('card-banner').naturalHeight]")
-    assert natural == record["banner_size"]
     assert page.get_attribute("#card-banner", "src").startswith(f"/avatars/{record['id']}/banner.png")
     assert page.get_attribute("#card-avatar", "src").startswith(f"/avatars/{record['id']}.png")
     assert_discord_layout(layout(page, "#profile-card"))
+    # The chosen candidate shows where the banner was cut, and the avatar circle over it.
+    chosen = page.locator("#candidates figure.candidate.chosen")
+    assert chosen.locator("svg .banner-box").count() == 1 and chosen.locator("svg .banner-circle").count() == 1
+    x1, y1, x2, y2 = record["banner_box"]
+    assert float(chosen.locator("svg .banner-box").get_attribute("width")) == pytest.approx(x2 - x1)
     page.locator("#profile-card").screenshot(path=str(shot(page, "panel-profile-card-page.png").with_name(
         "panel-profile-card.png")))
     assert page.problems == []  # type: ignore[attr-defined]

@@ -67,8 +67,11 @@ EYE_LINE = 0.45  # eyes this far down the banner
 SIZE_STEPS = 10
 GRID = 24  # positions tried across each free span
 
-# The placement score: face size, saliency inside the frame, the eyes' place; cutting another face costs.
-W_SIZE, W_SALIENCY, W_PLACE, CUT_FACE = 0.45, 0.35, 0.20, 0.15
+# The placement score: face size, saliency inside the frame, the eyes' place; cutting another face costs,
+# and so does less room above the face than HEADROOM of its height (an anime face box runs brow to chin:
+# the hair is above it).
+W_SIZE, W_SALIENCY, W_PLACE, CUT_FACE, W_HEAD = 0.45, 0.35, 0.20, 0.15, 0.15
+HEADROOM = 0.25
 
 
 class NoBanner(Exception):
@@ -275,7 +278,8 @@ def _place_face(face: FloatBox, size: tuple[int, int], need: int, mass: _Salienc
                         if fallback is None or shown > fallback[0]:
                             fallback = (shown, (x, y, x + bw, y + bh))
                     continue
-                score = (W_SIZE * size_score + W_SALIENCY * mass.share(box) + W_PLACE * place
+                cramped = max(0.0, 1 - (face[1] - y) / (HEADROOM * fh))
+                score = (W_SIZE * size_score + W_SALIENCY * mass.share(box) + W_PLACE * place - W_HEAD * cramped
                          - CUT_FACE * sum(_cuts(box, o) for o in others) - max(0, y + bh - h) / bh)
                 if best is None or score > best[0]:
                     best = (score, (x, y, x + bw, y + bh))

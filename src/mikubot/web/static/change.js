@@ -66,15 +66,19 @@
     // The profile card: the banner with the avatar circle over its lower left, as Discord lays them out.
     const card = document.getElementById("profile-card");
     if (rec.avatar_url && rec.banner_url) {
-      document.getElementById("card-banner").src = rec.banner_url + "?v=" + rec.id;
-      document.getElementById("card-avatar").src = rec.avatar_url + "?v=" + rec.id;
+      // Only a new address is assigned: the same one again would start its load over (an empty image meanwhile).
+      [["card-banner", rec.banner_url], ["card-avatar", rec.avatar_url]].forEach(function (pair) {
+        const img = document.getElementById(pair[0]);
+        const src = pair[1] + "?v=" + rec.id;
+        if (img.getAttribute("src") !== src) img.src = src;
+      });
       card.hidden = false;
     } else {
       card.hidden = true;
     }
   }
 
-  function faceSvg(size, faces, crop) {
+  function faceSvg(size, faces, crop, banner) {
     const NS = "http://www.w3.org/2000/svg";
     const svg = document.createElementNS(NS, "svg");
     svg.setAttribute("viewBox", "0 0 " + size[0] + " " + size[1]);
@@ -93,6 +97,13 @@
     if (crop) {
       add("rect", { x: crop[0], y: crop[1], width: crop[2] - crop[0], height: crop[3] - crop[1], fill: "none", stroke: "#ff78c8", "stroke-width": sw, class: "crop-box" });
       add("ellipse", { cx: (crop[0] + crop[2]) / 2, cy: (crop[1] + crop[3]) / 2, rx: (crop[2] - crop[0]) / 2, ry: (crop[3] - crop[1]) / 2, fill: "none", stroke: "#ff78c8", "stroke-dasharray": sw * 3, "stroke-width": sw });
+    }
+    if (banner) {
+      // The banner's 5:2 frame and, dashed, the avatar circle the profile card draws over its lower left
+      // (80 px at x 16..96 of a 340-px card, 6-px ring, centred on the bottom edge: mikubot/banner.py).
+      const w = banner[2] - banner[0];
+      add("rect", { x: banner[0], y: banner[1], width: w, height: banner[3] - banner[1], fill: "none", stroke: "#f5b041", "stroke-width": sw, class: "banner-box" });
+      add("circle", { cx: banner[0] + w * 56 / 340, cy: banner[3], r: w * 46 / 340, fill: "none", stroke: "#f5b041", "stroke-dasharray": sw * 3, "stroke-width": sw, class: "banner-circle" });
     }
     return svg;
   }
@@ -113,11 +124,11 @@
         // The server-drawn copy (faces, crop square, round area) of the chosen image, with the same
         // boxes drawn again on top from the record's numbers.
         frame.appendChild(P.el("img", { src: rec.annotated_url + "?v=" + rec.id, alt: "chosen candidate with faces and crop" }));
-        if (size) frame.appendChild(faceSvg(size, c.faces, rec.crop_box));
+        if (size) frame.appendChild(faceSvg(size, c.faces, rec.crop_box, rec.banner_box));
       } else if (c.picture && size) {
         // Every other downloaded candidate: its thumbnail, with its faces drawn in source pixels on top.
         frame.appendChild(P.el("img", { src: "/avatars/" + rec.id + "/candidates/" + i + ".jpg", alt: "candidate " + (c.filename || c.key) + " with its faces" }));
-        frame.appendChild(faceSvg(size, c.faces, chosen ? rec.crop_box : null));
+        frame.appendChild(faceSvg(size, c.faces, chosen ? rec.crop_box : null, chosen ? rec.banner_box : null));
       } else if (size) {
         frame.classList.add("schematic");
         const svg = faceSvg(size, c.faces, null);
