@@ -28,7 +28,10 @@ async def test_command_tree_and_minimal_intents(tmp_path):
         assert isinstance(group, discord.app_commands.Group)
         assert sorted(c.name for c in group.commands) == ["change", "history", "restore", "status"]
         change = group.get_command("change")
-        assert [p.name for p in change.parameters] == ["source"] and not change.parameters[0].required
+        assert [p.name for p in change.parameters] == ["source", "scope"]
+        assert not any(p.required for p in change.parameters)
+        assert [(c.name, c.value) for c in change.parameters[1].choices] == [("this server", "server"),
+                                                                             ("global profile", "global")]
         restore = group.get_command("restore")
         assert restore.parameters[0].required and restore.parameters[0].min_value == 1
         # No configured admins: Discord itself hides /pfp from members without Manage Server.

@@ -151,3 +151,82 @@ def test_pfp_change_applies_through_discord_py_after_a_429(art_dir, tmp_path):
     with open(tmp_path / record["avatar_path"], "rb") as f:  # relative to the working directory
         assert ctl.uploads[0].data == f.read()
     assert TOKEN not in r.stdout + r.stderr
+
+
+# --- PATCH /guilds/{id}/members/@me (Modify Current Member): a server's own avatar, banner and bio ----------------
+
+def member_fields(**fields: Any) -> dict[str, Any]:
+    """What discord.py's ``Member.edit`` sends for the bot's own member: images as its data URIs."""
+    return {k: discord.utils._bytes_to_base64_data(v) if isinstance(v, bytes) else v for k, v in fields.items()}
+
+
+async def test_a_servers_own_avatar_banner_and_bio_through_discord_py(emulator, stock_http):
+    http, _ = stock_http
+    await http.static_login(TOKEN)
+    emulator.member_guilds = {"99", "100"}
+    banner = io.BytesIO()
+    Image.new("RGB", (600, 240), (19, 122, 127)).save(banner, "JPEG")
+    member = await http.edit_my_member(99, reason="look", **member_fields(avatar=png(), banner=banner.getvalue(),
+                                                                         bio="Art by someone · https://e.org/p/1"))
+    assert member["user"]["id"] == emulator.user_id and member["bio"] == "Art by someone · https://e.org/p/1"
+    assert member["avatar"] == emulator.guild_members["99"]["avatar"] == emulator.guild_uploads[0][2].avatar_hash
+    assert member["banner"] == emulator.guild_members["99"]["banner"] and emulator.guild_uploads[1][2].format == "JPEG"
+    assert emulator.uploads == [] and emulator.user()["avatar"] is None  # the global profile: as it was
+    assert "100" not in emulator.guild_members
+    state_url = Route.BASE.removesuffix("/api/v10") + "/_emulator/state"  # for a server run in another process
+    async with aiohttp.ClientSession() as session, session.get(state_url) as r:
+        state = await r.json()
+    assert state["guild_members"] == {"99": emulator.guild_members["99"]} and state["member_guilds"] == ["100", "99"]
+    assert state["uploads"] == 0
+    # null removes the server's own avatar; an empty bio clears it; what is left out stays.
+    member = await http.edit_my_member(99, avatar=None, bio="")
+    assert member["avatar"] is None and member["bio"] == "" and member["banner"] == emulator.guild_members["99"]["banner"]
+
+
+async def test_the_member_route_refuses_as_discord_does(emulator, stock_http):
+    http, _ = stock_http
+    await http.static_login(TOKEN)
+    emulator.other_guilds = {"500"}
+    with pytest.raises(discord.NotFound) as err:
+        await http.edit_my_member(12345, bio="x")
+    assert err.value.code == 10004 and "Unknown Guild" in err.value.text
+    with pytest.raises(discord.Forbidden) as err:
+        await http.edit_my_member(500, bio="x")
+    assert err.value.code == 50001
+    for fields, says in (
+        ({"avatar": "data:image/png;base64,aGVsbG8="}, "In avatar: Invalid image data"),
+        ({"banner": "https://example.org/banner.png"}, "In banner: Invalid image data"),
+        ({"avatar": "data:image/webp;base64," + base64.b64encode(png()).decode()}, "In avatar: Invalid image data"),
+        ({"bio": "b" * 401}, "In bio: Must be 400 or fewer in length."),
+        ({"bio": 7}, "In bio: Must be a string."),
+    ):
+        with pytest.raises(discord.HTTPException) as err:
+            await http.edit_my_member(99, **fields)
+        assert err.value.status == 400 and err.value.code == 50035 and says in err.value.text, fields
+    emulator.max_avatar_bytes = 100
+    with pytest.raises(discord.HTTPException) as err:
+        await http.edit_my_member(99, **member_fields(avatar=png()))
+    assert "In avatar: File cannot be larger than" in err.value.text
+    assert (await http.edit_my_member(99, bio="b" * 400))["bio"] == "b" * 400  # the limit itself is fine
+    assert emulator.guild_uploads == []
+
+
+async def test_the_member_route_429_is_waited_out_and_401_comes_before_the_body(emulator, stock_http):
+    http, answers = stock_http
+    await http.static_login(TOKEN)
+    emulator.force_429, emulator.retry_after_s = 1, 0.3
+    await http.edit_my_member(99, **member_fields(avatar=png()))
+    patches = [r["status"] for r in emulator.requests if r["method"] == "PATCH"]
+    assert patches == [429, 200] and len(emulator.guild_uploads) == 1
+    status, headers = answers[-2]
+    assert status == 429 and headers["Via"] == "1.1 google" and headers["X-RateLimit-Scope"] == "user"
+    assert headers["Retry-After"] == "1" and "99" in headers["X-RateLimit-Bucket"]
+    assert answers[-1][1]["X-RateLimit-Bucket"] == headers["X-RateLimit-Bucket"]  # one bucket per server
+
+    base = Route.BASE
+    async with aiohttp.ClientSession() as session:
+        for auth in (None, "Bot wrong-token"):
+            async with session.patch(f"{base}/guilds/99/members/@me", data=b"{not json",
+                                     headers={"Authorization": auth} if auth else {}) as r:
+                assert r.status == 401 and (await r.json())["message"] == "401: Unauthorized"
+    assert len(emulator.guild_uploads) == 1

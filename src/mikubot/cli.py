@@ -1,7 +1,7 @@
 """``mikubot``: the avatar pipeline from a terminal.
 
-    mikubot pfp change [--dry-run] [--source SPEC] [--candidates K] [--out FILE] [--json]
-    mikubot pfp history [--limit N] [--json]
+    mikubot pfp change [--dry-run] [--source SPEC] [--candidates K] [--out FILE] [--guild ID] [--json]
+    mikubot pfp history [--limit N] [--guild ID | --global] [--json]
     mikubot pfp restore ID [--dry-run] [--json]
     mikubot config show [--json]
     mikubot doctor [--json]
@@ -152,6 +152,8 @@ def _print_outcome(record: dict[str, Any], console: Console) -> None:
         size = record.get("avatar_size") or []
         console.print(f"[bold green]✅ avatar {how}:[/] {files.get('avatar')}  "
                       f"({'x'.join(map(str, size))}, {record.get('crop_method')} crop)", highlight=False)
+        profile = f"server {record['guild_id']} only (its own look)" if record.get("guild_id") else "global"
+        console.print(f"   profile:    {profile}", highlight=False)
         if files.get("annotated"):
             console.print(f"   annotated:  {files['annotated']}", highlight=False)
         if files.get("banner"):
@@ -175,18 +177,24 @@ def pfp_change(
     source: Optional[str] = typer.Option(None, "--source", help=SPEC_HELP),
     candidates: Optional[int] = typer.Option(None, "--candidates", "-k", min=1, max=20, help="K candidates to verify"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the avatar (and report, annotated image, banner) here"),
+    guild: Optional[int] = typer.Option(None, "--guild", min=1, help="change this server's own look (its "
+                                        "MIKU_GUILD_LOOKS entry; the bot's avatar, banner and bio there) instead "
+                                        "of the global profile"),
     as_json: bool = typer.Option(False, "--json", help="print the change record as JSON"),
 ) -> None:
     """Change the avatar: search → download → verify → reserve → detect → crop → upload → record."""
     from mikubot.pipeline import AvatarPipeline
 
-    settings = _settings(source=source, candidates=candidates)
+    settings = _settings(candidates=candidates)
+    if guild is not None and settings.look_for(guild) is None:
+        _die(f"server {guild} has no look of its own: add it to MIKU_GUILD_LOOKS (configured: "
+             f"{', '.join(map(str, settings.guild_looks)) or 'none'})")
     console = Console(stderr=as_json)
     bus = EventBus()
 
     async def go() -> dict[str, Any]:
         async with AvatarPipeline(settings, bus=bus) as pipeline:
-            return await pipeline.change(dry_run=True if dry_run else None, out=out)
+            return await pipeline.change(source=source, dry_run=True if dry_run else None, out=out, guild_id=guild)
 
     try:
         record = _run_with_board(go, bus, console)
@@ -204,11 +212,15 @@ def pfp_change(
 @pfp.command("history")
 def pfp_history(
     limit: int = typer.Option(20, "--limit", "-n", min=1, max=1000),
+    guild: Optional[int] = typer.Option(None, "--guild", min=1, help="only this server's own looks"),
+    global_only: bool = typer.Option(False, "--global", help="only changes of the global profile"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """The latest changes, newest first."""
+    """The latest changes, newest first (every profile unless --guild or --global)."""
+    if guild is not None and global_only:
+        _die("--guild and --global exclude each other")
     settings = _settings()
-    rows = History(settings.history_path).list(limit)
+    rows = History(settings.history_path).list(limit, scope=guild if guild is not None else None if global_only else "all")
     if as_json:
         for r in rows:
             r.pop("events", None)
@@ -219,7 +231,7 @@ def pfp_history(
         console.print(f"no changes yet in {settings.history_path}")
         return
     table = Table(show_edge=False)
-    for col in ("id", "status", "started", "source", "crop", "note", "avatar"):
+    for col in ("id", "status", "started", "profile", "source", "crop", "note", "avatar"):
         table.add_column(col, overflow="fold")
     for r in rows:
         style = {"applied": "green", "dry-run": "cyan", "failed": "red", "running": "yellow"}[r["status"]]
@@ -227,7 +239,8 @@ def pfp_history(
         note = r["error"] or r["description"] or ""
         if r["restored_from"]:
             note = f"restore of {r['restored_from']}" + (f": {r['error']}" if r["error"] else "")
-        table.add_row(str(r["id"]), f"[{style}]{r['status']}[/]", r["started_at"], source, r["crop_method"] or "",
+        profile = f"server {r['guild_id']}" if r.get("guild_id") is not None else "global"
+        table.add_row(str(r["id"]), f"[{style}]{r['status']}[/]", r["started_at"], profile, source, r["crop_method"] or "",
                       note[:80], r["avatar_path"] or "")
     console.print(table)
 
@@ -258,6 +271,8 @@ def pfp_restore(
         console.print(f"[bold red]❌ restore of change {change_id} failed:[/] {record['error']}", highlight=False)
     else:
         how = "applied to Discord" if record["status"] == "applied" else "dry run: Discord not called"
+        if record.get("guild_id"):
+            how += f" (server {record['guild_id']} only)"
         console.print(f"[bold green]✅ avatar of change {change_id} {how}:[/] {record['avatar_path']} "
                       f"(recorded as change {record['id']})", highlight=False)
         if record.get("banner_path") or record.get("banner_reason"):
@@ -279,7 +294,7 @@ def config_show(as_json: bool = typer.Option(False, "--json")) -> None:
     table.add_column("environment")
     for name, value in values.items():
         env = "FACE_DETECTOR_URL" if name == "face_detector_url" else f"MIKU_{name.upper()}"
-        shown = "(unset)" if value is None else json.dumps(value) if isinstance(value, list) else str(value)
+        shown = "(unset)" if value is None else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
         table.add_row(name, shown, env)
     console = Console()
     console.print(table)

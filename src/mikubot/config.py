@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -44,6 +44,58 @@ DAILY_TIME = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
 class ConfigFileError(ValueError):
     """The file named by MIKU_CONFIG is missing or cannot be read."""
+
+
+SOURCE_SPEC = re.compile(r"^(danbooru|safebooru|gelbooru|(local|file|url):\S.*)$", re.IGNORECASE)
+
+
+class GuildLook(BaseModel):
+    """One server's own look (``MIKU_GUILD_LOOKS``): what its per-server avatar is made from. Every field
+    left out is the global setting of the same name; ``bio_credit`` puts the credit line in the bot's bio
+    there (Discord's per-server bio)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str | None = Field(None, description="danbooru | safebooru | gelbooru | local:DIR | url:URL | file:PATH")
+    character_tag: str | None = Field(None, description="the booru tag searched for in this server")
+    character_name: str | None = None
+    hair_colours: list[str] | None = None
+    bio_credit: bool = Field(True, description="set the server bio to the credit line (artist and source link)")
+
+    @field_validator("source")
+    @classmethod
+    def _spec(cls, v: str | None) -> str | None:
+        if v is not None and not SOURCE_SPEC.match(v.strip()):
+            raise ValueError(f"source must be danbooru, safebooru, gelbooru, local:DIR, url:URL or file:PATH, not {v!r}")
+        return v.strip() if v is not None else None
+
+    @field_validator("character_tag")
+    @classmethod
+    def _tag(cls, v: str | None) -> str | None:
+        return None if v is None else SourceSettings._source_tag(v)
+
+    @field_validator("character_name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("character_name is empty")
+        return v.strip() if v is not None else None
+
+    @field_validator("hair_colours")
+    @classmethod
+    def _hair(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else _hex_colours(v)
+
+    def overrides(self) -> dict[str, Any]:
+        """The settings this look replaces (its fields that are set, ``bio_credit`` aside)."""
+        return {k: v for k, v in self.model_dump(exclude={"bio_credit"}).items() if v is not None}
+
+
+def _hex_colours(v: list[str]) -> list[str]:
+    bad = [c for c in v if not isinstance(c, str) or not HEX_COLOUR.match(c)]
+    if bad:
+        raise ValueError(f"hair colours must be #rrggbb, not {', '.join(map(str, bad))}")
+    return ["#" + c.lstrip("#").lower() for c in v]
 
 
 class Settings(SourceSettings, BaseSettings):
@@ -119,6 +171,10 @@ class Settings(SourceSettings, BaseSettings):
     rotate_every_h: float | None = Field(None, gt=0, description="scheduled change every N hours")
     rotate_at: str | None = Field(None, description="scheduled change daily at HH:MM (local time)")
     rotate_jitter_min: float = Field(30.0, ge=0, description="scheduled changes start up to this many minutes late")
+    guild_looks: Annotated[dict[int, GuildLook], NoDecode] = Field(
+        default_factory=dict, description="a look per server: {guild id: {source, character_tag, character_name, "
+        "hair_colours, bio_credit}} (JSON in the environment); /pfp change there changes that server's avatar "
+        "and bio only; any other server: the global profile")
 
     # --- web panel ----------------------------------------------------------------------------------------
     web_token: SecretStr | None = None
@@ -157,10 +213,26 @@ class Settings(SourceSettings, BaseSettings):
     @field_validator("hair_colours")
     @classmethod
     def _colours(cls, v: list[str]) -> list[str]:
-        bad = [c for c in v if not HEX_COLOUR.match(c)]
+        return _hex_colours(v)
+
+    @field_validator("guild_looks", mode="before")
+    @classmethod
+    def _looks(cls, v: Any) -> Any:
+        # The environment gives JSON text; the file a mapping. Keys are guild ids.
+        if v is None or (isinstance(v, str) and not v.strip()):
+            return {}
+        if isinstance(v, str):
+            try:
+                v = json.loads(v)
+            except ValueError as exc:
+                raise ValueError(f"guild_looks is not valid JSON ({exc})") from None
+        if not isinstance(v, dict):  # a ValueError: pydantic reports it as invalid input (a TypeError it does not)
+            raise ValueError("guild_looks must map server (guild) ids to looks, e.g. "  # noqa: TRY004
+                             '{"123456789012345678": {"source": "local:art/server", "bio_credit": true}}')
+        bad = [k for k in v if not str(k).strip().isdigit() or int(k) <= 0]
         if bad:
-            raise ValueError(f"hair colours must be #rrggbb, not {', '.join(bad)}")
-        return ["#" + c.lstrip("#").lower() for c in v]
+            raise ValueError(f"guild_looks keys must be Discord server ids (numbers), not {', '.join(map(repr, bad))}")
+        return {int(k): look for k, look in v.items()}
 
     @field_validator("discord_token", "web_token", mode="before")
     @classmethod
@@ -219,6 +291,15 @@ class Settings(SourceSettings, BaseSettings):
             return True, "dry run: no MIKU_DISCORD_TOKEN"
         return False, None
 
+    def look_for(self, guild_id: int | None) -> GuildLook | None:
+        """The configured look of ``guild_id``; None for the global profile and any server without one."""
+        return self.guild_looks.get(guild_id) if guild_id is not None else None
+
+    def for_guild(self, guild_id: int | None) -> Settings:
+        """These settings with ``guild_id``'s look applied (itself when that server has none)."""
+        look = self.look_for(guild_id)
+        return self.model_copy(update=look.overrides()) if look is not None else self
+
     @property
     def history_path(self) -> Path:
         return self.data_dir / "history.sqlite3"
@@ -236,6 +317,8 @@ class Settings(SourceSettings, BaseSettings):
                 value = "**********"
             elif isinstance(value, Path):
                 value = str(value)
+            elif name == "guild_looks":
+                value = {str(k): look.model_dump(exclude_none=True) for k, look in value.items()}
             out[name] = scrub(value)  # a URL's user:password@ is a secret too
         return out
 

@@ -103,8 +103,12 @@ class ChangeLocked(HistoryError):
 
 INSTANCE_ID = uuid.uuid4().hex  # this process; rows it owns are never "recovered" by it
 LOCK_FILE = "change.lock"
+# Columns added after the first schema. ``guild_id``: the server whose own look the change set (NULL: the
+# global profile).
 MIGRATIONS = {"owner_instance": "TEXT", "owner_boot": "TEXT",  # columns added after the first schema
-              "banner_path": "TEXT", "banner_box": "TEXT", "banner_reason": "TEXT", "banner_size": "TEXT"}
+              "banner_path": "TEXT", "banner_box": "TEXT", "banner_reason": "TEXT", "banner_size": "TEXT",
+              "guild_id": "INTEGER"}
+ALL_SCOPES = "all"  # ``list``'s default: the global profile's changes and every server's
 
 
 def boot_id() -> str:
@@ -150,8 +154,10 @@ class History:
             db.close()
 
     # --- life of a change --------------------------------------------------------------------------------
-    def start(self, source_spec: str, *, dry_run: bool, restored_from: int | None = None) -> int:
+    def start(self, source_spec: str, *, dry_run: bool, restored_from: int | None = None,
+              guild_id: int | None = None) -> int:
         """Insert a ``running`` row, holding the data directory's change lock until ``finish``.
+        ``guild_id``: the server whose look it changes (None: the global profile).
 
         Raises ``ChangeLocked`` when another process runs a change on this data directory.
         """
@@ -161,9 +167,9 @@ class History:
             with self._tx() as db:
                 cur = db.execute(
                     "INSERT INTO changes (status, started_at, source_spec, dry_run, restored_from, owner_host,"
-                    " owner_pid, owner_instance, owner_boot) VALUES ('running', ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " owner_pid, owner_instance, owner_boot, guild_id) VALUES ('running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (_now(), strip_userinfo(source_spec), int(dry_run), restored_from, socket.gethostname(),
-                     os.getpid(), INSTANCE_ID, boot_id()),
+                     os.getpid(), INSTANCE_ID, boot_id(), guild_id),
                 )
                 change_id = int(cur.lastrowid)
             self._holding.add(change_id)
@@ -264,10 +270,13 @@ class History:
             row = db.execute("SELECT * FROM changes WHERE id = ?", (change_id,)).fetchone()
         return _decode(row) if row else None
 
-    def list(self, limit: int = 20, offset: int = 0) -> list[dict[str, Any]]:
+    def list(self, limit: int = 20, offset: int = 0, *, scope: int | None | str = ALL_SCOPES) -> list[dict[str, Any]]:
+        """Newest first. ``scope``: ``"all"``, None (the global profile's changes only) or a server's id."""
         limit, offset = max(0, min(limit, SQLITE_MAX)), max(0, min(offset, SQLITE_MAX))
+        where, args = _scope_filter(scope)
         with self._tx() as db:
-            rows = db.execute("SELECT * FROM changes ORDER BY id DESC LIMIT ? OFFSET ?", (limit, offset)).fetchall()
+            rows = db.execute(f"SELECT * FROM changes{where} ORDER BY id DESC LIMIT ? OFFSET ?",
+                              (*args, limit, offset)).fetchall()
         return [_decode(r) for r in rows]
 
     def restorable(self, change_id: int) -> Path:
@@ -294,6 +303,16 @@ class History:
         with self._tx() as db:
             rows = db.execute("SELECT key FROM used_posts WHERE source = ?", (source,)).fetchall()
         return {r["key"] for r in rows}
+
+
+def _scope_filter(scope: int | None | str) -> tuple[str, tuple[Any, ...]]:
+    if scope == ALL_SCOPES:
+        return "", ()
+    if scope is None:
+        return " WHERE guild_id IS NULL", ()
+    if isinstance(scope, bool) or not isinstance(scope, int) or not SQLITE_MIN <= scope <= SQLITE_MAX:
+        raise ValueError(f"scope must be {ALL_SCOPES!r}, None (the global profile) or a server id, not {scope!r}")
+    return " WHERE guild_id = ?", (scope,)
 
 
 def _decode(row: sqlite3.Row) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from mikubot.crop import (
 from mikubot.detection import FaceFinder, FaceResult, InProcessDetector
 from mikubot.discord_rest import DiscordError
 from mikubot.events import ChangeEvents, EventBus
+from mikubot.guild_profile import credit_bio, set_guild_look
 from mikubot.history import History
 from mikubot.outputs import (candidate_thumbnail, ChangeFiles, annotated_source, prune_candidate_pictures,
                              write_change_files, write_report)
@@ -254,19 +255,21 @@ class AvatarPipeline:
         await self.aclose()
 
     # --- construction helpers ------------------------------------------------------------------------------
-    def make_source(self, spec: str) -> Source:
+    def make_source(self, spec: str, settings: Settings | None = None) -> Source:
         # Every source setting, straight from Settings (they share one model), plus the shared client.
-        return source_from_spec(spec, **{**self.settings.source_settings(), "http": self.http, **self.source_options})
+        # ``settings``: a server's look (``Settings.for_guild``); by default the global ones.
+        s = settings or self.settings
+        return source_from_spec(spec, **{**s.source_settings(), "http": self.http, **self.source_options})
 
-    def make_verifier(self) -> Verifier:
-        s = self.settings
+    def make_verifier(self, settings: Settings | None = None) -> Verifier:
+        s = settings or self.settings
         if s.llama_swap_url:
             return VisionVerifier(s.llama_swap_url, s.vision_model, s.character_name, http=self.http,
                                   timeout_s=s.vision_timeout_s)
-        return self.heuristic()
+        return self.heuristic(s)
 
-    def heuristic(self) -> HeuristicVerifier:
-        s = self.settings
+    def heuristic(self, settings: Settings | None = None) -> HeuristicVerifier:
+        s = settings or self.settings
         return HeuristicVerifier(s.character_name, s.character_tag, s.hair_colours, self._hair_detector.get(),
                                  tolerance=s.hair_tolerance)
 
@@ -313,12 +316,15 @@ class AvatarPipeline:
         candidates: int | None = None,
         dry_run: bool | None = None,
         out: Path | None = None,
+        guild_id: int | None = None,
     ) -> dict[str, Any]:
         """Run one change; returns its record (see record.py). Never raises for a failed change — the
-        record's ``status`` is "failed" and ``error`` says why — only for bugs and cancellation."""
+        record's ``status`` is "failed" and ``error`` says why — only for bugs and cancellation.
+        ``guild_id``: change that server's own look (its configured source and character; the bot's
+        member there), not the global profile."""
         async with self._lock:
-            spec = source or self.settings.source
-            change = Change.begin(self, spec, dry_run)
+            spec = source or self.settings.for_guild(guild_id).source
+            change = Change.begin(self, spec, dry_run, guild_id=guild_id)
             work = change.find_and_apply(candidates or self.settings.candidates, out)
             return await change.conclude(self._within_deadline(change, work))
 
@@ -327,7 +333,8 @@ class AvatarPipeline:
         async with self._lock:
             path = self.history.restorable(change_id)
             earlier = self.history.get(change_id) or {}
-            change = Change.begin(self, f"restore:{change_id}", dry_run, restored_from=change_id, credit=earlier)
+            change = Change.begin(self, f"restore:{change_id}", dry_run, restored_from=change_id, credit=earlier,
+                                  guild_id=earlier.get("guild_id"))  # a server's look goes back to that server
             return await change.conclude(change.reapply(path, change_id, *self._restorable_banner(earlier)))
 
     def _restorable_banner(self, earlier: dict[str, Any]) -> tuple[Path | None, str | None]:
@@ -348,9 +355,10 @@ class Change:
     and the one way it ends (``conclude``)."""
 
     def __init__(self, pipeline: AvatarPipeline, change_id: int, spec: str, dry_run: bool, dry_reason: str | None,
-                 credit: dict[str, Any] | None = None) -> None:
+                 credit: dict[str, Any] | None = None, guild_id: int | None = None) -> None:
         self.pipeline = pipeline
-        self.settings = pipeline.settings
+        self.guild_id = guild_id  # None: the global profile
+        self.settings = pipeline.settings.for_guild(guild_id)
         self.id = change_id
         self.spec = spec
         self.dry_run, self.dry_reason = dry_run, dry_reason
@@ -375,11 +383,11 @@ class Change:
 
     @classmethod
     def begin(cls, pipeline: AvatarPipeline, spec: str, dry_run: bool | None, *, restored_from: int | None = None,
-              credit: dict[str, Any] | None = None) -> Change:
+              credit: dict[str, Any] | None = None, guild_id: int | None = None) -> Change:
         """Write the ``running`` row; from here on, ``conclude`` must finish it."""
         dry, why = pipeline._dry_run(dry_run)
-        change_id = pipeline.history.start(spec, dry_run=dry, restored_from=restored_from)
-        return cls(pipeline, change_id, spec, dry, why, credit)
+        change_id = pipeline.history.start(spec, dry_run=dry, restored_from=restored_from, guild_id=guild_id)
+        return cls(pipeline, change_id, spec, dry, why, credit, guild_id)
 
     @property
     def default_report(self) -> Path:
@@ -443,7 +451,7 @@ class Change:
         crop = chosen.crop if chosen else None
         looks = self._looks(chosen) if chosen else {k: self.earlier.get(k) for k in _LOOKS}
         return ChangeRecord(
-            id=self.id, status=status, dry_run=self.dry_run, source=self._credit(),
+            id=self.id, status=status, dry_run=self.dry_run, guild_id=self.guild_id, source=self._credit(),
             face_inside_circle=face_in_circle(crop.face.bbox, crop.box)[0] if crop and crop.face else None,
             avatar_size=[crop.image.width, crop.image.height] if crop else None,
             fallbacks=self.fallbacks, detector_backend=self.detector_backend or self.earlier.get("detector_backend"),
@@ -520,7 +528,7 @@ class Change:
     async def search(self, spec: str, k: int) -> tuple[Source, list[Candidate]]:
         with self.stage("search", spec=spec, limit=k):
             try:
-                src = self.pipeline.make_source(spec)
+                src = self.pipeline.make_source(spec, self.settings)
                 exclude = self.pipeline.history.used_keys(src.name)
                 found = await src.search(k, exclude)
             except SourceError as exc:
@@ -539,7 +547,7 @@ class Change:
         until the probe shows it free) while the pictures download — neither needs the other, and the unload
         is the long pole. So the two stages run as two tasks; the verify stage starts inside the download
         stage (the download task is created first, so it starts first) and ends after it."""
-        verifier = self.pipeline.make_verifier()
+        verifier = self.pipeline.make_verifier(self.settings)
         self.verifier = verifier.method
         prepare = verifier.request_body if isinstance(verifier, VisionVerifier) else None
         downloading = asyncio.create_task(self.download(src, found, prepare))
@@ -656,7 +664,7 @@ class Change:
     def _fall_back_to_heuristic(self, reason: str) -> Verifier:
         self.fall_back("verify", "heuristic", reason)
         self.verifier = "heuristic"
-        return self.pipeline.heuristic()
+        return self.pipeline.heuristic(self.settings)
 
     async def detect(self, survivors: list[Pick]) -> None:
         """Reserve + detect: one detector reservation for all survivors; fills each pick's ``faces``."""
@@ -753,23 +761,33 @@ class Change:
 
     # --- upload: shared by a change and a restore -------------------------------------------------------------------
     async def apply(self, png: bytes, written: Path, *, banner: bytes | None = None, **detail: Any) -> None:
-        """The upload stage: the avatar (and the banner, in the same request) to Discord, or (dry run) only
-        where they were written."""
-        with self.stage("upload", dry_run=self.dry_run, **({"banner": True} if banner is not None else {}), **detail):
+        """The upload stage: the avatar (and the banner, in the same request) to Discord — to one server's
+        own look when the change is for a server — or (dry run) only where they were written."""
+        scope = {"guild_id": self.guild_id} if self.guild_id is not None else {}
+        with self.stage("upload", dry_run=self.dry_run, **({"banner": True} if banner is not None else {}), **scope,
+                        **detail):
             if self.dry_run:
-                self.upload = {"skipped": self.dry_reason, "written": str(written)}
+                self.upload = {"skipped": self.dry_reason, "written": str(written), **scope}
                 banner_file = {"banner": self.files["banner"]} if banner is not None and self.files.get("banner") else {}
                 self.upload.update(banner_file)
                 self.events.emit("upload", "skip", reason=self.dry_reason, avatar=str(written), **banner_file)
                 return
             try:
-                result = await set_avatar(self.settings, png, banner)
+                if self.guild_id is not None:
+                    result = await set_guild_look(self.settings, self.guild_id, png, bio=self._bio(), banner=banner)
+                else:
+                    result = await set_avatar(self.settings, png, banner)
             except DiscordError as exc:
                 self.upload = {"error": exc.message, "status_code": exc.status_code, "retryable": exc.retryable,
                                "kept": str(self.kept_avatar)}
                 raise ChangeFailed("upload", exc.message) from None
             self.upload = result.to_json()
             self.uploaded = True
+
+    def _bio(self) -> str | None:
+        """A server's bio: the credit line when its look asks for one (None leaves the bio as it is)."""
+        look = self.pipeline.settings.look_for(self.guild_id)
+        return credit_bio(self._credit().model_dump()) if look is not None and look.bio_credit else None
 
 
 _LOOKS = ("face_box", "crop_box", "crop_method", "crop_reason", "verification", "description")

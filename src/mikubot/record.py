@@ -35,6 +35,7 @@ class ChangeRecord(BaseModel):
     id: int
     status: FinalStatus
     dry_run: bool
+    guild_id: int | None = Field(None, description="the server whose own look this changed; None: the global profile")
     source: Credit
     face_box: list[float] | None = None
     crop_box: list[float] | None = None

@@ -92,9 +92,11 @@ class ChangeRunner:
         return self._finished.get(change_id)
 
     async def start_change(self, *, source: str | None = None, candidates: int | None = None,
-                           dry_run: bool | None = None) -> RunningChange:
-        """Start a change and return once it has an id. Raises ``ChangeBusy`` if one is running."""
-        return await self._start("change", lambda: self.pipeline.change(source=source, candidates=candidates, dry_run=dry_run))
+                           dry_run: bool | None = None, guild_id: int | None = None) -> RunningChange:
+        """Start a change and return once it has an id. Raises ``ChangeBusy`` if one is running.
+        ``guild_id``: change that server's own look instead of the global profile."""
+        return await self._start("change", lambda: self.pipeline.change(source=source, candidates=candidates,
+                                                                        dry_run=dry_run, guild_id=guild_id))
 
     async def start_restore(self, change_id: int, *, dry_run: bool | None = None) -> RunningChange:
         """Start re-applying an earlier change's avatar. An unknown id or a missing avatar file raises

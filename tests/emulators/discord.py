@@ -22,6 +22,17 @@ Current User", Resources › Message, Interactions › Receiving and Responding)
   "retry_after": s, "global": false}``. ``GET /users/@me`` and ``GET /oauth2/applications/@me`` are
   what ``Client.login`` asks; ``PUT /applications/{app}[/guilds/{g}]/commands`` registers the slash
   commands (``CommandTree.sync``).
+- ``PATCH /guilds/{guild_id}/members/@me`` (Resources › Guild "Modify Current Member": ``avatar`` and
+  ``banner`` data URIs, ``bio``; what discord.py 2.7 sends from ``Member.edit`` through
+  ``HTTPClient.edit_my_member``): 401 without the bot token; 404 code 10004 "Unknown Guild" for a
+  server Discord does not know, 403 code 50001 "Missing Access" for one the bot is not in; each image
+  checked as the profile's above (``IMAGE_INVALID``, ``BINARY_TYPE_MAX_SIZE``; every bad field in one
+  50035); a ``bio`` over
+  ``max_bio_chars`` (400; the route's documentation gives no number, independent clients such as
+  twilight-http enforce 1..400 codepoints) is 50035 ``BASE_TYPE_MAX_LENGTH``. The route has its own
+  bucket per server (its major parameter), with the same headers and 429s as the avatar's; the answer is
+  the guild member object. Each server's member state (avatar and banner hashes, bio) is in
+  ``guild_members`` and on ``/_emulator/state``.
 - ``POST /channels/{id}/messages`` (JSON, or multipart ``payload_json`` + ``files[n]`` declared in
   ``attachments``), ``PATCH /guilds/{g}/roles/{r}`` (``color``), answered with Discord's message and
   role objects.
@@ -110,6 +121,14 @@ class DiscordControl:
     interactions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     known_channels: set[str] | None = None  # None: every channel exists
     commands: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # registered, by guild id ("" global)
+    # Servers: the bot is a member of ``member_guilds``; ``other_guilds`` exist without it (403); any other id
+    # is unknown (404). ``guild_members``: the bot's own member state per server, ``guild_uploads`` each image.
+    member_guilds: set[str] = field(default_factory=lambda: {"99"})
+    other_guilds: set[str] = field(default_factory=set)
+    guild_members: dict[str, dict[str, Any]] = field(default_factory=dict)
+    guild_uploads: list[tuple[str, str, UploadedAvatar]] = field(default_factory=list)  # (guild, field, image)
+    max_bio_chars: int = 400
+    _member_buckets: dict[str, list[float]] = field(default_factory=dict)  # guild -> [window start, used]
     _bucket_start: float = 0.0
     _bucket_used: int = 0
     _avatar_times: list[float] = field(default_factory=list)
@@ -135,6 +154,17 @@ class DiscordControl:
             "uploads": len(self.uploads), "avatar": self.avatar_hash, "banners": len(self.banners),
             "banner": self.banner_hash, "requests": self.requests[-50:],
             "force_429": self.force_429, "force_status_count": self.force_status_count,
+            "member_guilds": sorted(self.member_guilds), "guild_members": self.guild_members,
+        }
+
+    def member(self, guild_id: str) -> dict[str, Any]:
+        """The bot's guild member object in ``guild_id`` (Resources › Guild › Guild Member Object)."""
+        state = self.guild_members.get(guild_id, {})
+        return {
+            "user": self.user(), "nick": None, "avatar": state.get("avatar"), "banner": state.get("banner"),
+            "bio": state.get("bio", ""), "roles": [], "joined_at": "2024-01-01T00:00:00.000000+00:00",
+            "premium_since": None, "deaf": False, "mute": False, "flags": 0, "pending": False,
+            "communication_disabled_until": None,
         }
 
 
@@ -195,13 +225,13 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
     def authorised(request: Request) -> bool:
         return request.headers.get("authorization") == f"Bot {ctl.token}"
 
-    def bucket_headers(remaining: int, reset_after: float) -> dict[str, str]:
+    def bucket_headers(remaining: int, reset_after: float, bucket: str = "b3a0f4c1e2d5users@me") -> dict[str, str]:
         return {
             "X-RateLimit-Limit": str(ctl.bucket_limit),
             "X-RateLimit-Remaining": str(max(0, remaining)),
             "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}",
             "X-RateLimit-Reset-After": f"{reset_after:.3f}",
-            "X-RateLimit-Bucket": "b3a0f4c1e2d5users@me",
+            "X-RateLimit-Bucket": bucket,
         }
 
     def rate_limited(retry_after: float, headers: dict[str, str], *, is_global: bool = False) -> JSONResponse:
@@ -353,6 +383,72 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
                 ctl.banner_removed = True
         log(request, 200)
         return JSONResponse(ctl.user(), headers=headers)
+
+    @app.patch("/api/v10/guilds/{guild_id}/members/@me")
+    async def patch_my_member(guild_id: str, request: Request) -> JSONResponse:
+        refused = await refuse(request)
+        if refused is not None:
+            return refused
+        if guild_id not in ctl.member_guilds:
+            known = guild_id in ctl.other_guilds
+            log(request, 403 if known else 404)
+            return (JSONResponse({"message": "Missing Access", "code": 50001}, status_code=403) if known
+                    else JSONResponse({"message": "Unknown Guild", "code": 10004}, status_code=404))
+        now = time.monotonic()
+        with ctl.lock:  # the route's bucket, one per server (guild_id is its major parameter)
+            window = ctl._member_buckets.setdefault(guild_id, [now, 0])
+            if now - window[0] >= ctl.bucket_window_s:
+                window[:] = [now, 0]
+            reset_after = max(0.0, ctl.bucket_window_s - (now - window[0]))
+            bucket = f"c4b1e5d2f3a6guild{guild_id}members@me"
+            if ctl.force_429 > 0:
+                ctl.force_429 -= 1
+                log(request, 429)
+                return rate_limited(ctl.retry_after_s, bucket_headers(0, ctl.retry_after_s, bucket), is_global=ctl.global_429)
+            if window[1] >= ctl.bucket_limit:
+                log(request, 429)
+                return rate_limited(reset_after, bucket_headers(0, reset_after, bucket))
+            window[1] += 1
+            headers = bucket_headers(ctl.bucket_limit - int(window[1]), reset_after, bucket)
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            log(request, 400)
+            return JSONResponse({"message": "400: Bad Request", "code": 0}, status_code=400, headers=headers)
+        changes: dict[str, Any] = {}
+        images: list[tuple[str, UploadedAvatar]] = []
+        errors: dict[str, tuple[str, str]] = {}  # one 50035 names every bad field; nothing is kept then
+        for name, mimes, max_bytes in (("avatar", AVATAR_MIMES, ctl.max_avatar_bytes),
+                                       ("banner", BANNER_MIMES, ctl.max_banner_bytes)):
+            if name not in body:
+                continue
+            if body[name] is None:  # null removes the server's own image (the global one shows again)
+                changes[name] = None
+                continue
+            got = decode_image(body[name], mimes, max_bytes)
+            if isinstance(got, tuple):
+                errors[name] = got
+                continue
+            changes[name] = got.avatar_hash
+            images.append((name, got))
+        if "bio" in body:
+            bio = body["bio"]
+            if bio is not None and not isinstance(bio, str):
+                errors["bio"] = ("BASE_TYPE_BAD_TYPE", "Must be a string.")
+            elif bio is not None and len(bio) > ctl.max_bio_chars:
+                errors["bio"] = ("BASE_TYPE_MAX_LENGTH", f"Must be {ctl.max_bio_chars} or fewer in length.")
+            else:
+                changes["bio"] = bio or ""
+        if errors:
+            log(request, 400)
+            return _form_errors(errors)
+        with ctl.lock:
+            ctl.guild_members.setdefault(guild_id, {}).update(changes)
+            ctl.guild_uploads.extend((guild_id, name, image) for name, image in images)
+        log(request, 200)
+        return JSONResponse(ctl.member(guild_id), headers=headers)
 
     async def message_body(request: Request, *, allow_empty: bool = False
                            ) -> tuple[dict[str, Any], list[dict[str, Any]]] | JSONResponse:
@@ -516,7 +612,8 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
         changes = await request.json()
         allowed = {"force_429", "retry_after_s", "global_429", "send_via", "force_status", "force_status_count", "delay_s",
                    "avatar_delay_s",
-                   "avatar_changes_allowed", "bucket_limit", "bucket_window_s", "max_avatar_bytes", "max_banner_bytes"}
+                   "avatar_changes_allowed", "bucket_limit", "bucket_window_s", "max_avatar_bytes", "max_banner_bytes",
+                   "max_bio_chars"}
         for k, v in changes.items():
             if k in allowed:
                 setattr(ctl, k, v)

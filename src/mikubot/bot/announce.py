@@ -31,6 +31,8 @@ class AfterChange:
     async def __call__(self, record: dict[str, Any]) -> None:
         if record.get("status") != "applied":
             return  # dry runs and failures change nothing anyone can see
+        if record.get("guild_id") is not None:
+            return  # one server's own look: the global avatar (announced, coloured) did not change
         outcome: dict[str, Any] = {"change_id": record.get("id")}
         s = self.settings
         announce = s.announce_channel_id is not None

@@ -65,9 +65,14 @@ def pfp_group(state: BotState) -> app_commands.Group:
     )
 
     @group.command(name="change", description="Find new art, crop around the face and make it the avatar")
-    @app_commands.describe(source="danbooru, safebooru, gelbooru or url:https://… (default: the configured source)")
-    async def change(interaction: discord.Interaction, source: str | None = None) -> None:
-        await commands.pfp_change(InteractionContext(interaction), state, source)
+    @app_commands.describe(source="danbooru, safebooru, gelbooru or url:https://… (default: the configured source)",
+                           scope="this server's own look, or the profile everywhere (default: this server's "
+                           "where it has a look of its own)")
+    @app_commands.choices(scope=[app_commands.Choice(name="this server", value="server"),
+                                 app_commands.Choice(name="global profile", value="global")])
+    async def change(interaction: discord.Interaction, source: str | None = None,
+                     scope: app_commands.Choice[str] | None = None) -> None:
+        await commands.pfp_change(InteractionContext(interaction), state, source, scope.value if scope else None)
 
     @group.command(name="restore", description="Apply an earlier avatar again")
     @app_commands.describe(change_id="the change's number, from /pfp history")

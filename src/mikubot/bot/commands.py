@@ -1,9 +1,14 @@
 """The /pfp command handlers: plain async functions over a ``CommandContext``.
 
-``/pfp change [source]`` and ``/pfp restore <id>`` start a change through the shared ``ChangeRunner``,
+``/pfp change [source] [scope]`` and ``/pfp restore <id>`` start a change through the shared ``ChangeRunner``,
 then keep editing the deferred answer as stage events arrive (at most one edit per ``edit_interval_s``:
 Discord rate-limits webhook edits) and finish with the result and the avatar. ``/pfp status`` and
 ``/pfp history`` only read. Every command is admin-only (``mikubot.bot.admin``).
+
+``scope`` says which profile a change sets: ``server`` (the server's own look, where
+``MIKU_GUILD_LOOKS`` configures one: its source and character, the bot's avatar and bio in that server
+only) or ``global`` (the bot's profile everywhere). Left out, it is ``server`` in a server with a look
+of its own and ``global`` anywhere else — what ``/pfp change`` always meant there.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from mikubot.bot.admin import NOT_ADMIN, is_admin
 from mikubot.bot.context import CommandContext
 from mikubot.bot.messages import StageProgress, clip, history_text, result_text
 from mikubot.bot.schedule import RotationScheduler
+from mikubot.config import Settings
 from mikubot.events import ProgressEvent
 from mikubot.history import HistoryError
 from mikubot.runner import ChangeBusy, ChangeRunner, RunningChange
@@ -43,6 +49,25 @@ class BotState:
     @property
     def settings(self):  # noqa: ANN201 - mikubot.config.Settings
         return self.runner.pipeline.settings
+
+
+SCOPES = ("server", "global")
+
+
+def change_scope(invoker_guild: int | None, asked: str | None, settings: Settings) -> tuple[int | None, str | None]:
+    """The server whose look a change sets (None: the global profile), or why the asked scope cannot be."""
+    configured = settings.look_for(invoker_guild) is not None
+    scope = asked or ("server" if configured else "global")
+    if scope not in SCOPES:
+        return None, f"⚠️ scope is `server` or `global`, not `{scope}`."
+    if scope == "global":
+        return None, None
+    if invoker_guild is None:
+        return None, "⚠️ `scope: server` works inside a server only; here only the global profile can change."
+    if not configured:
+        return None, ("⚠️ This server has no look of its own: add it to MIKU_GUILD_LOOKS (its source and character), "
+                      "or use `scope: global` to change the bot's profile everywhere.")
+    return invoker_guild, None
 
 
 def source_allowed(source: str) -> bool:
@@ -97,16 +122,22 @@ async def _edit_quietly(ctx: CommandContext, content: str) -> None:
         log.warning("progress edit failed: %s", exc)
 
 
-async def pfp_change(ctx: CommandContext, state: BotState, source: str | None = None) -> dict[str, Any] | None:
+async def pfp_change(ctx: CommandContext, state: BotState, source: str | None = None,
+                     scope: str | None = None) -> dict[str, Any] | None:
     if not await _admin_or_refuse(ctx, state):
         return None
     if source is not None and source.strip() and not source_allowed(source):
         await ctx.refuse(clip(f"⚠️ `{source}` is not a source you can pick from Discord: use danbooru, safebooru, "
                               "gelbooru or url:https://…, or leave it out for the configured default."))
         return None
+    guild_id, why_not = change_scope(ctx.invoker.guild_id, scope, state.settings)
+    if why_not is not None:
+        await ctx.refuse(clip(why_not))
+        return None
     await ctx.defer()
     try:
-        handle = await state.runner.start_change(source=source.strip() if source and source.strip() else None)
+        handle = await state.runner.start_change(source=source.strip() if source and source.strip() else None,
+                                                 guild_id=guild_id)
     except ChangeBusy as exc:
         await ctx.edit(f"⏳ {exc}. `/pfp status` shows how far it is.")
         return None

@@ -21,13 +21,14 @@ from mikubot.discord_rest import discord_errors, webhooks_of
 
 @dataclass(frozen=True)
 class Invoker:
-    """The person behind a command: their id, their roles in the server (empty in a DM) and whether
-    they hold Manage Server (or Administrator) there."""
+    """The person behind a command: their id, their roles in the server (empty in a DM), whether
+    they hold Manage Server (or Administrator) there, and the server (None in a DM)."""
 
     user_id: int
     role_ids: frozenset[int] = field(default_factory=frozenset)
     manage_guild: bool = False
     name: str = ""
+    guild_id: int | None = None
 
 
 def invoker_of(interaction: discord.Interaction) -> Invoker:
@@ -40,7 +41,7 @@ def invoker_of(interaction: discord.Interaction) -> Invoker:
         roles = frozenset(r.id for r in user.roles if not r.is_default())
         perms = interaction.permissions
         manage = perms.manage_guild or perms.administrator
-    return Invoker(user_id=user.id, role_ids=roles, manage_guild=manage, name=str(user))
+    return Invoker(user_id=user.id, role_ids=roles, manage_guild=manage, name=str(user), guild_id=interaction.guild_id)
 
 
 class CommandContext(Protocol):

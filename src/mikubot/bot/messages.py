@@ -93,6 +93,12 @@ def credit(record: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
+def scope_text(record: dict[str, Any]) -> str:
+    """Which profile a change is for: one server's own look, or the bot's profile everywhere."""
+    guild = record.get("guild_id")
+    return f"this server's look only (server {guild}; the global profile is unchanged)" if guild else "global profile"
+
+
 def result_text(record: dict[str, Any]) -> str:
     status = record.get("status", "failed")
     rid = record.get("id")
@@ -101,7 +107,7 @@ def result_text(record: dict[str, Any]) -> str:
         kept = f"\nThe avatar is kept: `/pfp restore {rid}` applies it later." if record.get("avatar_path") else ""
         return clip(f"❌ Avatar change #{rid} failed at **{stage}**: {plain(record.get('error') or 'unknown error', 1200)}{kept}")
     head = "✅ New avatar applied" if status == "applied" else "📝 Dry run: avatar made but not applied"
-    lines = [f"{head} (#{rid})."]
+    lines = [f"{head} (#{rid}) — {scope_text(record)}."]
     if record.get("description"):
         lines.append(f"> {plain(record['description'])}")
     c = credit(record)
@@ -136,5 +142,7 @@ def history_text(rows: list[dict[str, Any]]) -> str:
         who = f" · {plain(r['artist'], 100)}" if r.get("artist") else ""
         page = f" · {link(r.get('page_url'))}" if link(r.get("page_url")) else ""
         restored = f" · restore of #{r['restored_from']}" if r.get("restored_from") else ""
-        lines.append(f"{STATUS_ICON.get(r.get('status', ''), '•')} **#{r['id']}** {r.get('status')} {when}{who}{restored}{page}")
+        server = f" · server {r['guild_id']}" if r.get("guild_id") else ""
+        lines.append(f"{STATUS_ICON.get(r.get('status', ''), '•')} **#{r['id']}** {r.get('status')} {when}{server}{who}"
+                     f"{restored}{page}")
     return clip("\n".join(lines))

@@ -145,10 +145,15 @@ async def events(request: Request, change_id: ChangeId) -> StreamingResponse:
 
 
 @router.get("/profile-picture/history", tags=["profile picture"])
-async def history(request: Request, limit: int = Query(20, ge=1, le=200), offset: int = Query(0, ge=0, le=SQLITE_MAX_INT)) -> dict[str, Any]:
+async def history(request: Request, limit: int = Query(20, ge=1, le=200), offset: int = Query(0, ge=0, le=SQLITE_MAX_INT),
+                  profile: str | None = Query(None, pattern=r"^(global|[1-9][0-9]{0,18})$",
+                                              description="only the global profile's changes (`global`) or one "
+                                              "server's (its id); unset: all")) -> dict[str, Any]:
     """The latest changes, newest first (without their event logs)."""
     p = panel(request)
-    rows = p.history.list(limit, offset)
+    if profile is not None and profile != "global" and int(profile) > SQLITE_MAX_INT:
+        raise HTTPException(422, f"{profile} is not a Discord server id")
+    rows = p.history.list(limit, offset, scope="all" if profile is None else None if profile == "global" else int(profile))
     return {"changes": [change_view(r, p.settings.avatars_dir, with_events=False) for r in rows],
             "limit": limit, "offset": offset}
 

@@ -49,11 +49,23 @@ async def root() -> RedirectResponse:
 @router.get("/actions/profile-picture", response_class=HTMLResponse)
 async def profile_picture(request: Request) -> Response:
     p = panel(request)
-    latest = p.history.list(1)
+    latest = p.history.list(1, scope=None)  # the global profile's; each server's look has its own card below
     cur = p.runner.current
     return templates.TemplateResponse(request, "profile_picture.html", _context(
         request, "profile-picture", latest_id=latest[0]["id"] if latest else None,
-        running_id=cur.change_id if cur else None, source=p.settings.source))
+        running_id=cur.change_id if cur else None, source=p.settings.source, server_looks=server_looks(p)))
+
+
+def server_looks(p: Any) -> list[dict[str, Any]]:
+    """One profile card per configured server (MIKU_GUILD_LOOKS): its look and its latest change."""
+    s = p.settings
+    cards = []
+    for guild_id, look in s.guild_looks.items():
+        rows = p.history.list(1, scope=guild_id)
+        cards.append({"guild_id": guild_id, "name": look.character_name or s.character_name,
+                      "source": look.source or s.source,
+                      "change": change_view(rows[0], s.avatars_dir, with_events=False) if rows else None})
+    return cards
 
 
 @router.get("/history", response_class=HTMLResponse)
