@@ -279,8 +279,8 @@ def encode_form(image: bytes) -> bytes:
 
 
 # ---- large bodies in flight ----
-LARGE_BYTES = 19 * 1000 * 1000  # the 19 MB uploads; under the detector's default 20 MiB limit
-PANEL_BODY = 60 * 1000 * 1000  # the 60 MB JSON body to POST /profile-picture/change
+LARGE_BYTES = 19 * 1000 * 1000  # 19 MB uploads, the hardening case; under the detector's default 20 MiB limit
+PANEL_BODY = 60 * 1000 * 1000  # a 60 MB JSON body to POST /profile-picture/change
 CHUNK = 256 * 1024
 
 

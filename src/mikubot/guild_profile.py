@@ -8,8 +8,8 @@ in that server instead of the global profile, which stays as it is. discord.py 2
 ``edit_my_member`` itself, with the image as the data URI discord.py's ``Member.edit`` makes.
 
 The bio carries the credit line: the artist and a link to the post, inert as Discord Markdown, within
-``BIO_MAX_CHARS``. Discord's documentation of the route gives no length; 400 characters is what the
-issue names and what independent clients enforce (twilight-http's ``UpdateCurrentMember::bio``:
+``BIO_MAX_CHARS``. Discord's documentation of the route gives no length; 400 characters is what
+independent clients enforce (twilight-http's ``UpdateCurrentMember::bio``:
 1 to 400 codepoints), so the emulator refuses more and the credit is cut to fit.
 """
 
