@@ -6,11 +6,15 @@ import subprocess
 import sys
 import textwrap
 
-from facedetect.memory import LARGE_PIXELS, release_after
+from facedetect.memory import LARGE_PIXELS, map_large_blocks, release_after
 
 
 def test_small_images_are_left_to_the_allocator() -> None:
     assert release_after(LARGE_PIXELS - 1) is False
+
+
+def test_glibc_takes_the_mmap_threshold() -> None:
+    assert map_large_blocks() is True  # this machine's Python runs on glibc
 
 
 def test_a_large_image_leaves_the_resident_size_near_where_it_started(tmp_path) -> None:

@@ -27,16 +27,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from facedetect.backends import create_detector
 from facedetect.backends.proposals import (
     MODEL_PATH,
     ProposalModel,
+    default_model,
     grey,
     make_hog,
     propose,
 )
-from facedetect.backends.twostage import TwoStage, suppress
+from facedetect.backends.twostage import TwoStage, propose_bounded, suppress
 from facedetect.errors import BackendUnavailable
 from facedetect.imageio import load_image
 
@@ -151,3 +153,20 @@ def test_describe_is_json() -> None:
     text = json.dumps(det.describe(), allow_nan=False)
     assert json.loads(text)["twostage"]["confirm_faces"] == [64.0, 56.0]
     assert json.loads(text)["face_filter"] is True  # the learned false-positive filter is on by default here too
+
+
+def test_a_large_image_is_downscaled_for_the_proposals(art_dir: Path) -> None:
+    """Above ``max_proposal_pixels`` the HOG pyramid runs on an area-downscaled copy (bounded time and
+    memory); the proposals are mapped back onto the full image, where the face still is."""
+    labels = json.loads((ROOT / "tests" / "labels" / "renpy.json").read_text())["images"]
+    sprite = Image.open(art_dir / "eileen happy.png").convert("RGB")
+    x1, y1, x2, y2 = labels["eileen happy.png"][0]
+    big = Image.new("RGB", (3000, 2000), (170, 190, 210))  # 6 Mpx
+    big.paste(sprite, (1200, 300))
+    truth = (x1 + 1200, y1 + 300, x2 + 1200, y2 + 300)
+    model = default_model()
+    bounded = TwoStage(max_proposal_pixels=1_500_000)  # proposals searched on a 1500x1000 copy
+    found = propose_bounded(model.detector(), grey(np.asarray(big)), model.threshold, bounded)
+    assert found and max(iou(p.box, truth) for p in found) >= 0.3
+    with pytest.raises(ValueError):
+        TwoStage(max_proposal_pixels=100)

@@ -20,7 +20,7 @@ from facedetect.annotate import annotate as draw_detections
 from facedetect.backends import Detector, create_detector
 from facedetect.errors import BackendUnavailable
 from facedetect.imageio import Limits, load_image
-from facedetect.memory import release_after
+from facedetect.memory import map_large_blocks, release_after
 from facedetect.outputs import OutputPaths, OutputStore
 from facedetect.settings import FaceDetectSettings
 from facedetect.types import Detection, DetectionResult, ImageInfo
@@ -113,6 +113,7 @@ class DetectionService:
         self.outputs = outputs
         self.min_confidence = min_confidence
         self._guard = _SharedExclusive()
+        map_large_blocks()  # large image buffers go back to the OS when freed (facedetect.memory)
 
     @classmethod
     def from_settings(cls, settings: FaceDetectSettings, *, outputs: OutputStore | None = None) -> "DetectionService":

@@ -32,6 +32,11 @@ CONFIRM_MARGIN = 0.6  # crop: the proposal box plus this share of its size on ea
 CONFIRM_MIN_SHARE = 0.75  # smallest window, share of the face: animeface's boxes are ~1.2x the labels'
 
 SAME_FACE_IOU = 0.3
+# The proposal stage searches at most this many pixels: a larger image is area-downscaled for it first. The
+# scenes it was tuned on are <= 2.6 Mpx, so they are searched at full resolution; in a 36-Mpx photo the
+# smallest face proposed is then ~3x larger (~75 px, 1 % of its width: no avatar material), and the HOG
+# pyramid's time and memory stay those of a 4-Mpx image instead of growing with the upload.
+MAX_PROPOSAL_PIXELS = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -51,10 +56,13 @@ class TwoStage:
     # Face widths (px) a proposal's crop is normalised to, tried in turn until animeface confirms it: one
     # resampling misses faces another finds (docs/detector-speed.md; chosen on scene-tune).
     confirm_faces: tuple[float, ...] = CONFIRM_FACES
+    max_proposal_pixels: int = MAX_PROPOSAL_PIXELS  # larger images are downscaled for the proposal stage
 
     def __post_init__(self) -> None:
         if self.stride < 1 or self.scale <= 1.0 or self.max_proposals < 1:
             raise ValueError("stride and max_proposals must be >= 1 and scale > 1")
+        if self.max_proposal_pixels < 64 * 64:
+            raise ValueError("max_proposal_pixels must be at least 4096")
         if not 0.0 < self.nms_iou <= 1.0:
             raise ValueError("nms_iou must be in (0, 1]")
         if not self.confirm_faces or any(not 32.0 <= f <= 200.0 for f in self.confirm_faces):
@@ -109,13 +117,29 @@ def confirm_at(raw: RawCall, rgb: np.ndarray, p: Proposal, params: TwoStage, fac
     return max(same, key=lambda q: q.face.likelihood) if same else None
 
 
+def propose_bounded(hog: cv2.HOGDescriptor, gray: np.ndarray, threshold: float, params: TwoStage) -> list[Proposal]:
+    """:func:`propose` on ``gray``, area-downscaled first when it has more than ``params.max_proposal_pixels``
+    pixels; the boxes are mapped back to ``gray``'s pixels."""
+    h, w = gray.shape[:2]
+    if h * w <= params.max_proposal_pixels:
+        return propose(hog, gray, threshold, stride=params.stride, scale=params.scale)
+    f = (params.max_proposal_pixels / (h * w)) ** 0.5
+    nw, nh = max(1, int(w * f)), max(1, int(h * f))
+    small = cv2.resize(gray, (nw, nh), interpolation=cv2.INTER_AREA)
+    sx, sy = w / nw, h / nh
+    return [
+        Proposal((p.box[0] * sx, p.box[1] * sy, p.box[2] * sx, p.box[3] * sy), p.score)
+        for p in propose(hog, small, threshold, stride=params.stride, scale=params.scale)
+    ]
+
+
 def search_twostage(
     raw: RawCall, hog: cv2.HOGDescriptor, model: ProposalModel, rgb: np.ndarray, params: TwoStage,
     pool: Executor | None = None,
 ) -> tuple[list[Placed], list[Proposal]]:
     """Faces confirmed by animeface (``Placed``) and strong unconfirmed proposals (``Proposal``)."""
     threshold = model.threshold if params.threshold is None else params.threshold
-    found = propose(hog, grey(rgb), threshold, stride=params.stride, scale=params.scale)
+    found = propose_bounded(hog, grey(rgb), threshold, params)
     candidates = suppress(found, params.nms_iou, params.max_proposals)
 
     def one(p: Proposal) -> Placed | None:
