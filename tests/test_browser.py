@@ -123,7 +123,8 @@ def test_change_the_avatar_and_watch_it(page: Any, base: str) -> None:
     order = ["search", "download", "reserve", "detect", "verify", "crop", "upload", "record"]
     first_running = {s: next(t for st, cls, t in log if st == s and cls == "running") for s in order if s != "upload"}
     assert list(first_running) == sorted(first_running, key=first_running.get)  # stages start in pipeline order
-    assert first_running["detect"] - first_running["search"] > 50  # ms: spread over time, not one burst
+    # ms: spread over time, not one burst (detection alone takes a few hundred ms on a sprite)
+    assert first_running["crop"] - first_running["search"] > 50
     search_done = next(t for st, cls, t in log if st == "search" and cls == "done")
     record_done = next(t for st, cls, t in log if st == "record" and cls == "done")
     assert record_done - search_done > 100  # ms: the verify/detect work happened between, while we watched
