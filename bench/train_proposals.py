@@ -29,6 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from metrics import iou  # bench/metrics.py, beside this script
+
 from facedetect.backends.proposals import CONTEXT, MODEL_PATH, WINDOW, make_hog, propose
 
 AUGMENT = 6  # augmented copies per face, besides the face itself and its mirror
@@ -36,15 +38,6 @@ NEGATIVES_PER_IMAGE = 40
 HARD_PER_IMAGE = 30
 L2 = 1e-2
 FLOOR = 0.0  # score (log-odds) from which windows are looked at when mining and choosing the threshold
-
-
-def iou(a, b) -> float:
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def ious(boxes: np.ndarray, b) -> np.ndarray:

@@ -15,10 +15,14 @@ from pathlib import Path
 import discord
 import numpy as np
 import pytest
-from discord.http import HTTPClient, Route
-from PIL import Image
-
+from discord.http import HTTPClient
 from emulators.discord import create_app
+from panel_helpers import sprite_folder
+from PIL import Image
+from servers import serve_app
+from test_discord_conformance import TOKEN as EMULATOR_TOKEN
+from test_discord_conformance import emulator  # noqa: F401  (the fixture: the emulator as discord.py's API base)
+
 from facedetect.types import Detection
 from mikubot.banner import (
     CARD_WIDTH,
@@ -34,8 +38,6 @@ from mikubot.banner import (
 from mikubot.config import Settings
 from mikubot.history import History
 from mikubot.pipeline import AvatarPipeline
-from panel_helpers import sprite_folder
-from servers import serve_app
 
 TOKEN = "banner-token"
 
@@ -251,18 +253,10 @@ def data_uri(data: bytes, mime: str) -> str:
 
 
 @pytest.fixture
-def emulator(monkeypatch):
-    app, ctl = create_app(token=TOKEN, bucket_limit=50)
-    with serve_app(app) as base:
-        monkeypatch.setattr(Route, "BASE", f"{base}/api/v10")  # discord.py's one API base, restored after
-        yield ctl
-
-
-@pytest.fixture
 async def stock_http():
     http = HTTPClient(asyncio.get_running_loop())
     try:
-        await http.static_login(TOKEN)
+        await http.static_login(EMULATOR_TOKEN)
         yield http
     finally:
         await http.close()

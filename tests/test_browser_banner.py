@@ -11,10 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
-from PIL import Image
-
 from panel_helpers import bearer, panel_server, panel_settings
-from test_browser import ARGS, CHROMIUM, _need_chromium, log_in, shot, until
+from PIL import Image
+from test_browser import _need_chromium, browser, log_in, page, shot, until  # noqa: F401  (the fixtures, over this module's `base`)
 
 pytestmark = pytest.mark.browser
 
@@ -31,32 +30,6 @@ def base(art_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
     settings = panel_settings(tmp_path_factory.mktemp("data"), art, banner=True)
     with panel_server(settings) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser(base: str) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@pytest.fixture()
-def page(browser: Any, base: str) -> Iterator[Any]:
-    context = browser.new_context(base_url=base, viewport={"width": 1280, "height": 900})
-    pg = context.new_page()
-    problems: list[str] = []
-    pg.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    pg.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None)
-    pg.problems = problems  # type: ignore[attr-defined]
-    try:
-        yield pg
-    finally:
-        context.close()
 
 
 def layout(pg: Any, card: str) -> dict[str, float]:

@@ -233,27 +233,25 @@ async def upload_apply(request: Request, upload_id: str, wait: bool = Query(Fals
 @router.get("/avatars/{change_id}.png", tags=["files"], response_class=FileResponse, responses=errors(404))
 async def avatar(request: Request, change_id: ChangeId) -> FileResponse:
     """The avatar a change produced (only files inside the data directory's avatars folder are served)."""
-    p = panel(request)
-    row = p.history.get(change_id)
-    if row is None or not row.get("avatar_path"):
-        raise HTTPException(404, f"change {change_id} has no avatar")
-    path = Path(row["avatar_path"])
-    if not inside(path, p.settings.avatars_dir):
-        raise HTTPException(404, f"the avatar of change {change_id} is not in the data directory")
-    return FileResponse(path, media_type="image/png")
+    return change_png(request, change_id, "avatar")
 
 
 @router.get("/avatars/{change_id}/banner.png", tags=["files"], response_class=FileResponse, responses=errors(404))
 async def banner(request: Request, change_id: ChangeId) -> FileResponse:
     """The profile banner a change made or restored (MIKU_BANNER; only files inside the data directory's
     avatars folder are served)."""
+    return change_png(request, change_id, "banner")
+
+
+def change_png(request: Request, change_id: int, kind: str) -> FileResponse:
+    """The change's ``{kind}_path`` PNG, or 404 when it has none or the file is outside the avatars folder."""
     p = panel(request)
     row = p.history.get(change_id)
-    if row is None or not row.get("banner_path"):
-        raise HTTPException(404, f"change {change_id} has no banner")
-    path = Path(row["banner_path"])
+    if row is None or not row.get(f"{kind}_path"):
+        raise HTTPException(404, f"change {change_id} has no {kind}")
+    path = Path(row[f"{kind}_path"])
     if not inside(path, p.settings.avatars_dir):
-        raise HTTPException(404, f"the banner of change {change_id} is not in the data directory")
+        raise HTTPException(404, f"the {kind} of change {change_id} is not in the data directory")
     return FileResponse(path, media_type="image/png")
 
 
