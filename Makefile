@@ -8,7 +8,7 @@ OUT    ?= out/demo
 BENCH_DATA ?= ../shared/bench
 SCENES ?= .cache/scenes
 
-.PHONY: help install art scenes proposals facefilter demo test test-fast bench lint clean constraints
+.PHONY: help install art scenes proposals verifier facefilter demo test test-fast bench lint clean constraints
 
 help:
 	@echo "make demo   - detect faces in the sample art and make an avatar (embedded defaults, no config)"
@@ -17,6 +17,7 @@ help:
 	@echo "make constraints - re-resolve every extra of pyproject.toml into constraints.txt (needs PyPI)"
 	@echo "make scenes - compose the labelled scene sets for detection/crop benchmarks (.cache/scenes)"
 	@echo "make proposals - retrain the two-stage detector's proposal model on scene-tune (committed; CI need not)"
+	@echo "make verifier - retrain the two-stage detector's proposal verifier on scene-tune (PyTorch CPU; committed; CI need not)"
 	@echo "make facefilter - retrain the detector's false-positive filter on scene-tune (FILTER_DETECTOR/FILTER_OPTIONS)"
 
 # constraints.txt pins every package to the versions the images install too (one lock for all).
@@ -42,6 +43,22 @@ $(SCENES)/.complete: $(ART)/.complete bench/scenes.py tests/labels/renpy.json | 
 # The two-stage detector's proposal classifier, trained on scene-tune only; see bench/train_proposals.py.
 proposals: scenes
 	$(PY) bench/train_proposals.py --scenes $(SCENES)
+
+# The two-stage detector's proposal verifier (a small CNN), trained on scene-tune only; see bench/train_verifier.py.
+# PyTorch (CPU build) lives in its own venv so the project's pins stay as they are; the detector runs the
+# exported network with OpenCV. Plain pip may bring PyTorch's CUDA build (it runs on the CPU too, a larger
+# download); TORCH_INDEX=https://download.pytorch.org/whl/cpu offers the CPU build as well.
+TRAIN_VENV  ?= .cache/train-venv
+TORCH_INDEX ?=
+$(TRAIN_VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(TRAIN_VENV)
+	$(TRAIN_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TRAIN_VENV)/bin/python -m pip install -q -c constraints.txt -e '.[detector-base]'
+	$(TRAIN_VENV)/bin/python -m pip install -q $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) torch onnx
+	touch $@
+
+verifier: scenes $(TRAIN_VENV)/.installed
+	$(TRAIN_VENV)/bin/python bench/train_verifier.py --scenes $(SCENES)
 
 # The default detector's learned false-positive filter, retrained on scene-tune only (bench/train_facefilter.py).
 # FILTER_DETECTOR / FILTER_OPTIONS (JSON) name the detector whose candidates it learns from.

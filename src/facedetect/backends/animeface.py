@@ -22,7 +22,8 @@ from facedetect.backends.scheme import (
     SearchScheme,
     search,
 )
-from facedetect.backends.twostage import TwoStage, search_twostage
+from facedetect.backends.twostage import Accepted, TwoStage, search_twostage
+from facedetect.backends.verifier import Verifier, VerifierError
 from facedetect.errors import BackendUnavailable
 from facedetect.types import Detection
 
@@ -94,6 +95,7 @@ class AnimefaceDetector(Detector):
         except (TypeError, ValueError) as exc:
             raise BackendUnavailable(f"bad two-stage parameters: {exc}", status_code=400) from None
         self._proposer: tuple[ProposalModel, cv2.HOGDescriptor] | None = None
+        self._verifier: Verifier | None = None
         self.mode: Mode = mode
         self.step = step
         self.scale_factor = scale_factor
@@ -117,6 +119,11 @@ class AnimefaceDetector(Detector):
         if self.mode == "twostage":
             model = default_model()
             self._proposer = (model, model.detector())
+            if self.twostage.verifier:
+                try:
+                    self._verifier = Verifier()
+                except VerifierError as exc:
+                    raise BackendUnavailable(f"animeface proposal verifier: {exc}") from None
         if self.mode != "full" and self.scheme.threads > 1:
             self._pool = ThreadPoolExecutor(self.scheme.threads, thread_name_prefix="animeface")
 
@@ -124,6 +131,7 @@ class AnimefaceDetector(Detector):
         # The model lives in the library's data segment; dropping our handle is all there is to free.
         self._lib = None
         self._proposer = None
+        self._verifier = None
         self._filter = None
         if self._pool is not None:
             self._pool.shutdown(wait=True)
@@ -167,10 +175,12 @@ class AnimefaceDetector(Detector):
             lib = self.library  # loads (and builds the pool and the proposer) if needed
             assert self._proposer is not None
             model, hog = self._proposer
-            confirmed, strong = search_twostage(
-                partial(lib.detect, analyze=True), hog, model, rgb, self.twostage, self._pool
+            accepted, confirmed, strong = search_twostage(
+                partial(lib.detect, analyze=True), hog, model, rgb, self.twostage, self._pool, self._verifier
             )
-            found = [to_detection(p.face, (p.sx, p.sy), (p.ox, p.oy)) for p in confirmed] + [
+            found = [accepted_detection(a) for a in accepted] + [
+                to_detection(p.face, (p.sx, p.sy), (p.ox, p.oy)) for p in confirmed
+            ] + [
                 Detection(bbox=p.box, confidence=float(1.0 / (1.0 + np.exp(-p.score))), keypoints=[], attributes={})
                 for p in strong
             ]
@@ -211,6 +221,15 @@ def to_detection(
         keypoints=[(kx, ky, score) for kx, ky in kps],
         attributes={"hair_color": _hex(f.hair_rgb), "skin_color": _hex(f.skin_rgb)},
     )
+
+
+def accepted_detection(a: Accepted) -> Detection:
+    """A face the verifier kept: its box and probability, with animeface's keypoints and colours when it
+    read the face (the keypoints then carry animeface's likelihood, as for every other face)."""
+    if a.landmarks is None:
+        return Detection(bbox=a.box, confidence=a.probability, keypoints=[], attributes={})
+    read = to_detection(a.landmarks.face, (a.landmarks.sx, a.landmarks.sy), (a.landmarks.ox, a.landmarks.oy))
+    return Detection(bbox=a.box, confidence=a.probability, keypoints=read.keypoints, attributes=read.attributes)
 
 
 def _hex(rgb: tuple[int, int, int]) -> str:

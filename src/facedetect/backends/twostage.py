@@ -7,31 +7,43 @@ searches just a crop around each proposal, resized so the face is 64 px wide (th
 nothing; ``CONFIRM_FACES``): a 30-px face becomes one animeface sees, and a crop of ~140 px costs tens of
 milliseconds.
 
-A proposal is kept as a face when animeface finds a face on its crop that is the same face (IoU >=
-``SAME_FACE_IOU`` with the proposal), and reported with animeface's box and likelihood (mapped back to the
-image); or, unconfirmed, when the proposal's own score reaches ``strong_score`` (its box then is the
-proposal's, in the labels' convention). Proposals are thinned by non-maximum suppression first and at most
-``max_proposals`` (the highest-scoring) are confirmed, which bounds the time an image can take.
+Before animeface, the proposal verifier (``verifier.py``, a small network run on all proposals in one batch)
+sorts them: a proposal it scores under ``verifier_reject`` is dropped, one at or over ``verifier_accept`` is
+kept with the verifier's regressed box (animeface then only reads its landmarks and colours, when
+``landmarks`` is on), and animeface decides the rest. The verifier was trained on three Ren'Py characters, so
+the gate is set wide: on other art its probabilities sit in between and animeface judges as before.
+
+A proposal left to animeface is kept as a face when animeface finds a face on its crop that is the same
+face (IoU >= ``SAME_FACE_IOU`` with the proposal), and reported with animeface's box and likelihood (mapped
+back to the image); or, unconfirmed, when the proposal's own score reaches ``strong_score`` (its box then is
+the proposal's, in the labels' convention). Proposals are thinned by non-maximum suppression first and at
+most ``max_proposals`` (the highest-scoring) are judged, which bounds the time an image can take.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 
 from facedetect.backends._nvxs import RawFace
 from facedetect.backends.proposals import Proposal, ProposalModel, grey, propose
-from facedetect.backends.scheme import Placed, iou
+from facedetect.backends.scheme import WHEEL_SCALE_FACTOR, WHEEL_STEP, Placed, iou
+from facedetect.backends.verifier import Verdict, Verifier
 
 CONFIRM_FACES = (64.0, 56.0)  # px: the proposed face's width in the crop animeface searches, first try first
 CONFIRM_MARGIN = 0.6  # crop: the proposal box plus this share of its size on each side
 CONFIRM_MIN_SHARE = 0.75  # smallest window, share of the face: animeface's boxes are ~1.2x the labels'
 
 SAME_FACE_IOU = 0.3
+LANDMARKS_FACE = 64.0  # px: an accepted face's width in the crop animeface reads its landmarks on
+# animeface's boxes are this much wider than the labels' (median over scene-tune, docs/detector-speed.md): a
+# face the verifier accepts is reported in animeface's convention, so every face of this detector is framed
+# alike whichever stage kept it.
+ANIMEFACE_BOX = 1.22
 # The proposal stage searches at most this many pixels: a larger image is area-downscaled for it first. The
 # scenes it was tuned on are <= 2.6 Mpx, so they are searched at full resolution; in a 36-Mpx photo the
 # smallest face proposed is then ~3x larger (~75 px, 1 % of its width: no avatar material), and the HOG
@@ -57,8 +69,16 @@ class TwoStage:
     # resampling misses faces another finds (docs/detector-speed.md; chosen on scene-tune).
     confirm_faces: tuple[float, ...] = CONFIRM_FACES
     max_proposal_pixels: int = MAX_PROPOSAL_PIXELS  # larger images are downscaled for the proposal stage
+    # The verifier's gate (probabilities; docs/detector-speed.md, "The verifier"). verifier=False: animeface
+    # judges every proposal, as before the verifier.
+    verifier: bool = True
+    verifier_reject: float = 1e-4
+    verifier_accept: float = 0.9
+    landmarks: bool = True  # read keypoints and colours of verifier-accepted faces with animeface
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.verifier_reject <= self.verifier_accept <= 1.0:
+            raise ValueError("need 0 <= verifier_reject <= verifier_accept <= 1")
         if self.stride < 1 or self.scale <= 1.0 or self.max_proposals < 1:
             raise ValueError("stride and max_proposals must be >= 1 and scale > 1")
         if self.max_proposal_pixels < 64 * 64:
@@ -133,27 +153,66 @@ def propose_bounded(hog: cv2.HOGDescriptor, gray: np.ndarray, threshold: float, 
     ]
 
 
+@dataclass(frozen=True)
+class Accepted:
+    """A face the verifier kept without animeface: its box in animeface's convention, its probability, and
+    what animeface read on it (keypoints, colours), if landmarks were asked for and it found the face."""
+
+    box: tuple[float, float, float, float]
+    probability: float
+    landmarks: Placed | None
+
+
+def animeface_convention(box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    x1, y1, x2, y2 = box
+    cx, cy, half = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) * ANIMEFACE_BOX / 2
+    return (cx - half, cy - half, cx + half, cy + half)
+
+
 def search_twostage(
     raw: RawCall, hog: cv2.HOGDescriptor, model: ProposalModel, rgb: np.ndarray, params: TwoStage,
-    pool: Executor | None = None,
-) -> tuple[list[Placed], list[Proposal]]:
-    """Faces confirmed by animeface (``Placed``) and strong unconfirmed proposals (``Proposal``)."""
+    pool: Executor | None = None, verifier: Verifier | None = None,
+) -> tuple[list[Accepted], list[Placed], list[Proposal]]:
+    """Faces the verifier accepted, faces animeface confirmed (``Placed``), and strong unconfirmed proposals
+    (``Proposal``); no two of them the same face."""
     threshold = model.threshold if params.threshold is None else params.threshold
     found = propose_bounded(hog, grey(rgb), threshold, params)
     candidates = suppress(found, params.nms_iou, params.max_proposals)
+    verdicts: list[Verdict | None] = [None] * len(candidates)
+    if verifier is not None and params.verifier and candidates:
+        verdicts = list(verifier.judge(rgb, [p.box for p in candidates]))
+    accepted_at = [v is not None and v.probability >= params.verifier_accept for v in verdicts]
+    to_confirm = [p for p, v, a in zip(candidates, verdicts, accepted_at)
+                  if not a and (v is None or v.probability >= params.verifier_reject)]
 
-    def one(p: Proposal) -> Placed | None:
-        return confirm(raw, rgb, p, params)
+    # Reading an accepted face's landmarks needs no dense search: the face is known to be there.
+    reading = replace(params, confirm_step=WHEEL_STEP, confirm_scale_factor=WHEEL_SCALE_FACTOR)
 
-    results = list(pool.map(one, candidates)) if pool is not None and len(candidates) > 1 else [
-        one(p) for p in candidates
-    ]
+    def one(job: tuple[str, Proposal]) -> Placed | None:
+        kind, p = job
+        return confirm(raw, rgb, p, params) if kind == "confirm" else confirm_at(raw, rgb, p, reading, LANDMARKS_FACE)
+
+    accepted_verdicts = sorted((v for v, a in zip(verdicts, accepted_at) if a and v is not None),
+                               key=lambda v: -v.probability)
+    kept: list[Verdict] = []
+    for v in accepted_verdicts:  # two proposals of one face regress to nearly the same box
+        if all(iou(v.box, k.box) < 0.5 for k in kept):
+            kept.append(v)
+    jobs = [("confirm", p) for p in to_confirm]
+    if params.landmarks:
+        jobs += [("landmarks", Proposal(v.box, v.probability)) for v in kept]
+    results = list(pool.map(one, jobs)) if pool is not None and len(jobs) > 1 else [one(j) for j in jobs]
+    read = dict(zip(range(len(to_confirm), len(jobs)), results[len(to_confirm):]))
+    accepted = [Accepted(animeface_convention(v.box), v.probability, read.get(len(to_confirm) + i))
+                for i, v in enumerate(kept)]
     confirmed: list[Placed] = []
     strong: list[Proposal] = []
-    for p, r in zip(candidates, results):
+    taken = [a.box for a in accepted]
+    for p, r in zip(to_confirm, results[:len(to_confirm)]):
         if r is not None:
-            if all(iou(r.box, c.box) < 0.5 for c in confirmed):  # two proposals confirmed as one face
+            if all(iou(r.box, t) < 0.5 for t in taken):  # two proposals confirmed as one face
                 confirmed.append(r)
+                taken.append(r.box)
         elif params.strong_score is not None and p.score >= params.strong_score:
             strong.append(p)
-    return confirmed, strong
+    return accepted, confirmed, strong
