@@ -40,7 +40,8 @@ class AnimefaceDetector(Detector):
 
     ``step``, ``scale_factor`` and ``min_window`` are the sliding-window search parameters; the
     defaults are the wheel's (4, 1.095, 42.592). ``mode="twostage"`` (default) proposes faces with a
-    trained HOG classifier and confirms each with animeface on a small crop
+    trained HOG classifier, lets a small trained network (:mod:`facedetect.backends.verifier`) drop or keep
+    the clear cases, and has animeface confirm the rest on small crops
     (:mod:`facedetect.backends.twostage`; ``twostage`` takes its :class:`TwoStage` options): on the
     generated scenes it finds more faces, small ones especially, in less time than the fast scheme
     (docs/detector-speed.md). ``mode="fast"`` (the previous default) searches with
@@ -55,7 +56,7 @@ class AnimefaceDetector(Detector):
     (the wheel's).
     Keypoints are [x, y, score] in the order of ``KEYPOINT_NAMES``; the
     model has no per-point score, so each carries the face's likelihood. Attributes: hair and skin
-    colour as ``#rrggbb``.
+    colour as ``#rrggbb``. A face the verifier kept has them only when animeface could read them on it.
     """
 
     name = "animeface"
