@@ -54,7 +54,7 @@ $(TRAIN_VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(TRAIN_VENV)
 	$(TRAIN_VENV)/bin/python -m pip install -q --upgrade pip
 	$(TRAIN_VENV)/bin/python -m pip install -q -c constraints.txt -e '.[detector-base]'
-	$(TRAIN_VENV)/bin/python -m pip install -q $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) torch onnx
+	$(TRAIN_VENV)/bin/python -m pip install -q -c constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) torch onnx
 	touch $@
 
 verifier: scenes $(TRAIN_VENV)/.installed

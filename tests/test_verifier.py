@@ -90,6 +90,11 @@ def test_windows_follow_the_box_and_repeat_the_border() -> None:
     assert win[CROP // 2, CROP // 2].tolist() == [255, 255, 255] and win[2, 2].tolist() == [0, 0, 0]
     (edge,) = windows(rgb, [(-10, -10, 10, 10)])  # half outside the image: the border repeats, no black fill
     assert edge.shape == (CROP, CROP, 3)
+    # OpenCV's warps refuse images over 32767 px a side; a window of a wide panorama is cut from it first.
+    wide = np.zeros((100, 40_000, 3), np.uint8)
+    wide[40:60, 39_960:39_980] = 255
+    (far,) = windows(wide, [(39_960, 40, 39_980, 60)])
+    assert far[CROP // 2, CROP // 2].tolist() == [255, 255, 255] and far[2, 2].tolist() == [0, 0, 0]
     assert regressed((0, 0, 10, 10), (0.1, -0.2, 0.0)) == pytest.approx((1, -2, 11, 8))
 
 

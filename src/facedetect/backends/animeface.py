@@ -55,7 +55,7 @@ class AnimefaceDetector(Detector):
     ``False`` none; ``None`` (default) means on in the fast and two-stage modes and off in the full mode
     (the wheel's).
     Keypoints are [x, y, score] in the order of ``KEYPOINT_NAMES``; the
-    model has no per-point score, so each carries the face's likelihood. Attributes: hair and skin
+    model has no per-point score, so each carries the face's confidence. Attributes: hair and skin
     colour as ``#rrggbb``. A face the verifier kept has them only when animeface could read them on it.
     """
 
@@ -226,11 +226,12 @@ def to_detection(
 
 def accepted_detection(a: Accepted) -> Detection:
     """A face the verifier kept: its box and probability, with animeface's keypoints and colours when it
-    read the face (the keypoints then carry animeface's likelihood, as for every other face)."""
+    read the face. As for every face of this detector, each keypoint carries the face's confidence."""
     if a.landmarks is None:
         return Detection(bbox=a.box, confidence=a.probability, keypoints=[], attributes={})
     read = to_detection(a.landmarks.face, (a.landmarks.sx, a.landmarks.sy), (a.landmarks.ox, a.landmarks.oy))
-    return Detection(bbox=a.box, confidence=a.probability, keypoints=read.keypoints, attributes=read.attributes)
+    keypoints = [(x, y, a.probability) for x, y, _ in read.keypoints]
+    return Detection(bbox=a.box, confidence=a.probability, keypoints=keypoints, attributes=read.attributes)
 
 
 def _hex(rgb: tuple[int, int, int]) -> str:

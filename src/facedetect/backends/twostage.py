@@ -202,13 +202,14 @@ def search_twostage(
     if params.landmarks:
         jobs += [("landmarks", Proposal(v.box, v.probability)) for v in kept]
     results = list(pool.map(one, jobs)) if pool is not None and len(jobs) > 1 else [one(j) for j in jobs]
-    read = dict(zip(range(len(to_confirm), len(jobs)), results[len(to_confirm):]))
-    accepted = [Accepted(animeface_convention(v.box), v.probability, read.get(len(to_confirm) + i))
-                for i, v in enumerate(kept)]
+    confirmations, readings = results[:len(to_confirm)], results[len(to_confirm):]
+    if not params.landmarks:
+        readings = [None] * len(kept)
+    accepted = [Accepted(animeface_convention(v.box), v.probability, r) for v, r in zip(kept, readings)]
     confirmed: list[Placed] = []
     strong: list[Proposal] = []
     taken = [a.box for a in accepted]
-    for p, r in zip(to_confirm, results[:len(to_confirm)]):
+    for p, r in zip(to_confirm, confirmations):
         if r is not None:
             if all(iou(r.box, t) < 0.5 for t in taken):  # two proposals confirmed as one face
                 confirmed.append(r)

@@ -53,11 +53,24 @@ def model_paths() -> tuple[Path, Path]:
 def windows(rgb: np.ndarray, boxes: Sequence[Box], size: int = CROP) -> np.ndarray:
     """``size`` x ``size`` RGB windows, ``CONTEXT`` times each box's width about its centre (uint8, N x size x
     size x 3). Pixels outside the image repeat its border, so a face at the edge looks like one inside."""
+    h, w = rgb.shape[:2]
     out = np.empty((len(boxes), size, size, 3), np.uint8)
     for i, (x1, y1, x2, y2) in enumerate(boxes):
-        k = size / ((x2 - x1) * CONTEXT)
-        m = np.float32([[k, 0, size / 2 - k * (x1 + x2) / 2], [0, k, size / 2 - k * (y1 + y2) / 2]])
-        out[i] = cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR,
+        side = (x2 - x1) * CONTEXT
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        # The window's pixels and one more on each side (for interpolation), cut first: OpenCV's warps refuse
+        # images over 32767 px a side, and a wide panorama is one. Outside the image, the border repeats.
+        left, top = int(np.floor(cx - side / 2)) - 1, int(np.floor(cy - side / 2)) - 1
+        right, bottom = int(np.ceil(cx + side / 2)) + 2, int(np.ceil(cy + side / 2)) + 2
+        cut_l, cut_t = min(max(left, 0), w - 1), min(max(top, 0), h - 1)
+        cut_r, cut_b = max(min(right, w), cut_l + 1), max(min(bottom, h), cut_t + 1)
+        patch = cv2.copyMakeBorder(
+            np.ascontiguousarray(rgb[cut_t:cut_b, cut_l:cut_r]), cut_t - top, bottom - cut_b, cut_l - left,
+            right - cut_r, cv2.BORDER_REPLICATE,
+        )
+        k = size / side
+        m = np.float32([[k, 0, size / 2 - k * (cx - left)], [0, k, size / 2 - k * (cy - top)]])
+        out[i] = cv2.warpAffine(patch, m, (size, size), flags=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR,
                                 borderMode=cv2.BORDER_REPLICATE)
     return out
 
