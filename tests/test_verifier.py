@@ -28,7 +28,7 @@ import pytest
 
 from facedetect.backends import create_detector
 from facedetect.backends.proposals import default_model, grey
-from facedetect.backends.twostage import TwoStage, propose_bounded, suppress
+from facedetect.backends.twostage import TwoStage, animeface_convention, propose_bounded, suppress
 from facedetect.backends.verifier import CONTEXT, CROP, INPUT, Verifier, VerifierError, model_paths, regressed, windows
 from facedetect.imageio import load_image
 
@@ -164,6 +164,12 @@ def test_accepted_faces_carry_animeface_landmarks_when_asked(tune_scenes) -> Non
     assert [d.bbox for d in on] == [d.bbox for d in off]  # landmarks never change which faces are found
     assert any(d.keypoints and "hair_color" in d.attributes for d in on)
     assert any(not d.keypoints for d in off)
+
+
+def test_kept_boxes_are_in_animeface_convention_and_inside_the_image() -> None:
+    # A kept face's box is the regressed one grown 1.22x about its centre; at the image's edge, clipped.
+    assert animeface_convention((40, 40, 60, 60), 100, 100) == pytest.approx((37.8, 37.8, 62.2, 62.2))
+    assert animeface_convention((-5, 90, 15, 110), 100, 100) == pytest.approx((0, 87.8, 17.2, 100))
 
 
 def test_bad_gate_is_a_400() -> None:

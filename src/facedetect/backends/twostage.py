@@ -155,18 +155,20 @@ def propose_bounded(hog: cv2.HOGDescriptor, gray: np.ndarray, threshold: float, 
 
 @dataclass(frozen=True)
 class Accepted:
-    """A face the verifier kept without animeface: its box in animeface's convention, its probability, and
-    what animeface read on it (keypoints, colours), if landmarks were asked for and it found the face."""
+    """A face the verifier kept without animeface: its box in animeface's convention (clipped to the image),
+    its probability, and what animeface read on it (keypoints, colours), if landmarks were asked for and it
+    found the face."""
 
     box: tuple[float, float, float, float]
     probability: float
     landmarks: Placed | None
 
 
-def animeface_convention(box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+def animeface_convention(box: tuple[float, float, float, float], width: int, height: int) -> tuple[float, float, float, float]:
+    """A labels'-convention box grown to animeface's about its centre, clipped to the image."""
     x1, y1, x2, y2 = box
     cx, cy, half = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) * ANIMEFACE_BOX / 2
-    return (cx - half, cy - half, cx + half, cy + half)
+    return (max(0.0, cx - half), max(0.0, cy - half), min(float(width), cx + half), min(float(height), cy + half))
 
 
 def search_twostage(
@@ -205,7 +207,8 @@ def search_twostage(
     confirmations, readings = results[:len(to_confirm)], results[len(to_confirm):]
     if not params.landmarks:
         readings = [None] * len(kept)
-    accepted = [Accepted(animeface_convention(v.box), v.probability, r) for v, r in zip(kept, readings)]
+    height, width = rgb.shape[:2]
+    accepted = [Accepted(animeface_convention(v.box, width, height), v.probability, r) for v, r in zip(kept, readings)]
     confirmed: list[Placed] = []
     strong: list[Proposal] = []
     taken = [a.box for a in accepted]
