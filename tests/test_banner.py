@@ -263,7 +263,7 @@ async def stock_http():
 
 
 async def test_discord_py_sets_a_banner_and_reads_its_hash(emulator, stock_http):
-    for fmt, mime in (("PNG", "image/png"), ("JPEG", "image/jpeg"), ("GIF", "image/gif"), ("WEBP", "image/webp")):
+    for fmt, mime in (("PNG", "image/png"), ("JPEG", "image/jpeg"), ("GIF", "image/gif")):
         data = image_bytes(fmt)
         user = await stock_http.edit_profile({"banner": discord.utils._bytes_to_base64_data(data)})
         assert user["banner"] == hashlib.md5(data).hexdigest() == emulator.banner_hash, fmt
@@ -285,6 +285,16 @@ async def test_a_bad_banner_is_a_form_error_and_nothing_is_kept(emulator, stock_
     assert err.value.status == 400 and err.value.code == 50035
     assert "In banner: Invalid image data" in err.value.text and "In avatar" not in err.value.text
     assert not emulator.uploads and not emulator.banners, "a bad banner keeps the avatar from changing too"
+
+
+async def test_a_webp_banner_is_refused_like_a_webp_avatar(emulator, stock_http):
+    # Reference › Image Data lists JPG, GIF and PNG for every image field; discord.py would send a WebP as is.
+    webp = discord.utils._bytes_to_base64_data(image_bytes("WEBP"))
+    assert webp.startswith("data:image/webp;base64,")
+    with pytest.raises(discord.HTTPException) as err:
+        await stock_http.edit_profile({"banner": webp})
+    assert err.value.code == 50035 and "In banner: Invalid image data" in err.value.text
+    assert not emulator.banners
 
 
 async def test_bad_avatar_and_banner_are_named_together(emulator, stock_http):

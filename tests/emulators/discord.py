@@ -14,7 +14,7 @@ Current User", Resources › Message, Interactions › Receiving and Responding)
   50035 with nested form errors (``IMAGE_INVALID``, ``BINARY_TYPE_MAX_SIZE``, ``AVATAR_RATE_LIMIT``
   "You are changing your avatar too fast"); then the user object. The ``banner`` field (Resources › User
   "Modify Current User": a profile banner, ``null`` removes it) is checked the same way — a data URI of
-  PNG, JPEG, GIF or WebP, decodable, at most 10 MiB — in the same form: a bad avatar or banner is one
+  JPG, GIF or PNG (the same Image Data list), decodable, at most 10 MiB — in the same form: a bad avatar or banner is one
   50035 naming each bad field, and neither is kept; the user object then carries the banner's hash, as
   discord.py's ``ClientUser.banner`` (``discord/user.py``) reads it. The route's bucket sends
   ``X-RateLimit-Limit/-Remaining/-Reset/-Reset-After/-Bucket``; spent, a 429 with those,
@@ -69,9 +69,9 @@ from fastapi.responses import JSONResponse, Response
 from PIL import Image
 
 DATA_URI = re.compile(r"^data:(image/[a-z]+);base64,(.*)$", re.S)  # Reference › Image Data
-PIL_FORMAT = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/gif": "GIF", "image/webp": "WEBP"}
-AVATAR_MIMES = frozenset({"image/png", "image/jpeg", "image/jpg", "image/gif"})
-BANNER_MIMES = AVATAR_MIMES | {"image/webp"}  # a profile banner may be WebP as well (animated ones too)
+PIL_FORMAT = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/gif": "GIF"}
+# Reference › Image Data: "a Data URI scheme that supports JPG, GIF, and PNG formats", for every image field.
+IMAGE_DATA_MIMES = frozenset({"image/png", "image/jpeg", "image/jpg", "image/gif"})
 VIA = {"Via": "1.1 google"}  # on every Discord answer; discord.py retries a 429 only when it is there
 APPLICATION_ID = "777"
 
@@ -354,13 +354,13 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
         errors: dict[str, tuple[str, str]] = {}
         new_avatar = new_banner = None
         if avatar is not ...:
-            got = decode_image(avatar, AVATAR_MIMES, ctl.max_avatar_bytes)
+            got = decode_image(avatar, IMAGE_DATA_MIMES, ctl.max_avatar_bytes)
             if isinstance(got, UploadedAvatar):
                 new_avatar = got
             else:
                 errors["avatar"] = got
         if banner is not ... and banner is not None:  # null removes the banner
-            got = decode_image(banner, BANNER_MIMES, ctl.max_banner_bytes)
+            got = decode_image(banner, IMAGE_DATA_MIMES, ctl.max_banner_bytes)
             if isinstance(got, UploadedAvatar):
                 new_banner = got
             else:
@@ -420,8 +420,8 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
         changes: dict[str, Any] = {}
         images: list[tuple[str, UploadedAvatar]] = []
         errors: dict[str, tuple[str, str]] = {}  # one 50035 names every bad field; nothing is kept then
-        for name, mimes, max_bytes in (("avatar", AVATAR_MIMES, ctl.max_avatar_bytes),
-                                       ("banner", BANNER_MIMES, ctl.max_banner_bytes)):
+        for name, mimes, max_bytes in (("avatar", IMAGE_DATA_MIMES, ctl.max_avatar_bytes),
+                                       ("banner", IMAGE_DATA_MIMES, ctl.max_banner_bytes)):
             if name not in body:
                 continue
             if body[name] is None:  # null removes the server's own image (the global one shows again)
