@@ -52,7 +52,7 @@ def post(url: str, data: bytes, name: str = "eileen happy.png", **params) -> htt
     return httpx.post(f"{url}/detect", files={"file": (name, data, "image/png")}, params=params, timeout=60)
 
 
-def test_detect_answers_the_seed_schema(tmp_path, eileen, face_labels):
+def test_detect_answers_the_documented_schema(tmp_path, eileen, face_labels):
     with serve_app(make_app(tmp_path)) as url:
         r = post(url, eileen)
     assert r.status_code == 200, r.text

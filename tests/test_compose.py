@@ -166,7 +166,7 @@ def test_llama_swap_config_serves_the_models_the_bot_asks_for():
     config = yaml.safe_load((ROOT / "llama-swap" / "config.yaml").read_text())
     models = config["models"]
     assert Settings.model_fields["vision_model"].default in models
-    # vramctl's seed consumers name the llama-swap models it may unload; they must exist too.
+    # vramctl's default consumers name the llama-swap models it may unload; they must exist too.
     for c in VramSettings().consumers:
         if c.kind == "llama-swap":
             assert c.model in models, f"vramctl consumer {c.name} names model {c.model!r}, absent from config.yaml"

@@ -38,7 +38,7 @@ def _health(url: str) -> dict:
 def test_animeface_service_reports_cpu_loaded_and_unloaded(tmp_path: Path) -> None:
     with serve_app(create_app(FaceDetectSettings(outputs=tmp_path / "out"))) as url:
         health = _health(url)
-        # every field the seed and the earlier versions report is still there
+        # every field the original service and the earlier versions report is still there
         assert {"status", "detector_loaded", "backend", "vram_mib", "keypoint_names", "queue", "version"} <= set(health)
         assert health["backend"] == "animeface" and health["uses_gpu"] is False
         httpx.post(f"{url}/unload").raise_for_status()

@@ -22,7 +22,7 @@ STOP_S, RELEASE_S = 0.05, 0.3
 
 
 def llama_swap_config(release_s: float = RELEASE_S, text_load_s: float = 0.05) -> dict[str, Any]:
-    # The seed's card: 8 GB of which 512 MiB held by the display and CUDA contexts; the vision model with its
+    # The original bot's card: 8 GB of which 512 MiB held by the display and CUDA contexts; the vision model with its
     # mmproj and image context does not fit beside the detector; the text model does.
     return {"gpu_total_mib": 8192, "gpu_reserved_mib": 512, "models": {
         "llama3.1": {"ttl": 1800, "vram_mib": 5120, "load_s": text_load_s, "stop_s": STOP_S, "release_s": release_s},
@@ -78,7 +78,7 @@ async def test_seed_scenario_frees_vision_without_oom_and_never_loads_text(card)
     assert [e for e in ev if e in order] == order, ev
     assert r.unloaded == ["vision"]
     assert card.emu.gpu.oom_count == 0 and card.detector["ooms"] == 0
-    assert "llama3.1" not in card.emu.loads  # the seed loaded 5 GB of text model it did not need
+    assert "llama3.1" not in card.emu.loads  # the original bot loaded 5 GB of text model it did not need
     assert card.detector["loaded"] and card.detector["loads"] == 1
     # It waited for the driver, not for a fixed delay: memory was still held right after the unload returned...
     unloaded = next(e for e in r.timeline.events if e.event == "unloaded")

@@ -68,7 +68,7 @@ def test_settings_from_env_and_yaml(tmp_path, monkeypatch):
     s = VramSettings()
     assert s.llama_swap_url == "http://llama-swap:8090" and s.safety_margin_mib == 512
     assert "sekret" not in repr(s) and s.llama_swap_api_key.get_secret_value() == "sekret"
-    assert [c.name for c in s.consumers] == ["text", "vision", "face-detector"]  # the seed's deployment
+    assert [c.name for c in s.consumers] == ["text", "vision", "face-detector"]  # the original bot's deployment
     cfg = tmp_path / "vram.yaml"
     cfg.write_text(textwrap.dedent("""\
         vram:
