@@ -4,8 +4,10 @@
     python bench/train_verifier.py --scenes .cache/scenes [--epochs 30] [--seed 9]
 
 Recipe (docs/detector-speed.md, "The verifier"): the proposal stage (``models/proposals.json``) runs on every
-scene-tune image at a permissive setting (score >= -1, non-maximum suppression at IoU 0.5, at most 48
-windows), so the verifier learns from the windows it will be shown, hard negatives included. A window is a
+scene-tune image at a permissive setting (score >= -1, a denser lattice than detection's: stride 4 px and
+pyramid scale 1.08 against 8 and 1.1, non-maximum suppression at IoU 0.5, at most 48 windows), so the
+verifier learns from windows like those it will be shown, placed a little more variously, hard negatives
+included. A window is a
 positive when it overlaps a labelled face at IoU >= 0.4, a negative under 0.25 (in between: not used); the
 regression target is the labelled box relative to the window. Training augments every window: mirror,
 scale 0.9-1.1, shift <= 5 % of the window, rotation <= 8 degrees, a random hue rotation over the whole
@@ -38,7 +40,7 @@ from facedetect.backends.twostage import suppress  # noqa: E402
 from facedetect.backends.verifier import CONTEXT, CROP, INPUT, blob, model_paths, windows  # noqa: E402
 
 POSITIVE, NEGATIVE = 0.4, 0.25  # IoU with a labelled face
-PERMISSIVE = dict(threshold=-1.0, nms_iou=0.5, limit=48)
+PERMISSIVE = dict(threshold=-1.0, stride=4, scale=1.08, nms_iou=0.5, limit=48)
 
 
 def collect(scenes: Path) -> dict[str, np.ndarray]:
@@ -54,7 +56,8 @@ def collect(scenes: Path) -> dict[str, np.ndarray]:
             raise SystemExit(f"cannot read {split / name}")
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         truth = [f["bbox"] for f in labels["images"][name]["faces"]]
-        found = propose(hog, grey(rgb), PERMISSIVE["threshold"])
+        found = propose(hog, grey(rgb), PERMISSIVE["threshold"], stride=PERMISSIVE["stride"],
+                        scale=PERMISSIVE["scale"])
         boxes = [p.box for p in suppress(found, PERMISSIVE["nms_iou"], PERMISSIVE["limit"])]
         crops.append(windows(rgb, boxes))
         for b in boxes:

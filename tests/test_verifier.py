@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 import scenes
+import train_verifier
 from metrics import Counts, iou, match
 
 INDICES = list(range(0, 36, 3))  # the first twelve scene-tune images
@@ -43,9 +44,15 @@ MIN_ACCEPTED, MIN_BOXES, MIN_DROPPED_SHARE, MAX_BACKGROUND_ACCEPTED = 26, 24, 0.
 
 
 @pytest.fixture(scope="module")
-def tune_scenes(art_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[tuple[np.ndarray, list]]:
+def tune_dir(art_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("scenes")
     scenes.generate(art_dir, out, indices=INDICES)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tune_scenes(tune_dir: Path) -> list[tuple[np.ndarray, list]]:
+    out = tune_dir
     doc = json.loads((out / "tune" / "labels.json").read_text())
     return [
         (np.asarray(load_image((out / "tune" / name).read_bytes())[0]), [f["bbox"] for f in entry["faces"]])
@@ -184,3 +191,49 @@ def load_image_from(rgb: np.ndarray):
     from PIL import Image
 
     return Image.fromarray(rgb)
+
+
+# --- the training script's data (PyTorch itself is not installed for the tests; these parts need none) ---
+
+
+def test_training_windows_are_labelled_from_the_scenes(tune_dir: Path) -> None:
+    data = train_verifier.collect(tune_dir)
+    assert data["crops"].shape[1:] == (CROP, CROP, 3) and len(data["crops"]) == len(data["iou"]) == len(data["target"])
+    positive = data["iou"] >= train_verifier.POSITIVE
+    assert positive.sum() >= 30  # 30 faces here, each under several windows
+    assert (data["iou"] < train_verifier.NEGATIVE).sum() > 5 * positive.sum()
+    # A positive window overlaps its face, so the face is near it: small shifts, width within a factor of 2.
+    assert np.abs(data["target"][positive][:, :2]).max() < 0.5
+    assert np.abs(data["target"][positive][:, 2]).max() < np.log(2)
+
+
+def test_augmentation_moves_the_target_with_the_pixels() -> None:
+    # A white square "face" at a known place relative to the window; after any augmentation, the square must
+    # sit where the new target says (the network learns boxes from these pairs).
+    unit = CROP / CONTEXT  # px of the crop per proposal width
+    target = np.array([0.12, -0.08, np.log(0.8)], np.float32)
+    side = np.exp(target[2]) * unit
+    cx, cy = CROP / 2 + target[0] * unit, CROP / 2 + target[1] * unit
+    crop = np.full((CROP, CROP, 3), 40, np.uint8)
+    crop[round(cy - side / 2):round(cy + side / 2), round(cx - side / 2):round(cx + side / 2)] = 255
+    rng = np.random.default_rng(3)
+    k = INPUT / CROP
+    for _ in range(25):
+        x, t = train_verifier.augment(rng, crop, target)
+        assert x.shape == (3, INPUT, INPUT) and x.dtype == np.float32 and 0.0 <= x.min() <= x.max() <= 1.0
+        grey_img = x.mean(0)
+        ys, xs = np.nonzero(grey_img > (grey_img.max() + grey_img.min()) / 2)
+        want_x, want_y = (CROP / 2 + t[0] * unit) * k, (CROP / 2 + t[1] * unit) * k
+        assert xs.mean() + 0.5 == pytest.approx(want_x, abs=1.2) and ys.mean() + 0.5 == pytest.approx(want_y, abs=1.2)
+        width = np.sqrt(len(xs))  # the square's side (rotation keeps its area)
+        assert width == pytest.approx(np.exp(t[2]) * unit * k, rel=0.12)
+
+
+def test_training_without_pytorch_says_how_to_get_it(tune_dir: Path) -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        with pytest.raises(SystemExit, match="make verifier"):
+            train_verifier.main(["--scenes", str(tune_dir)])
+    else:
+        pytest.skip("PyTorch is installed here; the message is for machines without it")
