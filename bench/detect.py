@@ -13,8 +13,8 @@ Detectors, each image run by every detector in turn before the next image (so lo
   then the face filter (docs/detector-speed.md);
 * the two-stage mode without the verifier (``twostage={"verifier": False}``, the previous default): animeface
   confirms every proposal;
-* the fast scheme: ``create_detector("animeface", mode="fast")``, the previous default (passes + vote, tuned
-  on the Ren'Py set and the grid), with the face filter; its own verdict line;
+* the fast scheme: ``create_detector("animeface", mode="fast")``, the default before the two-stage mode
+  (passes + vote, tuned on the Ren'Py set and the grid), with the face filter; its own verdict line;
 * raw animeface: one libnvxs call at full resolution (the wheel's behaviour), one image at a time;
 * raw animeface x2: the same call on two images at once (two worker threads), so it too uses both cores;
   its wall time is each image's own latency, its throughput the pair's elapsed time / 2;
