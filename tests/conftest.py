@@ -40,3 +40,28 @@ def face_labels() -> dict[str, list[list[float]]]:
     """Hand-labelled face boxes [x1, y1, x2, y2] per Ren'Py image file name (tests/labels/renpy.json)."""
     data = json.loads((ROOT / "tests" / "labels" / "renpy.json").read_text())
     return data["images"]
+
+
+@pytest.fixture(scope="session")
+def first_tune_dir(art_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first twelve scene-tune images (bench/scenes.py, indices 0, 3, ... 33) and their labels, generated
+    once for every test that scores a detector on them."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import scenes
+
+    out = tmp_path_factory.mktemp("first-tune")
+    doc = scenes.generate(art_dir, out, indices=list(range(0, 36, 3)))["tune"]
+    assert len(doc["images"]) == 12
+    return out
+
+
+@pytest.fixture(scope="session")
+def first_tune_scenes(first_tune_dir: Path) -> list[tuple[str, object, list]]:
+    """(file name, PIL image, labelled face boxes) of :func:`first_tune_dir`, in name order."""
+    from facedetect.imageio import load_image
+
+    doc = json.loads((first_tune_dir / "tune" / "labels.json").read_text())
+    return [
+        (name, load_image((first_tune_dir / "tune" / name).read_bytes())[0], [f["bbox"] for f in entry["faces"]])
+        for name, entry in sorted(doc["images"].items())
+    ]

@@ -23,12 +23,10 @@ from pathlib import Path
 import pytest
 
 from facedetect.backends import create_detector
-from facedetect.imageio import load_image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-import scenes
 from metrics import Counts, match
 
 INDICES = list(range(0, 36, 3))  # the first twelve scene-tune images
@@ -36,14 +34,9 @@ MIN_TP, MAX_FP = 19, 3
 
 
 @pytest.fixture(scope="module")
-def tune_scenes(art_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, object, list]]:
-    out = tmp_path_factory.mktemp("scenes")
-    doc = scenes.generate(art_dir, out, indices=INDICES)["tune"]
-    assert len(doc["images"]) == len(INDICES)
-    return [
-        (name, load_image((out / "tune" / name).read_bytes())[0], [f["bbox"] for f in entry["faces"]])
-        for name, entry in doc["images"].items()
-    ]
+def tune_scenes(first_tune_scenes) -> list[tuple[str, object, list]]:
+    assert len(first_tune_scenes) == len(INDICES)
+    return first_tune_scenes
 
 
 def _score(detector, items) -> tuple[Counts, int]:

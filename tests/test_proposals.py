@@ -40,35 +40,16 @@ from facedetect.backends.proposals import (
 )
 from facedetect.backends.twostage import TwoStage, propose_bounded, suppress
 from facedetect.errors import BackendUnavailable
-from facedetect.imageio import load_image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-import scenes
 import train_proposals
 from metrics import Counts, iou, match
 
-INDICES = list(range(0, 36, 3))  # the first twelve scene-tune images
 SMALL = 42.0  # px: faces narrower than this are under animeface's minimum window
 MIN_COVERED, MIN_SMALL = 27, 5
 MIN_TP, MAX_FP = 26, 5
-
-
-@pytest.fixture(scope="module")
-def tune_dir(art_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("scenes")
-    scenes.generate(art_dir, out, indices=INDICES)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tune_scenes(tune_dir: Path) -> list[tuple[str, object, list]]:
-    doc = json.loads((tune_dir / "tune" / "labels.json").read_text())
-    return [
-        (name, load_image((tune_dir / "tune" / name).read_bytes())[0], [f["bbox"] for f in entry["faces"]])
-        for name, entry in sorted(doc["images"].items())
-    ]
 
 
 def test_model_loads_and_matches_the_descriptor() -> None:
@@ -95,11 +76,11 @@ def test_bad_twostage_options_are_a_400() -> None:
         create_detector("animeface", mode="twostage", twostage={"no_such_option": 1})
 
 
-def test_proposals_cover_the_faces_small_ones_included(tune_scenes) -> None:
+def test_proposals_cover_the_faces_small_ones_included(first_tune_scenes) -> None:
     params, model = TwoStage(), ProposalModel.load()
     hog = model.detector()
     covered = small = small_covered = faces = 0
-    for _name, image, truth in tune_scenes:
+    for _name, image, truth in first_tune_scenes:
         found = suppress(propose(hog, grey(np.asarray(image)), params.threshold, stride=params.stride,
                                  scale=params.scale), params.nms_iou, params.max_proposals)
         for box in truth:
@@ -114,32 +95,32 @@ def test_proposals_cover_the_faces_small_ones_included(tune_scenes) -> None:
     assert small_covered >= MIN_SMALL, f"proposals cover {small_covered} of {small} small faces (floor {MIN_SMALL})"
 
 
-def test_twostage_finds_the_faces(tune_scenes) -> None:
+def test_twostage_finds_the_faces(first_tune_scenes) -> None:
     det = create_detector("animeface")  # the default mode, so a default that silently finds nothing fails here
     assert det.describe()["mode"] == "twostage"
     raw = create_detector("animeface", mode="full")
     got, base, with_detections = Counts(), Counts(), 0
-    for _name, image, truth in tune_scenes:
+    for _name, image, truth in first_tune_scenes:
         found = [(d.bbox, d.confidence) for d in det.detect(image)]
         with_detections += bool(found)
         got += match(found, truth, 0.5)
         base += match([(d.bbox, d.confidence) for d in raw.detect(image)], truth, 0.5)
-    assert with_detections >= len(tune_scenes) - 2
+    assert with_detections >= len(first_tune_scenes) - 2
     assert got.tp >= MIN_TP, f"two-stage: {got} at IoU 0.5 (floor {MIN_TP} true positives)"
     assert got.fp <= MAX_FP, f"two-stage: {got} at IoU 0.5 (at most {MAX_FP} false positives)"
     assert got.f1 >= base.f1
 
 
-def test_training_is_deterministic(tune_dir: Path, tmp_path: Path) -> None:
+def test_training_is_deterministic(first_tune_dir: Path, tmp_path: Path) -> None:
     # Three images keep it fast; the same code path as the full run (augmentation, mining, threshold).
     few = tmp_path / "few"
     (few / "tune").mkdir(parents=True)
-    doc = json.loads((tune_dir / "tune" / "labels.json").read_text())
+    doc = json.loads((first_tune_dir / "tune" / "labels.json").read_text())
     keep = sorted(doc["images"])[:3]
     doc["images"] = {k: doc["images"][k] for k in keep}
     (few / "tune" / "labels.json").write_text(json.dumps(doc))
     for k in keep:
-        (few / "tune" / k).write_bytes((tune_dir / "tune" / k).read_bytes())
+        (few / "tune" / k).write_bytes((first_tune_dir / "tune" / k).read_bytes())
     a = train_proposals.train(few, seed=9, rounds=1, recall=0.99)
     b = train_proposals.train(few, seed=9, rounds=1, recall=0.99)
     assert a == b

@@ -28,36 +28,35 @@ import pytest
 
 from facedetect.backends import create_detector
 from facedetect.backends.proposals import default_model, grey
-from facedetect.backends.twostage import TwoStage, animeface_convention, propose_bounded, suppress
-from facedetect.backends.verifier import CONTEXT, CROP, INPUT, Verifier, VerifierError, model_paths, regressed, windows
-from facedetect.imageio import load_image
+from facedetect.backends.twostage import (
+    TwoStage,
+    animeface_convention,
+    propose_bounded,
+    suppress,
+)
+from facedetect.backends.verifier import (
+    CONTEXT,
+    CROP,
+    INPUT,
+    Verifier,
+    VerifierError,
+    model_paths,
+    regressed,
+    windows,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-import scenes
 import train_verifier
 from metrics import Counts, iou, match
 
-INDICES = list(range(0, 36, 3))  # the first twelve scene-tune images
 MIN_ACCEPTED, MIN_BOXES, MIN_DROPPED_SHARE, MAX_BACKGROUND_ACCEPTED = 26, 24, 0.6, 2
 
 
 @pytest.fixture(scope="module")
-def tune_dir(art_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("scenes")
-    scenes.generate(art_dir, out, indices=INDICES)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tune_scenes(tune_dir: Path) -> list[tuple[np.ndarray, list]]:
-    out = tune_dir
-    doc = json.loads((out / "tune" / "labels.json").read_text())
-    return [
-        (np.asarray(load_image((out / "tune" / name).read_bytes())[0]), [f["bbox"] for f in entry["faces"]])
-        for name, entry in sorted(doc["images"].items())
-    ]
+def tune_scenes(first_tune_scenes) -> list[tuple[np.ndarray, list]]:
+    return [(np.asarray(image), truth) for _name, image, truth in first_tune_scenes]
 
 
 def judged(rgb: np.ndarray, verifier: Verifier):
@@ -196,8 +195,8 @@ def load_image_from(rgb: np.ndarray):
 # --- the training script's data (PyTorch itself is not installed for the tests; these parts need none) ---
 
 
-def test_training_windows_are_labelled_from_the_scenes(tune_dir: Path) -> None:
-    data = train_verifier.collect(tune_dir)
+def test_training_windows_are_labelled_from_the_scenes(first_tune_dir: Path) -> None:
+    data = train_verifier.collect(first_tune_dir)
     assert data["crops"].shape[1:] == (CROP, CROP, 3) and len(data["crops"]) == len(data["iou"]) == len(data["target"])
     positive = data["iou"] >= train_verifier.POSITIVE
     assert positive.sum() >= 30  # 30 faces here, each under several windows
@@ -229,11 +228,11 @@ def test_augmentation_moves_the_target_with_the_pixels() -> None:
         assert width == pytest.approx(np.exp(t[2]) * unit * k, rel=0.12)
 
 
-def test_training_without_pytorch_says_how_to_get_it(tune_dir: Path) -> None:
+def test_training_without_pytorch_says_how_to_get_it(first_tune_dir: Path) -> None:
     try:
         import torch  # noqa: F401
     except ImportError:
         with pytest.raises(SystemExit, match="make verifier"):
-            train_verifier.main(["--scenes", str(tune_dir)])
+            train_verifier.main(["--scenes", str(first_tune_dir)])
     else:
         pytest.skip("PyTorch is installed here; the message is for machines without it")
