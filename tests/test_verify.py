@@ -84,6 +84,31 @@ async def test_vision_verifier_errors_are_vision_unavailable(llama, art_dir):
         llama.set_down(False)
 
 
+async def test_the_pipelines_vision_check_and_doctor_send_llama_swaps_api_key(art_dir, monkeypatch):
+    """With `apiKeys` in llama-swap's config, the one key (MIKU_VRAM_LLAMA_SWAP_API_KEY, vramctl's too) reaches
+    the vision check and doctor: no 401, so no silent fall-back to the heuristic."""
+    from mikubot.config import Settings
+    from mikubot.doctor import check_llama_swap
+    from mikubot.pipeline import AvatarPipeline
+
+    emu = LlamaSwapEmulator({"apiKeys": ["sekret"], "models": {"vision": {"vram_mib": 4000, "vision": True}}})
+    monkeypatch.setenv("MIKU_VRAM_LLAMA_SWAP_API_KEY", "sekret")
+    data = (art_dir / "eileen happy.png").read_bytes()
+    with emu.serve():
+        settings = Settings(llama_swap_url=emu.url)
+        assert settings.llama_swap_api_key.get_secret_value() == "sekret" and "sekret" not in repr(settings)
+        async with AvatarPipeline(settings) as pipeline:
+            assert pipeline.coordinator.settings.llama_swap_api_key.get_secret_value() == "sekret"
+            v = await pipeline.make_verifier().verify(candidate(data))
+            doctor = await check_llama_swap(settings, pipeline.http)
+        assert (v.method, v.raw) == ("vision", "[vision] ok")  # the model's answer, not a 401
+        assert doctor.state == "ok", doctor.message
+        keyless = Settings(llama_swap_url=emu.url, llama_swap_api_key="")
+        with pytest.raises(VisionUnavailable, match="401"):
+            await VisionVerifier(emu.url, "vision", MIKU).verify(candidate(data))
+        assert keyless.llama_swap_api_key is None
+
+
 @pytest.fixture(scope="module")
 def animeface():
     d = create_detector("animeface")

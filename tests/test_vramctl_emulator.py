@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from emulators.llama_swap import (
-    OOM_MESSAGE,
+    MODEL_UNLOADED,
     LlamaSwapEmulator,
     SimulatedGpu,
     create_app,
@@ -158,7 +158,7 @@ def test_unload_returns_when_process_is_gone_but_memory_comes_back_later(emu):
 def test_chat_loads_on_demand_swaps_others_and_ooms_like_the_seed(emu):
     emu.preload("vision")
     r = chat(emu.url, "text", max_tokens=1)  # alias of llama3.1; vision's memory is still being released
-    assert r.status_code == 500 and OOM_MESSAGE in r.text
+    assert (r.status_code, r.json()["error"]) == (500, "unspecific error: upstream command exited prematurely")
     assert emu.gpu.oom_count == 1 and emu.swap_count == 1 and emu.unloads == ["vision"]
     time.sleep(0.35)
     r = chat(emu.url, "llama3.1")
@@ -166,6 +166,28 @@ def test_chat_loads_on_demand_swaps_others_and_ooms_like_the_seed(emu):
     body = r.json()
     assert body["object"] == "chat.completion" and body["choices"][0]["message"]["role"] == "assistant"
     assert emu.loads == ["vision", "llama3.1"] and emu.running() == ["llama3.1"]
+
+
+def test_an_unload_while_the_model_starts_aborts_the_load():
+    """process_command.go / fifo.go (v250): a Stop during the start cancels it — starting → stopped, no memory
+    taken — and every request waiting for that model gets the unload's error (the real proxy answers the same:
+    test_llama_swap_real). A request that comes after the unload loads the model again."""
+    e = LlamaSwapEmulator({"models": {"slow": {"vram_mib": 1024, "load_s": 30}}})
+    with e.serve(), ThreadPoolExecutor(2) as pool:
+        waiting = [pool.submit(chat, e.url, "slow") for _ in range(2)]
+        deadline = time.monotonic() + 10
+        while [m["state"] for m in httpx.get(f"{e.url}/running").json()["running"]] != ["starting"]:
+            assert time.monotonic() < deadline, "slow never started"
+            time.sleep(0.01)
+        r = httpx.post(f"{e.url}/api/models/unload/slow", timeout=10)
+        assert (r.status_code, r.text) == (200, "OK")
+        for w in waiting:
+            r = w.result(timeout=10)
+            assert (r.status_code, r.json()) == (500, {"src": "llama-swap", "error": f"unspecific error: {MODEL_UNLOADED}"})
+        assert httpx.get(f"{e.url}/running").json() == {"running": []}
+        assert e.gpu.history == [] and e.loads == [] and e.unloads == ["slow"]
+        e.models["slow"].load_s = 0
+        assert chat(e.url, "slow").status_code == 200 and e.loads == ["slow"]
 
 
 def test_image_inputs_and_configurable_answers(emu):
@@ -242,25 +264,10 @@ def test_create_app_serves_with_the_shared_helper():
     app = create_app({"models": {"m": {"vram_mib": 4096}}}, gpu)
     with serve_app(app) as url:
         r = chat(url, "m")
-        assert r.status_code == 500 and OOM_MESSAGE in r.text
+        assert r.status_code == 500 and "exited prematurely" in r.text
         assert app.state.emulator.ledger()["oom_count"] == 1
         assert httpx.post(f"{url}/_emulator/alloc", json={"owner": "x", "mib": 4096}).status_code == 500
         assert httpx.post(f"{url}/_emulator/alloc", json={"owner": "x"}).status_code == 400
-
-
-def test_deployment_config_follows_llama_swaps_schema():
-    """llama-swap/config.yaml loads in the emulator's parser of llama-swap's schema, with the issue's models."""
-    import yaml
-    from emulators.llama_swap import ROOT_CONFIG
-    cfg = yaml.safe_load(ROOT_CONFIG.read_text())
-    assert set(cfg) <= {"healthCheckTimeout", "logLevel", "startPort", "macros", "models", "apiKeys", "groups"}
-    e = LlamaSwapEmulator(ROOT_CONFIG)
-    assert e.models["llama3.1"].ttl == 1800 and e.models["vision"].ttl == 900
-    assert "--mmproj" in e.models["vision"].cmd and all(m.check_endpoint == "/health" for m in e.models.values())
-    assert "${PORT}" in cfg["macros"]["server"]  # expanded per model, from startPort in sorted id order
-    assert (e.models["llama3.1"].proxy, e.models["vision"].proxy) == ("http://127.0.0.1:10001", "http://127.0.0.1:10002")
-    assert "--port 10002" in e.models["vision"].cmd and "${" not in e.models["vision"].cmd
-    assert e.real_name("text") == "llama3.1"
 
 
 def test_the_emulated_release_is_the_one_compose_pins():

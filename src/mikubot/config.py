@@ -137,6 +137,11 @@ class Settings(SourceSettings, BaseSettings):
     text_model: str | None = Field(None, description="llama-swap id of the chat model (declared to vramctl)")
     text_vram_mib: int = TEXT_VRAM_MIB
     vision_timeout_s: float = 120.0
+    llama_swap_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("MIKU_VRAM_LLAMA_SWAP_API_KEY", "llama_swap_api_key"),
+        description="one of llama-swap's apiKeys: the vision check, doctor and vramctl send it as Authorization: Bearer",
+    )
 
     # --- face detector ----------------------------------------------------------------------------------
     face_detector_url: str | None = Field(
@@ -234,7 +239,7 @@ class Settings(SourceSettings, BaseSettings):
             raise ValueError(f"guild_looks keys must be Discord server ids (numbers), not {', '.join(map(repr, bad))}")
         return {int(k): look for k, look in v.items()}
 
-    @field_validator("discord_token", "web_token", mode="before")
+    @field_validator("discord_token", "web_token", "llama_swap_api_key", mode="before")
     @classmethod
     def _empty_secret_is_unset(cls, v: Any) -> Any:
         # `MIKU_DISCORD_TOKEN=` (an empty line in .env or compose) means "no token", not a token of "".

@@ -79,7 +79,7 @@ async def check_llama_swap(s: Settings, http: httpx.AsyncClient) -> Check:
         return Check("llama-swap", "off", "No vision model configured: the heuristic verifier (tags + hair colour) is used",
                      "set MIKU_LLAMA_SWAP_URL (and MIKU_VISION_MODEL) to verify with a vision model")
     try:
-        catalog = await LlamaSwapClient(s.llama_swap_url, http, timeout_s=5.0).catalog()
+        catalog = await LlamaSwapClient(s.llama_swap_url, http, s.llama_swap_api_key, timeout_s=5.0).catalog()
     except ServerError as exc:
         return Check("llama-swap", "fail", f"llama-swap not reachable: {exc}",
                      "start llama-swap (`docker compose up -d llama-swap`) or fix MIKU_LLAMA_SWAP_URL")

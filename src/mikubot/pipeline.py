@@ -264,8 +264,9 @@ class AvatarPipeline:
     def make_verifier(self, settings: Settings | None = None) -> Verifier:
         s = settings or self.settings
         if s.llama_swap_url:
+            key = s.llama_swap_api_key.get_secret_value() if s.llama_swap_api_key else None
             return VisionVerifier(s.llama_swap_url, s.vision_model, s.character_name, http=self.http,
-                                  timeout_s=s.vision_timeout_s)
+                                  timeout_s=s.vision_timeout_s, api_key=key)
         return self.heuristic(s)
 
     def heuristic(self, settings: Settings | None = None) -> HeuristicVerifier:

@@ -22,6 +22,8 @@ def vram_settings(settings: Settings) -> VramSettings:
     common = {"probe": settings.gpu_probe, "probe_url": settings.gpu_probe_url, "settle_s": settings.settle_s}
     if settings.llama_swap_url:
         common["llama_swap_url"] = settings.llama_swap_url
+    if settings.llama_swap_api_key is not None:
+        common["llama_swap_api_key"] = settings.llama_swap_api_key
     if settings.vram_config is not None:
         return VramSettings.from_yaml(settings.vram_config, **common)
     consumers: list[Consumer] = []

@@ -55,8 +55,8 @@ Models come from a YAML/dict in llama-swap's own config shape (`models: {id: {cm
 held by others: display, CUDA contexts).
 
 The VRAM ledger (`SimulatedGpu`): a model's memory is allocated when its weights reach the card (at the end of
-`load_s`); a load that does not fit fails (HTTP 500 "unspecific error: upstream command exited prematurely",
-to which the emulator adds llama-server's `cudaMalloc failed: out of memory` from the log so tests can tell).
+`load_s`); a load that does not fit fails as the real one does (HTTP 500 "unspecific error: upstream command
+exited prematurely": llama-server's `cudaMalloc failed: out of memory` is only in its log; `oom_count` counts it).
 Stopping takes `stop_s` (the model shows `stopping` meanwhile; unload calls return when the process is gone, as
 llama-swap's do) and the card gets the memory back `release_s` later (driver teardown). `GET /_emulator/vram`
 is what EmulatorProbe reads.
@@ -106,6 +106,15 @@ class OutOfMemory(RuntimeError):
 # ---------------------------------------------------------------------------------------------------------
 # The simulated card
 # ---------------------------------------------------------------------------------------------------------
+def _alive(pid: int) -> bool:
+    """Whether a process still exists and is not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 class SimulatedGpu:
     """A VRAM ledger shared by every emulated server. Thread-safe: servers run in their own threads."""
 
@@ -114,6 +123,7 @@ class SimulatedGpu:
         self.name = name
         self._lock = threading.RLock()
         self.allocations: dict[str, float] = {}
+        self.processes: dict[str, tuple[int, float]] = {}  # owner → (pid, release_s) for claims by other processes
         self.releasing: list[tuple[str, float, float]] = []  # (owner, MiB, monotonic time it comes back)
         self.history: list[dict[str, Any]] = []
         self.oom_count = 0
@@ -123,6 +133,13 @@ class SimulatedGpu:
 
     def _settle(self) -> None:
         now = time.monotonic()
+        for owner, (pid, release_s) in list(self.processes.items()):
+            if not _alive(pid):  # the driver frees a dead process's memory, however it ended
+                del self.processes[owner]
+                mib = self.allocations.pop(owner, 0.0)
+                if mib:
+                    self.releasing.append((owner, mib, now + release_s))
+                    self._log("exit", owner, mib)
         done = [r for r in self.releasing if r[2] <= now]
         self.releasing = [r for r in self.releasing if r[2] > now]
         for owner, mib, at in sorted(done, key=lambda r: r[2]):
@@ -141,8 +158,10 @@ class SimulatedGpu:
             self._settle()
             return self._free()
 
-    def alloc(self, owner: str, mib: float) -> None:
-        """Claim memory as cudaMalloc would: all or nothing."""
+    def alloc(self, owner: str, mib: float, *, pid: int | None = None, release_s: float = 0.0) -> None:
+        """Claim memory as cudaMalloc would: all or nothing. With `pid` (a model server stand-in in its own
+        process, `emulators.model_server`) the claim lasts as long as that process: `release_s` after it is
+        gone the memory is back, as the driver does it."""
         with self._lock:
             self._settle()
             if mib > self._free():
@@ -150,6 +169,8 @@ class SimulatedGpu:
                 self._log("oom", owner, mib)
                 raise OutOfMemory(f"{OOM_MESSAGE} ({owner} needs {mib:.0f} MiB, {self._free():.0f} MiB free)")
             self.allocations[owner] = self.allocations.get(owner, 0.0) + mib
+            if pid is not None:
+                self.processes[owner] = (pid, release_s)
             self._log("alloc", owner, mib)
 
     def free(self, owner: str, release_s: float = 0.0) -> float:
@@ -157,6 +178,7 @@ class SimulatedGpu:
         with self._lock:
             self._settle()
             mib = self.allocations.pop(owner, 0.0)
+            self.processes.pop(owner, None)
             if mib:
                 self.releasing.append((owner, mib, time.monotonic() + release_s))
                 self._log("exit", owner, mib)
@@ -166,7 +188,8 @@ class SimulatedGpu:
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             self._settle()
-            procs = [{"pid": None, "name": o, "used_mib": m} for o, m in self.allocations.items()]
+            procs = [{"pid": self.processes.get(o, (None,))[0], "name": o, "used_mib": m}
+                     for o, m in self.allocations.items()]
             procs += [{"pid": None, "name": f"{o} (exited, driver releasing)", "used_mib": m} for o, m, _ in self.releasing]
             free = self._free()
             return {"device": self.name, "total_mib": self.total_mib, "used_mib": self.total_mib - free,
@@ -183,11 +206,13 @@ def _add_gpu_routes(app: FastAPI, gpu: SimulatedGpu) -> None:
     @app.post("/_emulator/alloc")
     async def alloc(body: dict[str, Any]) -> Response:
         try:
-            gpu.alloc(str(body["owner"]), float(body["mib"]))
+            pid = int(body["pid"]) if body.get("pid") is not None else None
+            gpu.alloc(str(body["owner"]), float(body["mib"]), pid=pid, release_s=float(body.get("release_s", 0.0)))
         except OutOfMemory as exc:
             return JSONResponse({"error": str(exc)}, status_code=500)
         except (KeyError, ValueError, TypeError):
-            return JSONResponse({"error": "body needs owner (str) and mib (number)"}, status_code=400)
+            return JSONResponse({"error": "body needs owner (str) and mib (number); optional pid (int) and "
+                                 "release_s (number)"}, status_code=400)
         return JSONResponse({"ok": True, "free_mib": gpu.free_mib})
 
     @app.post("/_emulator/free")
@@ -266,6 +291,18 @@ class Switches:
 
 class LoadFailed(RuntimeError):
     pass
+
+
+def _go_duration(seconds: int) -> str:
+    """Go's time.Duration String() for whole seconds: 15s, 2m0s, 1h0m0s."""
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m}m{s}s" if h else f"{m}m{s}s" if m else f"{s}s"
+
+
+# fifo.go OnUnload's error for requests waiting on a model that is unloaded (the default router is named
+# "group"), which swaputil.SendError answers as 500 "unspecific error: ...".
+MODEL_UNLOADED = "group: model unloaded"
 
 
 def _load_config(config: dict | str | Path) -> dict[str, Any]:
@@ -383,7 +420,7 @@ class LlamaSwapEmulator:
         self.models = _parse_models(cfg)
         self.peers = _parse_peers(cfg)
         self.include_aliases_in_list = bool(cfg.get("includeAliasesInList", False))
-        self.health_check_timeout = float(cfg.get("healthCheckTimeout", 120))
+        self.health_check_timeout = max(15, int(cfg.get("healthCheckTimeout", 120)))  # load.go: at least 15 s
         self.api_keys = [str(k) for k in cfg.get("apiKeys") or []]
         self.gpu = gpu or SimulatedGpu(cfg.get("gpu_total_mib", 8192), cfg.get("gpu_reserved_mib", 0))
         self.switches = Switches()
@@ -397,6 +434,8 @@ class LlamaSwapEmulator:
         self.requests: list[dict[str, Any]] = []  # (path, model) of every API call, for assertions
         self._mutex = threading.RLock()
         self._swap_lock: asyncio.Lock | None = None
+        self._aborts: dict[str, asyncio.Event] = {}  # model id → set to abort its start
+        self._unload_count: dict[str, int] = {m: 0 for m in self.models}
         self.url: str | None = None
         self.gpu_url: str | None = None
         self._server: _Server | None = None
@@ -483,7 +522,11 @@ class LlamaSwapEmulator:
         return True
 
     async def _ensure_ready(self, mid: str) -> None:
+        unloads_seen = self._unload_count[mid]
         async with self._lock():
+            if self._unload_count[mid] != unloads_seen:
+                # fifo.go OnUnload: requests waiting for a model that is unloaded meanwhile get the error.
+                raise LoadFailed(MODEL_UNLOADED)
             if self.state[mid] == "ready":
                 return
             for other in list(self.models):
@@ -493,19 +536,32 @@ class LlamaSwapEmulator:
                     if await self._stop(other):
                         self.swap_count += 1
             spec = self.models[mid]
+            abort = self._aborts[mid] = asyncio.Event()
             with self._mutex:
                 self.state[mid] = "starting"
-            if spec.load_s > self.health_check_timeout:
-                await asyncio.sleep(self.health_check_timeout)
+            try:
+                # process_command.go: a Stop during the start cancels it (ErrStartAborted); the process is killed
+                # before its weights reach the card.
+                await asyncio.wait_for(abort.wait(), min(spec.load_s, self.health_check_timeout))
+            except TimeoutError:
+                pass
+            finally:
+                self._aborts.pop(mid, None)
+            if abort.is_set():
                 self.state[mid] = "stopped"
-                raise LoadFailed(f"health check timed out after {self.health_check_timeout:g}s")
-            await asyncio.sleep(spec.load_s)
+                self.unloads.append(mid)
+                raise LoadFailed(MODEL_UNLOADED)
+            if spec.load_s > self.health_check_timeout:
+                self.state[mid] = "stopped"
+                raise LoadFailed(f"health check timed out after {_go_duration(self.health_check_timeout)}")
             with self._mutex:
                 try:
                     self.gpu.alloc(mid, spec.vram_mib)
                 except OutOfMemory as exc:
                     self.state[mid] = "stopped"
-                    raise LoadFailed(f"upstream command exited prematurely (llama-server: {exc})") from exc
+                    # llama-server logs the cudaMalloc failure and exits; llama-swap says only this (the OOM is
+                    # in the model's log and in the card's oom_count).
+                    raise LoadFailed("upstream command exited prematurely") from exc
                 self.state[mid] = "ready"
                 self.loads.append(mid)
                 self.last_used[mid] = time.monotonic()
@@ -521,7 +577,12 @@ class LlamaSwapEmulator:
                         await self._stop(mid)
 
     async def _unload(self, *mids: str) -> None:
-        """baseRouter.Unload: blocks until each targeted process has stopped."""
+        """baseRouter.Unload: blocks until each targeted process has stopped. A model still starting is
+        aborted (starting → stopped, no memory taken); whoever waits for it gets MODEL_UNLOADED."""
+        for mid in mids or self.models:
+            self._unload_count[mid] += 1
+            if mid in self._aborts:
+                self._aborts[mid].set()
         async with self._lock():
             await asyncio.gather(*(self._stop(m) for m in mids or self.models))
 
@@ -690,7 +751,7 @@ class LlamaSwapEmulator:
             try:
                 await emu._ensure_ready(mid)
             except LoadFailed as exc:
-                return emu._error(request, 500, f"unspecific error: [{mid}] {exc}")
+                return emu._error(request, 500, f"unspecific error: {exc}")
             emu.inflight[mid] += 1
             try:
                 await asyncio.sleep(spec.infer_s)
