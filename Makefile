@@ -8,11 +8,12 @@ OUT    ?= out/demo
 BENCH_DATA ?= ../shared/bench
 SCENES ?= .cache/scenes
 
-.PHONY: help install art scenes proposals verifier facefilter demo test test-fast bench lint clean constraints
+.PHONY: help install art scenes proposals verifier facefilter demo test test-fast bench lint clean constraints llama-swap
 
 help:
 	@echo "make demo   - detect faces in the sample art and make an avatar (embedded defaults, no config)"
-	@echo "make test   - run the whole test suite (installs what it needs first)"
+	@echo "make test   - run the whole test suite (installs what it needs first; builds the real llama-swap where Go is installed)"
+	@echo "make llama-swap - build the real llama-swap (third_party/llama-swap) into .cache/go/bin for the tests"
 	@echo "make bench  - run the benchmarks and rewrite bench/RESULTS.md"
 	@echo "make constraints - re-resolve every extra of pyproject.toml into constraints.txt (needs PyPI)"
 	@echo "make scenes - compose the labelled scene sets for detection/crop benchmarks (.cache/scenes)"
@@ -70,9 +71,27 @@ facefilter: scenes
 demo: install art
 	MIKU_DATA_DIR=$(OUT)/data $(VENV)/bin/mikubot pfp change --dry-run --source local:$(ART)/images --out $(OUT)/avatar.png
 
+# The real llama-swap for tests/test_llama_swap_real.py, built where Go is installed from its source in
+# third_party/llama-swap (this commit: tag v250, the release docker-compose.yml pins; the Go module proxy has
+# its dependencies but not llama-swap itself), without the web UI. GOPATH and the build cache stay in .cache/go.
+LLAMA_SWAP_COMMIT := 60226b63776efac11e15828abe0bb302ec259699
+LLAMA_SWAP_VERSION := v250
+GOBIN_DIR := $(abspath .cache/go/bin)
+GO ?= $(or $(shell command -v go 2>/dev/null),$(wildcard /usr/local/go/bin/go),go)
+LLAMA_SWAP_SRC := third_party/llama-swap
+$(GOBIN_DIR)/llama-swap: $(shell find $(LLAMA_SWAP_SRC) -type f 2>/dev/null)
+	cd $(LLAMA_SWAP_SRC) && GOPATH=$(abspath .cache/go) GOCACHE=$(abspath .cache/go/cache) GOFLAGS=-modcacherw \
+	  $(GO) build -trimpath -o $@ \
+	  -ldflags='-X main.version=$(LLAMA_SWAP_VERSION) -X main.commit=$(shell printf %.7s $(LLAMA_SWAP_COMMIT))' .
+
+llama-swap: $(GOBIN_DIR)/llama-swap
+
 test: install art
 	bash scripts/test-deps.sh
-	MIKU_TEST_ART=$(ART)/images MIKU_TEST_CASCADE=$(BENCH_DATA)/peers/lbpcascade_animeface.xml $(PY) -m pytest -q
+	@if command -v $(GO) >/dev/null 2>&1; then $(MAKE) --no-print-directory llama-swap; \
+	else echo "make test: no Go toolchain, so no real llama-swap: tests/test_llama_swap_real.py is skipped"; fi
+	MIKU_TEST_LLAMA_SWAP=$(GOBIN_DIR)/llama-swap MIKU_TEST_ART=$(ART)/images \
+	  MIKU_TEST_CASCADE=$(BENCH_DATA)/peers/lbpcascade_animeface.xml $(PY) -m pytest -q
 
 bench: install art scenes
 	$(PY) bench/detect.py --art $(ART)/images --bench-data $(BENCH_DATA) --scenes $(SCENES)
