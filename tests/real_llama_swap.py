@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shlex
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,6 +28,28 @@ from servers import free_port, wait_http
 
 BINARY_ENV = "MIKU_TEST_LLAMA_SWAP"
 MODEL_SERVER = Path(__file__).resolve().parent / "emulators" / "model_server.py"
+
+
+def start_port(models: int) -> int:
+    """llama-swap's `startPort` for `models` models: it gives them consecutive ports (`${PORT}`) in sorted id
+    order. A block that is free now, below the kernel's ephemeral range (where free_port's ports and every
+    client connection's own port come from), so nothing takes one between now and the model's start."""
+    low, _ = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    rng = random.Random()
+    for _ in range(100):
+        base = rng.randrange(10000, low - models)
+        if all(_bindable(base + i) for i in range(models)):
+            return base
+    raise RuntimeError(f"no {models} consecutive free ports below {low}")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def binary() -> Path | None:

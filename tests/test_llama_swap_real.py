@@ -10,6 +10,7 @@ never a clock.
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import threading
@@ -33,7 +34,7 @@ from emulators.llama_swap import (
 from images import encode
 from PIL import Image
 from pipeline_rig import posts_for, scaled_art, world
-from real_llama_swap import RealLlamaSwap, model_server, needs_binary, serve, start_args
+from real_llama_swap import RealLlamaSwap, model_server, needs_binary, serve, start_args, start_port
 from servers import free_port, serve_app, venv_bin
 
 from mikubot.config import Settings
@@ -48,7 +49,7 @@ pytestmark = needs_binary
 
 KEY = "real-llama-swap-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-TOTAL_MIB, DISPLAY_MIB = 8192, 2600  # pipeline_rig's tight card: vision (4608) and the detector (1024) never fit together
+TOTAL_MIB, DISPLAY_MIB = 8192, 2600  # a tight card: vision (4608) and the detector (1024) never fit together
 VISION_MIB, TEXT_MIB, SLOW_MIB, DETECTOR_MIB = 4608, 5120, 1024, 1024
 VISION_RELEASE_S = 0.3  # the driver's teardown after the process is gone
 
@@ -78,8 +79,9 @@ def models_config(card_url: str, journal: Path) -> dict[str, Any]:
     return {
         "healthCheckTimeout": 60,
         "logLevel": "debug",
-        "startPort": free_port(),
+        "startPort": start_port(3),
         "apiKeys": [KEY],
+        "peers": {"gpu-box": {"proxy": "http://127.0.0.1:9", "models": ["big"]}},  # another machine's llama-swap
         "models": {
             "vision": {"cmd": model_server(card_url, vram_mib=VISION_MIB, release_s=VISION_RELEASE_S, journal=journal)
                        + " --port ${PORT} --alias vision --mmproj mmproj-model-f16.gguf",
@@ -264,16 +266,17 @@ def test_an_unload_while_the_model_starts_aborts_the_load(idle):
 
 # --- our emulator against the real proxy -----------------------------------------------------------------------
 
-def _exchange(url: str, method: str, path: str, headers: dict[str, str], body: Any) -> tuple[int, Any]:
+def _exchange(url: str, method: str, path: str, headers: dict[str, str], body: Any) -> tuple[int, str, Any]:
     r = httpx.request(method, f"{url}{path}", headers=headers, timeout=30,
                       **({"json": body} if body is not None else {}))
+    kind = r.headers.get("content-type", "").split(";")[0]
     try:
         data: Any = r.json()
     except ValueError:
         data = r.text.strip()
     if isinstance(data, dict) and isinstance(data.get("data"), list):  # /v1/models: `created` is the server's clock
         data = {**data, "data": [{k: v for k, v in m.items() if k != "created"} for m in data["data"]]}
-    return r.status_code, data
+    return r.status_code, kind, data
 
 
 EXCHANGES = [  # (method, path, headers, body)
@@ -291,17 +294,25 @@ EXCHANGES = [  # (method, path, headers, body)
     ("POST", "/v1/chat/completions", AUTH, {"messages": [{"role": "user", "content": "hi"}]}),
     ("POST", "/v1/chat/completions", AUTH, {"model": "nope", "messages": [{"role": "user", "content": "hi"}]}),
     ("GET", "/no-such-route", AUTH, None),
+    ("HEAD", "/health", {}, None),
+    ("GET", "/api/models/unload/vision", AUTH, None),  # a known path with another method
+    ("POST", "/running", AUTH, None),
+    ("POST", "/api/models/unload/nope", {**AUTH, "Accept": "text/html"}, None),
+    ("GET", "/running", {"Authorization": "Basic " + base64.b64encode(f"user:{KEY}".encode()).decode()}, None),
+    ("GET", "/running", {"Authorization": "Basic " + base64.b64encode(b"user:wrong").decode()}, None),
+    ("POST", "/api/models/unload/gpu-box/big", AUTH, None),
+    ("POST", "/v1/chat/completions", {**AUTH, "Accept": "text/plain"}, {"model": "nope", "messages": []}),
 ]
 
 
-def test_the_emulator_answers_the_management_api_as_the_real_one(idle, tmp_path):
-    config = yaml.safe_load(idle.swap.config_path.read_text())
-    emu = LlamaSwapEmulator(config)
+def test_the_emulator_answers_the_management_api_as_the_real_one(idle):
+    """Status, content type and body of each exchange, from the emulator fed the same config as the real one."""
+    emu = LlamaSwapEmulator(yaml.safe_load(idle.swap.config_path.read_text()))
     with emu.serve():
-        for method, path, headers, body in EXCHANGES:
-            real = _exchange(idle.swap.url, method, path, headers, body)
-            emulated = _exchange(emu.url, method, path, headers, body)
-            assert emulated == real, (method, path, headers)
+        differ = [(method, path, headers, real, emulated) for method, path, headers, body in EXCHANGES
+                  if (real := _exchange(idle.swap.url, method, path, headers, body))
+                  != (emulated := _exchange(emu.url, method, path, headers, body))]
+    assert not differ, "\n".join(map(repr, differ))
 
 
 def test_the_emulator_runs_and_fails_a_load_as_the_real_one(idle):
@@ -343,7 +354,7 @@ def shipped(tmp_path_factory) -> Iterator[tuple[RealLlamaSwap, SimulatedGpu]]:
         exe, _, rest = config["macros"]["server"].partition(" ")
         assert exe == "/app/llama-server", "the shipped macro starts llama-server from the llama-swap image"
         config["macros"]["server"] = f"{model_server(card_url, vram_mib=VISION_MIB)} {rest}"
-        config["startPort"] = free_port()
+        config["startPort"] = start_port(2)
         with serve(config, tmp_path_factory.mktemp("shipped")) as swap:
             yield swap, gpu
 

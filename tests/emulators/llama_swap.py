@@ -54,12 +54,39 @@ Models come from a YAML/dict in llama-swap's own config shape (`models: {id: {cm
 `release_s`, `infer_s`, `vision`; and at the top level `gpu_total_mib` (8192) and `gpu_reserved_mib` (memory
 held by others: display, CUDA contexts).
 
-The VRAM ledger (`SimulatedGpu`): a model's memory is allocated when its weights reach the card (at the end of
-`load_s`); a load that does not fit fails as the real one does (HTTP 500 "unspecific error: upstream command
-exited prematurely": llama-server's `cudaMalloc failed: out of memory` is only in its log; `oom_count` counts it).
+The VRAM ledger (`SimulatedGpu`, served for probes by `create_gpu_app` too): a model's memory is allocated when
+its weights reach the card (at the end of `load_s`); a load that does not fit fails as the real one does (HTTP
+500 "unspecific error: upstream command exited prematurely": llama-server's `cudaMalloc failed: out of memory`
+is only in its log; `oom_count` counts it).
 Stopping takes `stop_s` (the model shows `stopping` meanwhile; unload calls return when the process is gone, as
 llama-swap's do) and the card gets the memory back `release_s` later (driver teardown). `GET /_emulator/vram`
-is what EmulatorProbe reads.
+is what EmulatorProbe reads. Another process (a model server stand-in launched by the real llama-swap) claims
+memory with `POST /_emulator/alloc {"owner", "mib", "pid", "release_s"}`: the claim lasts while that pid
+lives (whatever ends it) and comes back `release_s` after, as the driver frees a dead process's memory.
+
+A model process that is unloaded while it starts (process_command.go: a Stop during the start cancels it;
+fifo.go OnUnload) goes back to `stopped` without taking memory, and every request waiting for it gets 500
+"unspecific error: group: model unloaded" (`MODEL_UNLOADED`).
+
+Checked against the real thing: tests/test_llama_swap_real.py runs the real llama-swap (v250, built from
+third_party/llama-swap) with model stand-ins (`emulators.model_server`) and sends both the same
+requests (status, content type, body must match), an OOM load, and an unload during a start. Where they
+disagreed, the emulator was changed to the real answer. What remains different, because the emulator is
+kept for what the real one cannot show here (a peer on another machine, older versions' missing routes,
+main's error envelope, exact timings without a second's health-check beat):
+
+- no process is started: `cmd` is text; `vram_mib`/`load_s`/`stop_s`/`release_s`/`infer_s`/`vision` say
+  how the model behaves, and the emulator answers chats itself (`set_answer`; `stream: true` as SSE);
+- a load takes exactly `load_s`; llama-swap health-checks 250 ms after the start and then every second
+  (process_command.go), so a real load takes at least 250 ms and ends on that beat;
+- ttl expiry is checked every 50 ms (llama-swap: a one-second ticker);
+- one lock orders every load, swap and unload; llama-swap's scheduler (router/scheduler/fifo.go) joins
+  requests to a swap in flight, queues the ones that collide with it, and honours `concurrencyLimit`;
+- only the default swapping group: no `groups`/`matrix`/`hooks`, no `sendLoadingState`, no `/upstream/`,
+  `/logs`, `/metrics`, `/api/version`, `/api/events` or UI;
+- a peer's model is answered by the emulator (the real one proxies to the other machine);
+- the config check is a subset of llama-swap's (macros, reserved names, duplicate aliases, `${PORT}` only in
+  `cmd`, healthCheckTimeout at least 15 s); the real binary loads llama-swap/config.yaml in the real tier.
 
 Also here, because it shares the simulated card: the face detector's pause/resume endpoints on that card
 (`create_detector_app`: /health, /load, /unload, /detect) — a GPU detector's VRAM cannot exist without a GPU.
