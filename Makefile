@@ -80,7 +80,7 @@ GOBIN_DIR := $(abspath .cache/go/bin)
 GO ?= $(or $(shell command -v go 2>/dev/null),$(wildcard /usr/local/go/bin/go),go)
 LLAMA_SWAP_SRC := third_party/llama-swap
 $(GOBIN_DIR)/llama-swap: $(shell find $(LLAMA_SWAP_SRC) -type f 2>/dev/null)
-	cd $(LLAMA_SWAP_SRC) && GOPATH=$(abspath .cache/go) GOCACHE=$(abspath .cache/go/cache) GOFLAGS=-modcacherw \
+	cd $(LLAMA_SWAP_SRC) && GOPATH=$(abspath .cache/go) GOCACHE=$(abspath .cache/go/cache) GOFLAGS='-modcacherw -buildvcs=false' \
 	  $(GO) build -trimpath -o $@ \
 	  -ldflags='-X main.version=$(LLAMA_SWAP_VERSION) -X main.commit=$(shell printf %.7s $(LLAMA_SWAP_COMMIT))' .
 
