@@ -37,7 +37,6 @@ from pipeline_rig import posts_for, scaled_art, world
 from real_llama_swap import RealLlamaSwap, model_server, needs_binary, serve, start_args, start_port
 from servers import free_port, serve_app, venv_bin
 
-from mikubot.config import Settings
 from mikubot.pipeline import AvatarPipeline
 from mikubot.sources.base import Candidate
 from mikubot.verify import VisionUnavailable, VisionVerifier
