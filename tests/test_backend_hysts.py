@@ -235,3 +235,157 @@ def test_same_faces_and_landmarks_as_the_packages_own_landmark_detector(weights,
     ours = np.array(dets[0].keypoints)
     np.testing.assert_allclose(ours[:, :2], theirs[0]["keypoints"][:, :2], atol=1e-2)
     np.testing.assert_allclose(ours[:, 2], np.clip(theirs[0]["keypoints"][:, 2], 0, 1), atol=1e-5)
+
+
+@needs_hysts
+def test_the_api_serves_it_from_the_settings_exif_turned_and_reloads_after_unload(weights, found, tmp_path):
+    """FACEDETECT_BACKEND=hysts FACEDETECT_MODEL_PATH=DIR, over real HTTP: a picture stored on its side with
+    an EXIF orientation comes back in its upright pixels, and /unload then /detect loads the models again."""
+    width, height, _ = UPSCALED
+    upright, dets = found[(width, height)]
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display": stored turned a quarter anticlockwise
+    stored_on_its_side = _png(upright.transpose(Image.Transpose.ROTATE_90), exif=exif)
+    app = create_app(FaceDetectSettings(backend="hysts", model_path=weights, outputs=tmp_path / "out"))
+    with serve_app(app) as url:
+        health = httpx.get(f"{url}/health").json()
+        r = httpx.post(f"{url}/detect", files={"file": ("turned.png", stored_on_its_side, "image/png")}, timeout=300)
+        unloaded = httpx.post(f"{url}/unload", timeout=60).json()
+        again = httpx.post(f"{url}/detect", files={"file": ("upright.png", _png(upright), "image/png")},
+                           params={"annotate": "false"}, timeout=300)
+    assert health["backend"] == "hysts" and health["detector_loaded"] is True
+    assert health["uses_gpu"] is False and health["vram_mib"] == 0.0  # a host without CUDA: the CPU
+    assert health["keypoint_names"] == KEYPOINT_NAMES
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["image"]["width"] == width and body["image"]["height"] == height
+    assert body["backend"] == "hysts" and body["keypoint_names"] == KEYPOINT_NAMES
+    want = sorted((d.to_json() for d in dets), key=lambda d: d["bbox"])
+    for got in (sorted(body["detections"], key=lambda d: d["bbox"]),
+                sorted(again.json()["detections"], key=lambda d: d["bbox"])):
+        assert len(got) == len(want) == 2
+        for g, w in zip(got, want):
+            assert g["bbox"] == pytest.approx(w["bbox"], abs=0.02)
+            assert len(g["keypoints"]) == 28
+            assert np.asarray(g["keypoints"]) == pytest.approx(np.asarray(w["keypoints"]), abs=0.02)
+    assert Path(body["annotated_image"]).is_file()
+    assert unloaded["detector_loaded"] is False
+    assert again.status_code == 200 and "load" in again.json()["timings_ms"]  # loaded again, lazily
+
+
+@needs_hysts
+def test_checkpoints_by_their_hub_or_release_names_and_the_faster_rcnn(weights, tmp_path):
+    import hysts_models
+    import torch
+
+    # The original release's .pth files (a state_dict under "state_dict", as mmcv saved them).
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    torch.save({"state_dict": hysts_models.random_hrnetv2().state_dict()}, legacy / "mmpose_anime-face_hrnetv2.pth")
+    (legacy / "yolov3.safetensors").symlink_to(weights / "yolov3.safetensors")
+    det = create_detector("hysts", model_path=legacy, device="cpu")
+    assert det.describe()["landmark_path"] == str(legacy / "mmpose_anime-face_hrnetv2.pth")
+    det.load()
+    assert det.loaded and det.device == "cpu"
+    det.unload()
+
+    rcnn = tmp_path / "rcnn"
+    rcnn.mkdir()
+    hysts_models.save(hysts_models.random_faster_rcnn(), rcnn / "faster-rcnn.safetensors")
+    det = create_detector("hysts", face_detector="faster-rcnn", model_path=rcnn,
+                          landmark_path=weights / "hrnetv2.safetensors", device="cpu")
+    det.load()
+    info = det.describe()
+    assert info["face_detector"] == "faster-rcnn" and info["detector_path"] == str(rcnn / "faster-rcnn.safetensors")
+    assert info["landmark_path"] == str(weights / "hrnetv2.safetensors") and info["device"] == "cpu"
+    det.unload()
+    assert not det.loaded and det.describe()["device"] is None
+
+
+@needs_hysts
+def test_a_file_that_is_not_the_checkpoint_is_a_503_naming_it(weights, tmp_path):
+    garbage = tmp_path / "yolov3.safetensors"
+    garbage.write_bytes(b"not a checkpoint at all")
+    for face_file in (weights / "hrnetv2.safetensors", garbage):  # the wrong network's weights; no weights
+        det = create_detector("hysts", detector_path=face_file, landmark_path=weights / "hrnetv2.safetensors",
+                              device="cpu")
+        with pytest.raises(BackendUnavailable, match="cannot load the hysts checkpoints") as err:
+            det.load()
+        assert err.value.status_code == 503 and str(face_file) in err.value.message
+        assert not det.loaded
+
+
+@needs_hysts
+def test_cuda_asked_for_on_a_host_without_it_is_a_503(weights):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this host has a CUDA GPU")
+    det = create_detector("hysts", model_path=weights, device="cuda")
+    assert det.uses_gpu is False
+    with pytest.raises(BackendUnavailable, match="sees no CUDA GPU") as err:
+        det.load()
+    assert err.value.status_code == 503 and not det.loaded
+
+
+@needs_hysts
+def test_by_default_the_weights_come_from_the_hugging_face_cache(weights, tmp_path):
+    """No model_path: the package's own download (hf_hub_download) into the Hub's cache. Run offline
+    (HF_HUB_OFFLINE=1, an empty HF_HOME), the first load says it cannot get them; once the cache holds them
+    in the Hub client's layout, the same backend loads them from there."""
+    script = textwrap.dedent("""
+        import json, sys
+        from pathlib import Path
+        from facedetect.backends import create_detector
+        from facedetect.errors import BackendUnavailable
+
+        weights, hub = Path(sys.argv[1]), Path(sys.argv[2]) / "hub"
+        det, out = create_detector("hysts", device="cpu"), {}
+        try:
+            det.load()
+        except BackendUnavailable as exc:
+            out["empty"] = [exc.status_code, exc.message]
+        for repo, name in (("anime-face-detector-yolov3", "yolov3"), ("anime-face-detector-hrnetv2", "hrnetv2")):
+            commit = "0" * 40
+            cached = hub / f"models--hysts--{repo}"
+            (cached / "refs").mkdir(parents=True)
+            (cached / "refs" / "main").write_text(commit)
+            (cached / "snapshots" / commit).mkdir(parents=True)
+            (cached / "snapshots" / commit / "model.safetensors").symlink_to(weights / f"{name}.safetensors")
+        det.load()
+        info = det.describe()
+        out["cached"] = [info["detector_path"], info["landmark_path"]]
+        print(json.dumps(out))
+    """)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-c", script, str(weights), str(tmp_path / "hf")],
+                         capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    status, message = out["empty"]
+    assert status == 503
+    assert "cannot get the yolov3 weights from the Hugging Face Hub (hysts/anime-face-detector-yolov3)" in message
+    hub = tmp_path / "hf" / "hub"
+    assert out["cached"] == [
+        str(hub / "models--hysts--anime-face-detector-yolov3" / "snapshots" / ("0" * 40) / "model.safetensors"),
+        str(hub / "models--hysts--anime-face-detector-hrnetv2" / "snapshots" / ("0" * 40) / "model.safetensors"),
+    ]
+
+
+@needs_hysts
+@pytest.mark.gpu
+def test_on_cuda_it_holds_vram_and_unload_gives_it_back(weights, found):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip(f"no CUDA GPU for PyTorch {torch.__version__} (CUDA {torch.version.cuda})")
+    det = create_detector("hysts", model_path=weights, device="auto")
+    assert det.uses_gpu is True
+    det.load()
+    assert det.device == "cuda:0" and det.vram_mib() > 100  # ~70 M parameters in float32 and their workspace
+    image, cpu_dets = found[DOWNSCALED[:2]]
+    gpu_dets = det.detect(image)
+    assert len(gpu_dets) == len(cpu_dets) == 1
+    assert gpu_dets[0].bbox == pytest.approx(cpu_dets[0].bbox, abs=0.05)
+    det.unload()
+    assert det.vram_mib() == 0.0 and torch.cuda.memory_reserved(0) == 0
