@@ -157,6 +157,8 @@ def serve(
     settings = _settings(host=host, port=port, backend=backend, model_path=model, workers=workers, queue=queue)
     try:
         application = create_app(settings)
+        if settings.preload:  # here rather than in the app's start-up, so a model that cannot load is a message
+            application.state.service.load()
     except FaceDetectError as exc:
         _fail(exc.message)
     uvicorn.run(application, host=settings.host, port=settings.port, log_level="info")
