@@ -248,13 +248,14 @@ class HystsDetector(Detector):
                 flip_test=self.flip_test,
                 box_scale_factor=self.box_scale_factor,
             )
-        except rt.torch.cuda.OutOfMemoryError as exc:
-            self._release(rt.torch, device)
-            raise BackendUnavailable(
-                f"not enough GPU memory on {device} for the hysts models: {_first_line(exc)}", status_code=507
-            ) from exc
         except Exception as exc:  # safetensors, torch.load and load_state_dict(strict=True) each raise their own
+            # The traceback's frames hold the half-built models (on the GPU, perhaps): drop them, then free.
+            exc.with_traceback(None)
             self._release(rt.torch, device)
+            if isinstance(exc, rt.torch.cuda.OutOfMemoryError):
+                raise BackendUnavailable(
+                    f"not enough GPU memory on {device} for the hysts models: {_first_line(exc)}", status_code=507
+                ) from exc
             raise BackendUnavailable(
                 f"cannot load the hysts checkpoints ({self.face_detector}: {detector_path}, {LANDMARK_MODEL}: "
                 f"{landmark_path}): {_first_line(exc)}"
