@@ -8,12 +8,13 @@ OUT    ?= out/demo
 BENCH_DATA ?= ../shared/bench
 SCENES ?= .cache/scenes
 
-.PHONY: help install art scenes proposals verifier facefilter demo test test-fast bench lint clean constraints llama-swap
+.PHONY: help install art scenes proposals verifier facefilter demo test test-hysts test-fast bench lint clean constraints llama-swap
 
 help:
 	@echo "make demo   - detect faces in the sample art and make an avatar (embedded defaults, no config)"
 	@echo "make test   - run the whole test suite (installs what it needs first; builds the real llama-swap where Go is installed)"
 	@echo "make llama-swap - build the real llama-swap (third_party/llama-swap) into .cache/go/bin for the tests"
+	@echo "make test-hysts - the hysts backend's tests in .cache/hysts-venv (PyTorch and anime-face-detector, a large download)"
 	@echo "make bench  - run the benchmarks and rewrite bench/RESULTS.md"
 	@echo "make constraints - re-resolve every extra of pyproject.toml into constraints.txt (needs PyPI)"
 	@echo "make scenes - compose the labelled scene sets for detection/crop benchmarks (.cache/scenes)"
@@ -92,6 +93,25 @@ test: install art
 	else echo "make test: no Go toolchain, so no real llama-swap: tests/test_llama_swap_real.py is skipped"; fi
 	MIKU_TEST_LLAMA_SWAP=$(GOBIN_DIR)/llama-swap MIKU_TEST_ART=$(ART)/images \
 	  MIKU_TEST_CASCADE=$(BENCH_DATA)/peers/lbpcascade_animeface.xml $(PY) -m pytest -q
+
+# The `hysts` backend (hysts' anime-face-detector on PyTorch) and its tests, in a venv of their own: PyTorch's
+# CUDA build is gigabytes and stays out of .venv, where `make test` skips these tests. PyTorch's CUDA wheels
+# pin other NVIDIA library versions than onnxruntime-gpu's, so this venv takes constraints.txt without its
+# nvidia-* lines. anime-face-detector itself declares Python >= 3.12 (its code runs on 3.11) and would bring a
+# second cv2 (opencv-python-headless) beside detector-base's: it goes in without its dependencies, which the
+# `hysts` extra provides. Its tests build the models with random weights: nothing is downloaded at test time.
+HYSTS_VENV ?= .cache/hysts-venv
+HYSTS_LOCK := $(HYSTS_VENV)/constraints.txt
+$(HYSTS_VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(HYSTS_VENV)
+	$(HYSTS_VENV)/bin/python -m pip install -q --upgrade pip
+	grep -v '^nvidia-' constraints.txt > $(HYSTS_LOCK)
+	$(HYSTS_VENV)/bin/python -m pip install -q -c $(HYSTS_LOCK) -e '.[hysts]' pytest pytest-timeout pytest-asyncio
+	$(HYSTS_VENV)/bin/python -m pip install -q --no-deps --ignore-requires-python anime-face-detector==0.1.0
+	touch $@
+
+test-hysts: $(HYSTS_VENV)/.installed art
+	MIKU_TEST_ART=$(ART)/images $(HYSTS_VENV)/bin/python -m pytest -q tests/test_backend_hysts.py
 
 bench: install art scenes
 	$(PY) bench/detect.py --art $(ART)/images --bench-data $(BENCH_DATA) --scenes $(SCENES)

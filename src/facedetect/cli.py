@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from facedetect.errors import FaceDetectError
@@ -33,10 +34,12 @@ class Backend(str, Enum):
     animeface = "animeface"
     yolo_onnx = "yolo-onnx"
     cascade = "cascade"
+    hysts = "hysts"
 
 
 BackendOpt = Annotated[Backend | None, typer.Option("--backend", help="detector (default: $FACEDETECT_BACKEND or animeface)")]
-ModelOpt = Annotated[Path | None, typer.Option("--model", help="weights file for yolo-onnx (.onnx) or cascade (.xml)")]
+ModelOpt = Annotated[Path | None, typer.Option("--model", help="weights file for yolo-onnx (.onnx) or cascade (.xml); "
+                                                             "for hysts a directory of its checkpoints")]
 
 
 def _settings(**overrides: Any) -> FaceDetectSettings:
@@ -49,7 +52,8 @@ def _settings(**overrides: Any) -> FaceDetectSettings:
 
 
 def _fail(message: str, code: int = 2) -> Any:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    # Messages are text, not markup: "pip install 'miku-discord[hysts]'" keeps its brackets.
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -84,7 +88,7 @@ def detect(
         except (OSError, FaceDetectError) as exc:
             failed += 1
             message = exc.message if isinstance(exc, FaceDetectError) else (exc.strerror or str(exc))
-            err.print(f"[bold red]error:[/] {path}: {message}", highlight=False)
+            err.print(f"[bold red]error:[/] {escape(f'{path}: {message}')}", highlight=False)
             rows.append({"file": str(path), "detections": [], "count": 0, "error": message})
             continue
         rows.append(_row(path, outcome))
@@ -153,6 +157,8 @@ def serve(
     settings = _settings(host=host, port=port, backend=backend, model_path=model, workers=workers, queue=queue)
     try:
         application = create_app(settings)
+        if settings.preload:  # here rather than in the app's start-up, so a model that cannot load is a message
+            application.state.service.load()
     except FaceDetectError as exc:
         _fail(exc.message)
     uvicorn.run(application, host=settings.host, port=settings.port, log_level="info")

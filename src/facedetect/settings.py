@@ -14,14 +14,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from facedetect.imageio import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
-BackendName = Literal["animeface", "yolo-onnx", "cascade"]
+BackendName = Literal["animeface", "yolo-onnx", "cascade", "hysts"]
 
 
 class FaceDetectSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACEDETECT_", extra="ignore")
 
     backend: BackendName = "animeface"
-    model_path: Path | None = Field(None, description="weights for yolo-onnx / cascade XML; never downloaded")
+    model_path: Path | None = Field(None, description="weights for yolo-onnx / cascade XML (never downloaded); "
+                                    "hysts: a directory of its checkpoints (unset: its own download)")
     outputs: Path = Field(Path("outputs"), description="where annotated images and result JSON are written")
     max_bytes: int = Field(DEFAULT_MAX_BYTES, gt=0, description="largest accepted upload, in bytes")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="largest accepted width*height")
