@@ -39,7 +39,7 @@ from facedetect import formats
 from facedetect.api import AdmissionGate, Busy
 from facedetect.errors import FaceDetectError
 from facedetect.imageio import Limits, image_size, load_image
-from facedetect.memory import release_after
+from facedetect.memory import map_large_blocks, release_after
 from facedetect.multipart import read_file_field
 from mikubot.config import Settings
 from mikubot.crop import CropError, avatar_png
@@ -84,6 +84,7 @@ class PreviewGate:
     def __init__(self, settings: Settings) -> None:
         self.admission = AdmissionGate(PREVIEW_WORKERS, settings.upload_preview_queue)
         self.pixels = PixelBudget(int(settings.upload_preview_mpx * 1_000_000))
+        map_large_blocks()  # a preview's big buffers go back to the system when freed, as in the detector
 
     @asynccontextmanager
     async def admit(self) -> AsyncIterator[None]:
