@@ -68,8 +68,8 @@ def test_streams_share_one_poll_and_are_capped(panel: tuple[str, PanelState], da
     try:
         for t in readers:
             t.start()
-        until(lambda: state.streams.open == TOTAL and state.watch.polling == 1
-              and sum(w.users for w in state.watch._watches.values()) == TOTAL, "four streams on one poll")
+        until(lambda: state.streams.open == TOTAL and state.watch.polling == 1 and state.watch.waiting == TOTAL,
+              "four streams on one poll")
 
         again = clients[0].get(url, headers=bearer())
         assert again.status_code == 429 and int(again.headers["retry-after"]) > 0

@@ -136,6 +136,11 @@ class HistoryWatch:
         """Changes being polled now (one task each)."""
         return len(self._watches)
 
+    @property
+    def waiting(self) -> int:
+        """Streams waiting on those polls."""
+        return sum(w.users for w in self._watches.values())
+
     @contextlib.asynccontextmanager
     async def watch(self, history: History, change_id: int) -> AsyncIterator[_Watch]:
         w = self._watches.get(change_id)
