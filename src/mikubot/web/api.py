@@ -28,10 +28,10 @@ from mikubot.sources import SourceError
 from mikubot.storage import StorageError
 from mikubot.web import upload as uploads
 from mikubot.web.auth import client_of
+from mikubot.web.jsonsafe import is_text
 from mikubot.web.sse import ClaimedStream, change_events, last_event_id
 from mikubot.web.state import Panel, panel
 from mikubot.web.status import gather
-from mikubot.web.jsonsafe import is_text
 from mikubot.web.views import annotated_path, change_view, inside
 
 router = APIRouter(responses=errors(400, 413, 422, 503))  # any route: a foreign Host, a big body, a bad value
@@ -206,14 +206,11 @@ async def upload(request: Request, _: str = Depends(write_access)) -> dict[str, 
             data, name = await uploads.read_upload(request, uploads.limits(pipeline).max_bytes)
             async with p.previews.run(data):
                 preview = await uploads.make_preview(pipeline, data, name)
-    except HTTPException as exc:
+    except (HTTPException, FaceDetectError, StorageError) as exc:  # a StorageError is answered 507/503 by the app
         p.metrics.uploads.labels(str(exc.status_code)).inc()
+        if isinstance(exc, FaceDetectError):
+            raise uploads.bad_image(exc) from None
         raise
-    except (FaceDetectError, StorageError) as exc:
-        p.metrics.uploads.labels(str(exc.status_code)).inc()
-        if isinstance(exc, StorageError):
-            raise
-        raise uploads.bad_image(exc) from None
     p.metrics.uploads.labels("ok").inc()
     return preview.to_json()
 
