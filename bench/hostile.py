@@ -19,6 +19,13 @@ memory; 503 + Retry-After when saturated", measured against the real ``facedetec
    byte of it is read); neither process's high-water mark may rise by more than the bodies it admits
    at once can explain — (workers + queue + 1) x 2 x 20 MiB for the detector, 64 MiB for the panel —
    where reading every body first would cost 80 x 19 MB.
+6. The panel under floods (``--streams``, ``--previews``; ``--floods-only`` runs just these, into their own
+   "hostile-panel-floods" section): ``--streams`` (1000) event streams opened at once on a change another
+   process runs — without the token (every one 401), under the default caps (the rest 429/503) and under
+   caps raised to let all in — with ``/health`` timed and the panel's CPU measured while they sit open, and
+   every open stream must end when the change does; then one 6300x6300 PNG upload preview alone and
+   ``--previews`` (8) distinct ones at once, whose memory peak must stay within a quarter of the single
+   one's, every answer 200 or 503 + Retry-After, and no more stored uploads than MIKU_UPLOADS_KEPT.
 
 The bar is counted, never timed (other benchmarks share the cores): no status >= 500 except 503 with
 Retry-After, no transport errors or timeouts, every response within the statuses its kind allows, bounded
@@ -28,6 +35,7 @@ the first 2 000 uploads), some 503s (and
 200s, and nothing else) in the burst, and a correct detection at the end.
 
     .venv/bin/python bench/hostile.py [--n 10000] [--concurrency 12] [--seed 0] [--large 80] [--no-write]
+                                      [--streams 1000] [--previews 8] [--floods-only]
 
 Writes the "hostile" section of bench/RESULTS.md; exits 1 when the bar is missed.
 """
@@ -379,10 +387,25 @@ def large_detector_phase(n: int, art: Path, workdir: Path) -> LargePhase:
                       logged)
 
 
-def large_panel_phase(n: int, workdir: Path) -> LargePhase:
+PANEL_TOKEN = "hostile-bench-token-0123456789"
+
+
+@dataclass
+class Panel:
+    url: str
+    proc: subprocess.Popen
+    log: Path
+    data_dir: Path
+
+
+@contextlib.contextmanager
+def start_panel(workdir: Path, **settings: str) -> Iterator[Panel]:
+    """``mikubot web`` (dry run, the token set, ``settings`` as MIKU_* variables) on a free loopback port, its
+    data under ``workdir/panel-data`` and its output in ``workdir/panel.log``."""
     port = free_port()
-    env = {**os.environ, "MIKU_DATA_DIR": str(workdir / "panel-data"), "MIKU_WEB_TOKEN": "hostile-bench-token-0123456789",
-           "MIKU_SOURCE": f"local:{workdir}", "MIKU_DRY_RUN": "true"}
+    data = workdir / "panel-data"
+    env = {**os.environ, "MIKU_DATA_DIR": str(data), "MIKU_WEB_TOKEN": PANEL_TOKEN,
+           "MIKU_SOURCE": f"local:{workdir}", "MIKU_DRY_RUN": "true", **settings}
     exe = os.path.join(os.path.dirname(sys.executable), "mikubot")
     log = workdir / "panel.log"
     with open(log, "w") as sink:
@@ -400,17 +423,23 @@ def large_panel_phase(n: int, workdir: Path) -> LargePhase:
             if time.monotonic() > deadline:
                 raise TimeoutError("mikubot web did not answer within 120 s")
             time.sleep(0.2)
-        before = read_memory(proc.pid)["VmRSS"]
-        body = b'{"source": "' + b"a" * (PANEL_BODY - 14) + b'"}'
-        answers = asyncio.run(_many(url, "/profile-picture/change", {"Content-Type": "application/json"}, body, n))
-        alive = httpx.get(f"{url}/health", timeout=10).status_code == 200
-        hwm = read_memory(proc.pid)["VmHWM"]
+        yield Panel(url, proc, log, data)
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def large_panel_phase(n: int, workdir: Path) -> LargePhase:
+    with start_panel(workdir) as panel:
+        proc, url, log = panel.proc, panel.url, panel.log
+        before = read_memory(proc.pid)["VmRSS"]
+        body = b'{"source": "' + b"a" * (PANEL_BODY - 14) + b'"}'
+        answers = asyncio.run(_many(url, "/profile-picture/change", {"Content-Type": "application/json"}, body, n))
+        alive = httpx.get(f"{url}/health", timeout=10).status_code == 200
+        hwm = read_memory(proc.pid)["VmHWM"]
     statuses = Counter(a.status if a.status is not None else "no answer" for a in answers)
     logged = logged_statuses(log, "/profile-picture/change")
     problems = refusal_problems(answers, logged, {401}, n)
@@ -450,6 +479,260 @@ def large_report(phases: list[LargePhase]) -> list[str]:
             table(["target", "requests", "MB each", "MB offered", "MB actually sent", "statuses the client read",
                    "statuses the server logged",
                    "RSS before MiB", "VmHWM after MiB", "rise MiB", "allowed rise MiB"], rows)]
+
+
+# ---- the panel under floods: event streams, upload previews ----
+STREAM_PROBE_S = 10.0  # how long /health is timed and the panel's CPU measured while the streams are open
+PREVIEW_SIDE = 6300  # 39.7 Mpx: just under the decoder's 40-Mpx limit, a PNG of ~130 KB
+PREVIEW_KEPT = 4  # MIKU_UPLOADS_KEPT for the preview flood: fewer than it sends, so pruning shows
+
+
+def raise_file_limit() -> int:
+    """The soft open-file limit raised to the hard one (for this process and the servers it starts)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def open_stream(url: str, path: str, token: str | None, source: str) -> tuple[int | None, asyncio.StreamReader | None,
+                                                                                    asyncio.StreamWriter | None]:
+    """GET an event stream from local address ``source`` and read its head; the connection stays open."""
+    host, port = url.removeprefix("http://").split(":")
+    try:
+        reader, writer = await asyncio.open_connection(host, int(port), local_addr=(source, 0))
+        auth = f"Authorization: Bearer {token}\r\n" if token else ""
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}Accept: text/event-stream\r\n\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+        return int(head.split(b" ", 2)[1]), reader, writer
+    except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+        return None, None, None
+
+
+async def read_until_end(reader: asyncio.StreamReader, timeout: float) -> bool:
+    with contextlib.suppress(OSError, asyncio.IncompleteReadError, TimeoutError, asyncio.LimitOverrunError):
+        await asyncio.wait_for(reader.readuntil(b"event: end"), timeout)
+        return True
+    return False
+
+
+async def time_health(url: str, seconds: float) -> list[float]:
+    """GET /health every 0.1 s for ``seconds``: each answer's latency in ms."""
+    out: list[float] = []
+    async with httpx.AsyncClient(timeout=60) as client:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            t0 = time.perf_counter()
+            r = await client.get(f"{url}/health")
+            out.append((time.perf_counter() - t0) * 1000 if r.status_code == 200 else float("inf"))
+            await asyncio.sleep(0.1)
+    return out
+
+
+@dataclass
+class StreamFlood:
+    name: str
+    n: int
+    statuses: Counter  # of the authenticated streams
+    anonymous: Counter  # of the same number sent without the token
+    rest_ms: list[float]
+    open_ms: list[float]  # /health while the accepted streams sit open
+    cores: float  # the panel's CPU while they sit open (1.0 = one core)
+    opened: int
+    ended: int  # of the opened, how many got `event: end` once the change finished
+    polls: str
+    tracebacks: int
+
+
+def stream_flood_phase(n: int, workdir: Path, *, addresses: int, **caps: str) -> StreamFlood:
+    """``n`` event streams opened at once on a change that another process (this one) runs, from
+    ``addresses`` loopback addresses, under the panel's stream caps (``caps``: MIKU_WEB_MAX_STREAMS...)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from mikubot.history import History
+
+    with start_panel(workdir, **caps) as panel:
+        history = History(panel.data_dir / "history.sqlite3")
+        cid = history.start("local:bench", dry_run=True)  # a CLI's change beside the panel, polled by it
+        path = f"/profile-picture/changes/{cid}/events"
+
+        async def flood() -> StreamFlood:
+            rest = await time_health(panel.url, 2.0)
+            sources = [f"127.0.{1 + i // 250}.{1 + i % 250}" for i in range(addresses)]
+            anonymous = await asyncio.gather(*(open_stream(panel.url, path, None, sources[i % addresses])
+                                               for i in range(n)))
+            for _, _, w in anonymous:
+                if w is not None:
+                    w.close()
+            opened = await asyncio.gather(*(open_stream(panel.url, path, PANEL_TOKEN, sources[i % addresses])
+                                            for i in range(n)))
+            live = [(r, w) for status, r, w in opened if status == 200]
+            for status, _, w in opened:
+                if status != 200 and w is not None:
+                    w.close()
+            cpu0, t0 = cpu_seconds(panel.proc.pid), time.monotonic()
+            busy = await time_health(panel.url, STREAM_PROBE_S)
+            cores = (cpu_seconds(panel.proc.pid) - cpu0) / (time.monotonic() - t0)
+            await asyncio.to_thread(history.finish, cid, "dry-run", events=[])
+            ended = await asyncio.gather(*(read_until_end(r, 60) for r, _ in live))
+            for _, w in live:
+                w.close()
+            return StreamFlood(
+                f"{n} streams from {addresses} address(es), {', '.join(f'{k}={v}' for k, v in caps.items()) or 'default caps'}",
+                n, Counter(s if s is not None else "no answer" for s, _, _ in opened),
+                Counter(s if s is not None else "no answer" for s, _, _ in anonymous), rest, busy, cores, len(live),
+                sum(ended), "one per change", 0)
+
+        result = asyncio.run(flood())
+    result.tracebacks = panel.log.read_text(errors="replace").count("Traceback")
+    return result
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else float("nan")
+
+
+def preview_images(art: Path, n: int) -> list[bytes]:
+    """``n`` distinct PNGs of PREVIEW_SIDE² pixels: Eileen at a different place on white in each (~130 KB)."""
+    sprite = Image.open(art / FACE_FILE).convert("RGBA")
+    out = []
+    for i in range(n):
+        canvas = Image.new("RGB", (PREVIEW_SIDE, PREVIEW_SIDE), "white")
+        canvas.paste(sprite, (400 + 600 * i, 2000 + 200 * i), sprite)
+        out.append(encode(canvas, "PNG"))
+    return out
+
+
+@dataclass
+class PreviewFlood:
+    n: int
+    mb_each: float
+    single_status: int | None
+    single_s: float
+    single_rise: float  # VmHWM over the resting RSS after one preview alone
+    statuses: Counter
+    retry_after: bool  # every 503 carried Retry-After
+    flood_s: float
+    flood_rise: float  # VmHWM over the same resting RSS after the flood
+    stored: int  # upload folders left in <data dir>/uploads
+    tracebacks: int
+
+
+def preview_flood_phase(n: int, art: Path, workdir: Path) -> PreviewFlood:
+    """One 39.7-Mpx upload preview alone, then ``n`` distinct ones at once, against a default panel (two
+    previews at work, four waiting, a 40-Mpx decode budget) that keeps ``PREVIEW_KEPT`` uploads."""
+    images = preview_images(art, n + 1)
+    with start_panel(workdir, MIKU_UPLOADS_KEPT=str(PREVIEW_KEPT)) as panel:
+        pid = panel.proc.pid
+
+        async def upload(client: httpx.AsyncClient, data: bytes, i: int) -> httpx.Response:
+            return await client.post(f"{panel.url}/profile-picture/upload", headers={"Authorization": f"Bearer {PANEL_TOKEN}"},
+                                     files={"file": (f"big-{i}.png", data, "image/png")})
+
+        async def run() -> PreviewFlood:
+            async with httpx.AsyncClient(timeout=900) as client:
+                rest = read_memory(pid)["VmRSS"]
+                t0 = time.monotonic()
+                single = await upload(client, images[0], 0)
+                single_s, single_hwm = time.monotonic() - t0, read_memory(pid)["VmHWM"]
+                t0 = time.monotonic()
+                answers = await asyncio.gather(*(upload(client, data, i) for i, data in enumerate(images[1:], 1)))
+                flood_s, flood_hwm = time.monotonic() - t0, read_memory(pid)["VmHWM"]
+            stored = len(list((panel.data_dir / "uploads").iterdir()))
+            return PreviewFlood(n, len(images[1]) / 1e6, single.status_code, single_s, single_hwm - rest,
+                                Counter(r.status_code for r in answers),
+                                all("retry-after" in r.headers for r in answers if r.status_code == 503), flood_s,
+                                flood_hwm - rest, stored, 0)
+
+        result = asyncio.run(run())
+    result.tracebacks = panel.log.read_text(errors="replace").count("Traceback")
+    return result
+
+
+def flood_verdicts(streams: list[StreamFlood], previews: PreviewFlood | None) -> list[tuple[str, bool, str]]:
+    out = []
+    for f in streams:
+        bad = {s: c for s, c in f.statuses.items() if s not in (200, 429, 503)}
+        out.append((f"{f.name}: only 200/429/503, none without the token, every opened stream ended, /health "
+                    "median ≤ 50 ms and worst ≤ 1 s while they are open, no traceback",
+                    not bad and set(f.anonymous) == {401} and f.ended == f.opened and median(f.open_ms) <= 50
+                    and max(f.open_ms) <= 1000 and not f.tracebacks,
+                    f"{status_cell(f.statuses)}; anonymous {status_cell(f.anonymous)}; {f.ended}/{f.opened} ended; "
+                    f"/health median {median(f.open_ms):.1f} ms, worst {max(f.open_ms):.0f} ms; "
+                    f"{f.cores:.2f} core; {f.tracebacks} traceback(s)"))
+    if previews is not None:
+        p = previews
+        out.append((f"{p.n} previews at once: 200 or 503 + Retry-After only, memory rise ≤ one preview's + 25 %, "
+                    f"at most {PREVIEW_KEPT} uploads kept, no traceback",
+                    set(p.statuses) <= {200, 503} and p.retry_after and p.single_status == 200
+                    and p.flood_rise <= 1.25 * p.single_rise and p.stored <= PREVIEW_KEPT and not p.tracebacks,
+                    f"{status_cell(p.statuses)}; VmHWM +{p.flood_rise:.0f} MiB (one alone +{p.single_rise:.0f}); "
+                    f"{p.stored} kept; {p.tracebacks} traceback(s)"))
+    return out
+
+
+def flood_report(streams: list[StreamFlood], previews: PreviewFlood | None,
+                 verdicts: list[tuple[str, bool, str]], file_limit: int) -> str:
+    lines = ["## The panel under floods: event streams and upload previews (bench/hostile.py)", "",
+             f"`mikubot web` as its own process (dry run, the token set), measured on {platform.machine()} "
+             f"{platform.system()}, {os.cpu_count()} CPUs, {dt.date.today()}; open-file limit {file_limit}.", "",
+             table(["criterion", "met", "measured"], [[c, "yes" if ok else "**no**", m] for c, ok, m in verdicts])]
+    if streams:
+        lines += ["", "Event streams on a change another process runs (its row polled by the panel until it "
+                  f"ends): /health timed every 0.1 s for 2 s at rest and {STREAM_PROBE_S:.0f} s with the streams open, "
+                  "the panel's CPU over the same window; then the change ends and every open stream must get "
+                  "`event: end`.", "",
+                  table(["run", "with the token", "without", "open", "/health at rest median ms",
+                         "/health open median ms", "worst ms", "panel CPU (cores)", "ended"],
+                        [[f.name, status_cell(f.statuses), status_cell(f.anonymous), f.opened,
+                          f"{median(f.rest_ms):.1f}", f"{median(f.open_ms):.1f}", f"{max(f.open_ms):.0f}",
+                          f"{f.cores:.2f}", f"{f.ended}/{f.opened}"] for f in streams])]
+    if previews is not None:
+        p = previews
+        lines += ["", f"Upload previews of distinct {PREVIEW_SIDE}×{PREVIEW_SIDE} PNGs ({p.mb_each:.2f} MB each; "
+                  "MIKU_UPLOAD_PREVIEW_QUEUE 4, MIKU_UPLOAD_PREVIEW_MPX 40, two at work): one alone, then "
+                  f"{p.n} at once. Rise = VmHWM over the resting RSS before the first.", "",
+                  table(["run", "statuses", "wall s", "VmHWM rise MiB"],
+                        [["one alone", str(p.single_status), f"{p.single_s:.1f}", f"{p.single_rise:+.0f}"],
+                         [f"{p.n} at once", status_cell(p.statuses), f"{p.flood_s:.1f}", f"{p.flood_rise:+.0f}"]]),
+                  "", f"Stored uploads afterwards: {p.stored} (MIKU_UPLOADS_KEPT={PREVIEW_KEPT})."]
+    return "\n".join(lines)
+
+
+def run_floods(args: argparse.Namespace) -> list[tuple[str, bool, str]]:
+    """The panel floods (``--streams``, ``--previews``): their section of RESULTS.md and their verdicts."""
+    file_limit = raise_file_limit()
+    streams: list[StreamFlood] = []
+    previews = None
+    with tempfile.TemporaryDirectory(prefix="hostile-floods-") as tmp:
+        if args.streams:
+            for name, addresses, caps in (
+                    ("default", 1, {}),
+                    ("raised", 8, {"MIKU_WEB_MAX_STREAMS": str(args.streams),
+                                   "MIKU_WEB_MAX_STREAMS_PER_CLIENT": str(args.streams)})):
+                print(f"stream flood ({name} caps): {args.streams} streams", flush=True)
+                work = Path(tmp) / f"streams-{name}"
+                work.mkdir()
+                streams.append(stream_flood_phase(args.streams, work, addresses=addresses, **caps))
+        if args.previews:
+            print(f"preview flood: one, then {args.previews} × {PREVIEW_SIDE}² PNG previews at once", flush=True)
+            work = Path(tmp) / "previews"
+            work.mkdir()
+            previews = preview_flood_phase(args.previews, args.art, work)
+    verdicts = flood_verdicts(streams, previews)
+    md = flood_report(streams, previews, verdicts, file_limit)
+    if not args.no_write:
+        write_section("hostile-panel-floods", md)
+    print(md, flush=True)
+    return verdicts
 
 
 # ---- afterwards ----
@@ -550,11 +833,19 @@ def main() -> int:
                         "and to the panel (default 80; 0 skips the phase)")
     parser.add_argument("--large-targets", default="detector,panel",
                         help="which services get the large bodies (default detector,panel)")
+    parser.add_argument("--streams", type=int, default=1000, help="event streams opened at once on the panel, "
+                        "under the default caps and under caps raised to let them all in (default 1000; 0 skips)")
+    parser.add_argument("--previews", type=int, default=8, help="distinct 6300x6300 PNG upload previews sent to the "
+                        "panel at once (default 8; 0 skips)")
+    parser.add_argument("--floods-only", action="store_true", help="run only the panel floods (--streams, --previews)")
     parser.add_argument("--no-write", action="store_true", help="print the table instead of writing RESULTS.md")
     args = parser.parse_args()
     args.burst = args.burst or 3 * (args.workers + args.queue)
     if not (args.art / FACE_FILE).exists():
         parser.error(f"{args.art / FACE_FILE} not found; run `make art`")
+
+    if args.floods_only:
+        return 0 if all(ok for _, ok, _ in run_floods(args)) else 1
 
     sprite = Image.open(args.art / FACE_FILE).convert("RGB")
     corpus = HostileCorpus(sprite.resize(FACE_SIZE), max_bytes=args.max_bytes)
@@ -605,7 +896,8 @@ def main() -> int:
         write_section("hostile", md)
         print(md)
         print("\nwrote the 'hostile' section of bench/RESULTS.md")
-    return 0 if all(ok for _, ok, _ in verdicts) else 1
+    floods = run_floods(args) if args.streams or args.previews else []
+    return 0 if all(ok for _, ok, _ in verdicts + floods) else 1
 
 
 def bar(main: Tally, sat: Tally, after: dict[str, object], rss: dict[str, float], medians: list[float],

@@ -6,7 +6,8 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +48,12 @@ def bearer(token: str = TOKEN) -> dict[str, str]:
 
 
 def read_sse(client: httpx.Client, url: str, headers: dict[str, str] | None = None) -> list[tuple[str, str | None, dict[str, Any]]]:
-    """Every (event, id, data) of a Server-Sent Events stream until the server closes it."""
+    """Every (event, id, data) of a Server-Sent Events stream until the server closes it. Streams need the
+    token (or a login): ``bearer()`` is sent unless ``headers`` say otherwise (or the client has a session)."""
     out: list[tuple[str, str | None, dict[str, Any]]] = []
     event, ident, data = "message", None, []
-    with client.stream("GET", url, headers=headers or {}) as r:
+    sent = {**({} if "miku_session" in client.cookies else bearer()), **(headers or {})}
+    with client.stream("GET", url, headers=sent) as r:
         assert r.status_code == 200, r.read()
         assert r.headers["content-type"].startswith("text/event-stream")
         for line in r.iter_lines():
@@ -65,3 +68,12 @@ def read_sse(client: httpx.Client, url: str, headers: dict[str, str] | None = No
             elif line.startswith("data:"):
                 data.append(line[5:].strip())
     return out
+
+
+def until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    """Wait for a server-side state a test cannot be told about (a count in the app's state): checked every
+    10 ms, a failure naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)

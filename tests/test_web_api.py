@@ -114,7 +114,7 @@ def test_change_options_and_bad_requests(client: httpx.Client) -> None:
     r = client.post("/profile-picture/change", params={"candidates": "many"}, headers=bearer())
     assert r.status_code == 422
     assert client.get("/profile-picture/changes/999999").status_code == 404
-    assert client.get("/profile-picture/changes/999999/events").status_code == 404
+    assert client.get("/profile-picture/changes/999999/events", headers=bearer()).status_code == 404
     assert client.get("/profile-picture/changes/abc").status_code == 422
 
 

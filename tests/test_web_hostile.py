@@ -4,6 +4,7 @@ TLS proxy's X-Forwarded-Proto makes the session cookie Secure."""
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,3 +154,29 @@ def test_forwarded_proto_from_a_trusted_proxy_makes_the_cookie_secure(art: Path,
         r = httpx.post(f"{url}/login", data={"token": TOKEN}, headers={"X-Forwarded-Proto": "https"}, timeout=30)
     assert r.status_code == 303
     assert ("secure" in r.headers["set-cookie"].lower()) is secure
+
+
+def strict_json(text: str) -> object:
+    """JSON as the standard has it: NaN and Infinity are not JSON (Python's json would take them)."""
+    def refuse(name: str) -> object:
+        raise ValueError(f"{name} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("body", [
+    b'{"candidates": NaN}', b'{"candidates": Infinity}', b'{"candidates": -Infinity}', b'{"dry_run": NaN}',
+    b'[NaN]', b'{"source": "local:\\ud800"}', b'{"source": "\\udfff"}', b'{"source": "local:a\\u0000b"}',
+])
+def test_json_that_python_reads_but_json_cannot_carry_is_422(base: str, body: bytes) -> None:
+    r = httpx.post(f"{base}/profile-picture/change", content=body, timeout=30,
+                   headers={**bearer(), "Content-Type": "application/json"})
+    assert r.status_code == 422, (r.status_code, r.text)
+    detail = strict_json(r.text)["detail"]  # type: ignore[index]
+    assert detail and "Traceback" not in r.text
+
+
+@pytest.mark.parametrize("query", ["source=local:%00x", "source=file:%00", "candidates=NaN", "candidates=Infinity"])
+def test_query_values_no_file_can_have_are_4xx(base: str, query: str) -> None:
+    r = httpx.post(f"{base}/profile-picture/change?{query}", headers=bearer(), timeout=30)
+    assert r.status_code == 422, (r.status_code, r.text)
+    assert strict_json(r.text)["detail"]  # type: ignore[index]

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +15,11 @@ import pytest
 from PIL import Image
 
 from mikubot.crop import face_in_circle
-from panel_helpers import bearer, panel_server, panel_settings, read_sse, sprite_folder
+from mikubot.web import create_app
+from mikubot.web.state import PanelState
+from mikubot.web.upload import PREVIEW_WORKERS, PixelBudget, prune_uploads
+from panel_helpers import TOKEN, bearer, panel_server, panel_settings, read_sse, sprite_folder, until
+from servers import serve_app
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +157,92 @@ def test_upload_names_are_cleaned(client: httpx.Client, art_dir: Path, base: str
 def test_unknown_uploads_are_404(client: httpx.Client, upload_id: str) -> None:
     assert client.get(f"/profile-picture/upload/{upload_id}/preview.png").status_code == 404
     assert client.post(f"/profile-picture/upload/{upload_id}/apply", headers=bearer()).status_code == 404
+
+
+# --- bounds: previews at once, pixels at once, uploads kept -------------------------------------------------
+@pytest.fixture(scope="module")
+def bounded(art_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, PanelState]]:
+    """A panel where two previews may run and none wait, and two stored uploads are kept."""
+    art = sprite_folder(art_dir, tmp_path_factory.mktemp("art"), ("lucy happy.png",))
+    app = create_app(panel_settings(tmp_path_factory.mktemp("data"), art, upload_preview_queue=0, uploads_kept=2))
+    with serve_app(app) as url:
+        yield url, app.state.panel
+
+
+def test_previews_past_the_queue_are_503_before_the_upload_is_read(bounded: tuple[str, PanelState],
+                                                                   art_dir: Path) -> None:
+    base, state = bounded
+    gate = state.previews.admission
+    host, port = base.removeprefix("http://").split(":")
+    head = (f"POST /profile-picture/upload HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {TOKEN}\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 900000\r\n\r\n--b\r\n").encode()
+    slow = [socket.create_connection((host, int(port)), timeout=30) for _ in range(PREVIEW_WORKERS)]
+    try:
+        for sock in slow:  # two uploads that never finish sending: each holds a place while it is read
+            sock.sendall(head)
+        until(lambda: gate.admitted == PREVIEW_WORKERS, "both slow uploads admitted")
+        data = (art_dir / "lucy mad.png").read_bytes()
+        r = httpx.post(f"{base}/profile-picture/upload", files={"file": ("m.png", data, "image/png")},
+                       headers=bearer(), timeout=30)
+        assert r.status_code == 503, r.text
+        assert int(r.headers["retry-after"]) >= 1 and "upload previews" in r.json()["detail"]
+    finally:
+        for sock in slow:
+            sock.close()
+    until(lambda: gate.admitted == 0, "the places given back")
+    r = httpx.post(f"{base}/profile-picture/upload", files={"file": ("m.png", data, "image/png")},
+                   headers=bearer(), timeout=60)
+    assert r.status_code == 200, r.text
+
+
+def test_only_the_newest_uploads_are_kept(bounded: tuple[str, PanelState], art_dir: Path) -> None:
+    base, state = bounded
+    folder = state.settings.data_dir / "uploads"
+    ids = []
+    with httpx.Client(base_url=base, timeout=60, headers=bearer()) as c:
+        for name in ("eileen happy.png", "sylvie blue smile.png", "eileen vhappy.png"):
+            r = c.post("/profile-picture/upload", files={"file": (name, (art_dir / name).read_bytes(), "image/png")})
+            assert r.status_code == 200, r.text
+            ids.append(r.json()["upload_id"])
+        assert sorted(p.name for p in folder.iterdir()) == sorted(ids[1:])  # the oldest is gone
+        assert c.post(f"/profile-picture/upload/{ids[0]}/apply").status_code == 404
+        assert c.get(f"/profile-picture/upload/{ids[2]}/preview.png").status_code == 200
+
+
+def test_prune_uploads_by_count_and_age(tmp_path: Path) -> None:
+    now = 1_000_000.0
+    ids = [f"{i:064x}" for i in range(5)]
+    for age_h, upload_id in zip((50, 40, 30, 2, 1), ids):
+        (tmp_path / upload_id / "image").mkdir(parents=True)
+        os.utime(tmp_path / upload_id, (now - age_h * 3600, now - age_h * 3600))
+    (tmp_path / "not-an-upload").mkdir()
+    removed = prune_uploads(tmp_path, keep_count=3, max_age_s=35 * 3600, keep=ids[0], now=now)
+    assert sorted(removed) == sorted([ids[1]])  # past the age (ids[0] is the one being stored)
+    removed = prune_uploads(tmp_path, keep_count=2, max_age_s=35 * 3600, now=now)
+    assert sorted(removed) == sorted([ids[0], ids[2]])  # over the count, and too old
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ids[3], ids[4], "not-an-upload"])
+
+
+async def test_the_pixel_budget_lets_big_previews_run_one_at_a_time() -> None:
+    budget = PixelBudget(40_000_000)
+    order: list[str] = []
+    first_in = asyncio.Event()
+    release_first = asyncio.Event()
+
+    async def preview(name: str, pixels: int, hold: asyncio.Event | None = None) -> None:
+        async with budget.hold(pixels):
+            order.append(name)
+            if hold is not None:
+                first_in.set()
+                await hold.wait()
+
+    big1 = asyncio.create_task(preview("big1", 39_700_000, release_first))
+    await first_in.wait()
+    big2 = asyncio.create_task(preview("big2", 39_700_000))
+    huge = asyncio.create_task(preview("huge", 90_000_000))  # over the budget: runs alone, never forever blocked
+    small = asyncio.create_task(preview("small", 200_000))
+    await small
+    assert order == ["big1", "small"] and budget.used == 39_700_000  # the big ones wait for room
+    release_first.set()
+    await asyncio.gather(big1, big2, huge)
+    assert sorted(order[2:]) == ["big2", "huge"] and budget.used == 0

@@ -92,17 +92,23 @@ class AdmissionGate:
         finally:
             self.admitted -= 1
 
-    async def run_admitted(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` in a worker thread once a worker is free (inside ``admit()``)."""
+    @asynccontextmanager
+    async def working(self) -> AsyncIterator[None]:
+        """Hold a worker (inside ``admit()``), waiting for one to be free; the time held feeds ``retry_after``."""
         async with self._limiter:
             self.running += 1
             start = time.perf_counter()
             try:
-                return await anyio.to_thread.run_sync(fn)
+                yield
             finally:
                 self.running -= 1
                 spent = time.perf_counter() - start
                 self._mean_s = spent if self._mean_s is None else 0.8 * self._mean_s + 0.2 * spent
+
+    async def run_admitted(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in a worker thread once a worker is free (inside ``admit()``)."""
+        async with self.working():
+            return await anyio.to_thread.run_sync(fn)
 
     async def run(self, fn: Callable[[], T]) -> T:
         async with self.admit():

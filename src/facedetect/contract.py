@@ -20,8 +20,9 @@ DESCRIPTIONS = {
     413: "the body or the image is over the limit",
     415: "not a format this service reads",
     422: "a parameter is out of range or of the wrong type",
-    429: "too many wrong tokens from this client: wait Retry-After seconds",
+    429: "too many wrong tokens (or open event streams) from this client: wait Retry-After seconds",
     503: "busy or not ready: retry after Retry-After seconds",
+    507: "the data directory's disk is full: free space there (the detail names it)",
 }
 
 

@@ -17,17 +17,21 @@ class ImageFormat:
     ext: str  # the file extension it is stored under
     mime: str
     aliases: tuple[str, ...] = ()  # other extensions files of this format are found under
+    variants: tuple[str, ...] = ()  # other Pillow names for files of this format (read as this format)
 
 
 FORMATS: tuple[ImageFormat, ...] = (
-    ImageFormat("JPEG", "JPEG", "jpg", "image/jpeg", aliases=("jpeg",)),
+    # MPO (multi-picture JPEG: what many phones and 3D cameras write) is a JPEG with more pictures after the
+    # first. Pillow's JPEG opener returns it as format "MPO"; everything here reads its first picture as the
+    # JPEG it is.
+    ImageFormat("JPEG", "JPEG", "jpg", "image/jpeg", aliases=("jpeg", "mpo"), variants=("MPO",)),
     ImageFormat("PNG", "PNG", "png", "image/png"),
     ImageFormat("WEBP", "WebP", "webp", "image/webp"),
     ImageFormat("GIF", "GIF", "gif", "image/gif"),  # read: its first frame
     ImageFormat("BMP", "BMP", "bmp", "image/bmp"),
 )
-BY_PILLOW = {f.pillow: f for f in FORMATS}
-PILLOW_NAMES: tuple[str, ...] = tuple(BY_PILLOW)
+BY_PILLOW = {name: f for f in FORMATS for name in (f.pillow, *f.variants)}  # every Pillow name -> its format
+PILLOW_NAMES: tuple[str, ...] = tuple(f.pillow for f in FORMATS)  # the openers Image.open(formats=...) may use
 EXTENSIONS: frozenset[str] = frozenset(f.ext for f in FORMATS)
 MIME_TYPES: tuple[str, ...] = tuple(f.mime for f in FORMATS)
 SUFFIXES: frozenset[str] = frozenset(f".{e}" for f in FORMATS for e in (f.ext, *f.aliases))  # file names
@@ -42,6 +46,12 @@ def names(formats: tuple[ImageFormat, ...] = FORMATS) -> str:
 def extension(pillow_format: str | None, default: str = "img") -> str:
     f = BY_PILLOW.get(pillow_format or "")
     return f.ext if f else default
+
+
+def canonical(pillow_format: str | None) -> str | None:
+    """The table's name for what Pillow reports (``MPO`` -> ``JPEG``); other names unchanged."""
+    f = BY_PILLOW.get(pillow_format or "")
+    return f.pillow if f else pillow_format
 
 
 def of_bytes(data: bytes) -> ImageFormat | None:

@@ -1,6 +1,7 @@
 """Turn untrusted upload bytes into an RGB image, or a clear error.
 
-Every format a user will throw at the detector lands here: JPEG/PNG/WebP/GIF (first frame)/BMP, EXIF
+Every format a user will throw at the detector lands here: JPEG (an MPO's first picture too)/PNG/WebP/GIF
+(first frame)/BMP, EXIF
 orientation applied, alpha flattened onto white, palette/CMYK/16-bit/greyscale converted. Only these
 formats are parsed at all: Pillow's other decoders (EPS through Ghostscript, say) never see an upload.
 """
@@ -16,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from facedetect.errors import BadImage, ImageTooLarge, UnsupportedImage
-from facedetect.formats import PILLOW_NAMES, names
+from facedetect.formats import PILLOW_NAMES, canonical, names
 from facedetect.types import ImageInfo
 
 Image.init()  # registers every plugin before the allow-list below is checked
@@ -32,6 +33,18 @@ DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, LookupError, struct
 class Limits:
     max_bytes: int = DEFAULT_MAX_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the header alone (nothing is decoded), for budgeting before ``load_image``;
+    None when the header is not one of ours or unreadable (``load_image`` then says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
+                return im.size
+    except (UnidentifiedImageError, Image.DecompressionBombError, *DECODE_ERRORS):
+        return None
 
 
 def load_image(data: bytes, limits: Limits = Limits()) -> tuple[Image.Image, ImageInfo]:
@@ -66,7 +79,7 @@ def load_image(data: bytes, limits: Limits = Limits()) -> tuple[Image.Image, Ima
             f"the image is {width}x{height} = {width * height / 1e6:.1f} Mpx; "
             f"the limit is {limits.max_pixels / 1e6:.1f} Mpx"
         )
-    fmt = im.format
+    fmt = canonical(im.format)  # an MPO is the JPEG it starts with
     mode = im.mode
     try:
         # Opening leaves an animation on its first frame. Counting frames (``n_frames``) would parse every

@@ -187,6 +187,16 @@ class Settings(SourceSettings, BaseSettings):
                                        "loopback ones (localhost, 127.0.0.1, ::1); '*' answers any")
     web_trusted_proxies: StrList = Field(default_factory=list, description="addresses (or CIDRs) of TLS proxies "
                                          "whose X-Forwarded-Proto/-For the panel believes (Secure cookie behind https)")
+    # What one panel holds at most: open event streams, upload previews at work and waiting, stored uploads.
+    web_max_streams: int = Field(64, ge=1, description="event streams open at once in all; past it 503")
+    web_max_streams_per_client: int = Field(8, ge=1, description="event streams open at once per client "
+                                            "address; past it 429")
+    upload_preview_queue: int = Field(4, ge=0, description="upload previews that may wait while others run; "
+                                      "past it 503 with Retry-After, before the upload is read")
+    upload_preview_mpx: float = Field(40.0, gt=0, description="megapixels decoded by upload previews at once "
+                                      "(one image over it runs alone)")
+    uploads_kept: int = Field(20, ge=1, description="stored uploads kept (the newest); older ones are deleted")
+    uploads_max_age_h: float = Field(168.0, gt=0, description="stored uploads older than this are deleted")
 
     @field_validator("hair_colours", "web_allowed_hosts", "web_trusted_proxies", mode="before")
     @classmethod

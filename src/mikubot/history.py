@@ -10,15 +10,22 @@ row whose lock is free has no live owner: recovery (when a ``History`` opens, an
 starts) marks it ``failed``. This does not depend on process ids — which say nothing under PID 1 in a
 container, or for a process on another host sharing the directory. Each row records its owner's
 instance id (random per process) and the machine's boot id, so a process never closes its own rows.
+
+A full (or failing) disk makes every write raise ``mikubot.storage.StorageError`` (``StorageFull`` for no
+space), never a bare ``sqlite3`` error. ``finish`` cannot fail that way: a final row that cannot be written
+is kept in memory — ``get`` and ``list`` show it finished at once, so its event stream ends — and written
+by the next operation on the history once the disk takes writes again (``flush_pending``).
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import socket
 import sqlite3
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +33,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from mikubot import storage
 from mikubot.redact import scrub, strip_userinfo
+
+log = logging.getLogger(__name__)
 
 SQLITE_MIN, SQLITE_MAX = -(2**63), 2**63 - 1  # the range of an SQLite INTEGER
 STATUSES = ("running", "applied", "dry-run", "failed")
@@ -131,6 +141,9 @@ class History:
         self._lock_fd: int | None = None
         self._lock_users = 0
         self._holding: set[int] = set()  # rows this object started and has not finished
+        # Final rows ``finish`` could not write (the disk was full): id -> the UPDATE's column values.
+        self._pending: dict[int, dict[str, Any]] = {}
+        self._pending_lock = threading.Lock()
         with self._tx() as db:
             db.executescript(SCHEMA)
             have = {r["name"] for r in db.execute("PRAGMA table_info(changes)")}
@@ -143,13 +156,21 @@ class History:
     def _tx(self) -> Iterator[sqlite3.Connection]:
         # One short-lived connection per operation: safe from any thread, and the bot and the CLI can
         # share the file (WAL lets readers run beside a writer).
-        db = sqlite3.connect(self.path, timeout=10.0)
+        try:
+            db = sqlite3.connect(self.path, timeout=10.0)
+        except sqlite3.Error as exc:
+            raise (storage.from_sqlite_error(exc, self.path) or exc) from exc
         db.row_factory = sqlite3.Row
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA foreign_keys=ON")
             with db:
                 yield db
+        except sqlite3.Error as exc:
+            mapped = storage.from_sqlite_error(exc, self.path)
+            if mapped is None:
+                raise
+            raise mapped from exc
         finally:
             db.close()
 
@@ -161,6 +182,7 @@ class History:
 
         Raises ``ChangeLocked`` when another process runs a change on this data directory.
         """
+        self.flush_pending()
         self._acquire()
         try:
             self._recover_rows()  # under the lock: any other running row is an orphan
@@ -219,17 +241,60 @@ class History:
         for path_column in ("report_path", "banner_path"):
             if values.get(path_column) is not None:
                 values[path_column] = str(values[path_column])
-        assignments = ", ".join(f"{k} = ?" for k in values)
-        sql = f"UPDATE changes SET status = ?, finished_at = ?{', ' + assignments if assignments else ''} WHERE id = ? AND status = 'running'"
+        final = {"status": status, "finished_at": _now(), **values}
+        self.flush_pending()
         try:
-            with self._tx() as db:
-                cur = db.execute(sql, (status, _now(), *values.values(), change_id))
-                if cur.rowcount != 1:
-                    raise HistoryError(f"change {change_id} is not running (already finished or unknown)")
+            if not self._write_final(change_id, final):
+                raise HistoryError(f"change {change_id} is not running (already finished or unknown)")
+        except storage.StorageError as exc:
+            with self._pending_lock:
+                self._pending[change_id] = final
+            log.warning("change #%s ended %s, but the history cannot be written (%s); it is kept in memory and "
+                        "written as soon as the disk takes writes again", change_id, status, exc)
         finally:
             if change_id in self._holding:  # the row is closed (or was already): its lock goes
                 self._holding.discard(change_id)
                 self._release()
+
+    def _write_final(self, change_id: int, final: dict[str, Any]) -> bool:
+        """UPDATE a running row to its final values; False when it was not running (closed elsewhere)."""
+        assignments = ", ".join(f"{k} = ?" for k in final)
+        with self._tx() as db:
+            cur = db.execute(f"UPDATE changes SET {assignments} WHERE id = ? AND status = 'running'",
+                             (*final.values(), change_id))
+            return cur.rowcount == 1
+
+    @property
+    def pending(self) -> list[int]:
+        """Ids of finished changes whose final row is still only in memory (the disk was full)."""
+        with self._pending_lock:
+            return sorted(self._pending)
+
+    def flush_pending(self) -> list[int]:
+        """Write the final rows kept in memory; the ids written. Stops at the first one the disk still refuses
+        (``StorageError`` is not raised: the rows stay pending)."""
+        written: list[int] = []
+        with self._pending_lock:
+            for change_id, final in list(self._pending.items()):
+                try:
+                    closed_here = self._write_final(change_id, final)
+                except storage.StorageError:
+                    break
+                del self._pending[change_id]
+                if closed_here:  # else another process's recovery closed it meanwhile: its row stands
+                    written.append(change_id)
+                    log.info("change #%s: its final row is written to the history now", change_id)
+        return written
+
+    def _with_pending(self, row: sqlite3.Row) -> dict[str, Any]:
+        """A row as stored, or — a running row whose final values are still in memory — as finished."""
+        out = dict(row)
+        if out["status"] == "running":
+            with self._pending_lock:
+                final = self._pending.get(out["id"])
+            if final is not None:
+                out.update(final)
+        return _decode(out)
 
     def recover(self) -> list[int]:
         """Mark changes whose owner is gone as failed; returns their ids.
@@ -237,6 +302,7 @@ class History:
         Only when the change lock is free (no process runs a change on this data directory) — then no
         other process's ``running`` row can be alive, whatever its pid or host said.
         """
+        self.flush_pending()
         if self._lock_fd is not None:
             return self._recover_rows()
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
@@ -266,18 +332,20 @@ class History:
     def get(self, change_id: int) -> dict[str, Any] | None:
         if not SQLITE_MIN <= change_id <= SQLITE_MAX:
             return None  # no row can have it (and sqlite3 would raise OverflowError)
+        self.flush_pending()
         with self._tx() as db:
             row = db.execute("SELECT * FROM changes WHERE id = ?", (change_id,)).fetchone()
-        return _decode(row) if row else None
+        return self._with_pending(row) if row else None
 
     def list(self, limit: int = 20, offset: int = 0, *, scope: int | None | str = ALL_SCOPES) -> list[dict[str, Any]]:
         """Newest first. ``scope``: ``"all"``, None (the global profile's changes only) or a server's id."""
         limit, offset = max(0, min(limit, SQLITE_MAX)), max(0, min(offset, SQLITE_MAX))
         where, args = _scope_filter(scope)
+        self.flush_pending()
         with self._tx() as db:
             rows = db.execute(f"SELECT * FROM changes{where} ORDER BY id DESC LIMIT ? OFFSET ?",
                               (*args, limit, offset)).fetchall()
-        return [_decode(r) for r in rows]
+        return [self._with_pending(r) for r in rows]
 
     def restorable(self, change_id: int) -> Path:
         """The avatar file of an earlier change, or a HistoryError saying why it cannot be restored."""
@@ -293,6 +361,7 @@ class History:
 
     # --- used posts ---------------------------------------------------------------------------------------------
     def mark_used(self, source: str, key: str, change_id: int) -> None:
+        self.flush_pending()
         with self._tx() as db:
             db.execute(
                 "INSERT OR IGNORE INTO used_posts (source, key, change_id, used_at) VALUES (?, ?, ?, ?)",
@@ -315,7 +384,7 @@ def _scope_filter(scope: int | None | str) -> tuple[str, tuple[Any, ...]]:
     return " WHERE guild_id = ?", (scope,)
 
 
-def _decode(row: sqlite3.Row) -> dict[str, Any]:
+def _decode(row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
     out = dict(row)
     for k in JSON_COLUMNS:
         if out.get(k) is not None:

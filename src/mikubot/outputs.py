@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 
 from facedetect.annotate import annotate, jpeg_ready
 from facedetect.types import Detection
+from mikubot import storage
 
 CROP_COLOUR = (255, 120, 200)
 
@@ -43,16 +44,29 @@ class ChangeFiles:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file + rename: a reader never sees half an avatar."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    """Write via a temporary file + rename: a reader never sees half an avatar. A full, read-only or failing
+    disk raises ``mikubot.storage.StorageError`` (``StorageFull`` for no space), an ``OSError`` naming ``path``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as exc:
+        raise (storage.from_os_error(exc, path) or exc) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and (mapped := storage.from_os_error(exc, path)) is not None:
+            raise mapped from exc
         raise
+
+
+def jpeg_bytes(image: Image.Image, quality: int = 85) -> bytes:
+    """A JPEG of ``image`` (a side over 65 500 px is scaled first), ready for ``atomic_write``."""
+    buf = io.BytesIO()
+    jpeg_ready(image).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
 
 
 def annotated_source(image: Image.Image, detections: Sequence[Detection], crop_box: Sequence[float]) -> Image.Image:
@@ -87,8 +101,7 @@ def write_change_files(
     ann_path: Path | None = None
     if annotated is not None:
         ann_path = avatars_dir / f"{stem}_annotated.jpg"
-        ann_path.parent.mkdir(parents=True, exist_ok=True)
-        jpeg_ready(annotated).save(ann_path, "JPEG", quality=85)  # a side over 65 500 px is scaled
+        atomic_write(ann_path, jpeg_bytes(annotated))
     report = avatars_dir / f"{stem}.json"
     if out is not None:
         out_avatar = out if out.suffix.lower() == ".png" else out.with_suffix(".png")

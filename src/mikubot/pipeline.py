@@ -56,6 +56,7 @@ from mikubot.outputs import (candidate_thumbnail, ChangeFiles, annotated_source,
 from mikubot.record import ChangeRecord, Credit
 from mikubot.redact import scrub
 from mikubot.sources import Candidate, Source, SourceError, source_from_spec
+from mikubot.storage import StorageError, StorageFull
 from mikubot.upload import set_avatar
 from mikubot.verify import HeuristicVerifier, Verification, Verifier, VisionUnavailable, VisionVerifier
 from mikubot.vram import CPU_BACKENDS, DETECTOR, VISION, vram_settings
@@ -381,6 +382,7 @@ class Change:
         self.uploaded = False
         self.error: str | None = None
         self.failed_stage: str | None = None
+        self.insufficient_storage: str | None = None  # what could not be written for want of space
 
     @classmethod
     def begin(cls, pipeline: AvatarPipeline, spec: str, dry_run: bool | None, *, restored_from: int | None = None,
@@ -420,6 +422,11 @@ class Change:
         except ChangeFailed as exc:
             self.error, self.failed_stage = exc.message, exc.stage
             self.events.emit(exc.stage, "fail", error=exc.message)
+        except StorageError as exc:  # a full or failing disk: the change fails, saying where to make room
+            self.error, self.failed_stage = str(exc), self.failed_stage or _last_stage(self.events)
+            if isinstance(exc, StorageFull):
+                self.insufficient_storage = str(exc.where)
+            self.events.emit(self.failed_stage, "fail", error=self.error)
         except BaseException as exc:
             self.error = f"internal error: {type(exc).__name__}: {exc}"
             self.failed_stage = self.failed_stage or "internal"
@@ -462,7 +469,8 @@ class Change:
             candidates=[p.summary() for p in self.picks],
             avatar_path=str(self.kept_avatar) if self.kept_avatar else None, files=self.files,
             report_path=self.files["report"], uploaded=self.uploaded, upload=self.upload,
-            failed_stage=self.failed_stage, error=self.error, **self._banner_fields(),
+            failed_stage=self.failed_stage, error=self.error, insufficient_storage=self.insufficient_storage,
+            **self._banner_fields(),
         )
 
     def _banner_fields(self) -> dict[str, Any]:
@@ -524,7 +532,10 @@ class Change:
         try:
             await self.apply(png, files.avatar, banner=banner)
         finally:
-            self.files = (await annotating).to_json()
+            try:
+                self.files = (await annotating).to_json()
+            except StorageError as exc:  # the annotated copy is for people; the avatar is written already
+                log.warning("change #%s: the annotated source was not written: %s", self.id, exc)
 
     async def search(self, spec: str, k: int) -> tuple[Source, list[Candidate]]:
         with self.stage("search", spec=spec, limit=k):

@@ -65,6 +65,8 @@ class ChangeRecord(BaseModel):
     banner_size: list[int] | None = None
     failed_stage: str | None = None
     error: str | None = None
+    insufficient_storage: str | None = Field(None, description="the file that could not be written for want of "
+                                             "disk space, when that is why the change failed")
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

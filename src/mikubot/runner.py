@@ -20,6 +20,7 @@ from typing import Any, Literal
 from mikubot.events import EventBus, ProgressEvent
 from mikubot.history import ChangeLocked
 from mikubot.pipeline import AvatarPipeline
+from mikubot.storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,8 @@ class ChangeRunner:
             return
         if not task.cancelled() and task.exception() is None:
             cur.change_id = cur.change_id if cur.change_id is not None else task.result().get("id")
+        elif not task.cancelled() and isinstance(task.exception(), StorageError):  # no row could be written
+            log.warning("avatar %s could not start: %s", cur.kind, task.exception())
         elif not task.cancelled() and not isinstance(task.exception(), ChangeLocked):  # refused, not broken
             log.error("avatar %s #%s ended with an internal error: %r", cur.kind, cur.change_id, task.exception())
         if cur.change_id is not None:

@@ -25,14 +25,17 @@ from mikubot.outputs import candidate_picture_path
 from mikubot.record import ChangeRecord
 from mikubot.runner import ChangeBusy, RunningChange
 from mikubot.sources import SourceError
+from mikubot.storage import StorageError
 from mikubot.web import upload as uploads
-from mikubot.web.sse import change_events
+from mikubot.web.auth import client_of
+from mikubot.web.jsonsafe import is_text
+from mikubot.web.sse import ClaimedStream, change_events, last_event_id
 from mikubot.web.state import Panel, panel
 from mikubot.web.status import gather
 from mikubot.web.views import annotated_path, change_view, inside
 
 router = APIRouter(responses=errors(400, 413, 422, 503))  # any route: a foreign Host, a big body, a bad value
-WRITE = errors(401, 403, 409, 415, 429)  # and a state-changing one: the token, CSRF, a running change
+WRITE = errors(401, 403, 409, 415, 429, 507)  # and a state-changing one: the token, CSRF, a running change, a full disk
 WAITED = {200: {"model": ChangeRecord, "description": "the finished change record (with ?wait=true)"}}
 SQLITE_MAX_INT = 2**63 - 1  # ids and offsets past SQLite's integer range are answered 422, never 500
 ChangeId = Annotated[int, PathParam(ge=1, le=SQLITE_MAX_INT, description="a change's id (see the history)")]
@@ -72,6 +75,10 @@ async def busy_response(p: Panel, exc: ChangeBusy) -> JSONResponse:
 async def started(p: Panel, handle: RunningChange, wait: bool) -> JSONResponse:
     if wait:
         record = await handle.result()
+        if record.get("insufficient_storage"):  # no room to write: what a disk-full 507 says, with the record
+            return JSONResponse(status_code=507, content={
+                "detail": f"change #{record['id']} failed: the data directory {p.settings.data_dir} is out of space: "
+                          f"{record['error']}", "change_id": record["id"], "record": jsonable(record)})
         return JSONResponse(status_code=200, content=jsonable(record))
     cid = handle.change_id
     return JSONResponse(status_code=202, content={
@@ -104,6 +111,8 @@ async def change(
     dry = b.dry_run if b.dry_run is not None else dry_run
     if spec is not None:
         spec = spec.strip() or None
+    if spec is not None and not is_text(spec):  # a NUL or a lone surrogate can name no file or URL
+        raise HTTPException(422, "the source must be plain text: it holds a NUL or a lone UTF-16 surrogate")
     if spec is not None:
         try:
             p.runner.pipeline.make_source(spec)
@@ -132,16 +141,26 @@ async def get_change(request: Request, change_id: ChangeId) -> dict[str, Any]:
 @router.get("/profile-picture/changes/{change_id}/events", tags=["profile picture"],
             response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}, "description": "progress events, then `end`"},
-                       **errors(404)})
+                       **errors(401, 404, 429)})
 async def events(request: Request, change_id: ChangeId) -> StreamingResponse:
-    """Server-Sent Events: the change's events so far, then live ones; ``event: end`` closes the stream."""
+    """Server-Sent Events: the change's events so far, then live ones; ``event: end`` closes the stream.
+    Needs a login or the token; at most ``MIKU_WEB_MAX_STREAMS_PER_CLIENT`` per client (429) and
+    ``MIKU_WEB_MAX_STREAMS`` in all (503)."""
     p = panel(request)
-    if p.history.get(change_id) is None:
-        raise HTTPException(404, f"no change with id {change_id}")
-    last = request.headers.get("last-event-id", "")
-    last_seen = int(last) if last.strip().isdigit() else -1
-    return StreamingResponse(change_events(p.runner, change_id, last_seen), media_type="text/event-stream",
+    p.auth.require_viewer(request)
+    release = p.streams.claim(client_of(request))
+    try:
+        # A change this process runs (or ran lately) exists without asking the history, which a full disk
+        # may make unreadable: its stream then comes from memory.
+        if p.runner.get(change_id) is None and await asyncio.to_thread(p.history.get, change_id) is None:
+            raise HTTPException(404, f"no change with id {change_id}")
+        last_seen = last_event_id(request.headers.get("last-event-id"))
+        return ClaimedStream(change_events(p.runner, p.watch, change_id, last_seen), release,
+                             media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    except BaseException:
+        release()
+        raise
 
 
 @router.get("/profile-picture/history", tags=["profile picture"])
@@ -183,14 +202,15 @@ async def upload(request: Request, _: str = Depends(write_access)) -> dict[str, 
     p = panel(request)
     pipeline = p.runner.pipeline
     try:
-        data, name = await uploads.read_upload(request, uploads.limits(pipeline).max_bytes)
-        preview = await uploads.make_preview(pipeline, data, name)
-    except HTTPException as exc:
+        async with p.previews.admit():  # 503 + Retry-After past the queue, before the upload is read
+            data, name = await uploads.read_upload(request, uploads.limits(pipeline).max_bytes)
+            async with p.previews.run(data):
+                preview = await uploads.make_preview(pipeline, data, name)
+    except (HTTPException, FaceDetectError, StorageError) as exc:  # a StorageError is answered 507/503 by the app
         p.metrics.uploads.labels(str(exc.status_code)).inc()
+        if isinstance(exc, FaceDetectError):
+            raise uploads.bad_image(exc) from None
         raise
-    except FaceDetectError as exc:
-        p.metrics.uploads.labels(str(exc.status_code)).inc()
-        raise uploads.bad_image(exc) from None
     p.metrics.uploads.labels("ok").inc()
     return preview.to_json()
 

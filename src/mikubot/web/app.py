@@ -14,6 +14,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -24,9 +26,11 @@ from facedetect.errors import FaceDetectError
 from mikubot.config import Settings
 from mikubot.redact import scrub, strip_userinfo
 from mikubot.runner import ChangeRunner
+from mikubot.storage import StorageError, StorageFull
 from mikubot.web import api, pages
 from mikubot.web.auth import Auth, resolve_token
 from mikubot.web.guard import RequestGuard
+from mikubot.web.jsonsafe import json_safe
 from mikubot.web.metrics import PanelMetrics
 from mikubot.web.state import PanelState
 
@@ -87,12 +91,26 @@ def create_app(settings: Settings, *, runner: ChangeRunner | None = None) -> Fas
 
     @app.exception_handler(FaceDetectError)
     async def face_error(request: Request, exc: FaceDetectError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status_code, content={"detail": strip_userinfo(exc.message)})
+        return JSONResponse(status_code=exc.status_code, content={"detail": json_safe(strip_userinfo(exc.message))})
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # A message may quote what was sent or configured (a source URL): never with its credentials.
-        return JSONResponse(status_code=exc.status_code, content={"detail": scrub(exc.detail)}, headers=exc.headers)
+        return JSONResponse(status_code=exc.status_code, content={"detail": json_safe(scrub(exc.detail))},
+                            headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_value(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own 422 list, with what it quotes made JSON-safe (NaN, Infinity, lone surrogates).
+        return JSONResponse(status_code=422, content={"detail": json_safe(scrub(jsonable_encoder(exc.errors())))})
+
+    @app.exception_handler(StorageError)
+    async def no_room(request: Request, exc: StorageError) -> JSONResponse:
+        what = "is out of space" if isinstance(exc, StorageFull) else "cannot be written"
+        log.warning("refused %s %s: the data directory %s %s: %s", request.method, request.url.path,
+                    settings.data_dir, what, exc)
+        return JSONResponse(status_code=exc.status_code, content={
+            "detail": json_safe(f"the data directory {settings.data_dir} {what}: {exc}")})
 
     @app.middleware("http")
     async def headers_and_metrics(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

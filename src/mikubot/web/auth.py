@@ -1,7 +1,8 @@
 """Who may change things: the panel's token, its login sessions and the CSRF defences.
 
-Reading (pages, history, status, event streams) is open to whoever can reach the port — 127.0.0.1 by
-default. Every state-changing request needs the token, presented one of two ways:
+Reading (pages, history, status) is open to whoever can reach the port — 127.0.0.1 by default; an
+event stream, which holds a connection open, needs a login or the token (``require_viewer``). Every
+state-changing request needs the token, presented one of two ways:
 
 * ``Authorization: Bearer <token>`` — scripts and ``curl``. Browsers never attach this header on their
   own, so a request carrying it cannot be a cross-site forgery; it needs no CSRF token.
@@ -128,7 +129,7 @@ class Auth:
 
     def guess(self, request: Request, presented: str) -> bool:
         """Check a presented token under the client's attempt limit (429 while it must wait)."""
-        client = _client(request)
+        client = client_of(request)
         self.attempts.check(client)
         if self.token_ok(presented):
             self.attempts.succeeded(client)
@@ -180,18 +181,32 @@ class Auth:
         if urlsplit(origin).netloc.lower() != host.lower():
             raise HTTPException(403, f"cross-site request refused: Origin {urlsplit(origin).netloc!r} is not {host!r}")
 
+    def _bearer(self, request: Request, header: str) -> str:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise HTTPException(401, "use Authorization: Bearer <MIKU_WEB_TOKEN>",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not self.guess(request, value):
+            log.warning("refused a request with a wrong bearer token from %s", client_of(request))
+            raise HTTPException(401, "wrong token", headers={"WWW-Authenticate": "Bearer"})
+        return "bearer"
+
+    def require_viewer(self, request: Request) -> str:
+        """Allow a request that holds a resource open (an event stream) to the token or a logged-in session
+        only, or raise 401. A GET changes nothing, so a session needs no CSRF token here."""
+        header = request.headers.get("authorization")
+        if header:
+            return self._bearer(request, header)
+        if self.session(request) is None:
+            raise HTTPException(401, "event streams need a login (/login) or Authorization: Bearer <MIKU_WEB_TOKEN>",
+                                headers={"WWW-Authenticate": "Bearer"})
+        return "session"
+
     def require_write(self, request: Request, form_csrf: str | None = None) -> str:
         """Allow a state-changing request or raise 401/403 saying what to do. Returns how it was allowed."""
         header = request.headers.get("authorization")
         if header:
-            scheme, _, value = header.partition(" ")
-            if scheme.lower() != "bearer" or not value.strip():
-                raise HTTPException(401, "use Authorization: Bearer <MIKU_WEB_TOKEN>",
-                                    headers={"WWW-Authenticate": "Bearer"})
-            if not self.guess(request, value):
-                log.warning("refused a request with a wrong bearer token from %s", _client(request))
-                raise HTTPException(401, "wrong token", headers={"WWW-Authenticate": "Bearer"})
-            return "bearer"
+            return self._bearer(request, header)
         self.check_origin(request)
         session = self.session(request)
         if session is None:
@@ -203,5 +218,6 @@ class Auth:
         return "session"
 
 
-def _client(request: Request) -> str:
+def client_of(request: Request) -> str:
+    """The client's address (a trusted proxy's client, see MIKU_WEB_TRUSTED_PROXIES), for per-client limits."""
     return request.client.host if request.client else "?"
