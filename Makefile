@@ -8,11 +8,12 @@ OUT    ?= out/demo
 BENCH_DATA ?= ../shared/bench
 SCENES ?= .cache/scenes
 
-.PHONY: help install art scenes proposals verifier facefilter demo test test-fast bench lint clean constraints
+.PHONY: help install art scenes proposals verifier facefilter demo test test-fast stack-test bench lint clean constraints
 
 help:
 	@echo "make demo   - detect faces in the sample art and make an avatar (embedded defaults, no config)"
 	@echo "make test   - run the whole test suite (installs what it needs first)"
+	@echo "make stack-test - build the images and run the whole compose stack without a GPU (root; Docker from Debian)"
 	@echo "make bench  - run the benchmarks and rewrite bench/RESULTS.md"
 	@echo "make constraints - re-resolve every extra of pyproject.toml into constraints.txt (needs PyPI)"
 	@echo "make scenes - compose the labelled scene sets for detection/crop benchmarks (.cache/scenes)"
@@ -73,6 +74,18 @@ demo: install art
 test: install art
 	bash scripts/test-deps.sh
 	MIKU_TEST_ART=$(ART)/images MIKU_TEST_CASCADE=$(BENCH_DATA)/peers/lbpcascade_animeface.xml $(PY) -m pytest -q
+
+# The real llama-swap, built from source at the commit of the release docker-compose.yml pins (tag v250;
+# Go needs the commit: "v250" is not a semantic version).
+LLAMA_SWAP_COMMIT := 60226b63776efac11e15828abe0bb302ec259699
+GOBIN_DIR := $(abspath .cache/go/bin)
+$(GOBIN_DIR)/llama-swap:
+	GOBIN=$(GOBIN_DIR) GOFLAGS=-mod=mod go install github.com/mostlygeek/llama-swap@$(LLAMA_SWAP_COMMIT)
+
+# docker-compose.yml built and run for real, as on a machine without an NVIDIA GPU (scripts/stack-test.sh):
+# its own dockerd, a base image from Debian's archive, the real llama-swap with stand-in model servers.
+stack-test: install $(GOBIN_DIR)/llama-swap
+	LLAMA_SWAP_BIN=$(GOBIN_DIR)/llama-swap COMPOSE=$(VENV)/bin/docker-compose PYTHON=$(PY) bash scripts/stack-test.sh
 
 bench: install art scenes
 	$(PY) bench/detect.py --art $(ART)/images --bench-data $(BENCH_DATA) --scenes $(SCENES)
