@@ -57,9 +57,17 @@ mkdir -p "$STACK_DIR"
 RUN_DIR=$(mktemp -d /tmp/miku-stack.XXXXXX)  # socket, exec root, pid file: short paths, gone after the run
 export DOCKER_HOST=unix://$RUN_DIR/docker.sock
 DOCKERD_PID=
+CHILD_PID=
+# Long steps run in the background and are waited for, so a TERM or INT reaches the trap at once (bash
+# runs a trap only after a foreground command ends) and cleanup stops the step before the engine.
+step() { "$@" & CHILD_PID=$!; wait "$CHILD_PID"; }
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  if [ -n "$CHILD_PID" ] && kill -0 "$CHILD_PID" 2>/dev/null; then
+    kill -TERM "$CHILD_PID" 2>/dev/null || true
+    wait "$CHILD_PID" 2>/dev/null || true
+  fi
   if [ -n "$DOCKERD_PID" ] && kill -0 "$DOCKERD_PID" 2>/dev/null; then
     if [ -n "${COMPOSE_UP:-}" ]; then
       say "compose down (containers, network and volumes)"
@@ -129,7 +137,7 @@ if "$DOCKER" image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
   pass "base image $BASE_IMAGE (cached)"
 else
   say "making the base image with mmdebstrap ($SUITE minbase + $BASE_PACKAGES)"
-  mmdebstrap_base "$BASE_IMAGE"
+  step mmdebstrap_base "$BASE_IMAGE"
   pass "base image $BASE_IMAGE ($("$DOCKER" image inspect --format '{{.Size}}' "$BASE_IMAGE" | awk '{printf "%d MB", $1/1e6}'))"
 fi
 
@@ -143,7 +151,7 @@ LLAMA_SWAP_IMAGE=miku-stack/llama-swap:$( (echo "$BASE_IMAGE"; cd "$stage" && sh
 if "$DOCKER" image inspect "$LLAMA_SWAP_IMAGE" >/dev/null 2>&1; then
   pass "llama-swap image $LLAMA_SWAP_IMAGE (cached)"
 else
-  DOCKER_BUILDKIT=0 nice "$DOCKER" build -q --network host --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+  step env DOCKER_BUILDKIT=0 nice "$DOCKER" build -q --network host --build-arg "BASE_IMAGE=$BASE_IMAGE" \
     -t "$LLAMA_SWAP_IMAGE" "$stage" >/dev/null
   pass "llama-swap image $LLAMA_SWAP_IMAGE (the real binary, $("$LLAMA_SWAP_BIN" -version 2>&1 | head -n1))"
 fi
@@ -185,7 +193,7 @@ done
 
 say "building the detector (cpu) and bot images FROM $BASE_IMAGE"
 t0=$(date +%s)
-if ! DOCKER_BUILDKIT=0 nice "${compose[@]}" build >"$STACK_DIR/build.log" 2>&1; then
+if ! step env DOCKER_BUILDKIT=0 nice "${compose[@]}" build >"$STACK_DIR/build.log" 2>&1; then
   tail -n 40 "$STACK_DIR/build.log" >&2
   die "building the images failed (the last lines above; all of it in $STACK_DIR/build.log)"
 fi
@@ -194,7 +202,7 @@ pass "images built in $(( $(date +%s) - t0 )) s ($sizes)"
 
 COMPOSE_UP=1
 t0=$(date +%s)
-if ! "${compose[@]}" up --detach --wait --wait-timeout 240 >"$STACK_DIR/up.log" 2>&1; then
+if ! step "${compose[@]}" up --detach --wait --wait-timeout 240 >"$STACK_DIR/up.log" 2>&1; then
   cat "$STACK_DIR/up.log" >&2
   "${compose[@]}" ps -a >&2 || true
   "${compose[@]}" logs --tail 40 >&2 || true
@@ -203,7 +211,7 @@ fi
 pass "every service healthy in $(( $(date +%s) - t0 )) s: $("${compose[@]}" ps --format '{{.Service}}={{.Health}}' | tr '\n' ' ')"
 
 # --- the checks from the host -------------------------------------------------------------------------------
-if ! "$PYTHON" tests/stack/checks.py -- "${compose[@]}"; then
+if ! step "$PYTHON" tests/stack/checks.py -- "${compose[@]}"; then
   "${compose[@]}" logs --tail 60 >&2 || true
   die "a check failed (the services' last log lines above)"
 fi
