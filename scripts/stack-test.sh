@@ -61,9 +61,11 @@ CHILD_PID=
 # Long steps run in the background and are waited for, so a TERM or INT reaches the trap at once (bash
 # runs a trap only after a foreground command ends) and cleanup stops the step before the engine.
 step() { "$@" & CHILD_PID=$!; wait "$CHILD_PID"; }
+exec 3>&1 4>&2  # the script's own output: a trap taken inside a redirected step still reports here
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  exec 1>&3 2>&4
   if [ -n "$CHILD_PID" ] && kill -0 "$CHILD_PID" 2>/dev/null; then
     kill -TERM "$CHILD_PID" 2>/dev/null || true
     wait "$CHILD_PID" 2>/dev/null || true
