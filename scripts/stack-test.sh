@@ -103,7 +103,8 @@ trap 'exit 130' INT TERM
 say "starting dockerd (data root $STACK_DIR/docker, socket $RUN_DIR/docker.sock)"
 # No iptables rules, no forwarding sysctl, no docker0 bridge: the host's network settings stay as they are.
 # Containers talk over compose's own bridge; builds use the host's network (compose.ci.yml).
-dockerd --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false --bridge=none \
+# Under nice: the builds and the containers are its children (a nice on `docker build` would only slow the client).
+nice dockerd --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false --bridge=none \
   --storage-driver=overlay2 --data-root "$STACK_DIR/docker" --exec-root "$RUN_DIR/exec" \
   --pidfile "$RUN_DIR/dockerd.pid" -H "$DOCKER_HOST" >"$STACK_DIR/dockerd.log" 2>&1 &
 DOCKERD_PID=$!
