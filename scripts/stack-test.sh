@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # `make stack-test`: build the images and run the whole stack of docker-compose.yml on this machine, as a
 # user without an NVIDIA GPU does (docker-compose.cpu.yml: the CPU detector image, no device reservations),
-# with the real llama-swap
-# in front of stand-in model servers (tests/stack/llama-swap), and check it from the host. Prints each check
-# as it passes; exit 0 only when all passed. Skipped (exit 0, with the reason) only where a Docker engine
-# cannot start (not root, no kernel support).
+# with the real llama-swap in front of stand-in model servers (tests/stack/llama-swap), and check it from
+# the host. Prints each check as it passes; exit 0 only when all passed. Skipped (exit 0, with the reason)
+# only where a Docker engine cannot start (not root, no kernel support). docs/operations.md, "The stack test".
 #
 # It installs what it lacks (Debian's docker.io and mmdebstrap), starts its own dockerd on a private socket
 # and data root (.cache/stack/docker: kept, so a second run reuses every image layer) without touching the
