@@ -32,6 +32,7 @@ def test_run_serves_panel_logs_doctor_and_changes_through_one_runner(art_dir, tm
     assert "Discord bot off" in out and "no MIKU_DISCORD_TOKEN" in out
     assert "avatar rotation: every 24 h" in out
     assert "a-test-token-long-enough" not in out  # secrets never logged
+    assert "changes need the token from MIKU_WEB_TOKEN" in out  # where the token comes from, not what it is
     assert proc.returncode in (0, -15)
 
 

@@ -151,6 +151,25 @@ def test_gpus_by_device_reservation_not_the_nvidia_runtime(compose):
         assert "runtime" not in svc
 
 
+def test_the_cpu_overlay_runs_everything_without_an_nvidia_gpu(tmp_path):
+    """docker-compose.cpu.yml (the supported GPU-less setup, which `make stack-test` runs for real): no
+    device reservation left, the CPU detector image, no NVML probe, the rest as in the main file."""
+    project = project_copy(tmp_path)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(project)}
+    result = subprocess.run([tool("docker-compose"), "-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml",
+                             "config", "--format", "json"], cwd=project, env=env, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    model = json.loads(result.stdout)
+    for name, svc in model["services"].items():
+        assert gpu_capabilities(svc) == [] and "deploy" not in svc, f"{name} still reserves a device"
+    assert service(model, "anime-face-detector")["build"]["args"]["VARIANT"] == "cpu"
+    bot = service(model, "miku-bot")["environment"]
+    assert bot["MIKU_GPU_PROBE"] == bot["MIKU_VRAM_PROBE"] == "none"
+    assert bot["MIKU_WEB_PUBLISHED_ON_LOOPBACK"] == "true"  # no .env needed: the generated panel token
+    assert ports(service(model, "miku-bot")) == {PANEL_PORT: ("127.0.0.1", PANEL_PORT)}
+
+
 def test_llama_swap_service(compose):
     svc = service(compose, "llama-swap")
     # One released CUDA build (llama-swap vNNN, CUDA, llama.cpp bNNNN), never the floating `:cuda` tag.
@@ -272,14 +291,15 @@ def test_the_dockerignore_sends_only_what_the_images_need(tmp_path):
     files = [".env", ".env.local", ".venv/bin/python", ".cache/art/images/a.png", "data/history.db", "out/demo/avatar.png",
              ".git/HEAD", "models/m.gguf", "tests/test_x.py", "src/pkg/__pycache__/m.cpython-311.pyc", "src/pkg/.env",
              "src/pkg/m.py", "pyproject.toml", "README.md", "LICENSE", "constraints.txt",
-             "face-detector/supervisord.conf", "face-detector/exit-on-fatal.py", "face-detector/Dockerfile"]
+             "face-detector/supervisord.conf", "face-detector/exit-on-fatal.py", "face-detector/Dockerfile",
+             "scripts/fetch-art.sh", "scripts/stack-test.sh"]
     for name in files:
         (ctx / name).parent.mkdir(parents=True, exist_ok=True)
         (ctx / name).write_text("x")
     (ctx / ".dockerignore").write_text((ROOT / ".dockerignore").read_text())
     sent = context_files(ctx) - {".dockerignore"}
     assert sent == {"src/pkg/m.py", "pyproject.toml", "README.md", "LICENSE", "constraints.txt",
-                    "face-detector/supervisord.conf", "face-detector/exit-on-fatal.py"}
+                    "face-detector/supervisord.conf", "face-detector/exit-on-fatal.py", "scripts/fetch-art.sh"}
     # No per-Dockerfile ignore file that BuildKit would prefer over the root one.
     assert not [p for p in DOCKERFILES.values() if p.with_name(p.name + ".dockerignore").exists()]
 

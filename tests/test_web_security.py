@@ -174,6 +174,14 @@ def test_non_loopback_bind_needs_the_token(host: str, tmp_path: Path) -> None:
     check_bind(host, Settings(data_dir=tmp_path, web_token="a-long-enough-token-value"))
 
 
+def test_a_container_published_on_loopback_may_bind_all_with_the_generated_token(tmp_path: Path) -> None:
+    # docker-compose.yml publishes the panel on the host's 127.0.0.1 and says so with this setting; the
+    # stack test (scripts/stack-test.sh) logs in with the token the container generated in its volume.
+    settings = Settings(data_dir=tmp_path, web_published_on_loopback=True)
+    check_bind("0.0.0.0", settings)
+    assert Settings.model_fields["web_published_on_loopback"].default is False  # the CLI's own default refuses
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.5", "::1", "localhost"])
 def test_loopback_bind_needs_no_configured_token(host: str, tmp_path: Path) -> None:
     check_bind(host, Settings(data_dir=tmp_path))

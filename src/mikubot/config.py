@@ -183,6 +183,9 @@ class Settings(SourceSettings, BaseSettings):
 
     # --- web panel ----------------------------------------------------------------------------------------
     web_token: SecretStr | None = None
+    web_published_on_loopback: bool = Field(
+        False, description="the panel's port reaches only the host's loopback (a container published on "
+        "127.0.0.1): a network bind inside may then use the token generated in <data dir>/web-token")
     web_allowed_hosts: StrList = Field(default_factory=list, description="Host names the panel answers besides "
                                        "loopback ones (localhost, 127.0.0.1, ::1); '*' answers any")
     web_trusted_proxies: StrList = Field(default_factory=list, description="addresses (or CIDRs) of TLS proxies "

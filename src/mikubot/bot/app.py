@@ -50,6 +50,7 @@ async def _bot(client: MikuClient, token: str) -> None:
 
 async def serve(settings: Settings, *, host: str = PANEL_HOST, port: int = PANEL_PORT, bot: bool = True) -> None:
     from mikubot.web import check_bind, make_server  # the panel; imported here so the bot modules stay light
+    from mikubot.web.auth import resolve_token
 
     check_bind(host, settings)  # before anything starts: refuse a network bind without MIKU_WEB_TOKEN
     http = httpx.AsyncClient(timeout=settings.http_timeout_s)
@@ -78,7 +79,8 @@ async def serve(settings: Settings, *, host: str = PANEL_HOST, port: int = PANEL
                         "no MIKU_DISCORD_TOKEN" if not token else "--no-bot")
         if scheduler is not None:
             tasks.append(asyncio.create_task(scheduler.run_forever(), name="rotation"))
-        log.info("panel on http://%s:%d", host, port)
+        _, token_from = resolve_token(settings.web_token, settings.data_dir)  # where it is, never the token
+        log.info("panel on http://%s:%d (changes need the token from %s)", host, port, token_from)
         await panel
     finally:
         for t in tasks:

@@ -2,7 +2,10 @@
 
 The bind rule lives here so both paths enforce it: the panel listens on 127.0.0.1 unless told
 otherwise, and refuses any other address without ``MIKU_WEB_TOKEN`` — a generated token (see
-auth.py) is fine for a panel only this machine can reach, not for one the network can.
+auth.py) is fine for a panel only this machine can reach, not for one the network can. A container is
+the exception its owner declares: it must listen on 0.0.0.0 for its published port to work, and with
+``MIKU_WEB_PUBLISHED_ON_LOOPBACK`` (docker-compose.yml publishes the panel on 127.0.0.1 only) the
+generated token, kept in the data volume, guards it.
 """
 
 from __future__ import annotations
@@ -37,13 +40,14 @@ def is_loopback(host: str) -> bool:
 def check_bind(host: str, settings: Settings) -> None:
     """Raise ``BindRefused`` (with what to do) for a non-loopback bind without ``MIKU_WEB_TOKEN``."""
     token = settings.web_token.get_secret_value().strip() if settings.web_token is not None else ""
-    if not is_loopback(host) and not token:
+    if not is_loopback(host) and not token and not settings.web_published_on_loopback:
         raise BindRefused(
             f"refusing to listen on {host}: the panel would be reachable from the network without a token. "
             f"Set MIKU_WEB_TOKEN to a long random secret (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), "
-            f"or bind {DEFAULT_HOST}."
+            f"or bind {DEFAULT_HOST} (in a container whose port is published on the host's loopback only, "
+            f"MIKU_WEB_PUBLISHED_ON_LOOPBACK=true allows the generated token)."
         )
-    if not is_loopback(host) and len(token) < 16:
+    if not is_loopback(host) and token and len(token) < 16:
         log.warning("MIKU_WEB_TOKEN is short (%d characters); use 16 or more for a panel on the network", len(token))
 
 
