@@ -9,6 +9,7 @@ are skipped otherwise, with the reason.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -144,6 +145,17 @@ def test_change_the_avatar_and_watch_it(page: Any, base: str) -> None:
     assert page.locator("#candidates .candidate img").count() == cards.count()
     assert page.locator("#candidates figure.candidate:not(.chosen) svg .face-box").count() >= 1
     assert "not chosen: " in page.inner_text("#candidates")
+    # The stage tiles end on the whole change, not on the last candidate processed: detect and verify
+    # summarise all three candidates, crop names the one chosen (its caption's first line).
+    tile = lambda stage: page.inner_text(f"#stages li[data-stage={stage}] .detail")  # noqa: E731
+    faces = [int(m.group(1)) for caption in page.locator("#candidates figcaption").all_inner_texts()
+             if (m := re.search(r"^(\d+) face\(s\) via ", caption, re.M))]
+    assert len(faces) == 3
+    assert tile("detect").startswith(f"faces in {sum(1 for n in faces if n)} of 3 candidates ("), tile("detect")
+    assert sorted(int(n) for n in tile("detect").split("(")[1].split(")")[0].split(", ")) == sorted(faces)
+    assert tile("verify").startswith("3 of 3 candidates accepted as Hatsune Miku (heuristic)"), tile("verify")
+    chosen_name = chosen.locator("figcaption div").first.inner_text()
+    assert tile("crop").startswith(f"chose {chosen_name} of 3: "), tile("crop")
     assert page.locator("#vram-chart svg.vram circle.event-dot").count() >= 2
     assert page.locator("#vram-chart table.events tr").count() >= 3
     assert "finished: dry-run" in page.inner_text("#message")

@@ -95,6 +95,8 @@ class StageBoard:
         d = ev.detail
         if ev.status in ("fail", "fallback", "skip"):
             return str(d.get("error") or d.get("reason") or d.get("to") or "")
+        if ev.status == "done" and d.get("summary"):
+            return str(d["summary"])  # the stage's last word, over all of its candidates
         if ev.stage == "search" and "found" in d:
             return f"{d['found']} candidates"
         if ev.stage == "download" and "size" in d:

@@ -141,8 +141,39 @@ def _last_stage(ev: ChangeEvents) -> str:
     return open_stages[-1] if open_stages else (ev.log[-1].stage if ev.log else "search")
 
 
+@dataclass
+class StageOutcome:
+    """What a stage says when it is done (see ``Change.stage``)."""
+
+    summary: str | None = None
+
+
+def _counted(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def _box(box: Any) -> list[float] | None:
     return [round(float(v), 1) for v in box] if box is not None else None
+
+
+def _faces_summary(picks: list[Pick]) -> str:
+    """The detect stage's last word: the faces in every candidate, not only the last one's."""
+    counts = [len(p.faces.detections) if p.faces else 0 for p in picks]
+    via = sorted({p.faces.via for p in picks if p.faces})
+    with_faces = sum(1 for n in counts if n)
+    return (f"faces in {with_faces} of {_counted(len(picks), 'candidate')} ({', '.join(map(str, counts))})"
+            + (f" via {', '.join(via)}" if via else ""))
+
+
+def _chosen_summary(chosen: Chosen, among: int) -> str:
+    """The crop stage's last word: which candidate became the avatar, what it showed and how it is cut."""
+    pick, crop = chosen.pick, chosen.crop
+    name = pick.candidate.filename or pick.candidate.key
+    faces = _counted(len(pick.faces.detections), "face") if pick.faces else "no detection"
+    best = f" (best {crop.face.confidence:.2f})" if crop.face is not None else ""
+    v = pick.verification
+    verdict = f", {v.method} {v.confidence:.2f}" if v else ""
+    return f"chose {name} of {among}: {faces}{best}{verdict}; {crop.method} crop {_box(crop.box)}"
 
 
 class NoRoomForDetector(Exception):
@@ -394,17 +425,20 @@ class Change:
         return self.settings.avatars_dir / f"change-{self.id:05d}.json"
 
     @contextlib.contextmanager
-    def stage(self, name: str, **detail: Any) -> Iterator[None]:
+    def stage(self, name: str, **detail: Any) -> Iterator[StageOutcome]:
         """A stage's span: emits start and done, adds its duration (ms) to the timings. The span is the
-        ``with`` block wherever it runs — a stage running in its own task overlaps the stages around it."""
+        ``with`` block wherever it runs — a stage running in its own task overlaps the stages around it.
+        The block may set the outcome's ``summary``: the done event carries it, and every view shows it as
+        the stage's last word (a stage over K candidates ends on all K, not on the last one processed)."""
         t0 = time.monotonic()
         self.events.emit(name, "start", **detail)
+        outcome = StageOutcome()
         try:
-            yield
+            yield outcome
         finally:
             ms = (time.monotonic() - t0) * 1000
             self.timings[name] = self.timings.get(name, 0.0) + ms
-        self.events.emit(name, "done", ms=round(ms, 1))
+        self.events.emit(name, "done", ms=round(ms, 1), **({"summary": outcome.summary} if outcome.summary else {}))
 
     def fall_back(self, stage: str, to: str, reason: str, **detail: Any) -> None:
         self.fallbacks.append(f"{stage}:{to}")
@@ -510,8 +544,9 @@ class Change:
         survivors = await self.download_and_verify(src, found)
         if any(p.faces is None for p in survivors):  # the heuristic verifier's path has detected already
             await self.detect(survivors)
-        with self.stage("crop"):
+        with self.stage("crop") as outcome:
             self.chosen = chosen = self.crop(survivors)
+            outcome.summary = _chosen_summary(chosen, len(survivors))
             banner = await self.make_banner(chosen) if self.settings.banner else None
         png = await asyncio.to_thread(avatar_png, chosen.crop)
         # The kept avatar exists before Discord sees it (a failed upload can be applied later); the annotated
@@ -613,7 +648,7 @@ class Change:
             # One detection per image: the heuristic reads the hair colour from the detect stage's faces,
             # so without a vision model to make room for, detection comes first and is not repeated.
             await self.detect(await downloading)
-        with self.stage("verify", count=count):
+        with self.stage("verify", count=count) as outcome:
             # The vision reservation: entered and released here only. It ends with the last answer (or as soon
             # as the model is found unusable), not after the stage's bookkeeping.
             async with AsyncExitStack() as room:
@@ -629,6 +664,8 @@ class Change:
                         pick.verification = await verifier.verify(pick.candidate)
                     self._judge(pick)
             survivors = [p for p in live if not p.skipped]
+            outcome.summary = (f"{len(survivors)} of {_counted(len(live), 'candidate')} accepted as "
+                               f"{self.settings.character_name} ({self.verifier}); the crop stage chooses among them")
             if not survivors:
                 raise ChangeFailed("verify", f"none of {len(live)} candidates shows {self.settings.character_name}: "
                                    + "; ".join(p.skipped or "" for p in live))
@@ -671,7 +708,7 @@ class Change:
         async with AsyncExitStack() as room:
             with self.stage("reserve", consumer=DETECTOR):
                 service = await self._reserve_detector(room, len(survivors))
-            with self.stage("detect", via="service" if service else "in-process"):
+            with self.stage("detect", via="service" if service else "in-process") as outcome:
                 async with FaceFinder(service, self.pipeline.local_detector,
                                       lambda to, why: self.fall_back("detect", to, why)) as finder:
                     for pick in survivors:
@@ -681,6 +718,7 @@ class Change:
                         self.detector_backend = pick.faces.backend or self.detector_backend
                         self.events.emit("detect", "progress", key=pick.candidate.key, faces=len(pick.faces.detections),
                                          via=pick.faces.via, backend=pick.faces.backend, error=pick.faces.error)
+                outcome.summary = _faces_summary(survivors)
 
     async def _reserve_detector(self, room: AsyncExitStack, n: int) -> str | None:
         """Enter the detector reservation on ``room``; the detector service's URL to use (None: in-process)."""

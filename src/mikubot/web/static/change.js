@@ -22,6 +22,7 @@
   function describe(ev) {
     const d = ev.detail || {};
     if (ev.status === "fail" || ev.status === "fallback" || ev.status === "skip") return d.error || d.reason || d.to || "";
+    if (ev.status === "done" && d.summary) return d.summary; // the stage's last word, over all of its candidates
     if (ev.stage === "search" && d.found !== undefined) return d.found + " candidate(s)";
     if (ev.stage === "download" && d.size) return (d.key || "").slice(0, 32) + " " + d.size[0] + "×" + d.size[1];
     if (ev.stage === "verify" && d.confidence !== undefined) return d.method + ": " + d.confidence.toFixed(2) + " " + (d.description || "");
