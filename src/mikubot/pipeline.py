@@ -630,11 +630,12 @@ class Change:
             elif prepare is not None:
                 pick.body = asyncio.create_task(asyncio.to_thread(prepare, pick.candidate.data or b"", pick.image))
 
-        with self.stage("download", count=len(found)):
+        with self.stage("download", count=len(found)) as outcome:
             await asyncio.gather(*(one(first + i, p) for i, p in enumerate(picks)))
             await asyncio.to_thread(prune_candidate_pictures, self.settings.avatars_dir, self.id,
                                     self.settings.candidate_pictures_kept)
-        live = [p for p in picks if not p.skipped]
+            live = [p for p in picks if not p.skipped]
+            outcome.summary = f"{len(live)} of {_counted(len(picks), 'candidate')} downloaded and decoded"
         if not live:
             raise ChangeFailed("download", "no candidate could be downloaded and decoded: "
                                + "; ".join(p.skipped or "" for p in picks))
