@@ -163,6 +163,43 @@ def test_change_the_avatar_and_watch_it(page: Any, base: str) -> None:
     assert page.problems == []  # type: ignore[attr-defined]  (no script error, no CSP violation)
 
 
+def test_a_running_change_shows_no_candidates_of_the_previous_one(page: Any, base: str) -> None:
+    """While a change runs, the Candidates and VRAM sections say it runs (and whose they will show), instead
+    of the previous change's pictures under no name; once it ends they show its own, titled with its id."""
+    with httpx.Client(base_url=base, timeout=60) as c:
+        previous = c.post("/profile-picture/change", params={"wait": "true"}, headers=bearer()).json()
+    log_in(page)
+    until(page, "document.querySelectorAll('#candidates figure.candidate').length > 0")
+    assert page.inner_text("#candidates-title") == f"— change #{previous['id']}"
+    # Snapshot both sections at the first stage event of the new change (the page's own reaction, no timing).
+    page.evaluate("""() => {
+        window.__whileRunning = null;
+        new MutationObserver((ms, obs) => {
+            if (window.__whileRunning || !document.querySelector('#stages li.running')) return;
+            window.__whileRunning = {
+                cards: document.querySelectorAll('#candidates figure.candidate').length,
+                text: document.getElementById('candidates').innerText,
+                title: document.getElementById('candidates-title').textContent,
+                chart: document.getElementById('vram-chart').innerText,
+                stagesTitle: document.getElementById('change-title').textContent};
+            obs.disconnect();
+        }).observe(document.getElementById('stages'), {attributes: true, subtree: true, attributeFilter: ['class']});
+    }""")
+    page.click("#change-now")
+    until(page, "document.body.dataset.lastChange !== undefined", 60)
+    new_id = int(page.evaluate("document.body.dataset.lastChange"))
+    assert new_id > previous["id"]
+    running = page.evaluate("window.__whileRunning")
+    assert running["cards"] == 0, running
+    assert running["text"] == f"Change #{new_id} is running: its candidates appear when it ends.", running
+    assert running["title"] == running["stagesTitle"] == f"— change #{new_id}", running
+    assert f"Change #{new_id} is running" in running["chart"], running
+    until(page, "document.querySelectorAll('#candidates figure.candidate').length > 0")
+    assert page.inner_text("#candidates-title") == page.inner_text("#vram-title") == f"— change #{new_id}"
+    assert "is running" not in page.inner_text("#candidates")
+    assert page.problems == []  # type: ignore[attr-defined]
+
+
 def test_restore_an_older_avatar_from_history(page: Any, base: str) -> None:
     with httpx.Client(base_url=base, timeout=60) as c:
         older = c.post("/profile-picture/change", params={"wait": "true"}, headers=bearer()).json()
@@ -205,6 +242,10 @@ def test_status_page(page: Any) -> None:
     assert "in-process animeface" in page.inner_text("#detector")
     assert "not measured" in page.inner_text("#gpu")
     assert page.locator("#consumers tr").count() >= 2
+    # The in-process detector's consumer row says what the detector row says (not "external … ?").
+    row = page.locator("#consumers tr", has_text="face-detector").inner_text().split("\t")
+    assert row[1] == "in-process animeface" and row[4] == "yes", row
+    assert "· loaded" in page.inner_text("#detector")
     shot(page, "panel-status.png")
     assert page.problems == []  # type: ignore[attr-defined]
 
