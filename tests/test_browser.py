@@ -8,6 +8,7 @@ are skipped otherwise, with the reason.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
 from panel_helpers import TOKEN, bearer, panel_server, panel_settings, sprite_folder
 
@@ -246,6 +248,12 @@ def test_status_page(page: Any) -> None:
     row = page.locator("#consumers tr", has_text="face-detector").inner_text().split("\t")
     assert row[1] == "in-process animeface" and row[4] == "yes", row
     assert "· loaded" in page.inner_text("#detector")
+    # The icon every page names (and browsers ask for anyway) is served, drawn by the panel itself.
+    assert page.get_attribute("link[rel=icon]", "href") == "/favicon.ico"
+    icon = page.request.get("/favicon.ico")
+    assert icon.status == 200 and icon.headers["content-type"] == "image/x-icon"
+    with Image.open(io.BytesIO(icon.body())) as im:
+        assert im.format == "ICO" and {(16, 16), (32, 32), (48, 48)} <= set(im.info["sizes"])
     shot(page, "panel-status.png")
     assert page.problems == []  # type: ignore[attr-defined]
 

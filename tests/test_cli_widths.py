@@ -70,3 +70,17 @@ def test_config_show_never_cuts_a_name(tmp_path, width: int) -> None:
         assert name in out, out
     assert all(len(line) <= width for line in out.splitlines())
     assert "…" not in out
+
+
+def test_help_texts_say_what_the_code_does() -> None:
+    """`pfp change --help` lists the stages in the order they run by default (no vision model: detect
+    before verify) and says when verify comes first; `vramctl --llama-swap` names its default (rich once
+    read "[default: ...]" as markup and printed "base URL .")."""
+    from vramctl.cli import app as vramctl_app
+
+    change = " ".join(run(["pfp", "change", "--help"], 160, {}).split())
+    assert "search → download → reserve → detect → verify → crop → upload → record" in change
+    assert "(MIKU_LLAMA_SWAP_URL) verify comes first: search → download → verify → reserve → detect" in change
+    result = CliRunner().invoke(vramctl_app, ["status", "--help"], env={"COLUMNS": "160"}, terminal_width=160)
+    assert result.exit_code == 0
+    assert "llama-swap base URL (default: http://localhost:8090)." in " ".join(result.output.split())

@@ -291,3 +291,21 @@ async def test_emulator_accepts_api_key_as_params(danbooru, client):
     assert bad.status_code == 401 and bad.json()["success"] is False
     far = await client.get(f"{base}/posts.json", params={"page": 1001})
     assert far.status_code == 410
+
+
+async def test_doctor_tells_an_unreachable_site_from_a_busy_one(danbooru, client, tmp_path):
+    """A name that does not resolve is this machine's network path (or the URL), not "the site's 429 or
+    5xx": doctor says to check DNS/proxy/URL. A rate limit is the site's: doctor says to try again later."""
+    from mikubot.config import Settings
+    from mikubot.doctor import check_source
+
+    base, control, _ = danbooru
+    nowhere = Settings(data_dir=tmp_path, source="danbooru", danbooru_url="http://no-such-host.invalid")
+    check = await check_source(nowhere, client)
+    assert check.state == "fail" and "cannot reach Danbooru" in check.message
+    assert check.fix is not None and "network path to http://no-such-host.invalid" in check.fix
+    assert "MIKU_DANBOORU_URL" in check.fix and "try again later" not in check.fix
+    control.rate_limit(times=1, retry_after=3600, path="/")  # whichever endpoint doctor asks
+    busy = await check_source(Settings(data_dir=tmp_path, source="danbooru", danbooru_url=base), client)
+    assert busy.state == "fail" and "429" in busy.message
+    assert busy.fix is not None and busy.fix.startswith("try again later") and "network" not in busy.fix

@@ -175,7 +175,13 @@ def _print_outcome(record: dict[str, Any], console: Console) -> None:
     console.print(f"   report:     {record.get('report_path')}", highlight=False)
 
 
-@pfp.command("change")
+CHANGE_HELP = ("Change the avatar: search → download → reserve → detect → verify → crop → upload → record.\n\n"
+               "That is the order without a vision model (the default): the heuristic verifier reads the hair colour "
+               "of the faces the detect stage found. With a vision model (MIKU_LLAMA_SWAP_URL) verify comes first: "
+               "search → download → verify → reserve → detect → crop → upload → record.")
+
+
+@pfp.command("change", help=CHANGE_HELP)
 def pfp_change(
     dry_run: bool = typer.Option(False, "--dry-run", help="write the avatar to a file; never call Discord"),
     source: Optional[str] = typer.Option(None, "--source", help=SPEC_HELP),
@@ -186,7 +192,7 @@ def pfp_change(
                                         "of the global profile"),
     as_json: bool = typer.Option(False, "--json", help="print the change record as JSON"),
 ) -> None:
-    """Change the avatar: search → download → verify → reserve → detect → crop → upload → record."""
+    """Change the avatar (the stages in the order they run: see CHANGE_HELP)."""
     from mikubot.pipeline import AvatarPipeline
 
     settings = _settings(candidates=candidates)

@@ -36,7 +36,7 @@ err = Console(stderr=True)
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", envvar="MIKU_VRAM_CONFIG",
                                                    help="YAML file with the vram settings (consumers, probe, ...).")]
 LlamaSwapOpt = Annotated[Optional[str], typer.Option("--llama-swap", envvar="MIKU_LLAMA_SWAP_URL",
-                                                     help="llama-swap base URL [default: http://localhost:8090].")]
+                                                     help="llama-swap base URL (default: http://localhost:8090).")]
 ProbeOpt = Annotated[Optional[str], typer.Option("--probe", help="auto | nvml | nvidia-smi | none | emulator.")]
 ProbeUrlOpt = Annotated[Optional[str], typer.Option("--probe-url", help="Emulator base URL for --probe emulator.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
