@@ -77,3 +77,34 @@ async def test_a_slash_command_answers_through_discord_py(tmp_path):
         finally:
             await client.close()
             await pipeline.aclose()
+
+
+def test_every_app_command_fits_discords_limits(tmp_path):
+    """Application commands (Interactions › Application Commands): names 1-32 characters, lower case;
+    descriptions 1-100 (discord.py cuts a longer one to 99 and "…" without a word: none may end so);
+    at most 25 options and 25 choices, choice names 1-100."""
+    import re
+
+    from mikubot.bot.client import pfp_group
+
+    class Settled:
+        settings = Settings(data_dir=tmp_path)
+
+    group = pfp_group(Settled())  # type: ignore[arg-type]
+    name = re.compile(r"^[-_\w]{1,32}$")
+    texts: list[tuple[str, str]] = [(group.name, group.description)]
+    assert name.match(group.name) and group.name == group.name.lower() and len(group.commands) <= 25
+    for command in group.commands:
+        assert name.match(command.name) and command.name == command.name.lower(), command.name
+        texts.append((command.name, command.description))
+        assert len(command.parameters) <= 25
+        for param in command.parameters:
+            assert name.match(param.name) and param.name == param.name.lower(), param.name
+            texts.append((f"{command.name} {param.name}", param.description))
+            assert len(param.choices) <= 25
+            for choice in param.choices:
+                assert 1 <= len(choice.name) <= 100, choice.name
+    for where, text in texts:
+        assert 1 <= len(text) <= 100 and not text.endswith("…"), (where, len(text), text)
+    payload = group.to_dict(discord.app_commands.CommandTree(discord.Client(intents=discord.Intents.none())))
+    assert payload["name"] == "pfp" and all(len(o["description"]) <= 100 for o in payload["options"])

@@ -100,6 +100,7 @@ async def test_change_applies_avatar_with_live_progress_announcement_and_role_co
     # The role took a real colour from the avatar.
     colour = ctl.roles[("99", "555")]["color"]
     assert 0 < colour <= 0xFFFFFF
+    assert ctl.roles[("99", "555")]["sent"] == "colors.primary_color", "Role.edit's colors, not the deprecated color"
     assert after.outcomes[-1]["role_colour"] == f"#{colour:06x}"
 
     row = state.runner.pipeline.history.get(record["id"])

@@ -463,3 +463,15 @@ def test_the_panel_shows_a_card_per_configured_server(art_dir, tmp_path):
     plain = panel_settings(tmp_path / "data", art)
     with panel_server(plain) as base:
         assert "server-looks" not in httpx.get(f"{base}/actions/profile-picture").text  # none configured: no section
+
+
+async def test_a_server_avatar_changed_too_fast_fails_clearly_and_keeps_the_avatar(pipeline, discord):
+    """The per-server route has Discord's avatar limit too (50035 AVATAR_RATE_LIMIT): the change fails at
+    upload with what happened and what to do, and the avatar is kept for a restore."""
+    _, ctl = discord
+    ctl.member_avatar_changes_allowed = 0
+    record = await pipeline.change(guild_id=SERVER)
+    assert record["status"] == "failed" and record["failed_stage"] == "upload"
+    assert "changing your avatar too fast" in record["error"] and "a few per hour" in record["error"]
+    assert "mikubot pfp restore" in record["error"] and record["upload"]["retryable"] is True
+    assert Path(record["avatar_path"]).is_file() and ctl.guild_uploads == []

@@ -66,8 +66,8 @@ def pfp_group(state: BotState) -> app_commands.Group:
 
     @group.command(name="change", description="Find new art, crop around the face and make it the avatar")
     @app_commands.describe(source="danbooru, safebooru, gelbooru or url:https://… (default: the configured source)",
-                           scope="this server's own look, or the profile everywhere (default: this server's "
-                           "where it has a look of its own)")
+                           scope="this server's own look, or the global profile (default: the server's own, if "
+                           "it has one)")
     @app_commands.choices(scope=[app_commands.Choice(name="this server", value="server"),
                                  app_commands.Choice(name="global profile", value="global")])
     async def change(interaction: discord.Interaction, source: str | None = None,
