@@ -4,13 +4,14 @@ the mapping from a discord.py interaction's member to our Invoker."""
 from __future__ import annotations
 
 import discord
+from discord.http import HTTPClient
 from emulators.discord import create_app
 from interactions import interaction_payload
 from mikubot.bot.client import MikuClient, intents, pfp_group
 from mikubot.bot.commands import BotState
 from mikubot.bot.context import Invoker, invoker_of
 from mikubot.config import Settings
-from mikubot.discord_rest import DiscordHTTP
+from mikubot.discord_rest import EmulatorHTTP, at_api
 from mikubot.pipeline import AvatarPipeline
 from mikubot.runner import ChangeRunner
 from servers import serve_app
@@ -22,8 +23,13 @@ async def test_command_tree_and_minimal_intents(tmp_path):
     try:
         state = BotState(ChangeRunner(pipeline))
         client = MikuClient(state)
-        assert isinstance(client.http, DiscordHTTP) and client._connection.http is client.http
-        assert client.http.api_base == "https://discord.com/api/v10"
+        # Discord's own API: discord.py's HTTP client as it ships (the subclass is for another base URL only).
+        assert type(client.http) is HTTPClient and client._connection.http is client.http
+        elsewhere = discord.Client(intents=intents(), max_ratelimit_timeout=45.0)
+        at_api(elsewhere, "http://127.0.0.1:9/api/v10")
+        assert isinstance(elsewhere.http, EmulatorHTTP) and elsewhere._connection.http is elsewhere.http
+        assert elsewhere.http.max_ratelimit_timeout == 45.0, "the client's own options are kept"
+        assert elsewhere.http.api_base == "http://127.0.0.1:9/api/v10"
         group = client.tree.get_command("pfp")
         assert isinstance(group, discord.app_commands.Group)
         assert sorted(c.name for c in group.commands) == ["change", "history", "restore", "status"]

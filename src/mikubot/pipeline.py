@@ -49,7 +49,7 @@ from mikubot.crop import (
 from mikubot.detection import FaceFinder, FaceResult, InProcessDetector
 from mikubot.discord_rest import DiscordError
 from mikubot.events import ChangeEvents, EventBus
-from mikubot.guild_profile import credit_bio, set_guild_look
+from mikubot.guild_profile import set_guild_look
 from mikubot.history import History
 from mikubot.outputs import (candidate_thumbnail, ChangeFiles, annotated_source, prune_candidate_pictures,
                              write_change_files, write_report)
@@ -813,7 +813,8 @@ class Change:
                 return
             try:
                 if self.guild_id is not None:
-                    result = await set_guild_look(self.settings, self.guild_id, png, bio=self._bio(), banner=banner)
+                    result = await set_guild_look(self.settings, self.guild_id, png, credit=self._bio_credit(),
+                                                  banner=banner)
                 else:
                     result = await set_avatar(self.settings, png, banner)
             except DiscordError as exc:
@@ -823,10 +824,11 @@ class Change:
             self.upload = result.to_json()
             self.uploaded = True
 
-    def _bio(self) -> str | None:
-        """A server's bio: the credit line when its look asks for one (None leaves the bio as it is)."""
+    def _bio_credit(self) -> dict[str, Any] | None:
+        """A server's bio: the credit to make its line from, when its look asks for one (None leaves the bio
+        as it is)."""
         look = self.pipeline.settings.look_for(self.guild_id)
-        return credit_bio(self._credit().model_dump()) if look is not None and look.bio_credit else None
+        return self._credit().model_dump() if look is not None and look.bio_credit else None
 
 
 _LOOKS = ("face_box", "crop_box", "crop_method", "crop_reason", "verification", "description")
