@@ -3,6 +3,8 @@ stage table, `mikubot pfp history` and `mikubot config show`, each at 80 and 160
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from rich.console import Console
 from typer.testing import CliRunner
@@ -16,9 +18,8 @@ LONG = ("danbooru post tagged eileen_(ren'py); hair #f87f7d matches Eileen's col
 
 
 def rendered(board: StageBoard, width: int) -> str:
-    console = Console(width=width, record=True, file=open("/dev/null", "w"))  # noqa: SIM115 - closed with the console
+    console = Console(width=width, record=True, file=io.StringIO())
     console.print(board.render())
-    console.file.close()
     return console.export_text()
 
 
