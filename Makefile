@@ -70,8 +70,16 @@ FILTER_OPTIONS  ?= {"face_filter": false, "lone_likelihood": 0.0}
 facefilter: scenes
 	$(PY) bench/train_facefilter.py --scenes $(SCENES) --detector $(FILTER_DETECTOR) --options '$(FILTER_OPTIONS)'
 
+# The sample art shows Ren'Py's Eileen, Lucy and Sylvie, not Hatsune Miku: the demo is Eileen's bot (her name and
+# the hair colour read from her sprites, as tests/test_hair.py and bench/scenes.py label her) on her three sprites,
+# so the heuristic verifier judges each picture by the character it shows. Each run starts from a fresh history
+# (posts are never reused, and three sprites make one change).
+DEMO_ART  = $(OUT)/eileen
+DEMO_HAIR = \#f87f7d
 demo: install art
-	MIKU_DATA_DIR=$(OUT)/data $(VENV)/bin/mikubot pfp change --dry-run --source local:$(ART)/images --out $(OUT)/avatar.png
+	rm -rf $(OUT)/data $(DEMO_ART) && mkdir -p $(DEMO_ART) && cp "$(ART)/images/"eileen*.png $(DEMO_ART)/
+	MIKU_DATA_DIR=$(OUT)/data MIKU_CHARACTER_NAME=Eileen MIKU_HAIR_COLOURS='$(DEMO_HAIR)' \
+	  $(VENV)/bin/mikubot pfp change --dry-run --source local:$(DEMO_ART) --out $(OUT)/avatar.png
 
 # The real llama-swap for tests/test_llama_swap_real.py, built where Go is installed from its source in
 # third_party/llama-swap (this commit: tag v250, the release docker-compose.yml pins; the Go module proxy has

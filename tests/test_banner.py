@@ -58,7 +58,7 @@ def check_shape(result) -> None:
     w, h = result.image.size
     assert w >= MIN_WIDTH and h >= MIN_HEIGHT and w * 2 == h * 5, (w, h)
     x1, y1, x2, y2 = result.box
-    assert abs((x2 - x1) / (y2 - y1) - 2.5) < 0.02 and result.upscale <= 2.0 + 1e-9
+    assert abs((x2 - x1) / (y2 - y1) - 2.5) < 0.02 and result.upscale <= 1.25 + 1e-9
 
 
 # --- geometry ------------------------------------------------------------------------------------------
@@ -130,17 +130,31 @@ def test_without_a_face_the_widest_frame_by_saliency():
 
 
 def test_a_picture_too_small_for_600x240_gets_no_banner_and_says_why():
-    with pytest.raises(NoBanner, match=r"too small for a 600x240 banner within 2x upscaling \(its largest 5:2 crop is 280x112\)"):
-        crop_banner(scene(280, 400), face_at(100, 50, 60))
-    result = crop_banner(scene(300, 400), face_at(100, 20, 60))  # 300x120 is just enough at 2x
-    assert result.image.size == (600, 240)
-    with pytest.raises(NoBanner):  # and the upscaling limit is the avatar's
-        crop_banner(scene(400, 400), face_at(100, 20, 60), max_upscale=1.0)
+    """A banner is blown up 1.25x at most: a portrait sprite's 320x128 strip would be a soft 2x blow-up."""
+    with pytest.raises(NoBanner, match=r"too small for a 600x240 banner: its largest 5:2 crop is 320x128, which "
+                                       r"would be blown up 1\.9x and look soft on the profile \(a banner is "
+                                       r"upscaled 1\.25x at most\)"):
+        crop_banner(scene(320, 720), face_at(100, 50, 100))
+    with pytest.raises(NoBanner):
+        crop_banner(scene(479, 400), face_at(100, 20, 60))  # 479x192: just over 1.25x short
+    result = crop_banner(scene(480, 400), face_at(100, 20, 60))  # 480x192 is just enough at 1.25x
+    assert result.image.size == (600, 240) and result.upscale == pytest.approx(1.25)
+    with pytest.raises(NoBanner):  # and the avatar's upscaling limit, when lower, wins
+        crop_banner(scene(500, 400), face_at(100, 20, 60), max_upscale=1.0)
 
 
 def test_a_big_picture_is_not_upscaled_past_1200():
     result = crop_banner(scene(3000, 2000), face_at(1400, 500, 300))
     assert result.image.size == (1200, 480) and result.upscale < 1
+
+
+@pytest.mark.parametrize("face", [face_at(700, 300, 60), face_at(300, 200, 140)])
+def test_a_banner_keeps_its_own_pixels_where_the_picture_has_them(face):
+    """A small face in a big picture: the frame is at least 600 px of the picture (never a narrow crop
+    blown up to 600 or 1200), and the banner is no wider than its frame."""
+    result = crop_banner(scene(1600, 1000), face)
+    width = result.box[2] - result.box[0]
+    assert width >= 600 and result.upscale <= 1.0 + 1e-9 and result.image.width <= width, (result.box, result.upscale)
 
 
 # --- a change with MIKU_BANNER ----------------------------------------------------------------------------

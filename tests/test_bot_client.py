@@ -4,13 +4,14 @@ the mapping from a discord.py interaction's member to our Invoker."""
 from __future__ import annotations
 
 import discord
+from discord.http import HTTPClient
 from emulators.discord import create_app
 from interactions import interaction_payload
 from mikubot.bot.client import MikuClient, intents, pfp_group
 from mikubot.bot.commands import BotState
 from mikubot.bot.context import Invoker, invoker_of
 from mikubot.config import Settings
-from mikubot.discord_rest import DiscordHTTP
+from mikubot.discord_rest import EmulatorHTTP, at_api
 from mikubot.pipeline import AvatarPipeline
 from mikubot.runner import ChangeRunner
 from servers import serve_app
@@ -22,8 +23,13 @@ async def test_command_tree_and_minimal_intents(tmp_path):
     try:
         state = BotState(ChangeRunner(pipeline))
         client = MikuClient(state)
-        assert isinstance(client.http, DiscordHTTP) and client._connection.http is client.http
-        assert client.http.api_base == "https://discord.com/api/v10"
+        # Discord's own API: discord.py's HTTP client as it ships (the subclass is for another base URL only).
+        assert type(client.http) is HTTPClient and client._connection.http is client.http
+        elsewhere = discord.Client(intents=intents(), max_ratelimit_timeout=45.0)
+        at_api(elsewhere, "http://127.0.0.1:9/api/v10")
+        assert isinstance(elsewhere.http, EmulatorHTTP) and elsewhere._connection.http is elsewhere.http
+        assert elsewhere.http.max_ratelimit_timeout == 45.0, "the client's own options are kept"
+        assert elsewhere.http.api_base == "http://127.0.0.1:9/api/v10"
         group = client.tree.get_command("pfp")
         assert isinstance(group, discord.app_commands.Group)
         assert sorted(c.name for c in group.commands) == ["change", "history", "restore", "status"]
@@ -77,3 +83,34 @@ async def test_a_slash_command_answers_through_discord_py(tmp_path):
         finally:
             await client.close()
             await pipeline.aclose()
+
+
+def test_every_app_command_fits_discords_limits(tmp_path):
+    """Application commands (Interactions › Application Commands): names 1-32 characters, lower case;
+    descriptions 1-100 (discord.py cuts a longer one to 99 and "…" without a word: none may end so);
+    at most 25 options and 25 choices, choice names 1-100."""
+    import re
+
+    from mikubot.bot.client import pfp_group
+
+    class Settled:
+        settings = Settings(data_dir=tmp_path)
+
+    group = pfp_group(Settled())  # type: ignore[arg-type]
+    name = re.compile(r"^[-_\w]{1,32}$")
+    texts: list[tuple[str, str]] = [(group.name, group.description)]
+    assert name.match(group.name) and group.name == group.name.lower() and len(group.commands) <= 25
+    for command in group.commands:
+        assert name.match(command.name) and command.name == command.name.lower(), command.name
+        texts.append((command.name, command.description))
+        assert len(command.parameters) <= 25
+        for param in command.parameters:
+            assert name.match(param.name) and param.name == param.name.lower(), param.name
+            texts.append((f"{command.name} {param.name}", param.description))
+            assert len(param.choices) <= 25
+            for choice in param.choices:
+                assert 1 <= len(choice.name) <= 100, choice.name
+    for where, text in texts:
+        assert 1 <= len(text) <= 100 and not text.endswith("…"), (where, len(text), text)
+    payload = group.to_dict(discord.app_commands.CommandTree(discord.Client(intents=discord.Intents.none())))
+    assert payload["name"] == "pfp" and all(len(o["description"]) <= 100 for o in payload["options"])

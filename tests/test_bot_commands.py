@@ -17,7 +17,7 @@ from mikubot.bot.announce import AfterChange
 from mikubot.bot.commands import BotState, pfp_change, pfp_history, pfp_restore, pfp_status, source_allowed
 from mikubot.bot.context import InteractionContext, Invoker
 from mikubot.config import Settings
-from mikubot.discord_rest import use_api
+from mikubot.discord_rest import at_api
 from mikubot.pipeline import AvatarPipeline
 from mikubot.runner import ChangeRunner
 from servers import serve_app
@@ -48,7 +48,7 @@ async def bot(discord, art_dir, tmp_path):
     runner.add_listener(after)
     state = BotState(runner, edit_interval_s=0.0)
     client = discordpy.Client(intents=discordpy.Intents(guilds=True))
-    use_api(client, api)
+    at_api(client, api)
     await client.login("bot-token")  # no gateway: the REST half of the client, as the bot's own
     try:
         yield state, client, ctl, after
@@ -100,6 +100,7 @@ async def test_change_applies_avatar_with_live_progress_announcement_and_role_co
     # The role took a real colour from the avatar.
     colour = ctl.roles[("99", "555")]["color"]
     assert 0 < colour <= 0xFFFFFF
+    assert ctl.roles[("99", "555")]["sent"] == "colors.primary_color", "Role.edit's colors, not the deprecated color"
     assert after.outcomes[-1]["role_colour"] == f"#{colour:06x}"
 
     row = state.runner.pipeline.history.get(record["id"])

@@ -8,7 +8,9 @@ are skipped otherwise, with the reason.
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
 from panel_helpers import TOKEN, bearer, panel_server, panel_settings, sprite_folder
 
@@ -144,11 +147,59 @@ def test_change_the_avatar_and_watch_it(page: Any, base: str) -> None:
     assert page.locator("#candidates .candidate img").count() == cards.count()
     assert page.locator("#candidates figure.candidate:not(.chosen) svg .face-box").count() >= 1
     assert "not chosen: " in page.inner_text("#candidates")
+    # The stage tiles end on the whole change, not on the last candidate processed: detect and verify
+    # summarise all three candidates, crop names the one chosen (its caption's first line).
+    tile = lambda stage: page.inner_text(f"#stages li[data-stage={stage}] .detail")  # noqa: E731
+    faces = [int(m.group(1)) for caption in page.locator("#candidates figcaption").all_inner_texts()
+             if (m := re.search(r"^(\d+) face\(s\) via ", caption, re.M))]
+    assert len(faces) == 3
+    assert tile("detect").startswith(f"faces in {sum(1 for n in faces if n)} of 3 candidates ("), tile("detect")
+    assert sorted(int(n) for n in tile("detect").split("(")[1].split(")")[0].split(", ")) == sorted(faces)
+    assert tile("verify").startswith("3 of 3 candidates accepted as Hatsune Miku (heuristic)"), tile("verify")
+    chosen_name = chosen.locator("figcaption div").first.inner_text()
+    assert tile("crop").startswith(f"chose {chosen_name} of 3: "), tile("crop")
     assert page.locator("#vram-chart svg.vram circle.event-dot").count() >= 2
     assert page.locator("#vram-chart table.events tr").count() >= 3
     assert "finished: dry-run" in page.inner_text("#message")
     shot(page, "panel-change.png")
     assert page.problems == []  # type: ignore[attr-defined]  (no script error, no CSP violation)
+
+
+def test_a_running_change_shows_no_candidates_of_the_previous_one(page: Any, base: str) -> None:
+    """While a change runs, the Candidates and VRAM sections say it runs (and whose they will show), instead
+    of the previous change's pictures under no name; once it ends they show its own, titled with its id."""
+    with httpx.Client(base_url=base, timeout=60) as c:
+        previous = c.post("/profile-picture/change", params={"wait": "true"}, headers=bearer()).json()
+    log_in(page)
+    until(page, "document.querySelectorAll('#candidates figure.candidate').length > 0")
+    assert page.inner_text("#candidates-title") == f"— change #{previous['id']}"
+    # Snapshot both sections at the first stage event of the new change (the page's own reaction, no timing).
+    page.evaluate("""() => {
+        window.__whileRunning = null;
+        new MutationObserver((ms, obs) => {
+            if (window.__whileRunning || !document.querySelector('#stages li.running')) return;
+            window.__whileRunning = {
+                cards: document.querySelectorAll('#candidates figure.candidate').length,
+                text: document.getElementById('candidates').innerText,
+                title: document.getElementById('candidates-title').textContent,
+                chart: document.getElementById('vram-chart').innerText,
+                stagesTitle: document.getElementById('change-title').textContent};
+            obs.disconnect();
+        }).observe(document.getElementById('stages'), {attributes: true, subtree: true, attributeFilter: ['class']});
+    }""")
+    page.click("#change-now")
+    until(page, "document.body.dataset.lastChange !== undefined", 60)
+    new_id = int(page.evaluate("document.body.dataset.lastChange"))
+    assert new_id > previous["id"]
+    running = page.evaluate("window.__whileRunning")
+    assert running["cards"] == 0, running
+    assert running["text"] == f"Change #{new_id} is running: its candidates appear when it ends.", running
+    assert running["title"] == running["stagesTitle"] == f"— change #{new_id}", running
+    assert f"Change #{new_id} is running" in running["chart"], running
+    until(page, "document.querySelectorAll('#candidates figure.candidate').length > 0")
+    assert page.inner_text("#candidates-title") == page.inner_text("#vram-title") == f"— change #{new_id}"
+    assert "is running" not in page.inner_text("#candidates")
+    assert page.problems == []  # type: ignore[attr-defined]
 
 
 def test_restore_an_older_avatar_from_history(page: Any, base: str) -> None:
@@ -193,6 +244,16 @@ def test_status_page(page: Any) -> None:
     assert "in-process animeface" in page.inner_text("#detector")
     assert "not measured" in page.inner_text("#gpu")
     assert page.locator("#consumers tr").count() >= 2
+    # The in-process detector's consumer row says what the detector row says (not "external … ?").
+    row = page.locator("#consumers tr", has_text="face-detector").inner_text().split("\t")
+    assert row[1] == "in-process animeface" and row[4] == "yes", row
+    assert "· loaded" in page.inner_text("#detector")
+    # The icon every page names (and browsers ask for anyway) is served, drawn by the panel itself.
+    assert page.get_attribute("link[rel=icon]", "href") == "/favicon.ico"
+    icon = page.request.get("/favicon.ico")
+    assert icon.status == 200 and icon.headers["content-type"] == "image/x-icon"
+    with Image.open(io.BytesIO(icon.body())) as im:
+        assert im.format == "ICO" and {(16, 16), (32, 32), (48, 48)} <= set(im.info["sizes"])
     shot(page, "panel-status.png")
     assert page.problems == []  # type: ignore[attr-defined]
 

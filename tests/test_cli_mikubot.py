@@ -190,3 +190,17 @@ def test_stage_board_lists_stages_in_the_order_they_ran():
     assert board.order() == ["search", "download", "reserve", "detect", "verify", "crop", "upload", "record"]
     rendered = [cell for cell in board.render().columns[0]._cells]
     assert rendered == board.order()
+
+
+def test_make_demo_reads_true_from_top_to_bottom(art_dir, tmp_path):
+    """`make demo` on the sample art: the art shows Eileen, so the demo is Eileen's bot and every line agrees —
+    each picture accepted as Eileen because her hair matches, never "does not match" and then accepted."""
+    repo = Path(__file__).resolve().parent.parent
+    r = subprocess.run(["make", "-s", "demo", f"OUT={tmp_path / 'demo'}", f"ART={art_dir.parent}"], cwd=repo,
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "160"}, check=False)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "3 of 3 candidates accepted as Eileen (heuristic)" in out
+    assert "matches Eileen's colours" in out and "does not match" not in out and "Miku" not in out
+    assert "faces in 3 of 3 candidates (1, 1, 1)" in out and "chose eileen " in out
+    assert (tmp_path / "demo" / "avatar.png").is_file()

@@ -230,3 +230,22 @@ async def test_the_member_route_429_is_waited_out_and_401_comes_before_the_body(
                                      headers={"Authorization": auth} if auth else {}) as r:
                 assert r.status == 401 and (await r.json())["message"] == "401: Unauthorized"
     assert len(emulator.guild_uploads) == 1
+
+
+async def test_a_role_colour_as_colors_or_the_deprecated_color(emulator, stock_http):
+    """Modify Guild Role takes ``colors`` (what discord.py 2.7's Role.edit sends) and still the deprecated
+    ``color``; the role object carries both. A role the server lacks is 404 code 10011."""
+    http, _ = stock_http
+    await http.static_login(TOKEN)
+    new = await http.edit_role(99, 555, colors={"primary_color": 0x39C5BB})
+    assert new["colors"]["primary_color"] == new["color"] == 0x39C5BB
+    old = await http.edit_role(99, 555, color=0x137A7F)
+    assert old["colors"]["primary_color"] == old["color"] == 0x137A7F
+    with pytest.raises(discord.HTTPException) as bad:
+        await http.edit_role(99, 555, colors={"primary_color": 2**24})
+    assert bad.value.code == 50035
+    with pytest.raises(discord.NotFound) as missing:
+        await http.edit_role(99, 556, colors={"primary_color": 1})
+    assert missing.value.code == 10011
+    guild = await http.get_guild(99)
+    assert [r["id"] for r in guild["roles"]] == ["99", "555"] and guild["roles"][1]["color"] == 0x137A7F

@@ -76,7 +76,7 @@ def first(rig, art, tmp_path_factory) -> FirstChange:
     rig.llama.set_answer("vision", vision_answers(art, VERDICTS, seen))
     rig.llama.preload("llama3.1")  # the bot was chatting: the text model holds the card
     httpx.post(f"{rig.detector_url}/unload")  # someone paused the detector earlier: the reservation resumes it
-    rig.danbooru.rate_limit(1, retry_after=0.2)  # Danbooru's 429 on the first search
+    rig.danbooru.rate_limit(1)  # Danbooru's 429 (no Retry-After: backed off) on the first search
     rig.discord.force_429, rig.discord.retry_after_s = 1, 0.3  # and Discord's on the first upload
     settings = rig.settings(tmp_path_factory.mktemp("e2e") / "data")
     bus = EventBus()
@@ -183,3 +183,45 @@ async def test_a_second_change_never_reuses_the_post(first, rig, art):
     assert rig.llama.ledger()["oom_count"] == 0
     # vision was still there: the second change loaded and unloaded nothing
     assert rig.llama.ledger()["unloads"] == ["llama3.1"] and rig.llama.loads.count("vision") == 1
+
+
+async def test_the_stage_rows_describe_the_chosen_picture_not_the_last_one(art, art_dir, tmp_path):
+    """Two candidates, the face one first and a faceless background last (Danbooru lists newest first):
+    the last picture detected and verified is not the one chosen. The detect and verify rows of the live
+    table (and the panel, which reads the same events) summarise every candidate, and the crop row names
+    the chosen picture — never 'detect ✓ 0 face(s)' next to an avatar cut around a face."""
+    from mikubot.cli import StageBoard
+
+    eileen = art["eileen happy.png"]["path"]
+    meadow = eileen.parent / "bg meadow.jpg"  # beside the scaled art: the emulator serves that folder
+    meadow.write_bytes((art_dir / "bg meadow.jpg").read_bytes())
+    posts = [make_post(meadow, 3001, characters=[MIKU], general=["1girl", "solo", "scenery"], rating="g"),
+             make_post(eileen, 3002, characters=[MIKU], general=["1girl", "solo"], rating="g")]
+    with world(eileen.parent, posts, llama=False, detector=False, discord=False, outputs=tmp_path / "fd") as w:
+        settings = w.settings(tmp_path / "data", candidates=2, extra_tag="solo")  # no order:random: newest first
+        bus = EventBus()
+        board = StageBoard()
+        events: list[ProgressEvent] = []
+        bus.subscribe(events.append)
+        bus.subscribe(board.on_event)
+        async with AvatarPipeline(settings, bus=bus) as pipeline:
+            record = await pipeline.change(dry_run=True)
+    assert record["status"] == "dry-run", record["error"]
+    assert record["source"]["key"] == "danbooru:3002" and record["crop_method"] == "face"
+    detected = [e.detail["key"] for e in events if e.stage == "detect" and e.status == "progress"]
+    verified = [e.detail["key"] for e in events if e.stage == "verify" and e.status == "progress"]
+    assert detected[-1] == verified[-1] == "danbooru:3001", "the faceless picture is the last one processed"
+    rows = {stage: detail for stage, (_, detail, _) in board.rows.items()}
+    assert rows["detect"] == "faces in 1 of 2 candidates (1, 0) via in-process", rows
+    assert rows["verify"].startswith("2 of 2 candidates accepted as Hatsune Miku (heuristic)"), rows
+    assert rows["crop"].startswith("chose danbooru_3002.png of 2: 1 face (best "), rows
+    assert "face crop" in rows["crop"] and "0 face" not in " ".join(rows.values())
+    # the record's events (what the panel replays for an earlier change) end each stage on the same words
+    dones = {e["stage"]: e["detail"].get("summary") for e in record_events(settings, record["id"]) if e["status"] == "done"}
+    assert (dones["detect"], dones["verify"], dones["crop"]) == (rows["detect"], rows["verify"], rows["crop"])
+
+
+def record_events(settings: Settings, change_id: int) -> list[dict[str, Any]]:
+    row = History(settings.history_path).get(change_id)
+    assert row is not None
+    return row["events"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 import discord as discordpy
 import httpx
 import pytest
+from PIL import Image
 from emulators.danbooru import create_app as create_danbooru
 from emulators.danbooru import make_post
 from emulators.discord import create_app
@@ -29,7 +31,7 @@ from mikubot.bot.announce import AfterChange
 from mikubot.bot.commands import BotState, pfp_change, pfp_history
 from mikubot.bot.context import InteractionContext, Invoker
 from mikubot.config import ConfigFileError, GuildLook, load_settings
-from mikubot.discord_rest import use_api
+from mikubot.discord_rest import at_api
 from mikubot.guild_profile import BIO_MAX_CHARS, credit_bio
 from mikubot.history import History
 from mikubot.pipeline import AvatarPipeline
@@ -336,7 +338,7 @@ async def bot(pipeline, discord):
     api, ctl = discord
     state = BotState(ChangeRunner(pipeline), edit_interval_s=0.0)
     client = discordpy.Client(intents=discordpy.Intents(guilds=True))
-    use_api(client, api)
+    at_api(client, api)
     await client.login(TOKEN)
     try:
         yield state, client, ctl
@@ -463,3 +465,35 @@ def test_the_panel_shows_a_card_per_configured_server(art_dir, tmp_path):
     plain = panel_settings(tmp_path / "data", art)
     with panel_server(plain) as base:
         assert "server-looks" not in httpx.get(f"{base}/actions/profile-picture").text  # none configured: no section
+
+
+async def test_a_server_avatar_changed_too_fast_fails_clearly_and_keeps_the_avatar(pipeline, discord):
+    """The per-server route has Discord's avatar limit too (50035 AVATAR_RATE_LIMIT): the change fails at
+    upload with what happened and what to do, and the avatar is kept for a restore."""
+    _, ctl = discord
+    ctl.member_avatar_changes_allowed = 0
+    record = await pipeline.change(guild_id=SERVER)
+    assert record["status"] == "failed" and record["failed_stage"] == "upload"
+    assert "changing your avatar too fast" in record["error"] and "a few per hour" in record["error"]
+    assert "mikubot pfp restore" in record["error"] and record["upload"]["retryable"] is True
+    assert Path(record["avatar_path"]).is_file() and ctl.guild_uploads == []
+
+
+async def test_the_bio_follows_the_length_discord_answers(discord, tmp_path):
+    """400 is what independent clients enforce; should Discord refuse a bio as longer than N (50035
+    BASE_TYPE_MAX_LENGTH, "Must be N or fewer in length."), the credit is made again within N and sent once
+    more — the avatar goes on with it."""
+    from mikubot.guild_profile import set_guild_look
+
+    api, ctl = discord
+    ctl.max_bio_chars = 60
+    credit = {"artist": "a_very_long_artist_name_(with_parens)_and_more_words",
+              "page_url": "https://danbooru.donmai.us/posts/1234567"}
+    assert len(credit_bio(credit) or "") > 60
+    png = io.BytesIO()
+    Image.new("RGB", (256, 256), (57, 197, 187)).save(png, "PNG")
+    settings = load_settings(data_dir=tmp_path / "d", discord_token=TOKEN, discord_api=api)
+    result = await set_guild_look(settings, SERVER, png.getvalue(), credit=credit)
+    assert result.attempts == 2 and result.bio is not None and len(result.bio) <= 60
+    assert ctl.guild_members[str(SERVER)]["bio"] == result.bio == credit_bio(credit, limit=60)
+    assert result.to_json()["avatar"] == ctl.guild_members[str(SERVER)]["avatar"] is not None

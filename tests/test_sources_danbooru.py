@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from emulators.danbooru import art_file, counted_terms, create_app
+from emulators.danbooru import art_file, counted_terms, create_app, make_post
+from PIL import Image
 from servers import serve_app
 
 from mikubot.sources import Candidate, SourceError, source_from_spec
@@ -207,21 +210,32 @@ async def test_too_many_tags_is_danbooru_422(danbooru, client):
     assert raw.json()["success"] is False
 
 
-async def test_429_retry_after_is_honoured(danbooru, client):
+async def test_danbooru_429_has_no_retry_after_and_is_backed_off(danbooru, client):
+    """Danbooru's 429 is RateLimiter::RateLimitError with X-Rate-Limit and no Retry-After: the source waits
+    its own exponential backoff (source_backoff_s, then twice that, each times 0.5-1) and tries again."""
     base, control, _ = danbooru
-    control.rate_limit(times=2, retry_after=0.2)
-    found = await source(base, client).search(2, set())
+    control.rate_limit(times=1)
+    raw = await client.get(f"{base}/posts.json", params={"tags": "hatsune_miku"})
+    assert raw.status_code == 429 and "retry-after" not in raw.headers
+    assert raw.json()["error"] == "RateLimiter::RateLimitError" and "too fast" in raw.json()["message"]
+    limiter = json.loads(raw.headers["x-rate-limit"])
+    assert {"action", "cost", "rate", "burst", "minimum_points", "enabled", "limits"} <= set(limiter)
+    control.rate_limit(times=2)
+    started = time.monotonic()
+    found = await source(base, client, source_backoff_s=0.2).search(2, set())
     assert len(found) == 2
-    assert len(control.searches()) == 3  # two 429s, then the answer
+    assert len(control.searches()) == 1 + 3  # the raw request above; two 429s, then the answer
+    assert time.monotonic() - started >= 0.2 * 0.5 + 0.4 * 0.5  # both backoffs were waited out
 
 
-async def test_429_asking_too_long_fails_retryable(danbooru, client):
+async def test_429_that_does_not_pass_fails_retryable(danbooru, client):
     base, control, _ = danbooru
-    control.rate_limit(times=1, retry_after=3600)
+    control.rate_limit(times=10)
     with pytest.raises(SourceError) as info:
-        await source(base, client).search(2, set())
-    assert info.value.retryable and "3600" in info.value.message and "429" in info.value.message
-    assert len(control.searches()) == 1
+        await source(base, client, source_retries=2).search(2, set())
+    assert info.value.retryable and not info.value.unreachable
+    assert "429" in info.value.message and "3 attempts" in info.value.message
+    assert len(control.searches()) == 3
 
 
 async def test_5xx_is_retried_with_backoff(danbooru, client):
@@ -291,3 +305,57 @@ async def test_emulator_accepts_api_key_as_params(danbooru, client):
     assert bad.status_code == 401 and bad.json()["success"] is False
     far = await client.get(f"{base}/posts.json", params={"page": 1001})
     assert far.status_code == 410
+
+
+async def test_doctor_tells_an_unreachable_site_from_a_busy_one(danbooru, client, tmp_path):
+    """A name that does not resolve is this machine's network path (or the URL), not "the site's 429 or
+    5xx": doctor says to check DNS/proxy/URL. A rate limit is the site's: doctor says to try again later."""
+    from mikubot.config import Settings
+    from mikubot.doctor import check_source
+
+    base, control, _ = danbooru
+    nowhere = Settings(data_dir=tmp_path, source="danbooru", danbooru_url="http://no-such-host.invalid")
+    check = await check_source(nowhere, client)
+    assert check.state == "fail" and "cannot reach Danbooru" in check.message
+    assert check.fix is not None and "network path to http://no-such-host.invalid" in check.fix
+    assert "MIKU_DANBOORU_URL" in check.fix and "try again later" not in check.fix
+    control.rate_limit(times=1, path="/")  # whichever endpoint doctor asks
+    busy = await check_source(Settings(data_dir=tmp_path, source="danbooru", danbooru_url=base), client)
+    assert busy.state == "fail" and "429" in busy.message
+    assert busy.fix is not None and busy.fix.startswith("try again later") and "network" not in busy.fix
+
+
+async def test_doctor_sees_the_tag_limit_that_counts_never_enforces(danbooru, client, tmp_path):
+    """Danbooru's /counts/posts.json counts any number of tags (counts_controller.rb never calls
+    validate_tag_limit!); only /posts.json answers 422. A Member who says MIKU_DANBOORU_TAG_LIMIT=6 gets
+    doctor's failure with Danbooru's message, not an OK followed by every search failing."""
+    from mikubot.config import Settings
+    from mikubot.doctor import check_source
+
+    base, control, _ = danbooru
+    counted = await client.get(f"{base}/counts/posts.json", params={"tags": "hatsune_miku solo smile long_hair"})
+    assert counted.status_code == 200 and counted.json()["counts"]["posts"] >= 1
+    searched = await client.get(f"{base}/posts.json", params={"tags": "hatsune_miku solo smile long_hair"})
+    assert searched.status_code == 422 and searched.json()["error"] == "PostQuery::TagLimitError"
+    control.add_user("member", "member-key", "member")
+    member = Settings(data_dir=tmp_path, source="danbooru", danbooru_url=base, danbooru_login="member",
+                      danbooru_api_key="member-key", danbooru_tag_limit=6)
+    check = await check_source(member, client)
+    assert check.state == "fail" and "cannot search for more than 2 tags" in check.message, check
+    control.add_user("gold", "gold-key", "gold")
+    gold = await check_source(member.model_copy(update={"danbooru_login": "gold", "danbooru_api_key": "gold-key"}), client)
+    assert gold.state == "ok" and "posts match" in gold.message
+
+
+async def test_an_avif_post_comes_as_its_full_jpeg(tmp_path, art_dir, client):
+    """A static AVIF post (a format we do not decode) is not skipped: Danbooru lists a "full" variant, a
+    JPEG at the original's size (media_asset.rb), and that is what is downloaded."""
+    with Image.open(art_dir / "sylvie blue giggle.png") as im:
+        im.convert("RGB").save(tmp_path / "sylvie.avif", format="AVIF", quality=80)
+    post = make_post(tmp_path / "sylvie.avif", 4001, characters=["hatsune_miku"], general=["1girl", "solo"])
+    assert post["file_ext"] == "avif" and [v["type"] for v in post["media_asset"]["variants"]][-2:] == ["full", "original"]
+    with serve_app(create_app([post], art_dir=tmp_path)) as base:
+        found = await source(base, client).search(1, set())
+        assert len(found) == 1 and found[0].extra["variant"] == "full" and found[0].file_ext == "jpg"
+        got = await source(base, client).download(found[0])
+    assert got.data is not None and got.data[:3] == b"\xff\xd8\xff" and (got.width, got.height) == (post["image_width"], post["image_height"])

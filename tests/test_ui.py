@@ -78,9 +78,12 @@ def test_ui_binds_loopback_and_sends_no_analytics(tmp_path):
     port = free_port()
     env = {**os.environ, "FACEDETECT_UI_PORT": str(port), "FACEDETECT_OUTPUTS": str(tmp_path)}
     env["GRADIO_ANALYTICS_ENABLED"] = "True"  # the UI must switch them off itself
-    with run_command([venv_bin("facedetect"), "ui"], url=f"http://127.0.0.1:{port}/config", env=env, timeout=120):
+    with run_command([venv_bin("facedetect"), "ui"], url=f"http://127.0.0.1:{port}/config", env=env, timeout=120) as proc:
         config = httpx.get(f"http://127.0.0.1:{port}/config", timeout=30).json()
         assert config["analytics_enabled"] is False
         listening = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
         local = {row[1] for row in listening if row[3] == "0A"}  # state 0A: LISTEN
         assert f"0100007F:{port:04X}" in local and f"00000000:{port:04X}" not in local
+    said = proc.stdout.read()  # type: ignore[union-attr]
+    # Only what a user of ours can act on: where the UI is; not Gradio's advice to open a public share link.
+    assert f"facedetect UI on http://127.0.0.1:{port}/" in said and "share" not in said.lower(), said

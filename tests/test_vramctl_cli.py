@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 
 import pytest
 import yaml
@@ -87,3 +88,23 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path):
     r = vramctl("free", "--mib", "100000", "--timeout", "0.3", "--probe", "emulator", "--probe-url",
                 f"http://127.0.0.1:{free_port()}", "--llama-swap", f"http://127.0.0.1:{free_port()}")
     assert "Traceback" not in r.stderr
+
+
+def test_watch_into_a_pipe_prints_each_refresh_as_it_comes(deployment):
+    """Piped (not a terminal), every refresh is written and flushed at once: the first view arrives while
+    watch waits out its 30-s interval (it would run until stopped), not when it ends."""
+    emu, cfg = deployment
+    env = {**os.environ, "COLUMNS": "120"}
+    proc = subprocess.Popen([venv_bin("vramctl"), "watch", "--interval", "30", "--config", str(cfg),
+                             "--llama-swap", emu.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    first: list[str] = []
+    reader = threading.Thread(target=lambda: first.extend(proc.stdout.readline() for _ in range(3)), daemon=True)  # type: ignore[union-attr]
+    try:
+        reader.start()
+        reader.join(timeout=25)  # a bound on a hang, not an ordering: the view comes within a second or two
+        assert len(first) == 3, "nothing reached the pipe while watch ran"
+        assert any("Consumers" in line or "GPU" in line for line in first), first
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)

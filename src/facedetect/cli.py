@@ -177,7 +177,12 @@ def ui(
     except ImportError as exc:
         _fail(f"the UI needs Gradio ({exc}); install with: pip install 'miku-discord[ui]'")
     settings = _settings(ui_host=host, ui_port=port, api_url=api_url)
-    build_ui(settings).launch(server_name=settings.ui_host, server_port=settings.ui_port)
+    blocks = build_ui(settings)
+    # quiet: Gradio's own banner suggests `share=True` (a public tunnel through gradio.live), which this
+    # self-hosted tool never opens and its users cannot set; the one line that matters is printed here.
+    blocks.launch(server_name=settings.ui_host, server_port=settings.ui_port, quiet=True, prevent_thread_lock=True)
+    typer.echo(f"facedetect UI on {blocks.local_url} (Ctrl-C to stop)")
+    blocks.block_thread()
 
 
 def main() -> None:

@@ -12,8 +12,10 @@ height, filled with the colour of the picture's bottom edge, mostly behind the a
 a face (the avatar came from saliency), the widest 5:2 frame holding the most saliency outside the circle.
 
 Pure functions of (picture, detections, chosen face) -> banner image, so a server's banner is made the
-same way as the global one. A picture too small for a 600 x 240 banner within ``max_upscale`` gets none
-(``NoBanner``, its message the reason recorded); the avatar is still applied.
+same way as the global one. A banner keeps its frame's own pixels (a frame at least 600 px wide when the
+picture has one); a picture whose widest 5:2 frame would have to be blown up more than
+``BANNER_MAX_UPSCALE`` to reach 600 x 240 (a portrait sprite's 320 x 128 strip) gets none — it would look
+soft on the profile — (``NoBanner``, its message the reason recorded); the avatar is still applied.
 
 Coordinates are source-image pixels, ``[x1, y1, x2, y2]``, exclusive at x2/y2 like Pillow's boxes.
 """
@@ -58,6 +60,10 @@ MAX_PAD = CIRCLE_R + 2 * FACE_MARGIN
 # --- size ---------------------------------------------------------------------------------------------
 MIN_WIDTH, MIN_HEIGHT = 600, 240  # Discord's smallest banner
 OUTPUT_WIDTH = 1200  # twice the widest the banner is shown (the full profile, ~600 px)
+# A banner is shown up to ~600 px wide, far larger than the avatar's circle: a crop blown up to reach
+# MIN_WIDTH looks soft there, so it may be upscaled this much at most (MIKU_MAX_UPSCALE, if lower, wins),
+# and never beyond MIN_WIDTH — a frame wider than that keeps its own pixels.
+BANNER_MAX_UPSCALE = 1.25
 
 # --- how the face sits in the banner ---------------------------------------------------------------------
 TARGET_FACE_HEIGHT = 0.40  # face height / banner height we aim for: a face with its hair, some scene around
@@ -131,11 +137,16 @@ def largest_box(size: tuple[int, int]) -> tuple[int, int]:
     return bw, round(bw / ASPECT)
 
 
-def output_width(box_width: int, *, out_width: int = OUTPUT_WIDTH, max_upscale: float = 2.0) -> int:
-    """The banner's width for a crop ``box_width`` wide: ``out_width`` at most, upscaled by ``max_upscale``
-    at most, a multiple of 5 so the height is exact."""
-    w = min(out_width, math.floor(box_width * max_upscale))
+def output_width(box_width: int, *, out_width: int = OUTPUT_WIDTH) -> int:
+    """The banner's width for a crop ``box_width`` wide: its own width (upscaled only as far as
+    ``MIN_WIDTH``), ``out_width`` at most, a multiple of 5 so the height is exact."""
+    w = min(out_width, max(box_width, MIN_WIDTH))
     return w - w % 5
+
+
+def upscale_limit(max_upscale: float) -> float:
+    """How much a banner's crop may be blown up: ``BANNER_MAX_UPSCALE``, or the avatar's limit if lower."""
+    return min(max_upscale, BANNER_MAX_UPSCALE)
 
 
 def crop_banner(
@@ -149,22 +160,24 @@ def crop_banner(
     """The banner for ``image`` framed on ``face`` (the face the avatar chose, or None when the avatar
     was cropped without one). ``detections``: the same picture's detections, so that other faces are not
     cut in half. Raises ``NoBanner`` when the picture is too small for ``MIN_WIDTH`` x ``MIN_HEIGHT``
-    within ``max_upscale``."""
+    within ``upscale_limit(max_upscale)`` (the avatar's ``max_upscale``, at most ``BANNER_MAX_UPSCALE``)."""
     if out_width < MIN_WIDTH:
         raise ValueError(f"out_width must be at least {MIN_WIDTH}")
     rgb = to_rgb(image)
     size = rgb.size
     big_w, big_h = largest_box(size)
-    need = math.ceil(MIN_WIDTH / max_upscale - 1e-9)  # the narrowest crop that still gives MIN_WIDTH
-    if big_w < need or output_width(big_w, out_width=out_width, max_upscale=max_upscale) < MIN_WIDTH:
-        raise NoBanner(f"the picture ({size[0]}x{size[1]}) is too small for a {MIN_WIDTH}x{MIN_HEIGHT} banner "
-                       f"within {max_upscale:g}x upscaling (its largest 5:2 crop is {big_w}x{big_h})")
+    limit = upscale_limit(max_upscale)
+    need = math.ceil(MIN_WIDTH / limit - 1e-9)  # the narrowest crop that still gives MIN_WIDTH
+    if big_w < need:
+        raise NoBanner(f"the picture ({size[0]}x{size[1]}) is too small for a {MIN_WIDTH}x{MIN_HEIGHT} banner: its "
+                       f"largest 5:2 crop is {big_w}x{big_h}, which would be blown up {MIN_WIDTH / big_w:.1f}x and "
+                       f"look soft on the profile (a banner is upscaled {limit:g}x at most)")
     mass = _SaliencyMass(rgb)
     others = [d.bbox for d in (detections or []) if usable(d) and (face is None or d.bbox != face.bbox)]
     if face is None:
         box = _salient_box(size, big_w, mass)
         reason = "saliency: the avatar has no face; the widest 5:2 frame holding the most of what stands out"
-        return _result(rgb, box, "saliency", None, None, reason, out_width, max_upscale)
+        return _result(rgb, box, "saliency", None, None, reason, out_width)
     placed = _place_face(face.bbox, size, need, mass, others, pad=False)
     assert placed is not None  # without padding there is always a placement (the one showing most)
     box, seen = placed
@@ -174,13 +187,13 @@ def crop_banner(
         if below is not None:
             box, seen, padded = below[0], True, below[0][3] > size[1]
     share = (face.bbox[3] - face.bbox[1]) / (box[3] - box[1])
-    out = output_width(box[2] - box[0], out_width=out_width, max_upscale=max_upscale)
+    out = output_width(box[2] - box[0], out_width=out_width)
     reason = (f"face: the avatar's face, {share:.0%} of the banner's height, clear of the avatar circle"
               + ("; the face is so low in the lower left that the banner reaches below the picture (filled)"
                  if padded else "") + f"; {out}x{out * 2 // 5} banner" if seen else
               "face: the avatar's face cannot be framed clear of the avatar circle and the edges in this picture; "
               f"the placement showing most of it; {out}x{out * 2 // 5} banner")
-    return _result(rgb, box, "face", face, seen, reason, out_width, max_upscale, padded)
+    return _result(rgb, box, "face", face, seen, reason, out_width, padded)
 
 
 def banner_png(result: BannerResult) -> bytes:
@@ -249,7 +262,8 @@ def _place_face(face: FloatBox, size: tuple[int, int], need: int, mass: _Salienc
     big_w, _ = largest_box(size)
     fh = face[3] - face[1]
     fcx, fcy = (face[0] + face[2]) / 2, face[1] + 0.5 * fh  # eyes half-way down an anime face box
-    lo = max(need, fh / MAX_FACE_HEIGHT * ASPECT)
+    # At least MIN_WIDTH source pixels wide when the picture has them: a narrower frame would be blown up.
+    lo = max(need, min(MIN_WIDTH, big_w), fh / MAX_FACE_HEIGHT * ASPECT)
     hi = min(big_w, max(lo, fh / MIN_FACE_HEIGHT * ASPECT))
     lo = min(lo, big_w)  # a face too big for any frame: the widest frame, the face share over the limit
     best: tuple[float, IntBox] | None = None
@@ -322,8 +336,8 @@ def _salient_box(size: tuple[int, int], bw: int, mass: _SaliencyMass) -> IntBox:
 
 
 def _result(rgb: Image.Image, box: IntBox, method: Method, face: Detection | None, seen: bool | None,
-            reason: str, out_width: int, max_upscale: float, padded: bool = False) -> BannerResult:
-    out = output_width(box[2] - box[0], out_width=out_width, max_upscale=max_upscale)
+            reason: str, out_width: int, padded: bool = False) -> BannerResult:
+    out = output_width(box[2] - box[0], out_width=out_width)
     source = rgb
     if box[3] > rgb.height:  # reach below the picture: continue it with its bottom edge's colour
         bottom = np.asarray(rgb)[-max(1, rgb.height // 100):].reshape(-1, 3)

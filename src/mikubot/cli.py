@@ -24,9 +24,10 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from mikubot.bot import PANEL_HOST, PANEL_PORT
-from mikubot.config import ConfigFileError, Settings, load_settings
+from mikubot.config import CONFIG_ENV, ConfigFileError, Settings, load_settings
 from mikubot.events import STAGES, EventBus, ProgressEvent
 from mikubot.history import ChangeLocked, History, HistoryError
 from mikubot.sources import SPEC_HELP
@@ -95,12 +96,14 @@ class StageBoard:
         d = ev.detail
         if ev.status in ("fail", "fallback", "skip"):
             return str(d.get("error") or d.get("reason") or d.get("to") or "")
+        if ev.status == "done" and d.get("summary"):
+            return str(d["summary"])  # the stage's last word, over all of its candidates
         if ev.stage == "search" and "found" in d:
             return f"{d['found']} candidates"
         if ev.stage == "download" and "size" in d:
             return f"{d['key'][:40]} {d['size'][0]}x{d['size'][1]}"
         if ev.stage == "verify" and "confidence" in d:
-            return f"{d['method']}: {d['confidence']:.2f} {str(d.get('description', ''))[:60]}"
+            return f"{d['method']}: {d['confidence']:.2f} {d.get('description', '')}"
         if ev.stage in ("verify", "reserve") and "reserved" in d:
             unl = f", unloaded {', '.join(d['unloaded'])}" if d.get("unloaded") else ""
             return f"reserved {d['reserved']} after {d['waited_s']:.2f} s{unl}"
@@ -115,10 +118,11 @@ class StageBoard:
     def render(self) -> Table:
         title = f"avatar change {self.change_id}" if self.change_id is not None else "avatar change"
         table = Table(title=title, show_edge=False, expand=False)
-        table.add_column("stage")
-        table.add_column("")
-        table.add_column("detail", overflow="fold", max_width=80)
-        table.add_column("ms", justify="right")
+        # The detail takes whatever width the terminal leaves and wraps there (rich measures the console).
+        table.add_column("stage", no_wrap=True)
+        table.add_column("", no_wrap=True)
+        table.add_column("detail", overflow="fold", ratio=1)
+        table.add_column("ms", justify="right", no_wrap=True)
         for stage in self.order():
             status, detail, ms = self.rows[stage]
             style = STATUS_STYLE.get(status, "")
@@ -171,7 +175,13 @@ def _print_outcome(record: dict[str, Any], console: Console) -> None:
     console.print(f"   report:     {record.get('report_path')}", highlight=False)
 
 
-@pfp.command("change")
+CHANGE_HELP = ("Change the avatar: search → download → reserve → detect → verify → crop → upload → record.\n\n"
+               "That is the order without a vision model (the default): the heuristic verifier reads the hair colour "
+               "of the faces the detect stage found. With a vision model (MIKU_LLAMA_SWAP_URL) verify comes first: "
+               "search → download → verify → reserve → detect → crop → upload → record.")
+
+
+@pfp.command("change", help=CHANGE_HELP)
 def pfp_change(
     dry_run: bool = typer.Option(False, "--dry-run", help="write the avatar to a file; never call Discord"),
     source: Optional[str] = typer.Option(None, "--source", help=SPEC_HELP),
@@ -182,7 +192,7 @@ def pfp_change(
                                         "of the global profile"),
     as_json: bool = typer.Option(False, "--json", help="print the change record as JSON"),
 ) -> None:
-    """Change the avatar: search → download → verify → reserve → detect → crop → upload → record."""
+    """Change the avatar (the stages in the order they run: see CHANGE_HELP)."""
     from mikubot.pipeline import AvatarPipeline
 
     settings = _settings(candidates=candidates)
@@ -230,19 +240,46 @@ def pfp_history(
     if not rows:
         console.print(f"no changes yet in {settings.history_path}")
         return
+    # One line per change whatever the width: the short columns never wrap, the note and the source take
+    # what is left and end in "…" where the terminal is too narrow (--json has everything in full). The
+    # avatar files are named after the change (change-NNNNN.png) in one folder, named once below the table.
     table = Table(show_edge=False)
-    for col in ("id", "status", "started", "profile", "source", "crop", "note", "avatar"):
-        table.add_column(col, overflow="fold")
+    servers = any(r.get("guild_id") is not None for r in rows)
+    for col in ("id", "status", "started (UTC)", "crop") + (("profile",) if servers else ()):
+        table.add_column(col, no_wrap=True)
+    table.add_column("note")  # the columns rich narrows to fit; their cells are cut, not wrapped (_one_line)
+    table.add_column("source")
+    folders = set()
     for r in rows:
         style = {"applied": "green", "dry-run": "cyan", "failed": "red", "running": "yellow"}[r["status"]]
-        source = r["source_spec"] if not r["post_key"] else f"{r['source']} {r['post_key'][:24]}"
+        source = _short_key(r["post_key"]) if r["post_key"] else r["source_spec"]
         note = r["error"] or r["description"] or ""
         if r["restored_from"]:
             note = f"restore of {r['restored_from']}" + (f": {r['error']}" if r["error"] else "")
-        profile = f"server {r['guild_id']}" if r.get("guild_id") is not None else "global"
-        table.add_row(str(r["id"]), f"[{style}]{r['status']}[/]", r["started_at"], profile, source, r["crop_method"] or "",
-                      note[:80], r["avatar_path"] or "")
+        profile = (f"server {r['guild_id']}" if r.get("guild_id") is not None else "global",) if servers else ()
+        if r["avatar_path"]:
+            folders.add(str(Path(r["avatar_path"]).parent))
+        table.add_row(str(r["id"]), f"[{style}]{r['status']}[/]", _minute(r["started_at"]), r["crop_method"] or "",
+                      *profile, _one_line(note), _one_line(source))
     console.print(table)
+    for folder in sorted(folders):
+        console.print(f"avatars (change-NNNNN.png) in {folder}", highlight=False, soft_wrap=True)
+
+
+def _short_key(key: str) -> str:
+    """A post key as a person tells keys apart: a file's SHA-256 (``local:…``) by its first 12 digits."""
+    prefix, _, rest = key.partition(":")
+    return f"{prefix}:{rest[:12]}…" if len(rest) == 64 and all(c in "0123456789abcdef" for c in rest) else key
+
+
+def _one_line(text: str) -> Text:
+    """A cell that ends in "…" where its column is too narrow, instead of wrapping onto more lines."""
+    return Text(" ".join(text.split()), no_wrap=True, overflow="ellipsis")
+
+
+def _minute(stamp: str) -> str:
+    """An ISO timestamp to the minute (``2026-12-07 14:12``): the history's order is the id's."""
+    return stamp.replace("T", " ")[:16]
 
 
 @pfp.command("restore")
@@ -288,16 +325,19 @@ def config_show(as_json: bool = typer.Option(False, "--json")) -> None:
     if as_json:
         sys.stdout.write(json.dumps(values, indent=2, default=str) + "\n")
         return
+    # Names are never cut (they are what a person types) and each is shown once, as its environment variable
+    # (a MIKU_CONFIG file uses the same name in lower case without MIKU_): the value folds in what is left.
     table = Table(show_edge=False)
-    table.add_column("setting")
+    table.add_column("environment variable", no_wrap=True)
     table.add_column("value", overflow="fold")
-    table.add_column("environment")
     for name, value in values.items():
         env = "FACE_DETECTOR_URL" if name == "face_detector_url" else f"MIKU_{name.upper()}"
         shown = "(unset)" if value is None else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-        table.add_row(name, shown, env)
+        table.add_row(env, Text(shown))
     console = Console()
     console.print(table)
+    console.print(f"in a {CONFIG_ENV} file: the same names in lower case without MIKU_ (danbooru_url, ...)",
+                  highlight=False)
     console.print(f"dry run in effect: {settings.effective_dry_run}", highlight=False)
 
 

@@ -1,11 +1,13 @@
 """Every Discord REST call goes through discord.py; this module is where those calls start and where
 their errors end.
 
-``MIKU_DISCORD_API`` moves them to another base URL (the tests' emulator). discord.py builds each URL
-from the class attribute ``discord.http.Route.BASE`` (discord.py 2.7, ``discord/http.py``; its own
-API-version switch assigns that attribute for the whole process) and offers no per-client base. So
-``DiscordHTTP`` — discord.py's ``HTTPClient`` — moves each of its routes onto its own base before
-discord.py sends it, and ``DiscordWebhooks`` does the same for discord.py's webhook adapter
+Clients are plain ``discord.Client``s with discord.py's public options: ``http_trace`` (``AnswerLog``
+records each answer) and ``max_ratelimit_timeout`` (``MIKU_UPLOAD_MAX_WAIT_S``). ``MIKU_DISCORD_API``
+moves them to another base URL (the tests' emulator). discord.py builds each URL from the class attribute
+``discord.http.Route.BASE`` (discord.py 2.7, ``discord/http.py``; its own API-version switch assigns that
+attribute for the whole process) and offers no per-client base. So for another base only, ``at_api``
+gives the client an ``EmulatorHTTP`` — discord.py's ``HTTPClient`` moving each route onto that base before
+discord.py sends it — and ``DiscordWebhooks`` does the same for discord.py's webhook adapter
 (``discord/webhook/async_.py``), which carries the interaction answers. One process can then hold a
 client for discord.com and one for an emulator. discord.py keeps everything else: the token header,
 the rate-limit buckets, the 429 waits (``retry_after``, with Discord's ``Via`` header telling a real
@@ -102,33 +104,14 @@ def rebase(url: str, api_base: str) -> str:
     return api_base + url[len(default):]
 
 
-class DiscordWebhooks(AsyncWebhookAdapter):
-    """discord.py's webhook adapter (interaction callbacks, ``@original`` edits) at our base URL."""
+class AnswerLog:
+    """Each answer discord.py got (method, path, status and the rate-limit headers), read from its
+    documented ``http_trace`` hook (``discord.Client(http_trace=…)``)."""
 
-    def __init__(self, api_base: str) -> None:
-        super().__init__()
-        self.api_base = api_base
-
-    async def request(self, route: Route, session: aiohttp.ClientSession, **kwargs: Any) -> Any:
-        route.url = rebase(route.url, self.api_base)
-        return await super().request(route, session, **kwargs)
-
-
-class DiscordHTTP(HTTPClient):
-    """discord.py's HTTP client at ``api_base``; ``exchanges`` lists each answer (method, path, status
-    and the rate-limit headers), read from discord.py's documented ``http_trace`` hook."""
-
-    def __init__(self, loop: Any, *, api_base: str, max_ratelimit_timeout: float | None = None) -> None:
+    def __init__(self) -> None:
         self.exchanges: list[dict[str, Any]] = []
-        trace = aiohttp.TraceConfig()
-        trace.on_request_end.append(self._record)
-        super().__init__(loop, http_trace=trace, max_ratelimit_timeout=max_ratelimit_timeout)
-        self.api_base = api_base.rstrip("/")
-        self.webhooks = DiscordWebhooks(self.api_base)
-
-    async def request(self, route: Route, **kwargs: Any) -> Any:
-        route.url = rebase(route.url, self.api_base)
-        return await super().request(route, **kwargs)
+        self.trace = aiohttp.TraceConfig()
+        self.trace.on_request_end.append(self._record)
 
     async def _record(self, _session: Any, _ctx: Any, params: aiohttp.TraceRequestEndParams) -> None:
         h = params.response.headers
@@ -140,19 +123,56 @@ class DiscordHTTP(HTTPClient):
         })
 
 
-def use_api(client: discord.Client, api_base: str, *, max_wait_s: float | None = None) -> DiscordHTTP:
-    """Give a discord.py client (before it logs in) an HTTP client at ``api_base``. discord.py's
-    ``ConnectionState`` holds its own reference to the HTTP client, so both are set."""
-    http = DiscordHTTP(client.loop, api_base=api_base, max_ratelimit_timeout=max_wait_s)
+class DiscordWebhooks(AsyncWebhookAdapter):
+    """discord.py's webhook adapter (interaction callbacks, ``@original`` edits) at another base URL."""
+
+    def __init__(self, api_base: str) -> None:
+        super().__init__()
+        self.api_base = api_base
+
+    async def request(self, route: Route, session: aiohttp.ClientSession, **kwargs: Any) -> Any:
+        route.url = rebase(route.url, self.api_base)
+        return await super().request(route, session, **kwargs)
+
+
+class EmulatorHTTP(HTTPClient):
+    """discord.py's HTTP client at another base URL than Discord's (the tests' emulator). discord.py 2.7.1
+    builds every URL from the process-wide ``Route.BASE`` and has no public per-client base: this subclass,
+    and installing it (``at_api``), are the one place that reaches past discord.py's public API, and only
+    when ``MIKU_DISCORD_API`` is not Discord's own. It keeps the client's own options (its ``http_trace``,
+    its ``max_ratelimit_timeout``)."""
+
+    def __init__(self, like: HTTPClient, *, api_base: str) -> None:
+        super().__init__(like.loop, http_trace=like.http_trace, max_ratelimit_timeout=like.max_ratelimit_timeout)
+        self.api_base = api_base.rstrip("/")
+        self.webhooks = DiscordWebhooks(self.api_base)
+
+    async def request(self, route: Route, **kwargs: Any) -> Any:
+        route.url = rebase(route.url, self.api_base)
+        return await super().request(route, **kwargs)
+
+
+def at_api(client: discord.Client, api_base: str) -> None:
+    """Send a discord.py client's requests (before it logs in) to ``api_base``: nothing to do for Discord's
+    own; for another (the emulator) its HTTP client becomes an ``EmulatorHTTP``. ``ConnectionState`` holds
+    its own reference to the HTTP client, so both are set."""
+    if api_base.rstrip("/") == Route.BASE:
+        return
+    http = EmulatorHTTP(client.http, api_base=api_base)
     client.http = http
     client._connection.http = http
-    return http
+
+
+def api_base_of(client: discord.Client) -> str:
+    """Where a client's requests go (for messages)."""
+    return getattr(client.http, "api_base", Route.BASE)
 
 
 @contextlib.contextmanager
 def webhooks_of(client: discord.Client) -> Iterator[None]:
-    """Send the interaction answers made inside this block to ``client``'s base URL (discord.py picks
-    its webhook adapter from a context variable)."""
+    """Send the interaction answers made inside this block to ``client``'s base URL. discord.py picks its
+    webhook adapter from a context variable and has no public way to move it: only a client at another
+    base (``EmulatorHTTP``) needs this; Discord's own is left alone."""
     adapter = getattr(client.http, "webhooks", None)
     if adapter is None:
         yield
@@ -167,10 +187,11 @@ def webhooks_of(client: discord.Client) -> Iterator[None]:
 @dataclass
 class RestSession:
     """A logged-in discord.py client without a gateway: ``Client.login`` checks the token (``GET
-    /users/@me``, ``GET /oauth2/applications/@me``) and every REST call of the client then works."""
+    /users/@me``, ``GET /oauth2/applications/@me``) and every REST call of the client then works.
+    ``answers``: what Discord answered each request."""
 
     client: discord.Client
-    http: DiscordHTTP
+    answers: AnswerLog
     api_base: str
 
 
@@ -180,12 +201,14 @@ async def rest_session(settings: Settings, *, max_wait_s: float | None = None,
     if settings.discord_token is None:
         raise Unauthorized("no Discord bot token configured (MIKU_DISCORD_TOKEN)")
     base = settings.discord_api
-    client = discord.Client(intents=discord.Intents(guilds=True))  # no gateway: intents ask for nothing
-    http = use_api(client, base, max_wait_s=max_wait_s)
+    answers = AnswerLog()
+    client = discord.Client(intents=discord.Intents(guilds=True),  # no gateway: intents ask for nothing
+                            http_trace=answers.trace, max_ratelimit_timeout=max_wait_s)
+    at_api(client, base)
     try:
         with discord_errors(base, "the login"):
             async with asyncio.timeout(login_timeout_s):
                 await client.login(settings.discord_token.get_secret_value())
-        yield RestSession(client, http, base)
+        yield RestSession(client, answers, base)
     finally:
         await client.close()

@@ -149,8 +149,14 @@ async def check_booru(s: Settings, kind: str, http: httpx.AsyncClient) -> Check:
                                         "http_timeout_s": min(s.http_timeout_s, 10.0)})
         message = await src.probe()  # type: ignore[attr-defined]
     except SourceError as exc:
-        fix = ("try again later; a 429 or 5xx is the site's, not ours" if exc.retryable else
-               f"fix the {name} settings (MIKU_{kind.upper()}_*), or use MIKU_SOURCE=local:DIR")
+        url = getattr(s, f"{kind}_url")
+        if exc.unreachable:  # no answer at all: DNS, a proxy or firewall, or a wrong URL — not the site's doing
+            fix = (f"check this machine's network path to {url} (DNS, proxy, firewall) and MIKU_{kind.upper()}_URL; "
+                   "retrying will not help until it resolves and connects")
+        elif exc.retryable:
+            fix = f"try again later: {name} answered with a rate limit, a server error or not in time"
+        else:
+            fix = f"fix the {name} settings (MIKU_{kind.upper()}_*), or use MIKU_SOURCE=local:DIR"
         return Check("source", "fail", f"{name} search failed: {exc.message}", fix)
     return Check("source", "ok", message)
 

@@ -2,15 +2,16 @@
 
 Discord lets a bot set, per server, an avatar, a banner and a bio of its own (``PATCH
 /guilds/{guild.id}/members/@me``, "Modify Current Member"; bots may since 2025-09-10). Members see them
-in that server instead of the global profile, which stays as it is. discord.py 2.7 sends it as
-``Member.edit(avatar=…, banner=…, bio=…)`` on the bot's own member, which is
-``HTTPClient.edit_my_member``; a REST session has no gateway and so no ``Member`` object, and calls
-``edit_my_member`` itself, with the image as the data URI discord.py's ``Member.edit`` makes.
+in that server instead of the global profile, which stays as it is. A REST session has no gateway, so
+the bot's member comes from the REST API with discord.py's public calls — ``Client.fetch_guild`` →
+``Guild.fetch_member`` — and ``Member.edit(avatar=…, banner=…, bio=…)`` (discord.py 2.7) sends the change.
 
-The bio carries the credit line: the artist and a link to the post, inert as Discord Markdown, within
-``BIO_MAX_CHARS``. Discord's documentation of the route gives no length; 400 characters is what
-independent clients enforce (twilight-http's ``UpdateCurrentMember::bio``:
-1 to 400 codepoints), so the emulator refuses more and the credit is cut to fit.
+The bio carries the credit line: the artist and a link to the post, inert as Discord Markdown. Discord's
+documentation of the route gives no length for ``bio``; ``BIO_MAX_CHARS`` (400) is what independent
+clients enforce (twilight-http's ``UpdateCurrentMember::bio``: 1 to 400 codepoints), and the credit is
+made to fit it. What Discord answers wins: should it refuse the bio as too long (50035
+``BASE_TYPE_MAX_LENGTH``, "Must be N or fewer in length."), the credit is made again within N and the
+change sent once more.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import discord.utils
+import discord
 from discord.utils import escape_mentions
 
 from mikubot.config import Settings
@@ -83,31 +84,55 @@ class GuildUploadResult:
         }
 
 
-async def set_guild_look(settings: Settings, guild_id: int, image: bytes, *, bio: str | None = None,
+async def set_guild_look(settings: Settings, guild_id: int, image: bytes, *, credit: dict[str, Any] | None = None,
                          banner: bytes | None = None) -> GuildUploadResult:
     """Make ``image`` the bot's avatar in server ``guild_id`` and, when given, ``banner`` its banner and
-    ``bio`` its bio there, in one request. The global profile is not touched. DiscordError (with the hint that the avatar is kept) when Discord refuses:
-    a 403/404 here usually means the bot is not in that server."""
+    the credit line of ``credit`` (``credit_bio``) its bio there, in one request. The global profile is not
+    touched. DiscordError (with the hint that the avatar is kept) when Discord refuses: a 403/404 here
+    usually means the bot is not in that server."""
     what = f"the avatar for server {guild_id}"
+    bio = credit_bio(credit) if credit is not None else None
     try:
         async with rest_session(settings, max_wait_s=max(30.0, settings.upload_max_wait_s)) as session:
             with discord_errors(session.api_base, what):
-                # What Member.edit sends: the data URI (its ValueError for an unsupported image is mapped too).
-                fields: dict[str, Any] = {"avatar": discord.utils._bytes_to_base64_data(image)}
-                if banner is not None:
-                    fields["banner"] = discord.utils._bytes_to_base64_data(banner)
-                if bio is not None:
-                    fields["bio"] = bio
-                member = await session.http.edit_my_member(guild_id, reason="avatar change", **fields)
+                assert session.client.user is not None  # set by the login
+                guild = await session.client.fetch_guild(guild_id, with_counts=False)
+                me = await guild.fetch_member(session.client.user.id)
+                look: dict[str, Any] = {"avatar": image, **({"banner": banner} if banner is not None else {})}
+                try:
+                    member = await me.edit(**look, **({"bio": bio} if bio is not None else {}), reason="avatar change")
+                except discord.HTTPException as exc:
+                    limit = bio_limit(exc)
+                    if credit is None or bio is None or limit is None or len(bio) <= limit:
+                        raise
+                    bio = credit_bio(credit, limit=limit)  # Discord's own number, then once more
+                    member = await me.edit(**look, bio=bio or "", reason="avatar change")
     except DiscordError as exc:
         if exc.status_code in (403, 404):
             exc.message += f"; is the bot a member of server {guild_id}?"
         exc.message += KEPT
         exc.args = (exc.message,)
         raise
-    patches = [e for e in session.http.exchanges
+    assert member is not None  # Member.edit answers with the member when it sends the change
+    patches = [e for e in session.answers.exchanges
                if e["method"] == "PATCH" and e["path"].endswith(f"/guilds/{guild_id}/members/@me")]
     return GuildUploadResult(
-        guild_id, member, attempts=len(patches), bio=bio,
+        guild_id, _member_json(member), attempts=len(patches), bio=bio,
         rate_limits=[{k: e[k] for k in ("retry_after", "bucket", "global")} for e in patches if e["status"] == 429],
     )
+
+
+BIO_TOO_LONG = re.compile(r"In bio: Must be (\d+) or fewer in length")
+
+
+def bio_limit(exc: discord.HTTPException) -> int | None:
+    """The bio length Discord's 50035 names (``BASE_TYPE_MAX_LENGTH`` on ``bio``), if that is the refusal."""
+    m = BIO_TOO_LONG.search(exc.text or "") if exc.code == 50035 else None
+    return int(m.group(1)) if m else None
+
+
+def _member_json(member: discord.Member) -> dict[str, Any]:
+    """What the record keeps of the member Discord answered with: who, and the server's own image hashes."""
+    return {"user": {"id": str(member.id), "username": member.name},
+            "avatar": member.guild_avatar.key if member.guild_avatar else None,
+            "banner": member.guild_banner.key if member.guild_banner else None}

@@ -49,7 +49,7 @@ from mikubot.crop import (
 from mikubot.detection import FaceFinder, FaceResult, InProcessDetector
 from mikubot.discord_rest import DiscordError
 from mikubot.events import ChangeEvents, EventBus
-from mikubot.guild_profile import credit_bio, set_guild_look
+from mikubot.guild_profile import set_guild_look
 from mikubot.history import History
 from mikubot.outputs import (candidate_thumbnail, ChangeFiles, annotated_source, prune_candidate_pictures,
                              write_change_files, write_report)
@@ -142,8 +142,39 @@ def _last_stage(ev: ChangeEvents) -> str:
     return open_stages[-1] if open_stages else (ev.log[-1].stage if ev.log else "search")
 
 
+@dataclass
+class StageOutcome:
+    """What a stage says when it is done (see ``Change.stage``)."""
+
+    summary: str | None = None
+
+
+def _counted(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def _box(box: Any) -> list[float] | None:
     return [round(float(v), 1) for v in box] if box is not None else None
+
+
+def _faces_summary(picks: list[Pick]) -> str:
+    """The detect stage's last word: the faces in every candidate, not only the last one's."""
+    counts = [len(p.faces.detections) if p.faces else 0 for p in picks]
+    via = sorted({p.faces.via for p in picks if p.faces})
+    with_faces = sum(1 for n in counts if n)
+    return (f"faces in {with_faces} of {_counted(len(picks), 'candidate')} ({', '.join(map(str, counts))})"
+            + (f" via {', '.join(via)}" if via else ""))
+
+
+def _chosen_summary(chosen: Chosen, among: int) -> str:
+    """The crop stage's last word: which candidate became the avatar, what it showed and how it is cut."""
+    pick, crop = chosen.pick, chosen.crop
+    name = pick.candidate.filename or pick.candidate.key
+    faces = _counted(len(pick.faces.detections), "face") if pick.faces else "no detection"
+    best = f" (best {crop.face.confidence:.2f})" if crop.face is not None else ""
+    v = pick.verification
+    verdict = f", {v.method} {v.confidence:.2f}" if v else ""
+    return f"chose {name} of {among}: {faces}{best}{verdict}; {crop.method} crop {_box(crop.box)}"
 
 
 class NoRoomForDetector(Exception):
@@ -397,17 +428,20 @@ class Change:
         return self.settings.avatars_dir / f"change-{self.id:05d}.json"
 
     @contextlib.contextmanager
-    def stage(self, name: str, **detail: Any) -> Iterator[None]:
+    def stage(self, name: str, **detail: Any) -> Iterator[StageOutcome]:
         """A stage's span: emits start and done, adds its duration (ms) to the timings. The span is the
-        ``with`` block wherever it runs — a stage running in its own task overlaps the stages around it."""
+        ``with`` block wherever it runs — a stage running in its own task overlaps the stages around it.
+        The block may set the outcome's ``summary``: the done event carries it, and every view shows it as
+        the stage's last word (a stage over K candidates ends on all K, not on the last one processed)."""
         t0 = time.monotonic()
         self.events.emit(name, "start", **detail)
+        outcome = StageOutcome()
         try:
-            yield
+            yield outcome
         finally:
             ms = (time.monotonic() - t0) * 1000
             self.timings[name] = self.timings.get(name, 0.0) + ms
-        self.events.emit(name, "done", ms=round(ms, 1))
+        self.events.emit(name, "done", ms=round(ms, 1), **({"summary": outcome.summary} if outcome.summary else {}))
 
     def fall_back(self, stage: str, to: str, reason: str, **detail: Any) -> None:
         self.fallbacks.append(f"{stage}:{to}")
@@ -519,8 +553,9 @@ class Change:
         survivors = await self.download_and_verify(src, found)
         if any(p.faces is None for p in survivors):  # the heuristic verifier's path has detected already
             await self.detect(survivors)
-        with self.stage("crop"):
+        with self.stage("crop") as outcome:
             self.chosen = chosen = self.crop(survivors)
+            outcome.summary = _chosen_summary(chosen, len(survivors))
             banner = await self.make_banner(chosen) if self.settings.banner else None
         png = await asyncio.to_thread(avatar_png, chosen.crop)
         # The kept avatar exists before Discord sees it (a failed upload can be applied later); the annotated
@@ -607,11 +642,12 @@ class Change:
             elif prepare is not None:
                 pick.body = asyncio.create_task(asyncio.to_thread(prepare, pick.candidate.data or b"", pick.image))
 
-        with self.stage("download", count=len(found)):
+        with self.stage("download", count=len(found)) as outcome:
             await asyncio.gather(*(one(first + i, p) for i, p in enumerate(picks)))
             await asyncio.to_thread(prune_candidate_pictures, self.settings.avatars_dir, self.id,
                                     self.settings.candidate_pictures_kept)
-        live = [p for p in picks if not p.skipped]
+            live = [p for p in picks if not p.skipped]
+            outcome.summary = f"{len(live)} of {_counted(len(picks), 'candidate')} downloaded and decoded"
         if not live:
             raise ChangeFailed("download", "no candidate could be downloaded and decoded: "
                                + "; ".join(p.skipped or "" for p in picks))
@@ -625,7 +661,7 @@ class Change:
             # One detection per image: the heuristic reads the hair colour from the detect stage's faces,
             # so without a vision model to make room for, detection comes first and is not repeated.
             await self.detect(await downloading)
-        with self.stage("verify", count=count):
+        with self.stage("verify", count=count) as outcome:
             # The vision reservation: entered and released here only. It ends with the last answer (or as soon
             # as the model is found unusable), not after the stage's bookkeeping.
             async with AsyncExitStack() as room:
@@ -641,6 +677,8 @@ class Change:
                         pick.verification = await verifier.verify(pick.candidate)
                     self._judge(pick)
             survivors = [p for p in live if not p.skipped]
+            outcome.summary = (f"{len(survivors)} of {_counted(len(live), 'candidate')} accepted as "
+                               f"{self.settings.character_name} ({self.verifier}); the crop stage chooses among them")
             if not survivors:
                 raise ChangeFailed("verify", f"none of {len(live)} candidates shows {self.settings.character_name}: "
                                    + "; ".join(p.skipped or "" for p in live))
@@ -683,7 +721,7 @@ class Change:
         async with AsyncExitStack() as room:
             with self.stage("reserve", consumer=DETECTOR):
                 service = await self._reserve_detector(room, len(survivors))
-            with self.stage("detect", via="service" if service else "in-process"):
+            with self.stage("detect", via="service" if service else "in-process") as outcome:
                 async with FaceFinder(service, self.pipeline.local_detector,
                                       lambda to, why: self.fall_back("detect", to, why)) as finder:
                     for pick in survivors:
@@ -693,6 +731,7 @@ class Change:
                         self.detector_backend = pick.faces.backend or self.detector_backend
                         self.events.emit("detect", "progress", key=pick.candidate.key, faces=len(pick.faces.detections),
                                          via=pick.faces.via, backend=pick.faces.backend, error=pick.faces.error)
+                outcome.summary = _faces_summary(survivors)
 
     async def _reserve_detector(self, room: AsyncExitStack, n: int) -> str | None:
         """Enter the detector reservation on ``room``; the detector service's URL to use (None: in-process)."""
@@ -786,7 +825,8 @@ class Change:
                 return
             try:
                 if self.guild_id is not None:
-                    result = await set_guild_look(self.settings, self.guild_id, png, bio=self._bio(), banner=banner)
+                    result = await set_guild_look(self.settings, self.guild_id, png, credit=self._bio_credit(),
+                                                  banner=banner)
                 else:
                     result = await set_avatar(self.settings, png, banner)
             except DiscordError as exc:
@@ -796,10 +836,11 @@ class Change:
             self.upload = result.to_json()
             self.uploaded = True
 
-    def _bio(self) -> str | None:
-        """A server's bio: the credit line when its look asks for one (None leaves the bio as it is)."""
+    def _bio_credit(self) -> dict[str, Any] | None:
+        """A server's bio: the credit to make its line from, when its look asks for one (None leaves the bio
+        as it is)."""
         look = self.pipeline.settings.look_for(self.guild_id)
-        return credit_bio(self._credit().model_dump()) if look is not None and look.bio_credit else None
+        return self._credit().model_dump() if look is not None and look.bio_credit else None
 
 
 _LOOKS = ("face_box", "crop_box", "crop_method", "crop_reason", "verification", "description")

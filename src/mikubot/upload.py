@@ -52,7 +52,7 @@ async def set_avatar(settings: Settings, image: bytes, banner: bytes | None = No
         exc.message += KEPT
         exc.args = (exc.message,)
         raise
-    patches = [e for e in session.http.exchanges if e["method"] == "PATCH" and e["path"].endswith("/users/@me")]
+    patches = [e for e in session.answers.exchanges if e["method"] == "PATCH" and e["path"].endswith("/users/@me")]
     return UploadResult(
         {"id": str(user.id), "username": user.name, "avatar": user.avatar.key if user.avatar else None,
          "banner": user.banner.key if user.banner else None},

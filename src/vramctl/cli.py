@@ -11,6 +11,7 @@ Each command takes `--llama-swap URL` (default $MIKU_LLAMA_SWAP_URL, else http:/
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ err = Console(stderr=True)
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", envvar="MIKU_VRAM_CONFIG",
                                                    help="YAML file with the vram settings (consumers, probe, ...).")]
 LlamaSwapOpt = Annotated[Optional[str], typer.Option("--llama-swap", envvar="MIKU_LLAMA_SWAP_URL",
-                                                     help="llama-swap base URL [default: http://localhost:8090].")]
+                                                     help="llama-swap base URL (default: http://localhost:8090).")]
 ProbeOpt = Annotated[Optional[str], typer.Option("--probe", help="auto | nvml | nvidia-smi | none | emulator.")]
 ProbeUrlOpt = Annotated[Optional[str], typer.Option("--probe-url", help="Emulator base URL for --probe emulator.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
@@ -175,11 +176,17 @@ def watch(interval: Annotated[float, typer.Option("--interval", min=0.05, help="
     async def go() -> None:
         async with Coordinator(s) as coord:
             n = 0
-            with Live(console=console, auto_refresh=False) as live:
+            # On a terminal one view redrawn in place; piped to a file or a program, rich's Live would hold
+            # every frame back until it stops, so each refresh is printed (and flushed) as it comes.
+            with Live(console=console, auto_refresh=False) if console.is_terminal else contextlib.nullcontext() as live:
                 while True:
                     st = await coord.status()
-                    live.update(Group(status_tables(st), f"[dim]{time.strftime('%H:%M:%S')} · every {interval:g} s · Ctrl-C to stop[/dim]"),
-                                refresh=True)
+                    view = Group(status_tables(st), f"[dim]{time.strftime('%H:%M:%S')} · every {interval:g} s · Ctrl-C to stop[/dim]")
+                    if live is not None:
+                        live.update(view, refresh=True)
+                    else:
+                        console.print(view)
+                        console.file.flush()
                     n += 1
                     if count and n >= count:
                         return

@@ -16,8 +16,11 @@ Member accounts, 6 for Gold and no limit for Platinum. Over the limit, ``applica
 answers 422 with ``{"success": false, "error": "PostQuery::TagLimitError", "message": "You cannot search
 for more than 2 tags at a time.", "backtrace": [...]}``. ``limit=`` wins over ``limit:`` and both are
 clamped to 200 (``app/logical/post_sets/post.rb``); ``random:N`` draws N posts (clamped to 200,
-``post_query_builder.rb``); ``/counts/posts.json`` answers ``{"counts": {"posts": N}}`` under the same
-limit (``counts_controller.rb``).
+``post_query_builder.rb``); ``/counts/posts.json`` answers ``{"counts": {"posts": N}}`` and, like
+``counts_controller.rb``, never enforces the tag limit (it does not call ``validate_tag_limit!``). A static
+WebP or AVIF post also lists a ``full`` variant, a JPEG at the original's size (``media_asset.rb``
+``variant_types``). A 429 is ``RateLimiter::RateLimitError`` with an ``X-Rate-Limit`` header and no
+``Retry-After`` (``application_controller.rb``, ``rate_limiter.rb``).
 
 The default post set (``default_posts``): Sylvie's sprites are tagged as the character (``hatsune_miku``
 unless told otherwise) with mixed ratings, one of them banned and one deleted (neither has ``file_url``);
@@ -25,8 +28,8 @@ Eileen and Lucy are other characters; the concert CGs show the character among o
 backgrounds have ``no_humans``; an animated ``zip`` (ugoira) post is tagged like a perfect match.
 Deleted posts are listed (as for accounts that show deleted posts) so clients must skip them.
 
-Misbehaviour on demand through ``app.state.control`` (a ``DanbooruControl``): ``rate_limit(n,
-retry_after)`` -> n 429s with ``Retry-After``; ``fail(status, n)`` -> n 5xx; ``slow(seconds)``; down ->
+Misbehaviour on demand through ``app.state.control`` (a ``DanbooruControl``): ``rate_limit(n)`` -> n of
+the site's 429s (``retry_after``: the dapi sites' ``Retry-After``; Danbooru sends none); ``fail(status, n)`` -> n 5xx; ``slow(seconds)``; down ->
 leave the ``serve_app`` block (connection refused). ``control.requests`` logs what clients sent.
 
 ``create_dapi_app(flavour="gelbooru"|"safebooru")`` serves the same art through
@@ -45,8 +48,10 @@ import asyncio
 import base64
 import hashlib
 import io
+import json
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +75,8 @@ RATING_LETTER = {"g": "g", "general": "g", "s": "s", "sensitive": "s", "q": "q",
                  "e": "e", "explicit": "e", "safe": "g"}
 GELBOORU_RATING = {"g": "general", "s": "sensitive", "q": "questionable", "e": "explicit"}
 SAFEBOORU_RATING = {"g": "general", "s": "questionable"}
-MEDIA_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif"}
+MEDIA_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif", "avif": "image/avif"}
+FULL_VARIANT_EXTS = frozenset({"webp", "avif"})  # media_asset.rb: `variants << :full if (is_webp? || is_avif?) && is_static_image?`
 
 
 # --- the post set --------------------------------------------------------------------------------------
@@ -115,6 +121,10 @@ def make_post(
         large = f"/sample/{d}/sample-{md5}.jpg"
         variants.append({"type": "sample", "url": large, "width": SAMPLE_WIDTH,
                          "height": round(height * SAMPLE_WIDTH / width), "file_ext": "jpg"})
+    if ext in FULL_VARIANT_EXTS:
+        # media_asset.rb variant_types: a static WebP or AVIF also gets a "full" variant, a JPEG at the
+        # original's size (MediaAsset::Variant#file_ext: "jpg" for :full), stored as /full/xx/yy/<md5>.jpg.
+        variants.append({"type": "full", "url": f"/full/{d}/{md5}.jpg", "width": width, "height": height, "file_ext": "jpg"})
     variants.append({"type": "original", "url": original, "width": width, "height": height, "file_ext": ext})
     tags_general = sorted(set(general))
     meta = ["highres"] if max(width, height) >= 1600 else []
@@ -287,8 +297,9 @@ class DanbooruControl:
     def add_user(self, login: str, api_key: str, level: str = "member") -> None:
         self.users[login] = (api_key, level)
 
-    def rate_limit(self, times: int = 1, retry_after: float | str | None = 1, path: str = "/posts.json") -> None:
-        """The next ``times`` requests under ``path`` get 429 with ``Retry-After`` (omitted when None)."""
+    def rate_limit(self, times: int = 1, retry_after: float | str | None = None, path: str = "/posts.json") -> None:
+        """The next ``times`` requests under ``path`` get the site's 429: Danbooru's never carries
+        ``Retry-After`` (``danbooru_too_fast``); the dapi sites' carries ``retry_after`` when given."""
         with self.lock:
             self.faults.append(Fault(429, times, None if retry_after is None else str(retry_after), path))
 
@@ -355,6 +366,8 @@ class ArtStore:
             rgb = Image.alpha_composite(white, im).convert("RGB")
             if kind == "sample":
                 size = (SAMPLE_WIDTH, round(rgb.height * SAMPLE_WIDTH / rgb.width))
+            elif kind == "full":
+                size = rgb.size
             else:
                 size = _fit(rgb.width, rgb.height, int(kind.split("x")[0]))
             small = rgb.resize(size, Image.Resampling.LANCZOS)
@@ -395,7 +408,30 @@ def _tag_limit_error(limit: int) -> JSONResponse:
     return _error(422, "PostQuery::TagLimitError", f"You cannot search for more than {limit} tags at a time.")
 
 
-def _install_common(app: FastAPI, control: DanbooruControl, store: ArtStore) -> None:
+TooFast = Callable[[Request, "Fault"], Response]
+
+
+def danbooru_too_fast(request: Request, fault: Fault) -> Response:
+    """Danbooru's 429, as production-2026.08.06 (commit 06587d1f) answers it: ``application_controller.rb``
+    ``check_rate_limit`` sets ``X-Rate-Limit`` to the RateLimiter as JSON (``rate_limiter.rb`` ``as_json``:
+    its action, cost, rate, burst, minimum_points, enabled and the points left per key) before
+    ``RateLimiter#limit!`` raises ``RateLimiter::RateLimitError``, which ``rescue_exception`` renders as 429
+    "You're doing that too fast. Wait a minute and try again." — with no ``Retry-After``."""
+    client = request.client.host if request.client else "127.0.0.1"
+    limiter = {"action": f"{request.url.path.strip('/').split('.')[0].replace('/', ':')}:index", "cost": 1,
+               "rate": 1.0, "burst": 1, "minimum_points": -30, "enabled": True,
+               "limits": {f"ip/{client}": -1.0}}
+    return _error(429, "RateLimiter::RateLimitError", "You're doing that too fast. Wait a minute and try again.",
+                  {"X-Rate-Limit": json.dumps(limiter, separators=(",", ":"))})
+
+
+def dapi_too_fast(request: Request, fault: Fault) -> Response:
+    """A Gelbooru/Safebooru 429 (behind their CDN), with ``Retry-After`` when the test asks for one."""
+    headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
+    return _error(429, "RateLimitError", "Rate limit exceeded", headers)
+
+
+def _install_common(app: FastAPI, control: DanbooruControl, store: ArtStore, too_fast: TooFast) -> None:
     @app.middleware("http")
     async def misbehave(request: Request, call_next: Any) -> Response:
         login = request.query_params.get("login")
@@ -413,8 +449,7 @@ def _install_common(app: FastAPI, control: DanbooruControl, store: ArtStore) -> 
         fault = control.take_fault(request.url.path)
         if fault is not None:
             if fault.status == 429:
-                headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
-                return _error(429, "Danbooru::RateLimitError", "Rate limit exceeded", headers)
+                return too_fast(request, fault)
             return _error(fault.status, "ServerError", "Internal server error (emulated)")
         return await call_next(request)
 
@@ -426,7 +461,7 @@ def _install_common(app: FastAPI, control: DanbooruControl, store: ArtStore) -> 
             if path is None or path.suffix.lower().lstrip(".").replace("jpeg", "jpg") != name.rsplit(".", 1)[-1]:
                 return _error(404, "ActiveRecord::RecordNotFound", "That record was not found.")
             return Response(path.read_bytes(), media_type=MEDIA_TYPES.get(name.rsplit(".", 1)[-1], "application/octet-stream"))
-        if kind in ("sample", "samples", "180x180", "360x360", "720x720"):
+        if kind in ("sample", "samples", "full", "180x180", "360x360", "720x720"):
             made = await asyncio.to_thread(store.variant, stem, "sample" if kind == "samples" else kind)
             if made is None:
                 return _error(404, "ActiveRecord::RecordNotFound", "That record was not found.")
@@ -469,16 +504,17 @@ def create_app(
     app = FastAPI(title="Danbooru emulator")
     app.state.control = control
     app.state.posts = posts
-    _install_common(app, control, store)
+    _install_common(app, control, store, danbooru_too_fast)
 
-    def searched(request: Request) -> tuple[str | None, list[str], list[dict[str, Any]], Response | None]:
-        """The account level, the search's terms and matching posts (newest first), or Danbooru's error."""
+    def searched(request: Request, *, tag_limit: bool = True) -> tuple[str | None, list[str], list[dict[str, Any]], Response | None]:
+        """The account level, the search's terms and matching posts (newest first), or Danbooru's error.
+        ``tag_limit``: enforce the account's tag limit (``/posts.json`` does; ``/counts/posts.json`` does not)."""
         level, err = _auth(request, control)
         if err is not None:
             return level, [], [], err
         terms = request.query_params.get("tags", "").split()
         limit_tags = TAG_LIMITS[level or "member"]
-        if over_tag_limit(terms, limit_tags):
+        if tag_limit and over_tag_limit(terms, limit_tags):
             return level, terms, [], _tag_limit_error(limit_tags or 0)
         matched = sorted((p for p in posts if match(p, terms)), key=lambda p: p["id"], reverse=True)
         return level, terms, matched, None
@@ -535,7 +571,9 @@ def create_app(
 
     @app.get("/counts/posts.json")
     async def count(request: Request) -> Response:
-        _level, _terms, matched, err = searched(request)
+        # counts_controller.rb#posts normalises the query and calls fast_count: it never calls
+        # validate_tag_limit! (only PostSets::Post#posts and PostQuery.search do), so any number of tags counts.
+        _level, _terms, matched, err = searched(request, tag_limit=False)
         return err if err is not None else JSONResponse({"counts": {"posts": len(matched)}})
 
     @app.get("/posts/{post_id}.json")
@@ -627,7 +665,7 @@ def create_dapi_app(
     app = FastAPI(title=f"{flavour} emulator")
     app.state.control = control
     app.state.posts = dapi_posts
-    _install_common(app, control, store)
+    _install_common(app, control, store, dapi_too_fast)
     max_limit = 100 if flavour == "gelbooru" else 1000
 
     @app.get("/index.php")

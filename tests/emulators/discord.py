@@ -34,8 +34,15 @@ Current User", Resources › Message, Interactions › Receiving and Responding)
   the guild member object. Each server's member state (avatar and banner hashes, bio) is in
   ``guild_members`` and on ``/_emulator/state``.
 - ``POST /channels/{id}/messages`` (JSON, or multipart ``payload_json`` + ``files[n]`` declared in
-  ``attachments``), ``PATCH /guilds/{g}/roles/{r}`` (``color``), answered with Discord's message and
-  role objects.
+  ``attachments``), ``PATCH /guilds/{g}/roles/{r}`` (Resources › Guild "Modify Guild Role": ``colors``
+  with ``primary_color``, which discord.py 2.7.1's ``Role.edit`` sends, or the deprecated ``color``; a
+  role the server lacks is 404 code 10011), answered with Discord's message and role objects (a role
+  carries ``colors`` and ``color``).
+- ``GET /guilds/{id}`` (the guild object with its roles: ``known_roles``) and ``GET
+  /guilds/{id}/members/{user}`` (the bot's own member; others 404 code 10007), as discord.py's
+  ``Client.fetch_guild`` and ``Guild.fetch_member`` read them; a server the bot is not in: 403/404 as
+  above. The per-server route also has Discord's avatar limit: ``member_avatar_changes_allowed`` changes
+  per ``avatar_window_s``, then 50035 ``AVATAR_RATE_LIMIT``.
 - Interactions: ``POST /interactions/{id}/{token}/callback`` once per interaction (a second: 400 code
   40060 "Interaction has already been acknowledged."), 204 or, with ``?with_response=true``, 200 and
   the interaction callback response; ``PATCH /webhooks/{app}/{token}/messages/@original`` (404 code
@@ -117,7 +124,8 @@ class DiscordControl:
     # The bot's other calls: channel messages (with their files), role edits, and interaction answers
     # (callbacks and edits of the original response, keyed by interaction token).
     messages: list[dict[str, Any]] = field(default_factory=list)
-    roles: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    roles: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (guild, role) -> edited role
+    known_roles: dict[str, set[str]] = field(default_factory=lambda: {"99": {"555"}})  # each server's roles but @everyone
     interactions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     known_channels: set[str] | None = None  # None: every channel exists
     commands: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # registered, by guild id ("" global)
@@ -128,6 +136,10 @@ class DiscordControl:
     guild_members: dict[str, dict[str, Any]] = field(default_factory=dict)
     guild_uploads: list[tuple[str, str, UploadedAvatar]] = field(default_factory=list)  # (guild, field, image)
     max_bio_chars: int = 400
+    # Discord's avatar limit on the per-server route too: after this many changes of one server's avatar in
+    # ``avatar_window_s`` -> 50035 AVATAR_RATE_LIMIT (None: no limit).
+    member_avatar_changes_allowed: int | None = None
+    _member_avatar_times: dict[str, list[float]] = field(default_factory=dict)
     _member_buckets: dict[str, list[float]] = field(default_factory=dict)  # guild -> [window start, used]
     _bucket_start: float = 0.0
     _bucket_used: int = 0
@@ -155,6 +167,33 @@ class DiscordControl:
             "banner": self.banner_hash, "requests": self.requests[-50:],
             "force_429": self.force_429, "force_status_count": self.force_status_count,
             "member_guilds": sorted(self.member_guilds), "guild_members": self.guild_members,
+        }
+
+    def role(self, guild_id: str, role_id: str) -> dict[str, Any]:
+        """A role object (Resources › Guild › Role Object; ``colors`` since 2025, ``color`` deprecated but
+        still sent, equal to ``colors.primary_color``)."""
+        edited = self.roles.get((guild_id, role_id), {})
+        colour = int(edited.get("color", 0))
+        return {
+            "id": role_id, "name": "@everyone" if role_id == guild_id else edited.get("name", "miku"),
+            "color": colour, "colors": {"primary_color": colour, "secondary_color": None, "tertiary_color": None},
+            "hoist": False, "icon": None, "unicode_emoji": None, "position": 0 if role_id == guild_id else 1,
+            "permissions": "0", "managed": False, "mentionable": False, "flags": 0,
+        }
+
+    def guild(self, guild_id: str) -> dict[str, Any]:
+        """The guild object ``GET /guilds/{id}`` answers (Resources › Guild › Guild Object), with its roles."""
+        role_ids = [guild_id, *sorted(self.known_roles.get(guild_id, set()))]
+        return {
+            "id": guild_id, "name": f"server {guild_id}", "icon": None, "splash": None, "discovery_splash": None,
+            "owner_id": "1", "afk_channel_id": None, "afk_timeout": 300, "verification_level": 0,
+            "default_message_notifications": 0, "explicit_content_filter": 0,
+            "roles": [self.role(guild_id, r) for r in role_ids], "emojis": [], "stickers": [], "features": [],
+            "mfa_level": 0, "application_id": None, "system_channel_id": None, "system_channel_flags": 0,
+            "rules_channel_id": None, "vanity_url_code": None, "description": None, "banner": None,
+            "premium_tier": 0, "premium_subscription_count": 0, "preferred_locale": "en-US",
+            "public_updates_channel_id": None, "nsfw_level": 0, "premium_progress_bar_enabled": False,
+            "approximate_member_count": 2, "approximate_presence_count": 1,
         }
 
     def member(self, guild_id: str) -> dict[str, Any]:
@@ -267,6 +306,15 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
         if bad is not None:
             log(request, bad.status_code)
         return bad
+
+    def guild_access(request: Request, guild_id: str) -> JSONResponse | None:
+        """A server the bot is not in: 403 code 50001 "Missing Access"; one Discord does not know: 404 10004."""
+        if guild_id in ctl.member_guilds:
+            return None
+        known = guild_id in ctl.other_guilds
+        log(request, 403 if known else 404)
+        return (JSONResponse({"message": "Missing Access", "code": 50001}, status_code=403) if known
+                else JSONResponse({"message": "Unknown Guild", "code": 10004}, status_code=404))
 
     @app.get("/api/v10/users/@me")
     async def get_me(request: Request) -> JSONResponse:
@@ -386,14 +434,9 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
 
     @app.patch("/api/v10/guilds/{guild_id}/members/@me")
     async def patch_my_member(guild_id: str, request: Request) -> JSONResponse:
-        refused = await refuse(request)
+        refused = await refuse(request) or guild_access(request, guild_id)
         if refused is not None:
             return refused
-        if guild_id not in ctl.member_guilds:
-            known = guild_id in ctl.other_guilds
-            log(request, 403 if known else 404)
-            return (JSONResponse({"message": "Missing Access", "code": 50001}, status_code=403) if known
-                    else JSONResponse({"message": "Unknown Guild", "code": 10004}, status_code=404))
         now = time.monotonic()
         with ctl.lock:  # the route's bucket, one per server (guild_id is its major parameter)
             window = ctl._member_buckets.setdefault(guild_id, [now, 0])
@@ -445,6 +488,12 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
             log(request, 400)
             return _form_errors(errors)
         with ctl.lock:
+            if changes.get("avatar") is not None and ctl.member_avatar_changes_allowed is not None:
+                times = [t for t in ctl._member_avatar_times.get(guild_id, []) if now - t < ctl.avatar_window_s]
+                if len(times) >= ctl.member_avatar_changes_allowed:
+                    log(request, 400)
+                    return _form_error("avatar", "AVATAR_RATE_LIMIT", "You are changing your avatar too fast. Try again later.")
+                ctl._member_avatar_times[guild_id] = times + [now]
             ctl.guild_members.setdefault(guild_id, {}).update(changes)
             ctl.guild_uploads.extend((guild_id, name, image) for name, image in images)
         log(request, 200)
@@ -530,14 +579,43 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
             body = await request.json()
         except ValueError:
             body = None
-        colour = body.get("color") if isinstance(body, dict) else None
+        if guild_id not in ctl.member_guilds or (role_id != guild_id and role_id not in ctl.known_roles.get(guild_id, set())):
+            log(request, 404)
+            return JSONResponse({"message": "Unknown Role", "code": 10011}, status_code=404)
+        # Modify Guild Role: ``colors`` (``primary_color``, what discord.py 2.7's Role.edit sends) or the
+        # deprecated ``color``; both are taken, as Discord takes both.
+        colors = body.get("colors") if isinstance(body, dict) else None
+        if isinstance(colors, dict):
+            name, colour = "colors.primary_color", colors.get("primary_color")
+        else:
+            name, colour = "color", body.get("color") if isinstance(body, dict) else None
         if not isinstance(colour, int) or isinstance(colour, bool) or not 0 <= colour <= 0xFFFFFF:
             log(request, 400)
-            return _form_error("color", "NUMBER_TYPE_MAX", "color must be an integer 0..16777215")
-        role = ctl.roles.setdefault((guild_id, role_id), {"id": role_id, "name": "miku", "color": 0})
-        role["color"] = colour
+            return _form_error(name, "NUMBER_TYPE_MAX", f"{name} must be an integer 0..16777215")
+        with ctl.lock:
+            ctl.roles.setdefault((guild_id, role_id), {"id": role_id, "name": "miku"})["color"] = colour
+            ctl.roles[(guild_id, role_id)]["sent"] = name
         log(request, 200)
-        return JSONResponse(role)
+        return JSONResponse(ctl.role(guild_id, role_id))
+
+    @app.get("/api/v10/guilds/{guild_id}")
+    async def get_guild(guild_id: str, request: Request) -> JSONResponse:
+        refused = await refuse(request) or guild_access(request, guild_id)
+        if refused is not None:
+            return refused
+        log(request, 200)
+        return JSONResponse(ctl.guild(guild_id))
+
+    @app.get("/api/v10/guilds/{guild_id}/members/{user_id}")
+    async def get_member(guild_id: str, user_id: str, request: Request) -> JSONResponse:
+        refused = await refuse(request) or guild_access(request, guild_id)
+        if refused is not None:
+            return refused
+        if user_id != ctl.user_id:  # the emulator's servers know only the bot itself
+            log(request, 404)
+            return JSONResponse({"message": "Unknown Member", "code": 10007}, status_code=404)
+        log(request, 200)
+        return JSONResponse(ctl.member(guild_id))
 
     @app.post("/api/v10/interactions/{interaction_id}/{token}/callback")
     async def interaction_callback(interaction_id: str, token: str, request: Request) -> Response:
@@ -613,7 +691,7 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
         allowed = {"force_429", "retry_after_s", "global_429", "send_via", "force_status", "force_status_count", "delay_s",
                    "avatar_delay_s",
                    "avatar_changes_allowed", "bucket_limit", "bucket_window_s", "max_avatar_bytes", "max_banner_bytes",
-                   "max_bio_chars"}
+                   "max_bio_chars", "member_avatar_changes_allowed"}
         for k, v in changes.items():
             if k in allowed:
                 setattr(ctl, k, v)

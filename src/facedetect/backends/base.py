@@ -10,6 +10,10 @@ from PIL import Image
 from facedetect.types import Detection
 
 
+# Where a backend's model file comes from, for the message when it has none (each front end names it its own way).
+MODEL_PATH_HOW = "give it with --model PATH (facedetect detect/serve/ui), FACEDETECT_MODEL_PATH (the service's environment) or model_path= (Python)"
+
+
 class Detector(abc.ABC):
     """A face detector that can be loaded, used, and unloaded (to lend its memory back).
 

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from facedetect.backends.base import Detector
+from facedetect.backends.base import MODEL_PATH_HOW, Detector
 from facedetect.errors import BackendUnavailable
 from facedetect.types import Detection
 
@@ -83,7 +83,7 @@ class CascadeDetector(Detector):
     ):
         super().__init__()
         if model_path is None or str(model_path) == "":
-            raise _config_error("the cascade backend needs model_path= pointing at a cascade .xml file")
+            raise _config_error(f"the cascade backend needs a cascade .xml file (never downloaded): {MODEL_PATH_HOW}")
         self.model_path = Path(model_path).expanduser()
         if not self.model_path.is_file():
             raise BackendUnavailable(f"cascade file not found: {self.model_path}")

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from facedetect.backends.base import Detector
+from facedetect.backends.base import MODEL_PATH_HOW, Detector
 from facedetect.errors import BackendUnavailable
 from facedetect.types import Detection
 
@@ -353,7 +353,7 @@ class YoloOnnxDetector(Detector):
     ):
         super().__init__()
         if model_path is None or str(model_path) == "":
-            raise _config_error("the yolo-onnx backend needs model_path= pointing at an .onnx file")
+            raise _config_error(f"the yolo-onnx backend needs an .onnx file (never downloaded): {MODEL_PATH_HOW}")
         self.model_path = Path(model_path).expanduser()
         if not self.model_path.is_file():
             raise BackendUnavailable(f"YOLO model file not found: {self.model_path}")

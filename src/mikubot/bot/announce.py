@@ -72,7 +72,13 @@ class AfterChange:
         try:
             colour = dominant_colour(avatar)
             with discord_errors(session.api_base, "the role colour"):
-                await session.client.http.edit_role(s.guild_id, s.colour_role_id, color=colour)
+                # discord.py's Role.edit sends the role's ``colors`` (``primary_color``), not the deprecated
+                # ``color``; the role comes from the server's own object (no gateway cache here).
+                guild = await session.client.fetch_guild(s.guild_id, with_counts=False)
+                role = guild.get_role(s.colour_role_id)
+                if role is None:
+                    raise DiscordError(f"server {s.guild_id} has no role {s.colour_role_id} (MIKU_COLOUR_ROLE_ID)")
+                await role.edit(colour=discord.Colour(colour), reason="avatar change")
             outcome["role_colour"] = f"#{colour:06x}"
         except (DiscordError, OSError) as exc:
             log.warning("cannot recolour role %s: %s", s.colour_role_id, exc)

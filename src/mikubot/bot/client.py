@@ -3,7 +3,7 @@
 Intents: none beyond ``guilds`` (the application-command cache needs the guild list). Slash commands
 need no privileged intent, and the interaction itself carries the member's roles and permissions. The
 answers go through ``InteractionContext`` (discord.py's Interaction API), the same code the tests drive
-against the Discord REST emulator; the client's HTTP goes to ``MIKU_DISCORD_API`` (``use_api``).
+against the Discord REST emulator; the client's HTTP goes to ``MIKU_DISCORD_API`` (``at_api``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from discord import app_commands
 from mikubot.bot import commands
 from mikubot.bot.commands import BotState
 from mikubot.bot.context import InteractionContext
-from mikubot.discord_rest import use_api
+from mikubot.discord_rest import at_api
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def intents() -> discord.Intents:
 class MikuClient(discord.Client):
     def __init__(self, state: BotState) -> None:
         super().__init__(intents=intents())
-        use_api(self, state.settings.discord_api)
+        at_api(self, state.settings.discord_api)
         self.state = state
         self.tree = app_commands.CommandTree(self)
         self.tree.add_command(pfp_group(state))
@@ -66,8 +66,8 @@ def pfp_group(state: BotState) -> app_commands.Group:
 
     @group.command(name="change", description="Find new art, crop around the face and make it the avatar")
     @app_commands.describe(source="danbooru, safebooru, gelbooru or url:https://… (default: the configured source)",
-                           scope="this server's own look, or the profile everywhere (default: this server's "
-                           "where it has a look of its own)")
+                           scope="this server's own look, or the global profile (default: the server's own, if "
+                           "it has one)")
     @app_commands.choices(scope=[app_commands.Choice(name="this server", value="server"),
                                  app_commands.Choice(name="global profile", value="global")])
     async def change(interaction: discord.Interaction, source: str | None = None,

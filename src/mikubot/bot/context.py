@@ -16,7 +16,7 @@ from typing import Protocol
 
 import discord
 
-from mikubot.discord_rest import discord_errors, webhooks_of
+from mikubot.discord_rest import api_base_of, discord_errors, webhooks_of
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class InteractionContext:
 
     @property
     def _api_base(self) -> str:
-        return getattr(self.interaction.client.http, "api_base", "Discord")
+        return api_base_of(self.interaction.client)
 
     async def refuse(self, content: str) -> None:
         with webhooks_of(self.interaction.client), discord_errors(self._api_base, "the answer"):

@@ -77,7 +77,7 @@ def _note(ev: ProgressEvent) -> str:
     if ev.status == "skip":
         return str(d.get("reason", ""))[:150]
     if ev.status == "done" and "ms" in d:
-        return f"{float(d['ms']) / 1000:.1f} s"
+        return (f"{str(d['summary'])[:200]}, " if d.get("summary") else "") + f"{float(d['ms']) / 1000:.1f} s"
     return ""
 
 

@@ -68,12 +68,16 @@ class SourceError(Exception):
 
     ``retryable`` is True for conditions that may pass on their own (the site is down, rate limits,
     timeouts) and False for ones that need a person (bad login, a refused URL, a missing folder).
+
+    ``unreachable`` is True when no answer came at all (the name does not resolve, the connection is
+    refused or cut): then the network path or the configured URL is at fault, not the site.
     """
 
-    def __init__(self, message: str, *, retryable: bool = False):
+    def __init__(self, message: str, *, retryable: bool = False, unreachable: bool = False):
         super().__init__(message)
         self.message = message
         self.retryable = retryable
+        self.unreachable = unreachable
 
 
 @runtime_checkable

@@ -11,7 +11,8 @@ is cheap and a mis-tagged post costs a whole change.
 
 Which file. A post offers the original (often 3000-6000 px, up to tens of MB), the ``large_file_url``
 sample (850 px wide, JPEG/WebP) and ``media_asset.variants`` (180/360/720 px thumbnails, the sample,
-the original). We take the largest still-image variant whose long side is at most ``max_side``
+for a static WebP or AVIF original a ``full`` JPEG at its size, the original). We take the largest
+variant in a format we read (an AVIF post through its ``full`` JPEG) whose long side is at most ``max_side``
 (default 2048), which is the original for most modest posts and the sample for huge ones; an original
 over ``max_download_bytes`` is never chosen. The crop around a face in a 2048-px image is usually 500+ px,
 enough for a 1024-px avatar within the crop's upscale limit, while a 40 MB original would cost seconds of
@@ -32,6 +33,9 @@ from mikubot.sources.report import SearchReport
 from mikubot.sources.transfer import Transfer
 
 SAMPLE_WIDTH = 850  # Danbooru's sample size (large_file_url)
+# Danbooru's still-picture types (media_asset.rb: jpg png gif webp avif): those we cannot read ourselves
+# (AVIF) still come as a variant we can (the JPEG "full" one).
+STILL_EXTS = IMAGE_EXTS | {"avif"}
 THUMBNAIL_TYPES = frozenset({"preview", "180x180", "360x360"})
 
 
@@ -95,10 +99,12 @@ def choose_variant(post: dict[str, Any], options: SourceOptions) -> Variant | No
         return None
     choices = list(found.values())
     fitting = [v for v in choices if v.long_side and v.long_side <= options.max_side]
-    # Ties go to the original: the same pixels without another lossy re-encode.
+    # Ties go to the original (the same pixels without another lossy re-encode), then to the "full" JPEG
+    # (quality 85) over a same-sized preview (the 720x720 WebP, quality 75).
+    rank = {"original": 2, "full": 1}
     if fitting:
-        return max(fitting, key=lambda v: (v.long_side, v.kind == "original"))
-    return min(choices, key=lambda v: (v.long_side or 10**9, v.kind != "original"))
+        return max(fitting, key=lambda v: (v.long_side, rank.get(v.kind, 0)))
+    return min(choices, key=lambda v: (v.long_side or 10**9, -rank.get(v.kind, 0)))
 
 
 class DanbooruSource:
@@ -133,9 +139,11 @@ class DanbooruSource:
         ext = normalise_ext(post.get("file_ext"))
         width, height = _int(post.get("image_width")), _int(post.get("image_height"))
         has_file = bool(post.get("file_url")) and not post.get("is_deleted") and not post.get("is_banned")
-        why = rejection(tags=tags, rating=rating, ext=ext, width=width, height=height, has_file=has_file,
-                        options=self.options)
-        variant = choose_variant(post, self.options) if why is None else None
+        # For a still picture the file type that counts is the one downloaded (an AVIF original comes as its
+        # JPEG "full" variant); an animation or a video is turned away whatever previews it has.
+        variant = choose_variant(post, self.options) if has_file and ext in STILL_EXTS else None
+        why = rejection(tags=tags, rating=rating, ext=variant.ext if variant is not None else ext, width=width,
+                        height=height, has_file=has_file, options=self.options)
         if why is None and variant is None:
             why = f"no downloadable variant within {self.options.max_download_bytes / 1e6:.0f} MB"
         if why is not None or variant is None:
@@ -184,9 +192,13 @@ class DanbooruSource:
         return await download_post_image(self.transfer, candidate)
 
     async def probe(self) -> str:
-        """One cheap request, for ``mikubot doctor``: does the search work, and how many posts match?
-        (``/counts/posts.json`` checks the tag limit as a search does.)"""
+        """Two cheap requests, for ``mikubot doctor``: does the search work, and how many posts match?
+        The search itself (``/posts.json``, one post) is what enforces the account's tag limit — Danbooru's
+        ``/counts/posts.json`` never does (``counts_controller.rb`` skips ``validate_tag_limit!``), so a
+        count alone would say OK to a search that 422s. The count then says how many posts match."""
         query = " ".join(self.tags)
+        await self.transfer.get_json(f"{self.base}/posts.json", params={"tags": query, "limit": 1},
+                                     auth=self.options.auth_login(), what="a test search")
         body = await self.transfer.get_json(f"{self.base}/counts/posts.json", params={"tags": query},
                                             auth=self.options.auth_login(), what="a test count")
         n = (body.get("counts") or {}).get("posts") if isinstance(body, dict) else None

@@ -96,6 +96,7 @@ class Transfer:
             async with asyncio.timeout(opts.http_timeout_s):
                 return await attempt()
 
+        unreachable = False
         try:
             return await policy.run(timed)
         except RetryLater as exc:
@@ -110,8 +111,10 @@ class Transfer:
             last = f"{self.service} did not answer {what} within {opts.http_timeout_s:g} s"
         except httpx.TransportError as exc:
             last = f"cannot reach {self.service} for {what}: {_describe(exc)}"
+            unreachable = True
         tries = policy.attempts
-        raise SourceError(f"{last} (gave up after {tries} attempt{'s' if tries != 1 else ''})", retryable=True)
+        raise SourceError(f"{last} (gave up after {tries} attempt{'s' if tries != 1 else ''})", retryable=True,
+                          unreachable=unreachable)
 
     def _raise_for_status(self, response: httpx.Response, url: str, what: str, body: bytes | None = None) -> None:
         status = response.status_code

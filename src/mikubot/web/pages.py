@@ -8,12 +8,15 @@ that call the JSON API. The only secret-adjacent value a page carries is the *se
 from __future__ import annotations
 
 import asyncio
+import functools
+import io
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from PIL import Image, ImageDraw
 
 from mikubot.events import STAGES
 from mikubot.web.auth import CSRF_FIELD, SESSION_COOKIE, SESSION_TTL_S
@@ -25,6 +28,30 @@ templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 templates.env.filters["safe_link"] = safe_link
 router = APIRouter(include_in_schema=False)
 LOGIN_FAILURE_DELAY_S = 0.5  # slows guessing; the token itself is long and random or owner-chosen
+
+
+ICON_SIZES = (16, 32, 48)
+ACCENT, ACCENT_DARK = (0x39, 0xC5, 0xBB), (0x13, 0x7A, 0x7F)  # panel.css --accent / --accent-dark
+
+
+@functools.cache
+def favicon_ico() -> bytes:
+    """The panel's icon, drawn here (no outside art): the accent's disc in a dark ring, as an ICO of
+    ``ICON_SIZES``, made once per process."""
+    side = 4 * max(ICON_SIZES)  # drawn large, scaled down: smooth edges
+    im = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(im)
+    draw.ellipse((4, 4, side - 5, side - 5), fill=ACCENT, outline=ACCENT_DARK, width=side // 10)
+    draw.ellipse((side * 0.38, side * 0.38, side * 0.62, side * 0.62), fill=ACCENT_DARK)
+    buf = io.BytesIO()
+    im.resize((max(ICON_SIZES),) * 2, Image.Resampling.LANCZOS).save(buf, format="ICO",
+                                                                      sizes=[(n, n) for n in ICON_SIZES])
+    return buf.getvalue()
+
+
+@router.get("/favicon.ico")
+async def favicon() -> Response:
+    return Response(favicon_ico(), media_type="image/x-icon", headers={"Cache-Control": "public, max-age=86400"})
 
 
 def _context(request: Request, page: str, **extra: Any) -> dict[str, Any]:

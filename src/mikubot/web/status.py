@@ -11,6 +11,7 @@ from facedetect.client import AsyncFaceDetectClient, FaceDetectClientError
 from facedetect.errors import FaceDetectError
 from mikubot.redact import scrub
 from mikubot.runner import ChangeRunner
+from mikubot.vram import DETECTOR
 from mikubot.web.views import redact_spec, safe_link
 
 PROBE_TIMEOUT_S = 5.0
@@ -47,9 +48,23 @@ async def vram_status(runner: ChangeRunner) -> dict[str, Any]:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
+def with_in_process_detector(vram: dict[str, Any], detector: dict[str, Any]) -> dict[str, Any]:
+    """The face detector's consumer row as this process knows it: vramctl only accounts for an in-process
+    detector (kind "external": it cannot load or unload it, so it cannot tell whether it is loaded), but the
+    detector row above it can — one answer for one detector, not "loaded" and "?" two rows apart."""
+    if detector.get("mode") != "in-process" or not vram.get("ok"):
+        return vram
+    consumers = [dict(c, kind=f"in-process {detector['backend']}", loaded=detector.get("loaded") if detector.get("ok") else None,
+                      detail=f"in this process ({detector['backend']}); vramctl accounts for its need, never unloads it")
+                 if c.get("name") == DETECTOR and c.get("kind") == "external" else c
+                 for c in vram.get("consumers", [])]
+    return {**vram, "consumers": consumers}
+
+
 async def gather(runner: ChangeRunner) -> dict[str, Any]:
     s = runner.pipeline.settings
     detector, vram = await asyncio.gather(detector_status(runner), vram_status(runner))
+    vram = with_in_process_detector(vram, detector)
     cur = runner.current
     return scrub({
         "change": {"running": cur is not None, "change_id": cur.change_id if cur else None,

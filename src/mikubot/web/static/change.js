@@ -16,12 +16,24 @@
       li.querySelector(".detail").textContent = "";
       li.querySelector(".ms").textContent = "";
     });
-    document.getElementById("change-title").textContent = "— " + (kind || "change") + " #" + id;
+    const title = "— " + (kind || "change") + " #" + id;
+    document.getElementById("change-title").textContent = title;
+    // What a finished change found belongs to that change: while this one runs, say so instead of leaving
+    // the previous change's candidates and timeline on screen under no name.
+    const waiting = "Change #" + id + " is running: its candidates appear when it ends.";
+    ["candidates-title", "vram-title"].forEach(function (t) { document.getElementById(t).textContent = title; });
+    const box = document.getElementById("candidates");
+    box.textContent = "";
+    box.appendChild(P.el("p", { class: "muted running-note", text: waiting }));
+    const chart = document.getElementById("vram-chart");
+    chart.textContent = "";
+    chart.appendChild(P.el("p", { class: "muted running-note", text: "Change #" + id + " is running: its VRAM timeline appears when it ends." }));
   }
 
   function describe(ev) {
     const d = ev.detail || {};
     if (ev.status === "fail" || ev.status === "fallback" || ev.status === "skip") return d.error || d.reason || d.to || "";
+    if (ev.status === "done" && d.summary) return d.summary; // the stage's last word, over all of its candidates
     if (ev.stage === "search" && d.found !== undefined) return d.found + " candidate(s)";
     if (ev.stage === "download" && d.size) return (d.key || "").slice(0, 32) + " " + d.size[0] + "×" + d.size[1];
     if (ev.stage === "verify" && d.confidence !== undefined) return d.method + ": " + d.confidence.toFixed(2) + " " + (d.description || "");
@@ -163,6 +175,9 @@
     if (!res.ok) { say(P.detail(res), "error"); return null; }
     const rec = res.body;
     if (replay) { reset(rec.id, rec.restored_from ? "restore" : "change"); (rec.events || []).forEach(onEvent); }
+    ["candidates-title", "vram-title"].forEach(function (t) {
+      document.getElementById(t).textContent = "— " + (rec.restored_from ? "restore" : "change") + " #" + rec.id;
+    });
     showAvatar(rec);
     showCandidates(rec);
     window.drawVramChart(document.getElementById("vram-chart"), rec.vram_timeline);
