@@ -182,6 +182,15 @@ class Settings(SourceSettings, BaseSettings):
                                        "loopback ones (localhost, 127.0.0.1, ::1); '*' answers any")
     web_trusted_proxies: StrList = Field(default_factory=list, description="addresses (or CIDRs) of TLS proxies "
                                          "whose X-Forwarded-Proto/-For the panel believes (Secure cookie behind https)")
+    # Slow and idle clients (httpserve.ServeLimits): a request's headers and body must arrive in time, and
+    # open connections stay below the open-file limit.
+    web_header_timeout_s: float = Field(10.0, gt=0, le=3600, description="a request's headers must be complete "
+                                        "within this many seconds (from connecting, or from the previous answer)")
+    web_body_timeout_s: float = Field(60.0, gt=0, le=86400, description="a request's body must be complete within "
+                                      "this many seconds after its headers (uploads included)")
+    web_keep_alive_s: float = Field(5.0, gt=0, le=3600, description="an idle keep-alive connection is closed after this")
+    web_max_connections: int = Field(1000, ge=1, le=1_000_000, description="open connections at most (also kept "
+                                     "below the process's open-file limit)")
 
     @field_validator("hair_colours", "web_allowed_hosts", "web_trusted_proxies", mode="before")
     @classmethod

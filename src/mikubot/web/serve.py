@@ -2,16 +2,17 @@
 
 The bind rule lives here so both paths enforce it: the panel listens on 127.0.0.1 unless told
 otherwise, and refuses any other address without ``MIKU_WEB_TOKEN`` — a generated token (see
-auth.py) is fine for a panel only this machine can reach, not for one the network can.
+auth.py) is fine for a panel only this machine can reach, not for one the network can. The server runs
+under the repository's one serving policy (httpserve): deadlines for slow clients and a connection cap.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 
 import uvicorn
 
+from httpserve import ServeLimits, is_loopback, uvicorn_config
 from mikubot.config import Settings
 from mikubot.runner import ChangeRunner
 
@@ -23,15 +24,6 @@ DEFAULT_PORT = 3939
 
 class BindRefused(Exception):
     """The panel would be reachable from the network without a configured token."""
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name other than localhost may resolve anywhere
 
 
 def check_bind(host: str, settings: Settings) -> None:
@@ -47,6 +39,11 @@ def check_bind(host: str, settings: Settings) -> None:
         log.warning("MIKU_WEB_TOKEN is short (%d characters); use 16 or more for a panel on the network", len(token))
 
 
+def serve_limits(settings: Settings) -> ServeLimits:
+    return ServeLimits(header_timeout_s=settings.web_header_timeout_s, body_timeout_s=settings.web_body_timeout_s,
+                       keep_alive_s=settings.web_keep_alive_s, max_connections=settings.web_max_connections)
+
+
 def make_server(settings: Settings, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                 runner: ChangeRunner | None = None, log_level: str = "info") -> uvicorn.Server:
     """A uvicorn server for the panel, after the bind check. ``await server.serve()`` runs it in the
@@ -54,8 +51,8 @@ def make_server(settings: Settings, *, host: str = DEFAULT_HOST, port: int = DEF
     from mikubot.web.app import create_app
 
     check_bind(host, settings)
-    config = uvicorn.Config(create_app(settings, runner=runner), host=host, port=port, log_level=log_level,
-                            proxy_headers=False, server_header=False,
+    config = uvicorn_config(create_app(settings, runner=runner), host=host, port=port, limits=serve_limits(settings),
+                            log_level=log_level, proxy_headers=False, server_header=False,
                             # An open event stream must not hold a shutdown for long.
                             timeout_graceful_shutdown=5)
     return uvicorn.Server(config)
