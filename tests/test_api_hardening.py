@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,6 +126,23 @@ def test_bind_rule(host, token, insecure, refused):
 
     settings = FaceDetectSettings(host=host, token=token)
     assert (bind_refusal(settings, insecure) is not None) is refused
+
+
+def test_an_upload_cut_off_midway_is_no_500(tmp_path):
+    """A client that goes away mid-upload (or one the server lets go for being too slow) is a 4xx in the
+    metrics and the log, not an "unexpected error (a bug)" 500 with a traceback."""
+    with serve_app(create_app(FaceDetectSettings(outputs=tmp_path / "out", preload=False))) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"POST /detect HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                         b"boundary=b\r\nContent-Length: 10000\r\n\r\n--b\r\nContent-Disposition: form-data; "
+                         b'name="file"; filename="a.png"\r\n\r\n' + b"x" * 100)
+        deadline = time.monotonic() + 10
+        while 'endpoint="/detect"' not in (metrics := httpx.get(url + "/metrics").text):
+            assert time.monotonic() < deadline, "the cut-off upload was never answered"
+            time.sleep(0.05)
+        assert 'facedetect_requests_total{endpoint="/detect",status="400"} 1.0' in metrics
+        assert 'status="500"' not in metrics
 
 
 @pytest.fixture

@@ -27,6 +27,9 @@ from mikubot.web import make_server
 from panel_helpers import panel_settings
 from servers import free_port, run_server, venv_bin, wait_http
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from hostile import accept_queue  # noqa: E402  (bench/hostile.py --slow, the same attack at full size)
+
 PARTIAL = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"  # the blank line that would end it never comes
 
 
@@ -216,7 +219,7 @@ def test_repeated_lines_are_rate_limited() -> None:
 
 
 # ---- a real process under a low open-file limit ----
-FILE_LIMIT = 256  # the cap becomes 192 connections; 300 slow ones would take every descriptor
+FILE_LIMIT = 256  # the cap becomes 128 connections; 300 slow ones would take every descriptor
 
 
 def _limit_files() -> None:
@@ -238,16 +241,6 @@ def limited_process(args: list[str], env: dict[str, str], url: str, log: Path) -
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def accept_queue(port: int) -> int:
-    """Connections the kernel holds for the listening socket on ``port`` until the server accepts them
-    (the rx_queue of its LISTEN row in /proc/net/tcp)."""
-    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = row.split()
-        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":
-            return int(fields[4].split(":")[1], 16)
-    raise AssertionError(f"nothing listens on {port}")
 
 
 def _flood_and_probe(base: str, n: int) -> tuple[int, float]:

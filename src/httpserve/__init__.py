@@ -10,26 +10,28 @@ Why uvicorn, with its HTTP/1.1 protocol class extended here (``uvicorn.Config(ht
 
 * uvicorn (0.55) has a keep-alive timeout, but it is armed only after a response and cancelled by every
   byte received, so a client that sends half a header and then a line every few seconds is never dropped;
-  there is no header or body deadline (its issue "Further timeouts and resource limiting" still lists
-  ``--timeout-request-start`` and ``--timeout-request-complete`` as open). ``limit_concurrency`` answers
+  there is no header or body deadline (a request-start and a request-complete timeout are still open
+  wishes upstream). ``limit_concurrency`` answers
   503 only once a request's headers are complete, so slow connections still take a descriptor each until
   ``accept()`` fails with EMFILE, which asyncio then logs (with a traceback) hundreds of times a second.
-* hypercorn's ``keep_alive_timeout`` does bound the time to a complete header (its idle timer runs from
-  the connection's start until the request arrives), but ``read_timeout`` is per read, so a body trickling
-  a byte every few seconds is never cut, and it accepts without any connection cap (``asyncio.start_server``).
-* granian has ``header_read_timeout`` and a real connection cap (``backpressure``: a semaphore taken before
-  ``accept``), but no body deadline, and it cannot run inside the bot's own event loop except through an
-  experimental embedding; the panel runs beside the Discord gateway in one loop.
+* hypercorn's (0.18) ``keep_alive_timeout`` does bound the time to a complete header (its idle timer
+  runs from the connection's start until the request arrives), but ``read_timeout`` is per read, so a body
+  trickling a byte every few seconds is never cut, and it accepts without any connection cap
+  (``asyncio.start_server``).
+* granian (2.8) has ``header_read_timeout`` and a real connection cap (``backpressure``: a semaphore
+  taken before ``accept``), but no body deadline, and it cannot run inside the bot's own event loop except
+  through an experimental embedding; the panel runs beside the Discord gateway in one loop.
 * None of them keeps a normal request answerable while the cap is full of slow clients: with a cap and a
   header deadline alone, the next client waits in the kernel's queue until slow ones time out. What does
   is *making room*: when a new connection would exceed the cap, the connection that has waited longest
   for its request (headers first, then bodies) is dropped. A request that is being answered is never
   dropped; when every connection is one, the new one gets 503 at once.
 
-So: uvicorn (already used, embeddable, its protocol class a documented setting) with ``GuardedH11Protocol``
-adding the header deadline, the body deadline and the room-making cap; its own ``timeout_keep_alive`` for
-idle keep-alive connections; and a small accept backlog so a burst of ``accept()`` stays within the
-descriptors kept free.
+So: uvicorn (already used, embeddable in the bot's loop, and its ``Config(http=...)`` takes a protocol
+class) with ``GuardedH11Protocol`` — uvicorn's h11 protocol, whose request state is h11's public state
+machine — adding the header deadline, the body deadline and the room-making cap; uvicorn's own
+``timeout_keep_alive`` for idle keep-alive connections; and a small accept backlog so a burst of
+``accept()`` stays within the descriptors kept free. ``bench/hostile.py --slow`` measures it.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ __all__ = ["GuardedH11Protocol", "HostGuard", "RepeatFilter", "ServeLimits", "ho
 log = logging.getLogger("httpserve")
 
 LOOPBACK_NAMES = ("localhost",)
-FD_RESERVE_MAX = 256  # descriptors kept for files, the database, outgoing connections and an accept burst
+FD_RESERVE_MAX = 1024  # descriptors kept for files, the database, outgoing connections and accept bursts
 REPEAT_INTERVAL_S = 10.0
 
 
@@ -137,15 +139,16 @@ class ServeLimits:
 
     def budget(self) -> tuple[int, int, int]:
         """(connection cap, accept backlog, connections being let go at most) under this process's
-        open-file limit: a quarter of the descriptors (at most 256) stays out of the cap — half of it for
-        files, the database and outgoing connections, a quarter for one burst of accepts, a quarter for
-        connections closing."""
+        open-file limit. Half the descriptors (at most 1024) stay out of the cap: an eighth of them for
+        one burst of accepts (asyncio accepts up to the backlog at once, before any connection is seen),
+        an eighth for connections closing, the rest for files, the database and outgoing connections.
+        Under ``ulimit -n 1024`` the cap is 512."""
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft == resource.RLIM_INFINITY:
             soft = 1 << 20
-        reserve = min(FD_RESERVE_MAX, max(64, soft // 4))
+        reserve = min(FD_RESERVE_MAX, max(64, soft // 2))
         cap = max(1, min(self.max_connections, soft - reserve))
-        return cap, reserve // 4, reserve // 4
+        return cap, min(128, reserve // 8), reserve // 8
 
 
 Phase = Literal["header", "body"]
@@ -255,7 +258,7 @@ class GuardedH11Protocol(H11Protocol):
                 self._let_go(503, busy, retry_after=1, answer=True)  # it is about to send a request: answer it
                 leaving.append(self)
         for c in sorted(leaving, key=lambda c: c._since)[:max(0, len(leaving) - self.linger_room)]:
-            c.transport.close()
+            c.transport.abort()  # no lingering for these: the descriptor is free at once
 
     def _sent_something(self) -> bool:
         return self.conn.their_state is not h11.IDLE or bool(self.conn.trailing_data[0])
