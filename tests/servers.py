@@ -43,10 +43,17 @@ def serve_app(app: Any, *, port: int | None = None, health: str = "/", **options
     ``options`` go to ``uvicorn.Config`` (e.g. ``proxy_headers=False``, as ``mikubot web`` runs)."""
     port = port or free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **options)
-    server = uvicorn.Server(config)
+    with run_server(uvicorn.Server(config)) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def run_server(server: uvicorn.Server) -> Iterator[str]:
+    """Run a configured uvicorn server (e.g. ``mikubot.web.make_server``'s, with the serving policy) in a
+    background thread until it has started; yield its base URL."""
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://{server.config.host}:{server.config.port}"
     try:
         deadline = time.monotonic() + 30
         while not server.started:

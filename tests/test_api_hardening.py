@@ -1,20 +1,24 @@
 """The detector service against an outsider: the token on /load and /unload, cross-site refusal, the
-loopback default bind, and the admission gate taken before an upload is read."""
+Host allow-list (DNS rebinding), the loopback default bind and the refusal of any other without a token,
+and the admission gate taken before an upload is read."""
 
 from __future__ import annotations
 
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from pydantic import SecretStr
+from typer.testing import CliRunner
 from servers import free_port, run_command, serve_app, venv_bin
 
 from facedetect.api import create_app
+from facedetect.cli import app as cli_app
 from facedetect.settings import FaceDetectSettings
 from vramctl.servers import FaceDetectControl
 
@@ -76,6 +80,71 @@ def test_cross_site_posts_are_refused_even_without_a_token(tmp_path, eileen_byte
         assert r.status_code == 403
         # The same request from the service's own origin (its own docs page) is fine.
         assert httpx.post(url + "/unload", headers={"Origin": url}).status_code == 200
+
+
+def test_a_rebinding_host_gets_400_before_any_route(tmp_path, eileen_bytes):
+    """A DNS-rebinding page: its own name in Host, a matching Origin. Without a token the model must stay."""
+    with serve_app(create_app(FaceDetectSettings(outputs=tmp_path / "out", preload=False))) as url:
+        port = url.rsplit(":", 1)[1]
+        rebound = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
+        assert httpx.post(url + "/load", timeout=60).status_code == 200
+        for path in ("/unload", "/load"):
+            r = httpx.post(url + path, headers=rebound)
+            assert r.status_code == 400 and "FACEDETECT_ALLOWED_HOSTS" in r.json()["detail"], r.text
+        r = httpx.post(url + "/detect", headers=rebound, files={"file": ("a.png", eileen_bytes, "image/png")})
+        assert r.status_code == 400
+        assert httpx.get(url + "/health", headers={"Host": f"evil.example:{port}"}).status_code == 400
+        assert httpx.get(url + "/health").json()["detector_loaded"] is True  # /unload never ran
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", f"app.localhost:{port}"):
+            assert httpx.get(url + "/health", headers={"Host": host}).status_code == 200, host
+
+
+def test_allowed_hosts_admit_the_compose_name(tmp_path):
+    settings = FaceDetectSettings(outputs=tmp_path / "out", preload=False, allowed_hosts="anime-face-detector")
+    with serve_app(create_app(settings)) as url:
+        assert httpx.get(url + "/health", headers={"Host": "anime-face-detector:6078"}).status_code == 200
+        assert httpx.get(url + "/health", headers={"Host": "evil.example:6078"}).status_code == 400
+
+
+# Addresses this machine cannot bind: a server that failed to refuse fails to start instead of listening
+# on the network. 0.0.0.0 itself is in test_bind_rule.
+@pytest.mark.parametrize("host", ["192.0.2.7", "detector.invalid"])
+def test_serve_refuses_a_network_address_without_a_token(monkeypatch, host):
+    monkeypatch.delenv("FACEDETECT_TOKEN", raising=False)
+    result = CliRunner().invoke(cli_app, ["serve", "--host", host, "--port", str(free_port())])
+    assert result.exit_code == 2
+    out = " ".join(result.output.split())
+    assert f"refusing to listen on {host}" in out and "FACEDETECT_TOKEN" in out and "--insecure-no-token" in out
+
+
+@pytest.mark.parametrize(("host", "token", "insecure", "published_on_loopback", "refused"), [
+    ("127.0.0.1", None, False, False, False), ("::1", None, False, False, False),
+    ("localhost", None, False, False, False), ("0.0.0.0", TOKEN, False, False, False),
+    ("0.0.0.0", None, True, False, False), ("0.0.0.0", "  ", False, False, True),
+    ("0.0.0.0", None, False, True, False),  # docker-compose.yml: ports published on the host's 127.0.0.1 only
+])
+def test_bind_rule(host, token, insecure, published_on_loopback, refused):
+    from facedetect.cli import bind_refusal
+
+    settings = FaceDetectSettings(host=host, token=token, published_on_loopback=published_on_loopback)
+    assert (bind_refusal(settings, insecure) is not None) is refused
+
+
+def test_an_upload_cut_off_midway_is_no_500(tmp_path):
+    """A client that goes away mid-upload (or one the server lets go for being too slow) is a 4xx in the
+    metrics and the log, not an "unexpected error (a bug)" 500 with a traceback."""
+    with serve_app(create_app(FaceDetectSettings(outputs=tmp_path / "out", preload=False))) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"POST /detect HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                         b"boundary=b\r\nContent-Length: 10000\r\n\r\n--b\r\nContent-Disposition: form-data; "
+                         b'name="file"; filename="a.png"\r\n\r\n' + b"x" * 100)
+        deadline = time.monotonic() + 10
+        while 'endpoint="/detect"' not in (metrics := httpx.get(url + "/metrics").text):
+            assert time.monotonic() < deadline, "the cut-off upload was never answered"
+            time.sleep(0.05)
+        assert 'facedetect_requests_total{endpoint="/detect",status="400"} 1.0' in metrics
+        assert 'status="500"' not in metrics
 
 
 @pytest.fixture

@@ -1,8 +1,10 @@
-"""The Gradio UI: its detect function in-process and through the API, and a real launch."""
+"""The Gradio UI: its detect function in-process and through the API, a real launch, and what
+``facedetect ui`` serves (``ui_app``): uploads capped, same-origin only, the Host rule, temp files removed."""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import httpx
@@ -12,7 +14,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from facedetect.api import create_app  # noqa: E402
 from facedetect.settings import FaceDetectSettings  # noqa: E402
-from facedetect.ui import build_ui  # noqa: E402
+from facedetect.ui import build_ui, ui_app  # noqa: E402
 from servers import free_port, run_command, serve_app, venv_bin  # noqa: E402
 
 
@@ -87,3 +89,64 @@ def test_ui_binds_loopback_and_sends_no_analytics(tmp_path):
     said = proc.stdout.read()  # type: ignore[union-attr]
     # Only what a user of ours can act on: where the UI is; not Gradio's advice to open a public share link.
     assert f"facedetect UI on http://127.0.0.1:{port}/" in said and "share" not in said.lower(), said
+
+
+@pytest.fixture
+def guarded_ui(tmp_path, monkeypatch):
+    """``ui_app`` on a real uvicorn, uploads into its own temporary directory, files kept for a second."""
+    uploads = tmp_path / "gradio"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(uploads))
+    settings = FaceDetectSettings(outputs=tmp_path / "out", max_bytes=64 * 1024, ui_cache_s=1, preload=False)
+    with serve_app(ui_app(settings)) as url:
+        yield url, uploads
+
+
+def files_in(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
+
+
+def upload(url: str, data: bytes, **headers: str) -> httpx.Response:
+    return httpx.post(f"{url}/gradio_api/upload", files={"files": ("a.png", data, "image/png")}, headers=headers,
+                      timeout=30)
+
+
+@pytest.mark.parametrize("headers", [{"Origin": "http://evil.example"}, {"Origin": "null"},
+                                     {"Sec-Fetch-Site": "cross-site"}])
+def test_ui_refuses_a_cross_site_upload(guarded_ui, headers):
+    url, uploads = guarded_ui
+    r = upload(url, b"x" * 1000, **headers)
+    assert r.status_code == 403 and "cross-site" in r.json()["detail"]
+    assert files_in(uploads) == []
+
+
+def test_ui_refuses_a_foreign_host(guarded_ui):
+    url, uploads = guarded_ui
+    port = url.rsplit(":", 1)[1]
+    r = upload(url, b"x" * 1000, Host=f"evil.example:{port}", Origin=f"http://evil.example:{port}")
+    assert r.status_code == 400 and "FACEDETECT_ALLOWED_HOSTS" in r.json()["detail"]
+    assert httpx.get(url + "/", headers={"Host": f"evil.example:{port}"}).status_code == 400
+    assert files_in(uploads) == []
+
+
+def test_ui_caps_uploads(guarded_ui):
+    url, uploads = guarded_ui
+    r = upload(url, b"x" * (2 * 1024 * 1024))  # over the body cap: refused before it is read
+    assert r.status_code == 413 and "FACEDETECT_MAX_BYTES" in r.json()["detail"]
+    r = upload(url, b"x" * (64 * 1024 + 100))  # within the body cap, over the file cap: Gradio's max_file_size
+    assert r.status_code == 413
+    chunked = httpx.post(f"{url}/gradio_api/upload", content=iter([b"--b\r\n"]),
+                         headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert chunked.status_code == 411
+    assert files_in(uploads) == []
+
+
+def test_ui_removes_uploads_after_their_time(guarded_ui):
+    url, uploads = guarded_ui
+    r = upload(url, b"x" * 1000, Origin=url)  # the UI's own page
+    assert r.status_code == 200
+    (stored,) = r.json()
+    assert Path(stored).is_file() and Path(stored).is_relative_to(uploads)
+    deadline = time.monotonic() + 20  # FACEDETECT_UI_CACHE_S=1, swept every second
+    while Path(stored).exists():
+        assert time.monotonic() < deadline, "the upload was never removed"
+        time.sleep(0.1)

@@ -7,7 +7,9 @@ The upload is then read by ``facedetect.multipart`` with the byte cap applied wh
 
 ``/load`` and ``/unload`` change what the service holds in VRAM: with ``FACEDETECT_TOKEN`` set they need
 ``Authorization: Bearer <token>``. Every POST that a browser marks as cross-site (an ``Origin`` naming
-another host, or ``Sec-Fetch-Site: cross-site``) is refused, so no web page can unload the model.
+another host, or ``Sec-Fetch-Site: cross-site``) is refused, and a request naming a host other than a
+loopback one or ``FACEDETECT_ALLOWED_HOSTS`` gets 400 (a DNS-rebinding page sends its own name with a
+matching ``Origin``), so no web page can unload the model.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from facedetect.metrics import Metrics
 from facedetect.multipart import read_file_field
 from facedetect.service import DetectionService
 from facedetect.settings import FaceDetectSettings
+from httpserve import HostGuard
 
 log = logging.getLogger("facedetect.api")
 T = TypeVar("T")
@@ -199,6 +202,8 @@ def create_app(settings: FaceDetectSettings | None = None, *, service: Detection
     install_local_docs(app, "facedetect")
     app.state.settings, app.state.service, app.state.gate, app.state.metrics = settings, service, gate, metrics
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # Outermost: a DNS-rebinding page reaches the API under its own host name; it gets 400 before any route.
+    app.add_middleware(HostGuard, allowed=settings.allowed_hosts, setting="FACEDETECT_ALLOWED_HOSTS")
     _install_error_handlers(app)
 
     def health() -> dict[str, Any]:

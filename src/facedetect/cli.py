@@ -25,6 +25,7 @@ from facedetect.errors import FaceDetectError
 from facedetect.outputs import OutputStore
 from facedetect.service import DetectionOutcome, DetectionService
 from facedetect.settings import FaceDetectSettings
+from httpserve import is_loopback, uvicorn_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Anime face detection: CLI, HTTP API and UI.")
 err = Console(stderr=True, soft_wrap=True)
@@ -139,15 +140,32 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     Console(soft_wrap=False).print(table)
 
 
+def bind_refusal(settings: FaceDetectSettings, insecure_no_token: bool) -> str | None:
+    """Why ``serve`` must not listen where it was asked, or None: anything but loopback needs
+    ``FACEDETECT_TOKEN``, since /load and /unload would otherwise be open to the network."""
+    token = settings.token.get_secret_value().strip() if settings.token is not None else ""
+    if is_loopback(settings.host) or token or insecure_no_token or settings.published_on_loopback:
+        return None
+    return (f"refusing to listen on {settings.host}: the detector's /load and /unload would be reachable from the "
+            f"network without a token. Set FACEDETECT_TOKEN to a long random secret (e.g. `python -c 'import "
+            f"secrets; print(secrets.token_urlsafe(32))'`; vramctl sends the same variable), or bind 127.0.0.1, "
+            f"or pass --insecure-no-token (FACEDETECT_PUBLISHED_ON_LOOPBACK=true where only the host's loopback and "
+            f"a private container network reach the port).")
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="bind address (default: $FACEDETECT_HOST or 127.0.0.1; "
-                                                             "the container sets 0.0.0.0)")] = None,
+                                                             "the container sets 0.0.0.0); anything but loopback "
+                                                             "needs FACEDETECT_TOKEN")] = None,
     port: Annotated[int | None, typer.Option(help="port (default: $FACEDETECT_PORT or 6078)")] = None,
     backend: BackendOpt = None,
     model: ModelOpt = None,
     workers: Annotated[int | None, typer.Option(help="detections at once (default 1)")] = None,
     queue: Annotated[int | None, typer.Option(help="detections allowed to wait before 503 (default 8)")] = None,
+    insecure_no_token: Annotated[bool, typer.Option("--insecure-no-token",
+                                                    help="listen beyond loopback without FACEDETECT_TOKEN "
+                                                         "(anyone who reaches the port can /unload)")] = False,
 ) -> None:
     """Run the HTTP API (POST /detect, GET /health, POST /load, POST /unload, GET /metrics)."""
     import uvicorn
@@ -155,13 +173,26 @@ def serve(
     from facedetect.api import create_app
 
     settings = _settings(host=host, port=port, backend=backend, model_path=model, workers=workers, queue=queue)
+    refusal = bind_refusal(settings, insecure_no_token)
+    if refusal is not None:
+        _fail(refusal)
+    if insecure_no_token and not is_loopback(settings.host):
+        err.print(f"[yellow]warning:[/] listening on {settings.host} without FACEDETECT_TOKEN: anyone who reaches "
+                  "this port can load and unload the model", highlight=False)
     try:
         application = create_app(settings)
         if settings.preload:  # here rather than in the app's start-up, so a model that cannot load is a message
             application.state.service.load()
     except FaceDetectError as exc:
         _fail(exc.message)
-    uvicorn.run(application, host=settings.host, port=settings.port, log_level="info")
+    server = uvicorn.Server(uvicorn_config(application, host=settings.host, port=settings.port,
+                                           limits=settings.serve_limits(), log_level="info"))
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the captured SIGINT once it has shut down
+        return
+    if not server.started:  # the port was taken or the socket could not be opened: uvicorn logged why
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -172,17 +203,25 @@ def ui(
                                                  "(default: $FACEDETECT_API_URL)")] = None,
 ) -> None:
     """Open the Gradio UI: upload an image, see the annotated faces and the JSON."""
+    import uvicorn
+
     try:
-        from facedetect.ui import build_ui
+        from facedetect.ui import ui_app
     except ImportError as exc:
         _fail(f"the UI needs Gradio ({exc}); install with: pip install 'miku-discord[ui]'")
     settings = _settings(ui_host=host, ui_port=port, api_url=api_url)
-    blocks = build_ui(settings)
-    # quiet: Gradio's own banner suggests `share=True` (a public tunnel through gradio.live), which this
-    # self-hosted tool never opens and its users cannot set; the one line that matters is printed here.
-    blocks.launch(server_name=settings.ui_host, server_port=settings.ui_port, quiet=True, prevent_thread_lock=True)
-    typer.echo(f"facedetect UI on {blocks.local_url} (Ctrl-C to stop)")
-    blocks.block_thread()
+    server = uvicorn.Server(uvicorn_config(ui_app(settings), host=settings.ui_host, port=settings.ui_port,
+                                           limits=settings.serve_limits(), log_level="warning"))
+    shown = f"[{settings.ui_host}]" if ":" in settings.ui_host else settings.ui_host
+    # Gradio is mounted, not launched: its banner (and its advice to open a public `share=True` link, which
+    # this self-hosted tool never does) is not printed; where the UI is, is.
+    err.print(f"facedetect UI on http://{shown}:{settings.ui_port}/ (Ctrl-C to stop)", highlight=False)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        return
+    if not server.started:
+        raise typer.Exit(1)
 
 
 def main() -> None:

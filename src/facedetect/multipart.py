@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from facedetect.errors import FaceDetectError, ImageTooLarge
 
@@ -47,6 +47,10 @@ async def read_file_field(request: Request, max_bytes: int) -> tuple[bytes, str 
 
     try:
         form = await MultiPartParser(request.headers, limited(), max_files=1, max_fields=16).parse()
+    except ClientDisconnect:
+        # The client went away mid-upload (or the server let a too-slow one go): nobody reads the answer,
+        # and it is no bug to log.
+        raise FaceDetectError("the connection closed before the upload was complete") from None
     except MultiPartException as exc:
         # Starlette says only "Invalid multipart data." for every parser failure; the parser's own reason
         # (e.g. "Maximum header size exceeded" for a file name of several KB) is what the sender can act on.

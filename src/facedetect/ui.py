@@ -3,6 +3,12 @@
 It detects in-process through the same ``DetectionService`` as the API, or, when ``FACEDETECT_API_URL``
 is set, through the API itself. The container uses the second mode so the model (and its VRAM) exists
 once, in the API process, where ``/unload`` can free it.
+
+``ui_app`` is what ``facedetect ui`` serves: the Blocks mounted in a FastAPI app behind the same guards as
+the API (Host allow-list, cross-site POSTs refused, a body cap checked before a byte is read) and run by
+the same uvicorn policy (httpserve). Gradio's own ``max_file_size`` caps each uploaded file, and its
+``delete_cache`` removes uploaded and drawn files after ``FACEDETECT_UI_CACHE_S`` (and all of them when
+the UI stops), so uploads no longer pile up in Gradio's temporary directory.
 """
 
 from __future__ import annotations
@@ -17,15 +23,25 @@ from typing import Any
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import gradio as gr
+from fastapi import FastAPI
 from PIL import Image
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from facedetect.annotate import annotate
+from facedetect.api import refuse_cross_site
 from facedetect.backends import BACKENDS
 from facedetect.client import FaceDetectClient
 from facedetect.errors import FaceDetectError
 from facedetect.imageio import Limits, load_image
+from facedetect.multipart import body_cap
 from facedetect.service import DetectionService
 from facedetect.settings import FaceDetectSettings
+from httpserve import HostGuard
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CACHE_SWEEP_S = 60  # how often Gradio looks for files older than FACEDETECT_UI_CACHE_S
 
 
 class UiDetector:
@@ -73,7 +89,8 @@ def build_ui(settings: FaceDetectSettings | None = None) -> gr.Blocks:
     """The Blocks app; ``.launch()`` it, or mount it. ``blocks.detector`` is the function the button runs."""
     settings = settings or FaceDetectSettings()
     detector = UiDetector(settings)
-    with gr.Blocks(title="facedetect", analytics_enabled=False) as blocks:
+    sweep = min(CACHE_SWEEP_S, settings.ui_cache_s)
+    with gr.Blocks(title="facedetect", analytics_enabled=False, delete_cache=(sweep, settings.ui_cache_s)) as blocks:
         gr.Markdown("# Anime face detection\nUpload an image; faces are boxed with their confidence and "
                     "keypoints (left eye, right eye, nose, mouth, chin for animeface).")
         if settings.api_url:
@@ -95,3 +112,47 @@ def build_ui(settings: FaceDetectSettings | None = None) -> gr.Blocks:
                      api_name="detect")
     blocks.detector = detector  # type: ignore[attr-defined]
     return blocks
+
+
+class UploadGuard:
+    """Before Gradio sees a request that can change something (an upload, a queued call): a cross-site one
+    (another ``Origin``, or ``Sec-Fetch-Site: cross-site``) gets 403, a body without ``Content-Length``
+    411, and one over the cap 413, all before a byte of the body is read."""
+
+    def __init__(self, app: ASGIApp, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        try:
+            refuse_cross_site(request)
+        except FaceDetectError as exc:
+            await JSONResponse({"detail": exc.message}, status_code=exc.status_code)(scope, receive, send)
+            return
+        declared = request.headers.get("content-length")
+        chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
+        if chunked or (declared is not None and not declared.isdigit()):
+            await JSONResponse({"detail": "send the body with a Content-Length"}, status_code=411)(scope, receive, send)
+            return
+        if declared is not None and int(declared) > self.max_body:
+            await JSONResponse({"detail": f"the request body is {int(declared) / 1e6:.1f} MB; the limit here is "
+                                          f"{self.max_body / 1e6:.1f} MB (FACEDETECT_MAX_BYTES)"},
+                               status_code=413)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def ui_app(settings: FaceDetectSettings | None = None) -> FastAPI:
+    """What ``facedetect ui`` serves: the Blocks at ``/``, behind the Host rule and ``UploadGuard``, each
+    uploaded file capped at ``FACEDETECT_MAX_BYTES``. ``app.state.blocks`` is the Blocks."""
+    settings = settings or FaceDetectSettings()
+    blocks = build_ui(settings)
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(UploadGuard, max_body=body_cap(settings.max_bytes))
+    app.add_middleware(HostGuard, allowed=settings.allowed_hosts, setting="FACEDETECT_ALLOWED_HOSTS")
+    app.state.blocks = blocks
+    return gr.mount_gradio_app(app, blocks, path="/", max_file_size=settings.max_bytes)

@@ -200,6 +200,15 @@ class Settings(SourceSettings, BaseSettings):
                                       "(one image over it runs alone)")
     uploads_kept: int = Field(20, ge=1, description="stored uploads kept (the newest); older ones are deleted")
     uploads_max_age_h: float = Field(168.0, gt=0, description="stored uploads older than this are deleted")
+    # Slow and idle clients (httpserve.ServeLimits): a request's headers and body must arrive in time, and
+    # open connections stay below the open-file limit.
+    web_header_timeout_s: float = Field(10.0, gt=0, le=3600, description="a request's headers must be complete "
+                                        "within this many seconds (from connecting, or from the previous answer)")
+    web_body_timeout_s: float = Field(60.0, gt=0, le=86400, description="a request's body must be complete within "
+                                      "this many seconds after its headers (uploads included)")
+    web_keep_alive_s: float = Field(5.0, gt=0, le=3600, description="an idle keep-alive connection is closed after this")
+    web_max_connections: int = Field(1000, ge=1, le=1_000_000, description="open connections at most (also kept "
+                                     "below the process's open-file limit)")
 
     @field_validator("hair_colours", "web_allowed_hosts", "web_trusted_proxies", mode="before")
     @classmethod

@@ -16,7 +16,6 @@ is read.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 
 from fastapi import HTTPException
@@ -24,37 +23,13 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facedetect.multipart import body_cap
+from httpserve import host_allowed, host_name
 from mikubot.web.state import PanelState
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SELF_CHECKED = frozenset({"/login", "/logout"})  # their token / CSRF field travels in the (small) form
 UPLOAD_PATH = "/profile-picture/upload"
 SMALL_BODY = 64 * 1024
-LOOPBACK_NAMES = ("localhost",)
-
-
-def host_name(header: str) -> str:
-    """The name part of a ``Host`` header: ``[::1]:3939`` → ``::1``, ``Example.org.:80`` → ``example.org``."""
-    header = header.strip().lower()
-    if header.startswith("["):
-        return header[1:].split("]", 1)[0]
-    name = header.rsplit(":", 1)[0] if header.count(":") == 1 else header
-    return name.rstrip(".")
-
-
-def host_allowed(header: str, extra: list[str]) -> bool:
-    name = host_name(header)
-    if not name:
-        return False
-    if name in LOOPBACK_NAMES or name.endswith(".localhost"):
-        return True
-    try:
-        if ipaddress.ip_address(name).is_loopback:
-            return True
-    except ValueError:
-        pass
-    allowed = {host_name(h) for h in extra}
-    return "*" in allowed or name in allowed
 
 
 class RequestGuard:

@@ -5,16 +5,17 @@ otherwise, and refuses any other address without ``MIKU_WEB_TOKEN`` — a genera
 auth.py) is fine for a panel only this machine can reach, not for one the network can. A container is
 the exception its owner declares: it must listen on 0.0.0.0 for its published port to work, and with
 ``MIKU_WEB_PUBLISHED_ON_LOOPBACK`` (docker-compose.yml publishes the panel on 127.0.0.1 only) the
-generated token, kept in the data volume, guards it.
+generated token, kept in the data volume, guards it. The server runs
+under the repository's one serving policy (httpserve): deadlines for slow clients and a connection cap.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 
 import uvicorn
 
+from httpserve import ServeLimits, is_loopback, uvicorn_config
 from mikubot.config import Settings
 from mikubot.runner import ChangeRunner
 
@@ -26,15 +27,6 @@ DEFAULT_PORT = 3939
 
 class BindRefused(Exception):
     """The panel would be reachable from the network without a configured token."""
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name other than localhost may resolve anywhere
 
 
 def check_bind(host: str, settings: Settings) -> None:
@@ -51,6 +43,11 @@ def check_bind(host: str, settings: Settings) -> None:
         log.warning("MIKU_WEB_TOKEN is short (%d characters); use 16 or more for a panel on the network", len(token))
 
 
+def serve_limits(settings: Settings) -> ServeLimits:
+    return ServeLimits(header_timeout_s=settings.web_header_timeout_s, body_timeout_s=settings.web_body_timeout_s,
+                       keep_alive_s=settings.web_keep_alive_s, max_connections=settings.web_max_connections)
+
+
 def make_server(settings: Settings, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                 runner: ChangeRunner | None = None, log_level: str = "info") -> uvicorn.Server:
     """A uvicorn server for the panel, after the bind check. ``await server.serve()`` runs it in the
@@ -58,8 +55,8 @@ def make_server(settings: Settings, *, host: str = DEFAULT_HOST, port: int = DEF
     from mikubot.web.app import create_app
 
     check_bind(host, settings)
-    config = uvicorn.Config(create_app(settings, runner=runner), host=host, port=port, log_level=log_level,
-                            proxy_headers=False, server_header=False,
+    config = uvicorn_config(create_app(settings, runner=runner), host=host, port=port, limits=serve_limits(settings),
+                            log_level=log_level, proxy_headers=False, server_header=False,
                             # An open event stream must not hold a shutdown for long.
                             timeout_graceful_shutdown=5)
     return uvicorn.Server(config)
