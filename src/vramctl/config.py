@@ -85,6 +85,9 @@ class VramSettings(BaseSettings):
         default=None, validation_alias=AliasChoices("facedetect_token", "FACEDETECT_TOKEN", "MIKU_VRAM_FACEDETECT_TOKEN"),
     )
     http_timeout_s: float = Field(default=30.0, gt=0)  # one HTTP call; an unload waits for the process to exit
+    # The host lease (lease.py): a file every process of ours on the host can open; unset, reservations are
+    # ordered within this process only.
+    lease_file: Path | None = None
 
     @field_validator("llama_swap_url", "probe_url")
     @classmethod
