@@ -149,7 +149,7 @@ def serve(
     workers: Annotated[int | None, typer.Option(help="detections at once (default 1)")] = None,
     queue: Annotated[int | None, typer.Option(help="detections allowed to wait before 503 (default 8)")] = None,
 ) -> None:
-    """Run the HTTP API (POST /detect, GET /health, POST /load, POST /unload, GET /metrics)."""
+    """Run the HTTP API (POST /detect, GET /health, GET /ready, POST /load, POST /unload, GET /metrics)."""
     import uvicorn
 
     from facedetect.api import create_app

@@ -1,7 +1,8 @@
 """The VRAM consumers a change touches, declared to vramctl from mikubot's settings.
 
 Two names matter to the pipeline: ``VISION`` (the vision model, reserved once around all K
-verifications) and ``DETECTOR`` (the face detector, reserved once around all detections). A full
+verifications) and ``DETECTOR`` (the face detector, reserved once around all detections; with
+``MIKU_DETECTOR_VIA=llama-swap`` it is the llama-swap model ``detector_model``). A full
 vramctl file (``MIKU_VRAM_CONFIG``) may declare more consumers; it must use these two names.
 """
 
@@ -33,7 +34,11 @@ def vram_settings(settings: Settings) -> VramSettings:
                                       vram_mib=settings.text_vram_mib, priority=0))
         consumers.append(Consumer(name=VISION, kind="llama-swap", model=settings.vision_model,
                                   vram_mib=settings.vision_vram_mib, priority=1))
-    if settings.face_detector_url:
+    if settings.detector_via == "llama-swap":
+        # A llama-swap model: its routing keeps it away from the vision model; vramctl still measures.
+        consumers.append(Consumer(name=DETECTOR, kind="llama-swap", model=settings.detector_model,
+                                  vram_mib=settings.detector_vram_mib, priority=2))
+    elif settings.face_detector_url:
         consumers.append(Consumer(name=DETECTOR, kind="facedetect", url=settings.face_detector_url,
                                   vram_mib=settings.detector_vram_mib, priority=2))
     else:

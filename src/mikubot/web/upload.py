@@ -29,7 +29,6 @@ from facedetect.errors import FaceDetectError
 from facedetect.imageio import Limits, load_image
 from facedetect.multipart import read_file_field
 from mikubot.crop import CropError, avatar_png
-from mikubot.detection import FaceFinder
 from mikubot.outputs import annotated_source, atomic_write
 from mikubot.pipeline import AvatarPipeline, NoRoomForDetector, Picture, frame_best
 
@@ -106,7 +105,7 @@ async def make_preview(pipeline: AvatarPipeline, data: bytes, filename: str = "u
             service, _ = await pipeline.reserve_detector(room, "upload preview", note)
         except NoRoomForDetector as exc:
             raise HTTPException(503, str(exc)) from None
-        async with FaceFinder(service, pipeline.local_detector, note) as finder:
+        async with pipeline.face_finder(service, note) as finder:
             found = await finder.find(image, data, path.name)
     if found.error:
         notes.append(found.error)
