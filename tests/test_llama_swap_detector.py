@@ -152,12 +152,15 @@ async def test_the_bot_detects_through_llama_swap_with_detector_via(idle, tmp_pa
                  face_detector_url=None, gpu_probe="none", settle_s=0)
     assert s.detector_service_url == f"{idle.swap.url}/upstream/face-detector"
     consumer = vram_settings(s).consumer(DETECTOR)
-    assert (consumer.kind, consumer.model) == ("llama-swap", "face-detector")
+    assert (consumer.kind, consumer.model, consumer.routed) == ("llama-swap", "face-detector", True)
+    assert vram_settings(s).consumer("vision").routed
     async with AvatarPipeline(s) as pipeline:
         notes: list[str] = []
         async with AsyncExitStack() as room:
             service, res = await pipeline.reserve_detector(room, "test", lambda to, why: notes.append(why))
-            assert service == s.detector_service_url and res is not None and res.unloaded == ["vision"]
+            # llama-swap routes: the reservation unloads nothing; asking for the detector makes vision leave.
+            assert service == s.detector_service_url and res is not None and res.unloaded == []
+            assert "routed" in res.timeline.names() and running(idle.swap) == {"vision": "ready"}
             async with pipeline.face_finder(service, lambda to, why: notes.append(why)) as finder:
                 found = await finder.find(Image.new("RGB", (64, 64)), picture(), "p.png")
     assert found.via == "service" and found.error is None and notes == []

@@ -28,16 +28,18 @@ def vram_settings(settings: Settings) -> VramSettings:
     if settings.vram_config is not None:
         return VramSettings.from_yaml(settings.vram_config, **common)
     consumers: list[Consumer] = []
+    # With the detector under llama-swap, llama-swap's routing decides who holds the card: the reservations
+    # only order this bot's own work and unload nothing (docs/vramctl.md, "Who arbitrates the card").
+    routed = settings.detector_via == "llama-swap"
     if settings.llama_swap_url:
         if settings.text_model:
             consumers.append(Consumer(name=TEXT, kind="llama-swap", model=settings.text_model,
-                                      vram_mib=settings.text_vram_mib, priority=0))
+                                      vram_mib=settings.text_vram_mib, priority=0, routed=routed))
         consumers.append(Consumer(name=VISION, kind="llama-swap", model=settings.vision_model,
-                                  vram_mib=settings.vision_vram_mib, priority=1))
-    if settings.detector_via == "llama-swap":
-        # A llama-swap model: its routing keeps it away from the vision model; vramctl still measures.
+                                  vram_mib=settings.vision_vram_mib, priority=1, routed=routed))
+    if routed:
         consumers.append(Consumer(name=DETECTOR, kind="llama-swap", model=settings.detector_model,
-                                  vram_mib=settings.detector_vram_mib, priority=2))
+                                  vram_mib=settings.detector_vram_mib, priority=2, routed=True))
     elif settings.face_detector_url:
         consumers.append(Consumer(name=DETECTOR, kind="facedetect", url=settings.face_detector_url,
                                   vram_mib=settings.detector_vram_mib, priority=2))

@@ -177,6 +177,10 @@ class Coordinator:
         need = c.vram_mib + self.settings.safety_margin_mib
         states, _ = await self._residency(res)
         states.setdefault(c.name, Residency(None, "not a configured consumer"))  # reserve_mib
+        if c.routed:
+            self._event(res, "routed", c.name, None, "llama-swap's routing makes its room when it is requested "
+                        "(and its start command waits until the card shows the memory free)")
+            return
         if self._cpu_only(c, states):
             self._event(res, "cpu-only", c.name, None,
                         f"face detector runs on the CPU ({states[c.name].backend or 'unknown backend'}): needs no "
