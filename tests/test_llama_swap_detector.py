@@ -198,3 +198,15 @@ def test_the_hold_waits_for_the_room_and_for_its_memory_before_it_exits(tmp_path
     assert events == [("alloc", "vision"), ("exit", "vision"), ("released", "vision"), ("alloc", "face-detector"),
                       ("exit", "face-detector"), ("released", "face-detector"), ("alloc", "vision")], events
     assert "MiB free ≥ 1280 needed" in log and "detector unloaded;" in log
+
+
+async def test_doctor_reads_the_detector_through_llama_swap_without_loading_it(idle, tmp_path):
+    from mikubot.doctor import check_detector
+
+    s = Settings(data_dir=tmp_path / "data", llama_swap_url=idle.swap.url, detector_via="llama-swap", gpu_probe="none")
+    idle_check = await check_detector(s)
+    assert idle_check.state == "ok" and "not loaded (llama-swap loads it on first use)" in idle_check.message
+    assert running(idle.swap) == {}  # asking did not load it
+    assert detect(idle.swap).status_code == 200
+    loaded = await check_detector(s)
+    assert loaded.state == "ok" and "animeface" in loaded.message and ", loaded)" in loaded.message
