@@ -1,5 +1,5 @@
-"""The detector's HTTP API (a fixed contract that clients rely on): POST /detect, GET /health, POST /load,
-POST /unload, GET /metrics.
+"""The detector's HTTP API (a fixed contract that clients rely on): POST /detect, GET /health, GET /ready
+(200 only while the model is loaded: llama-swap's checkEndpoint), POST /load, POST /unload, GET /metrics.
 
 A request to ``/detect`` first takes a place at the admission gate (N workers + a bounded queue); past
 it the API answers 503 with ``Retry-After`` *before reading the upload*, so bytes in flight stay bounded.
@@ -42,7 +42,7 @@ from httpserve import HostGuard
 
 log = logging.getLogger("facedetect.api")
 T = TypeVar("T")
-ENDPOINTS = ("/", "/detect", "/health", "/load", "/unload", "/metrics")
+ENDPOINTS = ("/", "/detect", "/health", "/ready", "/load", "/unload", "/metrics")
 
 
 class Busy(FaceDetectError):
@@ -235,6 +235,13 @@ def create_app(settings: FaceDetectSettings | None = None, *, service: Detection
     @app.get("/health")
     async def get_health() -> dict[str, Any]:
         return health()
+
+    @app.get("/ready", responses={503: {"description": "the model is not loaded"}})
+    async def get_ready() -> Response:
+        # 200 only while the model is loaded: llama-swap's `checkEndpoint` for the detector as a llama-swap
+        # model (docs/vramctl.md), which must not route a request before the hold command has loaded it.
+        body = health()
+        return JSONResponse(body, status_code=200 if body.get("detector_loaded") else 503)
 
     @app.post("/load", dependencies=[needs_token], responses=errors(401, 403, 503))
     async def load() -> dict[str, Any]:

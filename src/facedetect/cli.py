@@ -167,7 +167,7 @@ def serve(
                                                     help="listen beyond loopback without FACEDETECT_TOKEN "
                                                          "(anyone who reaches the port can /unload)")] = False,
 ) -> None:
-    """Run the HTTP API (POST /detect, GET /health, POST /load, POST /unload, GET /metrics)."""
+    """Run the HTTP API (POST /detect, GET /health, GET /ready, POST /load, POST /unload, GET /metrics)."""
     import uvicorn
 
     from facedetect.api import create_app

@@ -133,10 +133,13 @@ class AsyncFaceDetectClient:
     """The same calls, awaitable: ``await AsyncFaceDetectClient(url).detect(data, "art.png")``."""
 
     def __init__(self, base_url: str, *, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-                 transport: httpx.AsyncBaseTransport | None = None, retry: RetryPolicy = BUSY):
+                 transport: httpx.AsyncBaseTransport | None = None, retry: RetryPolicy = BUSY,
+                 api_key: str | None = None):
+        # api_key: sent as a bearer token, for a detector reached through llama-swap (`apiKeys`).
         self.base_url = base_url.rstrip("/")
         self.retry = retry
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport, headers=headers)
 
     async def __aenter__(self) -> "AsyncFaceDetectClient":
         return self

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -152,6 +152,12 @@ class Settings(SourceSettings, BaseSettings):
     detector_backend: str = "animeface"
     detector_model_path: str | None = None
     detector_vram_mib: int = DETECTOR_VRAM_MIB
+    detector_via: Literal["direct", "llama-swap"] = Field(
+        "direct", description="how the bot reaches the detector service: direct (FACE_DETECTOR_URL; vramctl pauses "
+        "and resumes it) or llama-swap (a llama-swap model, whose routing decides who holds the card; "
+        "MIKU_LLAMA_SWAP_URL/upstream/<detector_model>)")
+    detector_model: str = Field("face-detector", description="the detector's model id in llama-swap's config "
+                                "(MIKU_DETECTOR_VIA=llama-swap)")
 
     # --- GPU probe (vramctl) ------------------------------------------------------------------------------
     vram_config: Path | None = Field(
@@ -260,6 +266,26 @@ class Settings(SourceSettings, BaseSettings):
         if bad:
             raise ValueError(f"guild_looks keys must be Discord server ids (numbers), not {', '.join(map(repr, bad))}")
         return {int(k): look for k, look in v.items()}
+
+    @model_validator(mode="after")
+    def _detector_via_needs_llama_swap(self) -> "Settings":
+        if self.detector_via == "llama-swap" and not self.llama_swap_url:
+            raise ValueError("MIKU_DETECTOR_VIA=llama-swap needs MIKU_LLAMA_SWAP_URL (the detector is one of its models)")
+        return self
+
+    @property
+    def detector_service_url(self) -> str | None:
+        """Where the bot sends detections: the detector service, or its llama-swap passthrough; None: in-process."""
+        if self.detector_via == "llama-swap" and self.llama_swap_url:
+            return f"{self.llama_swap_url}/upstream/{self.detector_model}"
+        return self.face_detector_url
+
+    @property
+    def detector_api_key(self) -> str | None:
+        """The bearer token the detector's address needs: llama-swap's key when it is reached through it."""
+        if self.detector_via == "llama-swap" and self.llama_swap_api_key is not None:
+            return self.llama_swap_api_key.get_secret_value()
+        return None
 
     @field_validator("discord_token", "web_token", "llama_swap_api_key", mode="before")
     @classmethod

@@ -102,8 +102,10 @@ class FaceFinder:
         on_fallback: Callable[[str, str], None],
         *,
         timeout_s: float = 120.0,
+        api_key: str | None = None,
     ) -> None:
         self.service_url = service_url
+        self.api_key = api_key  # llama-swap's, when the service is reached through it
         self.local = local
         self.on_fallback = on_fallback
         self.timeout_s = timeout_s
@@ -113,7 +115,7 @@ class FaceFinder:
 
     async def __aenter__(self) -> "FaceFinder":
         if self.service_url:
-            self._client = AsyncFaceDetectClient(self.service_url, timeout=self.timeout_s)
+            self._client = AsyncFaceDetectClient(self.service_url, timeout=self.timeout_s, api_key=self.api_key)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

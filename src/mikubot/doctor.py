@@ -55,17 +55,21 @@ class Check:
 
 
 async def check_detector(s: Settings) -> Check:
-    if s.face_detector_url:
+    if url := s.detector_service_url:
         try:
-            async with AsyncFaceDetectClient(s.face_detector_url, timeout=5.0) as client:
+            async with AsyncFaceDetectClient(url, timeout=5.0, api_key=s.detector_api_key) as client:
                 health = await client.health()
         except FaceDetectClientError as exc:
-            return Check("detector", "fail", f"Anime face detector API not reachable at {s.face_detector_url}: {exc.message}",
+            if s.detector_via == "llama-swap" and exc.status_code == 409:  # upstream.ignorePaths: not loaded
+                return Check("detector", "ok", f"Anime face detector under llama-swap ({url}): not loaded "
+                             "(llama-swap loads it on first use)")
+            return Check("detector", "fail", f"Anime face detector API not reachable at {url}: {exc.message}",
                          "start it (`facedetect serve`, or `docker compose up -d anime-face-detector`), fix "
-                         "FACE_DETECTOR_URL, or unset FACE_DETECTOR_URL to detect in-process")
+                         "FACE_DETECTOR_URL (or the face-detector model of llama-swap's config with "
+                         "MIKU_DETECTOR_VIA=llama-swap), or unset FACE_DETECTOR_URL to detect in-process")
         backend = health.get("backend", "unknown backend")
         loaded = "loaded" if health.get("detector_loaded") else "not loaded (loads on first use)"
-        return Check("detector", "ok", f"Anime face detector API connected ({s.face_detector_url}, {backend}, {loaded})")
+        return Check("detector", "ok", f"Anime face detector API connected ({url}, {backend}, {loaded})")
     try:
         await asyncio.to_thread(InProcessDetector(s.detector_backend, s.detector_model_path).get)
     except FaceDetectError as exc:

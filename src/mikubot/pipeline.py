@@ -321,7 +321,11 @@ class AvatarPipeline:
             on_fallback("in-process", f"cannot reserve the detector service ({exc}); "
                         f"detecting in-process with {backend} (no VRAM)")
             return None, None
-        return self.settings.face_detector_url, Reservation(DETECTOR, res.waited_s, res.unloaded, res.timeline, res.errors)
+        return self.settings.detector_service_url, Reservation(DETECTOR, res.waited_s, res.unloaded, res.timeline, res.errors)
+
+    def face_finder(self, service: str | None, on_fallback: Callable[[str, str], None]) -> FaceFinder:
+        """The detector chain for one change or preview; through llama-swap it carries llama-swap's key."""
+        return FaceFinder(service, self.local_detector, on_fallback, api_key=self.settings.detector_api_key)
 
     def _dry_run(self, asked: bool | None) -> tuple[bool, str | None]:
         """Whether this change stays off Discord, and why (``Settings.dry_run_for``: settings are final)."""
@@ -722,8 +726,7 @@ class Change:
             with self.stage("reserve", consumer=DETECTOR):
                 service = await self._reserve_detector(room, len(survivors))
             with self.stage("detect", via="service" if service else "in-process") as outcome:
-                async with FaceFinder(service, self.pipeline.local_detector,
-                                      lambda to, why: self.fall_back("detect", to, why)) as finder:
+                async with self.pipeline.face_finder(service, lambda to, why: self.fall_back("detect", to, why)) as finder:
                     for pick in survivors:
                         assert pick.image is not None and pick.candidate.data is not None
                         pick.faces = await finder.find(pick.image, pick.candidate.data,

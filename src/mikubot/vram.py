@@ -1,7 +1,8 @@
 """The VRAM consumers a change touches, declared to vramctl from mikubot's settings.
 
 Two names matter to the pipeline: ``VISION`` (the vision model, reserved once around all K
-verifications) and ``DETECTOR`` (the face detector, reserved once around all detections). A full
+verifications) and ``DETECTOR`` (the face detector, reserved once around all detections; with
+``MIKU_DETECTOR_VIA=llama-swap`` it is the llama-swap model ``detector_model``). A full
 vramctl file (``MIKU_VRAM_CONFIG``) may declare more consumers; it must use these two names.
 """
 
@@ -27,13 +28,19 @@ def vram_settings(settings: Settings) -> VramSettings:
     if settings.vram_config is not None:
         return VramSettings.from_yaml(settings.vram_config, **common)
     consumers: list[Consumer] = []
+    # With the detector under llama-swap, llama-swap's routing decides who holds the card: the reservations
+    # only order this bot's own work and unload nothing (docs/vramctl.md, "Who arbitrates the card").
+    routed = settings.detector_via == "llama-swap"
     if settings.llama_swap_url:
         if settings.text_model:
             consumers.append(Consumer(name=TEXT, kind="llama-swap", model=settings.text_model,
-                                      vram_mib=settings.text_vram_mib, priority=0))
+                                      vram_mib=settings.text_vram_mib, priority=0, routed=routed))
         consumers.append(Consumer(name=VISION, kind="llama-swap", model=settings.vision_model,
-                                  vram_mib=settings.vision_vram_mib, priority=1))
-    if settings.face_detector_url:
+                                  vram_mib=settings.vision_vram_mib, priority=1, routed=routed))
+    if routed:
+        consumers.append(Consumer(name=DETECTOR, kind="llama-swap", model=settings.detector_model,
+                                  vram_mib=settings.detector_vram_mib, priority=2, routed=True))
+    elif settings.face_detector_url:
         consumers.append(Consumer(name=DETECTOR, kind="facedetect", url=settings.face_detector_url,
                                   vram_mib=settings.detector_vram_mib, priority=2))
     else:

@@ -8,12 +8,13 @@
 
 from .config import Consumer, VramSettings
 from .coordinator import Coordinator, Reservation
-from .errors import NotEnoughVram, ReservationTimeout, ServerError, UnknownConsumer, UnloadUnsupported, VramError
+from .errors import LeaseError, NotEnoughVram, ReservationTimeout, ServerError, UnknownConsumer, UnloadUnsupported, VramError
+from .lease import HostLease
 from .probes import EmulatorProbe, GpuMemory, GpuProcess, NoProbe, NvidiaSmiProbe, NvmlProbe, Probe, ProbeError, select_probe
 from .timeline import Timeline, TimelineEvent
 
 __all__ = [
-    "Consumer", "Coordinator", "EmulatorProbe", "GpuMemory", "GpuProcess", "NoProbe", "NotEnoughVram",
+    "Consumer", "Coordinator", "EmulatorProbe", "GpuMemory", "GpuProcess", "HostLease", "LeaseError", "NoProbe", "NotEnoughVram",
     "NvidiaSmiProbe", "NvmlProbe", "Probe", "ProbeError", "Reservation", "ReservationTimeout", "ServerError",
     "Timeline", "TimelineEvent", "UnknownConsumer", "UnloadUnsupported", "VramError", "VramSettings", "select_probe",
 ]

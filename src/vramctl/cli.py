@@ -3,6 +3,7 @@
     vramctl status [--json]            GPU + what each server has loaded
     vramctl free CONSUMER | --mib N    make room now and print the timeline
     vramctl watch                      live view
+    vramctl hold DETECTOR_URL          llama-swap's `cmd` for the face detector (docs/vramctl.md)
 
 Each command takes `--llama-swap URL` (default $MIKU_LLAMA_SWAP_URL, else http://localhost:8090) and
 `--config FILE` (YAML with the VramSettings fields; default $MIKU_VRAM_CONFIG).
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import httpx
 import typer
 from pydantic import ValidationError
 from rich.console import Console, Group
@@ -24,10 +26,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .config import VramSettings
+from .config import DETECTOR_VRAM_MIB, VramSettings
 from .coordinator import Coordinator, Reservation
 from .errors import VramError
-from .probes import ProbeError
+from .hold import DetectorHold, hold_until_signalled
+from .probes import ProbeError, select_probe
 
 app = typer.Typer(help="VRAM coordination: measure, unload, wait.", no_args_is_help=True, add_completion=False)
 console = Console()
@@ -191,6 +194,27 @@ def watch(interval: Annotated[float, typer.Option("--interval", min=0.05, help="
                     if count and n >= count:
                         return
                     await asyncio.sleep(interval)
+
+    _run(go)
+
+
+@app.command()
+def hold(detector_url: Annotated[str, typer.Argument(help="The face detector service's base URL.")],
+         vram_mib: Annotated[int, typer.Option("--vram-mib", min=0, envvar="MIKU_DETECTOR_VRAM_MIB",
+                                               help="What the detector needs on the card.")] = DETECTOR_VRAM_MIB,
+         timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.01,
+                                                          help="Seconds to wait for the room (and, when "
+                                                               "stopping, for the memory to come back).")] = None,
+         config: ConfigOpt = None, probe: ProbeOpt = None, probe_url: ProbeUrlOpt = None) -> None:
+    """Load the face detector once the card shows its room free, hold it until SIGTERM, then unload it and
+    exit once the memory is back: the `cmd` of the detector as a llama-swap model."""
+    s = _settings(config, None, probe, probe_url, timeout_s=timeout)
+
+    async def go() -> None:
+        async with httpx.AsyncClient(timeout=s.http_timeout_s) as http:
+            h = DetectorHold(detector_url, vram_mib, select_probe(s, http), http, safety_margin_mib=s.safety_margin_mib,
+                             poll_s=s.poll_s, timeout_s=s.timeout_s, token=s.facedetect_token)
+            await hold_until_signalled(h)
 
     _run(go)
 

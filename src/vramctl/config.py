@@ -28,11 +28,17 @@ class Consumer(BaseModel):
     model: str | None = None  # llama-swap model id / Ollama model name
     url: str | None = None  # base URL of its server; llama-swap consumers default to settings.llama_swap_url
     priority: int = 0  # higher = evicted last
+    # A llama-swap model whose room llama-swap's routing makes when it is requested (the detector as a
+    # llama-swap model, and the models it is routed against): reserving it unloads nothing and waits for
+    # nothing — llama-swap stops what may not run beside it, and `vramctl hold` waits for the memory.
+    routed: bool = False
 
     @model_validator(mode="after")
     def _needs_what_it_controls(self) -> "Consumer":
         if self.kind in ("llama-swap", "ollama") and not self.model:
             raise ValueError(f"consumer {self.name!r} of kind {self.kind} needs `model` (the id its server knows)")
+        if self.routed and self.kind != "llama-swap":
+            raise ValueError(f"consumer {self.name!r}: only a llama-swap model can be routed by llama-swap")
         if self.kind in ("ollama", "facedetect") and not self.url:
             raise ValueError(f"consumer {self.name!r} of kind {self.kind} needs `url` (its server's base URL)")
         return self
@@ -85,6 +91,9 @@ class VramSettings(BaseSettings):
         default=None, validation_alias=AliasChoices("facedetect_token", "FACEDETECT_TOKEN", "MIKU_VRAM_FACEDETECT_TOKEN"),
     )
     http_timeout_s: float = Field(default=30.0, gt=0)  # one HTTP call; an unload waits for the process to exit
+    # The host lease (lease.py): a file every process of ours on the host can open; unset, reservations are
+    # ordered within this process only.
+    lease_file: Path | None = None
 
     @field_validator("llama_swap_url", "probe_url")
     @classmethod

@@ -26,7 +26,8 @@ import httpx
 
 from . import metrics
 from .config import Consumer, VramSettings
-from .errors import NotEnoughVram, ReservationTimeout, ServerError, UnloadUnsupported, VramError
+from .errors import LeaseError, NotEnoughVram, ReservationTimeout, ServerError, UnloadUnsupported, VramError
+from .lease import HostLease
 from .planner import choose_victims
 from .probes import GpuMemory, Probe, ProbeError, select_probe
 from .servers import FaceDetectControl, LlamaSwapClient, OllamaClient
@@ -70,6 +71,7 @@ class Coordinator:
         self.probe: Probe = probe or select_probe(settings, self._http)
         self.timeline = Timeline()
         self._lock = asyncio.Lock()
+        self.lease = HostLease(settings.lease_file) if settings.lease_file else None
         self._held: dict[str, int] = defaultdict(int)
         self._catalogs: dict[str, Catalog] = {}  # llama-swap URL → the names it answers to
 
@@ -127,15 +129,26 @@ class Coordinator:
         queued = self._lock.locked()
         self._event(res, "request", c.name, None,
                     f"needs {c.vram_mib} MiB" + (f"; {note}" if note else "") + ("; queued behind another" if queued else ""))
-        async with self._lock:
-            try:
-                await self._make_room(c, res)
-            except VramError as exc:
-                outcome = "timeout" if isinstance(exc, ReservationTimeout) else "error"
-                self._event(res, "failed", c.name, None, str(exc))
-                metrics.RESERVATIONS.labels(c.name, outcome).inc()
-                raise
-            self._held[c.name] += 1
+        try:
+            await self._take_lease(c, res, note)
+        except LeaseError as exc:
+            self._event(res, "failed", c.name, None, str(exc))
+            metrics.RESERVATIONS.labels(c.name, "timeout").inc()
+            raise
+        try:
+            async with self._lock:
+                try:
+                    await self._make_room(c, res)
+                except VramError as exc:
+                    outcome = "timeout" if isinstance(exc, ReservationTimeout) else "error"
+                    self._event(res, "failed", c.name, None, str(exc))
+                    metrics.RESERVATIONS.labels(c.name, outcome).inc()
+                    raise
+                self._held[c.name] += 1
+        except BaseException:
+            if self.lease:
+                self.lease.release()
+            raise
         res.waited_s = time.monotonic() - started
         self._event(res, "granted", c.name, res.free_mib, f"after {res.waited_s:.3f} s")
         metrics.RESERVATIONS.labels(c.name, "granted").inc()
@@ -146,12 +159,28 @@ class Coordinator:
         finally:
             self._held[c.name] -= 1
             metrics.HELD.labels(c.name).dec()
+            if self.lease:
+                self.lease.release()
             self._event(res, "released", c.name, None, f"held {time.monotonic() - started - res.waited_s:.3f} s")
+
+    async def _take_lease(self, c: Consumer, res: Reservation, note: str) -> None:
+        """The host lease first (when configured): another process of ours may hold the card's room."""
+        if self.lease is None:
+            return
+        if not self.lease.held and (holder := self.lease.holder()):
+            self._event(res, "lease-wait", c.name, None, f"host lease {self.lease.path} held by {holder}")
+        s = self.settings
+        waited = await self.lease.acquire(s.timeout_s, s.poll_s, f"{c.name}{f', {note}' if note else ''}")
+        self._event(res, "lease", c.name, None, f"host lease {self.lease.path} taken after {waited:.3f} s")
 
     async def _make_room(self, c: Consumer, res: Reservation) -> None:
         need = c.vram_mib + self.settings.safety_margin_mib
         states, _ = await self._residency(res)
         states.setdefault(c.name, Residency(None, "not a configured consumer"))  # reserve_mib
+        if c.routed:
+            self._event(res, "routed", c.name, None, "llama-swap's routing makes its room when it is requested "
+                        "(and its start command waits until the card shows the memory free)")
+            return
         if self._cpu_only(c, states):
             self._event(res, "cpu-only", c.name, None,
                         f"face detector runs on the CPU ({states[c.name].backend or 'unknown backend'}): needs no "

@@ -32,3 +32,8 @@ class ReservationTimeout(VramError):
 
 class NotEnoughVram(VramError):
     """Nothing left to unload and nothing being released, yet the card still lacks the memory."""
+
+
+class LeaseError(VramError):
+    """The host lease (another process's hold on the card's room) was not released in time, or its file
+    cannot be opened."""

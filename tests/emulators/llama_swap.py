@@ -896,6 +896,10 @@ def create_detector_app(gpu: SimulatedGpu, *, vram_mib: float = 1024, load_s: fl
             body["uses_gpu"] = uses_gpu
         return body
 
+    @app.get("/ready")
+    async def ready() -> Response:  # the real service's llama-swap checkEndpoint (facedetect.api)
+        return JSONResponse(await health(), status_code=200 if st["loaded"] else 503)
+
     @app.post("/load")
     async def load() -> Response:
         if not st["loaded"]:

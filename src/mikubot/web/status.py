@@ -20,14 +20,18 @@ PROBE_TIMEOUT_S = 5.0
 async def detector_status(runner: ChangeRunner) -> dict[str, Any]:
     s = runner.pipeline.settings
     local = runner.pipeline.local_detector
-    if s.face_detector_url:
-        out: dict[str, Any] = {"mode": "service", "url": safe_link(s.face_detector_url), "fallback": local.backend}
+    if url := s.detector_service_url:
+        out: dict[str, Any] = {"mode": "service" if s.detector_via == "direct" else "llama-swap",
+                               "url": safe_link(url), "fallback": local.backend}
         try:
-            async with AsyncFaceDetectClient(s.face_detector_url, timeout=PROBE_TIMEOUT_S) as client:
+            async with AsyncFaceDetectClient(url, timeout=PROBE_TIMEOUT_S, api_key=s.detector_api_key) as client:
                 health = await client.health()
             out.update(ok=True, health=health, loaded=bool(health.get("detector_loaded")))
         except FaceDetectClientError as exc:
-            out.update(ok=False, error=exc.message)
+            if s.detector_via == "llama-swap" and exc.status_code == 409:  # not loaded; asking must not load it
+                out.update(ok=True, loaded=False)
+            else:
+                out.update(ok=False, error=exc.message)
         return out
     out = {"mode": "in-process", "backend": local.backend}
     try:

@@ -43,7 +43,6 @@ from facedetect.memory import map_large_blocks, release_after
 from facedetect.multipart import read_file_field
 from mikubot.config import Settings
 from mikubot.crop import CropError, avatar_png
-from mikubot.detection import FaceFinder
 from mikubot.outputs import annotated_source, atomic_write, jpeg_bytes
 from mikubot.pipeline import AvatarPipeline, NoRoomForDetector, Picture, frame_best
 
@@ -186,7 +185,7 @@ async def _preview(pipeline: AvatarPipeline, image: Any, width: int, height: int
             service, _ = await pipeline.reserve_detector(room, "upload preview", note)
         except NoRoomForDetector as exc:
             raise HTTPException(503, str(exc)) from None
-        async with FaceFinder(service, pipeline.local_detector, note) as finder:
+        async with pipeline.face_finder(service, note) as finder:
             found = await finder.find(image, data, path.name)
     if found.error:
         notes.append(found.error)
