@@ -252,7 +252,8 @@ def assemble(labels: list[LabelsFile], repos: Path, out: Path, *, do_clone: bool
                 "faces": [{"bbox": list(face.bbox), "tags": face.tags} for face in pic.faces],
             }
         source = (sources or {}).get(f.split)
-        doc = {"split": f.split, "convention": f.convention, "source": str(source) if source else None, "images": entries}
+        shown = None if source is None else str(source.relative_to(ROOT) if source.is_relative_to(ROOT) else source)
+        doc = {"split": f.split, "convention": f.convention, "source": shown, "images": entries}
         (split_dir / "labels.json").write_text(json.dumps(doc, indent=1) + "\n")
         written[f.split] = len(entries)
     return written
