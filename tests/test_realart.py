@@ -211,3 +211,23 @@ def test_committed_labels_are_valid(path: Path) -> None:
 
 def test_committed_splits_share_no_source() -> None:
     realart.check_splits([realart.load_labels(p) for p in COMMITTED])
+
+
+def test_detect_benchmark_reads_an_assembled_split(source, tmp_path: Path, capsys) -> None:
+    """bench/detect.py's realart sets: the assembled pictures, their boxes and their source (the per-source rows)."""
+    import detect
+    from metrics import Counts
+
+    work, commit, data = source
+    repos = tmp_path / "repos"
+    repos.mkdir()
+    git(repos, "clone", "-q", "--bare", str(work), "someone+anime-samples")
+    out = tmp_path / "out"
+    rc, text = run(["assemble", "--repos", str(repos), "--out", str(out), "--labels-dir",
+                    str(labels_dir(tmp_path, commit, data))], capsys)
+    assert rc == 0, text
+    (item,) = detect.realart_items(out / "tune")
+    assert item.group == REPO and item.truth == [[10, 10, 30, 30]] and item.load().size == (50, 60)
+    score = detect.Score(by_group={REPO: Counts(tp=1, fp=1, fn=0)})
+    rendered = detect.by_source("realart-tune", {detect.OURS: score})
+    assert f"| {REPO} | F1 0.67, R 1.00 (1/1/0) |" in rendered and "| source | ours |" in rendered
