@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -83,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="tune")
     ap.add_argument("--only", nargs="*", default=None, help="picture ids (without .png)")
     ap.add_argument("--zoom", default=None, help="x1,y1,x2,y2: draw only this region, enlarged")
-    ap.add_argument("--cascade", type=Path, default=ROOT.parent / "shared" / "bench" / "peers" / "lbpcascade_animeface.xml")
+    bench_data = Path(os.environ.get("MIKU_BENCH_DATA", ROOT.parent / "shared" / "bench"))
+    ap.add_argument("--cascade", type=Path, default=bench_data / "peers" / "lbpcascade_animeface.xml",
+                    help="lbpcascade_animeface.xml (default: $MIKU_BENCH_DATA or ../shared/bench, peers/)")
     ap.add_argument("--cascade-scale", type=float, default=0.63)
     ap.add_argument("--cascade-dy", type=float, default=0.0)
     ap.add_argument("--no-detect", action="store_true", help="draw the labels and the grid only")
