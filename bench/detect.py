@@ -495,13 +495,14 @@ def main(argv: list[str] | None = None) -> int:
                          note_miss if key in ("renpy", "grid") else lambda *_: None)
         out, into = (realart_sections, realart_summary) if key in REALART_SETS else (sections, summary)
         into[key] = scores
+        first = len(out)
         out.append(render(title, unit, scores, runners, note))
         if key in REALART_SETS:
             out.extend(realart_verdict(scores, n) for n in (None, PREVIOUS, FAST))
             out.append(by_source(key, scores))
         else:
             out.extend(verdict(scores, n) for n in (None, PREVIOUS, FAST))
-        print("\n\n".join(out[-4:]) + "\n", flush=True)
+        print("\n\n".join(out[first:]) + "\n", flush=True)
     load1 = os.getloadavg()[0]
     ours = {k: v for k, v in runners[0].det.describe().items() if k in ("search", "twostage", "face_filter")}
     subset = f" Only the first {args.limit} images of each set (`--limit`)." if args.limit else ""
