@@ -8,7 +8,7 @@ OUT    ?= out/demo
 BENCH_DATA ?= ../shared/bench
 SCENES ?= .cache/scenes
 
-.PHONY: help install art scenes proposals verifier facefilter demo test test-hysts test-fast stack-test bench lint clean constraints llama-swap
+.PHONY: help install art scenes realart proposals verifier facefilter demo test test-hysts test-fast stack-test bench lint clean constraints llama-swap
 
 help:
 	@echo "make demo   - detect faces in the sample art and make an avatar (embedded defaults, no config)"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench  - run the benchmarks and rewrite bench/RESULTS.md"
 	@echo "make constraints - re-resolve every extra of pyproject.toml into constraints.txt (needs PyPI)"
 	@echo "make scenes - compose the labelled scene sets for detection/crop benchmarks (.cache/scenes)"
+	@echo "make realart REALART_REPOS=DIR - assemble the hand-labelled real-art sets from their source repositories (.cache/realart)"
 	@echo "make proposals - retrain the two-stage detector's proposal model on scene-tune (committed; CI need not)"
 	@echo "make verifier - retrain the two-stage detector's proposal verifier on scene-tune (PyTorch CPU; committed; CI need not)"
 	@echo "make facefilter - retrain the detector's false-positive filter on scene-tune (FILTER_DETECTOR/FILTER_OPTIONS)"
@@ -42,6 +43,17 @@ scenes: $(SCENES)/.complete
 
 $(SCENES)/.complete: $(ART)/.complete bench/scenes.py tests/labels/renpy.json | $(VENV)/.installed
 	$(PY) bench/scenes.py --art $(ART)/images --out $(SCENES)
+
+# The real-art sets (bench/realart.py, docs/realart.md): pictures by many artists, taken from public repositories
+# at the commits bench/realart/{tune,test}.json record. REALART_REPOS names a folder holding one repository per
+# source, checked out or bare, as DIR/owner+name, DIR/owner/name or DIR/owner+name/repo; REALART_CLONE=1 clones
+# the missing ones from GitHub (needs a network). There is no default: the folder is machine-specific.
+REALART_REPOS ?=
+REALART_CLONE ?=
+REALART ?= .cache/realart
+realart: | $(VENV)/.installed
+	@test -n "$(REALART_REPOS)" || { echo "make realart: set REALART_REPOS=DIR, a folder of the source repositories (DIR/owner+name, DIR/owner/name or DIR/owner+name/repo; add REALART_CLONE=1 to clone the missing ones); see docs/realart.md" >&2; exit 2; }
+	$(PY) bench/realart.py assemble --repos $(REALART_REPOS) --out $(REALART) $(if $(REALART_CLONE),--clone)
 
 # The two-stage detector's proposal classifier, trained on scene-tune only; see bench/train_proposals.py.
 proposals: scenes
