@@ -56,8 +56,12 @@ realart: | $(VENV)/.installed
 	$(PY) bench/realart.py assemble --repos $(REALART_REPOS) --out $(REALART) $(if $(REALART_CLONE),--clone)
 
 # The two-stage detector's proposal classifier, trained on scene-tune only; see bench/train_proposals.py.
+# The committed proposal classifier and verifier were trained on scene-tune alone. REAL_TUNE='--realart
+# .cache/realart/tune' adds the real-art tune split (bench/realart.py assemble --split tune; optionally
+# --hold-out OWNER/NAME ...); docs/detector-speed.md, "Real art", says why the defaults do not.
+REAL_TUNE ?= --no-realart
 proposals: scenes
-	$(PY) bench/train_proposals.py --scenes $(SCENES)
+	$(PY) bench/train_proposals.py --scenes $(SCENES) $(REAL_TUNE)
 
 # The two-stage detector's proposal verifier (a small CNN), trained on scene-tune only; see bench/train_verifier.py.
 # PyTorch (CPU build) lives in its own venv so the project's pins stay as they are; the detector runs the
@@ -73,7 +77,7 @@ $(TRAIN_VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 verifier: scenes $(TRAIN_VENV)/.installed
-	$(TRAIN_VENV)/bin/python bench/train_verifier.py --scenes $(SCENES)
+	$(TRAIN_VENV)/bin/python bench/train_verifier.py --scenes $(SCENES) $(REAL_TUNE)
 
 # The default detector's learned false-positive filter, retrained on scene-tune only (bench/train_facefilter.py).
 # FILTER_DETECTOR / FILTER_OPTIONS (JSON) name the detector whose candidates it learns from.

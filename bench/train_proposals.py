@@ -1,7 +1,10 @@
 """Train the two-stage detector's proposal classifier (src/facedetect/backends/models/proposals.json).
 
-Trained on **scene-tune only** (``make scenes``; bench/scenes.py): nothing of scene-test, the Ren'Py labels
-or the anime-grid is read, so those stay out-of-sample. Deterministic: one fixed seed, and the solver
+Trained on **scene-tune** (``make scenes``; bench/scenes.py) and, unless ``--no-realart``, the **real-art tune**
+split (``bench/realart.py assemble --split tune``; ``--hold-out OWNER/NAME ...`` leaves some of its sources out,
+to validate a choice on them): nothing of scene-test, real-art test, the Ren'Py labels or the anime-grid is
+read, so those stay out-of-sample. The committed model was trained on scene-tune alone (``--no-realart``):
+adding real-art tune did not help on held-out real-art sources (docs/detector-speed.md, "Real art"). Deterministic: one fixed seed, and the solver
 (Newton steps of L2-regularised logistic regression on HOG features) has no randomness of its own.
 
 * Positives: every labelled face's window (its box grown by ``CONTEXT``), plus augmented copies: mirrored,
@@ -12,7 +15,8 @@ or the anime-grid is read, so those stay out-of-sample. Deterministic: one fixed
 * Operating point: the threshold at which ``--recall`` of the tune faces still have a window (proposal
   IoU >= 0.3 with the label) after the detector's own search, so the stage stays permissive.
 
-    .venv/bin/python bench/train_proposals.py [--scenes .cache/scenes] [--out PATH] [--seed 9]
+    .venv/bin/python bench/train_proposals.py [--scenes .cache/scenes] [--realart .cache/realart/tune | --no-realart]
+        [--hold-out OWNER/NAME ...] [--out PATH] [--seed 9]
 """
 
 from __future__ import annotations
@@ -89,14 +93,22 @@ def fit(x: np.ndarray, y: np.ndarray, l2: float = L2, iterations: int = 30) -> t
     return w[:-1].astype(np.float32), float(w[-1])
 
 
-def load_tune(scenes: Path) -> list[tuple[np.ndarray, list, list]]:
-    split = scenes / "tune"
-    labels = json.loads((split / "labels.json").read_text())
+def load_tune(split: Path, hold_out: frozenset[str] = frozenset()) -> list[tuple[np.ndarray, list, list]]:
+    """The grey pictures, face boxes and distractor boxes of a tune split (scene-tune, ``make scenes``, or
+    real-art tune, ``bench/realart.py assemble``: the same labels format), less the pictures of the
+    ``hold_out`` repositories (real art: left out to validate a choice on)."""
+    try:
+        labels = json.loads((split / "labels.json").read_text())
+    except OSError as exc:
+        raise SystemExit(f"cannot read {split}/labels.json ({exc.strerror}): build it first (`make scenes`; "
+                         "`bench/realart.py assemble --split tune`), or pass --no-realart") from None
     if labels.get("split") != "tune":
-        raise SystemExit(f"{split}/labels.json is not the tune split")
+        raise SystemExit(f"{split}/labels.json is not a tune split")
     out = []
     for name in sorted(labels["images"]):
         entry = labels["images"][name]
+        if entry.get("repo", "").lower() in hold_out:
+            continue
         bgr = cv2.imread(str(split / name))
         if bgr is None:
             raise SystemExit(f"cannot read {split / name}")
@@ -109,10 +121,13 @@ def windows_box(cx: float, cy: float, side: float) -> tuple[float, float, float,
     return (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
 
 
-def train(scenes: Path, seed: int, rounds: int, recall: float) -> dict:
+def train(scenes: Path, realart: Path | None, seed: int, rounds: int, recall: float,
+          hold_out: frozenset[str] = frozenset()) -> dict:
     rng = np.random.default_rng(seed)
     hog = make_hog()
-    images = load_tune(scenes)
+    images = load_tune(scenes / "tune")
+    if realart is not None:
+        images += load_tune(realart, hold_out)
     pos, neg = [], []
     for gray, faces, distractors in images:
         h, w = gray.shape
@@ -170,21 +185,35 @@ def train(scenes: Path, seed: int, rounds: int, recall: float) -> dict:
     threshold = float(np.quantile(np.array(best), 1.0 - recall, method="lower"))
     print(f"threshold {threshold:.3f}: {np.mean(np.array(best) >= threshold):.3f} of {len(best)} tune faces proposed")
     return {
-        "trained_by": "bench/train_proposals.py", "trained_on": "scene-tune", "seed": seed, "rounds": rounds,
+        "trained_by": "bench/train_proposals.py", "trained_on": trained_on(realart, hold_out), "seed": seed,
+        "rounds": rounds,
         "window": WINDOW, "context": CONTEXT, "threshold": round(threshold, 4),
         "bias": round(bias, 6), "weights": [round(float(v), 6) for v in weights],
     }
 
 
+def trained_on(realart: Path | None, hold_out: frozenset[str]) -> str:
+    if realart is None:
+        return "scene-tune"
+    return "scene-tune + real-art tune" + (f" less {', '.join(sorted(hold_out))}" if hold_out else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scenes", type=Path, default=ROOT / ".cache" / "scenes")
+    ap.add_argument("--realart", type=Path, default=ROOT / ".cache" / "realart" / "tune",
+                    help="real-art tune split (bench/realart.py assemble --split tune)")
+    ap.add_argument("--no-realart", action="store_true", help="train on scene-tune alone")
+    ap.add_argument("--hold-out", nargs="*", default=[], metavar="OWNER/NAME",
+                    help="real-art repositories left out of training (to validate on them)")
     ap.add_argument("--out", type=Path, default=MODEL_PATH)
     ap.add_argument("--seed", type=int, default=9)
     ap.add_argument("--rounds", type=int, default=1, help="hard-negative rounds")
     ap.add_argument("--recall", type=float, default=0.99, help="share of tune faces the default threshold keeps")
     args = ap.parse_args(argv)
-    model = train(args.scenes, args.seed, args.rounds, args.recall)
+    realart = None if args.no_realart else args.realart
+    model = train(args.scenes, realart, args.seed, args.rounds, args.recall,
+                  frozenset(r.lower() for r in args.hold_out))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(model, separators=(",", ":")) + "\n")
     print(f"wrote {args.out}")

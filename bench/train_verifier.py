@@ -1,10 +1,16 @@
-"""Train the two-stage detector's proposal verifier on scene-tune only; write models/verifier.{onnx,json}.
+"""Train the two-stage detector's proposal verifier on scene-tune and real-art tune; write models/verifier.{onnx,json}.
 
     make verifier            # a separate venv with PyTorch for the CPU, then this script
-    python bench/train_verifier.py --scenes .cache/scenes [--epochs 30] [--seed 9]
+    python bench/train_verifier.py --scenes .cache/scenes [--realart .cache/realart/tune | --no-realart]
+        [--hold-out OWNER/NAME ...] [--proposals PATH] [--epochs 30] [--seed 9] [--out PATH]
+
+The real-art tune split (``bench/realart.py assemble --split tune``) adds pictures from many artists; its
+windows are drawn ``REAL_WEIGHT`` times as often as the scenes' (there are fewer of them), and
+``--hold-out`` leaves some of its sources out to validate on them. The committed network was trained on
+scene-tune alone (``--no-realart``); see docs/detector-speed.md, "Real art", for what the real-art recipe did.
 
 Recipe (docs/detector-speed.md, "The verifier"): the proposal stage (``models/proposals.json``) runs on every
-scene-tune image at a permissive setting (score >= -1, a denser lattice than detection's: stride 4 px and
+tune image at a permissive setting (score >= -1, a denser lattice than detection's: stride 4 px and
 pyramid scale 1.08 against 8 and 1.1, non-maximum suppression at IoU 0.5, at most 48 windows), so the
 verifier learns from windows like those it will be shown, placed a little more variously, hard negatives
 included. A window is a
@@ -35,31 +41,46 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 from bench.metrics import iou  # noqa: E402
-from facedetect.backends.proposals import default_model, grey, propose  # noqa: E402
+from facedetect.backends.proposals import ProposalModel, default_model, grey, propose  # noqa: E402
 from facedetect.backends.twostage import suppress  # noqa: E402
 from facedetect.backends.verifier import CONTEXT, CROP, INPUT, blob, model_paths, windows  # noqa: E402
 
 POSITIVE, NEGATIVE = 0.4, 0.25  # IoU with a labelled face
+# Real-art windows are drawn this many times as often as scene windows: there are fewer of them (160 faces
+# against 283) and they are the art the detector meets, from many artists instead of three characters.
+REAL_WEIGHT = 3
 PERMISSIVE = dict(threshold=-1.0, stride=4, scale=1.08, nms_iou=0.5, limit=48)
 
 
-def collect(scenes: Path) -> dict[str, np.ndarray]:
-    split = scenes / "tune"
-    labels = json.loads((split / "labels.json").read_text())
-    if labels.get("split") != "tune":
-        raise SystemExit(f"{split}/labels.json is not the tune split")
-    hog = default_model().detector()
-    crops, overlap, target = [], [], []
-    for name in sorted(labels["images"]):
-        bgr = cv2.imread(str(split / name))
+def collect(splits: list[Path], hold_out: frozenset[str] = frozenset(),
+            proposals: Path | None = None) -> dict[str, np.ndarray]:
+    """Proposal windows of every picture of the tune ``splits`` (scene-tune; real-art tune, less the pictures
+    of the ``hold_out`` repositories), with their best IoU with a labelled face and the regression target.
+    Real-art windows are marked (``real``) so training can draw them more often: they are fewer."""
+    pictures = []
+    for split in splits:
+        try:
+            labels = json.loads((split / "labels.json").read_text())
+        except OSError as exc:
+            raise SystemExit(f"cannot read {split}/labels.json ({exc.strerror}): build it first (`make scenes`; "
+                         "`bench/realart.py assemble --split tune`), or pass --no-realart") from None
+        if labels.get("split") != "tune":
+            raise SystemExit(f"{split}/labels.json is not a tune split")
+        pictures += [(split / name, entry) for name, entry in sorted(labels["images"].items())
+                     if entry.get("repo", "").lower() not in hold_out]
+    hog = (ProposalModel.load(proposals) if proposals else default_model()).detector()
+    crops, overlap, target, real = [], [], [], []
+    for path, entry in pictures:
+        bgr = cv2.imread(str(path))
         if bgr is None:
-            raise SystemExit(f"cannot read {split / name}")
+            raise SystemExit(f"cannot read {path}")
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        truth = [f["bbox"] for f in labels["images"][name]["faces"]]
+        truth = [f["bbox"] for f in entry["faces"]]
         found = propose(hog, grey(rgb), PERMISSIVE["threshold"], stride=PERMISSIVE["stride"],
                         scale=PERMISSIVE["scale"])
         boxes = [p.box for p in suppress(found, PERMISSIVE["nms_iou"], PERMISSIVE["limit"])]
         crops.append(windows(rgb, boxes))
+        real += [bool(entry.get("repo"))] * len(boxes)
         for b in boxes:
             ious = [iou(b, t) for t in truth]
             best = int(np.argmax(ious)) if ious else -1
@@ -70,8 +91,8 @@ def collect(scenes: Path) -> dict[str, np.ndarray]:
             t, w = truth[best], b[2] - b[0]
             target.append((((t[0] + t[2]) - (b[0] + b[2])) / 2 / w, ((t[1] + t[3]) - (b[1] + b[3])) / 2 / w,
                            float(np.log((t[2] - t[0]) / w))))
-    return {"crops": np.concatenate(crops), "iou": np.array(overlap, np.float32),
-            "target": np.array(target, np.float32)}
+    return {"crops": np.concatenate(crops) if crops else np.zeros((0, CROP, CROP, 3), np.uint8),
+            "iou": np.array(overlap, np.float32), "target": np.array(target, np.float32), "real": np.array(real, bool)}
 
 
 def augment(rng: np.random.Generator, crop: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -117,7 +138,7 @@ def build_network():
     return Verifier()
 
 
-def train(data: dict[str, np.ndarray], epochs: int, seed: int):
+def train(data: dict[str, np.ndarray], epochs: int, seed: int, real_weight: int = REAL_WEIGHT):
     import torch
     import torch.nn.functional as F
 
@@ -125,7 +146,7 @@ def train(data: dict[str, np.ndarray], epochs: int, seed: int):
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     rng = np.random.default_rng(seed)
     keep = (data["iou"] >= POSITIVE) | (data["iou"] < NEGATIVE)
-    crops, target = data["crops"][keep], data["target"][keep]
+    crops, target, real = data["crops"][keep], data["target"][keep], data["real"][keep]
     label = (data["iou"][keep] >= POSITIVE).astype(np.float32)
     regress = (data["iou"][keep] >= 0.3).astype(np.float32)  # every positive
     positives, negatives = np.flatnonzero(label > 0), np.flatnonzero(label == 0)
@@ -137,7 +158,8 @@ def train(data: dict[str, np.ndarray], epochs: int, seed: int):
         if epoch == epochs * 2 // 3:
             for group in opt.param_groups:
                 group["lr"] /= 4
-        order = np.concatenate([negatives, np.repeat(positives, 4)])
+        order = np.concatenate([negatives, np.repeat(negatives[real[negatives]], real_weight - 1),
+                                np.repeat(positives, 4), np.repeat(positives[real[positives]], 4 * (real_weight - 1))])
         rng.shuffle(order)
         total = 0.0
         for b in range(0, len(order), 128):
@@ -175,6 +197,13 @@ def export(net, data: dict[str, np.ndarray], out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scenes", type=Path, default=ROOT / ".cache" / "scenes")
+    ap.add_argument("--realart", type=Path, default=ROOT / ".cache" / "realart" / "tune",
+                    help="real-art tune split (bench/realart.py assemble --split tune)")
+    ap.add_argument("--no-realart", action="store_true", help="train on scene-tune alone")
+    ap.add_argument("--hold-out", nargs="*", default=[], metavar="OWNER/NAME",
+                    help="real-art repositories left out of training (to validate on them)")
+    ap.add_argument("--proposals", type=Path, default=None,
+                    help="proposal model whose windows it learns from (default: the committed one)")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--seed", type=int, default=9)
     ap.add_argument("--out", type=Path, default=None, help="the .onnx to write (default: the committed model)")
@@ -186,12 +215,16 @@ def main(argv: list[str] | None = None) -> int:
     model, description = model_paths()
     if args.out is not None:
         model, description = args.out, args.out.with_suffix(".json")
-    data = collect(args.scenes)
+    hold_out = frozenset(r.lower() for r in args.hold_out)
+    splits = [args.scenes / "tune"] + ([] if args.no_realart else [args.realart])
+    data = collect(splits, hold_out, args.proposals)
     net = train(data, args.epochs, args.seed)
     export(net, data, model)
     keep = (data["iou"] >= POSITIVE) | (data["iou"] < NEGATIVE)
     description.write_text(json.dumps({
-        "trained_by": "bench/train_verifier.py", "trained_on": "scene-tune", "seed": args.seed,
+        "trained_by": "bench/train_verifier.py",
+        "trained_on": "scene-tune" + ("" if args.no_realart else " + real-art tune")
+        + (f" less {', '.join(sorted(hold_out))}" if hold_out else ""), "seed": args.seed,
         "epochs": args.epochs, "context": CONTEXT, "crop": CROP, "input": INPUT,
         "positives": int((data["iou"][keep] >= POSITIVE).sum()), "negatives": int((data["iou"] < NEGATIVE).sum()),
         "outputs": "logit of face; dx, dy, log width ratio of the labelled box, in proposal widths",

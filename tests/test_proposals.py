@@ -121,11 +121,26 @@ def test_training_is_deterministic(first_tune_dir: Path, tmp_path: Path) -> None
     (few / "tune" / "labels.json").write_text(json.dumps(doc))
     for k in keep:
         (few / "tune" / k).write_bytes((first_tune_dir / "tune" / k).read_bytes())
-    a = train_proposals.train(few, seed=9, rounds=1, recall=0.99)
-    b = train_proposals.train(few, seed=9, rounds=1, recall=0.99)
+    a = train_proposals.train(few, None, seed=9, rounds=1, recall=0.99)
+    b = train_proposals.train(few, None, seed=9, rounds=1, recall=0.99)
     assert a == b
-    c = train_proposals.train(few, seed=10, rounds=1, recall=0.99)
+    c = train_proposals.train(few, None, seed=10, rounds=1, recall=0.99)
     assert c["weights"] != a["weights"]  # the seed is what fixes it, not a constant result
+
+    # A real-art split (same labels format, each picture naming its repository): its pictures are trained on,
+    # unless their repository is held out, which must leave exactly the scene-only model.
+    real = tmp_path / "real"
+    real.mkdir()
+    extra = sorted(json.loads((first_tune_dir / "tune" / "labels.json").read_text())["images"])[3:5]
+    full = json.loads((first_tune_dir / "tune" / "labels.json").read_text())
+    doc = {"split": "tune", "images": {k: {**full["images"][k], "repo": "Some/Artist"} for k in extra}}
+    (real / "labels.json").write_text(json.dumps(doc))
+    for k in extra:
+        (real / k).write_bytes((first_tune_dir / "tune" / k).read_bytes())
+    with_real = train_proposals.train(few, real, seed=9, rounds=1, recall=0.99)
+    assert with_real["weights"] != a["weights"] and with_real["trained_on"] == "scene-tune + real-art tune"
+    held = train_proposals.train(few, real, seed=9, rounds=1, recall=0.99, hold_out=frozenset({"some/artist"}))
+    assert held["weights"] == a["weights"] and held["trained_on"].endswith("less some/artist")
 
 
 def test_describe_is_json() -> None:
