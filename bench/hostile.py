@@ -68,7 +68,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -419,28 +419,36 @@ def start_panel(workdir: Path, **settings: str) -> Iterator[Panel]:
            "MIKU_SOURCE": f"local:{workdir}", "MIKU_DRY_RUN": "true", **settings}
     exe = os.path.join(os.path.dirname(sys.executable), "mikubot")
     log = workdir / "panel.log"
+    with serving("mikubot web", [exe, "web", "--host", "127.0.0.1", "--port", str(port)], env, log, port) as proc:
+        yield Panel(f"http://127.0.0.1:{port}", proc, log, data)
+
+
+@contextlib.contextmanager
+def serving(name: str, args: list[str], env: dict[str, str], log: Path, port: int,
+            preexec_fn: Callable[[], None] | None = None) -> Iterator[subprocess.Popen]:
+    """Run ``args`` (a server on ``port``, output into ``log``) until it answers /health; stop it after."""
     with open(log, "w") as sink:
-        proc = subprocess.Popen([exe, "web", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                                stdout=sink, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(args, env=env, stdout=sink, stderr=subprocess.STDOUT, preexec_fn=preexec_fn)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"mikubot web exited with {proc.returncode}: {log.read_text()[-2000:]}")
+                raise RuntimeError(f"{name} exited with {proc.returncode}: {log.read_text()[-2000:]}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                raise TimeoutError("mikubot web did not answer within 120 s")
+                raise TimeoutError(f"{name} did not answer within 120 s")
             time.sleep(0.2)
-        yield Panel(url, proc, log, data)
+        yield proc
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
 
 
 def large_panel_phase(n: int, workdir: Path) -> LargePhase:
@@ -893,28 +901,8 @@ def limited_service(target: str, workdir: Path) -> Iterator[tuple[str, subproces
         env = {**os.environ, "FACEDETECT_OUTPUTS": str(workdir / "outputs")}
         args = [os.path.join(bin_dir, "facedetect"), "serve", "--host", "127.0.0.1", "--port", str(port)]
     log = workdir / f"{target}-slow.log"
-    with open(log, "w") as sink:
-        proc = subprocess.Popen(args, env=env, stdout=sink, stderr=subprocess.STDOUT, preexec_fn=_file_limit)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{target} exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{target} did not answer within 120 s")
-            time.sleep(0.2)
-        yield url, proc, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with serving(target, args, env, log, port, preexec_fn=_file_limit) as proc:
+        yield f"http://127.0.0.1:{port}", proc, log
 
 
 async def _slow_client(host: str, port: int, head: bytes, trickle: bytes, stop: asyncio.Event,
