@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -65,3 +70,44 @@ def first_tune_scenes(first_tune_dir: Path) -> list[tuple[str, object, list]]:
         (name, load_image((first_tune_dir / "tune" / name).read_bytes())[0], [f["bbox"] for f in entry["faces"]])
         for name, entry in sorted(doc["images"].items())
     ]
+
+
+class SmallDisk:
+    """A tmpfs of ``size`` mounted under .cache/, and a file that fills it to the last byte."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.filler = path / ".filler"
+
+    def fill(self) -> None:
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            for chunk in (1 << 16, 4096, 1):  # big steps, then the last page byte by byte
+                while True:
+                    try:
+                        os.write(fd, b"\0" * chunk)
+                    except OSError as exc:
+                        assert exc.errno == errno.ENOSPC, exc
+                        break
+        finally:
+            os.close(fd)
+        assert shutil.disk_usage(self.path).free == 0
+
+    def free(self) -> None:
+        self.filler.unlink()
+
+
+@pytest.fixture
+def small_disk() -> Iterator[SmallDisk]:
+    mount = Path(__file__).resolve().parent.parent / ".cache" / f"small-disk-{uuid.uuid4().hex[:8]}"
+    mount.mkdir(parents=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        mount.rmdir()
+        pytest.skip(f"cannot mount a small tmpfs here (needs root and CAP_SYS_ADMIN): {done.stderr.strip()}")
+    try:
+        yield SmallDisk(mount)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+        mount.rmdir()

@@ -6,6 +6,7 @@ handlers are plain async functions over it."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from pathlib import Path
 
@@ -36,9 +37,15 @@ def discord():
 
 @pytest.fixture
 async def bot(discord, art_dir, tmp_path):
+    async with bot_on(discord, art_dir, tmp_path / "data") as parts:
+        yield parts
+
+
+@contextlib.asynccontextmanager
+async def bot_on(discord, art_dir: Path, data_dir: Path):
     api, ctl = discord
     settings = Settings(
-        data_dir=tmp_path / "data", source=f"local:{art_dir}", candidates=1, discord_token="bot-token",
+        data_dir=data_dir, source=f"local:{art_dir}", candidates=1, discord_token="bot-token",
         discord_api=api, admin_user_ids=[ADMIN.user_id], admin_role_ids=[77], announce_channel_id=4242,
         guild_id=99, colour_role_id=555,
     )
@@ -199,3 +206,21 @@ async def test_progress_edits_are_throttled(bot):
     record = await pfp_change(ctx, state)
     edits = [a for a in ctl.interactions[token_of(ctx)] if a["kind"] == "edit"]
     assert len(edits) == 2 and f"#{record['id']}" in edits[-1]["content"]
+
+
+async def test_a_full_disk_is_answered_not_raised(discord, art_dir, small_disk):
+    """With the data directory's disk full not even the history row can be written: /pfp change and
+    /pfp restore say so (naming the place) instead of ending the interaction unanswered."""
+    async with bot_on(discord, art_dir, small_disk.path / "data") as (state, client, ctl, _):
+        first = await state.runner.change(dry_run=True)
+        small_disk.fill()
+        change, restore = interaction(client), interaction(client)
+        assert await pfp_change(change, state) is None
+        assert await pfp_restore(restore, state, first["id"]) is None
+        for ctx in (change, restore):
+            last = ctl.interactions[token_of(ctx)][-1]
+            assert last["kind"] == "edit" and "💾" in last["content"], last
+            assert str(small_disk.path / "data") in last["content"] and "full" in last["content"], last
+        assert state.runner.current is None
+        small_disk.free()
+        assert (await state.runner.change(dry_run=True))["status"] == "dry-run"

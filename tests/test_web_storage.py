@@ -5,17 +5,13 @@ again — without a restart."""
 
 from __future__ import annotations
 
-import errno
-import os
-import shutil
 import sqlite3
-import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from conftest import SmallDisk
 from panel_helpers import bearer, panel_settings, read_sse, sprite_folder
 from servers import serve_app
 
@@ -23,49 +19,6 @@ from mikubot.events import ProgressEvent
 from mikubot.history import History
 from mikubot.storage import StorageFull
 from mikubot.web import create_app
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-class SmallDisk:
-    """A tmpfs of ``size`` mounted under .cache/, and a file that fills it to the last byte."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.filler = path / ".filler"
-
-    def fill(self) -> None:
-        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            for chunk in (1 << 16, 4096, 1):  # big steps, then the last page byte by byte
-                while True:
-                    try:
-                        os.write(fd, b"\0" * chunk)
-                    except OSError as exc:
-                        assert exc.errno == errno.ENOSPC, exc
-                        break
-        finally:
-            os.close(fd)
-        assert shutil.disk_usage(self.path).free == 0
-
-    def free(self) -> None:
-        self.filler.unlink()
-
-
-@pytest.fixture
-def small_disk() -> Iterator[SmallDisk]:
-    mount = ROOT / ".cache" / f"small-disk-{uuid.uuid4().hex[:8]}"
-    mount.mkdir(parents=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        mount.rmdir()
-        pytest.skip(f"cannot mount a small tmpfs here (needs root and CAP_SYS_ADMIN): {done.stderr.strip()}")
-    try:
-        yield SmallDisk(mount)
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
-        mount.rmdir()
 
 
 def stored_status(db: Path, change_id: int, *, disk_full: bool = False) -> str:

@@ -29,6 +29,7 @@ from mikubot.config import Settings
 from mikubot.events import ProgressEvent
 from mikubot.history import HistoryError
 from mikubot.runner import ChangeBusy, ChangeRunner, RunningChange
+from mikubot.storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,9 @@ async def pfp_change(ctx: CommandContext, state: BotState, source: str | None = 
     except ChangeBusy as exc:
         await ctx.edit(f"⏳ {exc}. `/pfp status` shows how far it is.")
         return None
+    except StorageError as exc:  # not even the history row could be written: nothing started
+        await ctx.edit(clip(f"💾 The avatar cannot change now: {exc}"))
+        return None
     return await follow(ctx, state, handle)
 
 
@@ -155,6 +159,9 @@ async def pfp_restore(ctx: CommandContext, state: BotState, change_id: int) -> d
         return None
     except ChangeBusy as exc:
         await ctx.edit(f"⏳ {exc}.")
+        return None
+    except StorageError as exc:  # not even the history row could be written: nothing started
+        await ctx.edit(clip(f"💾 Cannot restore #{change_id} now: {exc}"))
         return None
     return await follow(ctx, state, handle)
 
