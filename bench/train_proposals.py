@@ -93,10 +93,10 @@ def fit(x: np.ndarray, y: np.ndarray, l2: float = L2, iterations: int = 30) -> t
     return w[:-1].astype(np.float32), float(w[-1])
 
 
-def load_tune(split: Path, hold_out: frozenset[str] = frozenset()) -> list[tuple[np.ndarray, list, list]]:
-    """The grey pictures, face boxes and distractor boxes of a tune split (scene-tune, ``make scenes``, or
-    real-art tune, ``bench/realart.py assemble``: the same labels format), less the pictures of the
-    ``hold_out`` repositories (real art: left out to validate a choice on)."""
+def tune_entries(split: Path, hold_out: frozenset[str] = frozenset()) -> list[tuple[Path, dict]]:
+    """Each picture of a tune split (scene-tune, ``make scenes``, or real-art tune, ``bench/realart.py
+    assemble``: the same labels format) with its labels entry, less the pictures of the ``hold_out``
+    repositories (real art: left out to validate a choice on)."""
     try:
         labels = json.loads((split / "labels.json").read_text())
     except OSError as exc:
@@ -104,14 +104,17 @@ def load_tune(split: Path, hold_out: frozenset[str] = frozenset()) -> list[tuple
                          "`bench/realart.py assemble --split tune`), or pass --no-realart") from None
     if labels.get("split") != "tune":
         raise SystemExit(f"{split}/labels.json is not a tune split")
+    return [(split / name, entry) for name, entry in sorted(labels["images"].items())
+            if entry.get("repo", "").lower() not in hold_out]
+
+
+def load_tune(split: Path, hold_out: frozenset[str] = frozenset()) -> list[tuple[np.ndarray, list, list]]:
+    """The grey pictures, face boxes and distractor boxes of a tune split (see ``tune_entries``)."""
     out = []
-    for name in sorted(labels["images"]):
-        entry = labels["images"][name]
-        if entry.get("repo", "").lower() in hold_out:
-            continue
-        bgr = cv2.imread(str(split / name))
+    for path, entry in tune_entries(split, hold_out):
+        bgr = cv2.imread(str(path))
         if bgr is None:
-            raise SystemExit(f"cannot read {split / name}")
+            raise SystemExit(f"cannot read {path}")
         out.append((cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), [f["bbox"] for f in entry["faces"]],
                     [d["bbox"] for d in entry.get("distractors", [])]))
     return out

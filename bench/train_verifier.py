@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 from bench.metrics import iou  # noqa: E402
+from bench.train_proposals import tune_entries  # noqa: E402
 from facedetect.backends.proposals import ProposalModel, default_model, grey, propose  # noqa: E402
 from facedetect.backends.twostage import suppress  # noqa: E402
 from facedetect.backends.verifier import CONTEXT, CROP, INPUT, blob, model_paths, windows  # noqa: E402
@@ -57,17 +58,7 @@ def collect(splits: list[Path], hold_out: frozenset[str] = frozenset(),
     """Proposal windows of every picture of the tune ``splits`` (scene-tune; real-art tune, less the pictures
     of the ``hold_out`` repositories), with their best IoU with a labelled face and the regression target.
     Real-art windows are marked (``real``) so training can draw them more often: they are fewer."""
-    pictures = []
-    for split in splits:
-        try:
-            labels = json.loads((split / "labels.json").read_text())
-        except OSError as exc:
-            raise SystemExit(f"cannot read {split}/labels.json ({exc.strerror}): build it first (`make scenes`; "
-                         "`bench/realart.py assemble --split tune`), or pass --no-realart") from None
-        if labels.get("split") != "tune":
-            raise SystemExit(f"{split}/labels.json is not a tune split")
-        pictures += [(split / name, entry) for name, entry in sorted(labels["images"].items())
-                     if entry.get("repo", "").lower() not in hold_out]
+    pictures = [picture for split in splits for picture in tune_entries(split, hold_out)]
     hog = (ProposalModel.load(proposals) if proposals else default_model()).detector()
     crops, overlap, target, real = [], [], [], []
     for path, entry in pictures:

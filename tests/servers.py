@@ -9,7 +9,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -69,19 +70,28 @@ def run_server(server: uvicorn.Server) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def run_command(args: list[str], *, url: str, env: dict[str, str] | None = None, timeout: float = 60.0) -> Iterator[subprocess.Popen]:
-    """Start a console command (e.g. ``facedetect serve``) as its own process and wait until ``url`` answers."""
+def run_command(args: list[str], *, url: str, env: dict[str, str] | None = None, timeout: float = 60.0,
+                log: Path | None = None, preexec_fn: Callable[[], None] | None = None) -> Iterator[subprocess.Popen]:
+    """Start a console command (e.g. ``facedetect serve``) as its own process and wait until ``url`` answers.
+    Its output goes to ``proc.stdout`` (text), or into the file ``log``; ``preexec_fn`` runs in the child
+    before the command (e.g. a lower open-file limit)."""
     full_env = {**os.environ, **(env or {})}
-    proc = subprocess.Popen(args, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if log is None:
+        proc = subprocess.Popen(args, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                preexec_fn=preexec_fn)
+    else:
+        with open(log, "w") as sink:
+            proc = subprocess.Popen(args, env=full_env, stdout=sink, stderr=subprocess.STDOUT, preexec_fn=preexec_fn)
     try:
         wait_http(url, timeout=timeout, proc=proc)
         yield proc
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
 
 
 def venv_bin(name: str) -> str:

@@ -8,11 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import resource
 import select
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -25,7 +23,7 @@ import uvicorn
 from httpserve import RepeatFilter, ServeLimits, uvicorn_config
 from mikubot.web import make_server
 from panel_helpers import panel_settings
-from servers import free_port, run_server, venv_bin, wait_http
+from servers import free_port, run_command, run_server, venv_bin
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from hostile import accept_queue  # noqa: E402  (bench/hostile.py --slow, the same attack at full size)
@@ -226,21 +224,8 @@ def _limit_files() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (FILE_LIMIT, FILE_LIMIT))
 
 
-@contextlib.contextmanager
-def limited_process(args: list[str], env: dict[str, str], url: str, log: Path) -> Iterator[subprocess.Popen]:
-    with open(log, "w") as sink:
-        proc = subprocess.Popen(args, env={**os.environ, **env}, stdout=sink, stderr=subprocess.STDOUT,
-                                preexec_fn=_limit_files)
-    try:
-        wait_http(url, timeout=120, proc=proc)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def limited_process(args: list[str], env: dict[str, str], url: str, log: Path):
+    return run_command(args, url=url, env=env, timeout=120, log=log, preexec_fn=_limit_files)
 
 
 def _flood_and_probe(base: str, n: int) -> tuple[int, float]:
