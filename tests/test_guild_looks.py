@@ -427,9 +427,10 @@ def test_cli_pfp_change_guild(discord, looks, tmp_path):
 
 def test_the_panel_shows_a_card_per_configured_server(art_dir, tmp_path):
     art = composed(art_dir, tmp_path / "art")
-    shutil.copy(art_dir / "lucy happy.png", art / "lucy happy.png")
+    shutil.copy(art_dir / "lucy happy.png", art / "lucy happy.png")  # a sprite: too small for a banner
+    scene = composed(art_dir, tmp_path / "scene")  # the server's own copy of the scene: it always has a banner
     settings = panel_settings(tmp_path / "data", art, banner=True, guild_looks={
-        str(SERVER): {"character_name": "Lucy"}, "100": {"source": f"local:{art}"}})
+        str(SERVER): {"character_name": "Lucy", "source": f"local:{scene}"}, "100": {"source": f"local:{art}"}})
 
     async def changes() -> tuple[dict, dict]:
         async with AvatarPipeline(settings) as p:  # the bot's changes, on the panel's data directory
@@ -437,7 +438,7 @@ def test_the_panel_shows_a_card_per_configured_server(art_dir, tmp_path):
 
     everywhere, server = asyncio.run(changes())
     assert everywhere["status"] == server["status"] == "dry-run", (everywhere.get("error"), server.get("error"))
-    assert server["banner_path"] and server["guild_id"] == SERVER
+    assert server["banner_path"] and server["guild_id"] == SERVER, (server["source"], server.get("banner_reason"))
 
     with panel_server(settings) as base, httpx.Client(base_url=base) as http:
         page = http.get("/actions/profile-picture").text
