@@ -343,15 +343,16 @@ def test_the_characters_hair_colour_decides_between_faces() -> None:
     assert best(faces, size, miku, hair_tolerance=1.0) == red_central
 
 
-def test_hair_colours_match_by_hue_family_not_rgb_distance_alone() -> None:
+def test_hair_colours_match_by_perceptual_difference_not_rgb_distance() -> None:
     miku = ["#39c5bb", "#137a7f"]
-    assert colour_matches("#3ac0b5", miku, 100) and colour_matches("#1a8a8a", miku, 100)
+    assert colour_matches("#3ac0b5", miku) and colour_matches("#1a8a8a", miku)  # the default tolerance
     # grey and black hair are within 100 of the dark teal in RGB, but have no teal in them
-    assert not colour_matches("#535353", miku, 100) and not colour_matches("#3b3937", miku, 100)
-    assert not colour_matches("#3c7fd0", miku, 100)  # blue: close in RGB, 30+ degrees of hue away
-    # a configured colour without a clear hue (black hair) is matched by distance alone
-    assert colour_matches("#2a2a2c", ["#3c3d3f"], 100) and not colour_matches("#f07f7d", ["#3c3d3f"], 100)
-    assert not colour_matches(None, miku, 100) and not colour_matches("#39c5bb", [], 100)
+    assert not colour_matches("#535353", miku) and not colour_matches("#3b3937", miku)
+    assert not colour_matches("#3c7fd0", miku)  # blue: close in RGB, another hue
+    # a configured colour without chroma (black hair) matches dark greys
+    assert colour_matches("#2a2a2c", ["#3c3d3f"]) and not colour_matches("#f07f7d", ["#3c3d3f"])
+    assert not colour_matches(None, miku) and not colour_matches("#39c5bb", [])
+    assert not colour_matches("teal", miku)  # not a #rrggbb colour: no match, no error
     size = (1200, 800)
     grey_big = hairy(500, 300, 700, 500, "#535353")
     teal_small = hairy(100, 100, 160, 160, "#1a8a8a", confidence=0.8)

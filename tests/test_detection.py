@@ -8,9 +8,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from mikubot.colour import hair_difference
 from mikubot.crop import crop_avatar, face_in_circle
-from mikubot.detection import FaceFinder, InProcessDetector, detect_with_second_look
-from mikubot.hair import hair_difference
+from mikubot.detection import FaceFinder, InProcessDetector, second_look
 
 
 def small_face_scene(art_dir: Path, face_labels: dict, face_px: float) -> tuple[Image.Image, list[float]]:
@@ -32,7 +32,7 @@ async def test_a_face_too_small_for_the_detector_is_found_zoomed(art_dir: Path, 
     async with FaceFinder(None, local, lambda to, why: None) as finder:
         found = await finder.find(scene, b"", "scene.png")
     assert found.via == "in-process+upscaled" and found.detections
-    faces, zoomed = detect_with_second_look(local.detect, scene)
+    faces, zoomed = second_look(local.detect(scene), local.detect, scene)
     assert zoomed and [d.bbox for d in faces] == [d.bbox for d in found.detections]
     result = crop_avatar(scene, found.detections)
     assert result.method == "face"

@@ -13,7 +13,8 @@ from PIL import Image
 from facedetect.imageio import to_rgb
 from facedetect.types import Detection
 from mikubot.crop import colour_matches, crop_avatar, hair_of, rank_faces
-from mikubot.hair import hair_difference, read_hair, with_hair
+from mikubot.colour import hair_difference
+from mikubot.hair import read_hair, with_hair
 
 # Each character's hair as an operator would set MIKU_HAIR_COLOURS for them (the median hair colour just
 # above the face on the sprites; the same table bench/scenes.py labels its scenes with).
@@ -93,7 +94,7 @@ def test_the_nearest_matching_hair_wins() -> None:
     red = Detection(bbox=(100, 100, 200, 200), confidence=0.99, attributes={"hair": "#c8392f"})
     orange = Detection(bbox=(400, 100, 500, 200), confidence=1.0, attributes={"hair": "#e0782c"})
     grey = Detection(bbox=(250, 100, 350, 200), confidence=1.0, attributes={"hair": "#7a7a7a"})
-    assert colour_matches("#c8392f", configured, 100) and colour_matches("#e0782c", configured, 100)
-    ranked = [d for _, d in rank_faces([orange, grey, red], (600, 400), configured)]
+    assert colour_matches("#c8392f", configured, 35) and colour_matches("#e0782c", configured, 35)
+    ranked = [d for _, d in rank_faces([orange, grey, red], (600, 400), configured, 35)]
     assert ranked == [red, orange, grey]
     assert [d for _, d in rank_faces([orange, grey, red], (600, 400))][-1] is red  # no colours: confidence

@@ -11,7 +11,8 @@ from emulators.llama_swap import LlamaSwapEmulator
 from facedetect.backends import create_detector
 from facedetect.types import Detection
 from mikubot.sources.base import Candidate
-from mikubot.verify import HeuristicVerifier, VisionUnavailable, VisionVerifier, colour_distance, parse_answer
+from mikubot.crop import hair_of, rank_faces
+from mikubot.verify import HeuristicVerifier, VisionUnavailable, VisionVerifier, parse_answer
 
 MIKU = "Hatsune Miku"
 
@@ -131,7 +132,7 @@ async def test_heuristic_hair_colour_raises_confidence(animeface, art_dir):
     probe = HeuristicVerifier(MIKU, "hatsune_miku", ["#39c5bb"], animeface)
     colour, _ = probe.hair(data)
     assert colour is not None
-    as_eileen = HeuristicVerifier("Eileen", "eileen", [colour], animeface, tolerance=100)
+    as_eileen = HeuristicVerifier("Eileen", "eileen", [colour], animeface)
     local = await as_eileen.verify(candidate(data, source="local"))
     teal = await probe.verify(candidate(data, source="local"))
     assert local.is_character and local.evidence["hair_match"] and local.confidence > teal.confidence
@@ -179,7 +180,22 @@ async def test_heuristic_reads_the_detect_stages_faces(art_dir):
     assert blind.evidence["faces_from"] == "own detection" and blind.evidence["hair_color"] is None
 
 
-def test_colour_distance():
-    assert colour_distance("#000000", "#000000") == 0
-    assert colour_distance("#39c5bb", "#39C5BB") == 0
-    assert colour_distance("#000000", "#ffffff") == pytest.approx(441.67, abs=0.01)
+@pytest.mark.parametrize("hairs", [
+    # two faces with Miku's colours, as near within a step: the crop takes the more confident, and so does the
+    # verifier (it once took the exact nearest, #39c5bb, and framed one face while judging by another)
+    [("#3ac0b5", 0.95), ("#39c5bb", 0.6), ("#f07f7d", 1.0)],
+    # the nearer of two matching colours wins over confidence once they differ by a step
+    [("#2fa8a0", 1.0), ("#39c5bb", 0.8), ("#1a8a8a", 0.95)],
+    # grey is no teal: no face matches, the most confident speaks for the picture
+    [("#535353", 0.9), ("#3b3937", 0.95), ("#f07f7d", 0.8)],
+    [("#3c7fd0", 1.0), ("#137a7f", 0.6)],
+])
+def test_the_verifier_and_the_crop_agree_on_the_characters_face(hairs):
+    """One metric: the face whose hair speaks for the picture in the verifier is the face the crop frames."""
+    miku = ["#39c5bb", "#137a7f"]
+    faces = [Detection(bbox=(100 * i, 0, 100 * i + 80, 80), confidence=conf, attributes={"hair": colour})
+             for i, (colour, conf) in enumerate(hairs)]
+    colour, distance = HeuristicVerifier(MIKU, "hatsune_miku", miku, None).hair(b"", faces)
+    framed = rank_faces(faces, (1000, 1000), miku)[0][1]
+    assert colour == hair_of(framed)
+    assert distance is not None and distance >= 0

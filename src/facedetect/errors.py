@@ -1,7 +1,12 @@
-"""Errors a person can act on. Each carries the HTTP status the API answers with."""
+"""Errors a person can act on. Each carries the HTTP status the API answers with.
+
+``FaceDetectError`` is the root of every error facedetect raises on purpose (the backends' model errors
+included); foreign errors are mapped once, where they are caught, with ``raise ... from exc``."""
 
 
 class FaceDetectError(Exception):
+    """Base class of every facedetect error."""
+
     status_code = 400
 
     def __init__(self, message: str, *, status_code: int | None = None):

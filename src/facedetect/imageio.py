@@ -62,14 +62,14 @@ def load_image(data: bytes, limits: Limits = Limits()) -> tuple[Image.Image, Ima
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-    except UnidentifiedImageError:
+    except UnidentifiedImageError as exc:
         raise UnsupportedImage(
             f"not an image this service reads; send {names()}"
-        ) from None
+        ) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLarge(f"the image has too many pixels ({exc})") from None
+        raise ImageTooLarge(f"the image has too many pixels ({exc})") from exc
     except DECODE_ERRORS as exc:
-        raise BadImage(f"the image header cannot be read: {exc or type(exc).__name__}") from None
+        raise BadImage(f"the image header cannot be read: {exc or type(exc).__name__}") from exc
 
     width, height = im.size
     if width <= 0 or height <= 0:
@@ -89,9 +89,9 @@ def load_image(data: bytes, limits: Limits = Limits()) -> tuple[Image.Image, Ima
         ImageOps.exif_transpose(im, in_place=True)
         rgb = to_rgb(im)
     except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"the image has too many pixels ({exc})") from None
+        raise ImageTooLarge(f"the image has too many pixels ({exc})") from exc
     except DECODE_ERRORS as exc:
-        raise BadImage(f"the image data is damaged or truncated: {exc or type(exc).__name__}") from None
+        raise BadImage(f"the image data is damaged or truncated: {exc or type(exc).__name__}") from exc
     return rgb, ImageInfo(width=rgb.width, height=rgb.height, format=fmt, mode=mode)
 
 

@@ -47,17 +47,17 @@ async def read_file_field(request: Request, max_bytes: int) -> tuple[bytes, str 
 
     try:
         form = await MultiPartParser(request.headers, limited(), max_files=1, max_fields=16).parse()
-    except ClientDisconnect:
+    except ClientDisconnect as exc:
         # The client went away mid-upload (or the server let a too-slow one go): nobody reads the answer,
         # and it is no bug to log.
-        raise FaceDetectError("the connection closed before the upload was complete") from None
+        raise FaceDetectError("the connection closed before the upload was complete") from exc
     except MultiPartException as exc:
         # Starlette says only "Invalid multipart data." for every parser failure; the parser's own reason
         # (e.g. "Maximum header size exceeded" for a file name of several KB) is what the sender can act on.
         why = exc.message.rstrip(".")
         if exc.__cause__ is not None and str(exc.__cause__):
             why += f": {exc.__cause__}"
-        raise FaceDetectError(f"the multipart body cannot be parsed ({why}); {HOW}") from None
+        raise FaceDetectError(f"the multipart body cannot be parsed ({why}); {HOW}") from exc
     try:
         upload = form.get("file")
         if upload is None:

@@ -34,7 +34,7 @@ import tenacity
 
 T = TypeVar("T")
 
-__all__ = ["BUSY", "RetryLater", "RetryPolicy", "retry_after_of", "retry_after_seconds"]
+__all__ = ["BUSY", "HttpRetryError", "RetryLater", "RetryPolicy", "retry_after_of", "retry_after_seconds"]
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -58,7 +58,11 @@ def retry_after_of(response: httpx.Response) -> float | None:
     return retry_after_seconds(response.headers.get("retry-after"))
 
 
-class RetryLater(Exception):
+class HttpRetryError(Exception):
+    """Base class of every httpretry error."""
+
+
+class RetryLater(HttpRetryError):
     """An attempt failed in a way worth repeating. ``retry_after``: the wait the server asked for, if any;
     ``response``: the response that failed (``RetryPolicy.send`` hands the last one back)."""
 

@@ -33,6 +33,7 @@ from PIL import Image
 from facedetect.imageio import to_rgb
 from facedetect.types import Detection
 from mikubot.crop import usable
+from mikubot.errors import MikubotError
 from mikubot.saliency import SaliencyUnavailable, saliency_map
 
 Method = Literal["face", "saliency"]
@@ -80,7 +81,7 @@ W_SIZE, W_SALIENCY, W_PLACE, CUT_FACE, W_HEAD = 0.45, 0.35, 0.20, 0.15, 0.15
 HEADROOM = 0.25
 
 
-class NoBanner(Exception):
+class NoBanner(MikubotError):
     """No banner can be made from this picture; the message is the reason recorded."""
 
 

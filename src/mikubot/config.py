@@ -26,12 +26,13 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from mikubot.colour import DEFAULT_TOLERANCE, parse_hex, to_hex
+from mikubot.errors import MikubotError
 from mikubot.redact import scrub
 from mikubot.sources.options import SourceSettings
 from vramctl.config import DETECTOR_VRAM_MIB, TEXT_VRAM_MIB, VISION_VRAM_MIB
 
 CONFIG_ENV = "MIKU_CONFIG"
-HEX_COLOUR = re.compile(r"^#?[0-9a-fA-F]{6}$")
 # Miku's hair in official art and fan art: the canonical teal, its darker shade, and the lighter cyan.
 MIKU_HAIR = ["#39c5bb", "#137a7f", "#86cecb", "#00a0a0"]
 
@@ -42,7 +43,7 @@ IntList = Annotated[list[int], NoDecode]
 DAILY_TIME = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(MikubotError, ValueError):
     """The file named by MIKU_CONFIG is missing or cannot be read."""
 
 
@@ -92,15 +93,68 @@ class GuildLook(BaseModel):
 
 
 def _hex_colours(v: list[str]) -> list[str]:
-    bad = [c for c in v if not isinstance(c, str) or not HEX_COLOUR.match(c)]
+    parsed, bad = [], []
+    for c in v:
+        try:
+            parsed.append(to_hex(parse_hex(c)))
+        except ValueError:
+            bad.append(c)
     if bad:
         raise ValueError(f"hair colours must be #rrggbb, not {', '.join(map(str, bad))}")
-    return ["#" + c.lstrip("#").lower() for c in v]
+    return parsed
 
 
-class Settings(SourceSettings, BaseSettings):
+def _text_list(v: Any) -> Any:
+    """A list setting from the environment: "a,b,c" as well as JSON (the file gives real lists)."""
+    if isinstance(v, str):
+        if v.strip().startswith("["):
+            return json.loads(v)
+        return [p.strip() for p in v.split(",") if p.strip()]
+    return v
+
+
+class PanelSettings(BaseModel):
+    """The web panel's own settings (part of ``Settings``, ``MIKU_WEB_*`` and ``MIKU_UPLOAD*``; the token,
+    ``MIKU_WEB_TOKEN``, is ``Settings``' with the other secrets). Validators are named ``_panel_*``:
+    ``Settings`` inherits them, and a validator of the same name there would silently replace one here."""
+
+    web_published_on_loopback: bool = Field(
+        False, description="the panel's port reaches only the host's loopback (a container published on "
+        "127.0.0.1): a network bind inside may then use the token generated in <data dir>/web-token")
+    web_allowed_hosts: StrList = Field(default_factory=list, description="Host names the panel answers besides "
+                                       "loopback ones (localhost, 127.0.0.1, ::1); '*' answers any")
+    web_trusted_proxies: StrList = Field(default_factory=list, description="addresses (or CIDRs) of TLS proxies "
+                                         "whose X-Forwarded-Proto/-For the panel believes (Secure cookie behind https)")
+    # What one panel holds at most: open event streams, upload previews at work and waiting, stored uploads.
+    web_max_streams: int = Field(64, ge=1, description="event streams open at once in all; past it 503")
+    web_max_streams_per_client: int = Field(8, ge=1, description="event streams open at once per client "
+                                            "address; past it 429")
+    upload_preview_queue: int = Field(4, ge=0, description="upload previews that may wait while others run; "
+                                      "past it 503 with Retry-After, before the upload is read")
+    upload_preview_mpx: float = Field(40.0, gt=0, description="megapixels decoded by upload previews at once "
+                                      "(one image over it runs alone)")
+    uploads_kept: int = Field(20, ge=1, description="stored uploads kept (the newest); older ones are deleted")
+    uploads_max_age_h: float = Field(168.0, gt=0, description="stored uploads older than this are deleted")
+    # Slow and idle clients (httpserve.ServeLimits): a request's headers and body must arrive in time, and
+    # open connections stay below the open-file limit.
+    web_header_timeout_s: float = Field(10.0, gt=0, le=3600, description="a request's headers must be complete "
+                                        "within this many seconds (from connecting, or from the previous answer)")
+    web_body_timeout_s: float = Field(60.0, gt=0, le=86400, description="a request's body must be complete within "
+                                      "this many seconds after its headers (uploads included)")
+    web_keep_alive_s: float = Field(5.0, gt=0, le=3600, description="an idle keep-alive connection is closed after this")
+    web_max_connections: int = Field(1000, ge=1, le=1_000_000, description="open connections at most (also kept "
+                                     "below the process's open-file limit)")
+
+    @field_validator("web_allowed_hosts", "web_trusted_proxies", mode="before")
+    @classmethod
+    def _panel_split_list(cls, v: Any) -> Any:
+        return _text_list(v)
+
+
+class Settings(SourceSettings, PanelSettings, BaseSettings):
     """Every setting. The sources' own (``MIKU_DANBOORU_*``, ``MIKU_GELBOORU_*``, ``MIKU_RATINGS`` ...) are
-    inherited from ``mikubot.sources.options.SourceSettings``, their one model."""
+    inherited from ``mikubot.sources.options.SourceSettings``, their one model; the panel's from
+    ``PanelSettings``."""
 
     model_config = SettingsConfigDict(env_prefix="MIKU_", extra="ignore", populate_by_name=True)
 
@@ -118,7 +172,8 @@ class Settings(SourceSettings, BaseSettings):
     dry_run: bool = Field(False, description="write the avatar to a file and never call Discord")
     character_name: str = "Hatsune Miku"
     hair_colours: StrList = Field(default_factory=lambda: list(MIKU_HAIR))
-    hair_tolerance: float = Field(100.0, gt=0, description="RGB distance that still counts as the hair colour (a colour with a clear hue must also be within 30 degrees of hue)")
+    hair_tolerance: float = Field(DEFAULT_TOLERANCE, gt=0, description="how different a hair colour may look and "
+                                  "still count as the character's (CIE Lab distance, lightness at a quarter)")
     min_confidence: float = Field(0.5, ge=0, le=1, description="verification confidence a candidate needs")
     output_size: int = Field(1024, ge=64, le=4096)
     max_upscale: float = Field(2.0, ge=1.0)
@@ -187,44 +242,13 @@ class Settings(SourceSettings, BaseSettings):
         "hair_colours, bio_credit}} (JSON in the environment); /pfp change there changes that server's avatar "
         "and bio only; any other server: the global profile")
 
-    # --- web panel ----------------------------------------------------------------------------------------
+    # --- web panel: PanelSettings (inherited), but for its token -------------------------------------------
     web_token: SecretStr | None = None
-    web_published_on_loopback: bool = Field(
-        False, description="the panel's port reaches only the host's loopback (a container published on "
-        "127.0.0.1): a network bind inside may then use the token generated in <data dir>/web-token")
-    web_allowed_hosts: StrList = Field(default_factory=list, description="Host names the panel answers besides "
-                                       "loopback ones (localhost, 127.0.0.1, ::1); '*' answers any")
-    web_trusted_proxies: StrList = Field(default_factory=list, description="addresses (or CIDRs) of TLS proxies "
-                                         "whose X-Forwarded-Proto/-For the panel believes (Secure cookie behind https)")
-    # What one panel holds at most: open event streams, upload previews at work and waiting, stored uploads.
-    web_max_streams: int = Field(64, ge=1, description="event streams open at once in all; past it 503")
-    web_max_streams_per_client: int = Field(8, ge=1, description="event streams open at once per client "
-                                            "address; past it 429")
-    upload_preview_queue: int = Field(4, ge=0, description="upload previews that may wait while others run; "
-                                      "past it 503 with Retry-After, before the upload is read")
-    upload_preview_mpx: float = Field(40.0, gt=0, description="megapixels decoded by upload previews at once "
-                                      "(one image over it runs alone)")
-    uploads_kept: int = Field(20, ge=1, description="stored uploads kept (the newest); older ones are deleted")
-    uploads_max_age_h: float = Field(168.0, gt=0, description="stored uploads older than this are deleted")
-    # Slow and idle clients (httpserve.ServeLimits): a request's headers and body must arrive in time, and
-    # open connections stay below the open-file limit.
-    web_header_timeout_s: float = Field(10.0, gt=0, le=3600, description="a request's headers must be complete "
-                                        "within this many seconds (from connecting, or from the previous answer)")
-    web_body_timeout_s: float = Field(60.0, gt=0, le=86400, description="a request's body must be complete within "
-                                      "this many seconds after its headers (uploads included)")
-    web_keep_alive_s: float = Field(5.0, gt=0, le=3600, description="an idle keep-alive connection is closed after this")
-    web_max_connections: int = Field(1000, ge=1, le=1_000_000, description="open connections at most (also kept "
-                                     "below the process's open-file limit)")
 
-    @field_validator("hair_colours", "web_allowed_hosts", "web_trusted_proxies", mode="before")
+    @field_validator("hair_colours", mode="before")
     @classmethod
     def _split_list(cls, v: Any) -> Any:
-        # Environment values may be "a,b,c" as well as JSON; the file gives real lists.
-        if isinstance(v, str):
-            if v.strip().startswith("["):
-                return json.loads(v)
-            return [p.strip() for p in v.split(",") if p.strip()]
-        return v
+        return _text_list(v)
 
     @field_validator("admin_user_ids", "admin_role_ids", mode="before")
     @classmethod
@@ -258,7 +282,7 @@ class Settings(SourceSettings, BaseSettings):
             try:
                 v = json.loads(v)
             except ValueError as exc:
-                raise ValueError(f"guild_looks is not valid JSON ({exc})") from None
+                raise ValueError(f"guild_looks is not valid JSON ({exc})") from exc
         if not isinstance(v, dict):  # a ValueError: pydantic reports it as invalid input (a TypeError it does not)
             raise ValueError("guild_looks must map server (guild) ids to looks, e.g. "  # noqa: TRY004
                              '{"123456789012345678": {"source": "local:art/server", "bio_credit": true}}')

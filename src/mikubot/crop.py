@@ -11,8 +11,9 @@ refused (``FaceTooSmall``), so the caller can try its next candidate image. With
 saliency (``mikubot.saliency``), then a top-centre square.
 
 With several faces the character's comes first: a face whose hair colour (``mikubot.hair`` reads one per
-face; else the detector's own reading) matches one of ``hair_colours`` (``colour_matches``), the nearest
-colour first (``hair_nearness``), then the detector's confidence, then the face score (size, centrality). Every result records which path it took and why (``reason``) and, on the face path, the
+face; else the detector's own reading) matches one of ``hair_colours``, the nearest colour first (both
+``mikubot.colour.hair_rank``, the key the heuristic verifier picks its face by too), then the detector's
+confidence, then the face score (size, centrality). Every result records which path it took and why (``reason``) and, on the face path, the
 faces it chose between (``choice``).
 
 Coordinates are source-image pixels, ``[x1, y1, x2, y2]``, exclusive at x2/y2 like Pillow's boxes.
@@ -20,7 +21,6 @@ Coordinates are source-image pixels, ``[x1, y1, x2, y2]``, exclusive at x2/y2 li
 
 from __future__ import annotations
 
-import colorsys
 import io
 import math
 from dataclasses import dataclass
@@ -31,7 +31,8 @@ from PIL import Image
 
 from facedetect.imageio import to_rgb
 from facedetect.types import Detection
-from mikubot.hair import hair_difference
+from mikubot.colour import DEFAULT_TOLERANCE, colour_matches, hair_nearness, hair_rank, is_hex
+from mikubot.errors import MikubotError
 from mikubot.saliency import SaliencyUnavailable, salient_square
 
 Method = Literal["face", "saliency", "top-centre"]
@@ -45,13 +46,6 @@ MIN_FACE_PX = 32  # narrower "faces" are noise at any zoom
 CONFIDENCE_POWER = 8.0
 # A face this wide (share of the image's shorter side) or wider gets the full size bonus.
 FULL_SIZE_SHARE = 0.25
-
-# --- which face is the character's ------------------------------------------------------------
-HUE_SPAN = 30.0  # degrees of hue either side of a configured hair colour that still count as it
-HUE_MIN_SATURATION = 0.25  # below this a colour has no clear hue (greys, black, white)
-# Matching faces are ordered by hair_nearness in steps this wide (Lab units): nearer by less is a tie,
-# left to the detector's confidence.
-NEARNESS_STEP = 8.0
 
 # A better-ranked face that cannot sit wholly inside the circle (against an image corner) gives way to a
 # later face that can only when that face scores at least this share of it; otherwise it is taken, clipped.
@@ -74,7 +68,7 @@ MIN_OUTPUT_PX = 256
 TOP_CENTRE_SCORE = 0.05
 
 
-class CropError(Exception):
+class CropError(MikubotError):
     """The crop stage cannot make an avatar from this image with these options."""
 
 
@@ -153,76 +147,30 @@ def hair_of(face: Detection) -> str | None:
     no hair to read) when the face has been through it, else the detector's (animeface's ``hair_color``)."""
     attributes = face.attributes or {}
     colour = attributes["hair"] if "hair" in attributes else attributes.get("hair_color")
-    return colour if isinstance(colour, str) and len(colour) == 7 and colour.startswith("#") else None
+    return colour if is_hex(colour) else None
 
 
 def hair_distance(face: Detection, hair_colours: list[str] | None) -> float | None:
-    """RGB distance from the face's hair colour to the nearest of ``hair_colours`` (None: either unknown)."""
-    colour = hair_of(face)
-    if colour is None or not hair_colours:
-        return None
-    try:
-        return min(math.dist(_hex_rgb(colour), _hex_rgb(c)) for c in hair_colours)
-    except ValueError:
-        return None
-
-
-def colour_matches(colour: str | None, hair_colours: list[str] | None, tolerance: float) -> bool:
-    """Is ``colour`` one of ``hair_colours``: within ``tolerance`` in RGB and, against a colour with a
-    clear hue (saturation >= ``HUE_MIN_SATURATION``), of the same hue family (as saturated, hue within
-    ``HUE_SPAN`` degrees)? RGB distance alone lets greys pass for a dark teal (#535353 is 87 from #137a7f)."""
-    if colour is None or not hair_colours:
-        return False
-    try:
-        rgb = _hex_rgb(colour)
-        targets = [_hex_rgb(c) for c in hair_colours]
-    except ValueError:
-        return False
-    hue, sat, _ = colorsys.rgb_to_hsv(*(v / 255 for v in rgb))
-    for t in targets:
-        if math.dist(rgb, t) > tolerance:
-            continue
-        t_hue, t_sat, _ = colorsys.rgb_to_hsv(*(v / 255 for v in t))
-        if t_sat < HUE_MIN_SATURATION:
-            return True
-        turn = abs(hue - t_hue) % 1.0
-        if sat >= HUE_MIN_SATURATION and min(turn, 1 - turn) * 360 <= HUE_SPAN:
-            return True
-    return False
-
-
-def hair_nearness(colour: str | None, hair_colours: list[str] | None) -> float:
-    """Perceptual difference (``mikubot.hair.hair_difference``) from ``colour`` to the nearest of
-    ``hair_colours``; infinite when either is unknown."""
-    if colour is None or not hair_colours:
-        return math.inf
-    try:
-        return min(hair_difference(colour, c) for c in hair_colours)
-    except ValueError:
-        return math.inf
+    """``mikubot.colour.hair_nearness`` of the face's hair colour (None: either unknown)."""
+    near = hair_nearness(hair_of(face), hair_colours)
+    return None if math.isinf(near) else near
 
 
 def rank_faces(
     detections: list[Detection],
     image_size: tuple[int, int],
     hair_colours: list[str] | None = None,
-    hair_tolerance: float = 100.0,
+    hair_tolerance: float = DEFAULT_TOLERANCE,
 ) -> list[tuple[float, Detection]]:
     """Usable faces, best first, with their ``face_score``: faces whose hair matches ``hair_colours``
-    (``colour_matches``) before the others, and among those the nearest colour (``hair_nearness``, in
-    ``NEARNESS_STEP`` steps) first, then the detector's confidence, then the score (size,
-    centrality). Confidence before size: animeface gives real faces 1.0 (its likelihood, clipped) and
+    before the others, and among those the nearest colour first (``mikubot.colour.hair_rank``), then the
+    detector's confidence, then the score (size, centrality). Confidence before size: animeface gives real faces 1.0 (its likelihood, clipped) and
     its confident false positives (a blank head, a drawn smiley, a fold of cloth) 0.98-0.9999, often
     bigger or more central than the real face."""
     scored = [(face_score(d, image_size), d) for d in detections if usable(d)]
 
-    def key(sd: tuple[float, Detection]) -> tuple[bool, float, float, float]:
-        colour = hair_of(sd[1])
-        match = colour_matches(colour, hair_colours, hair_tolerance)
-        # Among matching faces the nearest colour first: red and orange hair both pass for a red, but the
-        # red-haired face is the character.
-        near = -round(hair_nearness(colour, hair_colours) / NEARNESS_STEP) if match else 0
-        return (match, near, float(sd[1].confidence), sd[0])
+    def key(sd: tuple[float, Detection]) -> tuple[tuple[bool, int], float, float]:
+        return (hair_rank(hair_of(sd[1]), hair_colours, hair_tolerance), float(sd[1].confidence), sd[0])
 
     return sorted(scored, key=key, reverse=True)
 
@@ -241,7 +189,7 @@ def crop_avatar(
     max_upscale: float = 2.0,
     allow_fallback: bool = True,
     hair_colours: list[str] | None = None,
-    hair_tolerance: float = 100.0,
+    hair_tolerance: float = DEFAULT_TOLERANCE,
 ) -> CropResult:
     """A square avatar from ``image`` framed on the character's face, for a round display.
 
@@ -464,11 +412,6 @@ def _render(rgb: Image.Image, box: IntBox, out: int) -> Image.Image:
     canvas = Image.new("RGB", (x2 - x1, y2 - y1), _border_colour(rgb))
     canvas.paste(rgb, (-x1, -y1))
     return canvas.resize((out, out), Image.Resampling.LANCZOS)
-
-
-def _hex_rgb(colour: str) -> tuple[int, int, int]:
-    h = colour.lstrip("#")
-    return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
 
 
 def _border_colour(rgb: Image.Image) -> tuple[int, int, int]:

@@ -49,10 +49,10 @@ def detect_zoomed(detect: Callable[[Image.Image], list[Detection]], image: Image
     ]
 
 
-def detect_with_second_look(detect: Callable[[Image.Image], list[Detection]],
-                            image: Image.Image) -> tuple[list[Detection], bool]:
-    """``detect``, then the zoomed second look when the first found no usable face; (faces, zoomed)."""
-    found = detect(image)
+def second_look(found: list[Detection], detect: Callable[[Image.Image], list[Detection]],
+                image: Image.Image) -> tuple[list[Detection], bool]:
+    """The faces to keep after the first look ``found``: the zoomed second look's (``detect`` on the picture
+    enlarged) when the first found no usable face and the second does, else ``found``; (faces, zoomed)."""
     if needs_second_look(found, image):
         zoomed = detect_zoomed(detect, image)
         if rank_faces(zoomed, image.size):
@@ -131,13 +131,13 @@ class FaceFinder:
 
     async def _located(self, image: Image.Image, data: bytes, filename: str) -> FaceResult:
         result = await self._find(image, data, filename)
-        if result.error is None and self.local_ok and needs_second_look(result.detections, image):
+        if result.error is None and self.local_ok:  # the second look is in-process, whoever looked first
             try:
-                zoomed = await asyncio.to_thread(detect_zoomed, self.local.detect, image)
+                faces, zoomed = await asyncio.to_thread(second_look, result.detections, self.local.detect, image)
             except FaceDetectError:
                 return result
-            if rank_faces(zoomed, image.size):
-                return FaceResult(zoomed, self.local.backend, f"{result.via}+upscaled", timings_ms=result.timings_ms)
+            if zoomed:
+                return FaceResult(faces, self.local.backend, f"{result.via}+upscaled", timings_ms=result.timings_ms)
         return result
 
     async def _find(self, image: Image.Image, data: bytes, filename: str) -> FaceResult:

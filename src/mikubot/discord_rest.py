@@ -31,11 +31,12 @@ from discord.http import HTTPClient, Route
 from discord.webhook.async_ import AsyncWebhookAdapter, async_context
 
 from mikubot.config import Settings
+from mikubot.errors import MikubotError
 
 AVATAR_TOO_FAST = "changing your avatar too fast"
 
 
-class DiscordError(Exception):
+class DiscordError(MikubotError):
     """Discord did not do what we asked. ``retryable``: trying again later may work."""
 
     retryable = False
@@ -68,32 +69,32 @@ def discord_errors(api_base: str, what: str) -> Iterator[None]:
     """Turn what discord.py (or the network under it) raises while doing ``what`` into a DiscordError."""
     try:
         yield
-    except discord.LoginFailure:
+    except discord.LoginFailure as exc:
         raise Unauthorized("Discord rejected the bot token (401 Unauthorized); set MIKU_DISCORD_TOKEN to the token "
-                           "from the Developer Portal's Bot page", status_code=401) from None
+                           "from the Developer Portal's Bot page", status_code=401) from exc
     except discord.RateLimited as exc:  # a 429 asking for longer than MIKU_UPLOAD_MAX_WAIT_S
         raise RateLimited(f"Discord rate limit: asked to wait {exc.retry_after:.1f} s for {what}, longer than "
-                          "MIKU_UPLOAD_MAX_WAIT_S allows", status_code=429, retry_after=exc.retry_after) from None
+                          "MIKU_UPLOAD_MAX_WAIT_S allows", status_code=429, retry_after=exc.retry_after) from exc
     except discord.HTTPException as exc:
         detail = " ".join(exc.text.split()) or "(no message)"
         if exc.status == 401:
             raise Unauthorized("Discord rejected the bot token (401 Unauthorized); set MIKU_DISCORD_TOKEN to the "
-                               "bot's token", status_code=401) from None
+                               "bot's token", status_code=401) from exc
         if AVATAR_TOO_FAST in exc.text.lower():
             raise AvatarRateLimited(f"Discord: {detail} Avatar changes are limited to a few per hour",
-                                    status_code=exc.status) from None
+                                    status_code=exc.status) from exc
         if exc.status == 429:  # a 429 without Discord's Via header: Cloudflare's, or retries ran out
-            raise RateLimited(f"Discord rate limit on {what} (429): {detail}", status_code=429) from None
+            raise RateLimited(f"Discord rate limit on {what} (429): {detail}", status_code=429) from exc
         kind = DiscordUnavailable if exc.status >= 500 else DiscordError
-        raise kind(f"Discord refused {what} ({exc.status}, code {exc.code}): {detail}", status_code=exc.status) from None
+        raise kind(f"Discord refused {what} ({exc.status}, code {exc.code}): {detail}", status_code=exc.status) from exc
     except discord.DiscordException as exc:  # e.g. an image type discord.py cannot send
-        raise DiscordError(f"cannot send {what} to Discord: {exc}") from None
+        raise DiscordError(f"cannot send {what} to Discord: {exc}") from exc
     except ValueError as exc:  # discord.py's check of the avatar bytes ("Unsupported image type given")
-        raise DiscordError(f"cannot send {what} to Discord: {exc}") from None
-    except TimeoutError:
-        raise DiscordUnavailable(f"Discord did not answer {what} in time at {api_base}") from None
+        raise DiscordError(f"cannot send {what} to Discord: {exc}") from exc
+    except TimeoutError as exc:
+        raise DiscordUnavailable(f"Discord did not answer {what} in time at {api_base}") from exc
     except (aiohttp.ClientError, OSError) as exc:
-        raise DiscordUnavailable(f"cannot reach Discord at {api_base}: {type(exc).__name__}") from None
+        raise DiscordUnavailable(f"cannot reach Discord at {api_base}: {type(exc).__name__}") from exc
 
 
 def rebase(url: str, api_base: str) -> str:

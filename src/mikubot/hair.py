@@ -13,6 +13,9 @@ over magenta shading) the colour between, as a person naming "her hair colour" w
 Background is judged in coarse CIE Lab cells (perceptual, so a cell holds colours a viewer would call the
 same). No random numbers anywhere: the same pixels always give the same colour.
 
+Comparing the colour read with a character's colours is ``mikubot.colour``'s (the one metric the crop and the
+verifier share); the Lab here only sorts pixels (skin, background) inside one read.
+
 Where the hair is looked for, and the median, were chosen on the generated scene set's *tune* split
 (bench/scenes.py; docs/crop.md has the numbers).
 """
@@ -27,6 +30,7 @@ from PIL import Image
 
 from facedetect.imageio import to_rgb
 from facedetect.types import Detection
+from mikubot.colour import to_hex
 
 # Where the hair is: a band as wide as the face box (brow to chin in anime face boxes), from this many face
 # widths above its top edge to this many below it (the fringe over the brows). Not beside the face: side
@@ -42,10 +46,6 @@ BORDER_SHARE = 0.02  # a Lab cell holding this share of the picture's border is 
 BORDER_STRIP = 0.03  # the border strip, as a share of the picture's shorter side
 
 
-# Comparing two hair colours: Lab distance with lightness counted at this weight. Light and shade change a
-# hair's lightness far more than its hue and chroma (a red in shadow is still red, not another character's).
-LIGHTNESS_WEIGHT = 0.25
-
 
 @dataclass(frozen=True)
 class HairRead:
@@ -59,20 +59,6 @@ def _lab(rgb: np.ndarray) -> np.ndarray:
 
 def _cells(lab: np.ndarray) -> np.ndarray:
     return (lab[:, 0] // CELL_L) * 10_000 + (lab[:, 1] // CELL_AB) * 100 + lab[:, 2] // CELL_AB
-
-
-def hex_lab(colour: str) -> np.ndarray:
-    h = colour.lstrip("#")
-    rgb = np.array([[int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)]], np.uint8)
-    lab = cv2.cvtColor(rgb.reshape(1, 1, 3), cv2.COLOR_RGB2LAB).reshape(3).astype(np.float64)
-    return lab * [100 / 255, 1, 1] - [0, 128, 128]  # CIE units: L 0-100, a and b around 0
-
-
-def hair_difference(a: str, b: str) -> float:
-    """How different two ``#rrggbb`` hair colours look: CIE Lab distance with lightness down-weighted
-    (``LIGHTNESS_WEIGHT``), so the same hair lit or shaded stays close and another hue does not."""
-    d = hex_lab(a) - hex_lab(b)
-    return float(np.hypot(np.hypot(LIGHTNESS_WEIGHT * d[0], d[1]), d[2]))
 
 
 def background_cells(rgb: np.ndarray) -> set[int]:
@@ -120,8 +106,7 @@ def read_hair(rgb: np.ndarray, box: tuple[float, float, float, float],
     keep &= ~np.isin(_cells(lab), np.fromiter(background, np.int64, len(background)))
     if not keep.any():
         return HairRead(None, 0)
-    r, g, b = (int(v) for v in np.median(hair[keep], axis=0).round())
-    return HairRead(f"#{r:02x}{g:02x}{b:02x}", int(keep.sum()))
+    return HairRead(to_hex(np.median(hair[keep], axis=0).round()), int(keep.sum()))
 
 
 def with_hair(image: Image.Image, detections: list[Detection]) -> list[Detection]:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from mikubot import storage
+from mikubot.errors import MikubotError
 from mikubot.redact import scrub, strip_userinfo
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ CREATE INDEX IF NOT EXISTS changes_status ON changes(status);
 """
 
 
-class HistoryError(Exception):
+class HistoryError(MikubotError):
     """A history operation a person asked for cannot be done (unknown id, nothing to restore)."""
 
 
@@ -205,9 +206,9 @@ class History:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            except BlockingIOError as exc:
                 os.close(fd)
-                raise ChangeLocked(self._foreign_running_id(), self.lock_path) from None
+                raise ChangeLocked(self._foreign_running_id(), self.lock_path) from exc
             self._lock_fd = fd
         self._lock_users += 1
 

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mikubot.errors import MikubotError
 from mikubot.events import EventBus, ProgressEvent
 from mikubot.history import ChangeLocked
 from mikubot.pipeline import AvatarPipeline
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 Kind = Literal["change", "restore"]
 
 
-class ChangeBusy(Exception):
+class ChangeBusy(MikubotError):
     """A change is already running; ``running_id`` is its id (None while it is still being started)."""
 
     def __init__(self, running_id: int | None, kind: str):
@@ -140,7 +141,7 @@ class ChangeRunner:
         if handle.change_id is None and handle.task.done() and not handle.task.cancelled():
             exc = handle.task.exception()
             if isinstance(exc, ChangeLocked):  # another process runs a change on this data directory
-                raise ChangeBusy(exc.running_id, kind) from None
+                raise ChangeBusy(exc.running_id, kind) from exc
             if exc is not None:
                 raise exc
             handle.change_id = handle.task.result().get("id")

@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from mikubot.errors import MikubotError
+
 # The saliency map is computed on a thumbnail: the method looks at coarse structure anyway
 # (OpenCV's implementation works on a 64x64 resize internally), and it keeps the cost constant.
 THUMB_SIDE = 256
@@ -29,7 +31,7 @@ TOP_MARGIN = 0.05
 ROW_THRESHOLD = 0.25
 
 
-class SaliencyUnavailable(Exception):
+class SaliencyUnavailable(MikubotError):
     """The saliency map is unusable (a flat or blank picture, or OpenCV failed): use another fallback."""
 
 

@@ -16,6 +16,8 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+from mikubot.errors import MikubotError
+
 NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 UNWRITABLE_ERRNOS = frozenset({errno.EROFS, errno.EIO})
 SQLITE_FULL = 13  # sqlite3.h: "Insertion failed because database is full"
@@ -23,7 +25,7 @@ SQLITE_IOERR = 10  # sqlite3.h: "Some kind of disk I/O error occurred" (extended
 LOW_SPACE_BYTES = 1 << 20  # an I/O error with less than this free is taken for a full disk
 
 
-class StorageError(OSError):
+class StorageError(MikubotError, OSError):
     """The data directory (or the file system under it) cannot be written; ``where`` is what failed."""
 
     status_code = 503

@@ -33,7 +33,9 @@ from facedetect.backends.base import Detector
 from facedetect.errors import FaceDetectError
 from facedetect.imageio import load_image
 from facedetect.types import Detection
-from mikubot.crop import colour_matches, hair_of
+from mikubot.colour import DEFAULT_TOLERANCE, colour_matches, hair_nearness, hair_rank
+from mikubot.crop import hair_of
+from mikubot.errors import MikubotError
 from mikubot.hair import with_hair
 from mikubot.sources.base import Candidate
 
@@ -48,7 +50,7 @@ PROMPT = (
 )
 
 
-class VisionUnavailable(Exception):
+class VisionUnavailable(MikubotError):
     """The vision model cannot be asked (llama-swap down, model missing, 5xx, timeout)."""
 
 
@@ -235,10 +237,10 @@ class VisionVerifier:
                 return await self._http.post(self.url, json=body, headers=headers, timeout=self.timeout_s)
             async with httpx.AsyncClient() as client:
                 return await client.post(self.url, json=body, headers=headers, timeout=self.timeout_s)
-        except httpx.TimeoutException:
-            raise VisionUnavailable(f"the vision model did not answer within {self.timeout_s:.0f} s ({self.url})") from None
+        except httpx.TimeoutException as exc:
+            raise VisionUnavailable(f"the vision model did not answer within {self.timeout_s:.0f} s ({self.url})") from exc
         except httpx.HTTPError as exc:
-            raise VisionUnavailable(f"cannot reach llama-swap at {self.url}: {exc}") from None
+            raise VisionUnavailable(f"cannot reach llama-swap at {self.url}: {exc}") from exc
 
     async def verify(self, candidate: Candidate, *, body: dict[str, Any] | None = None) -> Verification:
         """Ask the model about ``candidate``; ``body``: its request built ahead by ``request_body``."""
@@ -255,8 +257,8 @@ class VisionVerifier:
             raise VisionUnavailable(f"llama-swap answered {r.status_code}: {r.text[:200]}")
         try:
             text = r.json()["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise VisionUnavailable(f"llama-swap's answer is not an OpenAI chat completion: {r.text[:200]}") from None
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise VisionUnavailable(f"llama-swap's answer is not an OpenAI chat completion: {r.text[:200]}") from exc
         if isinstance(text, list):  # some servers return content parts
             text = " ".join(str(p.get("text", "")) for p in text if isinstance(p, dict))
         text = str(text or "")
@@ -274,15 +276,6 @@ class VisionVerifier:
 
 # --- without a model -------------------------------------------------------------------------------------------------
 
-def _rgb(hex_colour: str) -> tuple[int, int, int]:
-    h = hex_colour.lstrip("#")
-    return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
-
-
-def colour_distance(a: str, b: str) -> float:
-    return math.dist(_rgb(a), _rgb(b))
-
-
 class HeuristicVerifier:
     method = "heuristic"
 
@@ -293,7 +286,7 @@ class HeuristicVerifier:
         hair_colours: list[str],
         detector: Detector | None,
         *,
-        tolerance: float = 100.0,
+        tolerance: float = DEFAULT_TOLERANCE,
     ) -> None:
         self.character = character
         self.character_tag = character_tag
@@ -302,11 +295,12 @@ class HeuristicVerifier:
         self.tolerance = tolerance
 
     def hair(self, data: bytes, faces: list[Detection] | None = None) -> tuple[str | None, float | None]:
-        """The hair colour to judge the picture by, and its distance to the nearest configured colour;
-        (None, None) when no face reports a colour. ``faces``: the picture's detections, when already
-        made (else animeface runs on a thumbnail here). With several faces, the one nearest the
-        character's colours speaks for the picture (is the character in it?); the most confident one
-        when no colours are configured."""
+        """The hair colour to judge the picture by, and its difference to the nearest configured colour
+        (``mikubot.colour.hair_nearness``); (None, None) when no face reports a colour. ``faces``: the
+        picture's detections, when already made (else animeface runs on a thumbnail here). With several
+        faces, the one the crop would take for the character's speaks for the picture: the best
+        ``mikubot.colour.hair_rank``, then the detector's confidence; the most confident one when no
+        colours are configured."""
         if faces is None or (faces and not any(hair_of(f) for f in faces)):
             faces = self._detect(data)  # not detected yet, or without a colour read
         coloured = [(f, colour) for f in faces if (colour := hair_of(f))]
@@ -314,10 +308,9 @@ class HeuristicVerifier:
             return None, None
         if not self.hair_colours:
             return max(coloured, key=lambda fc: fc[0].confidence)[1], None
-        readings = [(not colour_matches(c, self.hair_colours, self.tolerance),
-                     min(colour_distance(c, h) for h in self.hair_colours), -f.confidence, c) for f, c in coloured]
-        _, distance, _, colour = min(readings)
-        return colour, distance
+        _, colour = max(coloured, key=lambda fc: (hair_rank(fc[1], self.hair_colours, self.tolerance), fc[0].confidence))
+        distance = hair_nearness(colour, self.hair_colours)
+        return colour, None if math.isinf(distance) else distance
 
     def _detect(self, data: bytes) -> list[Detection]:
         try:

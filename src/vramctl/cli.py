@@ -30,7 +30,7 @@ from .config import DETECTOR_VRAM_MIB, VramSettings
 from .coordinator import Coordinator, Reservation
 from .errors import VramError
 from .hold import DetectorHold, hold_until_signalled
-from .probes import ProbeError, select_probe
+from .probes import select_probe
 
 app = typer.Typer(help="VRAM coordination: measure, unload, wait.", no_args_is_help=True, add_completion=False)
 console = Console()
@@ -66,11 +66,11 @@ def _settings(config: Path | None, llama_swap: str | None, probe: str | None, pr
 def _run(coro_fn) -> Any:
     try:
         return asyncio.run(coro_fn())
-    except (VramError, ProbeError) as exc:
+    except VramError as exc:  # a probe's ProbeError included
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        raise typer.Exit(130) from exc
 
 
 def _fmt_mib(x: float | None) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 class VramError(RuntimeError):
-    """Base class for every vramctl failure."""
+    """Base class of every vramctl error (a probe's ``ProbeError`` included); foreign errors are mapped once,
+    where they are caught, with ``raise ... from exc``."""
 
 
 class UnknownConsumer(VramError, KeyError):

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import httpx
 
+from .errors import VramError
+
 if TYPE_CHECKING:
     from .config import VramSettings
 
@@ -43,7 +45,7 @@ class GpuMemory:
         return asdict(self)
 
 
-class ProbeError(RuntimeError):
+class ProbeError(VramError):
     """The probe could not read the card (driver gone, tool failing, emulator down)."""
 
 

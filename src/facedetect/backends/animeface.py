@@ -90,11 +90,11 @@ class AnimefaceDetector(Detector):
                 lone_likelihood=lone_likelihood,
             )
         except (TypeError, ValueError) as exc:
-            raise BackendUnavailable(f"bad animeface search parameters: {exc}", status_code=400) from None
+            raise BackendUnavailable(f"bad animeface search parameters: {exc}", status_code=400) from exc
         try:
             self.twostage = TwoStage(**(twostage or {}))
         except (TypeError, ValueError) as exc:
-            raise BackendUnavailable(f"bad two-stage parameters: {exc}", status_code=400) from None
+            raise BackendUnavailable(f"bad two-stage parameters: {exc}", status_code=400) from exc
         self._proposer: tuple[ProposalModel, cv2.HOGDescriptor] | None = None
         self._verifier: Verifier | None = None
         self.mode: Mode = mode
@@ -115,7 +115,7 @@ class AnimefaceDetector(Detector):
             try:
                 self._filter = FaceFilter.load(None if self.face_filter is True else self.face_filter)
             except FaceFilterError as exc:
-                raise BackendUnavailable(f"animeface face filter: {exc}") from None
+                raise BackendUnavailable(f"animeface face filter: {exc}") from exc
         self._lib = NvxsLibrary()
         if self.mode == "twostage":
             model = default_model()
@@ -124,7 +124,7 @@ class AnimefaceDetector(Detector):
                 try:
                     self._verifier = Verifier()
                 except VerifierError as exc:
-                    raise BackendUnavailable(f"animeface proposal verifier: {exc}") from None
+                    raise BackendUnavailable(f"animeface proposal verifier: {exc}") from exc
         if self.mode != "full" and self.scheme.threads > 1:
             self._pool = ThreadPoolExecutor(self.scheme.threads, thread_name_prefix="animeface")
 

@@ -115,7 +115,7 @@ class CascadeDetector(Detector):
         except cv2.error as exc:  # a malformed XML makes OpenCV's parser throw rather than fail softly
             raise BackendUnavailable(
                 f"{self.model_path} is not a readable OpenCV cascade XML (OpenCV: {_short(exc)})"
-            ) from None
+            ) from exc
         if not ok or classifier.empty():
             raise BackendUnavailable(
                 f"{self.model_path} is not an OpenCV cascade classifier (expected a cascade XML such as "

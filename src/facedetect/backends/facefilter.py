@@ -35,6 +35,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from facedetect.errors import FaceDetectError
+
 FEATURES_VERSION = 1  # bump when :func:`features` changes; a model records the version it was trained on
 CROP = 32  # side of the resized crops the HOG sees
 CONTEXT = 2.0  # the context window's side, in box sides
@@ -45,8 +47,10 @@ Box = Sequence[float]  # x1, y1, x2, y2 in image pixels
 _HOG = cv2.HOGDescriptor((CROP, CROP), (16, 16), (8, 8), (8, 8), 9)
 
 
-class FaceFilterError(RuntimeError):
+class FaceFilterError(FaceDetectError, RuntimeError):
     """The model file is missing, unreadable, or does not fit this version of the features."""
+
+    status_code = 503
 
 
 def default_model_path() -> Path:
@@ -178,7 +182,7 @@ class FaceFilter:
                 threshold=float(doc["threshold"]), meta=dict(doc.get("meta", {})),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise FaceFilterError(f"face filter model is malformed: {exc!r}") from None
+            raise FaceFilterError(f"face filter model is malformed: {exc!r}") from exc
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> FaceFilter:
@@ -187,12 +191,12 @@ class FaceFilter:
         try:
             text = p.read_text()
         except OSError as exc:
-            raise FaceFilterError(f"face filter model {p} cannot be read: {exc.strerror or exc}") from None
+            raise FaceFilterError(f"face filter model {p} cannot be read: {exc.strerror or exc}") from exc
         try:
             doc = json.loads(text)
         except ValueError as exc:
-            raise FaceFilterError(f"face filter model {p} is not valid JSON: {exc}") from None
+            raise FaceFilterError(f"face filter model {p} is not valid JSON: {exc}") from exc
         try:
             return cls.from_json(doc)
         except FaceFilterError as exc:
-            raise FaceFilterError(f"{p}: {exc}") from None
+            raise FaceFilterError(f"{p}: {exc}") from exc

@@ -32,6 +32,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from facedetect.errors import FaceDetectError
+
 CONTEXT = 2.0  # the window's side, in proposal sides: the face and its hair, neck and surroundings
 CROP = 64  # px: windows are cut at this size first (training augments at it) ...
 INPUT = 40  # ... and area-resized to the network's input
@@ -40,8 +42,10 @@ MODEL_NAME = "verifier.onnx"
 Box = Sequence[float]  # x1, y1, x2, y2
 
 
-class VerifierError(RuntimeError):
+class VerifierError(FaceDetectError, RuntimeError):
     """The model or its description is missing, unreadable, or made for other windows."""
+
+    status_code = 503
 
 
 def model_paths() -> tuple[Path, Path]:
@@ -105,14 +109,14 @@ class Verifier:
         try:
             meta = json.loads(Path(description).read_text())
         except (OSError, ValueError) as exc:
-            raise VerifierError(f"{description}: {exc}") from None
+            raise VerifierError(f"{description}: {exc}") from exc
         if (meta.get("context"), meta.get("crop"), meta.get("input")) != (CONTEXT, CROP, INPUT):
             raise VerifierError(f"{description}: trained for other windows ({meta.get('context')}, "
                                 f"{meta.get('crop')}, {meta.get('input')} px)")
         try:
             self._net = cv2.dnn.readNetFromONNX(str(model))
         except cv2.error as exc:
-            raise VerifierError(f"{model}: not a network OpenCV can read ({str(exc).strip().splitlines()[-1]})") from None
+            raise VerifierError(f"{model}: not a network OpenCV can read ({str(exc).strip().splitlines()[-1]})") from exc
         self.meta = meta
         self._lock = threading.Lock()  # an OpenCV Net is not safe to run from two threads at once
 

@@ -19,6 +19,7 @@ from datetime import datetime, time, timedelta
 from typing import Literal
 
 from mikubot.config import Settings
+from mikubot.errors import MikubotError
 from mikubot.runner import ChangeBusy, ChangeRunner, RunningChange
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ Outcome = Literal["not-due", "started", "skipped"]
 MAX_SLEEP_S = 60.0  # re-read the clock at least this often (suspend/resume, clock changes)
 
 
-class ScheduleError(ValueError):
+class ScheduleError(MikubotError, ValueError):
     pass
 
 

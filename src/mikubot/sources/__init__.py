@@ -55,7 +55,7 @@ def source_from_spec(spec: str, **options: Any) -> Source:
     try:
         opts = SourceOptions(**options)
     except ValidationError as exc:
-        raise SourceConfigError(describe_errors(exc)) from None
+        raise SourceConfigError(describe_errors(exc)) from exc
     spec = (spec or "").strip()
     kind, sep, arg = spec.partition(":")
     kind = kind.lower()
@@ -71,7 +71,7 @@ def source_from_spec(spec: str, **options: Any) -> Source:
         if kind == "url" and arg.strip():
             return UrlSource(arg.strip(), opts)
     except ValueError as exc:  # a query that cannot fit the tag limit
-        raise SourceConfigError(str(exc)) from None
+        raise SourceConfigError(str(exc)) from exc
     if kind in ("local", "file", "url"):
         raise SourceConfigError(f"the source {spec!r} needs a value after the colon: {SPEC_HELP}")
     raise SourceConfigError(f"unknown source {spec!r}; use {SPEC_HELP}")

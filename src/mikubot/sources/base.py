@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from facedetect.formats import EXTENSIONS
+from mikubot.errors import MikubotError
 
 # Still-image formats the rest of the pipeline decodes (facedetect/formats.py; GIF's first frame).
 # Video (mp4, webm), Flash and Danbooru's "ugoira" zip archives are never candidates.
@@ -63,7 +64,7 @@ class Candidate:
         }
 
 
-class SourceError(Exception):
+class SourceError(MikubotError):
     """A source cannot deliver. ``message`` says what happened and what to do about it.
 
     ``retryable`` is True for conditions that may pass on their own (the site is down, rate limits,

@@ -38,13 +38,13 @@ def sniff(data: bytes, *, what: str) -> ImageHeader:
             fmt, (width, height) = im.format, im.size
     except Image.DecompressionBombError as exc:
         # Not OSError: without this clause one such file would end the whole change instead of itself.
-        raise ImageBomb(f"{what} claims too many pixels to decode safely (a decompression bomb): {exc}") from None
-    except UnidentifiedImageError:
+        raise ImageBomb(f"{what} claims too many pixels to decode safely (a decompression bomb): {exc}") from exc
+    except UnidentifiedImageError as exc:
         head = data[:64].lstrip().lower()
         kind = "a web page" if head.startswith((b"<!doctype", b"<html")) else f"not a {names()} image"
-        raise SourceError(f"{what} is {kind}") from None
+        raise SourceError(f"{what} is {kind}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise SourceError(f"{what} is a damaged image ({exc})") from None
+        raise SourceError(f"{what} is a damaged image ({exc})") from exc
     if fmt not in BY_PILLOW or width < 1 or height < 1:
         raise SourceError(f"{what} is not a usable image")
     return ImageHeader(BY_PILLOW[fmt].ext, width, height)

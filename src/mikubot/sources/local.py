@@ -45,7 +45,7 @@ def read_limited(path: Path, limit: int) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from exc
     with os.fdopen(fd, "rb") as f:
         try:
             info = os.fstat(f.fileno())
@@ -55,7 +55,7 @@ def read_limited(path: Path, limit: int) -> bytes:
                 raise SourceError(f"{path} is {info.st_size / 1e6:.1f} MB; the limit is {limit / 1e6:.1f} MB (max_download_bytes)")
             data = f.read(limit + 1)  # bounded even if the file grows while it is read
         except OSError as exc:
-            raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from None
+            raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if len(data) > limit:
         raise SourceError(f"{path} grew past the limit of {limit / 1e6:.1f} MB while it was read")
     return data

@@ -106,7 +106,7 @@ class Transfer:
                     f"{last}; {self.service} asks to wait {exc.retry_after:.0f} s, longer than the "
                     f"{policy.max_retry_after_s:g} s this bot waits - try again later",
                     retryable=True,
-                ) from None
+                ) from exc
         except (TimeoutError, httpx.TimeoutException):
             last = f"{self.service} did not answer {what} within {opts.http_timeout_s:g} s"
         except httpx.TransportError as exc:
@@ -149,10 +149,10 @@ class Transfer:
                 return None
             try:
                 return response.json()
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError) as exc:
                 # A challenge page or a proxy's error page in place of JSON: usually passes.
                 ctype = response.headers.get("content-type", "?")
-                raise RetryLater(f"{self.service} answered {what} with {ctype}, not JSON") from None
+                raise RetryLater(f"{self.service} answered {what} with {ctype}, not JSON") from exc
 
         return await self._attempts(what, attempt)
 

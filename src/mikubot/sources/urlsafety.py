@@ -75,7 +75,7 @@ def check_url_syntax(url: str, policy: UrlPolicy) -> httpx.URL:
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError, ValueError) as exc:
-        raise UnsafeUrl(f"{url!r} is not a valid URL ({exc})") from None
+        raise UnsafeUrl(f"{url!r} is not a valid URL ({exc})") from exc
     if parsed.scheme not in policy.schemes:
         allowed = " or ".join(sorted(policy.schemes))
         raise UnsafeUrl(f"refusing {url}: only {allowed} URLs are fetched (got {parsed.scheme or 'no scheme'}://)")
@@ -93,7 +93,7 @@ async def resolve(host: str, port: int) -> list[str]:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         retryable = exc.errno == socket.EAI_AGAIN
-        raise SourceError(f"cannot resolve host {host!r}: {exc.strerror or exc}", retryable=retryable) from None
+        raise SourceError(f"cannot resolve host {host!r}: {exc.strerror or exc}", retryable=retryable) from exc
     return sorted({str(info[4][0]) for info in infos})
 
 

@@ -117,7 +117,7 @@ async def change(
         try:
             p.runner.pipeline.make_source(spec)
         except SourceError as exc:
-            raise HTTPException(400, f"bad source: {exc.message}") from None
+            raise HTTPException(400, f"bad source: {exc.message}") from exc
     try:
         handle = await p.runner.start_change(source=spec, candidates=k, dry_run=dry)
     except ChangeBusy as exc:
@@ -190,7 +190,7 @@ async def restore(request: Request, change_id: ChangeId, wait: bool = Query(Fals
     except ChangeBusy as exc:
         return await busy_response(p, exc)
     except HistoryError as exc:
-        raise HTTPException(422, str(exc)) from None
+        raise HTTPException(422, str(exc)) from exc
     return await started(p, handle, wait)
 
 
@@ -209,7 +209,7 @@ async def upload(request: Request, _: str = Depends(write_access)) -> dict[str, 
     except (HTTPException, FaceDetectError, StorageError) as exc:  # a StorageError is answered 507/503 by the app
         p.metrics.uploads.labels(str(exc.status_code)).inc()
         if isinstance(exc, FaceDetectError):
-            raise uploads.bad_image(exc) from None
+            raise uploads.bad_image(exc) from exc
         raise
     p.metrics.uploads.labels("ok").inc()
     return preview.to_json()

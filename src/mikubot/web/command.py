@@ -19,7 +19,7 @@ def run_web(settings: Settings, host: str, port: int) -> None:
         server = make_server(settings, host=host, port=port)
     except BindRefused as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise typer.Exit(2) from exc
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     _, where = resolve_token(settings.web_token, settings.data_dir)  # the same token the app uses; never printed
     shown = f"[{host}]" if ":" in host else host

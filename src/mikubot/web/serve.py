@@ -17,6 +17,7 @@ import uvicorn
 
 from httpserve import ServeLimits, is_loopback, uvicorn_config
 from mikubot.config import Settings
+from mikubot.errors import MikubotError
 from mikubot.runner import ChangeRunner
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 3939
 
 
-class BindRefused(Exception):
+class BindRefused(MikubotError):
     """The panel would be reachable from the network without a configured token."""
 
 

@@ -93,7 +93,7 @@ class PreviewGate:
                 yield
         except Busy as exc:
             raise HTTPException(503, f"too many upload previews at once: {exc.message}",
-                                headers={"Retry-After": str(exc.retry_after)}) from None
+                                headers={"Retry-After": str(exc.retry_after)}) from exc
 
     @asynccontextmanager
     async def run(self, data: bytes) -> AsyncIterator[None]:
@@ -184,7 +184,7 @@ async def _preview(pipeline: AvatarPipeline, image: Any, width: int, height: int
         try:
             service, _ = await pipeline.reserve_detector(room, "upload preview", note)
         except NoRoomForDetector as exc:
-            raise HTTPException(503, str(exc)) from None
+            raise HTTPException(503, str(exc)) from exc
         async with pipeline.face_finder(service, note) as finder:
             found = await finder.find(image, data, path.name)
     if found.error:
@@ -195,7 +195,7 @@ async def _preview(pipeline: AvatarPipeline, image: Any, width: int, height: int
                                  max_upscale=s.max_upscale, hair_colours=s.hair_colours,
                                  hair_tolerance=s.hair_tolerance)
         except CropError as exc:
-            raise HTTPException(422, f"cannot crop this image: {exc}") from None
+            raise HTTPException(422, f"cannot crop this image: {exc}") from exc
         notes.extend(why for _, why in framing.refused)
         atomic_write(folder / "preview.png", avatar_png(framing.crop))
         atomic_write(folder / "annotated.jpg", jpeg_bytes(annotated_source(image, found.detections, framing.crop.box)))
