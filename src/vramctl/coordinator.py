@@ -19,50 +19,25 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from . import metrics
 from .config import Consumer, VramSettings
-from .errors import LeaseError, NotEnoughVram, ReservationTimeout, ServerError, UnloadUnsupported, VramError
+from .errors import LeaseError, NotEnoughVram, ReservationTimeout, VramError
 from .lease import HostLease
 from .planner import choose_victims
 from .probes import GpuMemory, Probe, ProbeError, select_probe
-from .servers import FaceDetectControl, LlamaSwapClient, OllamaClient
-from .servers.facedetect import reported_uses_gpu
-from .servers.llama_swap import Catalog, RunningModel
-from .servers.ollama import same_model
+from .residency import Reservation, Residency, llama_swap_residency
+from .servers.llama_swap import Catalog
 from .timeline import Timeline
+from .unloads import Unloader
+
+__all__ = ["Coordinator", "Reservation", "Residency", "llama_swap_residency"]
 
 
-@dataclass
-class Reservation:
-    consumer: str
-    timeline: Timeline  # the events of this reservation, t from the moment it was asked for
-    unloaded: list[str] = field(default_factory=list)  # who was freed for it
-    waited_s: float = 0.0  # from asking to being allowed to run
-    note: str = ""
-    free_mib: float | None = None  # measured free VRAM when granted (None without a probe)
-    errors: list[str] = field(default_factory=list)  # unload failures met on the way (it still succeeded)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"consumer": self.consumer, "note": self.note, "waited_s": round(self.waited_s, 4),
-                "unloaded": list(self.unloaded), "free_mib": self.free_mib, "errors": list(self.errors),
-                "timeline": self.timeline.to_json()}
-
-
-@dataclass
-class Residency:
-    loaded: bool | None  # None: cannot tell (server unreachable, external consumer)
-    detail: str = ""
-    uses_gpu: bool | None = None  # measured by the server itself (face detector /health); None: not reported
-    backend: str | None = None  # what the server runs, for messages
-    releasing: bool = False  # llama-swap `stopping`/`shutdown`: its memory is not back until the probe shows it
-
-
-class Coordinator:
+class Coordinator(Unloader):
     def __init__(self, settings: VramSettings, *, probe: Probe | None = None,
                  http: httpx.AsyncClient | None = None) -> None:
         self.settings = settings
@@ -286,20 +261,6 @@ class Coordinator:
         if res.unloaded or any(states[o.name].releasing for o in others):
             await self._settle(res)
 
-    async def _settle(self, res: Reservation) -> None:
-        self._event(res, "settle", None, None,
-                    f"waiting {self.settings.settle_s:g} s: no probe can show when the memory is free")
-        await asyncio.sleep(self.settings.settle_s)
-
-    async def _resume(self, c: Consumer, res: Reservation) -> None:
-        try:
-            await FaceDetectControl(self.settings.server_url(c), self._http, self.settings.http_timeout_s,
-                                    self.settings.facedetect_token).load()
-            self._event(res, "resumed", c.name, await self._free_now(), "POST /load")
-        except ServerError as exc:  # the detector also loads itself on its next /detect
-            self._event(res, "resume-failed", c.name, None, str(exc))
-            res.errors.append(str(exc))
-
     @staticmethod
     def _cpu_only(c: Consumer, states: dict[str, Residency]) -> bool:
         """A face detector whose service reports it runs on the CPU: it holds no VRAM and needs none."""
@@ -326,199 +287,3 @@ class Coordinator:
         expected = sum(v.vram_mib for v, _ in unloaded)
         released = max(0.0, free_now - min(f for _, f in unloaded))
         return max(0.0, expected - released)
-
-    # ---- unloading -----------------------------------------------------------------------------------
-    async def _unload_all(self, victims: list[Consumer], requester: Consumer, res: Reservation,
-                          free: float | None) -> None:
-        """Unload `victims` concurrently; `res.unloaded` lists the ones that went, in the planner's order."""
-        if not victims:
-            return
-        done = await asyncio.gather(*(self._unload(v, requester, res, free) for v in victims))
-        res.unloaded.extend(v.name for v, ok in zip(victims, done) if ok)
-
-    async def _unload(self, v: Consumer, requester: Consumer, res: Reservation, free: float | None) -> bool:
-        url = self.settings.server_url(v)
-        self._event(res, "unload", v.name, free, f"{v.kind} {v.model or ''} at {url}".replace("  ", " "))
-        t0 = time.monotonic()
-        try:
-            if v.kind == "llama-swap":
-                method = await self._unload_llama_swap(v, requester, res)
-            elif v.kind == "ollama":
-                method = await OllamaClient(url, self._http, self.settings.http_timeout_s).unload(v.model or "")
-            else:
-                method = await FaceDetectControl(url, self._http, self.settings.http_timeout_s,
-                                                 self.settings.facedetect_token).unload()
-        except ServerError as exc:
-            self._event(res, "unload-failed", v.name, None, str(exc))
-            res.errors.append(str(exc))
-            return False
-        metrics.UNLOADS.labels(v.name, method).inc()
-        self._event(res, "unloaded", v.name, await self._free_now(),
-                    f"via {method}; server answered after {time.monotonic() - t0:.3f} s")
-        return True
-
-    async def _unload_llama_swap(self, v: Consumer, requester: Consumer, res: Reservation) -> str:
-        s = self.settings
-        url = s.server_url(v)
-        client = LlamaSwapClient(url, self._http, s.llama_swap_api_key, s.http_timeout_s)
-        try:
-            return await client.unload(v.model or "")
-        except UnloadUnsupported as exc:
-            self._event(res, "unload-fallback", v.name, None, f"{exc}; using GET /unload, which stops every model")
-        siblings = [o for o in s.consumers if o.kind == "llama-swap" and s.server_url(o) == url and o.name != v.name]
-        in_use = [o.name for o in siblings if self._held.get(o.name, 0)]
-        if in_use:
-            raise ServerError("llama-swap", url, f"cannot unload {v.name} alone (no per-model unload) while "
-                              f"{', '.join(in_use)} is reserved; GET /unload would stop it too")
-        try:
-            return await client.unload_all()
-        except UnloadUnsupported:
-            pass
-        targets = sorted((o for o in siblings if o.name != requester.name), key=lambda o: (o.vram_mib, o.name))
-        if not targets:
-            raise UnloadUnsupported("llama-swap", url, f"no unload endpoint and no other model to swap {v.name} out with")
-        t = targets[0]
-        self._event(res, "swap-last-resort", v.name, None,
-                    f"LAST RESORT (the swap-to-text method): llama-swap has no unload endpoint; requesting {t.model} "
-                    f"with max_tokens 1, which loads {t.vram_mib} MiB nobody asked for")
-        await client.swap_to(t.model or "")
-        return f"swap-to-{t.name}"
-
-    # ---- measuring -----------------------------------------------------------------------------------
-    async def _measure(self, res: Reservation | None) -> GpuMemory | None:
-        try:
-            mem = await self.probe.read()
-        except ProbeError as exc:
-            if res is not None:
-                self._event(res, "probe-unavailable", None, None, f"{exc}; falling back to unload + settle delay")
-            return None
-        if mem is not None:
-            metrics.FREE_MIB.set(mem.free_mib)
-        elif res is not None and not any(e.event == "no-probe" for e in res.timeline.events):
-            self._event(res, "no-probe", None, None, f"probe {self.probe.name!r} measures nothing (no GPU)")
-        return mem
-
-    async def _free_now(self) -> float | None:
-        try:
-            mem = await self.probe.read()
-        except ProbeError:
-            return None
-        return mem.free_mib if mem else None
-
-    async def _residency(self, res: Reservation | None) -> tuple[dict[str, Residency], dict[str, Any]]:
-        """Ask each server once what it has loaded. Unreachable servers → `loaded=None` and an event."""
-        s = self.settings
-        states: dict[str, Residency] = {}
-        servers: dict[str, Any] = {}
-        by_server: dict[tuple[str, str], list[Consumer]] = defaultdict(list)
-        for c in s.consumers:
-            if c.kind == "external":
-                states[c.name] = Residency(None, "external: accounted for, not controlled")
-            else:
-                by_server[(c.kind, s.server_url(c))].append(c)
-
-        async def ask(kind: str, url: str, members: list[Consumer]) -> None:
-            try:
-                if kind == "llama-swap":
-                    running, catalog = await self._llama_swap_state(url, members)
-                    servers[url] = {"kind": kind, "running": [{"model": r.model, "state": r.state} for r in running]}
-                    for c in members:
-                        states[c.name] = llama_swap_residency(c.model or "", running, catalog)
-                elif kind == "ollama":
-                    loaded = await OllamaClient(url, self._http).ps()
-                    servers[url] = {"kind": kind, "models": [{"name": m.name, "size_vram_mib": round(m.size_vram_mib, 1)}
-                                                             for m in loaded]}
-                    for c in members:
-                        hit = next((m for m in loaded if same_model(m.name, c.model or "")), None)
-                        states[c.name] = Residency(hit is not None, f"ollama: {hit.size_vram_mib:.0f} MiB in VRAM"
-                                                   if hit else "ollama: not loaded")
-                else:
-                    health = await FaceDetectControl(url, self._http).health()
-                    servers[url] = {"kind": kind, "health": health}
-                    uses_gpu = reported_uses_gpu(health)
-                    backend = health.get("backend") if isinstance(health.get("backend"), str) else None
-                    where = {True: "on the GPU", False: "on the CPU: needs no VRAM", None: ""}[uses_gpu]
-                    for c in members:
-                        loaded_ = bool(health.get("detector_loaded"))
-                        detail = "detector loaded" if loaded_ else "detector unloaded"
-                        if backend or where:
-                            detail += f" ({', '.join(x for x in (backend, where) if x)})"
-                        states[c.name] = Residency(loaded_, detail, uses_gpu, backend)
-            except (ServerError, KeyError, TypeError, ValueError) as exc:
-                servers[url] = {"kind": kind, "error": str(exc)}
-                for c in members:
-                    states[c.name] = Residency(None, str(exc))
-                if res is not None and not any(e.event == "server-unreachable" and url in e.detail
-                                               for e in res.timeline.events):
-                    self._event(res, "server-unreachable", None, None, str(exc))
-
-        await asyncio.gather(*(ask(k, u, m) for (k, u), m in by_server.items()))
-        return states, servers
-
-    async def _llama_swap_state(self, url: str, members: list[Consumer]) -> tuple[list[RunningModel], Catalog]:
-        """`/running`, and the names llama-swap answers to (asked again only when a consumer's name is new to
-        it: its config was reloaded, or the name is wrong). Without `/v1/models` names are taken as they are."""
-        client = LlamaSwapClient(url, self._http, self.settings.llama_swap_api_key)
-        running = await client.running()
-        catalog = self._catalogs.get(url)
-        if catalog is None or not all(catalog.knows(c.model or "") for c in members):
-            try:
-                catalog = self._catalogs[url] = await client.catalog()
-            except ServerError:
-                catalog = catalog or Catalog()
-        return running, catalog
-
-    def _holders_message(self, c: Consumer, need: float, mem: GpuMemory | None, states: dict[str, Residency],
-                         res: Reservation, why: str) -> str:
-        parts = [f"cannot reserve {need:.0f} MiB for {c.name!r} ({c.vram_mib} + {self.settings.safety_margin_mib} "
-                 f"margin): {why}."]
-        if mem is not None:
-            parts.append(f"GPU: {mem.free_mib:.0f} MiB free of {mem.total_mib:.0f}.")
-            if mem.processes:
-                procs = ", ".join(f"{p.name} {p.used_mib:.0f} MiB" if p.used_mib is not None else p.name
-                                  for p in mem.processes)
-                parts.append(f"Processes on the card: {procs}.")
-        holders = []
-        for o in self.settings.consumers:
-            if o.name == c.name:
-                continue
-            st = states.get(o.name)
-            if self._cpu_only(o, states):
-                continue
-            if self._held.get(o.name, 0):
-                holders.append(f"{o.name} ({o.vram_mib} MiB, reserved by another task)")
-            elif st and st.loaded:
-                holders.append(f"{o.name} ({o.vram_mib} MiB, {st.detail})")
-            elif st and st.loaded is None and o.kind != "external":
-                holders.append(f"{o.name} (unknown: {st.detail})")
-        if res.unloaded:
-            parts.append(f"Unloaded for this request, memory not yet back: {', '.join(res.unloaded)}.")
-        if holders:
-            parts.append(f"Still holding: {'; '.join(holders)}.")
-        if res.errors:
-            parts.append(f"Errors: {'; '.join(res.errors)}.")
-        return " ".join(parts)
-
-    def _event(self, res: Reservation | None, event: str, consumer: str | None, free: float | None,
-               detail: str = "") -> None:
-        now = time.monotonic()
-        self.timeline.add(event, consumer, free, detail, at=now)
-        if res is not None:
-            res.timeline.add(event, consumer, free, detail, at=now)
-        metrics.EVENTS.labels(event).inc()
-
-
-def llama_swap_residency(model: str, running: list[RunningModel], catalog: Catalog) -> Residency:
-    """Where `model` (an id, an alias or a peer's model) stands on its llama-swap: `/running` names real ids."""
-    peer = catalog.peer(model)
-    if peer:
-        return Residency(False, f"llama-swap: served by peer {peer!r}, another machine: holds no VRAM here")
-    real = catalog.resolve(model)
-    named = f"{model} = {real}, " if real != model else ""
-    hit = next((r for r in running if r.model == real), None)
-    if hit is None:
-        return Residency(False, f"llama-swap: {named}not running")
-    if hit.releasing:
-        return Residency(False, f"llama-swap: {named}{hit.state} (memory not free until the card shows it)",
-                         releasing=True)
-    return Residency(hit.holds_memory, f"llama-swap: {named}{hit.state}")

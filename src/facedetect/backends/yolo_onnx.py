@@ -307,8 +307,8 @@ def _input_hw(value: int | tuple[int, int] | list[int] | str | None) -> tuple[in
         parts = value.lower().replace("x", ",").split(",")
         try:
             nums = [int(p) for p in parts if p.strip()]
-        except ValueError:
-            raise _config_error(f"input_size {value!r} is not a size: use 640 or 384x640 (height x width)") from None
+        except ValueError as exc:
+            raise _config_error(f"input_size {value!r} is not a size: use 640 or 384x640 (height x width)") from exc
     elif isinstance(value, int):
         nums = [value]
     else:
@@ -318,6 +318,83 @@ def _input_hw(value: int | tuple[int, int] | list[int] | str | None) -> tuple[in
     if len(nums) != 2 or min(nums) < 1:
         raise _config_error(f"input_size {value!r} must be one or two positive integers (height, width)")
     return nums[0], nums[1]
+
+
+def _check_options(layout: str, conf_threshold: float, iou_threshold: float, max_det: int,
+                   num_keypoints: int | None, keypoint_dims: int) -> None:
+    if layout not in LAYOUTS:
+        raise _config_error(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if not 0.0 <= conf_threshold <= 1.0:
+        raise _config_error(f"conf_threshold must be in [0, 1], got {conf_threshold}")
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise _config_error(f"iou_threshold must be in [0, 1], got {iou_threshold}")
+    if max_det < 1:
+        raise _config_error(f"max_det must be at least 1, got {max_det}")
+    if num_keypoints is not None and num_keypoints < 0:
+        raise _config_error(f"num_keypoints must be >= 0, got {num_keypoints}")
+    if keypoint_dims not in (2, 3):
+        raise _config_error(f"keypoint_dims must be 2 or 3, got {keypoint_dims}")
+
+
+def _image_input(session: Any, model_name: str) -> tuple[Any, type]:
+    """The session's one image input and its dtype, with clear errors for odd graphs."""
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise BackendUnavailable(f"{model_name}: a YOLO export has one image input; this model has {len(inputs)}")
+    inp = inputs[0]
+    shape = list(inp.shape)
+    if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3):
+        raise BackendUnavailable(f"{model_name}: input {inp.name!r} has shape {shape}; expected (1, 3, height, width)")
+    dtypes = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+    if inp.type not in dtypes:
+        raise BackendUnavailable(f"{model_name}: input type {inp.type}; expected float or float16")
+    return inp, dtypes[inp.type]
+
+
+def _class_names(meta: dict[str, str]) -> dict[int, str]:
+    """Ultralytics' ``names`` metadata; unusual metadata only loses the names, not the model."""
+    names = _parse_literal(meta.get("names"))
+    if isinstance(names, dict):
+        try:
+            return {int(k): str(v) for k, v in names.items()}
+        except (TypeError, ValueError):
+            pass
+    return {}
+
+
+def expected_tail(shape: tuple[int, ...], head: HeadSpec) -> tuple[int, ...]:
+    """The output's shape past the batch for ``head``: the attribute count is fixed by the head; a dynamic
+    candidate count may change per run."""
+    attrs = (5 if head.layout == "v5" else 4) + head.num_classes + head.num_keypoints * head.keypoint_dims
+    return (attrs, shape[2]) if head.layout == "v8" else (shape[1], attrs)
+
+
+def to_detections(raw: RawDetections, geo: Letterbox, iou_threshold: float, max_det: int, agnostic: bool,
+                  class_names: dict[int, str]) -> list[Detection]:
+    """As ultralytics: NMS in input space, then at most ``max_det``, then back to the original image."""
+    kept = nms(raw.boxes, raw.scores, raw.class_ids, iou_threshold, agnostic=agnostic)
+    kept = kept[:max_det]
+    x1, y1 = geo.to_original(raw.boxes[:, 0], raw.boxes[:, 1])
+    x2, y2 = geo.to_original(raw.boxes[:, 2], raw.boxes[:, 3])
+    boxes = np.stack([x1, y1, x2, y2], axis=1) if len(raw.scores) else np.zeros((0, 4))
+    out: list[Detection] = []
+    for i in kept:
+        if not (boxes[i, 2] > boxes[i, 0] and boxes[i, 3] > boxes[i, 1]):
+            continue  # degenerate, or wholly in the padding: nothing of it lies in the image
+        conf = float(np.clip(raw.scores[i], 0.0, 1.0))
+        kps: list[tuple[float, float, float]] = []
+        if raw.keypoints is not None:
+            kp = raw.keypoints[i]
+            kx, ky = geo.to_original(kp[:, 0], kp[:, 1])
+            ks = np.clip(kp[:, 2], 0.0, 1.0) if kp.shape[1] == 3 else np.full(len(kp), conf)
+            kps = [(float(a), float(b), float(c)) for a, b, c in zip(kx, ky, ks)]
+        cid = int(raw.class_ids[i])
+        attrs: dict[str, Any] = {"class_id": cid}
+        if cid in class_names:
+            attrs["class_name"] = class_names[cid]
+        bbox = (float(boxes[i, 0]), float(boxes[i, 1]), float(boxes[i, 2]), float(boxes[i, 3]))
+        out.append(Detection(bbox=bbox, confidence=conf, keypoints=kps, attributes=attrs))
+    return out
 
 
 class YoloOnnxDetector(Detector):
@@ -357,18 +434,7 @@ class YoloOnnxDetector(Detector):
         self.model_path = Path(model_path).expanduser()
         if not self.model_path.is_file():
             raise BackendUnavailable(f"YOLO model file not found: {self.model_path}")
-        if layout not in LAYOUTS:
-            raise _config_error(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-        if not 0.0 <= conf_threshold <= 1.0:
-            raise _config_error(f"conf_threshold must be in [0, 1], got {conf_threshold}")
-        if not 0.0 <= iou_threshold <= 1.0:
-            raise _config_error(f"iou_threshold must be in [0, 1], got {iou_threshold}")
-        if max_det < 1:
-            raise _config_error(f"max_det must be at least 1, got {max_det}")
-        if num_keypoints is not None and num_keypoints < 0:
-            raise _config_error(f"num_keypoints must be >= 0, got {num_keypoints}")
-        if keypoint_dims not in (2, 3):
-            raise _config_error(f"keypoint_dims must be 2 or 3, got {keypoint_dims}")
+        _check_options(layout, conf_threshold, iou_threshold, max_det, num_keypoints, keypoint_dims)
         self.layout = layout
         self.input_size = _input_hw(input_size)
         self.conf_threshold = float(conf_threshold)
@@ -406,11 +472,11 @@ class YoloOnnxDetector(Detector):
     def _load(self) -> None:
         try:
             import onnxruntime as ort
-        except ImportError:
+        except ImportError as exc:
             raise BackendUnavailable(
                 "the yolo-onnx backend needs onnxruntime (pip install 'miku-discord[detector]', "
                 "or onnxruntime-gpu for CUDA)"
-            ) from None
+            ) from exc
         if not self.model_path.is_file():
             raise BackendUnavailable(f"YOLO model file not found: {self.model_path}")
         providers = self._choose_providers(ort)
@@ -427,7 +493,7 @@ class YoloOnnxDetector(Detector):
             session = ort.InferenceSession(str(self.model_path), sess_options=opts, providers=providers)
         except Exception as exc:  # ORT raises its own pybind classes (InvalidProtobuf, Fail, ...)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BackendUnavailable(f"cannot load ONNX model {self.model_path}: {first}") from None
+            raise BackendUnavailable(f"cannot load ONNX model {self.model_path}: {first}") from exc
         try:
             self._configure(session)
             # A warm-up run validates the real output shape (dynamic exports declare none) and makes
@@ -454,33 +520,11 @@ class YoloOnnxDetector(Detector):
 
     def _configure(self, session: Any) -> None:
         """Input name/size/dtype and ultralytics metadata, with clear errors for odd graphs."""
-        inputs = session.get_inputs()
-        if len(inputs) != 1:
-            raise BackendUnavailable(
-                f"{self.model_path.name}: a YOLO export has one image input; this model has {len(inputs)}"
-            )
-        inp = inputs[0]
+        inp, self._input_dtype = _image_input(session, self.model_path.name)
         shape = list(inp.shape)
-        if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3):
-            raise BackendUnavailable(
-                f"{self.model_path.name}: input {inp.name!r} has shape {shape}; expected (1, 3, height, width)"
-            )
-        if inp.type == "tensor(float)":
-            self._input_dtype = np.float32
-        elif inp.type == "tensor(float16)":
-            self._input_dtype = np.float16
-        else:
-            raise BackendUnavailable(f"{self.model_path.name}: input type {inp.type}; expected float or float16")
         self._input_name = inp.name
-
         meta = session.get_modelmeta().custom_metadata_map or {}
-        names = _parse_literal(meta.get("names"))
-        self._class_names = {}
-        if isinstance(names, dict):
-            try:
-                self._class_names = {int(k): str(v) for k, v in names.items()}
-            except (TypeError, ValueError):
-                self._class_names = {}  # unusual metadata only loses the names, not the model
+        self._class_names = _class_names(meta)
         fixed = (shape[2], shape[3]) if all(isinstance(v, int) and v > 0 for v in shape[2:]) else None
         if fixed is not None:
             if self.input_size is not None and self.input_size != fixed:
@@ -490,10 +534,8 @@ class YoloOnnxDetector(Detector):
                 )
             self._input_hw = fixed
         else:
-            self._input_hw = self.input_size or _input_hw(_meta_imgsz(meta)) or (
-                DEFAULT_INPUT_SIZE,
-                DEFAULT_INPUT_SIZE,
-            )
+            default = (DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE)
+            self._input_hw = self.input_size or _input_hw(_meta_imgsz(meta)) or default
         self._meta = meta
 
     def _resolve(self, shape: tuple[int, ...]) -> HeadSpec:
@@ -508,13 +550,7 @@ class YoloOnnxDetector(Detector):
             raise BackendUnavailable(
                 f"{self.model_path.name} is a {meta['task']!r} model; yolo-onnx reads detection and pose exports"
             )
-        kpt_shape: tuple[int, int] | None = None
-        if self.num_keypoints is not None:
-            kpt_shape = (self.num_keypoints, self.keypoint_dims) if self.num_keypoints else None
-        else:
-            parsed = _parse_literal(meta.get("kpt_shape"))
-            if isinstance(parsed, (list, tuple)) and len(parsed) == 2:
-                kpt_shape = (int(parsed[0]), int(parsed[1]))
+        kpt_shape = _kpt_shape(meta, self.num_keypoints, self.keypoint_dims)
         num_classes = self.num_classes
         if num_classes is None and self._class_names:
             num_classes = len(self._class_names)
@@ -527,7 +563,7 @@ class YoloOnnxDetector(Detector):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BackendUnavailable(
                 f"{self.model_path.name} failed to run on a {list(blob.shape)} input: {first}"
-            ) from None
+            ) from exc
         # Detection and pose exports have one output; should a model add more, the boxes are the first.
         return np.asarray(outputs[0])
 
@@ -551,46 +587,14 @@ class YoloOnnxDetector(Detector):
         blob = (chw.astype(np.float32) / 255.0).astype(self._input_dtype)
         output = self._run(session, blob)
         same_head = output.ndim == 3 and output.shape[0] == 1
-        if not same_head or tuple(output.shape[1:]) != self._expected_tail(output.shape, head):
+        if not same_head or tuple(output.shape[1:]) != expected_tail(output.shape, head):
             head = self._resolve(output.shape)  # raises a clear error unless only the candidate count changed
         raw = decode(output, head, conf_threshold=self.conf_threshold, classes=self.classes)
         if len(raw.scores) > MAX_NMS_CANDIDATES:
             top = np.argsort(-raw.scores, kind="stable")[:MAX_NMS_CANDIDATES]
             kpts = None if raw.keypoints is None else raw.keypoints[top]
             raw = RawDetections(raw.boxes[top], raw.scores[top], raw.class_ids[top], kpts)
-        return self._to_detections(raw, geo)
-
-    @staticmethod
-    def _expected_tail(shape: tuple[int, ...], head: HeadSpec) -> tuple[int, ...]:
-        # The attribute count is fixed by the head; a dynamic candidate count may change per run.
-        attrs = (5 if head.layout == "v5" else 4) + head.num_classes + head.num_keypoints * head.keypoint_dims
-        return (attrs, shape[2]) if head.layout == "v8" else (shape[1], attrs)
-
-    def _to_detections(self, raw: RawDetections, geo: Letterbox) -> list[Detection]:
-        # As ultralytics: NMS in input space, then at most max_det, then back to the original image.
-        kept = nms(raw.boxes, raw.scores, raw.class_ids, self.iou_threshold, agnostic=self.agnostic_nms)
-        kept = kept[: self.max_det]
-        x1, y1 = geo.to_original(raw.boxes[:, 0], raw.boxes[:, 1])
-        x2, y2 = geo.to_original(raw.boxes[:, 2], raw.boxes[:, 3])
-        boxes = np.stack([x1, y1, x2, y2], axis=1) if len(raw.scores) else np.zeros((0, 4))
-        out: list[Detection] = []
-        for i in kept:
-            if not (boxes[i, 2] > boxes[i, 0] and boxes[i, 3] > boxes[i, 1]):
-                continue  # degenerate, or wholly in the padding: nothing of it lies in the image
-            conf = float(np.clip(raw.scores[i], 0.0, 1.0))
-            kps: list[tuple[float, float, float]] = []
-            if raw.keypoints is not None:
-                kp = raw.keypoints[i]
-                kx, ky = geo.to_original(kp[:, 0], kp[:, 1])
-                ks = np.clip(kp[:, 2], 0.0, 1.0) if kp.shape[1] == 3 else np.full(len(kp), conf)
-                kps = [(float(a), float(b), float(c)) for a, b, c in zip(kx, ky, ks)]
-            cid = int(raw.class_ids[i])
-            attrs: dict[str, Any] = {"class_id": cid}
-            if cid in self._class_names:
-                attrs["class_name"] = self._class_names[cid]
-            bbox = (float(boxes[i, 0]), float(boxes[i, 1]), float(boxes[i, 2]), float(boxes[i, 3]))
-            out.append(Detection(bbox=bbox, confidence=conf, keypoints=kps, attributes=attrs))
-        return out
+        return to_detections(raw, geo, self.iou_threshold, self.max_det, self.agnostic_nms, self._class_names)
 
     # -- reporting ------------------------------------------------------------------------
 
@@ -637,6 +641,16 @@ class YoloOnnxDetector(Detector):
             }
         )
         return info
+
+
+def _kpt_shape(meta: dict[str, str], num_keypoints: int | None, keypoint_dims: int) -> tuple[int, int] | None:
+    """(keypoints, dims per keypoint): the options' when given, else ultralytics' ``kpt_shape`` metadata."""
+    if num_keypoints is not None:
+        return (num_keypoints, keypoint_dims) if num_keypoints else None
+    parsed = _parse_literal(meta.get("kpt_shape"))
+    if isinstance(parsed, (list, tuple)) and len(parsed) == 2:
+        return int(parsed[0]), int(parsed[1])
+    return None
 
 
 def _meta_imgsz(meta: dict[str, str]) -> list[int] | None:
