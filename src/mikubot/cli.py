@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -60,6 +61,23 @@ def _die(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _reserved(d: dict[str, Any]) -> str:
+    unl = f", unloaded {', '.join(d['unloaded'])}" if d.get("unloaded") else ""
+    return f"reserved {d['reserved']} after {d['waited_s']:.2f} s{unl}"
+
+
+# What the live table says of an event, by stage: (stages, the detail key it needs, its words), first fit wins.
+_DETAILS: list[tuple[tuple[str, ...], str, Callable[[dict[str, Any]], str]]] = [
+    (("search",), "found", lambda d: f"{d['found']} candidates"),
+    (("download",), "size", lambda d: f"{d['key'][:40]} {d['size'][0]}x{d['size'][1]}"),
+    (("verify",), "confidence", lambda d: f"{d['method']}: {d['confidence']:.2f} {d.get('description', '')}"),
+    (("verify", "reserve"), "reserved", _reserved),
+    (("detect",), "faces", lambda d: f"{d['faces']} face(s) via {d['via']}"),
+    (("crop",), "method", lambda d: f"{d['method']} crop {d['box']}"),
+    (("record",), "status", lambda d: str(d["status"])),
+]
+
+
 class StageBoard:
     """The live table: one row per stage with its latest status, detail and time."""
 
@@ -98,21 +116,9 @@ class StageBoard:
             return str(d.get("error") or d.get("reason") or d.get("to") or "")
         if ev.status == "done" and d.get("summary"):
             return str(d["summary"])  # the stage's last word, over all of its candidates
-        if ev.stage == "search" and "found" in d:
-            return f"{d['found']} candidates"
-        if ev.stage == "download" and "size" in d:
-            return f"{d['key'][:40]} {d['size'][0]}x{d['size'][1]}"
-        if ev.stage == "verify" and "confidence" in d:
-            return f"{d['method']}: {d['confidence']:.2f} {d.get('description', '')}"
-        if ev.stage in ("verify", "reserve") and "reserved" in d:
-            unl = f", unloaded {', '.join(d['unloaded'])}" if d.get("unloaded") else ""
-            return f"reserved {d['reserved']} after {d['waited_s']:.2f} s{unl}"
-        if ev.stage == "detect" and "faces" in d:
-            return f"{d['faces']} face(s) via {d['via']}"
-        if ev.stage == "crop" and "method" in d:
-            return f"{d['method']} crop {d['box']}"
-        if ev.stage == "record" and "status" in d:
-            return str(d["status"])
+        for stage, key, describe in _DETAILS:
+            if ev.stage in stage and key in d:
+                return describe(d)
         return ""
 
     def render(self) -> Table:
@@ -240,16 +246,25 @@ def pfp_history(
     if not rows:
         console.print(f"no changes yet in {settings.history_path}")
         return
-    # One line per change whatever the width: the short columns never wrap, the note and the source take
-    # what is left and end in "…" where the terminal is too narrow (--json has everything in full). The
-    # avatar files are named after the change (change-NNNNN.png) in one folder, named once below the table.
+    table, folders = _history_table(rows)
+    console.print(table)
+    for folder in sorted(folders):
+        console.print(f"avatars (change-NNNNN.png) in {folder}", highlight=False, soft_wrap=True)
+
+
+def _history_table(rows: list[dict[str, Any]]) -> tuple[Table, set[str]]:
+    """The history as a table, and the folders its avatars are in.
+
+    One line per change whatever the width: the short columns never wrap, the note and the source take
+    what is left and end in "…" where the terminal is too narrow (--json has everything in full). The
+    avatar files are named after the change (change-NNNNN.png) in one folder, named once below the table."""
     table = Table(show_edge=False)
     servers = any(r.get("guild_id") is not None for r in rows)
     for col in ("id", "status", "started (UTC)", "crop") + (("profile",) if servers else ()):
         table.add_column(col, no_wrap=True)
     table.add_column("note")  # the columns rich narrows to fit; their cells are cut, not wrapped (_one_line)
     table.add_column("source")
-    folders = set()
+    folders: set[str] = set()
     for r in rows:
         style = {"applied": "green", "dry-run": "cyan", "failed": "red", "running": "yellow"}[r["status"]]
         source = _short_key(r["post_key"]) if r["post_key"] else r["source_spec"]
@@ -261,9 +276,7 @@ def pfp_history(
             folders.add(str(Path(r["avatar_path"]).parent))
         table.add_row(str(r["id"]), f"[{style}]{r['status']}[/]", _minute(r["started_at"]), r["crop_method"] or "",
                       *profile, _one_line(note), _one_line(source))
-    console.print(table)
-    for folder in sorted(folders):
-        console.print(f"avatars (change-NNNNN.png) in {folder}", highlight=False, soft_wrap=True)
+    return table, folders
 
 
 def _short_key(key: str) -> str:

@@ -42,12 +42,26 @@ def _inert(text: str) -> str:
     return escape_mentions(MARKDOWN.sub(r"\\\1", " ".join(str(text).split())))
 
 
+def _credit_link(credit: dict[str, Any]) -> str:
+    """The credit's page link when it is a plain http(s) URL (nothing else may ride in the bio), else ""."""
+    link = credit.get("page_url") or ""
+    return link if link.startswith(("https://", "http://")) and not any(c.isspace() for c in link) else ""
+
+
+def _artist_within(artist: str, room: int) -> str:
+    """``artist`` escaped, cut (before its escaping, so no escape is split in half) with an ellipsis to fit
+    ``room`` characters; "" when not even one character fits."""
+    shown = artist[:room]
+    while shown and len(_inert(shown) + (ELLIPSIS if shown != artist else "")) > room:
+        shown = shown[:-1].rstrip()
+    return _inert(shown) + (ELLIPSIS if shown != artist else "") if shown else ""
+
+
 def credit_bio(credit: dict[str, Any], *, limit: int = BIO_MAX_CHARS) -> str | None:
     """The credit line for a server bio: ``Art by <artist> · <page link>`` (or the source's name), at most
     ``limit`` characters. The link is kept whole or left out, never cut; a long artist name is cut
     before its escaping, so no escape is split in half. None when there is nothing to credit."""
-    link = credit.get("page_url") or ""
-    link = link if link.startswith(("https://", "http://")) and not any(c.isspace() for c in link) else ""
+    link = _credit_link(credit)
     artist = str(credit.get("artist") or "").strip()
     name = str(credit.get("name") or "").strip()
     if not artist and not link and not name:
@@ -58,13 +72,10 @@ def credit_bio(credit: dict[str, Any], *, limit: int = BIO_MAX_CHARS) -> str | N
     if not artist:
         return (tail[3:] if tail else f"from {_inert(name)}")[:limit] or None
     head = "Art by "
-    room = limit - len(head) - len(tail)
-    shown = artist[:limit]
-    while shown and len(_inert(shown) + (ELLIPSIS if shown != artist else "")) > room:
-        shown = shown[:-1].rstrip()
+    shown = _artist_within(artist, limit - len(head) - len(tail))
     if not shown:
         return tail[3:] or None
-    return head + _inert(shown) + (ELLIPSIS if shown != artist else "") + tail
+    return head + shown + tail
 
 
 @dataclass

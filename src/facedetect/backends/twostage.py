@@ -31,8 +31,9 @@ import numpy as np
 
 from facedetect.backends._nvxs import RawFace
 from facedetect.backends.proposals import Proposal, ProposalModel, grey, propose
-from facedetect.backends.scheme import WHEEL_SCALE_FACTOR, WHEEL_STEP, Placed, iou
+from facedetect.backends.scheme import WHEEL_SCALE_FACTOR, WHEEL_STEP, Placed
 from facedetect.backends.verifier import Verdict, Verifier
+from facedetect.types import iou
 
 CONFIRM_FACES = (64.0, 56.0)  # px: the proposed face's width in the crop animeface searches, first try first
 CONFIRM_MARGIN = 0.6  # crop: the proposal box plus this share of its size on each side
@@ -171,22 +172,53 @@ def animeface_convention(box: tuple[float, float, float, float], width: int, hei
     return (max(0.0, cx - half), max(0.0, cy - half), min(float(width), cx + half), min(float(height), cy + half))
 
 
+def _judged(
+    hog: cv2.HOGDescriptor, model: ProposalModel, rgb: np.ndarray, params: TwoStage, verifier: Verifier | None,
+) -> tuple[list[Verdict], list[Proposal]]:
+    """The proposals, split by the verifier: the faces it accepted (distinct, most probable first) and the
+    proposals animeface must confirm (not accepted, nor rejected outright)."""
+    threshold = model.threshold if params.threshold is None else params.threshold
+    candidates = suppress(propose_bounded(hog, grey(rgb), threshold, params), params.nms_iou, params.max_proposals)
+    verdicts: list[Verdict | None] = [None] * len(candidates)
+    if verifier is not None and params.verifier and candidates:
+        verdicts = list(verifier.judge(rgb, [p.box for p in candidates]))
+    accepted: list[Verdict] = []
+    to_confirm: list[Proposal] = []
+    for p, v in zip(candidates, verdicts):
+        if v is not None and v.probability >= params.verifier_accept:
+            accepted.append(v)
+        elif v is None or v.probability >= params.verifier_reject:
+            to_confirm.append(p)
+    kept: list[Verdict] = []
+    for v in sorted(accepted, key=lambda v: -v.probability):  # two proposals of one face regress to nearly the same box
+        if all(iou(v.box, k.box) < 0.5 for k in kept):
+            kept.append(v)
+    return kept, to_confirm
+
+
+def _distinct_confirmed(
+    to_confirm: list[Proposal], confirmations: list[Placed | None], taken: list[tuple[float, float, float, float]], strong_score: float | None,
+) -> tuple[list[Placed], list[Proposal]]:
+    """Animeface's confirmations that are no face already taken, and the strong proposals it did not confirm."""
+    confirmed: list[Placed] = []
+    strong: list[Proposal] = []
+    for p, r in zip(to_confirm, confirmations):
+        if r is not None:
+            if all(iou(r.box, t) < 0.5 for t in taken):  # two proposals confirmed as one face
+                confirmed.append(r)
+                taken.append(r.box)
+        elif strong_score is not None and p.score >= strong_score:
+            strong.append(p)
+    return confirmed, strong
+
+
 def search_twostage(
     raw: RawCall, hog: cv2.HOGDescriptor, model: ProposalModel, rgb: np.ndarray, params: TwoStage,
     pool: Executor | None = None, verifier: Verifier | None = None,
 ) -> tuple[list[Accepted], list[Placed], list[Proposal]]:
     """Faces the verifier accepted, faces animeface confirmed (``Placed``), and strong unconfirmed proposals
     (``Proposal``); no two of them the same face."""
-    threshold = model.threshold if params.threshold is None else params.threshold
-    found = propose_bounded(hog, grey(rgb), threshold, params)
-    candidates = suppress(found, params.nms_iou, params.max_proposals)
-    verdicts: list[Verdict | None] = [None] * len(candidates)
-    if verifier is not None and params.verifier and candidates:
-        verdicts = list(verifier.judge(rgb, [p.box for p in candidates]))
-    accepted_at = [v is not None and v.probability >= params.verifier_accept for v in verdicts]
-    to_confirm = [p for p, v, a in zip(candidates, verdicts, accepted_at)
-                  if not a and (v is None or v.probability >= params.verifier_reject)]
-
+    kept, to_confirm = _judged(hog, model, rgb, params, verifier)
     # Reading an accepted face's landmarks needs no dense search: the face is known to be there.
     reading = replace(params, confirm_step=WHEEL_STEP, confirm_scale_factor=WHEEL_SCALE_FACTOR)
 
@@ -194,12 +226,6 @@ def search_twostage(
         kind, p = job
         return confirm(raw, rgb, p, params) if kind == "confirm" else confirm_at(raw, rgb, p, reading, LANDMARKS_FACE)
 
-    accepted_verdicts = sorted((v for v, a in zip(verdicts, accepted_at) if a and v is not None),
-                               key=lambda v: -v.probability)
-    kept: list[Verdict] = []
-    for v in accepted_verdicts:  # two proposals of one face regress to nearly the same box
-        if all(iou(v.box, k.box) < 0.5 for k in kept):
-            kept.append(v)
     jobs = [("confirm", p) for p in to_confirm]
     if params.landmarks:
         jobs += [("landmarks", Proposal(v.box, v.probability)) for v in kept]
@@ -209,14 +235,5 @@ def search_twostage(
         readings = [None] * len(kept)
     height, width = rgb.shape[:2]
     accepted = [Accepted(animeface_convention(v.box, width, height), v.probability, r) for v, r in zip(kept, readings)]
-    confirmed: list[Placed] = []
-    strong: list[Proposal] = []
-    taken = [a.box for a in accepted]
-    for p, r in zip(to_confirm, confirmations):
-        if r is not None:
-            if all(iou(r.box, t) < 0.5 for t in taken):  # two proposals confirmed as one face
-                confirmed.append(r)
-                taken.append(r.box)
-        elif params.strong_score is not None and p.score >= params.strong_score:
-            strong.append(p)
+    confirmed, strong = _distinct_confirmed(to_confirm, confirmations, [a.box for a in accepted], params.strong_score)
     return accepted, confirmed, strong

@@ -185,7 +185,7 @@ async def change_events(runner: ChangeRunner, watch: HistoryWatch, change_id: in
     history = runner.pipeline.history
     handle = runner.get(change_id)
     running_here = handle is not None and not handle.done
-    index = 0
+    numbered = _Numbered(last_seen)
     final: dict[str, Any] | None = None
     if running_here:
         assert handle is not None
@@ -193,33 +193,50 @@ async def change_events(runner: ChangeRunner, watch: HistoryWatch, change_id: in
             async for item in items:
                 if isinstance(item, str):
                     yield item  # a comment: keeps the connection open, never counted
-                    continue
-                if index > last_seen:
-                    yield frame(item, id=index)
-                index += 1
+                elif (framed := numbered.frame(item)) is not None:
+                    yield framed
         final = _record_of(handle)
     if final is None:
-        try:
-            async with watch.watch(history, change_id) as w:
-                while not w.news.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(w.news.wait(), KEEPALIVE_S)
-                    if not w.news.is_set():
-                        yield ": running in another process\n\n"
-                final = w.row
-                stored = (final or {}).get("events") or []
-        except StorageError as exc:  # the history cannot be read (a full disk): what this process remembers
-            final = _record_of(handle) if handle is not None else None
-            stored = [e.to_json() for e in handle.events] if handle is not None else []
-            if final is None:
-                final = {"status": None, "error": str(exc)}
-        if not running_here:
-            for item in stored:
-                if index > last_seen:
-                    yield frame(item, id=index)
-                index += 1
+        found: list[tuple[dict[str, Any] | None, list[dict[str, Any]]]] = []
+        async with contextlib.aclosing(_finished_row(watch, history, change_id, handle, found)) as comments:
+            async for comment in comments:  # closed with this stream: the watch ends when the client leaves
+                yield comment
+        final, stored = found[0]
+        for item in [] if running_here else stored:
+            if (framed := numbered.frame(item)) is not None:
+                yield framed
     if final is not None:
         yield frame({"change_id": change_id, "status": final.get("status"), "error": final.get("error")}, event="end")
+
+
+class _Numbered:
+    """Numbers a stream's events from 0; frames only those after ``last_seen`` (the client's Last-Event-ID)."""
+
+    def __init__(self, last_seen: int) -> None:
+        self.last_seen, self.index = last_seen, 0
+
+    def frame(self, item: dict[str, Any]) -> str | None:
+        index, self.index = self.index, self.index + 1
+        return frame(item, id=index) if index > self.last_seen else None
+
+
+async def _finished_row(watch: HistoryWatch, history: History, change_id: int, handle: RunningChange | None,
+                        found: list[tuple[dict[str, Any] | None, list[dict[str, Any]]]]) -> AsyncIterator[str]:
+    """Wait for the change's row to finish (another process may run it), passing keep-alive comments on;
+    then append (the row, its stored events) to ``found``. A history that cannot be read (a full disk):
+    what this process remembers of the change instead."""
+    try:
+        async with watch.watch(history, change_id) as w:
+            while not w.news.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(w.news.wait(), KEEPALIVE_S)
+                if not w.news.is_set():
+                    yield ": running in another process\n\n"
+            found.append((w.row, (w.row or {}).get("events") or []))
+    except StorageError as exc:
+        final = _record_of(handle) if handle is not None else None
+        stored = [e.to_json() for e in handle.events] if handle is not None else []
+        found.append((final if final is not None else {"status": None, "error": str(exc)}, stored))
 
 
 def _record_of(handle: RunningChange) -> dict[str, Any] | None:
