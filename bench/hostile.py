@@ -61,25 +61,28 @@ import json
 import os
 import platform
 import re
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 from PIL import Image
 
+from facedetect.types import iou
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests"))  # tests/servers.py: the one way a server process is started and stopped
 
 from hostile_corpus import HostileCorpus, Upload, encode  # noqa: E402
 from results import table, write_section  # noqa: E402
+from servers import free_port, run_command  # noqa: E402
 
 WARMUP = 2000  # "peak after the first 2 000 uploads", the baseline of the bounded-memory check
 RSS_SLACK_MIB = 48.0  # allowed rise of a later window's peak over the first's: at least this,
@@ -89,12 +92,6 @@ FACE_SIZE = (160, 360)  # the corpus' valid images: Eileen at half size, face st
 
 
 # ---- the server process ----
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def read_memory(pid: int) -> dict[str, float]:
     """VmRSS and VmHWM of ``pid`` in MiB (from /proc/<pid>/status)."""
     out: dict[str, float] = {}
@@ -124,31 +121,10 @@ def start_server(workers: int, queue: int, max_bytes: int, workdir: Path, timeou
            "FACEDETECT_MAX_BYTES": str(max_bytes), "FACEDETECT_OUTPUTS": str(workdir / "outputs")}
     exe = os.path.join(os.path.dirname(sys.executable), "facedetect")
     log = workdir / "server.log"
-    with open(log, "w") as sink:
-        proc = subprocess.Popen([exe, "serve", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                                stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"facedetect serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"facedetect serve did not answer within {timeout}s")
-            time.sleep(0.1)
+    with run_command([exe, "serve", "--host", "127.0.0.1", "--port", str(port)], url=f"{url}/health", env=env,
+                     timeout=timeout, log=log) as proc:
         yield Server(url, proc, log, workers, queue, max_bytes)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class MemorySampler:
@@ -419,36 +395,18 @@ def start_panel(workdir: Path, **settings: str) -> Iterator[Panel]:
            "MIKU_SOURCE": f"local:{workdir}", "MIKU_DRY_RUN": "true", **settings}
     exe = os.path.join(os.path.dirname(sys.executable), "mikubot")
     log = workdir / "panel.log"
-    with serving("mikubot web", [exe, "web", "--host", "127.0.0.1", "--port", str(port)], env, log, port) as proc:
+    with run_command([exe, "web", "--host", "127.0.0.1", "--port", str(port)], url=f"http://127.0.0.1:{port}/health",
+                     env=env, timeout=120, log=log) as proc:
         yield Panel(f"http://127.0.0.1:{port}", proc, log, data)
 
 
-@contextlib.contextmanager
-def serving(name: str, args: list[str], env: dict[str, str], log: Path, port: int,
-            preexec_fn: Callable[[], None] | None = None) -> Iterator[subprocess.Popen]:
-    """Run ``args`` (a server on ``port``, output into ``log``) until it answers /health; stop it after."""
-    with open(log, "w") as sink:
-        proc = subprocess.Popen(args, env=env, stdout=sink, stderr=subprocess.STDOUT, preexec_fn=preexec_fn)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{name} did not answer within 120 s")
-            time.sleep(0.2)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def publish(section: str, md: str, no_write: bool) -> None:
+    """Print ``md`` and, unless ``no_write``, write it as ``section`` of bench/RESULTS.md."""
+    if not no_write:
+        write_section(section, md)
+    print(md)
+    if not no_write:
+        print(f"\nwrote the '{section}' section of bench/RESULTS.md")
 
 
 def large_panel_phase(n: int, workdir: Path) -> LargePhase:
@@ -748,20 +706,11 @@ def run_floods(args: argparse.Namespace) -> list[tuple[str, bool, str]]:
             previews = preview_flood_phase(args.previews, args.art, work)
     verdicts = flood_verdicts(streams, previews)
     md = flood_report(streams, previews, verdicts, file_limit)
-    if not args.no_write:
-        write_section("hostile-panel-floods", md)
-    print(md, flush=True)
+    publish("hostile-panel-floods", md, args.no_write)
     return verdicts
 
 
 # ---- afterwards ----
-def iou(a: list[float], b: list[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
 def check_after(server: Server, art: Path) -> dict[str, object]:
     """The server is alive and idle, still finds Eileen's face, never answered a 5xx but 503, logged no traceback."""
     label = json.loads((ROOT / "tests" / "labels" / "renpy.json").read_text())["images"][FACE_FILE][0]
@@ -901,7 +850,8 @@ def limited_service(target: str, workdir: Path) -> Iterator[tuple[str, subproces
         env = {**os.environ, "FACEDETECT_OUTPUTS": str(workdir / "outputs")}
         args = [os.path.join(bin_dir, "facedetect"), "serve", "--host", "127.0.0.1", "--port", str(port)]
     log = workdir / f"{target}-slow.log"
-    with serving(target, args, env, log, port, preexec_fn=_file_limit) as proc:
+    with run_command(args, url=f"http://127.0.0.1:{port}/health", env=env, timeout=120, log=log,
+                     preexec_fn=_file_limit) as proc:
         yield f"http://127.0.0.1:{port}", proc, log
 
 
@@ -1089,12 +1039,7 @@ def slow_main(args: argparse.Namespace) -> int:
             print(f"  normal requests {status_cell(runs[-1].statuses)}, max {_seconds(max(runs[-1].latencies, default=None))} s;"
                   f" {'met' if ok else 'missed: ' + '; '.join(problems)}", flush=True)
     md = slow_report(runs)
-    if args.no_write:
-        print(md)
-    else:
-        write_section("hostile-slow", md)
-        print(md)
-        print("\nwrote the 'hostile-slow' section of bench/RESULTS.md")
+    publish("hostile-slow", md, args.no_write)
     return 0 if all(slow_verdict(r)[0] for r in runs) else 1
 
 
@@ -1179,12 +1124,7 @@ def main() -> int:
     md = report(args, server, main_tally, sat, after, rss, peaks, medians, verdicts)
     if large:
         md += "\n" + "\n".join(large_report(large))
-    if args.no_write:
-        print(md)
-    else:
-        write_section("hostile", md)
-        print(md)
-        print("\nwrote the 'hostile' section of bench/RESULTS.md")
+    publish("hostile", md, args.no_write)
     floods = run_floods(args) if args.streams or args.previews else []
     return 0 if all(ok for _, ok, _ in verdicts + floods) else 1
 

@@ -64,6 +64,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from facedetect.types import iou
+
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 9
 COUNT = 360
@@ -390,7 +392,7 @@ def scene(index: int, sprites: list[Sprite], bgs: list[tuple[str, np.ndarray]], 
             # and only if its own face is not mostly on top of another face (two boxes in one place).
             layers = [p[2] for p in placed] + [layer]
             ok = all(1.0 - covered(layers[k + 1:], p[3]) >= MIN_VISIBLE for k, p in enumerate(placed))
-            ok = ok and all(_iou(face, p[3]) < 0.2 for p in placed)
+            ok = ok and all(iou(face, p[3]) < 0.2 for p in placed)
             if ok:
                 info = {"sprite": spr.name, "mirrored": mirrored, "angle": round(angle, 2),
                         "face_width": round(face_w, 1)}
@@ -415,16 +417,6 @@ def scene(index: int, sprites: list[Sprite], bgs: list[tuple[str, np.ndarray]], 
     entry = {"size": [w, h], "background": bg_info, "jpeg_quality": quality, "faces": faces, "target": target,
              "distractors": distractors}
     return Image.fromarray(img), entry
-
-
-def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
 
 def generate(art: Path, out: Path, count: int = COUNT, seed: int = SEED, indices: list[int] | None = None,
              labels: Path = ROOT / "tests/labels/renpy.json") -> dict[str, dict]:

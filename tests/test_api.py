@@ -16,15 +16,8 @@ from facedetect.backends import create_detector
 from facedetect.outputs import OutputStore
 from facedetect.service import DetectionService
 from facedetect.settings import FaceDetectSettings
+from facedetect.types import iou
 from servers import free_port, run_command, serve_app, venv_bin
-
-
-def iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
 
 @pytest.fixture(scope="module")
 def eileen(art_dir) -> bytes:

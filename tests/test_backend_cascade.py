@@ -19,6 +19,7 @@ from facedetect.backends import create_detector
 from facedetect.backends.cascade import CascadeDetector, last_stage_threshold
 from facedetect.errors import BackendUnavailable
 from facedetect.imageio import load_image
+from facedetect.types import iou
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = ROOT / "tests" / "labels" / "renpy.json"
@@ -36,14 +37,6 @@ def _rgb(art_dir: Path, name: str) -> Image.Image:
     # Through the service's own intake, so sprites' alpha is flattened onto white as in production.
     return load_image((art_dir / name).read_bytes())[0]
 
-
-def _iou(a: tuple[float, ...], b: list[float]) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
 @pytest.mark.parametrize("name", SPRITES)
 def test_finds_the_sprite_face(detector: CascadeDetector, art_dir: Path, name: str) -> None:
     image = _rgb(art_dir, name)
@@ -56,7 +49,7 @@ def test_finds_the_sprite_face(detector: CascadeDetector, art_dir: Path, name: s
     assert 0.5 <= conf <= 1.0
     if LABELS.is_file():  # the hand labels (tests/labels/renpy.json), where they exist yet
         truth = json.loads(LABELS.read_text())["images"].get(name, [])
-        assert truth and max(_iou(dets[0].bbox, t) for t in truth) >= 0.3
+        assert truth and max(iou(dets[0].bbox, t) for t in truth) >= 0.3
 
 
 def test_matches_opencv_detect_multiscale(detector: CascadeDetector, art_dir: Path, peer: Path) -> None:

@@ -16,18 +16,11 @@ from facedetect.api import create_app
 from facedetect.errors import FaceDetectError
 from facedetect.imageio import load_image, to_rgb
 from facedetect.settings import FaceDetectSettings
+from facedetect.types import iou
 from images import encode, png_declaring
 from servers import serve_app
 
 MAX_BYTES = 512 * 1024
-
-
-def iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):

@@ -18,6 +18,7 @@ from PIL import Image
 from facedetect.backends import create_detector
 from facedetect.backends.base import Detector
 from facedetect.imageio import load_image
+from facedetect.types import iou
 
 LABELS_PATH = Path(__file__).resolve().parent / "labels" / "renpy.json"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -31,16 +32,6 @@ def _label_doc() -> dict:
 
 # Read at collection time so every sprite is its own test case (and a missing file fails loudly).
 SPRITES = sorted(n for n in _label_doc()["images"] if n.startswith(SPRITE_PREFIXES))
-
-
-def iou(a: list[float] | tuple[float, ...], b: list[float] | tuple[float, ...]) -> float:
-    """Intersection over union of two [x1, y1, x2, y2] boxes."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
 
 def test_schema() -> None:
     doc = _label_doc()

@@ -20,6 +20,7 @@ import pytest
 
 from facedetect.backends import create_detector
 from facedetect.imageio import load_image
+from facedetect.types import iou
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
@@ -34,11 +35,6 @@ INDICES = [0, 1, 2, 3, 7, 11]
 def built(art_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("scenes")
     return out, scenes.generate(art_dir, out, indices=INDICES)
-
-
-def _iou(a, b) -> float:
-    return scenes._iou(tuple(a), tuple(b))
-
 
 def test_same_seed_same_bytes_and_labels(built, art_dir: Path, tmp_path: Path) -> None:
     out, docs = built
@@ -131,6 +127,6 @@ def test_boxes_sit_on_faces(built) -> None:
             found = [d.bbox for d in det.detect(image)]
             for f in easy:
                 checked += 1
-                hits += max((_iou(f["bbox"], b) for b in found), default=0.0) >= 0.3
+                hits += max((iou(f["bbox"], b) for b in found), default=0.0) >= 0.3
     assert checked >= 5
     assert hits >= 0.75 * checked, f"{hits} of {checked} labelled faces found"

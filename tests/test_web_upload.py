@@ -14,6 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from facedetect.types import iou
 from mikubot.crop import face_in_circle
 from mikubot.web import create_app
 from mikubot.web.state import PanelState
@@ -33,15 +34,6 @@ def base(art_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
 def client(base: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=base, timeout=60) as c:
         yield c
-
-
-def iou(a: list[float], b: list[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
-    return inter / (area(a) + area(b) - inter)
-
 
 def test_upload_preview_then_apply(client: httpx.Client, art_dir: Path, face_labels: dict) -> None:
     name = "eileen happy.png"

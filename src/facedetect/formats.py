@@ -52,18 +52,3 @@ def canonical(pillow_format: str | None) -> str | None:
     """The table's name for what Pillow reports (``MPO`` -> ``JPEG``); other names unchanged."""
     f = BY_PILLOW.get(pillow_format or "")
     return f.pillow if f else pillow_format
-
-
-def of_bytes(data: bytes) -> ImageFormat | None:
-    """The format by its leading bytes (its "magic"), without decoding anything; None if none of ours."""
-    if data.startswith(b"\xff\xd8\xff"):
-        return BY_PILLOW["JPEG"]
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return BY_PILLOW["PNG"]
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return BY_PILLOW["WEBP"]
-    if data.startswith((b"GIF87a", b"GIF89a")):
-        return BY_PILLOW["GIF"]
-    if data.startswith(b"BM"):
-        return BY_PILLOW["BMP"]
-    return None

@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 
 from facedetect.backends._nvxs import RawFace
+from facedetect.types import iou
 
 # libnvxs defaults, as the animeface wheel calls it.
 WHEEL_STEP = 4.0
@@ -267,17 +268,6 @@ def overlap_ratio(a: Sequence[float], b: Sequence[float]) -> float:
         return 0.0
     smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
     return iw * ih / smaller if smaller > 0 else 0.0
-
-
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two (x1, y1, x2, y2) boxes."""
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _rank(p: Placed) -> tuple[float, float]:

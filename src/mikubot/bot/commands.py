@@ -19,6 +19,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Awaitable
 from typing import Any
 
 from mikubot.bot.admin import NOT_ADMIN, is_admin
@@ -136,16 +137,10 @@ async def pfp_change(ctx: CommandContext, state: BotState, source: str | None = 
         await ctx.refuse(clip(why_not))
         return None
     await ctx.defer()
-    try:
-        handle = await state.runner.start_change(source=source.strip() if source and source.strip() else None,
-                                                 guild_id=guild_id)
-    except ChangeBusy as exc:
-        await ctx.edit(f"⏳ {exc}. `/pfp status` shows how far it is.")
-        return None
-    except StorageError as exc:  # not even the history row could be written: nothing started
-        await ctx.edit(clip(f"💾 The avatar cannot change now: {exc}"))
-        return None
-    return await follow(ctx, state, handle)
+    start = state.runner.start_change(source=source.strip() if source and source.strip() else None, guild_id=guild_id)
+    handle = await _started(ctx, start, busy="{exc}. `/pfp status` shows how far it is.",
+                            no_room="The avatar cannot change now: {exc}")
+    return None if handle is None else await follow(ctx, state, handle)
 
 
 async def pfp_restore(ctx: CommandContext, state: BotState, change_id: int) -> dict[str, Any] | None:
@@ -153,17 +148,25 @@ async def pfp_restore(ctx: CommandContext, state: BotState, change_id: int) -> d
         return None
     await ctx.defer()
     try:
-        handle = await state.runner.start_restore(change_id)
+        handle = await _started(ctx, state.runner.start_restore(change_id), busy="{exc}.",
+                                no_room=f"Cannot restore #{change_id} now: {{exc}}")
     except HistoryError as exc:
         await ctx.edit(f"⚠️ Cannot restore #{change_id}: {exc}")
         return None
+    return None if handle is None else await follow(ctx, state, handle)
+
+
+async def _started(ctx: CommandContext, start: Awaitable[RunningChange], *, busy: str,
+                   no_room: str) -> RunningChange | None:
+    """The change or restore ``start`` begins; None, answered with ``busy`` or ``no_room`` (each with
+    ``{exc}``), when another one runs or not even the history row could be written (then nothing started)."""
+    try:
+        return await start
     except ChangeBusy as exc:
-        await ctx.edit(f"⏳ {exc}.")
-        return None
-    except StorageError as exc:  # not even the history row could be written: nothing started
-        await ctx.edit(clip(f"💾 Cannot restore #{change_id} now: {exc}"))
-        return None
-    return await follow(ctx, state, handle)
+        await ctx.edit(f"⏳ {busy.format(exc=exc)}")
+    except StorageError as exc:
+        await ctx.edit(clip(f"💾 {no_room.format(exc=exc)}"))
+    return None
 
 
 async def pfp_history(ctx: CommandContext, state: BotState, limit: int = 10) -> str | None:
