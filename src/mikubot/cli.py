@@ -17,7 +17,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from pydantic import ValidationError
@@ -31,6 +31,9 @@ from mikubot.config import CONFIG_ENV, ConfigFileError, Settings, load_settings
 from mikubot.events import STAGES, EventBus, ProgressEvent
 from mikubot.history import ChangeLocked, History, HistoryError
 from mikubot.sources import SPEC_HELP
+
+if TYPE_CHECKING:  # the record module imports the crop geometry; the CLI imports the pipeline only when it runs one
+    from mikubot.record import ChangeRecord
 
 app = typer.Typer(help="Miku's avatar pipeline: find art, verify, crop around the face, upload.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -63,17 +66,15 @@ def _die(message: str, code: int = 2) -> None:
 class StageBoard:
     """The live table: one row per stage with its latest status, detail and time."""
 
-    def __init__(self) -> None:
-        self.rows: dict[str, tuple[str, str, float | None]] = {s: ("waiting", "", None) for s in STAGES}
+    def __init__(self, stages: tuple[str, ...] = STAGES) -> None:
+        # ``stages``: in the order the change runs them (``mikubot.pipeline.stage_order``)
+        self.rows: dict[str, tuple[str, str, float | None]] = {s: ("waiting", "", None) for s in stages}
         self.change_id: int | None = None
-        self.started: dict[str, float] = {}
 
     def on_event(self, ev: ProgressEvent) -> None:
         self.change_id = ev.change_id
         if ev.stage not in self.rows:
             return
-        if ev.status == "start":
-            self.started[ev.stage] = ev.t
         took = ev.detail.get("ms")
         old_status, old_detail, old_ms = self.rows[ev.stage]
         status: str = ev.status
@@ -84,12 +85,6 @@ class StageBoard:
         elif ev.status == "skip" and ev.stage != "upload":
             status = "progress"  # one candidate skipped; the stage goes on
         self.rows[ev.stage] = (status, self._describe(ev) or old_detail, float(took) if took is not None else old_ms)
-
-    def order(self) -> list[str]:
-        """The stages in the order they ran, then those still waiting in the usual order: without a vision
-        model detect runs before verify (the heuristic reads the detect stage's faces)."""
-        ran = sorted(self.started, key=lambda s: (self.started[s], STAGES.index(s)))
-        return ran + [s for s in STAGES if s not in self.started]
 
     @staticmethod
     def _describe(ev: ProgressEvent) -> str:
@@ -123,7 +118,7 @@ class StageBoard:
         table.add_column("", no_wrap=True)
         table.add_column("detail", overflow="fold", ratio=1)
         table.add_column("ms", justify="right", no_wrap=True)
-        for stage in self.order():
+        for stage in self.rows:
             status, detail, ms = self.rows[stage]
             style = STATUS_STYLE.get(status, "")
             table.add_row(stage, f"[{style}]{STATUS_ICON.get(status, '·')}[/]", detail,
@@ -131,8 +126,8 @@ class StageBoard:
         return table
 
 
-def _run_with_board(coro_factory: Any, bus: EventBus, console: Console) -> dict[str, Any]:
-    board = StageBoard()
+def _run_with_board(coro_factory: Any, bus: EventBus, console: Console, stages: tuple[str, ...]) -> ChangeRecord:
+    board = StageBoard(stages)
     with Live(board.render(), console=console, refresh_per_second=8, transient=False) as live:
         def update(ev: ProgressEvent) -> None:
             board.on_event(ev)
@@ -142,37 +137,35 @@ def _run_with_board(coro_factory: Any, bus: EventBus, console: Console) -> dict[
         return asyncio.run(coro_factory())
 
 
-def _print_outcome(record: dict[str, Any], console: Console) -> None:
-    files = record.get("files") or {}
-    status = record["status"]
-    if status == "failed":
-        console.print(f"[bold red]❌ change {record['id']} failed at {record.get('failed_stage')}:[/] {record['error']}",
+def _print_outcome(record: ChangeRecord, console: Console) -> None:
+    files = record.files
+    if record.status == "failed":
+        console.print(f"[bold red]❌ change {record.id} failed at {record.failed_stage}:[/] {record.error}",
                       highlight=False)
-        if record.get("avatar_path"):
-            console.print(f"   avatar kept: {record['avatar_path']}  (apply later: mikubot pfp restore {record['id']})",
+        if record.avatar_path:
+            console.print(f"   avatar kept: {record.avatar_path}  (apply later: mikubot pfp restore {record.id})",
                           highlight=False)
     else:
-        how = "applied to Discord" if status == "applied" else "written (dry run, Discord not called)"
-        size = record.get("avatar_size") or []
+        how = "applied to Discord" if record.status == "applied" else "written (dry run, Discord not called)"
+        size = record.avatar_size or []
         console.print(f"[bold green]✅ avatar {how}:[/] {files.get('avatar')}  "
-                      f"({'x'.join(map(str, size))}, {record.get('crop_method')} crop)", highlight=False)
-        profile = f"server {record['guild_id']} only (its own look)" if record.get("guild_id") else "global"
+                      f"({'x'.join(map(str, size))}, {record.crop_method} crop)", highlight=False)
+        profile = f"server {record.guild_id} only (its own look)" if record.guild_id else "global"
         console.print(f"   profile:    {profile}", highlight=False)
         if files.get("annotated"):
             console.print(f"   annotated:  {files['annotated']}", highlight=False)
         if files.get("banner"):
-            console.print(f"   banner:     {files['banner']}  ({'x'.join(map(str, record.get('banner_size') or []))})",
+            console.print(f"   banner:     {files['banner']}  ({'x'.join(map(str, record.banner_size or []))})",
                           highlight=False)
-        elif record.get("banner_reason"):
-            console.print(f"   banner:     {record['banner_reason']}", highlight=False)
-        src = record.get("source") or {}
-        console.print(f"   source:     {src.get('name')} {src.get('filename') or src.get('page_url') or src.get('key')}",
-                      highlight=False)
-        if record.get("description"):
-            console.print(f"   looks like: {record['description']}", highlight=False)
-        if record.get("fallbacks"):
-            console.print(f"   fallbacks:  {', '.join(record['fallbacks'])}", highlight=False)
-    console.print(f"   report:     {record.get('report_path')}", highlight=False)
+        elif record.banner_reason:
+            console.print(f"   banner:     {record.banner_reason}", highlight=False)
+        src = record.source
+        console.print(f"   source:     {src.name} {src.filename or src.page_url or src.key}", highlight=False)
+        if record.description:
+            console.print(f"   looks like: {record.description}", highlight=False)
+        if record.fallbacks:
+            console.print(f"   fallbacks:  {', '.join(record.fallbacks)}", highlight=False)
+    console.print(f"   report:     {record.report_path}", highlight=False)
 
 
 CHANGE_HELP = ("Change the avatar: search → download → reserve → detect → verify → crop → upload → record.\n\n"
@@ -193,7 +186,7 @@ def pfp_change(
     as_json: bool = typer.Option(False, "--json", help="print the change record as JSON"),
 ) -> None:
     """Change the avatar (the stages in the order they run: see CHANGE_HELP)."""
-    from mikubot.pipeline import AvatarPipeline
+    from mikubot.pipeline import AvatarPipeline, stage_order
 
     settings = _settings(candidates=candidates)
     if guild is not None and settings.look_for(guild) is None:
@@ -202,21 +195,21 @@ def pfp_change(
     console = Console(stderr=as_json)
     bus = EventBus()
 
-    async def go() -> dict[str, Any]:
+    async def go() -> ChangeRecord:
         async with AvatarPipeline(settings, bus=bus) as pipeline:
             return await pipeline.change(source=source, dry_run=True if dry_run else None, out=out, guild_id=guild)
 
     try:
-        record = _run_with_board(go, bus, console)
+        record = _run_with_board(go, bus, console, stage_order(settings.for_guild(guild)))
     except ChangeLocked as exc:  # a bot or panel on the same data directory is changing the avatar
         _die(str(exc), code=1)
     if not console.is_terminal:
         console.line()
     if as_json:
-        sys.stdout.write(json.dumps(record, indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps(record.to_json(), indent=2) + "\n")
     else:
         _print_outcome(record, console)
-    raise typer.Exit(1 if record["status"] == "failed" else 0)
+    raise typer.Exit(1 if record.status == "failed" else 0)
 
 
 @pfp.command("history")
@@ -294,7 +287,7 @@ def pfp_restore(
     settings = _settings()
     console = Console(stderr=as_json)
 
-    async def go() -> dict[str, Any]:
+    async def go() -> ChangeRecord:
         async with AvatarPipeline(settings) as pipeline:
             return await pipeline.restore(change_id, dry_run=True if dry_run else None)
 
@@ -303,18 +296,18 @@ def pfp_restore(
     except HistoryError as exc:
         _die(str(exc), code=1)
     if as_json:
-        sys.stdout.write(json.dumps(record, indent=2, default=str) + "\n")
-    elif record["status"] == "failed":
-        console.print(f"[bold red]❌ restore of change {change_id} failed:[/] {record['error']}", highlight=False)
+        sys.stdout.write(json.dumps(record.to_json(), indent=2) + "\n")
+    elif record.status == "failed":
+        console.print(f"[bold red]❌ restore of change {change_id} failed:[/] {record.error}", highlight=False)
     else:
-        how = "applied to Discord" if record["status"] == "applied" else "dry run: Discord not called"
-        if record.get("guild_id"):
-            how += f" (server {record['guild_id']} only)"
-        console.print(f"[bold green]✅ avatar of change {change_id} {how}:[/] {record['avatar_path']} "
-                      f"(recorded as change {record['id']})", highlight=False)
-        if record.get("banner_path") or record.get("banner_reason"):
-            console.print(f"   banner:     {record.get('banner_path') or record['banner_reason']}", highlight=False)
-    raise typer.Exit(1 if record["status"] == "failed" else 0)
+        how = "applied to Discord" if record.status == "applied" else "dry run: Discord not called"
+        if record.guild_id:
+            how += f" (server {record.guild_id} only)"
+        console.print(f"[bold green]✅ avatar of change {change_id} {how}:[/] {record.avatar_path} "
+                      f"(recorded as change {record.id})", highlight=False)
+        if record.banner_path or record.banner_reason:
+            console.print(f"   banner:     {record.banner_path or record.banner_reason}", highlight=False)
+    raise typer.Exit(1 if record.status == "failed" else 0)
 
 
 @config_app.command("show")

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from mikubot.events import EventBus, ProgressEvent
 from mikubot.history import ChangeLocked
 from mikubot.pipeline import AvatarPipeline
+from mikubot.record import ChangeRecord
 from mikubot.storage import StorageError
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class RunningChange:
     (a late subscriber can replay them), and the task that ends with the change record."""
 
     kind: Kind
-    task: asyncio.Task[dict[str, Any]]
+    task: asyncio.Task[ChangeRecord]
     started_at: float = field(default_factory=time.time)
     change_id: int | None = None
     events: list[ProgressEvent] = field(default_factory=list)
@@ -53,7 +54,7 @@ class RunningChange:
     def done(self) -> bool:
         return self.task.done()
 
-    async def result(self) -> dict[str, Any]:
+    async def result(self) -> ChangeRecord:
         """The change record (``status`` "applied", "dry-run" or "failed"). ``asyncio.shield`` keeps
         the change running when the awaiting caller is cancelled."""
         return await asyncio.shield(self.task)
@@ -64,10 +65,10 @@ class ChangeRunner:
         self.pipeline = pipeline
         self._current: RunningChange | None = None
         self._finished: dict[int, RunningChange] = {}
-        self._listeners: list[Callable[[dict[str, Any]], Awaitable[None]]] = []
+        self._listeners: list[Callable[[ChangeRecord], Awaitable[None]]] = []
         pipeline.bus.subscribe(self._on_event)
 
-    def add_listener(self, fn: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+    def add_listener(self, fn: Callable[[ChangeRecord], Awaitable[None]]) -> None:
         """``await fn(record)`` after every change this runner runs (the bot's announcement, the role
         colour). A listener that raises is logged and skipped: the change is already recorded."""
         self._listeners.append(fn)
@@ -108,22 +109,22 @@ class ChangeRunner:
         self.pipeline.history.restorable(change_id)  # fail fast, with the history's own message
         return await self._start("restore", lambda: self.pipeline.restore(change_id, dry_run=dry_run))
 
-    async def change(self, **kwargs: Any) -> dict[str, Any]:
+    async def change(self, **kwargs: Any) -> ChangeRecord:
         """Start a change and wait for its record."""
         return await (await self.start_change(**kwargs)).result()
 
-    async def _start(self, kind: Kind, run: Callable[[], Awaitable[dict[str, Any]]]) -> RunningChange:
+    async def _start(self, kind: Kind, run: Callable[[], Awaitable[ChangeRecord]]) -> RunningChange:
         cur = self.current
         if cur is not None:
             raise ChangeBusy(cur.change_id, cur.kind)
 
-        async def body() -> dict[str, Any]:
+        async def body() -> ChangeRecord:
             record = await run()
             for fn in list(self._listeners):
                 try:
                     await fn(record)
                 except Exception:  # noqa: BLE001 - see add_listener
-                    log.exception("after-change listener %r failed for change #%s", fn, record.get("id"))
+                    log.exception("after-change listener %r failed for change #%s", fn, record.id)
             return record
 
         # Claimed synchronously (no await between the check and this line), so two callers in the same
@@ -143,7 +144,7 @@ class ChangeRunner:
                 raise ChangeBusy(exc.running_id, kind) from None
             if exc is not None:
                 raise exc
-            handle.change_id = handle.task.result().get("id")
+            handle.change_id = handle.task.result().id
         return handle
 
     def _on_event(self, event: ProgressEvent) -> None:
@@ -156,12 +157,12 @@ class ChangeRunner:
         if event.change_id == cur.change_id:
             cur.events.append(event)
 
-    def _on_done(self, task: asyncio.Task[dict[str, Any]]) -> None:
+    def _on_done(self, task: asyncio.Task[ChangeRecord]) -> None:
         cur = self._current
         if cur is None or cur.task is not task:
             return
         if not task.cancelled() and task.exception() is None:
-            cur.change_id = cur.change_id if cur.change_id is not None else task.result().get("id")
+            cur.change_id = cur.change_id if cur.change_id is not None else task.result().id
         elif not task.cancelled() and isinstance(task.exception(), StorageError):  # no row could be written
             log.warning("avatar %s could not start: %s", cur.kind, task.exception())
         elif not task.cancelled() and not isinstance(task.exception(), ChangeLocked):  # refused, not broken

@@ -19,7 +19,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from mikubot.bot.admin import NOT_ADMIN, is_admin
 from mikubot.bot.context import CommandContext
@@ -28,6 +27,7 @@ from mikubot.bot.schedule import RotationScheduler
 from mikubot.config import Settings
 from mikubot.events import ProgressEvent
 from mikubot.history import HistoryError
+from mikubot.record import ChangeRecord
 from mikubot.runner import ChangeBusy, ChangeRunner, RunningChange
 from mikubot.storage import StorageError
 
@@ -84,7 +84,7 @@ async def _admin_or_refuse(ctx: CommandContext, state: BotState) -> bool:
     return False
 
 
-async def follow(ctx: CommandContext, state: BotState, handle: RunningChange) -> dict[str, Any]:
+async def follow(ctx: CommandContext, state: BotState, handle: RunningChange) -> ChangeRecord:
     """Edit the answer as the change's stages progress; return its record once it is finished."""
     progress = StageProgress(handle.change_id, handle.kind)
     queue: asyncio.Queue[ProgressEvent] = asyncio.Queue()
@@ -110,8 +110,8 @@ async def follow(ctx: CommandContext, state: BotState, handle: RunningChange) ->
         record = await handle.result()
     finally:
         unsubscribe()
-    avatar = Path(record["avatar_path"]) if record.get("avatar_path") else None
-    await ctx.edit(result_text(record), image=avatar if record.get("status") != "failed" else None)
+    avatar = Path(record.avatar_path) if record.avatar_path else None
+    await ctx.edit(result_text(record), image=avatar if record.status != "failed" else None)
     return record
 
 
@@ -124,7 +124,7 @@ async def _edit_quietly(ctx: CommandContext, content: str) -> None:
 
 
 async def pfp_change(ctx: CommandContext, state: BotState, source: str | None = None,
-                     scope: str | None = None) -> dict[str, Any] | None:
+                     scope: str | None = None) -> ChangeRecord | None:
     if not await _admin_or_refuse(ctx, state):
         return None
     if source is not None and source.strip() and not source_allowed(source):
@@ -148,7 +148,7 @@ async def pfp_change(ctx: CommandContext, state: BotState, source: str | None = 
     return await follow(ctx, state, handle)
 
 
-async def pfp_restore(ctx: CommandContext, state: BotState, change_id: int) -> dict[str, Any] | None:
+async def pfp_restore(ctx: CommandContext, state: BotState, change_id: int) -> ChangeRecord | None:
     if not await _admin_or_refuse(ctx, state):
         return None
     await ctx.defer()

@@ -186,7 +186,7 @@ async def change_events(runner: ChangeRunner, watch: HistoryWatch, change_id: in
     handle = runner.get(change_id)
     running_here = handle is not None and not handle.done
     index = 0
-    final: dict[str, Any] | None = None
+    final: tuple[str | None, str | None] | None = None  # the change's final status and error
     if running_here:
         assert handle is not None
         async with contextlib.aclosing(_live(runner, handle, change_id)) as items:
@@ -206,28 +206,30 @@ async def change_events(runner: ChangeRunner, watch: HistoryWatch, change_id: in
                         await asyncio.wait_for(w.news.wait(), KEEPALIVE_S)
                     if not w.news.is_set():
                         yield ": running in another process\n\n"
-                final = w.row
-                stored = (final or {}).get("events") or []
+                row = w.row or {}
+                final, stored = (row.get("status"), row.get("error")), row.get("events") or []
         except StorageError as exc:  # the history cannot be read (a full disk): what this process remembers
             final = _record_of(handle) if handle is not None else None
             stored = [e.to_json() for e in handle.events] if handle is not None else []
             if final is None:
-                final = {"status": None, "error": str(exc)}
+                final = None, str(exc)
         if not running_here:
             for item in stored:
                 if index > last_seen:
                     yield frame(item, id=index)
                 index += 1
     if final is not None:
-        yield frame({"change_id": change_id, "status": final.get("status"), "error": final.get("error")}, event="end")
+        yield frame({"change_id": change_id, "status": final[0], "error": final[1]}, event="end")
 
 
-def _record_of(handle: RunningChange) -> dict[str, Any] | None:
-    """The record a finished change of this process ended with (None if it ended without one)."""
+def _record_of(handle: RunningChange) -> tuple[str | None, str | None] | None:
+    """The final status and error a finished change of this process ended with (None if it ended without a
+    record)."""
     task = handle.task
     if not task.done() or task.cancelled() or task.exception() is not None:
         return None
-    return task.result()
+    record = task.result()
+    return record.status, record.error
 
 
 async def _live(runner: ChangeRunner, handle: RunningChange, change_id: int) -> AsyncIterator[dict[str, Any] | str]:
