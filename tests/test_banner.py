@@ -191,7 +191,7 @@ async def test_a_dry_run_writes_avatar_and_banner_and_records_both(art_dir, tmp_
     assert record.banner_reason.startswith("face: the avatar's face") and "clear of the avatar circle" in record.banner_reason
     assert record.upload["banner"] == record.files["banner"]
     row = History(tmp_path / "data" / "history.sqlite3").get(record.id)
-    assert {k: row[k] for k in ("banner_path", "banner_box", "banner_reason", "banner_size")} == {
+    assert {k: getattr(row, k) for k in ("banner_path", "banner_box", "banner_reason", "banner_size")} == {
         k: getattr(record, k) for k in ("banner_path", "banner_box", "banner_reason", "banner_size")}
 
 
@@ -237,7 +237,7 @@ async def test_an_applied_change_sets_both_in_one_request_and_restore_reapplies_
         assert {k: getattr(restored, k) for k in ("banner_path", "banner_box", "banner_size", "banner_reason")} == {
             k: getattr(record, k) for k in ("banner_path", "banner_box", "banner_size", "banner_reason")}
         row = History(s.history_path).get(restored.id)
-        assert row["restored_from"] == record.id and row["banner_path"] == record.banner_path
+        assert row.restored_from == record.id and row.banner_path == record.banner_path
 
         # MIKU_BANNER off: a restore applies the avatar alone, and says why.
         async with AvatarPipeline(s.model_copy(update={"banner": False})) as p:

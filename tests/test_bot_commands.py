@@ -111,7 +111,7 @@ async def test_change_applies_avatar_with_live_progress_announcement_and_role_co
     assert after.outcomes[-1]["role_colour"] == f"#{colour:06x}"
 
     row = state.runner.pipeline.history.get(record.id)
-    assert row["status"] == "applied" and row["uploaded"]
+    assert row.status == "applied" and row.uploaded
 
 
 async def test_non_admin_is_refused_and_nothing_happens(bot):
@@ -164,7 +164,7 @@ async def test_restore_reapplies_an_earlier_avatar_and_history_lists_both(bot):
     again = await pfp_restore(ctx, state, first.id)
     assert again is not None and again.status == "applied", again.error
     assert len(ctl.uploads) == 2 and ctl.uploads[1].data == ctl.uploads[0].data
-    assert state.runner.pipeline.history.get(again.id)["restored_from"] == first.id
+    assert state.runner.pipeline.history.get(again.id).restored_from == first.id
     assert "New avatar applied" in ctl.interactions[token_of(ctx)][-1]["content"]
 
     text = await pfp_history(interaction(client), state)

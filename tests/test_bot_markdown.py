@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 from mikubot.bot.messages import announcement_text, history_text, result_text
+from mikubot.history import HistoryRow
 from mikubot.record import ChangeRecord
 
 EVIL_DESCRIPTION = "Miku waves.\n**free nitro** [click here](https://evil.example/x)\n> @everyone `code` ||spoiler||"
@@ -42,5 +43,6 @@ def test_result_and_history_text_escape_too() -> None:
     failed = result_text(ChangeRecord(id=3, status="failed", dry_run=False, source={"spec": "danbooru"},
                                       failed_stage="search", error="bad [x](https://e.example)"))
     assert not UNESCAPED_LINK.search(failed)
-    rows = [{"id": 1, "status": "applied", "artist": EVIL_ARTIST, "page_url": "https://b.example/1"}]
+    rows = [HistoryRow(id=1, status="applied", started_at="2026-01-01T00:00:00+00:00", source_spec="danbooru",
+                       dry_run=False, artist=EVIL_ARTIST, page_url="https://b.example/1")]
     assert not UNESCAPED_LINK.search(history_text(rows))

@@ -15,6 +15,8 @@ import pytest
 from emulators.llama_swap import LlamaSwapEmulator
 from images import png_declaring
 from mikubot.config import Settings
+from mikubot.events import EventBus
+from mikubot.history import ChangeLocked
 from mikubot.pipeline import AvatarPipeline
 from mikubot.sources.base import SourceError
 from mikubot.sources.imagefile import ImageBomb, sniff
@@ -99,11 +101,28 @@ async def test_the_deadline_fails_a_hung_change_and_releases_its_reservation(art
                 await asyncio.wait({task}, timeout=0.05)
             record = task.result()
             assert record.status == "failed" and "MIKU_CHANGE_TIMEOUT_S" in (record.error or ""), \
-                str([e["detail"] for e in pipeline.history.get(record.id)["events"] if e["status"] == "fallback"])
+                str([e["detail"] for e in pipeline.history.get(record.id).events if e["status"] == "fallback"])
             assert record.failed_stage == "verify"
             assert {"vision": 1} in held  # it did hold the vision model while it hung ...
             assert pipeline.coordinator.held == {}  # ... and holds nothing now
-            assert pipeline.history.get(record.id)["status"] == "failed"
+            assert pipeline.history.get(record.id).status == "failed"
             pipeline.settings.change_timeout_s = 0.5
             again = await asyncio.wait_for(pipeline.change(), 30)  # not blocked by the first one
             assert again.id == record.id + 1 and again.status == "failed"
+
+
+async def test_a_second_change_in_the_same_process_is_refused_not_queued(art_dir: Path, tmp_path: Path) -> None:
+    """One change at a time is the history's change lock, for two changes of one pipeline as for two
+    processes: the second is refused at once with the running change's id; the first goes on."""
+    art = sprite_folder(art_dir, tmp_path / "art", ("lucy mad.png",))
+    bus = EventBus()
+    searching = asyncio.Event()
+    bus.subscribe(lambda e: searching.set() if e.stage == "search" else None)
+    async with AvatarPipeline(settings(tmp_path, f"local:{art}", candidates=1), bus=bus) as pipeline:
+        first = asyncio.create_task(pipeline.change())
+        await searching.wait()
+        with pytest.raises(ChangeLocked) as refused:
+            await pipeline.change()
+        record = await first
+    assert record.status == "dry-run" and refused.value.running_id == record.id
+    assert [r.id for r in pipeline.history.list()] == [record.id]  # the refused one left no row

@@ -156,14 +156,14 @@ def test_the_history_row_is_complete(first):
     record = first.record
     row = History(first.settings.history_path).get(record.id)
     history_row_is_consistent(row)
-    assert row["status"] == "applied" and row["post_key"] == record.source.key
-    assert row["artist"].startswith("artist_") and MIKU in row["tags"] and row["rating"] == "g"
-    assert row["page_url"] and row["image_url"]
-    assert row["face_box"] == record.face_box and row["crop_box"] == record.crop_box
-    assert row["verification"]["method"] == "vision" and row["description"] == record.description
-    assert set(row["timings"]) >= {"search", "download", "verify", "reserve", "detect", "crop", "upload", "record"}
-    assert [e["event"] for e in row["vram_timeline"]].count("granted") == 2
-    assert Path(row["avatar_path"]).read_bytes() == first.upload.data
+    assert row.status == "applied" and row.post_key == record.source.key
+    assert row.artist.startswith("artist_") and MIKU in row.tags and row.rating == "g"
+    assert row.page_url and row.image_url
+    assert row.face_box == record.face_box and row.crop_box == record.crop_box
+    assert row.verification["method"] == "vision" and row.description == record.description
+    assert set(row.timings) >= {"search", "download", "verify", "reserve", "detect", "crop", "upload", "record"}
+    assert [e["event"] for e in row.vram_timeline].count("granted") == 2
+    assert Path(row.avatar_path).read_bytes() == first.upload.data
     assert Path(record.report_path).is_file()
 
 
@@ -225,4 +225,4 @@ async def test_the_stage_rows_describe_the_chosen_picture_not_the_last_one(art, 
 def record_events(settings: Settings, change_id: int) -> list[dict[str, Any]]:
     row = History(settings.history_path).get(change_id)
     assert row is not None
-    return row["events"]
+    return row.events

@@ -217,10 +217,10 @@ async def test_a_server_change_sets_that_servers_look_only(pipeline, discord):
     assert [r["path"] for r in patches] == ["/api/v10/users/@me", f"/api/v10/guilds/{SERVER}/members/@me"]
 
     history = pipeline.history
-    assert history.get(record.id)["guild_id"] == SERVER and history.get(first.id)["guild_id"] is None
-    assert [r["id"] for r in history.list(scope=SERVER)] == [record.id]
-    assert [r["id"] for r in history.list(scope=None)] == [first.id]
-    assert [r["id"] for r in history.list()] == [record.id, first.id]
+    assert history.get(record.id).guild_id == SERVER and history.get(first.id).guild_id is None
+    assert [r.id for r in history.list(scope=SERVER)] == [record.id]
+    assert [r.id for r in history.list(scope=None)] == [first.id]
+    assert [r.id for r in history.list()] == [record.id, first.id]
     assert history.list(scope=100) == []
     with pytest.raises(ValueError, match="scope"):
         history.list(scope="99")
@@ -242,7 +242,7 @@ async def test_restoring_a_server_change_reapplies_it_to_that_server(pipeline, d
     ctl.guild_members[str(SERVER)] = {}  # someone reset the server look meanwhile
     again = await pipeline.restore(first.id)
     assert again.status == "applied", again.error
-    assert again.guild_id == SERVER and pipeline.history.get(again.id)["restored_from"] == first.id
+    assert again.guild_id == SERVER and pipeline.history.get(again.id).restored_from == first.id
     assert ctl.uploads == [] and len(ctl.guild_uploads) == 2
     assert ctl.guild_uploads[1][2].data == ctl.guild_uploads[0][2].data
     assert ctl.guild_members[str(SERVER)]["bio"] == first.upload["bio"]  # the restored change's credit
@@ -421,7 +421,7 @@ def test_cli_pfp_change_guild(discord, looks, tmp_path):
     r = run("history", "--global", "--json")
     assert json.loads(r.stdout) == []
     assert TOKEN not in r.stdout + r.stderr
-    assert History(tmp_path / "data" / "history.sqlite3").get(record.id)["guild_id"] == SERVER
+    assert History(tmp_path / "data" / "history.sqlite3").get(record.id).guild_id == SERVER
 
 
 # --- the panel: a profile card per configured server ---------------------------------------------------------------

@@ -51,7 +51,7 @@ async def change(settings, **kw):
         record = await p.change(**kw)
     row = History(settings.history_path).get(record.id)
     history_row_is_consistent(row)
-    assert row["status"] == record.status and row["error"] == record.error
+    assert row.status == record.status and row.error == record.error
     return record, row
 
 
@@ -76,7 +76,7 @@ async def test_vision_model_saying_no_to_everything_fails_clearly(fresh, art, tm
     record, row = await change(fresh.settings(tmp_path, candidates=2))
     assert record.status == "failed" and record.failed_stage == "verify"
     assert "none of 2 candidates shows Hatsune Miku" in record.error
-    assert not row["uploaded"] and row["avatar_path"] is None
+    assert not row.uploaded and row.avatar_path is None
     assert History(tmp_path / "history.sqlite3").used_keys("danbooru") == set(), "a failed change uses no post"
 
 
@@ -96,7 +96,7 @@ async def test_no_detector_at_all_crops_by_saliency(fresh, tmp_path):
     assert record.status == "applied", record.error
     assert record.fallbacks[:2] == ["detect:in-process", "detect:no-detector"]
     assert record.crop_method in ("saliency", "top-centre") and f"crop:{record.crop_method}" in record.fallbacks
-    assert record.face_box is None and row["crop_box"] == record.crop_box
+    assert record.face_box is None and row.crop_box == record.crop_box
     assert fresh.discord.uploads[-1].width == fresh.discord.uploads[-1].height
 
 
@@ -105,7 +105,7 @@ async def test_danbooru_down_fails_at_search(fresh, tmp_path):
     record, row = await change(settings)
     assert record.status == "failed" and record.failed_stage == "search"
     assert "cannot reach Danbooru" in record.error
-    assert row["post_key"] is None and row["candidates"] == []
+    assert row.post_key is None and row.candidates == []
 
 
 async def test_no_picture_downloads_fails_at_download_and_frees_the_vision_model(fresh, tmp_path):
@@ -139,31 +139,31 @@ async def test_discord_401_keeps_the_avatar_and_restore_applies_it(fresh, tmp_pa
     record, row = await change(fresh.settings(tmp_path, candidates=1))
     assert record.status == "failed" and record.failed_stage == "upload"
     assert "401" in record.error and "MIKU_DISCORD_TOKEN" in record.error
-    assert row["avatar_path"] and not row["uploaded"]
+    assert row.avatar_path and not row.uploaded
     assert History(tmp_path / "history.sqlite3").used_keys("danbooru") == {record.source.key}
     uploads = len(fresh.discord.uploads)
     fresh.discord.token = "bot-token-for-tests"  # the person fixed the token
     async with AvatarPipeline(fresh.settings(tmp_path)) as p:
         restored = await p.restore(record.id)
     assert restored.status == "applied" and len(fresh.discord.uploads) == uploads + 1
-    assert fresh.discord.uploads[-1].data == open(row["avatar_path"], "rb").read()
+    assert fresh.discord.uploads[-1].data == open(row.avatar_path, "rb").read()
     new_row = History(tmp_path / "history.sqlite3").get(restored.id)
     history_row_is_consistent(new_row)
-    assert new_row["restored_from"] == record.id and new_row["crop_box"] == row["crop_box"]
+    assert new_row.restored_from == record.id and new_row.crop_box == row.crop_box
 
 
 async def test_avatar_changed_too_fast_is_a_clear_failure(fresh, tmp_path):
     fresh.discord.avatar_changes_allowed = 0
     record, row = await change(fresh.settings(tmp_path, candidates=1))
     assert record.status == "failed" and "changing your avatar too fast" in record.error
-    assert "mikubot pfp restore" in record.error and row["avatar_path"]
+    assert "mikubot pfp restore" in record.error and row.avatar_path
 
 
 async def test_discord_429_beyond_the_bound_fails_retryably(fresh, tmp_path):
     fresh.discord.force_429, fresh.discord.retry_after_s = 5, 45.0  # discord.py gives up at once beyond 30 s
     record, row = await change(fresh.settings(tmp_path, candidates=1, upload_max_wait_s=1.0))
     assert record.status == "failed" and "rate limit" in record.error
-    assert record.upload["retryable"] is True and row["avatar_path"]
+    assert record.upload["retryable"] is True and row.avatar_path
 
 
 async def test_discord_down_fails_clearly(fresh, tmp_path):
@@ -187,8 +187,8 @@ async def test_a_cancelled_change_still_finishes_its_row(fresh, tmp_path):
         with pytest.raises(asyncio.CancelledError):
             await task
     rows = History(settings.history_path).list()
-    assert len(rows) == 1 and rows[0]["status"] == "failed" and "CancelledError" in rows[0]["error"]
-    assert rows[0]["finished_at"] and rows[0]["events"][-1]["stage"] == "record"
+    assert len(rows) == 1 and rows[0].status == "failed" and "CancelledError" in rows[0].error
+    assert rows[0].finished_at and rows[0].events[-1]["stage"] == "record"
 
 
 async def test_a_cancelled_restore_still_finishes_its_row(fresh, tmp_path):
@@ -203,9 +203,9 @@ async def test_a_cancelled_restore_still_finishes_its_row(fresh, tmp_path):
         with pytest.raises(asyncio.CancelledError):
             await task
     row = History(settings.history_path).list(1)[0]
-    assert row["restored_from"] == record.id, "the restore's own row"
-    assert row["status"] == "failed" and "CancelledError" in row["error"] and row["finished_at"]
-    assert row["post_key"] == record.source.key and row["events"][-1]["stage"] == "record"
+    assert row.restored_from == record.id, "the restore's own row"
+    assert row.status == "failed" and "CancelledError" in row.error and row.finished_at
+    assert row.post_key == record.source.key and row.events[-1]["stage"] == "record"
 
 
 async def test_without_a_vision_model_each_picture_is_detected_once_and_first(fresh, tmp_path):
@@ -213,7 +213,7 @@ async def test_without_a_vision_model_each_picture_is_detected_once_and_first(fr
     (no vision model to make room for) and runs once per picture, not once for the hair and again to crop."""
     record, row = await change(fresh.settings(tmp_path, candidates=2, llama_swap_url=None))
     assert record.status == "applied" and record.verifier == "heuristic"
-    events = [(e["stage"], e["status"]) for e in row["events"]]
+    events = [(e["stage"], e["status"]) for e in row.events]
     assert events.index(("detect", "done")) < events.index(("verify", "start"))
     assert events.count(("detect", "start")) == 1 and events.count(("detect", "progress")) == 2
     for c in record.candidates:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -29,7 +30,7 @@ from rich.text import Text
 from mikubot.bot import PANEL_HOST, PANEL_PORT
 from mikubot.config import CONFIG_ENV, ConfigFileError, Settings, load_settings
 from mikubot.events import STAGES, EventBus, ProgressEvent
-from mikubot.history import ChangeLocked, History, HistoryError
+from mikubot.history import ChangeLocked, History, HistoryError, HistoryRow
 from mikubot.sources import SPEC_HELP
 
 if TYPE_CHECKING:  # the record module imports the crop geometry; the CLI imports the pipeline only when it runs one
@@ -63,6 +64,24 @@ def _die(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _reserved(d: dict[str, Any]) -> str:
+    unl = f", unloaded {', '.join(d['unloaded'])}" if d.get("unloaded") else ""
+    return f"reserved {d['reserved']} after {d['waited_s']:.2f} s{unl}"
+
+
+# A progress event's detail as the live table shows it: per stage, the first (key it has, description) that fits.
+PROGRESS_DETAIL: dict[str, tuple[tuple[str, Callable[[dict[str, Any]], str]], ...]] = {
+    "search": (("found", lambda d: f"{d['found']} candidates"),),
+    "download": (("size", lambda d: f"{d['key'][:40]} {d['size'][0]}x{d['size'][1]}"),),
+    "verify": (("confidence", lambda d: f"{d['method']}: {d['confidence']:.2f} {d.get('description', '')}"),
+               ("reserved", _reserved)),
+    "reserve": (("reserved", _reserved),),
+    "detect": (("faces", lambda d: f"{d['faces']} face(s) via {d['via']}"),),
+    "crop": (("method", lambda d: f"{d['method']} crop {d['box']}"),),
+    "record": (("status", lambda d: str(d["status"])),),
+}
+
+
 class StageBoard:
     """The live table: one row per stage with its latest status, detail and time."""
 
@@ -93,22 +112,11 @@ class StageBoard:
             return str(d.get("error") or d.get("reason") or d.get("to") or "")
         if ev.status == "done" and d.get("summary"):
             return str(d["summary"])  # the stage's last word, over all of its candidates
-        if ev.stage == "search" and "found" in d:
-            return f"{d['found']} candidates"
-        if ev.stage == "download" and "size" in d:
-            return f"{d['key'][:40]} {d['size'][0]}x{d['size'][1]}"
-        if ev.stage == "verify" and "confidence" in d:
-            return f"{d['method']}: {d['confidence']:.2f} {d.get('description', '')}"
-        if ev.stage in ("verify", "reserve") and "reserved" in d:
-            unl = f", unloaded {', '.join(d['unloaded'])}" if d.get("unloaded") else ""
-            return f"reserved {d['reserved']} after {d['waited_s']:.2f} s{unl}"
-        if ev.stage == "detect" and "faces" in d:
-            return f"{d['faces']} face(s) via {d['via']}"
-        if ev.stage == "crop" and "method" in d:
-            return f"{d['method']} crop {d['box']}"
-        if ev.stage == "record" and "status" in d:
-            return str(d["status"])
+        for key, describe in PROGRESS_DETAIL.get(ev.stage, ()):
+            if key in d:
+                return describe(d)
         return ""
+
 
     def render(self) -> Table:
         title = f"avatar change {self.change_id}" if self.change_id is not None else "avatar change"
@@ -225,38 +233,39 @@ def pfp_history(
     settings = _settings()
     rows = History(settings.history_path).list(limit, scope=guild if guild is not None else None if global_only else "all")
     if as_json:
-        for r in rows:
-            r.pop("events", None)
-        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps([r.model_dump(exclude={"events"}) for r in rows], indent=2, default=str) + "\n")
         return
     console = Console()
     if not rows:
         console.print(f"no changes yet in {settings.history_path}")
         return
-    # One line per change whatever the width: the short columns never wrap, the note and the source take
-    # what is left and end in "…" where the terminal is too narrow (--json has everything in full). The
-    # avatar files are named after the change (change-NNNNN.png) in one folder, named once below the table.
+    console.print(_history_table(rows))
+    # The avatar files are named after the change (change-NNNNN.png) in one folder, named once below the table.
+    for folder in sorted({str(Path(r.avatar_path).parent) for r in rows if r.avatar_path}):
+        console.print(f"avatars (change-NNNNN.png) in {folder}", highlight=False, soft_wrap=True)
+
+
+HISTORY_STYLE = {"applied": "green", "dry-run": "cyan", "failed": "red", "running": "yellow"}
+
+
+def _history_table(rows: list[HistoryRow]) -> Table:
+    """One line per change whatever the width: the short columns never wrap, the note and the source take
+    what is left and end in "…" where the terminal is too narrow (--json has everything in full)."""
     table = Table(show_edge=False)
-    servers = any(r.get("guild_id") is not None for r in rows)
+    servers = any(r.guild_id is not None for r in rows)
     for col in ("id", "status", "started (UTC)", "crop") + (("profile",) if servers else ()):
         table.add_column(col, no_wrap=True)
     table.add_column("note")  # the columns rich narrows to fit; their cells are cut, not wrapped (_one_line)
     table.add_column("source")
-    folders = set()
     for r in rows:
-        style = {"applied": "green", "dry-run": "cyan", "failed": "red", "running": "yellow"}[r["status"]]
-        source = _short_key(r["post_key"]) if r["post_key"] else r["source_spec"]
-        note = r["error"] or r["description"] or ""
-        if r["restored_from"]:
-            note = f"restore of {r['restored_from']}" + (f": {r['error']}" if r["error"] else "")
-        profile = (f"server {r['guild_id']}" if r.get("guild_id") is not None else "global",) if servers else ()
-        if r["avatar_path"]:
-            folders.add(str(Path(r["avatar_path"]).parent))
-        table.add_row(str(r["id"]), f"[{style}]{r['status']}[/]", _minute(r["started_at"]), r["crop_method"] or "",
+        source = _short_key(r.post_key) if r.post_key else r.source_spec
+        note = r.error or r.description or ""
+        if r.restored_from:
+            note = f"restore of {r.restored_from}" + (f": {r.error}" if r.error else "")
+        profile = (f"server {r.guild_id}" if r.guild_id is not None else "global",) if servers else ()
+        table.add_row(str(r.id), f"[{HISTORY_STYLE[r.status]}]{r.status}[/]", _minute(r.started_at), r.crop_method or "",
                       *profile, _one_line(note), _one_line(source))
-    console.print(table)
-    for folder in sorted(folders):
-        console.print(f"avatars (change-NNNNN.png) in {folder}", highlight=False, soft_wrap=True)
+    return table
 
 
 def _short_key(key: str) -> str:

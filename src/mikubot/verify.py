@@ -9,7 +9,7 @@ what it needs of the flow: ``reserves`` (the VRAM consumer to hold around its K 
 ``VisionVerifier`` asks the vision model through llama-swap's OpenAI-compatible
 ``/v1/chat/completions`` (the image as a data URI). It asks for JSON, but small local vision models
 often wrap JSON in prose or code fences, or answer in prose only; ``parse_answer`` takes all of those.
-The caller holds one vramctl reservation of the vision model around all K calls (pipeline.py).
+The caller holds one vramctl reservation of the vision model around all K calls (mikubot/pipeline/verify.py).
 
 ``HeuristicVerifier`` needs no model: a booru post's character tag is strong evidence, and the hair
 colour read around each face (``mikubot.hair``) can be compared with the character's configured colours

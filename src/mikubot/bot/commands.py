@@ -26,7 +26,7 @@ from mikubot.bot.messages import StageProgress, clip, history_text, result_text
 from mikubot.bot.schedule import RotationScheduler
 from mikubot.config import Settings
 from mikubot.events import ProgressEvent
-from mikubot.history import HistoryError
+from mikubot.history import HistoryError, HistoryRow
 from mikubot.record import ChangeRecord
 from mikubot.runner import ChangeBusy, ChangeRunner, RunningChange
 from mikubot.storage import StorageError
@@ -86,7 +86,7 @@ async def _admin_or_refuse(ctx: CommandContext, state: BotState) -> bool:
 
 async def follow(ctx: CommandContext, state: BotState, handle: RunningChange) -> ChangeRecord:
     """Edit the answer as the change's stages progress; return its record once it is finished."""
-    progress = StageProgress(handle.change_id, handle.kind)
+    progress = StageProgress(handle.change_id, handle.kind, state.runner.pipeline.stage_order())
     queue: asyncio.Queue[ProgressEvent] = asyncio.Queue()
     unsubscribe = state.runner.bus.subscribe(queue.put_nowait)
     try:
@@ -170,12 +170,13 @@ async def pfp_history(ctx: CommandContext, state: BotState, limit: int = 10) -> 
     if not await _admin_or_refuse(ctx, state):
         return None
     await ctx.defer()
-    text = history_text(state.runner.pipeline.history.list(limit=max(1, min(limit, 25))))
+    text = history_text(await asyncio.to_thread(state.runner.pipeline.history.list, limit=max(1, min(limit, 25))))
     await ctx.edit(text)
     return text
 
 
-def status_text(state: BotState) -> str:
+def status_text(state: BotState, last: HistoryRow | None) -> str:
+    """``last``: the latest history row (None: no change yet)."""
     s = state.settings
     lines = ["**Avatar status**"]
     cur = state.runner.current
@@ -184,10 +185,9 @@ def status_text(state: BotState) -> str:
         lines.append(f"⏳ {cur.kind} #{cur.change_id} running" + (f", at **{stages[-1]}**" if stages else ""))
     else:
         lines.append("💤 no change running")
-    last = next(iter(state.runner.pipeline.history.list(limit=1)), None)
     if last is not None:
-        lines.append(f"last: #{last['id']} {last['status']} {(last.get('finished_at') or last['started_at'])[:16].replace('T', ' ')}"
-                     + (f" — {last['error']}" if last.get("error") else ""))
+        lines.append(f"last: #{last.id} {last.status} {(last.finished_at or last.started_at)[:16].replace('T', ' ')}"
+                     + (f" — {last.error}" if last.error else ""))
     sched = state.scheduler
     if sched is not None:
         nxt = f", next at {sched.next_due:%Y-%m-%d %H:%M}" if sched.next_due else ""
@@ -204,6 +204,7 @@ async def pfp_status(ctx: CommandContext, state: BotState) -> str | None:
     if not await _admin_or_refuse(ctx, state):
         return None
     await ctx.defer()
-    text = status_text(state)
+    latest = await asyncio.to_thread(state.runner.pipeline.history.list, limit=1)
+    text = status_text(state, latest[0] if latest else None)
     await ctx.edit(text)
     return text

@@ -11,6 +11,7 @@ from typing import Any
 from discord.utils import escape_markdown, escape_mentions
 
 from mikubot.events import STAGES, ProgressEvent
+from mikubot.history import HistoryRow
 from mikubot.record import ChangeRecord
 from mikubot.web.views import safe_link
 
@@ -41,8 +42,9 @@ def link(url: Any) -> str | None:
 class StageProgress:
     """The latest status of each stage of one change, rendered as one line per stage reached."""
 
-    def __init__(self, change_id: int | None, kind: str = "change") -> None:
+    def __init__(self, change_id: int | None, kind: str = "change", stages: tuple[str, ...] = STAGES) -> None:
         self.change_id = change_id
+        self.stages = stages  # in the order the change runs them (``AvatarPipeline.stage_order``)
         self.kind = kind
         self.status: dict[str, str] = {}
         self.notes: dict[str, str] = {}
@@ -62,7 +64,7 @@ class StageProgress:
     def render(self) -> str:
         head = f"**Avatar {self.kind} #{self.change_id}**" if self.change_id is not None else f"**Avatar {self.kind}**"
         lines = [head]
-        for stage in STAGES:
+        for stage in self.stages:
             if stage in self.status:
                 note = f" — {self.notes[stage]}" if stage in self.notes else ""
                 lines.append(f"{ICON.get(self.status[stage], '•')} {stage}{note}")
@@ -132,16 +134,15 @@ def announcement_text(record: ChangeRecord, character: str) -> str:
     return clip("\n".join(lines))
 
 
-def history_text(rows: list[dict[str, Any]]) -> str:
+def history_text(rows: list[HistoryRow]) -> str:
     if not rows:
         return "No avatar changes yet: `/pfp change` makes the first one."
     lines = ["**Recent avatar changes**"]
     for r in rows:
-        when = (r.get("finished_at") or r.get("started_at") or "")[:16].replace("T", " ")
-        who = f" · {plain(r['artist'], 100)}" if r.get("artist") else ""
-        page = f" · {link(r.get('page_url'))}" if link(r.get("page_url")) else ""
-        restored = f" · restore of #{r['restored_from']}" if r.get("restored_from") else ""
-        server = f" · server {r['guild_id']}" if r.get("guild_id") else ""
-        lines.append(f"{STATUS_ICON.get(r.get('status', ''), '•')} **#{r['id']}** {r.get('status')} {when}{server}{who}"
-                     f"{restored}{page}")
+        when = (r.finished_at or r.started_at)[:16].replace("T", " ")
+        who = f" · {plain(r.artist, 100)}" if r.artist else ""
+        page = f" · {link(r.page_url)}" if link(r.page_url) else ""
+        restored = f" · restore of #{r.restored_from}" if r.restored_from else ""
+        server = f" · server {r.guild_id}" if r.guild_id else ""
+        lines.append(f"{STATUS_ICON.get(r.status, '•')} **#{r.id}** {r.status} {when}{server}{who}{restored}{page}")
     return clip("\n".join(lines))

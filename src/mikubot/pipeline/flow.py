@@ -23,7 +23,7 @@ import httpx
 
 from mikubot.config import Settings
 from mikubot.events import ChangeEvents, EventBus
-from mikubot.history import History
+from mikubot.history import Claim, History, HistoryRow
 from mikubot.pipeline import apply, detect, find, finish, framing
 from mikubot.pipeline import verify as verifying
 from mikubot.pipeline.services import Services
@@ -106,7 +106,6 @@ class AvatarPipeline:
         self.history = self.services.history
         self.coordinator = self.services.coordinator
         self.http = self.services.http
-        self._lock = asyncio.Lock()  # one change at a time: Discord allows few avatar changes anyway
 
     async def aclose(self) -> None:
         await self.services.aclose()
@@ -122,35 +121,55 @@ class AvatarPipeline:
         return stage_order(self.settings.for_guild(guild_id))
 
     async def change(self, *, source: str | None = None, candidates: int | None = None, dry_run: bool | None = None,
-                     out: Path | None = None, guild_id: int | None = None) -> ChangeRecord:
+                     out: Path | None = None, guild_id: int | None = None, claim: Claim | None = None) -> ChangeRecord:
         """Run one change; returns its record. Never raises for a failed change — the record's ``status``
-        is "failed" and ``error`` says why — only for bugs and cancellation. ``guild_id``: change that
+        is "failed" and ``error`` says why — only for bugs, cancellation and ``ChangeLocked`` (a change runs
+        on this data directory already: one at a time, ``History.claim``). ``guild_id``: change that
         server's own look (its configured source and character; the bot's member there), not the global
-        profile."""
-        async with self._lock:
-            spec = source or self.settings.for_guild(guild_id).source
-            state = await self._begin(spec, dry_run, guild_id=guild_id)
-            work = find_and_apply(state, self.services, candidates or self.settings.candidates, out)
-            return await finish.conclude(state, self.services, self._within_deadline(state, work))
+        profile. ``claim``: the change lock, when the caller took it (``ChangeRunner``)."""
+        spec = source or self.settings.for_guild(guild_id).source
+        state = await self._begin(spec, dry_run, guild_id=guild_id, claim=claim)
+        work = find_and_apply(state, self.services, candidates or self.settings.candidates, out)
+        return await finish.conclude(state, self.services, self._within_deadline(state, work))
 
-    async def restore(self, change_id: int, *, dry_run: bool | None = None) -> ChangeRecord:
+    async def restore(self, change_id: int, *, dry_run: bool | None = None, claim: Claim | None = None) -> ChangeRecord:
         """Apply the avatar of an earlier change again; a new history row records it."""
-        async with self._lock:
+        try:
             path = await asyncio.to_thread(self.history.restorable, change_id)
-            earlier = await asyncio.to_thread(self.history.get, change_id) or {}
-            state = await self._begin(f"restore:{change_id}", dry_run, restored_from=change_id, earlier=earlier,
-                                      guild_id=earlier.get("guild_id"))  # a server's look goes back to that server
-            work = apply.reapply(state, path, *self._restorable_banner(earlier))
-            return await finish.conclude(state, self.services, work)
+            earlier = await asyncio.to_thread(self.history.get, change_id)
+        except BaseException:
+            if claim is not None:
+                self.history.release(claim)
+            raise
+        assert earlier is not None  # ``restorable`` has read it
+        state = await self._begin(f"restore:{change_id}", dry_run, restored_from=change_id, earlier=earlier,
+                                  guild_id=earlier.guild_id, claim=claim)  # a server's look goes back to that server
+        work = apply.reapply(state, path, *self._restorable_banner(earlier))
+        return await finish.conclude(state, self.services, work)
 
     async def _begin(self, spec: str, dry_run: bool | None, *, restored_from: int | None = None,
-                     earlier: dict[str, Any] | None = None, guild_id: int | None = None) -> ChangeState:
-        """Write the ``running`` row; from here on, ``finish.conclude`` must finish it."""
+                     earlier: HistoryRow | None = None, guild_id: int | None = None,
+                     claim: Claim | None = None) -> ChangeState:
+        """Write the ``running`` row (taking the change lock unless ``claim`` holds it); from here on,
+        ``finish.conclude`` must finish it."""
         dry, why = self.settings.dry_run_for(dry_run)
-        change_id = await asyncio.to_thread(self.history.start, spec, dry_run=dry, restored_from=restored_from,
-                                            guild_id=guild_id)
+        starting = asyncio.ensure_future(asyncio.to_thread(
+            self.history.start, spec, dry_run=dry, restored_from=restored_from, guild_id=guild_id, claim=claim))
+        try:
+            change_id = await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # The worker thread goes on; the row it writes is closed as failed (every change ends in exactly
+            # one finished row; ``start`` itself lets go of the lock when it writes none).
+            starting.add_done_callback(self._close_unstarted)
+            raise
         return ChangeState(change_id, spec, self.settings.for_guild(guild_id), ChangeEvents(self.bus, change_id),
-                           dry, why, guild_id, earlier or {}, restored_from)
+                           dry, why, guild_id, earlier, restored_from)
+
+    def _close_unstarted(self, starting: asyncio.Future[int]) -> None:
+        if starting.cancelled() or starting.exception() is not None:
+            return
+        self.history.finish(starting.result(), "failed", error="internal error: CancelledError: the change was "
+                            "cancelled while its row was being written")
 
     async def _within_deadline(self, state: ChangeState, work: Awaitable[None]) -> None:
         """``work`` under the change's one deadline (MIKU_CHANGE_TIMEOUT_S): past it every stage is
@@ -166,14 +185,14 @@ class AvatarPipeline:
                                f"the change did not finish within {self.settings.change_timeout_s:g} s "
                                "(MIKU_CHANGE_TIMEOUT_S); it was stopped") from exc
 
-    def _restorable_banner(self, earlier: dict[str, Any]) -> tuple[Path | None, str | None]:
+    def _restorable_banner(self, earlier: HistoryRow) -> tuple[Path | None, str | None]:
         """The banner a restore applies with the avatar (only when the restored change had one and
         MIKU_BANNER is on), and the reason recorded when it applies none."""
-        if not earlier.get("banner_path"):
+        if not earlier.banner_path:
             return None, None
         if not self.settings.banner:
-            return None, f"change {earlier['id']} had a banner; MIKU_BANNER is off, so the avatar alone is restored"
-        path = Path(earlier["banner_path"])
+            return None, f"change {earlier.id} had a banner; MIKU_BANNER is off, so the avatar alone is restored"
+        path = Path(earlier.banner_path)
         if not path.is_file():
-            return None, f"the banner of change {earlier['id']} is gone from {path}; the avatar alone is restored"
-        return path, earlier.get("banner_reason")
+            return None, f"the banner of change {earlier.id} is gone from {path}; the avatar alone is restored"
+        return path, earlier.banner_reason

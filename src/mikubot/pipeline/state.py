@@ -24,6 +24,7 @@ from mikubot.crop import CropResult
 from mikubot.detection import FaceResult
 from mikubot.errors import MikubotError
 from mikubot.events import ChangeEvents
+from mikubot.history import HistoryRow
 from mikubot.sources import Candidate
 from mikubot.verify import Verification
 
@@ -126,7 +127,7 @@ class ChangeState:
     dry_run: bool
     dry_reason: str | None = None
     guild_id: int | None = None  # None: the global profile
-    earlier: dict[str, Any] = field(default_factory=dict)  # a restore: the restored change's history row
+    earlier: HistoryRow | None = None  # a restore: the restored change's history row
     restored_from: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
     fallbacks: list[str] = field(default_factory=list)

@@ -127,8 +127,8 @@ async def get_change(request: Request, change_id: ChangeId) -> dict[str, Any]:
     if row is None:
         raise HTTPException(404, f"no change with id {change_id}")
     handle = p.runner.get(change_id)
-    if row["status"] == "running" and handle is not None:
-        row["events"] = [e.to_json() for e in handle.events]
+    if row.status == "running" and handle is not None:
+        row.events = [e.to_json() for e in handle.events]
     return change_view(row, p.settings.avatars_dir)
 
 
@@ -261,9 +261,10 @@ async def change_png(request: Request, change_id: int, kind: str) -> FileRespons
     """The change's ``{kind}_path`` PNG, or 404 when it has none or the file is outside the avatars folder."""
     p = panel(request)
     row = await asyncio.to_thread(p.history.get, change_id)
-    if row is None or not row.get(f"{kind}_path"):
+    stored = None if row is None else {"avatar": row.avatar_path, "banner": row.banner_path}[kind]
+    if not stored:
         raise HTTPException(404, f"change {change_id} has no {kind}")
-    path = Path(row[f"{kind}_path"])
+    path = Path(stored)
     if not inside(path, p.settings.avatars_dir):
         raise HTTPException(404, f"the {kind} of change {change_id} is not in the data directory")
     return FileResponse(path, media_type="image/png")

@@ -30,7 +30,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from mikubot.events import ProgressEvent
-from mikubot.history import FINAL_STATUSES, History
+from mikubot.history import FINAL_STATUSES, History, HistoryRow
 from mikubot.runner import ChangeRunner, RunningChange
 from mikubot.storage import StorageError
 
@@ -114,14 +114,14 @@ class ClaimedStream(StreamingResponse):
 @dataclass
 class _Watch:
     change_id: int
-    row: dict[str, Any] | None = None
+    row: HistoryRow | None = None
     news: asyncio.Event = field(default_factory=asyncio.Event)  # set when ``row`` is final (or gone)
     users: int = 0
     task: asyncio.Task[None] | None = None
 
     @property
     def over(self) -> bool:
-        return self.row is None or self.row["status"] in FINAL_STATUSES
+        return self.row is None or self.row.status in FINAL_STATUSES
 
 
 class HistoryWatch:
@@ -186,7 +186,7 @@ async def change_events(runner: ChangeRunner, watch: HistoryWatch, change_id: in
     handle = runner.get(change_id)
     running_here = handle is not None and not handle.done
     index = 0
-    final: tuple[str | None, str | None] | None = None  # the change's final status and error
+    final: Outcome | None = None
     if running_here:
         assert handle is not None
         async with contextlib.aclosing(_live(runner, handle, change_id)) as items:
@@ -199,30 +199,49 @@ async def change_events(runner: ChangeRunner, watch: HistoryWatch, change_id: in
                 index += 1
         final = _record_of(handle)
     if final is None:
-        try:
-            async with watch.watch(history, change_id) as w:
-                while not w.news.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(w.news.wait(), KEEPALIVE_S)
-                    if not w.news.is_set():
-                        yield ": running in another process\n\n"
-                row = w.row or {}
-                final, stored = (row.get("status"), row.get("error")), row.get("events") or []
-        except StorageError as exc:  # the history cannot be read (a full disk): what this process remembers
-            final = _record_of(handle) if handle is not None else None
-            stored = [e.to_json() for e in handle.events] if handle is not None else []
-            if final is None:
-                final = None, str(exc)
-        if not running_here:
-            for item in stored:
-                if index > last_seen:
-                    yield frame(item, id=index)
-                index += 1
+        ended = Ended()
+        async with contextlib.aclosing(_row_finished(history, watch, change_id, handle, ended)) as comments:
+            async for comment in comments:
+                yield comment
+        final = ended.final
+        if not running_here:  # its events come from the row (or, the history unreadable, from memory)
+            for i, item in enumerate(ended.events, start=index):
+                if i > last_seen:
+                    yield frame(item, id=i)
     if final is not None:
         yield frame({"change_id": change_id, "status": final[0], "error": final[1]}, event="end")
 
 
-def _record_of(handle: RunningChange) -> tuple[str | None, str | None] | None:
+Outcome = tuple[str | None, str | None]  # a finished change's status and error
+
+
+@dataclass
+class Ended:
+    """How a change not followed live ended: its final status and error, and its stored events."""
+
+    final: Outcome | None = None
+    events: list[Any] = field(default_factory=list)
+
+
+async def _row_finished(history: History, watch: HistoryWatch, change_id: int, handle: RunningChange | None,
+                        ended: Ended) -> AsyncIterator[str]:
+    """Wait until the change's row is final (a keep-alive comment now and then) and fill ``ended``; when the
+    history cannot be read (a full disk), what this process remembers of it."""
+    try:
+        async with watch.watch(history, change_id) as w:
+            while not w.news.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(w.news.wait(), KEEPALIVE_S)
+                if not w.news.is_set():
+                    yield ": running in another process\n\n"
+            if w.row is not None:
+                ended.final, ended.events = (w.row.status, w.row.error), w.row.events or []
+    except StorageError as exc:
+        ended.final = (_record_of(handle) if handle is not None else None) or (None, str(exc))
+        ended.events = [e.to_json() for e in handle.events] if handle is not None else []
+
+
+def _record_of(handle: RunningChange) -> Outcome | None:
     """The final status and error a finished change of this process ended with (None if it ended without a
     record)."""
     task = handle.task
