@@ -127,8 +127,8 @@ async def ours(rig: Rig, data_dir: Path) -> dict[str, Any]:
         t0 = time.monotonic()
         record = await pipeline.change()
         total = time.monotonic() - t0
-    assert record["status"] == "applied", record["error"]
-    ms = record["timings_ms"]
+    assert record.status == "applied", record.error
+    ms = record.timings_ms
     return {"total_s": total, "vision_s": ms["verify"] / 1000, "stages": ms}
 
 
