@@ -67,6 +67,7 @@ async def find_and_apply(state: ChangeState, services: Services, k: int, out: Pa
 
 
 async def _ready(picks: list[Pick]) -> list[Pick]:
+    """Picks already downloaded, as the awaitable the verify stage takes (it awaits them inside its span)."""
     return picks
 
 

@@ -21,6 +21,8 @@ from vramctl.coordinator import Coordinator
 
 
 class Services:
+    """What stages use beyond the change's own state (see the module docstring)."""
+
     def __init__(self, settings: Settings, *, history: History | None = None, coordinator: Coordinator | None = None,
                  http: httpx.AsyncClient | None = None, source_options: dict[str, Any] | None = None) -> None:
         self.settings = settings
