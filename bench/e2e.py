@@ -57,7 +57,7 @@ from mikubot.crop import avatar_png, crop_avatar  # noqa: E402
 from mikubot.pipeline import AvatarPipeline  # noqa: E402
 from mikubot.sources import source_from_spec  # noqa: E402
 from mikubot.upload import set_avatar  # noqa: E402
-from mikubot.verify import VisionVerifier  # noqa: E402
+from mikubot.verify import CandidatePicture, VisionVerifier  # noqa: E402
 from facedetect.imageio import load_image  # noqa: E402
 
 VISION_S, STOP_S, RELEASE_S, DETECTOR_LOAD_S, UPLOAD_S = 5.0, 0.5, 1.5, 1.0, 1.0
@@ -127,8 +127,8 @@ async def ours(rig: Rig, data_dir: Path) -> dict[str, Any]:
         t0 = time.monotonic()
         record = await pipeline.change()
         total = time.monotonic() - t0
-    assert record["status"] == "applied", record["error"]
-    ms = record["timings_ms"]
+    assert record.status == "applied", record.error
+    ms = record.timings_ms
     return {"total_s": total, "vision_s": ms["verify"] / 1000, "stages": ms}
 
 
@@ -141,7 +141,7 @@ async def original(rig: Rig, data_dir: Path) -> dict[str, Any]:
         picks = [await src.download(c) for c in await src.search(rig.k, set())]
         verifier = VisionVerifier(rig.llama.url, "vision", s.character_name, http=http)
         v0 = time.monotonic()
-        verdicts = [await verifier.verify(c) for c in picks]
+        verdicts = [await verifier.verify(CandidatePicture(c)) for c in picks]
         vision_s = time.monotonic() - v0
         chosen = next(c for c, v in zip(picks, verdicts) if v.is_character)
         # _ensure_vram_available: "swap to text model → vision model unloads → 3 second wait"

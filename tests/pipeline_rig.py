@@ -29,6 +29,7 @@ from emulators.llama_swap import ChatRequest, LlamaSwapEmulator, create_detector
 from facedetect.api import create_app as create_facedetect
 from facedetect.settings import FaceDetectSettings
 from mikubot.config import Settings
+from mikubot.history import HistoryRow
 from servers import serve_app
 
 TOKEN = "bot-token-for-tests"
@@ -159,13 +160,13 @@ def world(
         yield World(dbase, dapp.state.control, emu, det, disc_url, ctl)
 
 
-def history_row_is_consistent(row: dict[str, Any]) -> None:
+def history_row_is_consistent(row: HistoryRow) -> None:
     """Every finished row: a final status, a finish time, an error exactly when failed, timings recorded."""
-    assert row["status"] in ("applied", "dry-run", "failed"), row["status"]
-    assert row["finished_at"], "a finished row has a finish time"
-    assert (row["error"] is not None) == (row["status"] == "failed"), (row["status"], row["error"])
-    assert isinstance(row["timings"], dict) and row["timings"], "per-stage timings are recorded"
-    assert row["events"] and row["events"][-1]["stage"] == "record"
-    if row["status"] == "applied":
-        assert row["uploaded"] and row["avatar_path"] and Path(row["avatar_path"]).is_file()
-    json.dumps(row)  # everything in it is plain data
+    assert row.status in ("applied", "dry-run", "failed"), row.status
+    assert row.finished_at, "a finished row has a finish time"
+    assert (row.error is not None) == (row.status == "failed"), (row.status, row.error)
+    assert isinstance(row.timings, dict) and row.timings, "per-stage timings are recorded"
+    assert row.events and row.events[-1]["stage"] == "record"
+    if row.status == "applied":
+        assert row.uploaded and row.avatar_path and Path(row.avatar_path).is_file()
+    json.dumps(row.model_dump())  # everything in it is plain data

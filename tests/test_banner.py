@@ -180,20 +180,19 @@ async def test_a_dry_run_writes_avatar_and_banner_and_records_both(art_dir, tmp_
     out = tmp_path / "out" / "avatar.png"
     async with AvatarPipeline(settings(tmp_path, art, dry_run=True)) as p:
         record = await p.change(out=out)
-    assert record["status"] == "dry-run", record["error"]
-    kept = Path(record["banner_path"])
-    assert kept.name == f"change-{record['id']:05d}_banner.png" and kept.parent == Path(record["avatar_path"]).parent
-    assert record["files"]["banner"] == str(out.with_name("avatar_banner.png"))
+    assert record.status == "dry-run", record.error
+    kept = Path(record.banner_path)
+    assert kept.name == f"change-{record.id:05d}_banner.png" and kept.parent == Path(record.avatar_path).parent
+    assert record.files["banner"] == str(out.with_name("avatar_banner.png"))
     assert out.with_name("avatar_banner.png").read_bytes() == kept.read_bytes()
     with Image.open(kept) as im:
-        assert list(im.size) == record["banner_size"] and im.width * 2 == im.height * 5 and im.width >= MIN_WIDTH
-    assert record["face_box"] and face_visible(tuple(record["face_box"]), tuple(record["banner_box"]))
-    assert record["banner_reason"].startswith("face: the avatar's face") and "clear of the avatar circle" in record[
-        "banner_reason"]
-    assert record["upload"]["banner"] == record["files"]["banner"]
-    row = History(tmp_path / "data" / "history.sqlite3").get(record["id"])
-    assert {k: row[k] for k in ("banner_path", "banner_box", "banner_reason", "banner_size")} == {
-        k: record[k] for k in ("banner_path", "banner_box", "banner_reason", "banner_size")}
+        assert list(im.size) == record.banner_size and im.width * 2 == im.height * 5 and im.width >= MIN_WIDTH
+    assert record.face_box and face_visible(tuple(record.face_box), tuple(record.banner_box))
+    assert record.banner_reason.startswith("face: the avatar's face") and "clear of the avatar circle" in record.banner_reason
+    assert record.upload["banner"] == record.files["banner"]
+    row = History(tmp_path / "data" / "history.sqlite3").get(record.id)
+    assert {k: getattr(row, k) for k in ("banner_path", "banner_box", "banner_reason", "banner_size")} == {
+        k: getattr(record, k) for k in ("banner_path", "banner_box", "banner_reason", "banner_size")}
 
 
 async def test_banners_off_by_default_leave_no_banner(art_dir, tmp_path):
@@ -201,8 +200,8 @@ async def test_banners_off_by_default_leave_no_banner(art_dir, tmp_path):
     async with AvatarPipeline(Settings(data_dir=tmp_path / "data", source=f"local:{art}", candidates=1,
                                        dry_run=True)) as p:
         record = await p.change()
-    assert record["status"] == "dry-run" and record["banner_path"] is None and record["banner_reason"] is None
-    assert "banner" not in record["files"] and not list((tmp_path / "data" / "avatars").glob("*_banner.png"))
+    assert record.status == "dry-run" and record.banner_path is None and record.banner_reason is None
+    assert "banner" not in record.files and not list((tmp_path / "data" / "avatars").glob("*_banner.png"))
 
 
 async def test_a_picture_too_small_for_a_banner_still_changes_the_avatar(art_dir, tmp_path):
@@ -212,9 +211,9 @@ async def test_a_picture_too_small_for_a_banner_still_changes_the_avatar(art_dir
         im.resize((256, 576), Image.Resampling.LANCZOS).save(art / "small eileen.png")
     async with AvatarPipeline(settings(tmp_path, art, dry_run=True)) as p:
         record = await p.change()
-    assert record["status"] == "dry-run" and record["avatar_path"] and Path(record["avatar_path"]).is_file()
-    assert record["banner_path"] is None and record["banner_box"] is None
-    assert record["banner_reason"].startswith("no banner: the picture (256x576) is too small for a 600x240 banner")
+    assert record.status == "dry-run" and record.avatar_path and Path(record.avatar_path).is_file()
+    assert record.banner_path is None and record.banner_box is None
+    assert record.banner_reason.startswith("no banner: the picture (256x576) is too small for a 600x240 banner")
 
 
 async def test_an_applied_change_sets_both_in_one_request_and_restore_reapplies_both(art_dir, tmp_path):
@@ -224,27 +223,27 @@ async def test_an_applied_change_sets_both_in_one_request_and_restore_reapplies_
         s = settings(tmp_path, art, discord_token=TOKEN, discord_api=f"{base}/api/v10")
         async with AvatarPipeline(s) as p:
             record = await p.change()
-            assert record["status"] == "applied", record["error"]
+            assert record.status == "applied", record.error
             patches = [r for r in ctl.requests if r["method"] == "PATCH"]
             assert len(patches) == 1 and len(ctl.uploads) == 1 and len(ctl.banners) == 1
-            assert ctl.uploads[-1].data == Path(record["avatar_path"]).read_bytes()
-            assert ctl.banners[-1].data == Path(record["banner_path"]).read_bytes()
-            assert record["upload"]["banner"] == ctl.banner_hash and record["upload"]["avatar"] == ctl.avatar_hash
+            assert ctl.uploads[-1].data == Path(record.avatar_path).read_bytes()
+            assert ctl.banners[-1].data == Path(record.banner_path).read_bytes()
+            assert record.upload["banner"] == ctl.banner_hash and record.upload["avatar"] == ctl.avatar_hash
 
-            restored = await p.restore(record["id"])
-        assert restored["status"] == "applied", restored["error"]
+            restored = await p.restore(record.id)
+        assert restored.status == "applied", restored.error
         assert len(ctl.uploads) == 2 and len(ctl.banners) == 2
         assert ctl.banners[-1].data == ctl.banners[0].data and ctl.uploads[-1].data == ctl.uploads[0].data
-        assert {k: restored[k] for k in ("banner_path", "banner_box", "banner_size", "banner_reason")} == {
-            k: record[k] for k in ("banner_path", "banner_box", "banner_size", "banner_reason")}
-        row = History(s.history_path).get(restored["id"])
-        assert row["restored_from"] == record["id"] and row["banner_path"] == record["banner_path"]
+        assert {k: getattr(restored, k) for k in ("banner_path", "banner_box", "banner_size", "banner_reason")} == {
+            k: getattr(record, k) for k in ("banner_path", "banner_box", "banner_size", "banner_reason")}
+        row = History(s.history_path).get(restored.id)
+        assert row.restored_from == record.id and row.banner_path == record.banner_path
 
         # MIKU_BANNER off: a restore applies the avatar alone, and says why.
         async with AvatarPipeline(s.model_copy(update={"banner": False})) as p:
-            alone = await p.restore(record["id"])
-        assert alone["status"] == "applied" and len(ctl.uploads) == 3 and len(ctl.banners) == 2
-        assert alone["banner_path"] is None and "MIKU_BANNER is off" in alone["banner_reason"]
+            alone = await p.restore(record.id)
+        assert alone.status == "applied" and len(ctl.uploads) == 3 and len(ctl.banners) == 2
+        assert alone.banner_path is None and "MIKU_BANNER is off" in alone.banner_reason
 
 
 # --- the emulator's banner field, through discord.py's own HTTP client ---------------------------------------

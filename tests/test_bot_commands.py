@@ -79,13 +79,13 @@ async def test_change_applies_avatar_with_live_progress_announcement_and_role_co
     state, client, ctl, after = bot
     ctx = interaction(client)
     record = await pfp_change(ctx, state)
-    assert record is not None and record["status"] == "applied", record.get("error")
+    assert record is not None and record.status == "applied", record.error
 
     # Discord got exactly one avatar: a square PNG, the one the change recorded.
     assert len(ctl.uploads) == 1
     up = ctl.uploads[0]
-    assert up.format == "PNG" and [up.width, up.height] == record["avatar_size"] and up.width == up.height
-    assert up.data == Path(record["avatar_path"]).read_bytes()
+    assert up.format == "PNG" and [up.width, up.height] == record.avatar_size and up.width == up.height
+    assert up.data == Path(record.avatar_path).read_bytes()
 
     answers = ctl.interactions[token_of(ctx)]
     assert answers[0]["kind"] == "callback" and answers[0]["type"] == 5  # deferred
@@ -93,9 +93,9 @@ async def test_change_applies_avatar_with_live_progress_announcement_and_role_co
     # Progress edits came before the result and walked through the stages in order.
     progress = [e["content"] for e in edits[:-1]]
     assert any("search" in p for p in progress) and any("crop" in p for p in progress)
-    assert f"#{record['id']}" in progress[0]
+    assert f"#{record.id}" in progress[0]
     final = edits[-1]
-    assert "New avatar applied" in final["content"] and f"#{record['id']}" in final["content"]
+    assert "New avatar applied" in final["content"] and f"#{record.id}" in final["content"]
     assert len(final["files"]) == 1
     assert final["files"][0]["data"] == up.data
 
@@ -110,8 +110,8 @@ async def test_change_applies_avatar_with_live_progress_announcement_and_role_co
     assert ctl.roles[("99", "555")]["sent"] == "colors.primary_color", "Role.edit's colors, not the deprecated color"
     assert after.outcomes[-1]["role_colour"] == f"#{colour:06x}"
 
-    row = state.runner.pipeline.history.get(record["id"])
-    assert row["status"] == "applied" and row["uploaded"]
+    row = state.runner.pipeline.history.get(record.id)
+    assert row.status == "applied" and row.uploaded
 
 
 async def test_non_admin_is_refused_and_nothing_happens(bot):
@@ -152,23 +152,23 @@ async def test_second_change_while_one_runs_names_the_running_one(bot):
     last = ctl.interactions[token_of(ctx)][-1]
     assert last["kind"] == "edit" and "already running" in last["content"] and f"#{handle.change_id}" in last["content"]
     record = await handle.result()
-    assert record["status"] == "dry-run"
+    assert record.status == "dry-run"
     assert ctl.uploads == []  # dry run: nothing reached Discord
 
 
 async def test_restore_reapplies_an_earlier_avatar_and_history_lists_both(bot):
     state, client, ctl, _ = bot
     first = await pfp_change(interaction(client), state)
-    assert first is not None and first["status"] == "applied"
+    assert first is not None and first.status == "applied"
     ctx = interaction(client)
-    again = await pfp_restore(ctx, state, first["id"])
-    assert again is not None and again["status"] == "applied", again.get("error")
+    again = await pfp_restore(ctx, state, first.id)
+    assert again is not None and again.status == "applied", again.error
     assert len(ctl.uploads) == 2 and ctl.uploads[1].data == ctl.uploads[0].data
-    assert state.runner.pipeline.history.get(again["id"])["restored_from"] == first["id"]
+    assert state.runner.pipeline.history.get(again.id).restored_from == first.id
     assert "New avatar applied" in ctl.interactions[token_of(ctx)][-1]["content"]
 
     text = await pfp_history(interaction(client), state)
-    assert f"#{first['id']}" in text and f"#{again['id']}" in text and f"restore of #{first['id']}" in text
+    assert f"#{first.id}" in text and f"#{again.id}" in text and f"restore of #{first.id}" in text
 
     missing = interaction(client)
     assert await pfp_restore(missing, state, 999) is None
@@ -180,11 +180,11 @@ async def test_failed_upload_says_why_and_keeps_the_avatar(bot):
     ctl.avatar_changes_allowed = 0  # Discord: "You are changing your avatar too fast"
     ctx = interaction(client)
     record = await pfp_change(ctx, state)
-    assert record["status"] == "failed" and record["failed_stage"] == "upload"
+    assert record.status == "failed" and record.failed_stage == "upload"
     final = ctl.interactions[token_of(ctx)][-1]
     assert "failed at **upload**" in final["content"] and "too fast" in final["content"]
-    assert f"/pfp restore {record['id']}" in final["content"]
-    assert Path(record["avatar_path"]).is_file()
+    assert f"/pfp restore {record.id}" in final["content"]
+    assert Path(record.avatar_path).is_file()
     assert ctl.messages == [] and ctl.roles == {}  # nothing announced for a failed change
 
 
@@ -205,7 +205,7 @@ async def test_progress_edits_are_throttled(bot):
     ctx = interaction(client)
     record = await pfp_change(ctx, state)
     edits = [a for a in ctl.interactions[token_of(ctx)] if a["kind"] == "edit"]
-    assert len(edits) == 2 and f"#{record['id']}" in edits[-1]["content"]
+    assert len(edits) == 2 and f"#{record.id}" in edits[-1]["content"]
 
 
 async def test_a_full_disk_is_answered_not_raised(discord, art_dir, small_disk):
@@ -216,11 +216,11 @@ async def test_a_full_disk_is_answered_not_raised(discord, art_dir, small_disk):
         small_disk.fill()
         change, restore = interaction(client), interaction(client)
         assert await pfp_change(change, state) is None
-        assert await pfp_restore(restore, state, first["id"]) is None
+        assert await pfp_restore(restore, state, first.id) is None
         for ctx in (change, restore):
             last = ctl.interactions[token_of(ctx)][-1]
             assert last["kind"] == "edit" and "💾" in last["content"], last
             assert str(small_disk.path / "data") in last["content"] and "full" in last["content"], last
         assert state.runner.current is None
         small_disk.free()
-        assert (await state.runner.change(dry_run=True))["status"] == "dry-run"
+        assert (await state.runner.change(dry_run=True)).status == "dry-run"

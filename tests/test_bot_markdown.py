@@ -7,15 +7,18 @@ from __future__ import annotations
 import re
 
 from mikubot.bot.messages import announcement_text, history_text, result_text
+from mikubot.history import HistoryRow
+from mikubot.record import ChangeRecord
 
 EVIL_DESCRIPTION = "Miku waves.\n**free nitro** [click here](https://evil.example/x)\n> @everyone `code` ||spoiler||"
 EVIL_ARTIST = "ar__tist** [me](https://evil.example)"
 UNESCAPED_LINK = re.compile(r"(?<!\\)\[[^\]]*(?<!\\)\]\(")
 
 
-def record(**source: object) -> dict:
-    return {"id": 7, "status": "applied", "description": EVIL_DESCRIPTION,
-            "source": {"artist": EVIL_ARTIST, "page_url": "https://danbooru.example/posts/1", **source}}
+def record(**source: object) -> ChangeRecord:
+    return ChangeRecord.model_validate({
+        "id": 7, "status": "applied", "dry_run": False, "description": EVIL_DESCRIPTION,
+        "source": {"spec": "danbooru", "artist": EVIL_ARTIST, "page_url": "https://danbooru.example/posts/1", **source}})
 
 
 def test_the_announcement_keeps_untrusted_text_inert() -> None:
@@ -37,7 +40,9 @@ def test_a_page_url_cannot_close_its_brackets() -> None:
 
 def test_result_and_history_text_escape_too() -> None:
     assert not UNESCAPED_LINK.search(result_text(record()))
-    failed = result_text({"id": 3, "status": "failed", "failed_stage": "search", "error": "bad [x](https://e.example)"})
+    failed = result_text(ChangeRecord(id=3, status="failed", dry_run=False, source={"spec": "danbooru"},
+                                      failed_stage="search", error="bad [x](https://e.example)"))
     assert not UNESCAPED_LINK.search(failed)
-    rows = [{"id": 1, "status": "applied", "artist": EVIL_ARTIST, "page_url": "https://b.example/1"}]
+    rows = [HistoryRow(id=1, status="applied", started_at="2026-01-01T00:00:00+00:00", source_spec="danbooru",
+                       dry_run=False, artist=EVIL_ARTIST, page_url="https://b.example/1")]
     assert not UNESCAPED_LINK.search(history_text(rows))

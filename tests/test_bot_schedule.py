@@ -78,8 +78,8 @@ async def test_scheduler_starts_when_due_and_skips_while_a_change_runs(runner):
     outcome, handle = await sched.tick(sched.next_due)
     assert outcome == "started" and handle is not None
     record = await handle.result()
-    assert record["status"] == "dry-run" and record["id"] == handle.change_id
-    assert [r["id"] for r in runner.pipeline.history.list()] == [handle.change_id, busy.change_id]
+    assert record.status == "dry-run" and record.id == handle.change_id
+    assert [r.id for r in runner.pipeline.history.list()] == [handle.change_id, busy.change_id]
 
 
 async def test_runner_refuses_a_second_change_and_calls_listeners(runner):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
 from panel_helpers import panel_server, panel_settings
@@ -17,6 +16,7 @@ from test_browser import ARGS, CHROMIUM, _need_chromium, shot, until
 from test_browser_banner import assert_discord_layout, layout
 
 from mikubot.pipeline import AvatarPipeline
+from mikubot.record import ChangeRecord
 
 pytestmark = pytest.mark.browser
 
@@ -30,12 +30,12 @@ def test_each_configured_server_has_its_profile_card(art_dir: Path, tmp_path: Pa
     settings = panel_settings(tmp_path / "data", art, banner=True,
                               guild_looks={"99": {"character_name": "Lucy"}, "100": {}})
 
-    async def server_change() -> dict[str, Any]:
+    async def server_change() -> ChangeRecord:
         async with AvatarPipeline(settings) as p:
             return await p.change(guild_id=99, source=f"file:{art}/eileen at uni.png")
 
     record = asyncio.run(server_change())
-    assert record["status"] == "dry-run" and record["banner_path"] and record["guild_id"] == 99, record.get("error")
+    assert record.status == "dry-run" and record.banner_path and record.guild_id == 99, record.error
 
     with panel_server(settings) as base, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -46,8 +46,8 @@ def test_each_configured_server_has_its_profile_card(art_dir: Path, tmp_path: Pa
             page.goto("/actions/profile-picture")
             card = "#server-looks figure[data-guild='99']"
             until(page, f"[...document.querySelectorAll(\"{card} img\")].every(i => i.complete && i.naturalWidth > 0)")
-            assert page.get_attribute(f"{card} img.banner", "src") == f"/avatars/{record['id']}/banner.png"
-            assert page.get_attribute(f"{card} .card-ring img", "src") == f"/avatars/{record['id']}.png"
+            assert page.get_attribute(f"{card} img.banner", "src") == f"/avatars/{record.id}/banner.png"
+            assert page.get_attribute(f"{card} .card-ring img", "src") == f"/avatars/{record.id}.png"
             assert_discord_layout(layout(page, card))
             assert "Lucy" in page.inner_text(card) and "server 99" in page.inner_text(card)
             empty = "#server-looks figure[data-guild='100']"

@@ -15,6 +15,8 @@ import pytest
 from emulators.llama_swap import LlamaSwapEmulator
 from images import png_declaring
 from mikubot.config import Settings
+from mikubot.events import EventBus
+from mikubot.history import ChangeLocked
 from mikubot.pipeline import AvatarPipeline
 from mikubot.sources.base import SourceError
 from mikubot.sources.imagefile import ImageBomb, sniff
@@ -41,10 +43,10 @@ async def test_a_bomb_in_the_folder_is_skipped_and_the_change_goes_on(art_dir: P
     (art / "bomb.png").write_bytes(BOMB)
     async with AvatarPipeline(settings(tmp_path, f"local:{art}", candidates=2)) as pipeline:
         record = await pipeline.change()
-        report = pipeline.make_source(f"local:{art}")  # a fresh scan, to read its report
+        report = pipeline.services.make_source(f"local:{art}")  # a fresh scan, to read its report
         await report.search(5, set())
-    assert record["status"] == "dry-run", record["error"]
-    assert record["source"]["filename"] == "lucy mad.png"
+    assert record.status == "dry-run", record.error
+    assert record.source.filename == "lucy mad.png"
     assert "too many pixels (a decompression bomb)" in report.last_search.describe()
 
 
@@ -77,7 +79,7 @@ def test_non_regular_files_are_never_read(odd_folder: Path) -> None:
 async def test_a_folder_with_a_fifo_and_dev_zero_still_changes(odd_folder: Path, tmp_path: Path) -> None:
     async with AvatarPipeline(settings(tmp_path, f"local:{odd_folder}", candidates=3)) as pipeline:
         record = await asyncio.wait_for(pipeline.change(), 120)  # a hang fails here instead of blocking the run
-    assert record["status"] == "dry-run" and record["source"]["filename"] == "lucy mad.png"
+    assert record.status == "dry-run" and record.source.filename == "lucy mad.png"
 
 
 async def test_the_deadline_fails_a_hung_change_and_releases_its_reservation(art_dir: Path, tmp_path: Path) -> None:
@@ -98,12 +100,29 @@ async def test_the_deadline_fails_a_hung_change_and_releases_its_reservation(art
                 held.append(dict(pipeline.coordinator.held))
                 await asyncio.wait({task}, timeout=0.05)
             record = task.result()
-            assert record["status"] == "failed" and "MIKU_CHANGE_TIMEOUT_S" in (record["error"] or ""), \
-                str([e["detail"] for e in pipeline.history.get(record["id"])["events"] if e["status"] == "fallback"])
-            assert record["failed_stage"] == "verify"
+            assert record.status == "failed" and "MIKU_CHANGE_TIMEOUT_S" in (record.error or ""), \
+                str([e["detail"] for e in pipeline.history.get(record.id).events if e["status"] == "fallback"])
+            assert record.failed_stage == "verify"
             assert {"vision": 1} in held  # it did hold the vision model while it hung ...
             assert pipeline.coordinator.held == {}  # ... and holds nothing now
-            assert pipeline.history.get(record["id"])["status"] == "failed"
+            assert pipeline.history.get(record.id).status == "failed"
             pipeline.settings.change_timeout_s = 0.5
             again = await asyncio.wait_for(pipeline.change(), 30)  # not blocked by the first one
-            assert again["id"] == record["id"] + 1 and again["status"] == "failed"
+            assert again.id == record.id + 1 and again.status == "failed"
+
+
+async def test_a_second_change_in_the_same_process_is_refused_not_queued(art_dir: Path, tmp_path: Path) -> None:
+    """One change at a time is the history's change lock, for two changes of one pipeline as for two
+    processes: the second is refused at once with the running change's id; the first goes on."""
+    art = sprite_folder(art_dir, tmp_path / "art", ("lucy mad.png",))
+    bus = EventBus()
+    searching = asyncio.Event()
+    bus.subscribe(lambda e: searching.set() if e.stage == "search" else None)
+    async with AvatarPipeline(settings(tmp_path, f"local:{art}", candidates=1), bus=bus) as pipeline:
+        first = asyncio.create_task(pipeline.change())
+        await searching.wait()
+        with pytest.raises(ChangeLocked) as refused:
+            await pipeline.change()
+        record = await first
+    assert record.status == "dry-run" and refused.value.running_id == record.id
+    assert [r.id for r in pipeline.history.list()] == [record.id]  # the refused one left no row

@@ -178,18 +178,23 @@ def test_gelbooru_that_demands_credentials_end_to_end(art_dir, tmp_path):
     assert GELBOORU_KEY not in r.stdout + r.stderr + shown.stdout
 
 
-def test_stage_board_lists_stages_in_the_order_they_ran():
-    # Without a vision model detect runs before verify; the live table must not show verify above it.
+def test_stage_board_lists_stages_in_the_order_the_flow_runs_them(tmp_path):
+    # The flow decides the order (stage_order): without a vision model detect runs before verify (the
+    # heuristic reads the detect stage's faces), with one verify comes first. The live table lists the stages
+    # in that order from the start, as their events come. (The real runs' order: test_web_api, test_e2e.)
     from mikubot.cli import StageBoard
-    from mikubot.events import STAGES, ProgressEvent
+    from mikubot.config import Settings
+    from mikubot.events import ProgressEvent
+    from mikubot.pipeline import stage_order
 
-    board = StageBoard()
-    assert board.order() == list(STAGES)
-    for t, stage in enumerate(("search", "download", "reserve", "detect", "verify")):
+    heuristic = stage_order(Settings(data_dir=tmp_path, llama_swap_url=None))
+    vision = stage_order(Settings(data_dir=tmp_path, llama_swap_url="http://127.0.0.1:9"))
+    assert heuristic == ("search", "download", "reserve", "detect", "verify", "crop", "upload", "record")
+    assert vision == ("search", "download", "verify", "reserve", "detect", "crop", "upload", "record")
+    board = StageBoard(heuristic)
+    for t, stage in enumerate(heuristic[:5]):
         board.on_event(ProgressEvent(1, stage, "start", float(t)))
-    assert board.order() == ["search", "download", "reserve", "detect", "verify", "crop", "upload", "record"]
-    rendered = [cell for cell in board.render().columns[0]._cells]
-    assert rendered == board.order()
+    assert [cell for cell in board.render().columns[0]._cells] == list(heuristic)
 
 
 def test_make_demo_reads_true_from_top_to_bottom(art_dir, tmp_path):

@@ -53,11 +53,11 @@ def test_a_live_change_of_another_process_is_never_failed(tmp_path: Path, holder
     proc, cid = holder
     h = History(tmp_path / "history.sqlite3")
     assert h.recovered == [] and h.recover() == []
-    assert h.get(cid)["status"] == "running" and h.get(cid)["owner_host"] == "another-host"
+    assert h.get(cid).status == "running" and h.get(cid).owner_host == "another-host"
     proc.stdin.write("finish\n")
     proc.stdin.flush()
     assert proc.stdout.readline().strip() == "finished"
-    assert h.get(cid)["status"] == "dry-run"
+    assert h.get(cid).status == "dry-run"
 
 
 def test_a_second_process_is_refused_with_the_running_id(tmp_path: Path, holder) -> None:
@@ -77,7 +77,7 @@ async def test_the_runner_answers_busy_with_the_other_process_change(tmp_path: P
         with pytest.raises(ChangeBusy) as busy:
             await runner.start_change()
         assert busy.value.running_id == cid
-        assert [r["id"] for r in pipeline.history.list()] == [cid]  # nothing was started, no post was picked
+        assert [r.id for r in pipeline.history.list()] == [cid]  # nothing was started, no post was picked
 
 
 def test_a_killed_change_is_closed_by_the_next_opener(tmp_path: Path, holder) -> None:
@@ -87,7 +87,7 @@ def test_a_killed_change_is_closed_by_the_next_opener(tmp_path: Path, holder) ->
     h = History(tmp_path / "history.sqlite3")
     assert h.recovered == [cid]
     row = h.get(cid)
-    assert row["status"] == "failed" and "interrupted" in row["error"]
+    assert row.status == "failed" and "interrupted" in row.error
 
 
 def _can_unshare() -> bool:
@@ -111,5 +111,5 @@ def test_a_change_that_died_as_pid_1_is_recovered(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60, env={**os.environ})
     crashed = int(out.stdout.strip())
     h = History(db)
-    assert h.get(crashed)["owner_pid"] == 1
-    assert h.recovered == [crashed] and h.get(crashed)["status"] == "failed"
+    assert h.get(crashed).owner_pid == 1
+    assert h.recovered == [crashed] and h.get(crashed).status == "failed"

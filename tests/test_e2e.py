@@ -29,6 +29,7 @@ from mikubot.config import Settings
 from mikubot.events import EventBus, ProgressEvent
 from mikubot.history import History
 from mikubot.pipeline import AvatarPipeline
+from mikubot.record import ChangeRecord
 from pipeline_rig import MIKU, NO_PROSE, YES, YES_FENCED, history_row_is_consistent, posts_for, scaled_art, vision_answers, world
 
 # 1.6x Eileen: a 230-px face, big enough for 1024 px within the 2x upscaling limit.
@@ -61,7 +62,7 @@ def rig(art, art_dir, tmp_path_factory):
 @dataclass
 class FirstChange:
     settings: Settings
-    record: dict[str, Any]
+    record: ChangeRecord
     events: list[ProgressEvent]
     seen: list[str]  # the pictures the vision model was shown
     ledger: dict[str, Any]  # the llama-swap emulator's, right after the change
@@ -88,28 +89,28 @@ def first(rig, art, tmp_path_factory) -> FirstChange:
             return await pipeline.change()
 
     record = asyncio.run(change())
-    assert record["status"] == "applied", record["error"]
+    assert record.status == "applied", record.error
     return FirstChange(settings, record, events, list(seen), rig.llama.ledger(), rig.llama.running(),
                        rig.discord.uploads[-1], {f"danbooru:{2001 + i}": name for i, name in enumerate(PLAN)})
 
 
 def test_one_vision_and_one_detector_reservation_for_all_candidates(first):
     record, ledger = first.record, first.ledger
-    assert [r["consumer"] for r in record["reservations"]] == ["vision", "face-detector"]
-    requests = [e for e in record["vram_timeline"] if e["event"] == "request"]
+    assert [r["consumer"] for r in record.reservations] == ["vision", "face-detector"]
+    requests = [e for e in record.vram_timeline if e["event"] == "request"]
     assert [e["consumer"] for e in requests] == ["vision", "face-detector"]
     assert len(first.seen) == 5, "all five candidates were verified"
     assert ledger["oom_count"] == 0
     assert ledger["loads"].count("vision") == 1, "K candidates cost one vision load, not K"
     assert ledger["unloads"] == ["llama3.1"], "text freed for vision; the CPU detector needs no room"
-    assert [e["consumer"] for e in record["vram_timeline"] if e["event"] == "unloaded"] == ["text"]
+    assert [e["consumer"] for e in record.vram_timeline if e["event"] == "unloaded"] == ["text"]
     assert first.running == ["vision"], "vision stays for the next change"
 
 
 def test_the_cpu_detector_is_granted_without_measuring_or_unloading(first):
     record = first.record
-    assert record["reservations"][1]["unloaded"] == []
-    timeline = record["vram_timeline"]
+    assert record.reservations[1]["unloaded"] == []
+    timeline = record.vram_timeline
     start = next(i for i, e in enumerate(timeline) if e["event"] == "request" and e["consumer"] == "face-detector")
     detector_events = [e["event"] for e in timeline[start:] if e["event"] != "released"]  # vision's release
     assert detector_events[:2] == ["request", "cpu-only"] and "resumed" in detector_events, detector_events
@@ -119,20 +120,20 @@ def test_the_cpu_detector_is_granted_without_measuring_or_unloading(first):
 
 
 def test_refused_candidates_are_recorded_with_the_reason(first):
-    by_file = {first.names[c["key"]]: c for c in first.record["candidates"]}
+    by_file = {first.names[c["key"]]: c for c in first.record.candidates}
     assert "not Hatsune Miku" in by_file["lucy happy.png"]["skipped"]
     assert by_file["sylvie blue giggle.png"]["verification"]["evidence"]["parsed"] is False
     assert by_file["eileen vhappy.png"]["verification"]["confidence"] == pytest.approx(0.9)
-    assert {c["detected_via"] for c in first.record["candidates"] if not c["skipped"]} == {"service"}
-    assert first.record["detector_backend"] == "animeface"
+    assert {c["detected_via"] for c in first.record.candidates if not c["skipped"]} == {"service"}
+    assert first.record.detector_backend == "animeface"
 
 
 def test_discord_gets_the_labelled_face_inside_the_round_area(first, art):
     record, upload = first.record, first.upload
     assert (upload.width, upload.height, upload.format) == (1024, 1024, "PNG")
-    name = first.names[record["source"]["key"]]
+    name = first.names[record.source.key]
     assert name.startswith("eileen")
-    crop = record["crop_box"]
+    crop = record.crop_box
     inside, share = face_in_circle(tuple(art[name]["labels"][0]), tuple(crop))
     assert inside and 0.2 <= share <= 0.75, (crop, share)
     # and the PNG really is that crop of the source
@@ -142,43 +143,43 @@ def test_discord_gets_the_labelled_face_inside_the_round_area(first, art):
         expect = Image.alpha_composite(white, src).convert("RGB").crop(tuple(int(v) for v in crop)).resize((1024, 1024))
     got = Image.open(io.BytesIO(upload.data)).convert("RGB")
     assert float(np.abs(np.asarray(got, np.float32) - np.asarray(expect, np.float32)).mean()) < 6.0
-    assert record["description"] and "girl" in record["description"]
+    assert record.description and "girl" in record.description
 
 
 def test_rate_limits_are_waited_out(first):
     """Discord's 429 on the first upload is waited out as asked and recorded (Danbooru's on the first search
     too: otherwise the change could not have been applied)."""
-    assert first.record["upload"]["attempts"] == 2 and first.record["upload"]["rate_limits"][0]["retry_after"] == 0.3
+    assert first.record.upload["attempts"] == 2 and first.record.upload["rate_limits"][0]["retry_after"] == 0.3
 
 
 def test_the_history_row_is_complete(first):
     record = first.record
-    row = History(first.settings.history_path).get(record["id"])
+    row = History(first.settings.history_path).get(record.id)
     history_row_is_consistent(row)
-    assert row["status"] == "applied" and row["post_key"] == record["source"]["key"]
-    assert row["artist"].startswith("artist_") and MIKU in row["tags"] and row["rating"] == "g"
-    assert row["page_url"] and row["image_url"]
-    assert row["face_box"] == record["face_box"] and row["crop_box"] == record["crop_box"]
-    assert row["verification"]["method"] == "vision" and row["description"] == record["description"]
-    assert set(row["timings"]) >= {"search", "download", "verify", "reserve", "detect", "crop", "upload", "record"}
-    assert [e["event"] for e in row["vram_timeline"]].count("granted") == 2
-    assert Path(row["avatar_path"]).read_bytes() == first.upload.data
-    assert Path(record["report_path"]).is_file()
+    assert row.status == "applied" and row.post_key == record.source.key
+    assert row.artist.startswith("artist_") and MIKU in row.tags and row.rating == "g"
+    assert row.page_url and row.image_url
+    assert row.face_box == record.face_box and row.crop_box == record.crop_box
+    assert row.verification["method"] == "vision" and row.description == record.description
+    assert set(row.timings) >= {"search", "download", "verify", "reserve", "detect", "crop", "upload", "record"}
+    assert [e["event"] for e in row.vram_timeline].count("granted") == 2
+    assert Path(row.avatar_path).read_bytes() == first.upload.data
+    assert Path(record.report_path).is_file()
 
 
 def test_every_stage_finishes_in_order(first):
     stages = [e.stage for e in first.events if e.status == "done"]
     assert stages == ["search", "download", "verify", "reserve", "detect", "crop", "upload", "record"]
-    assert {e.change_id for e in first.events} == {first.record["id"]}
+    assert {e.change_id for e in first.events} == {first.record.id}
 
 
 async def test_a_second_change_never_reuses_the_post(first, rig, art):
     rig.llama.set_answer("vision", vision_answers(art, VERDICTS, []))
     async with AvatarPipeline(first.settings) as pipeline:
         second = await pipeline.change(candidates=3)
-    assert second["status"] == "applied", second["error"]
-    assert second["source"]["key"] != first.record["source"]["key"]
-    assert first.record["source"]["key"] not in {c["key"] for c in second["candidates"]}
+    assert second.status == "applied", second.error
+    assert second.source.key != first.record.source.key
+    assert first.record.source.key not in {c["key"] for c in second.candidates}
     assert len(rig.discord.uploads) == 2
     assert rig.llama.ledger()["oom_count"] == 0
     # vision was still there: the second change loaded and unloaded nothing
@@ -206,8 +207,8 @@ async def test_the_stage_rows_describe_the_chosen_picture_not_the_last_one(art, 
         bus.subscribe(board.on_event)
         async with AvatarPipeline(settings, bus=bus) as pipeline:
             record = await pipeline.change(dry_run=True)
-    assert record["status"] == "dry-run", record["error"]
-    assert record["source"]["key"] == "danbooru:3002" and record["crop_method"] == "face"
+    assert record.status == "dry-run", record.error
+    assert record.source.key == "danbooru:3002" and record.crop_method == "face"
     detected = [e.detail["key"] for e in events if e.stage == "detect" and e.status == "progress"]
     verified = [e.detail["key"] for e in events if e.stage == "verify" and e.status == "progress"]
     assert detected[-1] == verified[-1] == "danbooru:3001", "the faceless picture is the last one processed"
@@ -217,11 +218,11 @@ async def test_the_stage_rows_describe_the_chosen_picture_not_the_last_one(art, 
     assert rows["crop"].startswith("chose danbooru_3002.png of 2: 1 face (best "), rows
     assert "face crop" in rows["crop"] and "0 face" not in " ".join(rows.values())
     # the record's events (what the panel replays for an earlier change) end each stage on the same words
-    dones = {e["stage"]: e["detail"].get("summary") for e in record_events(settings, record["id"]) if e["status"] == "done"}
+    dones = {e["stage"]: e["detail"].get("summary") for e in record_events(settings, record.id) if e["status"] == "done"}
     assert (dones["detect"], dones["verify"], dones["crop"]) == (rows["detect"], rows["verify"], rows["crop"])
 
 
 def record_events(settings: Settings, change_id: int) -> list[dict[str, Any]]:
     row = History(settings.history_path).get(change_id)
     assert row is not None
-    return row["events"]
+    return row.events

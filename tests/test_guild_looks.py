@@ -35,6 +35,7 @@ from mikubot.discord_rest import at_api
 from mikubot.guild_profile import BIO_MAX_CHARS, credit_bio
 from mikubot.history import History
 from mikubot.pipeline import AvatarPipeline
+from mikubot.record import ChangeRecord
 from mikubot.runner import ChangeRunner
 
 TOKEN = "bot-token"
@@ -193,33 +194,33 @@ async def pipeline(discord, looks, tmp_path):
 async def test_a_server_change_sets_that_servers_look_only(pipeline, discord):
     _, ctl = discord
     first = await pipeline.change()  # the global profile, from the global source
-    assert first["status"] == "applied" and first["guild_id"] is None, first.get("error")
+    assert first.status == "applied" and first.guild_id is None, first.error
     global_hash = ctl.avatar_hash
-    assert global_hash is not None and first["source"]["filename"] == "eileen happy.png"
+    assert global_hash is not None and first.source.filename == "eileen happy.png"
 
     record = await pipeline.change(guild_id=SERVER)
-    assert record["status"] == "applied", record.get("error")
-    assert record["guild_id"] == SERVER and record["upload"]["guild_id"] == SERVER
-    assert record["source"]["filename"] == "lucy happy.png"  # the server's own source ...
-    assert "Lucy" in record["description"]  # ... and character
+    assert record.status == "applied", record.error
+    assert record.guild_id == SERVER and record.upload["guild_id"] == SERVER
+    assert record.source.filename == "lucy happy.png"  # the server's own source ...
+    assert "Lucy" in record.description  # ... and character
     # Discord: the bot's member in server 99 has the new avatar; the global avatar is the one from before.
-    kept = Path(record["avatar_path"]).read_bytes()
+    kept = Path(record.avatar_path).read_bytes()
     assert ctl.avatar_hash == global_hash and len(ctl.uploads) == 1
     (guild, field, image), = ctl.guild_uploads
     assert (guild, field, image.format, image.data) == (str(SERVER), "avatar", "PNG", kept)
-    assert ctl.guild_members[str(SERVER)]["avatar"] == hashlib.md5(kept).hexdigest() == record["upload"]["avatar"]
+    assert ctl.guild_members[str(SERVER)]["avatar"] == hashlib.md5(kept).hexdigest() == record.upload["avatar"]
     assert "100" not in ctl.guild_members
     # The bio: the credit line, as sent and as Discord keeps it.
     bio = ctl.guild_members[str(SERVER)]["bio"]
-    assert bio == record["upload"]["bio"] == "from local" and len(bio) <= 400
+    assert bio == record.upload["bio"] == "from local" and len(bio) <= 400
     patches = [r for r in ctl.requests if r["method"] == "PATCH"]
     assert [r["path"] for r in patches] == ["/api/v10/users/@me", f"/api/v10/guilds/{SERVER}/members/@me"]
 
     history = pipeline.history
-    assert history.get(record["id"])["guild_id"] == SERVER and history.get(first["id"])["guild_id"] is None
-    assert [r["id"] for r in history.list(scope=SERVER)] == [record["id"]]
-    assert [r["id"] for r in history.list(scope=None)] == [first["id"]]
-    assert [r["id"] for r in history.list()] == [record["id"], first["id"]]
+    assert history.get(record.id).guild_id == SERVER and history.get(first.id).guild_id is None
+    assert [r.id for r in history.list(scope=SERVER)] == [record.id]
+    assert [r.id for r in history.list(scope=None)] == [first.id]
+    assert [r.id for r in history.list()] == [record.id, first.id]
     assert history.list(scope=100) == []
     with pytest.raises(ValueError, match="scope"):
         history.list(scope="99")
@@ -228,23 +229,23 @@ async def test_a_server_change_sets_that_servers_look_only(pipeline, discord):
 async def test_a_server_without_bio_credit_keeps_its_bio_and_an_unknown_server_uses_the_global_look(pipeline, discord):
     _, ctl = discord
     record = await pipeline.change(guild_id=100)
-    assert record["status"] == "applied", record.get("error")
-    assert record["source"]["filename"] == "eileen happy.png"  # no source of its own: the global one
-    assert "bio" not in ctl.guild_members["100"] and record["upload"]["bio"] is None
+    assert record.status == "applied", record.error
+    assert record.source.filename == "eileen happy.png"  # no source of its own: the global one
+    assert "bio" not in ctl.guild_members["100"] and record.upload["bio"] is None
     assert ctl.uploads == []  # the global profile untouched
 
 
 async def test_restoring_a_server_change_reapplies_it_to_that_server(pipeline, discord):
     _, ctl = discord
     first = await pipeline.change(guild_id=SERVER)
-    assert first["status"] == "applied", first.get("error")
+    assert first.status == "applied", first.error
     ctl.guild_members[str(SERVER)] = {}  # someone reset the server look meanwhile
-    again = await pipeline.restore(first["id"])
-    assert again["status"] == "applied", again.get("error")
-    assert again["guild_id"] == SERVER and pipeline.history.get(again["id"])["restored_from"] == first["id"]
+    again = await pipeline.restore(first.id)
+    assert again.status == "applied", again.error
+    assert again.guild_id == SERVER and pipeline.history.get(again.id).restored_from == first.id
     assert ctl.uploads == [] and len(ctl.guild_uploads) == 2
     assert ctl.guild_uploads[1][2].data == ctl.guild_uploads[0][2].data
-    assert ctl.guild_members[str(SERVER)]["bio"] == first["upload"]["bio"]  # the restored change's credit
+    assert ctl.guild_members[str(SERVER)]["bio"] == first.upload["bio"]  # the restored change's credit
 
 
 async def test_a_server_the_bot_is_not_in_fails_at_upload_and_keeps_the_avatar(discord, art_dir, tmp_path):
@@ -255,16 +256,16 @@ async def test_a_server_the_bot_is_not_in_fails_at_upload_and_keeps_the_avatar(d
     async with AvatarPipeline(settings) as p:
         for guild, status in ((404040, 403), (31337, 404)):
             record = await p.change(guild_id=guild)
-            assert record["status"] == "failed" and record["failed_stage"] == "upload"
-            assert record["upload"]["status_code"] == status and f"member of server {guild}" in record["error"]
-            assert Path(record["avatar_path"]).is_file()
+            assert record.status == "failed" and record.failed_stage == "upload"
+            assert record.upload["status_code"] == status and f"member of server {guild}" in record.error
+            assert Path(record.avatar_path).is_file()
     assert ctl.guild_members == {} and ctl.uploads == []
 
 
 async def test_a_dry_run_server_change_touches_nothing(pipeline, discord):
     _, ctl = discord
     record = await pipeline.change(guild_id=SERVER, dry_run=True)
-    assert record["status"] == "dry-run" and record["guild_id"] == SERVER and record["upload"]["guild_id"] == SERVER
+    assert record.status == "dry-run" and record.guild_id == SERVER and record.upload["guild_id"] == SERVER
     assert ctl.guild_members == {} and ctl.uploads == []
 
 
@@ -283,14 +284,14 @@ async def test_a_servers_booru_look_searches_its_tag_and_credits_the_artist_in_t
             guild_looks={str(SERVER): {"source": "danbooru", "character_tag": "lucy_(ren'py)", "character_name": "Lucy"}})
         async with AvatarPipeline(settings) as p:
             record = await p.change(guild_id=SERVER)
-    assert record["status"] == "applied", record.get("error")
-    assert record["source"]["artist"] == artist and record["verification"]["is_character"]
+    assert record.status == "applied", record.error
+    assert record.source.artist == artist and record.verification["is_character"]
     searched = [r.params.get("tags", "") for r in booru.state.control.requests if r.path == "/posts.json"]
     assert searched and all("lucy_(ren'py)" in q and "hatsune_miku" not in q for q in searched)
     bio = ctl.guild_members[str(SERVER)]["bio"]
-    page = record["source"]["page_url"]
+    page = record.source.page_url
     assert page.startswith(danbooru_url) and bio.endswith(" · " + page) and bio.startswith(r"Art by \*kagamine\*\_rrr")
-    assert len(bio) <= 400 and bio == record["upload"]["bio"] and "…" in bio and ctl.uploads == []
+    assert len(bio) <= 400 and bio == record.upload["bio"] and "…" in bio and ctl.uploads == []
 
 
 async def test_with_miku_banner_a_server_gets_its_own_banner_too(discord, art_dir, tmp_path):
@@ -302,17 +303,17 @@ async def test_with_miku_banner_a_server_gets_its_own_banner_too(discord, art_di
                              discord_api=api, banner=True, guild_looks={str(SERVER): {"bio_credit": False}})
     async with AvatarPipeline(settings) as p:
         record = await p.change(guild_id=SERVER)
-        assert record["status"] == "applied", record.get("error")
-        banner = Path(record["banner_path"]).read_bytes()
+        assert record.status == "applied", record.error
+        banner = Path(record.banner_path).read_bytes()
         assert [(g, f) for g, f, _ in ctl.guild_uploads] == [(str(SERVER), "avatar"), (str(SERVER), "banner")]
-        assert ctl.guild_uploads[1][2].data == banner and record["upload"]["banner"] == hashlib.md5(banner).hexdigest()
-        assert ctl.guild_members[str(SERVER)]["banner"] == record["upload"]["banner"]
+        assert ctl.guild_uploads[1][2].data == banner and record.upload["banner"] == hashlib.md5(banner).hexdigest()
+        assert ctl.guild_members[str(SERVER)]["banner"] == record.upload["banner"]
         assert ctl.uploads == [] and ctl.banners == [] and ctl.avatar_hash is None  # the global profile
         patches = [r for r in ctl.requests if r["method"] == "PATCH"]
         assert [r["path"] for r in patches] == [f"/api/v10/guilds/{SERVER}/members/@me"]
 
-        again = await p.restore(record["id"])
-        assert again["status"] == "applied" and again["guild_id"] == SERVER, again.get("error")
+        again = await p.restore(record.id)
+        assert again.status == "applied" and again.guild_id == SERVER, again.error
         assert [f for _, f, _ in ctl.guild_uploads[2:]] == ["avatar", "banner"] and ctl.guild_uploads[3][2].data == banner
         assert ctl.uploads == [] and ctl.banners == []
 
@@ -325,10 +326,10 @@ async def test_a_server_change_is_neither_announced_nor_recolours_the_role(pipel
     after = AfterChange(settings)
     server = await pipeline.change(guild_id=SERVER)
     await after(server)
-    assert server["status"] == "applied" and ctl.messages == [] and ctl.roles == {} and after.outcomes == []
+    assert server.status == "applied" and ctl.messages == [] and ctl.roles == {} and after.outcomes == []
     everywhere = await pipeline.change()
     await after(everywhere)
-    assert everywhere["status"] == "applied" and len(ctl.messages) == 1 and ("99", "555") in ctl.roles
+    assert everywhere.status == "applied" and len(ctl.messages) == 1 and ("99", "555") in ctl.roles
 
 
 # --- /pfp change in a server ------------------------------------------------------------------------------------
@@ -359,7 +360,7 @@ async def test_pfp_change_in_a_server_with_a_look_changes_that_server_only(bot):
     ctx = in_server(client, manage=True)
     assert ctx.invoker.guild_id == SERVER and ctx.invoker.manage_guild
     record = await pfp_change(ctx, state)
-    assert record is not None and record["status"] == "applied" and record["guild_id"] == SERVER, record
+    assert record is not None and record.status == "applied" and record.guild_id == SERVER, record
     assert ctl.uploads == [] and ctl.guild_members[str(SERVER)]["avatar"]
     final = ctl.interactions[ctx.interaction.token][-1]["content"]
     assert "New avatar applied" in final and "this server's look only" in final and f"server {SERVER}" in final
@@ -367,7 +368,7 @@ async def test_pfp_change_in_a_server_with_a_look_changes_that_server_only(bot):
     # Asked for the global profile in the same server: the global avatar changes, the server's stays.
     ctx = in_server(client, manage=True)
     record = await pfp_change(ctx, state, scope="global")
-    assert record["status"] == "applied" and record["guild_id"] is None and len(ctl.uploads) == 1
+    assert record.status == "applied" and record.guild_id is None and len(ctl.uploads) == 1
     assert "global profile" in ctl.interactions[ctx.interaction.token][-1]["content"]
     assert len(ctl.guild_uploads) == 1
 
@@ -392,7 +393,7 @@ async def test_pfp_change_refuses_non_admins_and_scopes_that_cannot_be(bot):
     # Without a scope, a server with no look of its own keeps /pfp change's old meaning: the global profile.
     default = in_server(client, manage=True, guild=5151)
     record = await pfp_change(default, state)
-    assert record["status"] == "applied" and record["guild_id"] is None and len(ctl.uploads) == 1
+    assert record.status == "applied" and record.guild_id is None and len(ctl.uploads) == 1
 
 
 # --- the CLI -------------------------------------------------------------------------------------------------------
@@ -409,18 +410,18 @@ def test_cli_pfp_change_guild(discord, looks, tmp_path):
 
     r = run("change", "--guild", str(SERVER), "--json")
     assert r.returncode == 0, r.stdout + r.stderr
-    record = json.loads(r.stdout)
-    assert record["status"] == "applied" and record["guild_id"] == SERVER
-    assert record["source"]["filename"] == "lucy happy.png" and ctl.uploads == [] and len(ctl.guild_uploads) == 1
+    record = ChangeRecord.model_validate_json(r.stdout)  # the --json output is a whole record
+    assert record.status == "applied" and record.guild_id == SERVER
+    assert record.source.filename == "lucy happy.png" and ctl.uploads == [] and len(ctl.guild_uploads) == 1
 
     r = run("change", "--guild", "5151")
     assert r.returncode == 2 and "no look of its own" in r.stderr and str(SERVER) in r.stderr
     r = run("history", "--guild", str(SERVER), "--json")
-    assert [row["id"] for row in json.loads(r.stdout)] == [record["id"]]
+    assert [row["id"] for row in json.loads(r.stdout)] == [record.id]
     r = run("history", "--global", "--json")
     assert json.loads(r.stdout) == []
     assert TOKEN not in r.stdout + r.stderr
-    assert History(tmp_path / "data" / "history.sqlite3").get(record["id"])["guild_id"] == SERVER
+    assert History(tmp_path / "data" / "history.sqlite3").get(record.id).guild_id == SERVER
 
 
 # --- the panel: a profile card per configured server ---------------------------------------------------------------
@@ -437,31 +438,31 @@ def test_the_panel_shows_a_card_per_configured_server(art_dir, tmp_path):
             return await p.change(source=f"file:{art}/eileen at uni.png"), await p.change(guild_id=SERVER)
 
     everywhere, server = asyncio.run(changes())
-    assert everywhere["status"] == server["status"] == "dry-run", (everywhere.get("error"), server.get("error"))
-    assert server["banner_path"] and server["guild_id"] == SERVER, (server["source"], server.get("banner_reason"))
+    assert everywhere.status == server.status == "dry-run", (everywhere.error, server.error)
+    assert server.banner_path and server.guild_id == SERVER, (server.source, server.banner_reason)
 
     with panel_server(settings) as base, httpx.Client(base_url=base) as http:
         page = http.get("/actions/profile-picture").text
-        assert f'data-latest="{everywhere["id"]}"' in page  # the global card: the global profile's latest
+        assert f'data-latest="{everywhere.id}"' in page  # the global card: the global profile's latest
         cards = page.split('<figure class="profile-card server-card"')[1:]
         assert [c.split('"')[1] for c in cards] == [str(SERVER), "100"]
-        assert f'src="/avatars/{server["id"]}.png"' in cards[0] and f'src="/avatars/{server["id"]}/banner.png"' in cards[0]
-        assert "Lucy" in cards[0] and f"#{server['id']} dry-run" in cards[0]
+        assert f'src="/avatars/{server.id}.png"' in cards[0] and f'src="/avatars/{server.id}/banner.png"' in cards[0]
+        assert "Lucy" in cards[0] and f"#{server.id} dry-run" in cards[0]
         assert "no change yet" in cards[1] and "/avatars/" not in cards[1] and "Hatsune Miku" in cards[1]
-        for url in (f"/avatars/{server['id']}.png", f"/avatars/{server['id']}/banner.png"):
+        for url in (f"/avatars/{server.id}.png", f"/avatars/{server.id}/banner.png"):
             got = http.get(url)
             assert got.status_code == 200 and got.headers["content-type"] == "image/png"
-        for profile, ids in ((str(SERVER), [server["id"]]), ("global", [everywhere["id"]]), ("100", []),
-                             (None, [server["id"], everywhere["id"]])):
+        for profile, ids in ((str(SERVER), [server.id]), ("global", [everywhere.id]), ("100", []),
+                             (None, [server.id, everywhere.id])):
             listed = http.get("/profile-picture/history", params={"profile": profile} if profile else {}).json()["changes"]
             assert [c["id"] for c in listed] == ids, profile
         assert listed[0]["guild_id"] == SERVER
         for bad in ("servers", "0", "99999999999999999999", "-1"):
             assert http.get("/profile-picture/history", params={"profile": bad}).status_code == 422, bad
         history = http.get("/history").text
-        mine = history.split(f'data-id="{server["id"]}"')[1].split("</article>")[0]
+        mine = history.split(f'data-id="{server.id}"')[1].split("</article>")[0]
         assert f"server {SERVER}" in mine
-        assert f"server {SERVER}" not in history.split(f'data-id="{everywhere["id"]}"')[1].split("</article>")[0]
+        assert f"server {SERVER}" not in history.split(f'data-id="{everywhere.id}"')[1].split("</article>")[0]
 
     plain = panel_settings(tmp_path / "data", art)
     with panel_server(plain) as base:
@@ -474,10 +475,10 @@ async def test_a_server_avatar_changed_too_fast_fails_clearly_and_keeps_the_avat
     _, ctl = discord
     ctl.member_avatar_changes_allowed = 0
     record = await pipeline.change(guild_id=SERVER)
-    assert record["status"] == "failed" and record["failed_stage"] == "upload"
-    assert "changing your avatar too fast" in record["error"] and "a few per hour" in record["error"]
-    assert "mikubot pfp restore" in record["error"] and record["upload"]["retryable"] is True
-    assert Path(record["avatar_path"]).is_file() and ctl.guild_uploads == []
+    assert record.status == "failed" and record.failed_stage == "upload"
+    assert "changing your avatar too fast" in record.error and "a few per hour" in record.error
+    assert "mikubot pfp restore" in record.error and record.upload["retryable"] is True
+    assert Path(record.avatar_path).is_file() and ctl.guild_uploads == []
 
 
 async def test_the_bio_follows_the_length_discord_answers(discord, tmp_path):

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from mikubot.history import RESULT_COLUMNS, History, HistoryError
+from mikubot.history import RESULT_COLUMNS, ChangeLocked, History, HistoryError
 from mikubot.record import ChangeRecord, Credit
 
 
@@ -16,19 +16,46 @@ def test_change_starts_running_and_finishes_atomically(tmp_path):
     h = History(tmp_path / "h.sqlite3")
     cid = h.start("danbooru", dry_run=True)
     row = h.get(cid)
-    assert row["status"] == "running" and row["finished_at"] is None and row["dry_run"] is True
+    assert row.status == "running" and row.finished_at is None and row.dry_run is True
     h.finish(cid, "dry-run", source="danbooru", post_key="123", tags=["hatsune_miku", "solo"],
              face_box=[1.0, 2.0, 3.0, 4.0], crop_box=[0, 0, 10, 10], timings={"search": 12.5},
              vram_timeline=[{"t": 0.0, "event": "reserve"}], avatar_path=tmp_path / "a.png", uploaded=False,
              fallbacks=["saliency"])
     row = h.get(cid)
-    assert row["status"] == "dry-run" and row["finished_at"]
-    assert row["tags"] == ["hatsune_miku", "solo"] and row["face_box"] == [1.0, 2.0, 3.0, 4.0]
-    assert row["timings"] == {"search": 12.5} and row["fallbacks"] == ["saliency"]
-    assert row["avatar_path"] == str(tmp_path / "a.png")
+    assert row.status == "dry-run" and row.finished_at
+    assert row.tags == ["hatsune_miku", "solo"] and row.face_box == [1.0, 2.0, 3.0, 4.0]
+    assert row.timings == {"search": 12.5} and row.fallbacks == ["saliency"]
+    assert row.avatar_path == str(tmp_path / "a.png")
     with pytest.raises(HistoryError, match="not running"):
         h.finish(cid, "failed", error="twice")
-    assert h.get(cid)["status"] == "dry-run"
+    assert h.get(cid).status == "dry-run"
+
+
+def test_one_change_at_a_time_in_this_process_too(tmp_path):
+    """The change lock is the one "one change at a time": a second claim or start while a change holds it is
+    refused, naming the running change once its row exists; an unused claim and a finished row let go."""
+    h = History(tmp_path / "h.sqlite3")
+    claim = h.claim()
+    with pytest.raises(ChangeLocked) as starting:
+        h.start("danbooru", dry_run=True)
+    assert starting.value.running_id is None  # claimed, its row not written yet
+    h.release(claim)
+    first = h.start("danbooru", dry_run=True)
+    with pytest.raises(ChangeLocked) as refused:
+        h.claim()
+    assert refused.value.running_id == first
+    h.release(claim)  # an old claim: no effect on the running change
+    with pytest.raises(ChangeLocked):
+        h.start("danbooru", dry_run=True)
+    h.finish(first, "dry-run")
+    claim = h.claim()
+    second = h.start("danbooru", dry_run=True, claim=claim)
+    assert second == first + 1
+    h.release(claim)  # its row holds it now: only ``finish`` lets go
+    with pytest.raises(ChangeLocked):
+        h.claim()
+    h.finish(second, "failed", error="x")
+    h.release(h.claim())
 
 
 def test_one_record_fills_every_result_column(tmp_path):
@@ -44,9 +71,9 @@ def test_one_record_fills_every_result_column(tmp_path):
     cid = h.start("danbooru", dry_run=False)
     h.finish(cid, record.status, **columns)
     row = h.get(cid)
-    assert (row["source"], row["post_key"], row["tags"], row["rating"]) == ("danbooru", "42", ["solo"], "g")
-    assert row["timings"] == record.timings_ms and row["crop_box"] == record.crop_box and row["uploaded"] is True
-    assert row["events"] == [{"stage": "record", "status": "done"}]
+    assert (row.source, row.post_key, row.tags, row.rating) == ("danbooru", "42", ["solo"], "g")
+    assert row.timings == record.timings_ms and row.crop_box == record.crop_box and row.uploaded is True
+    assert row.events == [{"stage": "record", "status": "done"}]
 
 
 def test_finish_refuses_unknown_columns_and_statuses(tmp_path):
@@ -56,7 +83,7 @@ def test_finish_refuses_unknown_columns_and_statuses(tmp_path):
         h.finish(cid, "failed", nonsense=1)
     with pytest.raises(ValueError, match="final status"):
         h.finish(cid, "running")
-    assert h.get(cid)["status"] == "running"
+    assert h.get(cid).status == "running"
 
 
 def test_rows_left_running_by_a_crash_are_failed_at_start_up(tmp_path):
@@ -76,8 +103,8 @@ def test_rows_left_running_by_a_crash_are_failed_at_start_up(tmp_path):
     live = h.start("danbooru", dry_run=False)  # this process is alive: reopening must leave it running
     assert History(db).recovered == []
     row = h.get(crashed)
-    assert row["status"] == "failed" and "interrupted" in row["error"] and row["finished_at"]
-    assert h.get(live)["status"] == "running"
+    assert row.status == "failed" and "interrupted" in row.error and row.finished_at
+    assert h.get(live).status == "running"
 
 
 def test_used_posts_per_source(tmp_path):
@@ -107,4 +134,4 @@ def test_restorable_explains_why_not(tmp_path):
     (tmp_path / "ok.png").write_bytes(b"x")
     h.finish(ok, "dry-run", avatar_path=tmp_path / "ok.png")
     assert h.restorable(ok) == tmp_path / "ok.png"
-    assert [r["id"] for r in h.list()] == [ok, gone, failed]
+    assert [r.id for r in h.list()] == [ok, gone, failed]

@@ -25,7 +25,7 @@ from real_llama_swap import RealLlamaSwap, model_server, needs_binary, serve, st
 from servers import free_port, run_command, serve_app, venv_bin
 
 from mikubot.config import Settings
-from mikubot.pipeline import AvatarPipeline
+from mikubot.pipeline import AvatarPipeline, face_finder, reserve_detector
 from mikubot.vram import DETECTOR, vram_settings
 from vramctl import Consumer, Coordinator, VramSettings
 
@@ -157,11 +157,11 @@ async def test_the_bot_detects_through_llama_swap_with_detector_via(idle, tmp_pa
     async with AvatarPipeline(s) as pipeline:
         notes: list[str] = []
         async with AsyncExitStack() as room:
-            service, res = await pipeline.reserve_detector(room, "test", lambda to, why: notes.append(why))
+            service, res = await reserve_detector(pipeline.services, room, "test", lambda to, why: notes.append(why))
             # llama-swap routes: the reservation unloads nothing; asking for the detector makes vision leave.
             assert service == s.detector_service_url and res is not None and res.unloaded == []
             assert "routed" in res.timeline.names() and running(idle.swap) == {"vision": "ready"}
-            async with pipeline.face_finder(service, lambda to, why: notes.append(why)) as finder:
+            async with face_finder(pipeline.services, service, lambda to, why: notes.append(why)) as finder:
                 found = await finder.find(Image.new("RGB", (64, 64)), picture(), "p.png")
     assert found.via == "service" and found.error is None and notes == []
     assert running(idle.swap) == {"face-detector": "ready"}

@@ -39,7 +39,7 @@ from servers import free_port, serve_app, venv_bin
 
 from mikubot.pipeline import AvatarPipeline
 from mikubot.sources.base import Candidate
-from mikubot.verify import VisionUnavailable, VisionVerifier
+from mikubot.verify import CandidatePicture, VisionUnavailable, VisionVerifier
 from vramctl import Consumer, Coordinator, VramSettings
 from vramctl.errors import ServerError
 from vramctl.servers.llama_swap import LlamaSwapClient
@@ -206,7 +206,7 @@ async def test_api_keys_guard_everything_but_health(idle):
         with pytest.raises(ServerError, match="rejected the API key.*MIKU_VRAM_LLAMA_SWAP_API_KEY"):
             await LlamaSwapClient(idle.swap.url, http).running()
     with pytest.raises(VisionUnavailable, match="401"):
-        await VisionVerifier(idle.swap.url, "vision", "Hatsune Miku").verify(_candidate())
+        await VisionVerifier(idle.swap.url, "vision", "Hatsune Miku").verify(CandidatePicture(_candidate()))
 
 
 def _candidate() -> Candidate:
@@ -235,13 +235,13 @@ async def test_a_change_verifies_through_llama_swap_and_swaps_vision_out_before_
                               face_detector_url=idle.detector_url, detector_vram_mib=DETECTOR_MIB)
         async with AvatarPipeline(settings) as pipeline:
             record = await pipeline.change(dry_run=True)
-    assert record["status"] == "dry-run", record["error"]
-    assert record["verifier"] == "vision" and not [f for f in record["fallbacks"] if f.startswith("verify")]
-    assert record["verification"]["method"] == "vision" and "teal twin tails" in record["description"]
+    assert record.status == "dry-run", record.error
+    assert record.verifier == "vision" and not [f for f in record.fallbacks if f.startswith("verify")]
+    assert record.verification["method"] == "vision" and "teal twin tails" in record.description
     asked = idle.asked()[asked_before:]
     assert len(asked) == 3 and all(a["images"] and a["authorization"] for a in asked), asked
     assert "Is the main character Hatsune Miku?" in asked[0]["text"]
-    assert [e["consumer"] for e in record["vram_timeline"] if e["event"] == "unloaded"] == ["text", "vision"]
+    assert [e["consumer"] for e in record.vram_timeline if e["event"] == "unloaded"] == ["text", "vision"]
     assert idle.gpu.oom_count == ooms and idle.swap.running(KEY) == {}
 
 

@@ -12,7 +12,7 @@ from facedetect.backends import create_detector
 from facedetect.types import Detection
 from mikubot.sources.base import Candidate
 from mikubot.crop import hair_of, rank_faces
-from mikubot.verify import HeuristicVerifier, VisionUnavailable, VisionVerifier, parse_answer
+from mikubot.verify import CandidatePicture, HeuristicVerifier, VisionUnavailable, VisionVerifier, parse_answer
 
 MIKU = "Hatsune Miku"
 
@@ -58,7 +58,7 @@ async def test_vision_verifier_sends_a_data_uri_and_reads_json(llama, art_dir):
 
     llama.set_answer("vision", answer)
     data = (art_dir / "sylvie blue smile.png").read_bytes()
-    v = await VisionVerifier(llama.url, "vision", MIKU).verify(candidate(data))
+    v = await VisionVerifier(llama.url, "vision", MIKU).verify(CandidatePicture(candidate(data)))
     assert (v.is_character, v.confidence, v.method) == (True, 0.9, "vision")
     assert v.description == "A girl in a blue dress." and v.raw
     assert len(got) == 1 and len(got[0].images) == 1 and got[0].images[0][:3] == b"\xff\xd8\xff"
@@ -67,20 +67,20 @@ async def test_vision_verifier_sends_a_data_uri_and_reads_json(llama, art_dir):
 
 async def test_unreadable_answer_is_not_a_yes(llama, art_dir):
     llama.set_answer("vision", "hmm")
-    v = await VisionVerifier(llama.url, "vision", MIKU).verify(candidate((art_dir / "eileen happy.png").read_bytes()))
+    v = await VisionVerifier(llama.url, "vision", MIKU).verify(CandidatePicture(candidate((art_dir / "eileen happy.png").read_bytes())))
     assert v.is_character is False and v.evidence["parsed"] is False and v.raw == "hmm"
 
 
 async def test_vision_verifier_errors_are_vision_unavailable(llama, art_dir):
     data = (art_dir / "eileen happy.png").read_bytes()
     with pytest.raises(VisionUnavailable, match="unknown-model|could not find"):
-        await VisionVerifier(llama.url, "unknown-model", MIKU).verify(candidate(data))
+        await VisionVerifier(llama.url, "unknown-model", MIKU).verify(CandidatePicture(candidate(data)))
     with pytest.raises(VisionUnavailable, match="image input is not supported"):
-        await VisionVerifier(llama.url, "text", MIKU).verify(candidate(data))  # a model without mmproj
+        await VisionVerifier(llama.url, "text", MIKU).verify(CandidatePicture(candidate(data)))  # a model without mmproj
     llama.set_down(True)
     try:
         with pytest.raises(VisionUnavailable, match="cannot reach llama-swap"):
-            await VisionVerifier(llama.url, "vision", MIKU).verify(candidate(data))
+            await VisionVerifier(llama.url, "vision", MIKU).verify(CandidatePicture(candidate(data)))
     finally:
         llama.set_down(False)
 
@@ -100,13 +100,13 @@ async def test_the_pipelines_vision_check_and_doctor_send_llama_swaps_api_key(ar
         assert settings.llama_swap_api_key.get_secret_value() == "sekret" and "sekret" not in repr(settings)
         async with AvatarPipeline(settings) as pipeline:
             assert pipeline.coordinator.settings.llama_swap_api_key.get_secret_value() == "sekret"
-            v = await pipeline.make_verifier().verify(candidate(data))
+            v = await pipeline.services.make_verifier().verify(CandidatePicture(candidate(data)))
             doctor = await check_llama_swap(settings, pipeline.http)
         assert (v.method, v.raw) == ("vision", "[vision] ok")  # the model's answer, not a 401
         assert doctor.state == "ok", doctor.message
         keyless = Settings(llama_swap_url=emu.url, llama_swap_api_key="")
         with pytest.raises(VisionUnavailable, match="401"):
-            await VisionVerifier(emu.url, "vision", MIKU).verify(candidate(data))
+            await VisionVerifier(emu.url, "vision", MIKU).verify(CandidatePicture(candidate(data)))
         assert keyless.llama_swap_api_key is None
 
 
@@ -120,8 +120,8 @@ def animeface():
 async def test_heuristic_uses_tags_on_booru_posts(animeface, art_dir):
     data = (art_dir / "eileen happy.png").read_bytes()
     h = HeuristicVerifier(MIKU, "hatsune_miku", ["#39c5bb"], animeface)
-    tagged = await h.verify(candidate(data, tags=["hatsune_miku", "solo"]))
-    untagged = await h.verify(candidate(data, tags=["eileen_(ren'py)", "solo"]))
+    tagged = await h.verify(CandidatePicture(candidate(data, tags=["hatsune_miku", "solo"])))
+    untagged = await h.verify(CandidatePicture(candidate(data, tags=["eileen_(ren'py)", "solo"])))
     assert tagged.is_character and tagged.confidence >= 0.75
     assert not untagged.is_character and untagged.confidence < 0.5
     assert tagged.evidence["hair_color"] and tagged.evidence["hair_match"] is False  # brown, not teal
@@ -133,8 +133,8 @@ async def test_heuristic_hair_colour_raises_confidence(animeface, art_dir):
     colour, _ = probe.hair(data)
     assert colour is not None
     as_eileen = HeuristicVerifier("Eileen", "eileen", [colour], animeface)
-    local = await as_eileen.verify(candidate(data, source="local"))
-    teal = await probe.verify(candidate(data, source="local"))
+    local = await as_eileen.verify(CandidatePicture(candidate(data, source="local")))
+    teal = await probe.verify(CandidatePicture(candidate(data, source="local")))
     assert local.is_character and local.evidence["hair_match"] and local.confidence > teal.confidence
     assert local.evidence["hair_distance"] == 0  # the same pixels read the same colour
     assert teal.is_character and teal.confidence == 0.5  # operator-chosen, but the hair disagrees
@@ -171,12 +171,12 @@ async def test_heuristic_reads_the_detect_stages_faces(art_dir):
         Detection(bbox=(100, 0, 160, 60), confidence=0.6, attributes={"hair_color": "#3ac0b5"}),
     ]
     h = HeuristicVerifier(MIKU, "hatsune_miku", ["#39c5bb"], None)  # no detector to fall back on
-    v = await h.verify(candidate(data, source="local"), faces=faces)
+    v = await h.verify(CandidatePicture(candidate(data, source="local"), faces=faces))
     assert v.evidence["hair_color"] == "#3ac0b5" and v.evidence["hair_match"] is True  # the character's face
     assert v.evidence["faces_from"] == "detect stage" and v.confidence == 0.85
-    none = await h.verify(candidate(data, source="local"), faces=[])
+    none = await h.verify(CandidatePicture(candidate(data, source="local"), faces=[]))
     assert none.evidence["hair_color"] is None and "no face found" in none.description
-    blind = await h.verify(candidate(data, source="local"))  # no faces given and no detector: no colour
+    blind = await h.verify(CandidatePicture(candidate(data, source="local")))  # no faces given and no detector: no colour
     assert blind.evidence["faces_from"] == "own detection" and blind.evidence["hair_color"] is None
 
 

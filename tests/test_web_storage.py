@@ -41,7 +41,7 @@ def test_history_on_a_full_disk(small_disk: SmallDisk) -> None:
     history.finish(cid, "failed", error="out of space")  # kept in memory, not raised
     assert history.pending == [cid]
     small_disk.free()
-    assert history.get(cid)["status"] == "failed"  # the next operation writes it
+    assert history.get(cid).status == "failed"  # the next operation writes it
     assert history.pending == [] and stored_status(db, cid) == "failed"
 
 

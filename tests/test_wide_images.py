@@ -53,6 +53,6 @@ async def test_a_change_of_a_wide_image_is_recorded(tmp_path: Path, banner: byte
     settings = panel_settings(tmp_path / "data", folder, max_download_mib=40)
     async with AvatarPipeline(settings) as pipeline:
         record = await pipeline.change()
-    assert record["status"] == "dry-run", record["error"]
-    with Image.open(record["files"]["annotated"]) as im:
+    assert record.status == "dry-run", record.error
+    with Image.open(record.files["annotated"]) as im:
         assert im.width == JPEG_MAX_SIDE

@@ -18,7 +18,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from pydantic import ValidationError
@@ -30,8 +30,11 @@ from rich.text import Text
 from mikubot.bot import PANEL_HOST, PANEL_PORT
 from mikubot.config import CONFIG_ENV, ConfigFileError, Settings, load_settings
 from mikubot.events import STAGES, EventBus, ProgressEvent
-from mikubot.history import ChangeLocked, History, HistoryError
+from mikubot.history import ChangeLocked, History, HistoryError, HistoryRow
 from mikubot.sources import SPEC_HELP
+
+if TYPE_CHECKING:  # the record module imports the crop geometry; the CLI imports the pipeline only when it runs one
+    from mikubot.record import ChangeRecord
 
 app = typer.Typer(help="Miku's avatar pipeline: find art, verify, crop around the face, upload.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -66,32 +69,31 @@ def _reserved(d: dict[str, Any]) -> str:
     return f"reserved {d['reserved']} after {d['waited_s']:.2f} s{unl}"
 
 
-# What the live table says of an event, by stage: (stages, the detail key it needs, its words), first fit wins.
-_DETAILS: list[tuple[tuple[str, ...], str, Callable[[dict[str, Any]], str]]] = [
-    (("search",), "found", lambda d: f"{d['found']} candidates"),
-    (("download",), "size", lambda d: f"{d['key'][:40]} {d['size'][0]}x{d['size'][1]}"),
-    (("verify",), "confidence", lambda d: f"{d['method']}: {d['confidence']:.2f} {d.get('description', '')}"),
-    (("verify", "reserve"), "reserved", _reserved),
-    (("detect",), "faces", lambda d: f"{d['faces']} face(s) via {d['via']}"),
-    (("crop",), "method", lambda d: f"{d['method']} crop {d['box']}"),
-    (("record",), "status", lambda d: str(d["status"])),
-]
+# A progress event's detail as the live table shows it: per stage, the first (key it has, description) that fits.
+PROGRESS_DETAIL: dict[str, tuple[tuple[str, Callable[[dict[str, Any]], str]], ...]] = {
+    "search": (("found", lambda d: f"{d['found']} candidates"),),
+    "download": (("size", lambda d: f"{d['key'][:40]} {d['size'][0]}x{d['size'][1]}"),),
+    "verify": (("confidence", lambda d: f"{d['method']}: {d['confidence']:.2f} {d.get('description', '')}"),
+               ("reserved", _reserved)),
+    "reserve": (("reserved", _reserved),),
+    "detect": (("faces", lambda d: f"{d['faces']} face(s) via {d['via']}"),),
+    "crop": (("method", lambda d: f"{d['method']} crop {d['box']}"),),
+    "record": (("status", lambda d: str(d["status"])),),
+}
 
 
 class StageBoard:
     """The live table: one row per stage with its latest status, detail and time."""
 
-    def __init__(self) -> None:
-        self.rows: dict[str, tuple[str, str, float | None]] = {s: ("waiting", "", None) for s in STAGES}
+    def __init__(self, stages: tuple[str, ...] = STAGES) -> None:
+        # ``stages``: in the order the change runs them (``mikubot.pipeline.stage_order``)
+        self.rows: dict[str, tuple[str, str, float | None]] = {s: ("waiting", "", None) for s in stages}
         self.change_id: int | None = None
-        self.started: dict[str, float] = {}
 
     def on_event(self, ev: ProgressEvent) -> None:
         self.change_id = ev.change_id
         if ev.stage not in self.rows:
             return
-        if ev.status == "start":
-            self.started[ev.stage] = ev.t
         took = ev.detail.get("ms")
         old_status, old_detail, old_ms = self.rows[ev.stage]
         status: str = ev.status
@@ -103,12 +105,6 @@ class StageBoard:
             status = "progress"  # one candidate skipped; the stage goes on
         self.rows[ev.stage] = (status, self._describe(ev) or old_detail, float(took) if took is not None else old_ms)
 
-    def order(self) -> list[str]:
-        """The stages in the order they ran, then those still waiting in the usual order: without a vision
-        model detect runs before verify (the heuristic reads the detect stage's faces)."""
-        ran = sorted(self.started, key=lambda s: (self.started[s], STAGES.index(s)))
-        return ran + [s for s in STAGES if s not in self.started]
-
     @staticmethod
     def _describe(ev: ProgressEvent) -> str:
         d = ev.detail
@@ -116,10 +112,11 @@ class StageBoard:
             return str(d.get("error") or d.get("reason") or d.get("to") or "")
         if ev.status == "done" and d.get("summary"):
             return str(d["summary"])  # the stage's last word, over all of its candidates
-        for stage, key, describe in _DETAILS:
-            if ev.stage in stage and key in d:
+        for key, describe in PROGRESS_DETAIL.get(ev.stage, ()):
+            if key in d:
                 return describe(d)
         return ""
+
 
     def render(self) -> Table:
         title = f"avatar change {self.change_id}" if self.change_id is not None else "avatar change"
@@ -129,7 +126,7 @@ class StageBoard:
         table.add_column("", no_wrap=True)
         table.add_column("detail", overflow="fold", ratio=1)
         table.add_column("ms", justify="right", no_wrap=True)
-        for stage in self.order():
+        for stage in self.rows:
             status, detail, ms = self.rows[stage]
             style = STATUS_STYLE.get(status, "")
             table.add_row(stage, f"[{style}]{STATUS_ICON.get(status, '·')}[/]", detail,
@@ -137,8 +134,8 @@ class StageBoard:
         return table
 
 
-def _run_with_board(coro_factory: Any, bus: EventBus, console: Console) -> dict[str, Any]:
-    board = StageBoard()
+def _run_with_board(coro_factory: Any, bus: EventBus, console: Console, stages: tuple[str, ...]) -> ChangeRecord:
+    board = StageBoard(stages)
     with Live(board.render(), console=console, refresh_per_second=8, transient=False) as live:
         def update(ev: ProgressEvent) -> None:
             board.on_event(ev)
@@ -148,37 +145,35 @@ def _run_with_board(coro_factory: Any, bus: EventBus, console: Console) -> dict[
         return asyncio.run(coro_factory())
 
 
-def _print_outcome(record: dict[str, Any], console: Console) -> None:
-    files = record.get("files") or {}
-    status = record["status"]
-    if status == "failed":
-        console.print(f"[bold red]❌ change {record['id']} failed at {record.get('failed_stage')}:[/] {record['error']}",
+def _print_outcome(record: ChangeRecord, console: Console) -> None:
+    files = record.files
+    if record.status == "failed":
+        console.print(f"[bold red]❌ change {record.id} failed at {record.failed_stage}:[/] {record.error}",
                       highlight=False)
-        if record.get("avatar_path"):
-            console.print(f"   avatar kept: {record['avatar_path']}  (apply later: mikubot pfp restore {record['id']})",
+        if record.avatar_path:
+            console.print(f"   avatar kept: {record.avatar_path}  (apply later: mikubot pfp restore {record.id})",
                           highlight=False)
     else:
-        how = "applied to Discord" if status == "applied" else "written (dry run, Discord not called)"
-        size = record.get("avatar_size") or []
+        how = "applied to Discord" if record.status == "applied" else "written (dry run, Discord not called)"
+        size = record.avatar_size or []
         console.print(f"[bold green]✅ avatar {how}:[/] {files.get('avatar')}  "
-                      f"({'x'.join(map(str, size))}, {record.get('crop_method')} crop)", highlight=False)
-        profile = f"server {record['guild_id']} only (its own look)" if record.get("guild_id") else "global"
+                      f"({'x'.join(map(str, size))}, {record.crop_method} crop)", highlight=False)
+        profile = f"server {record.guild_id} only (its own look)" if record.guild_id else "global"
         console.print(f"   profile:    {profile}", highlight=False)
         if files.get("annotated"):
             console.print(f"   annotated:  {files['annotated']}", highlight=False)
         if files.get("banner"):
-            console.print(f"   banner:     {files['banner']}  ({'x'.join(map(str, record.get('banner_size') or []))})",
+            console.print(f"   banner:     {files['banner']}  ({'x'.join(map(str, record.banner_size or []))})",
                           highlight=False)
-        elif record.get("banner_reason"):
-            console.print(f"   banner:     {record['banner_reason']}", highlight=False)
-        src = record.get("source") or {}
-        console.print(f"   source:     {src.get('name')} {src.get('filename') or src.get('page_url') or src.get('key')}",
-                      highlight=False)
-        if record.get("description"):
-            console.print(f"   looks like: {record['description']}", highlight=False)
-        if record.get("fallbacks"):
-            console.print(f"   fallbacks:  {', '.join(record['fallbacks'])}", highlight=False)
-    console.print(f"   report:     {record.get('report_path')}", highlight=False)
+        elif record.banner_reason:
+            console.print(f"   banner:     {record.banner_reason}", highlight=False)
+        src = record.source
+        console.print(f"   source:     {src.name} {src.filename or src.page_url or src.key}", highlight=False)
+        if record.description:
+            console.print(f"   looks like: {record.description}", highlight=False)
+        if record.fallbacks:
+            console.print(f"   fallbacks:  {', '.join(record.fallbacks)}", highlight=False)
+    console.print(f"   report:     {record.report_path}", highlight=False)
 
 
 CHANGE_HELP = ("Change the avatar: search → download → reserve → detect → verify → crop → upload → record.\n\n"
@@ -199,7 +194,7 @@ def pfp_change(
     as_json: bool = typer.Option(False, "--json", help="print the change record as JSON"),
 ) -> None:
     """Change the avatar (the stages in the order they run: see CHANGE_HELP)."""
-    from mikubot.pipeline import AvatarPipeline
+    from mikubot.pipeline import AvatarPipeline, stage_order
 
     settings = _settings(candidates=candidates)
     if guild is not None and settings.look_for(guild) is None:
@@ -208,21 +203,21 @@ def pfp_change(
     console = Console(stderr=as_json)
     bus = EventBus()
 
-    async def go() -> dict[str, Any]:
+    async def go() -> ChangeRecord:
         async with AvatarPipeline(settings, bus=bus) as pipeline:
             return await pipeline.change(source=source, dry_run=True if dry_run else None, out=out, guild_id=guild)
 
     try:
-        record = _run_with_board(go, bus, console)
+        record = _run_with_board(go, bus, console, stage_order(settings.for_guild(guild)))
     except ChangeLocked as exc:  # a bot or panel on the same data directory is changing the avatar
         _die(str(exc), code=1)
     if not console.is_terminal:
         console.line()
     if as_json:
-        sys.stdout.write(json.dumps(record, indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps(record.to_json(), indent=2) + "\n")
     else:
         _print_outcome(record, console)
-    raise typer.Exit(1 if record["status"] == "failed" else 0)
+    raise typer.Exit(1 if record.status == "failed" else 0)
 
 
 @pfp.command("history")
@@ -238,45 +233,39 @@ def pfp_history(
     settings = _settings()
     rows = History(settings.history_path).list(limit, scope=guild if guild is not None else None if global_only else "all")
     if as_json:
-        for r in rows:
-            r.pop("events", None)
-        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps([r.model_dump(exclude={"events"}) for r in rows], indent=2, default=str) + "\n")
         return
     console = Console()
     if not rows:
         console.print(f"no changes yet in {settings.history_path}")
         return
-    table, folders = _history_table(rows)
-    console.print(table)
-    for folder in sorted(folders):
+    console.print(_history_table(rows))
+    # The avatar files are named after the change (change-NNNNN.png) in one folder, named once below the table.
+    for folder in sorted({str(Path(r.avatar_path).parent) for r in rows if r.avatar_path}):
         console.print(f"avatars (change-NNNNN.png) in {folder}", highlight=False, soft_wrap=True)
 
 
-def _history_table(rows: list[dict[str, Any]]) -> tuple[Table, set[str]]:
-    """The history as a table, and the folders its avatars are in.
+HISTORY_STYLE = {"applied": "green", "dry-run": "cyan", "failed": "red", "running": "yellow"}
 
-    One line per change whatever the width: the short columns never wrap, the note and the source take
-    what is left and end in "…" where the terminal is too narrow (--json has everything in full). The
-    avatar files are named after the change (change-NNNNN.png) in one folder, named once below the table."""
+
+def _history_table(rows: list[HistoryRow]) -> Table:
+    """One line per change whatever the width: the short columns never wrap, the note and the source take
+    what is left and end in "…" where the terminal is too narrow (--json has everything in full)."""
     table = Table(show_edge=False)
-    servers = any(r.get("guild_id") is not None for r in rows)
+    servers = any(r.guild_id is not None for r in rows)
     for col in ("id", "status", "started (UTC)", "crop") + (("profile",) if servers else ()):
         table.add_column(col, no_wrap=True)
     table.add_column("note")  # the columns rich narrows to fit; their cells are cut, not wrapped (_one_line)
     table.add_column("source")
-    folders: set[str] = set()
     for r in rows:
-        style = {"applied": "green", "dry-run": "cyan", "failed": "red", "running": "yellow"}[r["status"]]
-        source = _short_key(r["post_key"]) if r["post_key"] else r["source_spec"]
-        note = r["error"] or r["description"] or ""
-        if r["restored_from"]:
-            note = f"restore of {r['restored_from']}" + (f": {r['error']}" if r["error"] else "")
-        profile = (f"server {r['guild_id']}" if r.get("guild_id") is not None else "global",) if servers else ()
-        if r["avatar_path"]:
-            folders.add(str(Path(r["avatar_path"]).parent))
-        table.add_row(str(r["id"]), f"[{style}]{r['status']}[/]", _minute(r["started_at"]), r["crop_method"] or "",
+        source = _short_key(r.post_key) if r.post_key else r.source_spec
+        note = r.error or r.description or ""
+        if r.restored_from:
+            note = f"restore of {r.restored_from}" + (f": {r.error}" if r.error else "")
+        profile = (f"server {r.guild_id}" if r.guild_id is not None else "global",) if servers else ()
+        table.add_row(str(r.id), f"[{HISTORY_STYLE[r.status]}]{r.status}[/]", _minute(r.started_at), r.crop_method or "",
                       *profile, _one_line(note), _one_line(source))
-    return table, folders
+    return table
 
 
 def _short_key(key: str) -> str:
@@ -307,7 +296,7 @@ def pfp_restore(
     settings = _settings()
     console = Console(stderr=as_json)
 
-    async def go() -> dict[str, Any]:
+    async def go() -> ChangeRecord:
         async with AvatarPipeline(settings) as pipeline:
             return await pipeline.restore(change_id, dry_run=True if dry_run else None)
 
@@ -316,18 +305,18 @@ def pfp_restore(
     except HistoryError as exc:
         _die(str(exc), code=1)
     if as_json:
-        sys.stdout.write(json.dumps(record, indent=2, default=str) + "\n")
-    elif record["status"] == "failed":
-        console.print(f"[bold red]❌ restore of change {change_id} failed:[/] {record['error']}", highlight=False)
+        sys.stdout.write(json.dumps(record.to_json(), indent=2) + "\n")
+    elif record.status == "failed":
+        console.print(f"[bold red]❌ restore of change {change_id} failed:[/] {record.error}", highlight=False)
     else:
-        how = "applied to Discord" if record["status"] == "applied" else "dry run: Discord not called"
-        if record.get("guild_id"):
-            how += f" (server {record['guild_id']} only)"
-        console.print(f"[bold green]✅ avatar of change {change_id} {how}:[/] {record['avatar_path']} "
-                      f"(recorded as change {record['id']})", highlight=False)
-        if record.get("banner_path") or record.get("banner_reason"):
-            console.print(f"   banner:     {record.get('banner_path') or record['banner_reason']}", highlight=False)
-    raise typer.Exit(1 if record["status"] == "failed" else 0)
+        how = "applied to Discord" if record.status == "applied" else "dry run: Discord not called"
+        if record.guild_id:
+            how += f" (server {record.guild_id} only)"
+        console.print(f"[bold green]✅ avatar of change {change_id} {how}:[/] {record.avatar_path} "
+                      f"(recorded as change {record.id})", highlight=False)
+        if record.banner_path or record.banner_reason:
+            console.print(f"   banner:     {record.banner_path or record.banner_reason}", highlight=False)
+    raise typer.Exit(1 if record.status == "failed" else 0)
 
 
 @config_app.command("show")

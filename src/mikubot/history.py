@@ -3,9 +3,11 @@
 A change row is written twice: ``start`` inserts it as ``running`` before any work; ``finish`` fills
 every result column and the final status in one transaction. There is never a half-written finished row.
 
-One change at a time per data directory, across processes: ``start`` takes an exclusive ``flock`` on
-``<data dir>/change.lock`` (refusing with ``ChangeLocked`` and the running change's id when another
-process holds it) and ``finish`` lets it go; the kernel lets go when a process dies. So a ``running``
+One change at a time per data directory — the one rule, for every caller in this process (CLI, bot,
+panel: ``ChangeRunner`` maps the refusal to its "busy") and across processes: ``claim`` (or ``start``
+without a claim) takes an exclusive ``flock`` on ``<data dir>/change.lock``, refusing with
+``ChangeLocked`` and the running change's id while any change holds it, here or in another process;
+``finish`` lets it go; the kernel lets go when a process dies. So a ``running``
 row whose lock is free has no live owner: recovery (when a ``History`` opens, and whenever a change
 starts) marks it ``failed``. This does not depend on process ids — which say nothing under PID 1 in a
 container, or for a process on another host sharing the directory. Each row records its owner's
@@ -29,9 +31,12 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from mikubot import storage
 from mikubot.errors import MikubotError
@@ -41,6 +46,7 @@ log = logging.getLogger(__name__)
 
 SQLITE_MIN, SQLITE_MAX = -(2**63), 2**63 - 1  # the range of an SQLite INTEGER
 STATUSES = ("running", "applied", "dry-run", "failed")
+Status = Literal["running", "applied", "dry-run", "failed"]
 FINAL_STATUSES = STATUSES[1:]
 
 # Columns a finished change may set; JSON columns are stored as text and decoded on the way out.
@@ -98,6 +104,64 @@ CREATE INDEX IF NOT EXISTS changes_status ON changes(status);
 """
 
 
+class HistoryRow(BaseModel):
+    """One change as the history table holds it, read back (``get``, ``list``). Flat, unlike the
+    ``mikubot.record.ChangeRecord`` it was written from: ``source`` is the source's *name* (the record's is
+    the whole credit, whose other fields are the columns ``post_key`` ... ``rating``), ``timings`` is the
+    record's ``timings_ms``, ``events`` holds the change's progress events, and the record's crop reason,
+    reservations and files are in the report file only. Fields in the table's column order (the panel's
+    JSON keeps it); JSON columns are decoded as stored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: int
+    status: Status
+    started_at: str
+    finished_at: str | None = None
+    source_spec: str
+    dry_run: bool
+    restored_from: int | None = None
+    owner_host: str | None = None
+    owner_pid: int | None = None
+    source: str | None = None
+    post_key: str | None = None
+    page_url: str | None = None
+    image_url: str | None = None
+    artist: str | None = None
+    tags: list[Any] | None = None
+    rating: str | None = None
+    face_box: list[Any] | None = None
+    crop_box: list[Any] | None = None
+    crop_method: str | None = None
+    fallbacks: list[Any] | None = None
+    detector_backend: str | None = None
+    verification: dict[str, Any] | None = None
+    description: str | None = None
+    timings: dict[str, Any] | None = None
+    vram_timeline: list[Any] | None = None
+    candidates: list[Any] | None = None
+    events: list[Any] | None = None
+    avatar_path: str | None = None
+    report_path: str | None = None
+    uploaded: bool = False
+    error: str | None = None
+    owner_instance: str | None = None
+    owner_boot: str | None = None
+    banner_path: str | None = None
+    banner_box: list[Any] | None = None
+    banner_reason: str | None = None
+    banner_size: list[Any] | None = None
+    guild_id: int | None = None
+
+
+@dataclass
+class Claim:
+    """One change's hold on the data directory's change lock (``History.claim``); ``change_id`` once its
+    row is written."""
+
+    change_id: int | None = None
+
+
 class HistoryError(MikubotError):
     """A history operation a person asked for cannot be done (unknown id, nothing to restore)."""
 
@@ -139,9 +203,9 @@ class History:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lock_path = self.path.parent / LOCK_FILE
-        self._lock_fd: int | None = None
-        self._lock_users = 0
-        self._holding: set[int] = set()  # rows this object started and has not finished
+        self._lock_fd: int | None = None  # the change lock's descriptor while a change holds it
+        self._claim: Claim | None = None  # the one claim holding it
+        self._claiming = threading.Lock()  # claims come from worker threads
         # Final rows ``finish`` could not write (the disk was full): id -> the UPDATE's column values.
         self._pending: dict[int, dict[str, Any]] = {}
         self._pending_lock = threading.Lock()
@@ -176,15 +240,43 @@ class History:
             db.close()
 
     # --- life of a change --------------------------------------------------------------------------------
-    def start(self, source_spec: str, *, dry_run: bool, restored_from: int | None = None,
-              guild_id: int | None = None) -> int:
-        """Insert a ``running`` row, holding the data directory's change lock until ``finish``.
-        ``guild_id``: the server whose look it changes (None: the global profile).
+    def claim(self) -> Claim:
+        """Take the data directory's change lock for one change (``start`` it with the claim, or
+        ``release`` it unused). ``ChangeLocked`` while a change holds it, in this process or another."""
+        with self._claiming:
+            if self._claim is not None:
+                raise ChangeLocked(self._claim.change_id, self.lock_path)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                os.close(fd)
+                raise ChangeLocked(self._foreign_running_id(), self.lock_path) from exc
+            self._lock_fd, self._claim = fd, Claim()
+            return self._claim
 
-        Raises ``ChangeLocked`` when another process runs a change on this data directory.
+    def release(self, claim: Claim) -> None:
+        """Let go of ``claim`` when it has no running row (a change that ended before its row was written);
+        its row's ``finish`` lets go otherwise. Safe to call more than once."""
+        with self._claiming:
+            if self._claim is claim and claim.change_id is None:
+                self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+        self._lock_fd, self._claim = None, None
+
+    def start(self, source_spec: str, *, dry_run: bool, restored_from: int | None = None,
+              guild_id: int | None = None, claim: Claim | None = None) -> int:
+        """Insert a ``running`` row, holding the data directory's change lock until ``finish``.
+        ``guild_id``: the server whose look it changes (None: the global profile). ``claim``: the lock taken
+        already (``claim``); without one it is taken here.
+
+        Raises ``ChangeLocked`` when a change runs on this data directory (in this process or another).
         """
         self.flush_pending()
-        self._acquire()
+        claim = claim or self.claim()
         try:
             self._recover_rows()  # under the lock: any other running row is an orphan
             with self._tx() as db:
@@ -195,30 +287,11 @@ class History:
                      os.getpid(), INSTANCE_ID, boot_id(), guild_id),
                 )
                 change_id = int(cur.lastrowid)
-            self._holding.add(change_id)
+            claim.change_id = change_id
             return change_id
         except BaseException:
-            self._release()
+            self.release(claim)
             raise
-
-    def _acquire(self) -> None:
-        if self._lock_fd is None:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                os.close(fd)
-                raise ChangeLocked(self._foreign_running_id(), self.lock_path) from exc
-            self._lock_fd = fd
-        self._lock_users += 1
-
-    def _release(self) -> None:
-        if self._lock_fd is None:
-            return
-        self._lock_users -= 1
-        if self._lock_users <= 0:
-            os.close(self._lock_fd)  # closing the last descriptor drops the flock
-            self._lock_fd, self._lock_users = None, 0
 
     def _foreign_running_id(self) -> int | None:
         with self._tx() as db:
@@ -253,9 +326,9 @@ class History:
             log.warning("change #%s ended %s, but the history cannot be written (%s); it is kept in memory and "
                         "written as soon as the disk takes writes again", change_id, status, exc)
         finally:
-            if change_id in self._holding:  # the row is closed (or was already): its lock goes
-                self._holding.discard(change_id)
-                self._release()
+            with self._claiming:
+                if self._claim is not None and self._claim.change_id == change_id:  # closed (or was): the lock goes
+                    self._unlock()
 
     def _write_final(self, change_id: int, final: dict[str, Any]) -> bool:
         """UPDATE a running row to its final values; False when it was not running (closed elsewhere)."""
@@ -287,7 +360,7 @@ class History:
                     log.info("change #%s: its final row is written to the history now", change_id)
         return written
 
-    def _with_pending(self, row: sqlite3.Row) -> dict[str, Any]:
+    def _with_pending(self, row: sqlite3.Row) -> HistoryRow:
         """A row as stored, or — a running row whose final values are still in memory — as finished."""
         out = dict(row)
         if out["status"] == "running":
@@ -295,7 +368,7 @@ class History:
                 final = self._pending.get(out["id"])
             if final is not None:
                 out.update(final)
-        return _decode(out)
+        return HistoryRow.model_validate(_decode(out))
 
     def recover(self) -> list[int]:
         """Mark changes whose owner is gone as failed; returns their ids.
@@ -330,7 +403,7 @@ class History:
         return [r["id"] for r in rows]
 
     # --- reading -----------------------------------------------------------------------------------------------
-    def get(self, change_id: int) -> dict[str, Any] | None:
+    def get(self, change_id: int) -> HistoryRow | None:
         if not SQLITE_MIN <= change_id <= SQLITE_MAX:
             return None  # no row can have it (and sqlite3 would raise OverflowError)
         self.flush_pending()
@@ -338,7 +411,7 @@ class History:
             row = db.execute("SELECT * FROM changes WHERE id = ?", (change_id,)).fetchone()
         return self._with_pending(row) if row else None
 
-    def list(self, limit: int = 20, offset: int = 0, *, scope: int | None | str = ALL_SCOPES) -> list[dict[str, Any]]:
+    def list(self, limit: int = 20, offset: int = 0, *, scope: int | None | str = ALL_SCOPES) -> list[HistoryRow]:
         """Newest first. ``scope``: ``"all"``, None (the global profile's changes only) or a server's id."""
         limit, offset = max(0, min(limit, SQLITE_MAX)), max(0, min(offset, SQLITE_MAX))
         where, args = _scope_filter(scope)
@@ -353,9 +426,9 @@ class History:
         row = self.get(change_id)
         if row is None:
             raise HistoryError(f"no change with id {change_id}; see `mikubot pfp history`")
-        if not row["avatar_path"]:
-            raise HistoryError(f"change {change_id} produced no avatar ({row['status']}: {row['error'] or 'no reason recorded'})")
-        path = Path(row["avatar_path"])
+        if not row.avatar_path:
+            raise HistoryError(f"change {change_id} produced no avatar ({row.status}: {row.error or 'no reason recorded'})")
+        path = Path(row.avatar_path)
         if not path.is_file():
             raise HistoryError(f"the avatar of change {change_id} is gone from {path}")
         return path

@@ -1,9 +1,15 @@
-"""Is this picture the character? Two verifiers behind one ``verify(candidate) -> Verification``.
+"""Is this picture the character? Two verifiers behind one ``verify(picture) -> Verification``.
+
+A ``CandidatePicture`` carries all any verifier needs: the downloaded candidate (bytes, tags, source), its
+decoded image, the faces the detect stage found (None: not detected yet) and what the verifier prepared
+for it ahead (``prepare``, run in a worker thread as soon as the picture is decoded). A verifier says
+what it needs of the flow: ``reserves`` (the VRAM consumer to hold around its K calls, or None) and
+``uses_faces`` (it reads the detect stage's faces, so the flow detects first).
 
 ``VisionVerifier`` asks the vision model through llama-swap's OpenAI-compatible
 ``/v1/chat/completions`` (the image as a data URI). It asks for JSON, but small local vision models
 often wrap JSON in prose or code fences, or answer in prose only; ``parse_answer`` takes all of those.
-The caller holds one vramctl reservation of the vision model around all K calls (pipeline.py).
+The caller holds one vramctl reservation of the vision model around all K calls (mikubot/pipeline/verify.py).
 
 ``HeuristicVerifier`` needs no model: a booru post's character tag is strong evidence, and the hair
 colour read around each face (``mikubot.hair``) can be compared with the character's configured colours
@@ -38,6 +44,7 @@ from mikubot.crop import hair_of
 from mikubot.errors import MikubotError
 from mikubot.hair import with_hair
 from mikubot.sources.base import Candidate
+from mikubot.vram import VISION
 
 TAGGED_SOURCES = frozenset({"danbooru", "safebooru", "gelbooru"})
 VISION_MAX_SIDE = 768  # vision encoders work at ~448-896 px; sending more only costs upload and decode time
@@ -71,10 +78,31 @@ class Verification:
         return d
 
 
+@dataclass
+class CandidatePicture:
+    """One downloaded picture as a verifier sees it."""
+
+    candidate: Candidate
+    image: Image.Image | None = None
+    faces: list[Detection] | None = None  # the detect stage's detections; None when it has not run yet
+    prepared: Any = None  # what ``Verifier.prepare`` made for it ahead (None: the verifier makes it itself)
+
+    @property
+    def data(self) -> bytes:
+        if self.candidate.data is None:
+            raise ValueError("verify needs a downloaded candidate")
+        return self.candidate.data
+
+
 class Verifier(Protocol):
     method: str
+    reserves: str | None  # the VRAM consumer held around all K verifications (None: it needs no VRAM)
+    uses_faces: bool  # it reads the detect stage's faces: the flow detects before it verifies
 
-    async def verify(self, candidate: Candidate) -> Verification: ...
+    def prepare(self, picture: CandidatePicture) -> Any:
+        """CPU work for one picture, done ahead in a worker thread (its result becomes ``picture.prepared``)."""
+
+    async def verify(self, picture: CandidatePicture) -> Verification: ...
 
 
 # --- answer parsing -------------------------------------------------------------------------------------------
@@ -194,6 +222,8 @@ def image_data_uri(data: bytes, max_side: int = VISION_MAX_SIDE, image: Image.Im
 
 class VisionVerifier:
     method = "vision"
+    reserves: str | None = VISION
+    uses_faces = False
 
     def __init__(
         self,
@@ -212,9 +242,13 @@ class VisionVerifier:
         self.timeout_s = timeout_s
         self._api_key = api_key
 
+    def prepare(self, picture: CandidatePicture) -> dict[str, Any]:
+        """The picture's chat request, built ahead: callers that verify K pictures build them in threads and
+        the answers follow each other."""
+        return self.request_body(picture.data, picture.image)
+
     def request_body(self, data: bytes, image: Image.Image | None = None) -> dict[str, Any]:
-        """The chat request for one picture. CPU work (scale + JPEG): callers that verify K pictures build the
-        bodies ahead (in threads) and pass them to ``verify(..., body=...)``, so answers follow each other."""
+        """The chat request for one picture. CPU work (scale + JPEG)."""
         return {
             "model": self.model,
             "temperature": 0,
@@ -242,14 +276,14 @@ class VisionVerifier:
         except httpx.HTTPError as exc:
             raise VisionUnavailable(f"cannot reach llama-swap at {self.url}: {exc}") from exc
 
-    async def verify(self, candidate: Candidate, *, body: dict[str, Any] | None = None) -> Verification:
-        """Ask the model about ``candidate``; ``body``: its request built ahead by ``request_body``."""
-        if candidate.data is None:
-            raise ValueError("verify needs a downloaded candidate")
+    async def verify(self, picture: CandidatePicture) -> Verification:
+        """Ask the model about the picture (its request built ahead by ``prepare``, or here)."""
+        data = picture.data
         loop = asyncio.get_running_loop()
         t0 = loop.time()
+        body = picture.prepared
         if body is None:
-            body = await asyncio.to_thread(self.request_body, candidate.data)
+            body = await asyncio.to_thread(self.request_body, data, picture.image)
         r = await self._post(body)
         if r.status_code == 404 or (r.status_code == 400 and "model" in r.text.lower()):
             raise VisionUnavailable(f"llama-swap does not know the model {self.model!r} ({r.status_code}: {r.text[:200]}); set MIKU_VISION_MODEL")
@@ -278,6 +312,8 @@ class VisionVerifier:
 
 class HeuristicVerifier:
     method = "heuristic"
+    reserves: str | None = None
+    uses_faces = True
 
     def __init__(
         self,
@@ -322,13 +358,16 @@ class HeuristicVerifier:
         image.thumbnail((HAIR_PROBE_SIDE, HAIR_PROBE_SIDE), Image.Resampling.LANCZOS)
         return with_hair(image, self.detector.detect(image))
 
-    async def verify(self, candidate: Candidate, faces: list[Detection] | None = None) -> Verification:
-        """``faces``: the candidate's detections from the detect stage (saves a second detection)."""
-        if candidate.data is None:
-            raise ValueError("verify needs a downloaded candidate")
+    def prepare(self, picture: CandidatePicture) -> None:
+        """Nothing to build ahead: the hair colour is read from the detect stage's faces."""
+        return None
+
+    async def verify(self, picture: CandidatePicture) -> Verification:
+        """The picture's tags and hair colour (read from its detect-stage faces; its own detection without)."""
+        candidate, faces = picture.candidate, picture.faces
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        colour, distance = await asyncio.to_thread(self.hair, candidate.data, faces)
+        colour, distance = await asyncio.to_thread(self.hair, picture.data, faces)
         hair_match = distance is not None and colour_matches(colour, self.hair_colours, self.tolerance)
         tags = [t.lower() for t in candidate.tags]
         tagged = candidate.source in TAGGED_SOURCES

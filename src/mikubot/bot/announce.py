@@ -18,6 +18,7 @@ import discord
 from mikubot.bot.colour import dominant_colour
 from mikubot.bot.messages import announcement_text
 from mikubot.config import Settings
+from mikubot.record import ChangeRecord
 from mikubot.discord_rest import DiscordError, RestSession, discord_errors, rest_session
 
 log = logging.getLogger(__name__)
@@ -28,18 +29,18 @@ class AfterChange:
         self.settings = settings
         self.outcomes: list[dict[str, Any]] = []  # the last few, for /pfp status
 
-    async def __call__(self, record: dict[str, Any]) -> None:
-        if record.get("status") != "applied":
+    async def __call__(self, record: ChangeRecord) -> None:
+        if record.status != "applied":
             return  # dry runs and failures change nothing anyone can see
-        if record.get("guild_id") is not None:
+        if record.guild_id is not None:
             return  # one server's own look: the global avatar (announced, coloured) did not change
-        outcome: dict[str, Any] = {"change_id": record.get("id")}
+        outcome: dict[str, Any] = {"change_id": record.id}
         s = self.settings
         announce = s.announce_channel_id is not None
-        recolour = s.colour_role_id is not None and s.guild_id is not None and record.get("avatar_path")
+        recolour = s.colour_role_id is not None and s.guild_id is not None and record.avatar_path
         if not (announce or recolour):
             return
-        avatar = Path(record["avatar_path"]) if record.get("avatar_path") else None
+        avatar = Path(record.avatar_path) if record.avatar_path else None
         try:
             async with rest_session(s) as session:
                 if announce:
@@ -47,11 +48,11 @@ class AfterChange:
                 if recolour and avatar is not None:
                     await self._recolour(session, avatar, outcome)
         except DiscordError as exc:  # the login itself failed
-            log.warning("cannot tell Discord about change #%s: %s", record.get("id"), exc)
+            log.warning("cannot tell Discord about change #%s: %s", record.id, exc)
             outcome["error"] = str(exc)
         self.outcomes = (self.outcomes + [outcome])[-10:]
 
-    async def _announce(self, session: RestSession, record: dict[str, Any], avatar: Path | None,
+    async def _announce(self, session: RestSession, record: ChangeRecord, avatar: Path | None,
                         outcome: dict[str, Any]) -> None:
         s = self.settings
         assert s.announce_channel_id is not None
@@ -63,7 +64,7 @@ class AfterChange:
                 msg = await channel.send(text, files=files, allowed_mentions=discord.AllowedMentions.none())
             outcome["announced"] = str(msg.id)
         except (DiscordError, OSError) as exc:
-            log.warning("cannot announce change #%s in channel %s: %s", record.get("id"), s.announce_channel_id, exc)
+            log.warning("cannot announce change #%s in channel %s: %s", record.id, s.announce_channel_id, exc)
             outcome["announce_error"] = str(exc)
 
     async def _recolour(self, session: RestSession, avatar: Path, outcome: dict[str, Any]) -> None:

@@ -17,10 +17,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Awaitable
-from typing import Any
 
 from mikubot.bot.admin import NOT_ADMIN, is_admin
 from mikubot.bot.context import CommandContext
@@ -28,7 +27,8 @@ from mikubot.bot.messages import StageProgress, clip, history_text, result_text
 from mikubot.bot.schedule import RotationScheduler
 from mikubot.config import Settings
 from mikubot.events import ProgressEvent
-from mikubot.history import HistoryError
+from mikubot.history import HistoryError, HistoryRow
+from mikubot.record import ChangeRecord
 from mikubot.runner import ChangeBusy, ChangeRunner, RunningChange
 from mikubot.storage import StorageError
 
@@ -85,9 +85,9 @@ async def _admin_or_refuse(ctx: CommandContext, state: BotState) -> bool:
     return False
 
 
-async def follow(ctx: CommandContext, state: BotState, handle: RunningChange) -> dict[str, Any]:
+async def follow(ctx: CommandContext, state: BotState, handle: RunningChange) -> ChangeRecord:
     """Edit the answer as the change's stages progress; return its record once it is finished."""
-    progress = StageProgress(handle.change_id, handle.kind)
+    progress = StageProgress(handle.change_id, handle.kind, state.runner.pipeline.stage_order())
     queue: asyncio.Queue[ProgressEvent] = asyncio.Queue()
     unsubscribe = state.runner.bus.subscribe(queue.put_nowait)
     try:
@@ -111,8 +111,8 @@ async def follow(ctx: CommandContext, state: BotState, handle: RunningChange) ->
         record = await handle.result()
     finally:
         unsubscribe()
-    avatar = Path(record["avatar_path"]) if record.get("avatar_path") else None
-    await ctx.edit(result_text(record), image=avatar if record.get("status") != "failed" else None)
+    avatar = Path(record.avatar_path) if record.avatar_path else None
+    await ctx.edit(result_text(record), image=avatar if record.status != "failed" else None)
     return record
 
 
@@ -125,7 +125,7 @@ async def _edit_quietly(ctx: CommandContext, content: str) -> None:
 
 
 async def pfp_change(ctx: CommandContext, state: BotState, source: str | None = None,
-                     scope: str | None = None) -> dict[str, Any] | None:
+                     scope: str | None = None) -> ChangeRecord | None:
     if not await _admin_or_refuse(ctx, state):
         return None
     if source is not None and source.strip() and not source_allowed(source):
@@ -143,7 +143,7 @@ async def pfp_change(ctx: CommandContext, state: BotState, source: str | None = 
     return None if handle is None else await follow(ctx, state, handle)
 
 
-async def pfp_restore(ctx: CommandContext, state: BotState, change_id: int) -> dict[str, Any] | None:
+async def pfp_restore(ctx: CommandContext, state: BotState, change_id: int) -> ChangeRecord | None:
     if not await _admin_or_refuse(ctx, state):
         return None
     await ctx.defer()
@@ -173,12 +173,13 @@ async def pfp_history(ctx: CommandContext, state: BotState, limit: int = 10) -> 
     if not await _admin_or_refuse(ctx, state):
         return None
     await ctx.defer()
-    text = history_text(state.runner.pipeline.history.list(limit=max(1, min(limit, 25))))
+    text = history_text(await asyncio.to_thread(state.runner.pipeline.history.list, limit=max(1, min(limit, 25))))
     await ctx.edit(text)
     return text
 
 
-def status_text(state: BotState) -> str:
+def status_text(state: BotState, last: HistoryRow | None) -> str:
+    """``last``: the latest history row (None: no change yet)."""
     s = state.settings
     lines = ["**Avatar status**"]
     cur = state.runner.current
@@ -187,10 +188,9 @@ def status_text(state: BotState) -> str:
         lines.append(f"⏳ {cur.kind} #{cur.change_id} running" + (f", at **{stages[-1]}**" if stages else ""))
     else:
         lines.append("💤 no change running")
-    last = next(iter(state.runner.pipeline.history.list(limit=1)), None)
     if last is not None:
-        lines.append(f"last: #{last['id']} {last['status']} {(last.get('finished_at') or last['started_at'])[:16].replace('T', ' ')}"
-                     + (f" — {last['error']}" if last.get("error") else ""))
+        lines.append(f"last: #{last.id} {last.status} {(last.finished_at or last.started_at)[:16].replace('T', ' ')}"
+                     + (f" — {last.error}" if last.error else ""))
     sched = state.scheduler
     if sched is not None:
         nxt = f", next at {sched.next_due:%Y-%m-%d %H:%M}" if sched.next_due else ""
@@ -207,6 +207,7 @@ async def pfp_status(ctx: CommandContext, state: BotState) -> str | None:
     if not await _admin_or_refuse(ctx, state):
         return None
     await ctx.defer()
-    text = status_text(state)
+    latest = await asyncio.to_thread(state.runner.pipeline.history.list, limit=1)
+    text = status_text(state, latest[0] if latest else None)
     await ctx.edit(text)
     return text

@@ -11,6 +11,8 @@ from typing import Any
 from discord.utils import escape_markdown, escape_mentions
 
 from mikubot.events import STAGES, ProgressEvent
+from mikubot.history import HistoryRow
+from mikubot.record import ChangeRecord
 from mikubot.web.views import safe_link
 
 MAX_CHARS = 1900
@@ -40,8 +42,9 @@ def link(url: Any) -> str | None:
 class StageProgress:
     """The latest status of each stage of one change, rendered as one line per stage reached."""
 
-    def __init__(self, change_id: int | None, kind: str = "change") -> None:
+    def __init__(self, change_id: int | None, kind: str = "change", stages: tuple[str, ...] = STAGES) -> None:
         self.change_id = change_id
+        self.stages = stages  # in the order the change runs them (``AvatarPipeline.stage_order``)
         self.kind = kind
         self.status: dict[str, str] = {}
         self.notes: dict[str, str] = {}
@@ -61,7 +64,7 @@ class StageProgress:
     def render(self) -> str:
         head = f"**Avatar {self.kind} #{self.change_id}**" if self.change_id is not None else f"**Avatar {self.kind}**"
         lines = [head]
-        for stage in STAGES:
+        for stage in self.stages:
             if stage in self.status:
                 note = f" — {self.notes[stage]}" if stage in self.notes else ""
                 lines.append(f"{ICON.get(self.status[stage], '•')} {stage}{note}")
@@ -81,68 +84,65 @@ def _note(ev: ProgressEvent) -> str:
     return ""
 
 
-def credit(record: dict[str, Any]) -> str:
-    src = record.get("source") or {}
+def credit(record: ChangeRecord) -> str:
+    src = record.source
     parts = []
-    if src.get("artist"):
-        parts.append(f"art by **{plain(src['artist'], 100)}**")
-    if link(src.get("page_url")):
-        parts.append(link(src.get("page_url")))  # type: ignore[arg-type]
-    elif src.get("name"):
-        parts.append(f"from {plain(src['name'], 40)}" + (f" ({plain(src['filename'], 120)})" if src.get("filename") else ""))
+    if src.artist:
+        parts.append(f"art by **{plain(src.artist, 100)}**")
+    page = link(src.page_url)
+    if page:
+        parts.append(page)
+    elif src.name:
+        parts.append(f"from {plain(src.name, 40)}" + (f" ({plain(src.filename, 120)})" if src.filename else ""))
     return " · ".join(parts)
 
 
-def scope_text(record: dict[str, Any]) -> str:
+def scope_text(record: ChangeRecord) -> str:
     """Which profile a change is for: one server's own look, or the bot's profile everywhere."""
-    guild = record.get("guild_id")
+    guild = record.guild_id
     return f"this server's look only (server {guild}; the global profile is unchanged)" if guild else "global profile"
 
 
-def result_text(record: dict[str, Any]) -> str:
-    status = record.get("status", "failed")
-    rid = record.get("id")
-    if status == "failed":
-        stage = record.get("failed_stage") or "?"
-        kept = f"\nThe avatar is kept: `/pfp restore {rid}` applies it later." if record.get("avatar_path") else ""
-        return clip(f"❌ Avatar change #{rid} failed at **{stage}**: {plain(record.get('error') or 'unknown error', 1200)}{kept}")
-    head = "✅ New avatar applied" if status == "applied" else "📝 Dry run: avatar made but not applied"
+def result_text(record: ChangeRecord) -> str:
+    rid = record.id
+    if record.status == "failed":
+        stage = record.failed_stage or "?"
+        kept = f"\nThe avatar is kept: `/pfp restore {rid}` applies it later." if record.avatar_path else ""
+        return clip(f"❌ Avatar change #{rid} failed at **{stage}**: {plain(record.error or 'unknown error', 1200)}{kept}")
+    head = "✅ New avatar applied" if record.status == "applied" else "📝 Dry run: avatar made but not applied"
     lines = [f"{head} (#{rid}) — {scope_text(record)}."]
-    if record.get("description"):
-        lines.append(f"> {plain(record['description'])}")
+    if record.description:
+        lines.append(f"> {plain(record.description)}")
     c = credit(record)
     if c:
         lines.append(c)
-    method = record.get("crop_method")
-    if method:
-        fallbacks = ", ".join(str(f) for f in record.get("fallbacks") or [])
-        lines.append(f"crop: {method}" + (f" (fallbacks: {fallbacks})" if fallbacks else ""))
-    timings = record.get("timings_ms") or {}
-    if timings:
-        lines.append(f"took {sum(float(v) for v in timings.values()) / 1000:.1f} s")
+    if record.crop_method:
+        fallbacks = ", ".join(record.fallbacks)
+        lines.append(f"crop: {record.crop_method}" + (f" (fallbacks: {fallbacks})" if fallbacks else ""))
+    if record.timings_ms:
+        lines.append(f"took {sum(record.timings_ms.values()) / 1000:.1f} s")
     return clip("\n".join(lines))
 
 
-def announcement_text(record: dict[str, Any], character: str) -> str:
+def announcement_text(record: ChangeRecord, character: str) -> str:
     lines = [f"✨ {plain(character, 100)} has a new look!"]
-    if record.get("description"):
-        lines.append(f"> {plain(record['description'])}")
+    if record.description:
+        lines.append(f"> {plain(record.description)}")
     c = credit(record)
     if c:
         lines.append(c)
     return clip("\n".join(lines))
 
 
-def history_text(rows: list[dict[str, Any]]) -> str:
+def history_text(rows: list[HistoryRow]) -> str:
     if not rows:
         return "No avatar changes yet: `/pfp change` makes the first one."
     lines = ["**Recent avatar changes**"]
     for r in rows:
-        when = (r.get("finished_at") or r.get("started_at") or "")[:16].replace("T", " ")
-        who = f" · {plain(r['artist'], 100)}" if r.get("artist") else ""
-        page = f" · {link(r.get('page_url'))}" if link(r.get("page_url")) else ""
-        restored = f" · restore of #{r['restored_from']}" if r.get("restored_from") else ""
-        server = f" · server {r['guild_id']}" if r.get("guild_id") else ""
-        lines.append(f"{STATUS_ICON.get(r.get('status', ''), '•')} **#{r['id']}** {r.get('status')} {when}{server}{who}"
-                     f"{restored}{page}")
+        when = (r.finished_at or r.started_at)[:16].replace("T", " ")
+        who = f" · {plain(r.artist, 100)}" if r.artist else ""
+        page = f" · {link(r.page_url)}" if link(r.page_url) else ""
+        restored = f" · restore of #{r.restored_from}" if r.restored_from else ""
+        server = f" · server {r.guild_id}" if r.guild_id else ""
+        lines.append(f"{STATUS_ICON.get(r.status, '•')} **#{r.id}** {r.status} {when}{server}{who}{restored}{page}")
     return clip("\n".join(lines))

@@ -8,7 +8,6 @@ the change id) — never cancels it; ``?wait=true`` answers with the finished re
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -75,21 +74,16 @@ async def busy_response(p: Panel, exc: ChangeBusy) -> JSONResponse:
 async def started(p: Panel, handle: RunningChange, wait: bool) -> JSONResponse:
     if wait:
         record = await handle.result()
-        if record.get("insufficient_storage"):  # no room to write: what a disk-full 507 says, with the record
+        if record.insufficient_storage:  # no room to write: what a disk-full 507 says, with the record
             return JSONResponse(status_code=507, content={
-                "detail": f"change #{record['id']} failed: the data directory {p.settings.data_dir} is out of space: "
-                          f"{record['error']}", "change_id": record["id"], "record": jsonable(record)})
-        return JSONResponse(status_code=200, content=jsonable(record))
+                "detail": f"change #{record.id} failed: the data directory {p.settings.data_dir} is out of space: "
+                          f"{record.error}", "change_id": record.id, "record": record.to_json()})
+        return JSONResponse(status_code=200, content=record.to_json())
     cid = handle.change_id
     return JSONResponse(status_code=202, content={
         "change_id": cid, "kind": handle.kind, "status": "running",
         "url": f"/profile-picture/changes/{cid}", "events_url": f"/profile-picture/changes/{cid}/events",
     })
-
-
-def jsonable(record: dict[str, Any]) -> Any:
-    """The record with paths and other non-JSON values as strings (as the CLI's --json prints it)."""
-    return json.loads(json.dumps(record, default=str))
 
 
 @router.post("/profile-picture/change", status_code=202, tags=["profile picture"],
@@ -115,7 +109,7 @@ async def change(
         raise HTTPException(422, "the source must be plain text: it holds a NUL or a lone UTF-16 surrogate")
     if spec is not None:
         try:
-            p.runner.pipeline.make_source(spec)
+            p.runner.pipeline.services.make_source(spec)
         except SourceError as exc:
             raise HTTPException(400, f"bad source: {exc.message}") from exc
     try:
@@ -129,12 +123,12 @@ async def change(
 async def get_change(request: Request, change_id: ChangeId) -> dict[str, Any]:
     """One change: its history row (status ``running`` until it ends), its events so far, file links."""
     p = panel(request)
-    row = p.history.get(change_id)
+    row = await asyncio.to_thread(p.history.get, change_id)
     if row is None:
         raise HTTPException(404, f"no change with id {change_id}")
     handle = p.runner.get(change_id)
-    if row["status"] == "running" and handle is not None:
-        row["events"] = [e.to_json() for e in handle.events]
+    if row.status == "running" and handle is not None:
+        row.events = [e.to_json() for e in handle.events]
     return change_view(row, p.settings.avatars_dir)
 
 
@@ -172,7 +166,7 @@ async def history(request: Request, limit: int = Query(20, ge=1, le=200), offset
     p = panel(request)
     if profile is not None and profile != "global" and int(profile) > SQLITE_MAX_INT:
         raise HTTPException(422, f"{profile} is not a Discord server id")
-    rows = p.history.list(limit, offset, scope="all" if profile is None else None if profile == "global" else int(profile))
+    rows = await asyncio.to_thread(p.history.list, limit, offset, scope="all" if profile is None else None if profile == "global" else int(profile))
     return {"changes": [change_view(r, p.settings.avatars_dir, with_events=False) for r in rows],
             "limit": limit, "offset": offset}
 
@@ -183,7 +177,7 @@ async def restore(request: Request, change_id: ChangeId, wait: bool = Query(Fals
                   _: str = Depends(write_access)) -> JSONResponse:
     """Apply an earlier change's avatar again (recorded as a new change)."""
     p = panel(request)
-    if p.history.get(change_id) is None:
+    if await asyncio.to_thread(p.history.get, change_id) is None:
         raise HTTPException(404, f"no change with id {change_id}")
     try:
         handle = await p.runner.start_restore(change_id, dry_run=dry_run)
@@ -253,23 +247,24 @@ async def upload_apply(request: Request, upload_id: str, wait: bool = Query(Fals
 @router.get("/avatars/{change_id}.png", tags=["files"], response_class=FileResponse, responses=errors(404))
 async def avatar(request: Request, change_id: ChangeId) -> FileResponse:
     """The avatar a change produced (only files inside the data directory's avatars folder are served)."""
-    return change_png(request, change_id, "avatar")
+    return await change_png(request, change_id, "avatar")
 
 
 @router.get("/avatars/{change_id}/banner.png", tags=["files"], response_class=FileResponse, responses=errors(404))
 async def banner(request: Request, change_id: ChangeId) -> FileResponse:
     """The profile banner a change made or restored (MIKU_BANNER; only files inside the data directory's
     avatars folder are served)."""
-    return change_png(request, change_id, "banner")
+    return await change_png(request, change_id, "banner")
 
 
-def change_png(request: Request, change_id: int, kind: str) -> FileResponse:
+async def change_png(request: Request, change_id: int, kind: str) -> FileResponse:
     """The change's ``{kind}_path`` PNG, or 404 when it has none or the file is outside the avatars folder."""
     p = panel(request)
-    row = p.history.get(change_id)
-    if row is None or not row.get(f"{kind}_path"):
+    row = await asyncio.to_thread(p.history.get, change_id)
+    stored = None if row is None else {"avatar": row.avatar_path, "banner": row.banner_path}[kind]
+    if not stored:
         raise HTTPException(404, f"change {change_id} has no {kind}")
-    path = Path(row[f"{kind}_path"])
+    path = Path(stored)
     if not inside(path, p.settings.avatars_dir):
         raise HTTPException(404, f"the {kind} of change {change_id} is not in the data directory")
     return FileResponse(path, media_type="image/png")
@@ -279,7 +274,7 @@ def change_png(request: Request, change_id: int, kind: str) -> FileResponse:
 async def annotated(request: Request, change_id: ChangeId) -> FileResponse:
     """The change's source image with the faces, the crop square and the round avatar area drawn on it."""
     p = panel(request)
-    row = p.history.get(change_id)
+    row = await asyncio.to_thread(p.history.get, change_id)
     if row is None:
         raise HTTPException(404, f"no change with id {change_id}")
     path = annotated_path(p.settings.avatars_dir, row)
@@ -293,7 +288,7 @@ async def candidate_picture(request: Request, change_id: ChangeId, index: int = 
     """A thumbnail of candidate ``index`` of a change (its place in the record's ``candidates``), for
     drawing its faces on; 404 for a candidate that was never downloaded."""
     p = panel(request)
-    if p.history.get(change_id) is None:
+    if await asyncio.to_thread(p.history.get, change_id) is None:
         raise HTTPException(404, f"no change with id {change_id}")
     path = candidate_picture_path(p.settings.avatars_dir, change_id, index)
     if not path.is_file():

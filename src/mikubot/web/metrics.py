@@ -3,10 +3,10 @@ at ``/metrics`` together with vramctl's own registry (reservations, unloads, fre
 
 from __future__ import annotations
 
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from mikubot.record import ChangeRecord
 from vramctl import metrics as vram_metrics
 
 
@@ -25,10 +25,10 @@ class PanelMetrics:
         self.uploads = Counter("mikubot_uploads_total", "Custom images uploaded for a crop preview, by outcome.",
                                ["outcome"], registry=self.registry)
 
-    async def on_change(self, record: dict[str, Any]) -> None:
+    async def on_change(self, record: ChangeRecord) -> None:
         """A ``ChangeRunner`` listener: count the finished change."""
-        self.changes.labels(record.get("status") or "unknown").inc()
-        total_ms = sum(float(v) for v in (record.get("timings_ms") or {}).values())
+        self.changes.labels(record.status).inc()
+        total_ms = sum(record.timings_ms.values())
         self.change_seconds.observe(total_ms / 1000.0)
 
     def render(self) -> bytes:

@@ -18,7 +18,6 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from PIL import Image, ImageDraw
 
-from mikubot.events import STAGES
 from mikubot.web.auth import CSRF_FIELD, SESSION_COOKIE, SESSION_TTL_S
 from mikubot.web.state import panel
 from mikubot.web.status import gather
@@ -58,7 +57,7 @@ def _context(request: Request, page: str, **extra: Any) -> dict[str, Any]:
     p = panel(request)
     session = p.auth.session(request)
     return {"page": page, "logged_in": session is not None, "csrf": session.csrf if session else "",
-            "dry_run": p.settings.effective_dry_run, "stages": STAGES, "character": p.settings.character_name, **extra}
+            "dry_run": p.settings.effective_dry_run, "stages": p.runner.pipeline.stage_order(), "character": p.settings.character_name, **extra}
 
 
 def _safe_next(target: str | None) -> str:
@@ -76,15 +75,18 @@ async def root() -> RedirectResponse:
 @router.get("/actions/profile-picture", response_class=HTMLResponse)
 async def profile_picture(request: Request) -> Response:
     p = panel(request)
-    latest = p.history.list(1, scope=None)  # the global profile's; each server's look has its own card below
+    # the global profile's latest; each server's look has its own card below
+    latest = await asyncio.to_thread(p.history.list, 1, scope=None)
     cur = p.runner.current
     return templates.TemplateResponse(request, "profile_picture.html", _context(
-        request, "profile-picture", latest_id=latest[0]["id"] if latest else None,
-        running_id=cur.change_id if cur else None, source=p.settings.source, server_looks=server_looks(p)))
+        request, "profile-picture", latest_id=latest[0].id if latest else None,
+        running_id=cur.change_id if cur else None, source=p.settings.source,
+        server_looks=await asyncio.to_thread(server_looks, p)))
 
 
 def server_looks(p: Any) -> list[dict[str, Any]]:
-    """One profile card per configured server (MIKU_GUILD_LOOKS): its look and its latest change."""
+    """One profile card per configured server (MIKU_GUILD_LOOKS): its look and its latest change (reads the
+    history: call it in a worker thread)."""
     s = p.settings
     cards = []
     for guild_id, look in s.guild_looks.items():
@@ -99,7 +101,8 @@ def server_looks(p: Any) -> list[dict[str, Any]]:
 async def history_page(request: Request, offset: int = 0) -> Response:
     p = panel(request)
     offset = min(max(0, offset), 2**63 - 1)  # SQLite's integer range
-    rows = [change_view(r, p.settings.avatars_dir, with_events=False) for r in p.history.list(24, offset)]
+    rows = [change_view(r, p.settings.avatars_dir, with_events=False)
+            for r in await asyncio.to_thread(p.history.list, 24, offset)]
     return templates.TemplateResponse(request, "history.html", _context(
         request, "history", changes=rows, offset=offset, more=len(rows) == 24))
 

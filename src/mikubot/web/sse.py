@@ -30,7 +30,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from mikubot.events import ProgressEvent
-from mikubot.history import FINAL_STATUSES, History
+from mikubot.history import FINAL_STATUSES, History, HistoryRow
 from mikubot.runner import ChangeRunner, RunningChange
 from mikubot.storage import StorageError
 
@@ -114,14 +114,14 @@ class ClaimedStream(StreamingResponse):
 @dataclass
 class _Watch:
     change_id: int
-    row: dict[str, Any] | None = None
+    row: HistoryRow | None = None
     news: asyncio.Event = field(default_factory=asyncio.Event)  # set when ``row`` is final (or gone)
     users: int = 0
     task: asyncio.Task[None] | None = None
 
     @property
     def over(self) -> bool:
-        return self.row is None or self.row["status"] in FINAL_STATUSES
+        return self.row is None or self.row.status in FINAL_STATUSES
 
 
 class HistoryWatch:
@@ -186,7 +186,7 @@ async def change_events(runner: ChangeRunner, watch: HistoryWatch, change_id: in
     handle = runner.get(change_id)
     running_here = handle is not None and not handle.done
     numbered = _Numbered(last_seen)
-    final: dict[str, Any] | None = None
+    final: Outcome | None = None
     if running_here:
         assert handle is not None
         async with contextlib.aclosing(_live(runner, handle, change_id)) as items:
@@ -197,16 +197,16 @@ async def change_events(runner: ChangeRunner, watch: HistoryWatch, change_id: in
                     yield framed
         final = _record_of(handle)
     if final is None:
-        found: list[tuple[dict[str, Any] | None, list[dict[str, Any]]]] = []
-        async with contextlib.aclosing(_finished_row(watch, history, change_id, handle, found)) as comments:
-            async for comment in comments:  # closed with this stream: the watch ends when the client leaves
+        ended = Ended()
+        async with contextlib.aclosing(_row_finished(history, watch, change_id, handle, ended)) as comments:
+            async for comment in comments:
                 yield comment
-        final, stored = found[0]
-        for item in [] if running_here else stored:
+        final = ended.final
+        for item in [] if running_here else ended.events:  # from the row (the history unreadable: from memory)
             if (framed := numbered.frame(item)) is not None:
                 yield framed
     if final is not None:
-        yield frame({"change_id": change_id, "status": final.get("status"), "error": final.get("error")}, event="end")
+        yield frame({"change_id": change_id, "status": final[0], "error": final[1]}, event="end")
 
 
 class _Numbered:
@@ -220,11 +220,21 @@ class _Numbered:
         return frame(item, id=index) if index > self.last_seen else None
 
 
-async def _finished_row(watch: HistoryWatch, history: History, change_id: int, handle: RunningChange | None,
-                        found: list[tuple[dict[str, Any] | None, list[dict[str, Any]]]]) -> AsyncIterator[str]:
-    """Wait for the change's row to finish (another process may run it), passing keep-alive comments on;
-    then append (the row, its stored events) to ``found``. A history that cannot be read (a full disk):
-    what this process remembers of the change instead."""
+Outcome = tuple[str | None, str | None]  # a finished change's status and error
+
+
+@dataclass
+class Ended:
+    """How a change not followed live ended: its final status and error, and its stored events."""
+
+    final: Outcome | None = None
+    events: list[Any] = field(default_factory=list)
+
+
+async def _row_finished(history: History, watch: HistoryWatch, change_id: int, handle: RunningChange | None,
+                        ended: Ended) -> AsyncIterator[str]:
+    """Wait until the change's row is final (a keep-alive comment now and then) and fill ``ended``; when the
+    history cannot be read (a full disk), what this process remembers of it."""
     try:
         async with watch.watch(history, change_id) as w:
             while not w.news.is_set():
@@ -232,19 +242,21 @@ async def _finished_row(watch: HistoryWatch, history: History, change_id: int, h
                     await asyncio.wait_for(w.news.wait(), KEEPALIVE_S)
                 if not w.news.is_set():
                     yield ": running in another process\n\n"
-            found.append((w.row, (w.row or {}).get("events") or []))
+            if w.row is not None:
+                ended.final, ended.events = (w.row.status, w.row.error), w.row.events or []
     except StorageError as exc:
-        final = _record_of(handle) if handle is not None else None
-        stored = [e.to_json() for e in handle.events] if handle is not None else []
-        found.append((final if final is not None else {"status": None, "error": str(exc)}, stored))
+        ended.final = (_record_of(handle) if handle is not None else None) or (None, str(exc))
+        ended.events = [e.to_json() for e in handle.events] if handle is not None else []
 
 
-def _record_of(handle: RunningChange) -> dict[str, Any] | None:
-    """The record a finished change of this process ended with (None if it ended without one)."""
+def _record_of(handle: RunningChange) -> Outcome | None:
+    """The final status and error a finished change of this process ended with (None if it ended without a
+    record)."""
     task = handle.task
     if not task.done() or task.cancelled() or task.exception() is not None:
         return None
-    return task.result()
+    record = task.result()
+    return record.status, record.error
 
 
 async def _live(runner: ChangeRunner, handle: RunningChange, change_id: int) -> AsyncIterator[dict[str, Any] | str]:

@@ -19,7 +19,7 @@ PROBE_TIMEOUT_S = 5.0
 
 async def detector_status(runner: ChangeRunner) -> dict[str, Any]:
     s = runner.pipeline.settings
-    local = runner.pipeline.local_detector
+    local = runner.pipeline.services.local_detector
     if url := s.detector_service_url:
         out: dict[str, Any] = {"mode": "service" if s.detector_via == "direct" else "llama-swap",
                                "url": safe_link(url), "fallback": local.backend}

@@ -5,8 +5,8 @@ byte limit *while it streams in* (a missing or lying Content-Length cannot make 
 and never buffered whole to be parsed again, decoded by the detector's own ``load_image`` (the same 400/413/415
 answers as ``POST /detect``) and kept under ``<data dir>/uploads/<sha256>/image/<its name>`` (the name
 cleaned to plain characters, so the history shows what the owner uploaded), beside ``preview.png`` and
-``annotated.jpg``. The preview runs
-exactly what the pipeline's detect and crop stages run — the detector reservation included, so a
+``annotated.jpg``. The preview runs the pipeline's own detect and crop stage functions
+(``pipeline.detect.detect_one``, ``pipeline.framing.frame``) — the detector reservation included, so a
 preview never collides with the vision model on the GPU — and "apply" starts a normal change with the
 ``file:`` source, which records, uploads and can be restored like any other.
 
@@ -28,7 +28,7 @@ import re
 import shutil
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,9 @@ from facedetect.multipart import read_file_field
 from mikubot.config import Settings
 from mikubot.crop import CropError, avatar_png
 from mikubot.outputs import annotated_source, atomic_write, jpeg_bytes
-from mikubot.pipeline import AvatarPipeline, NoRoomForDetector, Picture, frame_best
+from mikubot.pipeline import AvatarPipeline, NoRoomForDetector, Picture
+from mikubot.pipeline.detect import detect_one
+from mikubot.pipeline.framing import frame
 
 log = logging.getLogger(__name__)
 
@@ -180,20 +182,16 @@ async def _preview(pipeline: AvatarPipeline, image: Any, width: int, height: int
     def note(to: str, why: str) -> None:
         notes.append(why)
 
-    async with AsyncExitStack() as room:  # the pipeline's own reservation rule and detector chain
-        try:
-            service, _ = await pipeline.reserve_detector(room, "upload preview", note)
-        except NoRoomForDetector as exc:
-            raise HTTPException(503, str(exc)) from exc
-        async with pipeline.face_finder(service, note) as finder:
-            found = await finder.find(image, data, path.name)
+    try:  # the pipeline's detect stage for one picture: its reservation rule and detector chain
+        found = await detect_one(pipeline.services, image, data, path.name, note="upload preview", on_fallback=note)
+    except NoRoomForDetector as exc:
+        raise HTTPException(503, str(exc)) from exc
     if found.error:
         notes.append(found.error)
+
     def crop_and_write() -> Any:  # a worker thread: cropping and drawing on a 40-Mpx picture take seconds
-        try:  # the pipeline's own crop choice, for one picture the owner chose (confidence 1)
-            framing = frame_best([Picture(image, found.detections, 1.0)], output_size=s.output_size,
-                                 max_upscale=s.max_upscale, hair_colours=s.hair_colours,
-                                 hair_tolerance=s.hair_tolerance)
+        try:  # the pipeline's crop choice, for one picture the owner chose (confidence 1)
+            framing = frame(s, [Picture(image, found.detections, 1.0)])
         except CropError as exc:
             raise HTTPException(422, f"cannot crop this image: {exc}") from exc
         notes.extend(why for _, why in framing.refused)

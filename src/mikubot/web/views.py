@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from mikubot.history import HistoryRow
 from mikubot.outputs import candidate_picture_path
 
 INTERNAL = ("owner_host", "owner_pid")
@@ -46,32 +47,29 @@ def inside(path: Path, root: Path) -> bool:
     return resolved.is_relative_to(root.resolve()) and resolved.is_file()
 
 
-def annotated_path(avatars_dir: Path, row: dict[str, Any]) -> Path:
+def annotated_path(avatars_dir: Path, row: HistoryRow) -> Path:
     """The annotated source image (faces, crop square, round area) of a change or of what it restored."""
-    origin = row.get("restored_from") or row["id"]
-    return avatars_dir / f"change-{int(origin):05d}_annotated.jpg"
+    origin = row.restored_from or row.id
+    return avatars_dir / f"change-{origin:05d}_annotated.jpg"
 
 
-def change_view(row: dict[str, Any], avatars_dir: Path, *, with_events: bool = True) -> dict[str, Any]:
-    out = {k: v for k, v in row.items() if k not in INTERNAL}
-    if not with_events:
-        out.pop("events", None)
-    cid = row["id"]
-    out["source_spec"] = redact_spec(row.get("source_spec"))
-    out["page_url"] = safe_link(row.get("page_url"))
-    out["image_url"] = safe_link(row.get("image_url"))
-    has_avatar = bool(row.get("avatar_path")) and inside(Path(row["avatar_path"]), avatars_dir)
+def change_view(row: HistoryRow, avatars_dir: Path, *, with_events: bool = True) -> dict[str, Any]:
+    """The row as the panel's JSON and pages show it: its columns but the owner's host and pid, links made
+    safe, and the URLs of its files (only those inside the avatars folder)."""
+    out = row.model_dump(exclude={*INTERNAL, *(() if with_events else ("events",))})
+    cid = row.id
+    out["source_spec"] = redact_spec(row.source_spec)
+    out["page_url"] = safe_link(row.page_url)
+    out["image_url"] = safe_link(row.image_url)
+    has_avatar = bool(row.avatar_path) and inside(Path(row.avatar_path or ""), avatars_dir)
     out["avatar_url"] = f"/avatars/{cid}.png" if has_avatar else None
     out["annotated_url"] = f"/avatars/{cid}/annotated.jpg" if inside(annotated_path(avatars_dir, row), avatars_dir) else None
-    if isinstance(row.get("candidates"), list):
-        out["candidates"] = [_candidate_view(c, i, cid, avatars_dir) for i, c in enumerate(row["candidates"])]
-    has_banner = bool(row.get("banner_path")) and inside(Path(row["banner_path"]), avatars_dir)
+    if row.candidates is not None:
+        out["candidates"] = [_candidate_view(c, i, cid, avatars_dir) for i, c in enumerate(row.candidates)]
+    has_banner = bool(row.banner_path) and inside(Path(row.banner_path or ""), avatars_dir)
     out["banner_url"] = f"/avatars/{cid}/banner.png" if has_banner else None
-    out["credit"] = {
-        "artist": row.get("artist"),
-        "source": row.get("source"),
-        "link": safe_link(row.get("page_url")) or safe_link(row.get("image_url")),
-    }
+    out["credit"] = {"artist": row.artist, "source": row.source,
+                     "link": safe_link(row.page_url) or safe_link(row.image_url)}
     return out
 
 
