@@ -98,7 +98,7 @@ demo: install art
 	  $(VENV)/bin/mikubot pfp change --dry-run --source local:$(DEMO_ART) --out $(OUT)/avatar.png
 
 # The real llama-swap for tests/test_llama_swap_real.py, built where Go is installed from its source in
-# third_party/llama-swap (this commit: tag v250, the release docker-compose.yml pins; the Go module proxy has
+# third_party/llama-swap (this commit: tag v250, the release llama-swap/Dockerfile pins; the Go module proxy has
 # its dependencies but not llama-swap itself), without the web UI. GOPATH and the build cache stay in .cache/go.
 LLAMA_SWAP_COMMIT := 60226b63776efac11e15828abe0bb302ec259699
 LLAMA_SWAP_VERSION := v250

@@ -294,9 +294,9 @@ def render(rows: list[dict[str, Any]], a: argparse.Namespace) -> None:
           "client's loads and the hold waits for the driver's release both ways: nothing collides, at the price "
           "of swaps — the outside client's request waits for the detector to leave (its added latency), and a "
           "bot's detections reload the detector after each outside request. In (c) the bots and the lease-taking "
-          "client never collide, but `flock` is not first-come-first-served: a process that releases and asks "
-          "again at once may win again, so a waiter's p95 can be long (a fairness limit of the lease, not a "
-          "collision).\n")
+          "client never collide, and they take turns in the order they asked (the lease's queue of tickets), so "
+          "a process that releases and asks again at once goes behind those already waiting: every waiter's p95 "
+          "stays within a few changes' time.\n")
     print(md)
     if a.write:
         write_section("contention", md)
