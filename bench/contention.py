@@ -161,11 +161,10 @@ def llama_swap_config(card_url: str, detector_url: str) -> dict[str, Any]:
     """The shipped config; only the executables (stand-in, this venv's vramctl on the simulated card), the
     detector's address and startPort differ — as tests/test_llama_swap_detector.py runs it."""
     from emulators.llama_swap import ROOT_CONFIG
-    from real_llama_swap import model_server, start_port
+    from real_llama_swap import model_server, start_port, with_stand_in
 
     config = yaml.safe_load(ROOT_CONFIG.read_text())
-    _, _, rest = config["macros"]["server"].partition(" ")
-    config["macros"]["server"] = f"{model_server(card_url, release_s=VISION_RELEASE_S)} {rest}"
+    with_stand_in(config, model_server(card_url, release_s=VISION_RELEASE_S), card_url)
     config["models"]["vision"]["cmd"] += f" --vram-mib {VISION_MIB}"
     config["models"]["llama3.1"]["cmd"] += " --vram-mib 5120"
     det = config["models"]["face-detector"]

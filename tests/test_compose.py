@@ -269,6 +269,21 @@ def test_the_detectors_llama_swap_model_runs_vramctl_hold_on_the_compose_detecto
     assert {urlsplit(det["proxy"]).hostname, urlsplit(bot["MIKU_LLAMA_SWAP_URL"]).hostname} <= set(allowed)
 
 
+def test_each_model_server_starts_once_the_card_shows_its_room():
+    """Text and vision start through `vramctl run --vram-mib N -- ${server} ...` (the real CLI parses it), N the
+    size the bot and vramctl declare, no probe named (MIKU_VRAM_PROBE of llama-swap's environment decides)."""
+    config = yaml.safe_load((ROOT / "llama-swap" / "config.yaml").read_text())
+    run = typer.main.get_command(vramctl_app).commands["run"]  # type: ignore[attr-defined]
+    sizes = {"llama3.1": TEXT_VRAM_MIB, "vision": VISION_VRAM_MIB}
+    for model, size in sizes.items():
+        argv = shlex.split(config["models"][model]["cmd"])
+        assert argv[:2] == ["vramctl", "run"], config["models"][model]["cmd"]
+        params = run.make_context("run", argv[2:]).params
+        assert params["vram_mib"] == size and params["probe"] is None
+        assert params["command"][0] == "${server}" and "--model" in params["command"]
+    assert config["macros"]["server"].split()[0] == "/app/llama-server"
+
+
 def test_llama_swap_config_serves_the_models_the_bot_asks_for():
     config = yaml.safe_load((ROOT / "llama-swap" / "config.yaml").read_text())
     models = config["models"]
