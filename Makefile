@@ -13,7 +13,7 @@ SCENES ?= .cache/scenes
 help:
 	@echo "make demo   - detect faces in the sample art and make an avatar (embedded defaults, no config)"
 	@echo "make test   - run the whole test suite (installs what it needs first; builds the real llama-swap where Go is installed)"
-	@echo "make stack-test - build the images and run the whole compose stack without a GPU (root; Docker from Debian)"
+	@echo "make stack-test - build the images and run the compose stack, GPU-less and GPU setup (card simulated) (root; Docker from Debian)"
 	@echo "make llama-swap - build the real llama-swap (third_party/llama-swap) into .cache/go/bin for the tests"
 	@echo "make test-hysts - the hysts backend's tests in .cache/hysts-venv (PyTorch and anime-face-detector, a large download)"
 	@echo "make bench  - run the benchmarks and rewrite bench/RESULTS.md"
@@ -98,7 +98,7 @@ demo: install art
 	  $(VENV)/bin/mikubot pfp change --dry-run --source local:$(DEMO_ART) --out $(OUT)/avatar.png
 
 # The real llama-swap for tests/test_llama_swap_real.py, built where Go is installed from its source in
-# third_party/llama-swap (this commit: tag v250, the release docker-compose.yml pins; the Go module proxy has
+# third_party/llama-swap (this commit: tag v250, the release llama-swap/Dockerfile pins; the Go module proxy has
 # its dependencies but not llama-swap itself), without the web UI. GOPATH and the build cache stay in .cache/go.
 LLAMA_SWAP_COMMIT := 60226b63776efac11e15828abe0bb302ec259699
 LLAMA_SWAP_VERSION := v250
@@ -138,7 +138,8 @@ $(HYSTS_VENV)/.installed: pyproject.toml constraints.txt
 test-hysts: $(HYSTS_VENV)/.installed art
 	MIKU_TEST_ART=$(ART)/images $(HYSTS_VENV)/bin/python -m pytest -q tests/test_backend_hysts.py
 
-# docker-compose.yml built and run for real, as on a machine without an NVIDIA GPU (scripts/stack-test.sh):
+# docker-compose.yml built and run for real, without an NVIDIA GPU and as a GPU host runs it with the card simulated
+# (scripts/stack-test.sh):
 # its own dockerd, a base image from Debian's archive, the real llama-swap with stand-in model servers.
 stack-test: install $(GOBIN_DIR)/llama-swap
 	LLAMA_SWAP_BIN=$(GOBIN_DIR)/llama-swap COMPOSE=$(VENV)/bin/docker-compose PYTHON=$(PY) bash scripts/stack-test.sh

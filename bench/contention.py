@@ -161,11 +161,10 @@ def llama_swap_config(card_url: str, detector_url: str) -> dict[str, Any]:
     """The shipped config; only the executables (stand-in, this venv's vramctl on the simulated card), the
     detector's address and startPort differ — as tests/test_llama_swap_detector.py runs it."""
     from emulators.llama_swap import ROOT_CONFIG
-    from real_llama_swap import model_server, start_port
+    from real_llama_swap import model_server, start_port, with_stand_in
 
     config = yaml.safe_load(ROOT_CONFIG.read_text())
-    _, _, rest = config["macros"]["server"].partition(" ")
-    config["macros"]["server"] = f"{model_server(card_url, release_s=VISION_RELEASE_S)} {rest}"
+    with_stand_in(config, model_server(card_url, release_s=VISION_RELEASE_S), card_url)
     config["models"]["vision"]["cmd"] += f" --vram-mib {VISION_MIB}"
     config["models"]["llama3.1"]["cmd"] += " --vram-mib 5120"
     det = config["models"]["face-detector"]
@@ -289,14 +288,17 @@ def render(rows: list[dict[str, Any]], a: argparse.Namespace) -> None:
           f"vision loaded and nobody else. In (c) the outside client takes the host lease too.\n\n"
           f"{body}\n\n{errors}\n\n"
           "Reading it: in (a) each bot's reservation is blind to the others and to the outside client, so vision "
-          "loads while a detector holds its memory (the OOMs: a stand-in that cannot allocate exits, llama-swap "
-          "answers 500/502) and bots unload each other's models mid-work. In (b) llama-swap serialises every "
-          "client's loads and the hold waits for the driver's release both ways: nothing collides, at the price "
-          "of swaps — the outside client's request waits for the detector to leave (its added latency), and a "
-          "bot's detections reload the detector after each outside request. In (c) the bots and the lease-taking "
-          "client never collide, but `flock` is not first-come-first-served: a process that releases and asks "
-          "again at once may win again, so a waiter's p95 can be long (a fairness limit of the lease, not a "
-          "collision).\n")
+          "is asked for while a detector holds its memory, and bots unload each other's models mid-work. The "
+          "shipped config starts vision through `vramctl run`, so it no longer OOMs: it waits in `starting` "
+          "(which the co-resident column counts) for room that a detector nobody asked to leave never gives, "
+          "until it gives up after 60 s (llama-swap: 'upstream command exited prematurely') and the vision "
+          "checks fail. In (b) llama-swap serialises every client's loads, and the hold and `vramctl run` wait "
+          "for the driver's release both ways: nothing collides, at the price of swaps — the outside client's "
+          "request waits for the detector to leave (its added latency), and a bot's detections reload the "
+          "detector after each outside request. In (c) the bots and the lease-taking "
+          "client never collide, and they take turns in the order they asked (the lease's queue of tickets), so "
+          "a process that releases and asks again at once goes behind those already waiting: every waiter's p95 "
+          "stays within a few changes' time.\n")
     print(md)
     if a.write:
         write_section("contention", md)

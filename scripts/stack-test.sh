@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# `make stack-test`: build the images and run the whole stack of docker-compose.yml on this machine, as a
-# user without an NVIDIA GPU does (docker-compose.cpu.yml: the CPU detector image, no device reservations),
-# with the real llama-swap in front of stand-in model servers (tests/stack/llama-swap), and check it from
-# the host. Prints each check as it passes; exit 0 only when all passed. Skipped (exit 0, with the reason)
-# only where a Docker engine cannot start (not root, no kernel support). docs/operations.md, "The stack test".
+# `make stack-test`: build the images and run the whole stack of docker-compose.yml on this machine in both
+# setups, one after the other -- as a user without an NVIDIA GPU runs it (docker-compose.cpu.yml: the CPU
+# detector image, reached directly, no device reservations), then as a GPU host runs it (the detector as
+# llama-swap's face-detector model; tests/stack/compose.gpu.yml simulates the card) -- with the real
+# llama-swap in front of stand-in model servers (tests/stack/llama-swap), and check each from the host.
+# Prints each check as it passes; exit 0 only when all passed. Skipped (exit 0, with the reason) only where
+# a Docker engine cannot start (not root, no kernel support). docs/operations.md, "The stack test".
 #
 # It installs what it lacks (Debian's docker.io and mmdebstrap), starts its own dockerd on a private socket
 # and data root (.cache/stack/docker: kept, so a second run reuses every image layer) without touching the
 # host's firewall or forwarding, makes a Debian bookworm base image with mmdebstrap (no registry needed;
-# cached by a hash of its inputs), builds both images FROM it (ARG BASE_IMAGE), and a llama-swap image from
-# the binary `make` built from source (LLAMA_SWAP_BIN). On exit, also on failure or Ctrl-C: `compose down`
-# (volumes too: every run starts as a fresh host), then the engine is stopped; nothing is left running.
+# cached by a hash of its inputs), a llama-swap image from the binary `make` built from source
+# (LLAMA_SWAP_BIN) in place of the release image, and builds our three images FROM those (ARG BASE_IMAGE),
+# once for both setups. After each setup, and on exit (also on failure or Ctrl-C): `compose down` (volumes
+# too: every setup starts as a fresh host); at the end the engine is stopped; nothing is left running.
 #
 # Environment: LLAMA_SWAP_BIN (the real llama-swap binary, required), COMPOSE (Compose v2: the .venv's
 # docker-compose), PYTHON (the .venv's python, for the checks), STACK_DIR (.cache/stack).
@@ -144,6 +147,7 @@ else
 fi
 
 # --- llama-swap: the real binary, stand-in model servers --------------------------------------------------
+# The release image's place: llama-swap/Dockerfile (Python and vramctl for the detector's hold) builds on it.
 stage=$STACK_DIR/llama-swap-image
 rm -rf "$stage" && mkdir -p "$stage"
 cp tests/stack/llama-swap/Dockerfile "$stage/"
@@ -173,48 +177,66 @@ grep -o '/models/[^ ]*\.gguf' llama-swap/config.yaml | sort -u | while read -r p
 done
 chmod -R a+rX "$MODELS"
 
-# --- the stack ----------------------------------------------------------------------------------------------
+# --- the stack, in both setups ----------------------------------------------------------------------------------
 # Compose runs on a copy of what a fresh clone has (the working tree's files, no .env, no caches), so a
 # developer's own .env (a Discord token!) never reaches the test's containers.
 project=$STACK_DIR/project
 rm -rf "$project" && mkdir -p "$project"
 tar -C "$ROOT" --exclude=__pycache__ --exclude='*.egg-info' -cf - \
   docker-compose.yml docker-compose.cpu.yml .dockerignore constraints.txt pyproject.toml README.md LICENSE src bot face-detector \
-  llama-swap scripts/fetch-art.sh tests/stack/compose.ci.yml | tar -C "$project" -xf -
+  llama-swap scripts/fetch-art.sh tests/stack/compose.ci.yml tests/stack/compose.gpu.yml | tar -C "$project" -xf -
 export MODELS_DIR=$MODELS STACK_BASE_IMAGE=$BASE_IMAGE STACK_LLAMA_SWAP_IMAGE=$LLAMA_SWAP_IMAGE
-compose=("$COMPOSE" --project-directory "$project" -f "$project/docker-compose.yml"
-         -f "$project/docker-compose.cpu.yml" -f "$project/tests/stack/compose.ci.yml")
-"${compose[@]}" config --quiet
-pass "compose accepts docker-compose.yml + docker-compose.cpu.yml (no GPU) + tests/stack/compose.ci.yml, no .env"
+COMPOSE_UP=
+compose=()
 
-for port in 3939 6078 7860 8090; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    die "127.0.0.1:$port is taken on this machine; the stack publishes its ports there"
+# run_setup NAME OVERLAY DESCRIPTION: build (each image once for both setups: the same images, the second
+# time from the engine's cache), start, check, then `compose down` (volumes too: the next setup starts as a
+# fresh host). Logs: $STACK_DIR/build-NAME.log, up-NAME.log.
+run_setup() {
+  local name=$1 overlay=$2 description=$3 t0 sizes
+  say "--- $description"
+  compose=("$COMPOSE" --project-directory "$project" -f "$project/docker-compose.yml"
+           -f "$project/$overlay" -f "$project/tests/stack/compose.ci.yml")
+  "${compose[@]}" config --quiet
+  pass "compose accepts docker-compose.yml + $overlay + tests/stack/compose.ci.yml, no .env"
+
+  for port in 3939 6078 7860 8090; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      die "127.0.0.1:$port is taken on this machine; the stack publishes its ports there"
+    fi
+  done
+
+  t0=$(date +%s)
+  if ! step env DOCKER_BUILDKIT=0 nice "${compose[@]}" build >"$STACK_DIR/build-$name.log" 2>&1; then
+    tail -n 40 "$STACK_DIR/build-$name.log" >&2
+    die "building the images failed (the last lines above; all of it in $STACK_DIR/build-$name.log)"
   fi
-done
+  sizes=$("$DOCKER" image ls --format '{{.Repository}} {{.Size}}' | awk '/^miku-discord/ {printf "%s%s %s", sep, $1, $2; sep=", "}')
+  pass "images built in $(( $(date +%s) - t0 )) s ($sizes)"
 
-say "building the detector (cpu) and bot images FROM $BASE_IMAGE"
-t0=$(date +%s)
-if ! step env DOCKER_BUILDKIT=0 nice "${compose[@]}" build >"$STACK_DIR/build.log" 2>&1; then
-  tail -n 40 "$STACK_DIR/build.log" >&2
-  die "building the images failed (the last lines above; all of it in $STACK_DIR/build.log)"
-fi
-sizes=$("$DOCKER" image ls --format '{{.Repository}} {{.Size}}' | awk '/^miku-discord/ {printf "%s%s %s", sep, $1, $2; sep=", "}')
-pass "images built in $(( $(date +%s) - t0 )) s ($sizes)"
+  COMPOSE_UP=1
+  t0=$(date +%s)
+  if ! step "${compose[@]}" up --detach --wait --wait-timeout 240 >"$STACK_DIR/up-$name.log" 2>&1; then
+    cat "$STACK_DIR/up-$name.log" >&2
+    "${compose[@]}" ps -a >&2 || true
+    "${compose[@]}" logs --tail 40 >&2 || true
+    die "the stack did not become healthy"
+  fi
+  pass "every service healthy in $(( $(date +%s) - t0 )) s: $("${compose[@]}" ps --format '{{.Service}}={{.Health}}' | tr '\n' ' ')"
 
-COMPOSE_UP=1
-t0=$(date +%s)
-if ! step "${compose[@]}" up --detach --wait --wait-timeout 240 >"$STACK_DIR/up.log" 2>&1; then
-  cat "$STACK_DIR/up.log" >&2
-  "${compose[@]}" ps -a >&2 || true
-  "${compose[@]}" logs --tail 40 >&2 || true
-  die "the stack did not become healthy"
-fi
-pass "every service healthy in $(( $(date +%s) - t0 )) s: $("${compose[@]}" ps --format '{{.Service}}={{.Health}}' | tr '\n' ' ')"
+  if ! step "$PYTHON" tests/stack/checks.py --setup "$name" -- "${compose[@]}"; then
+    "${compose[@]}" logs --tail 60 >&2 || true
+    die "a check failed (the services' last log lines above)"
+  fi
+  t0=$(date +%s)
+  step timeout 120 "${compose[@]}" down --volumes --remove-orphans --timeout 45 >/dev/null 2>&1 \
+    || die "compose down failed"
+  COMPOSE_UP=
+  pass "all checks passed; compose down in $(( $(date +%s) - t0 )) s"
+}
 
-# --- the checks from the host -------------------------------------------------------------------------------
-if ! step "$PYTHON" tests/stack/checks.py -- "${compose[@]}"; then
-  "${compose[@]}" logs --tail 60 >&2 || true
-  die "a check failed (the services' last log lines above)"
-fi
-pass "all checks passed"
+run_setup cpu docker-compose.cpu.yml \
+  "without an NVIDIA GPU (docker-compose.cpu.yml): the CPU detector, reached directly"
+run_setup gpu tests/stack/compose.gpu.yml \
+  "the GPU setup (docker-compose.yml; tests/stack/compose.gpu.yml simulates the card): the detector as llama-swap's model"
+pass "both setups passed"

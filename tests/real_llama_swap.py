@@ -24,7 +24,7 @@ import httpx
 import pytest
 import yaml
 
-from servers import free_port, wait_http
+from servers import free_port, venv_bin, wait_http
 
 BINARY_ENV = "MIKU_TEST_LLAMA_SWAP"
 MODEL_SERVER = Path(__file__).resolve().parent / "emulators" / "model_server.py"
@@ -82,6 +82,24 @@ def model_server(card_url: str | None = None, *, vram_mib: float = 0, load_s: fl
     if answer is not None:
         args += ["--answer", answer]
     return shlex.join(args)
+
+
+SHIPPED_SERVER = "/app/llama-server"  # the `server` macro's llama-server in llama-swap's image
+
+
+def with_stand_in(config: dict[str, Any], stand_in: str, card_url: str | None) -> dict[str, Any]:
+    """The shipped config with its executables for this machine: the `server` macro's llama-server →
+    `stand_in` (a `model_server(...)` start), each model's `vramctl run` → this venv's vramctl reading the
+    simulated card (no probe without one). Everything else (`--vram-mib N`, llama-server's options) stays."""
+    exe, _, rest = config["macros"]["server"].partition(" ")
+    assert exe == SHIPPED_SERVER, "the shipped macro starts llama-server from the llama-swap image"
+    config["macros"]["server"] = f"{stand_in} {rest}"
+    probe = ["--probe", "emulator", "--probe-url", card_url] if card_url else ["--probe", "none"]
+    for model in config["models"].values():
+        wrapper, sep, command = model["cmd"].partition(" -- ")
+        if wrapper.split()[:2] == ["vramctl", "run"] and sep:
+            model["cmd"] = f"{shlex.join([venv_bin('vramctl'), *wrapper.split()[1:], *probe])} -- {command}"
+    return config
 
 
 @dataclass

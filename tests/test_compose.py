@@ -1,6 +1,6 @@
 """The deployment files checked by the real tools and against the code they deploy (no Docker engine
 here): Compose v2's own parser (compose-go, in the `docker-compose` binary) reads docker-compose.yml with
-and without a .env, hadolint lints both Dockerfiles, Docker's own dockerignore matcher tells what a build
+and without a .env, alone (the GPU setup) and with its overlays, hadolint lints the three Dockerfiles, Docker's own dockerignore matcher tells what a build
 context sends; then ports, health paths, GPUs, start order, volumes, the one lock of versions, the model
 files and every setting name in .env.example are checked against the code."""
 
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 import yaml
 from deploy_tools import ROOT, compose_config, compose_model, project_copy, tool
 from docker.utils.build import exclude_paths
@@ -26,6 +27,8 @@ from pydantic_settings import BaseSettings
 from facedetect.settings import FaceDetectSettings
 from mikubot.bot import PANEL_PORT
 from mikubot.config import CONFIG_ENV, Settings
+from mikubot.vram import vram_settings
+from vramctl.cli import app as vramctl_app
 from vramctl.config import (
     DETECTOR_VRAM_MIB,
     TEXT_VRAM_MIB,
@@ -37,7 +40,8 @@ SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (Settings, VramSettings, Face
 # Interpolated by docker compose itself, read by no Python code.
 COMPOSE_ONLY = {"MODELS_DIR", "DETECTOR_VARIANT"}
 LINE = re.compile(r"^(# )?([A-Z][A-Z0-9_]*)=(.*)$")
-DOCKERFILES = {"miku-bot": ROOT / "bot" / "Dockerfile", "anime-face-detector": ROOT / "face-detector" / "Dockerfile"}
+DOCKERFILES = {"miku-bot": ROOT / "bot" / "Dockerfile", "anime-face-detector": ROOT / "face-detector" / "Dockerfile",
+               "llama-swap": ROOT / "llama-swap" / "Dockerfile"}
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +98,35 @@ def gpu_capabilities(svc: dict[str, Any]) -> list[list[str]]:
     devices = svc.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
     assert all(d["driver"] == "nvidia" for d in devices)
     return [sorted(d["capabilities"]) for d in devices]
+
+
+def overlaid(project: Path, *overlays: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """docker-compose.yml with these overlays, as Compose v2 resolves them (no .env, a clean environment)."""
+    files = [a for f in ("docker-compose.yml", *overlays) for a in ("-f", f)]
+    result = subprocess.run([tool("docker-compose"), *files, "config", "--format", "json"], cwd=project,
+                            env={"PATH": "/usr/bin:/bin", "HOME": str(project), **(env or {})},
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def consumers_of(env: dict[str, str]) -> VramSettings:
+    """What `vramctl` run in the bot's container sees (its MIKU_VRAM_* and MIKU_LLAMA_SWAP_URL)."""
+    with pytest.MonkeyPatch.context() as m:
+        for name in ("MIKU_VRAM_CONSUMERS", "MIKU_VRAM_PROBE", "MIKU_LLAMA_SWAP_URL"):
+            m.setenv(name, env[name])
+        return VramSettings()
+
+
+def bot_settings(env: dict[str, str]) -> Settings:
+    """The bot's settings from its compose environment alone."""
+    with pytest.MonkeyPatch.context() as m:
+        for k in list(__import__("os").environ):
+            if k.startswith(("MIKU_", "FACE_DETECTOR_URL")):
+                m.delenv(k)
+        for name, value in env.items():
+            m.setenv(name, value)
+        return Settings()
 
 
 def seconds(duration: str) -> float:
@@ -153,27 +186,60 @@ def test_gpus_by_device_reservation_not_the_nvidia_runtime(compose):
 
 def test_the_cpu_overlay_runs_everything_without_an_nvidia_gpu(tmp_path):
     """docker-compose.cpu.yml (the supported GPU-less setup, which `make stack-test` runs for real): no
-    device reservation left, the CPU detector image, no NVML probe, the rest as in the main file."""
-    project = project_copy(tmp_path)
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(project)}
-    result = subprocess.run([tool("docker-compose"), "-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml",
-                             "config", "--format", "json"], cwd=project, env=env, capture_output=True, text=True,
-                            timeout=60, check=False)
-    assert result.returncode == 0, result.stderr
-    model = json.loads(result.stdout)
+    device reservation left, the CPU detector image loaded at start-up and reached directly (nothing to
+    arbitrate), no NVML probe, the rest as in the main file."""
+    model = overlaid(project_copy(tmp_path), "docker-compose.cpu.yml")
     for name, svc in model["services"].items():
         assert gpu_capabilities(svc) == [] and "deploy" not in svc, f"{name} still reserves a device"
-    assert service(model, "anime-face-detector")["build"]["args"]["VARIANT"] == "cpu"
+    detector = service(model, "anime-face-detector")
+    assert detector["build"]["args"]["VARIANT"] == "cpu" and detector["environment"]["FACEDETECT_PRELOAD"] == "true"
     bot = service(model, "miku-bot")["environment"]
     assert bot["MIKU_GPU_PROBE"] == bot["MIKU_VRAM_PROBE"] == "none"
+    assert service(model, "llama-swap")["environment"]["MIKU_VRAM_PROBE"] == "none"
     assert bot["MIKU_WEB_PUBLISHED_ON_LOOPBACK"] == "true"  # no .env needed: the generated panel token
     assert ports(service(model, "miku-bot")) == {PANEL_PORT: ("127.0.0.1", PANEL_PORT)}
+    # Direct: the bot detects at the service, and `vramctl` in its container declares what the bot declares.
+    s = bot_settings(bot)
+    assert s.detector_via == "direct" and s.detector_service_url == bot["FACE_DETECTOR_URL"]
+    vram = consumers_of(bot)
+    detector_consumer = vram.consumer("face-detector")
+    assert detector_consumer.kind == "facedetect" and detector_consumer.url == bot["FACE_DETECTOR_URL"]
+    assert {c.name: (c.kind, c.vram_mib, c.routed) for c in vram.consumers} == \
+        {c.name: (c.kind, c.vram_mib, c.routed) for c in vram_settings(s).consumers if c.name != "text"} | \
+        {"text": ("llama-swap", s.text_vram_mib, False)}
+
+
+def test_the_stack_tests_gpu_overlay_changes_only_what_needs_the_card(tmp_path):
+    """tests/stack/compose.gpu.yml (`make stack-test`'s GPU setup): docker-compose.yml with its device
+    reservations taken away and the CPU detector image standing in for the GPU one; everything else --
+    the detector under llama-swap, the bot's mode, vramctl's consumers -- is the GPU file's own."""
+    project = project_copy(tmp_path)
+    gpu = overlaid(project)
+    ci = overlaid(project, "tests/stack/compose.gpu.yml")
+    for name, svc in ci["services"].items():
+        assert gpu_capabilities(svc) == [] and "deploy" not in svc, f"{name} still reserves a device"
+        expected = {k: v for k, v in service(gpu, name).items() if k != "deploy"}
+        if name == "anime-face-detector":
+            expected["build"] = {**expected["build"], "args": {"VARIANT": "cpu"}}
+        assert svc == expected, name
 
 
 def test_llama_swap_service(compose):
     svc = service(compose, "llama-swap")
-    # One released CUDA build (llama-swap vNNN, CUDA, llama.cpp bNNNN), never the floating `:cuda` tag.
-    assert re.fullmatch(r"ghcr\.io/mostlygeek/llama-swap:v\d+-cuda-b\d+", svc["image"]), svc["image"]
+    # Our image (llama-swap/Dockerfile: vramctl for the detector's hold) on one released CUDA build
+    # (llama-swap vNNN, CUDA, llama.cpp bNNNN), never the floating `:cuda` tag.
+    assert Path(svc["build"]["dockerfile"]) == Path("llama-swap/Dockerfile") and "image" not in svc
+    df = DockerfileParser(path=str(DOCKERFILES["llama-swap"]))
+    assert re.fullmatch(r"ghcr\.io/mostlygeek/llama-swap:v\d+-cuda-b\d+", df.baseimage), df.baseimage
+    # It keeps the release's entrypoint and port, and runs unprivileged.
+    assert not [i for i in df.structure if i["instruction"] in ("ENTRYPOINT", "CMD", "EXPOSE")]
+    user = next(i["value"] for i in reversed(df.structure) if i["instruction"] == "USER")
+    assert user not in ("root", "0")
+    # `vramctl hold` (the face-detector model's command) measures with NVML on the GPU host, sends the
+    # detector's token, and has NVML through the `gpu` capability llama-swap's reservation gives.
+    env = svc["environment"]
+    assert env["MIKU_VRAM_PROBE"] == "nvml" and "FACEDETECT_TOKEN" in env
+    assert '".[gpu]"' in DOCKERFILES["llama-swap"].read_text()
     assert ports(svc) == {8080: ("127.0.0.1", 8090)}  # llama-swap listens on :8080 in its image
     m = mounts(svc)
     assert Path(m["/app/config.yaml"][1]).is_file(), "llama-swap/config.yaml is missing"  # the image reads it there
@@ -181,10 +247,48 @@ def test_llama_swap_service(compose):
     assert healthcheck_url(svc) == "http://localhost:8080/health"
 
 
+def test_the_detectors_llama_swap_model_runs_vramctl_hold_on_the_compose_detector(compose):
+    """The face-detector model's command is `vramctl hold` as the real CLI parses it, on the detector's compose
+    address; it names no probe (MIKU_VRAM_PROBE of llama-swap's environment decides: nvml on the GPU host, the
+    simulated card in the stack test); the detector answers the Host names it is reached by."""
+    config = yaml.safe_load((ROOT / "llama-swap" / "config.yaml").read_text())
+    det = config["models"][Settings.model_fields["detector_model"].default]
+    argv = shlex.split(det["cmd"])
+    assert argv[:2] == ["vramctl", "hold"]
+    hold = typer.main.get_command(vramctl_app).commands["hold"]  # type: ignore[attr-defined]
+    params = hold.make_context("hold", argv[2:]).params
+    assert params["probe"] is None and params["probe_url"] is None
+    assert params["detector_url"] == det["proxy"] == compose["services"]["miku-bot"]["environment"]["FACE_DETECTOR_URL"]
+    assert params["vram_mib"] == DETECTOR_VRAM_MIB
+    assert det["checkEndpoint"] == "/ready"
+    # llama-swap forwards the client's Host (the bot's http://llama-swap:8080), its checks send the proxy's.
+    allowed = service(compose, "anime-face-detector")["environment"]["FACEDETECT_ALLOWED_HOSTS"].split(",")
+    bot = service(compose, "miku-bot")["environment"]
+    from urllib.parse import urlsplit
+
+    assert {urlsplit(det["proxy"]).hostname, urlsplit(bot["MIKU_LLAMA_SWAP_URL"]).hostname} <= set(allowed)
+
+
+def test_each_model_server_starts_once_the_card_shows_its_room():
+    """Text and vision start through `vramctl run --vram-mib N -- ${server} ...` (the real CLI parses it), N the
+    size the bot and vramctl declare, no probe named (MIKU_VRAM_PROBE of llama-swap's environment decides)."""
+    config = yaml.safe_load((ROOT / "llama-swap" / "config.yaml").read_text())
+    run = typer.main.get_command(vramctl_app).commands["run"]  # type: ignore[attr-defined]
+    sizes = {"llama3.1": TEXT_VRAM_MIB, "vision": VISION_VRAM_MIB}
+    for model, size in sizes.items():
+        argv = shlex.split(config["models"][model]["cmd"])
+        assert argv[:2] == ["vramctl", "run"], config["models"][model]["cmd"]
+        params = run.make_context("run", argv[2:]).params
+        assert params["vram_mib"] == size and params["probe"] is None
+        assert params["command"][0] == "${server}" and "--model" in params["command"]
+    assert config["macros"]["server"].split()[0] == "/app/llama-server"
+
+
 def test_llama_swap_config_serves_the_models_the_bot_asks_for():
     config = yaml.safe_load((ROOT / "llama-swap" / "config.yaml").read_text())
     models = config["models"]
     assert Settings.model_fields["vision_model"].default in models
+    assert Settings.model_fields["detector_model"].default in models
     # vramctl's default consumers name the llama-swap models it may unload; they must exist too.
     for c in VramSettings().consumers:
         if c.kind == "llama-swap":
@@ -245,22 +349,25 @@ def test_bot_service(compose):
         if name.startswith(("MIKU_", "FACE_DETECTOR_URL")):
             assert any(name in names for cls in (Settings, VramSettings) for names in env_names(cls).values()), \
                 f"{name} is not a setting"
-    s = Settings(data_dir=env["MIKU_DATA_DIR"], face_detector_url=env["FACE_DETECTOR_URL"],
-                 llama_swap_url=env["MIKU_LLAMA_SWAP_URL"], gpu_probe=env["MIKU_GPU_PROBE"])
+    s = bot_settings(env)
     assert s.gpu_probe == "nvml"
-    # `vramctl` run inside the container sees the compose addresses, the models llama-swap serves, and
-    # the same sizes the bot declares.
-    with pytest.MonkeyPatch.context() as m:
-        for name in ("MIKU_VRAM_CONSUMERS", "MIKU_VRAM_PROBE", "MIKU_LLAMA_SWAP_URL"):
-            m.setenv(name, env[name])
-        vram = VramSettings()
+    # With a GPU the detector is llama-swap's model: the bot detects through llama-swap's passthrough.
+    assert s.detector_via == "llama-swap"
+    assert s.detector_service_url == f"{env['MIKU_LLAMA_SWAP_URL']}/upstream/{s.detector_model}"
+    # `vramctl` run inside the container sees the compose addresses, the models llama-swap serves, the
+    # detector as llama-swap reports it, and the same sizes and routing the bot declares.
+    vram = consumers_of(env)
     assert vram.llama_swap_url == env["MIKU_LLAMA_SWAP_URL"] and vram.probe == "nvml"
     detector = vram.consumer("face-detector")
-    assert detector.kind == "facedetect" and detector.url == env["FACE_DETECTOR_URL"]
+    assert detector.kind == "llama-swap" and detector.model == s.detector_model and detector.routed
     served = yaml.safe_load((ROOT / "llama-swap" / "config.yaml").read_text())["models"]
     assert {c.model for c in vram.consumers if c.kind == "llama-swap"} <= set(served)
     sizes = {c.name: c.vram_mib for c in vram.consumers}
     assert sizes == {"text": s.text_vram_mib, "vision": s.vision_vram_mib, "face-detector": s.detector_vram_mib}
+    declared = {c.name: (c.kind, c.model, c.routed) for c in vram_settings(s).consumers}
+    assert {c.name: (c.kind, c.model, c.routed) for c in vram.consumers if c.name in declared} == declared
+    # Loaded only when llama-swap (or vramctl) asks: never behind llama-swap's back at start-up.
+    assert service(compose, "anime-face-detector")["environment"]["FACEDETECT_PRELOAD"] == "false"
     # The data volume is mounted where MIKU_DATA_DIR points, and declared.
     kind, source = mounts(svc)[env["MIKU_DATA_DIR"]]
     assert kind == "volume" and source in compose["volumes"]
@@ -273,7 +380,7 @@ def test_bot_service(compose):
 
 
 # --- images ---------------------------------------------------------------------------------------------
-def test_hadolint_passes_both_dockerfiles():
+def test_hadolint_passes_the_dockerfiles():
     result = subprocess.run([tool("hadolint"), "--no-color", "--failure-threshold", "warning", *map(str, DOCKERFILES.values())],
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr

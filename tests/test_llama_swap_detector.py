@@ -21,7 +21,7 @@ import yaml
 from emulators.llama_swap import ROOT_CONFIG, SimulatedGpu, create_detector_app, create_gpu_app
 from images import encode
 from PIL import Image
-from real_llama_swap import RealLlamaSwap, model_server, needs_binary, serve, start_port
+from real_llama_swap import RealLlamaSwap, model_server, needs_binary, serve, start_port, with_stand_in
 from servers import free_port, run_command, serve_app, venv_bin
 
 from mikubot.config import Settings
@@ -36,12 +36,10 @@ VISION_MIB, TEXT_MIB, DETECTOR_MIB = 6912, 5120, 1024  # vision + detector never
 
 
 def shipped_config(card_url: str, detector_url: str, *, release_s: float = 0.0) -> dict[str, Any]:
-    """llama-swap/config.yaml as it ships, but for the executables (llama-server → the stand-in, the hold →
-    this venv's vramctl reading the simulated card), the detector's address and startPort."""
+    """llama-swap/config.yaml as it ships, but for the executables (llama-server → the stand-in, `vramctl run`
+    and the hold → this venv's vramctl reading the simulated card), the detector's address and startPort."""
     config = yaml.safe_load(ROOT_CONFIG.read_text())
-    exe, _, rest = config["macros"]["server"].partition(" ")
-    assert exe == "/app/llama-server"
-    config["macros"]["server"] = f"{model_server(card_url, release_s=release_s)} {rest}"
+    with_stand_in(config, model_server(card_url, release_s=release_s), card_url)
     models = config["models"]
     # Each model's size on the card: the stand-in's --vram-mib (its last option wins).
     models["vision"]["cmd"] += f" --vram-mib {VISION_MIB}"
@@ -198,6 +196,28 @@ def test_the_hold_waits_for_the_room_and_for_its_memory_before_it_exits(tmp_path
     assert events == [("alloc", "vision"), ("exit", "vision"), ("released", "vision"), ("alloc", "face-detector"),
                       ("exit", "face-detector"), ("released", "face-detector"), ("alloc", "vision")], events
     assert "MiB free ≥ 1280 needed" in log and "detector unloaded;" in log
+
+
+def test_text_and_vision_swap_only_once_the_card_shows_the_memory_back(tmp_path):
+    """The same wait for the text <-> vision swaps: each model starts through `vramctl run --vram-mib N`.
+    Text (5120 MiB) leaves 2560 MiB of the card; llama-swap starts vision the moment text's process is gone,
+    but its memory comes back 1.5 s later: a llama-server started at once would OOM. `vramctl run` waits
+    until the card shows vision's room, and the same way back."""
+    gpu = SimulatedGpu(TOTAL_MIB, DISPLAY_MIB)
+    with serve_app(create_gpu_app(gpu)) as card_url, \
+            serve(shipped_config(card_url, "http://127.0.0.1:9", release_s=1.5), tmp_path) as swap:
+        chat(swap, "text").raise_for_status()
+        chat(swap, "vision").raise_for_status()
+        assert running(swap) == {"vision": "ready"}
+        chat(swap, "text").raise_for_status()
+        assert running(swap) == {"llama3.1": "ready"}
+        log = swap.log()
+    assert gpu.oom_count == 0, gpu.history
+    names = {"Meta-Llama-3.1-8B-Instruct-Q4_K_M": "text", "ggml-model-Q4_K_M": "vision"}  # the --model files
+    events = [(h["event"], names.get(h["owner"], h["owner"])) for h in gpu.history if h["owner"] != "display+contexts"]
+    assert events == [("alloc", "text"), ("exit", "text"), ("released", "text"), ("alloc", "vision"),
+                      ("exit", "vision"), ("released", "vision"), ("alloc", "text")], events
+    assert "vramctl run: " in log and "MiB free ≥ 6720 needed" in log and "MiB free ≥ 6784 needed" in log
 
 
 async def test_doctor_reads_the_detector_through_llama_swap_without_loading_it(idle, tmp_path):

@@ -34,7 +34,8 @@ from emulators.llama_swap import (
 from images import encode
 from PIL import Image
 from pipeline_rig import posts_for, scaled_art, world
-from real_llama_swap import RealLlamaSwap, model_server, needs_binary, serve, start_args, start_port
+from real_llama_swap import (RealLlamaSwap, model_server, needs_binary, serve, start_args, start_port,
+                             with_stand_in)
 from servers import free_port, serve_app, venv_bin
 
 from mikubot.pipeline import AvatarPipeline
@@ -345,14 +346,13 @@ def test_the_emulator_runs_and_fails_a_load_as_the_real_one(idle):
 
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory) -> Iterator[tuple[RealLlamaSwap, SimulatedGpu]]:
-    """llama-swap/config.yaml as it ships, but for the llama-server executable (the `server` macro's first word,
-    now the stand-in) and startPort (a free one: tests run beside other servers)."""
+    """llama-swap/config.yaml as it ships, but for the executables of the `server` macro (llama-server → the
+    stand-in, `vramctl run` → this venv's, reading the simulated card) and startPort (a free one: tests run
+    beside other servers)."""
     config = yaml.safe_load(ROOT_CONFIG.read_text())
     gpu = SimulatedGpu(TOTAL_MIB, 512)
     with serve_app(create_gpu_app(gpu)) as card_url:
-        exe, _, rest = config["macros"]["server"].partition(" ")
-        assert exe == "/app/llama-server", "the shipped macro starts llama-server from the llama-swap image"
-        config["macros"]["server"] = f"{model_server(card_url, vram_mib=VISION_MIB)} {rest}"
+        with_stand_in(config, model_server(card_url, vram_mib=VISION_MIB), card_url)
         config["startPort"] = start_port(2)
         with serve(config, tmp_path_factory.mktemp("shipped")) as swap:
             yield swap, gpu

@@ -108,3 +108,22 @@ def test_watch_into_a_pipe_prints_each_refresh_as_it_comes(deployment):
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def test_run_becomes_the_model_server_once_the_card_shows_its_room(deployment):
+    """`vramctl run` (how llama-swap/config.yaml starts each llama-server): with vision loaded 768 MiB are free,
+    so a 1024-MiB start waits and, past --timeout, exits 1 naming the shortfall without starting the command;
+    with the room free it becomes the command (exec: the same pid, the command's own exit code)."""
+    emu, cfg = deployment
+    emu.preload("vision")
+    marker = emu.gpu_url  # any text the command would print
+    r = vramctl("run", "--vram-mib", "1024", "--timeout", "0.3", "--config", str(cfg), "--", "echo", marker)
+    assert r.returncode == 1 and marker not in r.stdout, r.stdout + r.stderr
+    assert "1280 MiB free (1024 + 256 margin) before starting within 0.3 s: 768 MiB free" in r.stderr
+    proc = subprocess.Popen([venv_bin("vramctl"), "run", "--vram-mib", "512", "--config", str(cfg), "--", "sh", "-c",
+                             'echo "$$"; exit 7'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, errors = proc.communicate(timeout=30)
+    assert proc.returncode == 7 and "vramctl run: 768 MiB free ≥ 768 needed" in errors, errors
+    assert int(out) == proc.pid  # llama-swap's stop signal reaches the server itself
+    r = vramctl("run", "--vram-mib", "0", "--probe", "none", "--", "no-such-program-here")
+    assert r.returncode == 127 and "cannot start no-such-program-here" in r.stderr and "Traceback" not in r.stderr

@@ -271,8 +271,11 @@ def test_create_app_serves_with_the_shared_helper():
 
 
 def test_the_emulated_release_is_the_one_compose_pins():
+    """docker-compose.yml builds llama-swap/Dockerfile, which names the release image it builds on."""
     import yaml
+    from dockerfile_parse import DockerfileParser
     from emulators.llama_swap import LLAMA_SWAP_VERSION, ROOT_CONFIG
     compose = yaml.safe_load((ROOT_CONFIG.parents[1] / "docker-compose.yml").read_text())
-    image = compose["services"]["llama-swap"]["image"]
+    dockerfile = ROOT_CONFIG.parents[1] / compose["services"]["llama-swap"]["build"]["dockerfile"]
+    image = DockerfileParser(path=str(dockerfile)).baseimage
     assert image.startswith(f"ghcr.io/mostlygeek/llama-swap:{LLAMA_SWAP_VERSION}-cuda-"), image

@@ -1,6 +1,8 @@
 """The host lease across real processes: a second process of ours waits while the first holds the card's
-room, a holder killed with SIGKILL releases it (the kernel drops its flock), and one process never waits
-for itself. Ordering comes from the holders' stdout lines, never from a clock."""
+room, a holder killed with SIGKILL releases it (the kernel drops its flock), one process never waits for
+itself, and a waiter is served before a holder that takes the lease again at once (first come, first
+served; a waiter killed in the queue is skipped). Ordering comes from the holders' stdout lines and their
+shared log, never from a clock."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,8 +24,10 @@ HOLDER = Path(__file__).resolve().parent / "lease_holder.py"
 
 
 @contextmanager
-def holder(lease: Path, hold_s: float | None = None) -> Iterator[subprocess.Popen]:
-    args = [sys.executable, str(HOLDER), str(lease)] + ([] if hold_s is None else ["--hold-s", str(hold_s)])
+def holder(lease: Path, hold_s: float | None = None, *, cycles: int = 1,
+           log: Path | None = None) -> Iterator[subprocess.Popen]:
+    args = [sys.executable, str(HOLDER), str(lease), "--cycles", str(cycles)]
+    args += ([] if hold_s is None else ["--hold-s", str(hold_s)]) + ([] if log is None else ["--log", str(log)])
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         yield proc
@@ -79,6 +84,66 @@ def test_a_holder_that_ends_its_reservation_lets_the_next_one_in(tmp_path):
             assert next_line(first) == "released"
             assert next_line(second) == f"held {second.pid}"
             assert next_line(second) == "released"
+
+
+def log_lines(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def queued_or_held(lease: Path, log: Path, waiter: subprocess.Popen, timeout: float = 30.0) -> int | None:
+    """Poll until the waiter's ticket is in the lease's queue, then the number of lines in the log: every hold
+    granted up to that moment; None when it held the lease before its ticket was seen."""
+    queue, mine = lease.with_name(lease.name + ".queue"), f"held {waiter.pid}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if mine in log_lines(log):
+            return None
+        if queue.is_dir() and any(n.split("-")[1:2] == [str(waiter.pid)] for n in os.listdir(queue) if n[:1].isdigit()):
+            return len(log_lines(log))
+        assert waiter.poll() is None, f"the waiter exited ({waiter.returncode}) without holding the lease"
+        time.sleep(0.005)
+    raise AssertionError(f"pid {waiter.pid} neither queued for {lease} nor held it within {timeout:g} s")
+
+
+def test_a_waiter_is_served_before_a_holder_that_takes_the_lease_again_at_once(tmp_path):
+    """A busy holder ends a hold and asks again within microseconds (a bot's changes one after another); a
+    flock alone lets it win nearly every time over a waiter that tries now and then. Once the waiter is
+    queued, the busy one gets the lease at most once more (a turn it asked for before) and then the waiter
+    does. A waiter that comes in a gap of the busy one's turns, before its ticket could be seen, says
+    nothing about the order: then another waiter tries (without a queue no ticket is ever seen)."""
+    lease, log = tmp_path / "vram.lease", tmp_path / "holds.log"
+    with holder(lease, hold_s=0.005, cycles=1_000_000, log=log) as busy:
+        assert next_line(busy) == f"held {busy.pid}"
+        for _ in range(5):
+            with holder(lease, hold_s=0, log=log) as waiter:
+                queued_at = queued_or_held(lease, log, waiter)
+                assert next_line(waiter) == f"held {waiter.pid}"
+                assert next_line(waiter) == "released"
+            if queued_at is None:
+                continue
+            lines = log_lines(log)
+            after = lines[queued_at:lines.index(f"held {waiter.pid}")]
+            assert after in ([], [f"held {busy.pid}"]), f"the busy holder went first {len(after)} times: {after}"
+            break
+        else:
+            pytest.fail("no waiter was ever seen queued: the lease keeps no queue")
+        assert busy.poll() is None  # still taking turns
+
+
+def test_a_waiter_killed_in_the_queue_does_not_block_the_ones_behind_it(tmp_path):
+    lease = tmp_path / "vram.lease"
+    log = tmp_path / "holds.log"
+    with holder(lease) as first:
+        assert next_line(first) == f"held {first.pid}"
+        with holder(lease, hold_s=0, log=log) as doomed:
+            queued_or_held(lease, log, doomed)
+            with holder(lease, hold_s=0, log=log) as third:
+                queued_or_held(lease, log, third)
+                os.kill(doomed.pid, signal.SIGKILL)
+                doomed.wait()
+                os.kill(first.pid, signal.SIGKILL)
+                assert next_line(third) == f"held {third.pid}"
+                assert next_line(third) == "released"
 
 
 async def test_one_process_takes_the_lease_once_for_nested_reservations(tmp_path):

@@ -4,6 +4,7 @@
     vramctl free CONSUMER | --mib N    make room now and print the timeline
     vramctl watch                      live view
     vramctl hold DETECTOR_URL          llama-swap's `cmd` for the face detector (docs/vramctl.md)
+    vramctl run --vram-mib N -- CMD    wait until the card shows N MiB free, then become CMD (llama-swap's models)
 
 Each command takes `--llama-swap URL` (default $MIKU_LLAMA_SWAP_URL, else http://localhost:8090) and
 `--config FILE` (YAML with the VramSettings fields; default $MIKU_VRAM_CONFIG).
@@ -14,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -29,7 +32,7 @@ from rich.text import Text
 from .config import DETECTOR_VRAM_MIB, VramSettings
 from .coordinator import Coordinator, Reservation
 from .errors import VramError
-from .hold import DetectorHold, hold_until_signalled
+from .hold import DetectorHold, hold_until_signalled, wait_for_room
 from .probes import select_probe
 
 app = typer.Typer(help="VRAM coordination: measure, unload, wait.", no_args_is_help=True, add_completion=False)
@@ -217,6 +220,32 @@ def hold(detector_url: Annotated[str, typer.Argument(help="The face detector ser
             await hold_until_signalled(h)
 
     _run(go)
+
+
+@app.command("run")
+def run_model(command: Annotated[list[str], typer.Argument(help="The model server and its arguments, after --.")],
+              vram_mib: Annotated[int, typer.Option("--vram-mib", min=0,
+                                                    help="What the model needs on the card; 0: start at once.")],
+              timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.01,
+                                                               help="Seconds to wait for the room.")] = None,
+              config: ConfigOpt = None, probe: ProbeOpt = None, probe_url: ProbeUrlOpt = None) -> None:
+    """Wait until the card shows VRAM_MIB (+ the safety margin) free, then become COMMAND (exec, same pid):
+    the start of each llama-server under llama-swap, so a model never loads on memory the driver has not yet
+    returned from the one llama-swap just stopped. No room within --timeout: exit 1, COMMAND never starts."""
+    s = _settings(config, None, probe, probe_url, timeout_s=timeout)
+
+    async def go() -> None:
+        async with httpx.AsyncClient(timeout=s.http_timeout_s) as http:
+            await wait_for_room(select_probe(s, http), vram_mib, safety_margin_mib=s.safety_margin_mib,
+                                timeout_s=s.timeout_s, poll_s=s.poll_s,
+                                say=lambda line: print(f"vramctl run: {line}", file=sys.stderr, flush=True))
+
+    _run(go)
+    try:
+        os.execvp(command[0], command)
+    except OSError as exc:
+        err.print(f"[red]error:[/red] cannot start {command[0]}: {exc.strerror}")
+        raise typer.Exit(127) from exc
 
 
 def main() -> None:

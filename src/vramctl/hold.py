@@ -83,23 +83,49 @@ class DetectorHold:
             self.say(f"detector unloaded; {mem.free_mib:.0f} MiB free")
 
     async def _read(self) -> GpuMemory | None:
-        try:
-            return await self.probe.read()
-        except ProbeError as exc:
-            self.say(f"cannot measure the card ({exc}); not waiting for it")
-            return None
+        return await read_card(self.probe, self.say)
 
     async def _wait_until(self, ok: Callable[[GpuMemory], bool], what: str) -> GpuMemory | None:
-        """Poll the probe until `ok`; None when nothing can measure (no GPU, probe 'none')."""
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            mem = await self._read()
-            if mem is None or ok(mem):
-                return mem
-            if time.monotonic() >= deadline:
-                raise ReservationTimeout(f"not {what} within {self.timeout_s:g} s: {mem.free_mib:.0f} MiB free of "
-                                         f"{mem.total_mib:.0f}")
-            await asyncio.sleep(self.poll_s)
+        return await wait_until(self.probe, ok, what, timeout_s=self.timeout_s, poll_s=self.poll_s, say=self.say)
+
+
+async def read_card(probe: Probe, say: Callable[[str], None]) -> GpuMemory | None:
+    """The card now; None (and a line saying so) when nothing can measure it."""
+    try:
+        return await probe.read()
+    except ProbeError as exc:
+        say(f"cannot measure the card ({exc}); not waiting for it")
+        return None
+
+
+async def wait_until(probe: Probe, ok: Callable[[GpuMemory], bool], what: str, *, timeout_s: float, poll_s: float,
+                     say: Callable[[str], None]) -> GpuMemory | None:
+    """Poll the probe until `ok`; None when nothing can measure (no GPU, probe 'none'). Raises
+    ReservationTimeout after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        mem = await read_card(probe, say)
+        if mem is None or ok(mem):
+            return mem
+        if time.monotonic() >= deadline:
+            raise ReservationTimeout(f"not {what} within {timeout_s:g} s: {mem.free_mib:.0f} MiB free of "
+                                     f"{mem.total_mib:.0f}")
+        await asyncio.sleep(poll_s)
+
+
+async def wait_for_room(probe: Probe, vram_mib: int, *, safety_margin_mib: int, timeout_s: float, poll_s: float,
+                        say: Callable[[str], None]) -> None:
+    """`vramctl run`'s wait before it becomes a model server: until the card shows `vram_mib` + the margin
+    free. llama-swap starts a model right after the process of the one it stopped has exited, but the driver
+    gives that memory back later (0.05-3 s): a llama-server started at once would fail like
+    `cudaMalloc failed: out of memory`."""
+    if vram_mib <= 0:
+        return
+    need = vram_mib + safety_margin_mib
+    mem = await wait_until(probe, lambda m: m.free_mib >= need, f"{need} MiB free ({vram_mib} + {safety_margin_mib} "
+                           "margin) before starting", timeout_s=timeout_s, poll_s=poll_s, say=say)
+    if mem is not None:
+        say(f"{mem.free_mib:.0f} MiB free ≥ {need} needed")
 
 
 async def hold_until_signalled(hold: DetectorHold) -> None:

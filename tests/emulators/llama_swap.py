@@ -1,7 +1,7 @@
 """A llama-swap emulator on loopback, with a simulated GPU behind it.
 
 llama-swap is a Go binary from no registry here and there is no GPU, so tests and benchmarks talk to this
-instead. It follows the release that docker-compose.yml pins (`LLAMA_SWAP_VERSION`, v250; image
+instead. It follows the release that llama-swap/Dockerfile pins (`LLAMA_SWAP_VERSION`, v250; image
 `ghcr.io/mostlygeek/llama-swap:v250-cuda-b10423`), file by file of that tag's source:
 
     internal/server/server.go     routes (Go's ServeMux: a `GET` route also answers `HEAD`; unknown paths get
@@ -120,7 +120,7 @@ from fastapi.responses import (
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-LLAMA_SWAP_VERSION = "v250"  # the release docker-compose.yml pins and this emulator follows
+LLAMA_SWAP_VERSION = "v250"  # the release llama-swap/Dockerfile pins and this emulator follows
 
 OOM_MESSAGE = "cudaMalloc failed: out of memory"
 ROOT_CONFIG = Path(__file__).resolve().parents[2] / "llama-swap" / "config.yaml"  # the real deployment's config

@@ -1,4 +1,4 @@
-"""llama-swap's management API, as the release docker-compose.yml pins (v250) defines it
+"""llama-swap's management API, as the release llama-swap/Dockerfile pins (v250) defines it
 (internal/server/server.go, api.go, apigroup.go, internal/swaputil/http.go):
 
 - `GET /health` → `OK`;  `GET /v1/models` → OpenAI model list; each local model's record carries
