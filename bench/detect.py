@@ -36,7 +36,8 @@ workers, each worker thread's own CPU time), throughput (elapsed / images) and t
 used (its configured parallelism; ``CPU/wall`` says how much of it was used).
 
     .venv/bin/python bench/detect.py [--art DIR] [--bench-data DIR] [--scenes DIR] [--realart DIR] [--sets ...]
-                                     [--limit N] [--repeat N] [--picture-timeout S] [--no-write]
+                                     [--limit N] [--repeat N] [--detectors ...] [--picture-timeout S]
+                                     [--no-write]
 
 Writes the "detect" section of bench/RESULTS.md (and "detect-realart" for the real-art sets).
 """
@@ -283,10 +284,16 @@ class Runner:
         return outcomes, elapsed
 
 
-def build_runners(bench_data: Path, calibration: Calibration | None) -> list[Runner]:
+# --detectors: the short name of each runner build_runners makes (ours and raw animeface always run: every
+# verdict compares with raw, and the tables' first row is ours).
+DETECTORS = ("ours", "previous", "fast", "raw", "raw-x2", "lbpcascade")
+
+
+def build_runners(bench_data: Path, calibration: Calibration | None, chosen: tuple[str, ...] = DETECTORS) -> list[Runner]:
     def threads(options: dict[str, Any]) -> int:
         return int(create_detector("animeface", **options).describe()["search"].get("threads", 1))
 
+    wanted = {"ours", "raw", *chosen}
     runners = [
         Runner(OURS, "animeface", {}, threads({})),
         Runner(PREVIOUS, "animeface", {"twostage": {"verifier": False}}, threads({"twostage": {"verifier": False}})),
@@ -294,8 +301,9 @@ def build_runners(bench_data: Path, calibration: Calibration | None) -> list[Run
         Runner(RAW, "animeface", {"mode": "full"}, 1),
         Runner(RAW_PAIR, "animeface", {"mode": "full"}, 2, pair=True),
     ]
+    runners = [r for r, key in zip(runners, DETECTORS) if key in wanted]
     xml = bench_data / "peers" / "lbpcascade_animeface.xml"
-    if xml.exists():
+    if "lbpcascade" in wanted and xml.exists():
         cal = calibration or Calibration()
         label = f"box x{cal.scale:.2f}, dy {cal.dy:+.2f}" if calibration else "uncalibrated boxes"
         runners.append(Runner(
@@ -303,7 +311,7 @@ def build_runners(bench_data: Path, calibration: Calibration | None) -> list[Run
             {"model_path": str(xml), "scale_factor": 1.1, "min_neighbors": 5, "min_size": 24, "equalize": True},
             cv2.getNumThreads(), calibration=cal,
         ))
-    else:
+    elif "lbpcascade" in wanted:
         print(f"lbpcascade peer skipped: {xml} not found")
     for r in runners:
         r.start()
@@ -521,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
     ap.add_argument("--limit", type=int, default=None, help="only the first N images of each set (quick looks)")
     ap.add_argument("--repeat", type=int, default=1, help="time each image N times, keep the best (default 1)")
+    ap.add_argument("--detectors", nargs="+", choices=DETECTORS, default=list(DETECTORS),
+                    help="which detectors run (ours and raw animeface always do; default: all)")
     ap.add_argument("--picture-timeout", type=float, default=PICTURE_TIMEOUT_S, metavar="S",
                     help="each detector's limit per picture, in seconds (default %(default)g; 0: none): a detection "
                          "still running then is killed with its worker process and counts as all faces missed")
@@ -578,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         calibration = calibrate(cascade, scene_items(tune_dir))
         print(f"lbpcascade calibration on scene-tune: scale {calibration.scale:.3f}, dy {calibration.dy:+.3f}")
     limit = args.picture_timeout or None
-    runners = build_runners(args.bench_data, calibration)
+    runners = build_runners(args.bench_data, calibration, tuple(args.detectors))
     misses: list[str] = []
 
     def note_miss(det: str, item: str, c: Counts) -> None:
@@ -598,10 +608,10 @@ def main(argv: list[str] | None = None) -> int:
         first = len(out)
         out.append(render(title, unit, scores, runners, note))
         if key in REALART_SETS:
-            out.extend(realart_verdict(scores, n) for n in (None, PREVIOUS, FAST))
+            out.extend(realart_verdict(scores, n) for n in (None, PREVIOUS, FAST) if n is None or n in scores)
             out.append(by_source(key, scores))
         else:
-            out.extend(verdict(scores, n) for n in (None, PREVIOUS, FAST))
+            out.extend(verdict(scores, n) for n in (None, PREVIOUS, FAST) if n is None or n in scores)
         print("\n\n".join(out[first:]) + "\n", flush=True)
     load1 = os.getloadavg()[0]
     ours = {k: v for k, v in runners[0].describe().items() if k in ("search", "twostage", "face_filter")}
