@@ -75,6 +75,13 @@ class TwoStage:
     verifier_reject: float = 1e-4
     verifier_accept: float = 0.9
     landmarks: bool = True  # read keypoints and colours of verifier-accepted faces with animeface
+    # Ranking by the verifier (docs/detector-speed.md, "Real art"): with ``pool_threshold`` set (and the
+    # verifier on), windows scoring at least that are thinned lightly (IoU ``pool_nms_iou``), the
+    # ``pool_size`` best by HOG score are scored by the verifier in one batch, and suppression and the cap of
+    # ``max_proposals`` then go by the verifier's probability, not the HOG score. None: the HOG score ranks.
+    pool_threshold: float | None = None
+    pool_nms_iou: float = 0.7
+    pool_size: int = 64
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.verifier_reject <= self.verifier_accept <= 1.0:
@@ -83,8 +90,10 @@ class TwoStage:
             raise ValueError("stride and max_proposals must be >= 1 and scale > 1")
         if self.max_proposal_pixels < 64 * 64:
             raise ValueError("max_proposal_pixels must be at least 4096")
-        if not 0.0 < self.nms_iou <= 1.0:
-            raise ValueError("nms_iou must be in (0, 1]")
+        if not 0.0 < self.nms_iou <= 1.0 or not 0.0 < self.pool_nms_iou <= 1.0:
+            raise ValueError("nms_iou and pool_nms_iou must be in (0, 1]")
+        if self.pool_size < self.max_proposals:
+            raise ValueError("pool_size must be at least max_proposals")
         if not self.confirm_faces or any(not 32.0 <= f <= 200.0 for f in self.confirm_faces):
             raise ValueError("confirm_faces must be one or more widths in [32, 200] px")
 
@@ -153,6 +162,31 @@ def propose_bounded(hog: cv2.HOGDescriptor, gray: np.ndarray, threshold: float, 
     ]
 
 
+def ranked_proposals(
+    hog: cv2.HOGDescriptor, rgb: np.ndarray, threshold: float, params: TwoStage, verifier: Verifier | None
+) -> tuple[list[Proposal], list[Verdict | None]]:
+    """The proposals the second stage judges, with the verifier's verdict on each (None without a verifier):
+    the best by HOG score after suppression, or, with ``params.pool_threshold`` set and a verifier, the best
+    by the verifier's probability out of a wider pool of windows."""
+    if verifier is None or params.pool_threshold is None:
+        candidates = suppress(propose_bounded(hog, grey(rgb), threshold, params), params.nms_iou, params.max_proposals)
+        if verifier is None or not candidates:
+            return candidates, [None] * len(candidates)
+        return candidates, list(verifier.judge(rgb, [p.box for p in candidates]))
+    found = propose_bounded(hog, grey(rgb), params.pool_threshold, params)
+    pool = suppress(found, params.pool_nms_iou, params.pool_size)
+    if not pool:
+        return [], []
+    scored = sorted(zip(pool, verifier.judge(rgb, [p.box for p in pool])), key=lambda pv: -pv[1].probability)
+    kept: list[tuple[Proposal, Verdict]] = []
+    for p, v in scored:
+        if all(iou(p.box, k.box) < params.nms_iou for k, _ in kept):
+            kept.append((p, v))
+            if len(kept) == params.max_proposals:
+                break
+    return [p for p, _ in kept], [v for _, v in kept]
+
+
 @dataclass(frozen=True)
 class Accepted:
     """A face the verifier kept without animeface: its box in animeface's convention (clipped to the image),
@@ -178,11 +212,7 @@ def search_twostage(
     """Faces the verifier accepted, faces animeface confirmed (``Placed``), and strong unconfirmed proposals
     (``Proposal``); no two of them the same face."""
     threshold = model.threshold if params.threshold is None else params.threshold
-    found = propose_bounded(hog, grey(rgb), threshold, params)
-    candidates = suppress(found, params.nms_iou, params.max_proposals)
-    verdicts: list[Verdict | None] = [None] * len(candidates)
-    if verifier is not None and params.verifier and candidates:
-        verdicts = list(verifier.judge(rgb, [p.box for p in candidates]))
+    candidates, verdicts = ranked_proposals(hog, rgb, threshold, params, verifier if params.verifier else None)
     accepted_at = [v is not None and v.probability >= params.verifier_accept for v in verdicts]
     to_confirm = [p for p, v, a in zip(candidates, verdicts, accepted_at)
                   if not a and (v is None or v.probability >= params.verifier_reject)]
