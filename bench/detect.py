@@ -10,10 +10,12 @@ source. The real-art tables go to their own section of RESULTS.md ("detect-reala
 alone leaves the other tables as they are.
 
 Detectors, each image run by every detector in turn before the next image (so load spikes hit them alike).
-Each runs in a worker process of its own, and each picture has a time limit (``--picture-timeout``, 60 s by
-default): a detection still running then is killed with its worker (the next picture starts a new one, which
-warms up again) and counts as every face of the picture missed, with the limit as its time, in the
-``timeouts`` column and the per-source cells. Raw animeface has run for over 20 minutes on one manga page.
+Each runs in a worker process of its own, and each picture has a time limit (``--picture-timeout``, 60 CPU
+seconds of the worker by default, so that the load of a shared machine does not decide it; 20 times that in
+wall time as a backstop): a detection still running then is killed with its worker (the next picture starts
+a new one, which warms up again) and counts as every face of the picture missed, with the limit as its time,
+in the ``timeouts`` column and the per-source cells. Raw animeface has run for over 20 minutes on one manga
+page.
 
 * ours: ``create_detector("animeface")``, the default two-stage mode: HOG proposals (a classifier trained on
   scene-tune by bench/train_proposals.py), sorted by the proposal verifier (a small network trained on
@@ -114,7 +116,14 @@ PREVIOUS = "animeface two-stage without the verifier (previous default; animefac
 FAST = "animeface fast scheme (default before the two-stage mode; passes + vote, face filter)"
 RAW = "animeface raw, full resolution"
 RAW_PAIR = "animeface raw x2 workers (two images at once)"
-PICTURE_TIMEOUT_S = 60.0
+PICTURE_TIMEOUT_S = 60.0  # CPU seconds a detector may spend on one picture
+WALL_BACKSTOP = 20  # ... or this many times that in wall time (a worker stuck without using the CPU)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid``, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 Box = tuple[float, float, float, float]
 Boxes = list[tuple[Box, float]]
@@ -244,17 +253,23 @@ class Runner:
         self.process = self.conn = None
 
     def _ask(self, images: list[Image.Image], repeat: int, limit: float | None) -> tuple[dict[int, Outcome], float | None]:
-        """Send one request; collect what comes back before ``limit`` seconds (per picture, times ``repeat``).
-        On a timeout the worker is killed (the next request starts a new one) and the elapsed time is None."""
-        assert self.conn is not None
+        """Send one request; collect what comes back before the worker has spent ``limit`` CPU seconds per
+        picture (times ``repeat``) on it, or ``WALL_BACKSTOP`` times that in wall time. On a timeout the worker
+        is killed (the next request starts a new one) and the elapsed time is None."""
+        assert self.conn is not None and self.process is not None and self.process.pid is not None
+        pid = self.process.pid
+        budget = None if limit is None else limit * repeat * len(images)
+        cpu0, wall0 = _cpu_seconds(pid), time.perf_counter()
         self.conn.send((images, repeat))
-        deadline = None if limit is None else time.perf_counter() + limit * repeat
         got: dict[int, Outcome] = {}
         while True:
-            left = None if deadline is None else max(0.0, deadline - time.perf_counter())
-            if not self.conn.poll(left):
-                self.stop(kill=True)
-                return got, None
+            if not self.conn.poll(None if budget is None else 0.25):
+                assert budget is not None
+                if (_cpu_seconds(pid) - cpu0 >= budget
+                        or time.perf_counter() - wall0 >= WALL_BACKSTOP * budget):
+                    self.stop(kill=True)
+                    return got, None
+                continue
             msg = self.conn.recv()
             if msg[0] == "done":
                 return got, msg[1]
@@ -349,7 +364,7 @@ def run_set(items: list[Item], runners: list[Runner], repeat: int, limit: float 
                     s.timed_out.append(it.name)
                     if it.group:
                         s.timeouts_by_group[it.group] = s.timeouts_by_group.get(it.group, 0) + 1
-                    print(f"  {r.name}: {it.name} ran past {limit:g} s: counted as all missed", flush=True)
+                    print(f"  {r.name}: {it.name} ran past {limit:g} CPU s: counted as all missed", flush=True)
                 if c50.fp or c50.fn:
                     on_miss(r.name, it.name, c50)
     return scores
@@ -532,8 +547,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--detectors", nargs="+", choices=DETECTORS, default=list(DETECTORS),
                     help="which detectors run (ours and raw animeface always do; default: all)")
     ap.add_argument("--picture-timeout", type=float, default=PICTURE_TIMEOUT_S, metavar="S",
-                    help="each detector's limit per picture, in seconds (default %(default)g; 0: none): a detection "
-                         "still running then is killed with its worker process and counts as all faces missed")
+                    help="each detector's limit per picture, in CPU seconds of its worker process (default "
+                         "%(default)g; 0: none; 20x that in wall time as a backstop): a detection still running "
+                         "then is killed with its worker process and counts as all faces missed")
     ap.add_argument("--no-write", action="store_true", help="print the tables, leave bench/RESULTS.md alone")
     args = ap.parse_args(argv)
 
@@ -616,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     load1 = os.getloadavg()[0]
     ours = {k: v for k, v in runners[0].describe().items() if k in ("search", "twostage", "face_filter")}
     subset = f" Only the first {args.limit} images of each set (`--limit`)." if args.limit else ""
-    timeout_note = (f"a picture still running after {limit:g} s is killed with its worker and counts as all its faces "
+    timeout_note = (f"a picture still running after {limit:g} CPU seconds of its worker is killed with its worker and counts as all its faces "
                     "missed, with the limit as its wall and CPU time (`timeouts`)." if limit else "no time limit per picture.")
     intro = (
         f"Run {started} on {platform.machine()} with {os.cpu_count()} CPU cores, Python {platform.python_version()}; "
