@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from facedetect.backends._nvxs import RawFace
-from facedetect.backends.proposals import Proposal, ProposalModel, grey, propose
+from facedetect.backends.proposals import CascadeProposer, Proposal, ProposalModel, grey, propose
 from facedetect.backends.scheme import WHEEL_SCALE_FACTOR, WHEEL_STEP, Placed, iou
 from facedetect.backends.verifier import Verdict, Verifier
 
@@ -82,6 +82,12 @@ class TwoStage:
     pool_threshold: float | None = None
     pool_nms_iou: float = 0.7
     pool_size: int = 64
+    # lbpcascade_animeface as a second proposal source (docs/detector-speed.md, "Real art"): its boxes with
+    # at least this many grouped hits and from ``cascade_min_size`` px (its box; ~30 px in the labels'
+    # convention) up join the HOG proposals, and the verifier's probability ranks them all before suppression
+    # and the cap. None, or without the verifier: HOG proposals alone.
+    cascade_neighbours: int | None = 3
+    cascade_min_size: int = 48
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.verifier_reject <= self.verifier_accept <= 1.0:
@@ -94,6 +100,8 @@ class TwoStage:
             raise ValueError("nms_iou and pool_nms_iou must be in (0, 1]")
         if self.pool_size < self.max_proposals:
             raise ValueError("pool_size must be at least max_proposals")
+        if self.cascade_neighbours is not None and self.cascade_neighbours < 1 or self.cascade_min_size < 16:
+            raise ValueError("cascade_neighbours must be >= 1 (or None) and cascade_min_size >= 16")
         if not self.confirm_faces or any(not 32.0 <= f <= 200.0 for f in self.confirm_faces):
             raise ValueError("confirm_faces must be one or more widths in [32, 200] px")
 
@@ -146,35 +154,45 @@ def confirm_at(raw: RawCall, rgb: np.ndarray, p: Proposal, params: TwoStage, fac
     return max(same, key=lambda q: q.face.likelihood) if same else None
 
 
-def propose_bounded(hog: cv2.HOGDescriptor, gray: np.ndarray, threshold: float, params: TwoStage) -> list[Proposal]:
-    """:func:`propose` on ``gray``, area-downscaled first when it has more than ``params.max_proposal_pixels``
+def bounded(search: Callable[[np.ndarray], list[Proposal]], gray: np.ndarray, params: TwoStage) -> list[Proposal]:
+    """``search`` on ``gray``, area-downscaled first when it has more than ``params.max_proposal_pixels``
     pixels; the boxes are mapped back to ``gray``'s pixels."""
     h, w = gray.shape[:2]
     if h * w <= params.max_proposal_pixels:
-        return propose(hog, gray, threshold, stride=params.stride, scale=params.scale)
+        return search(gray)
     f = (params.max_proposal_pixels / (h * w)) ** 0.5
     nw, nh = max(1, int(w * f)), max(1, int(h * f))
     small = cv2.resize(gray, (nw, nh), interpolation=cv2.INTER_AREA)
     sx, sy = w / nw, h / nh
-    return [
-        Proposal((p.box[0] * sx, p.box[1] * sy, p.box[2] * sx, p.box[3] * sy), p.score)
-        for p in propose(hog, small, threshold, stride=params.stride, scale=params.scale)
-    ]
+    return [Proposal((p.box[0] * sx, p.box[1] * sy, p.box[2] * sx, p.box[3] * sy), p.score) for p in search(small)]
+
+
+def propose_bounded(hog: cv2.HOGDescriptor, gray: np.ndarray, threshold: float, params: TwoStage) -> list[Proposal]:
+    """:func:`propose` on ``gray`` (downscaled first past ``params.max_proposal_pixels``, see :func:`bounded`)."""
+    return bounded(lambda g: propose(hog, g, threshold, stride=params.stride, scale=params.scale), gray, params)
 
 
 def ranked_proposals(
-    hog: cv2.HOGDescriptor, rgb: np.ndarray, threshold: float, params: TwoStage, verifier: Verifier | None
+    hog: cv2.HOGDescriptor, rgb: np.ndarray, threshold: float, params: TwoStage, verifier: Verifier | None,
+    cascade: CascadeProposer | None = None,
 ) -> tuple[list[Proposal], list[Verdict | None]]:
-    """The proposals the second stage judges, with the verifier's verdict on each (None without a verifier):
-    the best by HOG score after suppression, or, with ``params.pool_threshold`` set and a verifier, the best
-    by the verifier's probability out of a wider pool of windows."""
+    """The proposals the second stage judges, with the verifier's verdict on each (None without a verifier).
+    Without a verifier: the best by HOG score after suppression. With one, the pool it ranks (by its
+    probability, then suppression and the cap) is those HOG proposals, or with ``params.pool_threshold`` a
+    wider, lightly thinned pool of HOG windows; plus, with ``cascade``, the cascade's boxes."""
+    gray = grey(rgb)
     if verifier is None or params.pool_threshold is None:
-        candidates = suppress(propose_bounded(hog, grey(rgb), threshold, params), params.nms_iou, params.max_proposals)
-        if verifier is None or not candidates:
+        candidates = suppress(propose_bounded(hog, gray, threshold, params), params.nms_iou, params.max_proposals)
+        if verifier is None:
             return candidates, [None] * len(candidates)
-        return candidates, list(verifier.judge(rgb, [p.box for p in candidates]))
-    found = propose_bounded(hog, grey(rgb), params.pool_threshold, params)
-    pool = suppress(found, params.pool_nms_iou, params.pool_size)
+        if cascade is None:
+            return candidates, list(verifier.judge(rgb, [p.box for p in candidates])) if candidates else []
+        pool = candidates
+    else:
+        found = propose_bounded(hog, gray, params.pool_threshold, params)
+        pool = suppress(found, params.pool_nms_iou, params.pool_size)
+    if cascade is not None:
+        pool = pool + bounded(cascade.propose, gray, params)
     if not pool:
         return [], []
     scored = sorted(zip(pool, verifier.judge(rgb, [p.box for p in pool])), key=lambda pv: -pv[1].probability)
@@ -207,12 +225,13 @@ def animeface_convention(box: tuple[float, float, float, float], width: int, hei
 
 def search_twostage(
     raw: RawCall, hog: cv2.HOGDescriptor, model: ProposalModel, rgb: np.ndarray, params: TwoStage,
-    pool: Executor | None = None, verifier: Verifier | None = None,
+    pool: Executor | None = None, verifier: Verifier | None = None, cascade: CascadeProposer | None = None,
 ) -> tuple[list[Accepted], list[Placed], list[Proposal]]:
     """Faces the verifier accepted, faces animeface confirmed (``Placed``), and strong unconfirmed proposals
     (``Proposal``); no two of them the same face."""
     threshold = model.threshold if params.threshold is None else params.threshold
-    candidates, verdicts = ranked_proposals(hog, rgb, threshold, params, verifier if params.verifier else None)
+    candidates, verdicts = ranked_proposals(hog, rgb, threshold, params, verifier if params.verifier else None,
+                                            cascade if params.verifier else None)
     accepted_at = [v is not None and v.probability >= params.verifier_accept for v in verdicts]
     to_confirm = [p for p, v, a in zip(candidates, verdicts, accepted_at)
                   if not a and (v is None or v.probability >= params.verifier_reject)]
