@@ -80,9 +80,10 @@ def test_bad_twostage_options_are_a_400() -> None:
 
 def test_cascade_proposals_ship_with_their_licence_and_find_faces(first_tune_scenes) -> None:
     """lbpcascade_animeface, the second proposal source, ships in the package with its MIT notice; on the first
-    twelve scene-tune images its boxes (in the labels' convention, none under ~30 px) cover most faces of 30 px
-    and more at IoU 0.3 (measured when written: 27 of 30; floor 22, room for OpenCV's resampling and the
-    generator's JPEG decoding to move a borderline box), and a bad option is a 400."""
+    twelve scene-tune images its boxes (in the labels' convention, none under ~40 px at the default 64-px
+    cascade box) cover most faces of 40 px and more at IoU 0.3 (measured when written: 22 of 25; floor 18,
+    room for OpenCV's resampling and the generator's JPEG decoding to move a borderline box), and a bad
+    option is a 400."""
     head = CASCADE_PATH.read_text()[:600]
     assert "The MIT License" in head and "nagadomi" in head
     cascade = CascadeProposer(TwoStage.cascade_neighbours or 3, TwoStage.cascade_min_size)
@@ -91,10 +92,10 @@ def test_cascade_proposals_ship_with_their_licence_and_find_faces(first_tune_sce
         found = cascade.propose(grey(np.asarray(image)))
         assert all(p.box[2] - p.box[0] >= 0.6 * TwoStage.cascade_min_size for p in found)
         for box in truth:
-            if box[2] - box[0] >= 30:
+            if box[2] - box[0] >= 40:
                 faces += 1
                 covered += any(iou(p.box, box) >= 0.3 for p in found)
-    assert faces == 30 and covered >= 22, f"cascade boxes cover {covered} of {faces} faces"
+    assert faces == 25 and covered >= 18, f"cascade boxes cover {covered} of {faces} faces"
     assert cascade.propose(np.zeros((20, 20), np.uint8)) == []
     with pytest.raises(BackendUnavailable) as err:
         create_detector("animeface", twostage={"cascade_neighbours": 0})

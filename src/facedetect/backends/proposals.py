@@ -104,7 +104,7 @@ class CascadeProposer:
     source: OpenCV's cascade on the histogram-equalised grey image, each box with at least ``min_neighbours``
     grouped hits, mapped to the labels' convention. Faces from ``min_size`` px (the cascade's box) up: the
     image is area-downscaled by ``CASCADE_WINDOW / min_size`` first, so the cascade's 24-px window covers them
-    at a fraction of the cost (at 48 px, a quarter of the pixels). Safe to call from several threads (OpenCV's
+    at a fraction of the cost (at 64 px, a seventh of the pixels). Safe to call from several threads (OpenCV's
     cascade object is not, so calls are serialised)."""
 
     def __init__(self, min_neighbours: int, min_size: int, path: Path = CASCADE_PATH):

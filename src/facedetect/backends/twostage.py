@@ -83,11 +83,11 @@ class TwoStage:
     pool_nms_iou: float = 0.7
     pool_size: int = 64
     # lbpcascade_animeface as a second proposal source (docs/detector-speed.md, "Real art"): its boxes with
-    # at least this many grouped hits and from ``cascade_min_size`` px (its box; ~30 px in the labels'
+    # at least this many grouped hits and from ``cascade_min_size`` px (its box; ~40 px in the labels'
     # convention) up join the HOG proposals, and the verifier's probability ranks them all before suppression
     # and the cap. None, or without the verifier: HOG proposals alone.
     cascade_neighbours: int | None = 3
-    cascade_min_size: int = 48
+    cascade_min_size: int = 64
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.verifier_reject <= self.verifier_accept <= 1.0:
