@@ -18,8 +18,7 @@ in the ``timeouts`` column and the per-source cells. Raw animeface has run for o
 page.
 
 * ours: ``create_detector("animeface")``, the default two-stage mode: HOG proposals (a classifier trained on
-  scene-tune by bench/train_proposals.py) and lbpcascade_animeface's boxes from 64 px (the cascade's use and
-  size chosen on realart-tune by bench/twostage_cv.py), sorted by the proposal verifier (a small network trained on
+  scene-tune by bench/train_proposals.py), sorted by the proposal verifier (a small network trained on
   scene-tune by bench/train_verifier.py: dropped, kept, or left to animeface to confirm on a small crop),
   then the face filter (docs/detector-speed.md);
 * the two-stage mode without the verifier (``twostage={"verifier": False}``, the previous default): animeface
@@ -103,8 +102,7 @@ TEST_NOTE = (
 )
 REALART_TUNE_NOTE = (
     "Pictures by many artists from public repositories (bench/realart/tune.json: manga pages, screenshots, line "
-    "art, sketches, crowds, pictures with no face), hand-labelled. **In-sample** for ours: whether and from which "
-    "size the cascade proposes was chosen on it (docs/detector-speed.md); the split to train and choose "
+    "art, sketches, crowds, pictures with no face), hand-labelled. **In-sample**: the split to train and choose "
     "parameters on (docs/realart.md says what was chosen on it); report real-art quality on realart-test. Split by "
     "source: no repository of the test set is here."
 )
@@ -112,8 +110,8 @@ REALART_TEST_NOTE = (
     "Pictures from other public repositories than realart-tune's (bench/realart/test.json), hand-labelled the "
     "same way. **Out-of-sample** for every detector: choose nothing on it."
 )
-OURS = ("ours: animeface two-stage (default; HOG proposals and lbpcascade's boxes, ranked by the verifier trained on "
-        "scene-tune, animeface confirms the undecided, face filter)")
+OURS = ("ours: animeface two-stage (default; HOG proposals and their verifier trained on scene-tune, animeface "
+        "confirms the undecided, face filter)")
 PREVIOUS = "animeface two-stage without the verifier (previous default; animeface confirms every proposal)"
 FAST = "animeface fast scheme (default before the two-stage mode; passes + vote, face filter)"
 RAW = "animeface raw, full resolution"
