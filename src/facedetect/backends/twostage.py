@@ -85,8 +85,9 @@ class TwoStage:
     # lbpcascade_animeface as a second proposal source (docs/detector-speed.md, "Real art"): its boxes with
     # at least this many grouped hits and from ``cascade_min_size`` px (its box; ~40 px in the labels'
     # convention) up join the HOG proposals, and the verifier's probability ranks them all before suppression
-    # and the cap. None, or without the verifier: HOG proposals alone.
-    cascade_neighbours: int | None = 3
+    # and the cap. None (the default: see docs/detector-speed.md, "Real art", for the hang that keeps it
+    # off), or without the verifier: HOG proposals alone.
+    cascade_neighbours: int | None = None
     cascade_min_size: int = 64
 
     def __post_init__(self) -> None:
