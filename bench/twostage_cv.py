@@ -37,7 +37,7 @@ from metrics import Counts, match  # noqa: E402
 from facedetect.backends import create_detector  # noqa: E402
 from facedetect.backends._nvxs import NvxsLibrary  # noqa: E402
 from facedetect.backends.facefilter import FaceFilter  # noqa: E402
-from facedetect.backends.proposals import Proposal, default_model, grey  # noqa: E402
+from facedetect.backends.proposals import CASCADE_BOX_SCALE, Proposal, default_model, grey  # noqa: E402
 from facedetect.backends.scheme import iou  # noqa: E402
 from facedetect.backends.twostage import TwoStage, animeface_convention, confirm, propose_bounded, suppress  # noqa: E402
 from facedetect.backends.verifier import Verifier  # noqa: E402
@@ -155,7 +155,6 @@ class Policy:
 
 
 FILTER_THRESHOLD = 0.0  # set from the committed model in main()
-CASCADE_SCALE = 0.633  # the scene-tune calibration's scale (collect prints it): calibrated width / cascade width
 
 
 def chosen(p: Picture, pol: Policy) -> list[int]:
@@ -170,7 +169,7 @@ def chosen(p: Picture, pol: Policy) -> list[int]:
             pool = [i for i, w in enumerate(ws) if w.hog is not None and w.hog >= pol.hog_floor]
         if "cascade" in pol.pool:
             pool += [i for i, w in enumerate(ws) if w.neighbours >= pol.neighbours and w.hog is None
-                     and (w.box[2] - w.box[0]) / CASCADE_SCALE >= pol.cascade_min]
+                     and (w.box[2] - w.box[0]) / CASCADE_BOX_SCALE >= pol.cascade_min]
 
         def key(i: int) -> float:
             if pol.rank == "verifier":
