@@ -9,7 +9,13 @@ repositories, hand-labelled, split by source): *realart-tune* and *realart-test*
 source. The real-art tables go to their own section of RESULTS.md ("detect-realart"), so a run of those sets
 alone leaves the other tables as they are.
 
-Detectors, each image run by every detector in turn before the next image (so load spikes hit them alike):
+Detectors, each image run by every detector in turn before the next image (so load spikes hit them alike).
+Each runs in a worker process of its own, and each picture has a time limit (``--picture-timeout``, 60 CPU
+seconds of the worker by default, so that the load of a shared machine does not decide it; 20 times that in
+wall time as a backstop): a detection still running then is killed with its worker (the next picture starts
+a new one, which warms up again) and counts as every face of the picture missed, with the limit as its time,
+in the ``timeouts`` column and the per-source cells. Raw animeface has run for over 20 minutes on one manga
+page.
 
 * ours: ``create_detector("animeface")``, the default two-stage mode: HOG proposals (a classifier trained on
   scene-tune by bench/train_proposals.py), sorted by the proposal verifier (a small network trained on
@@ -32,7 +38,8 @@ workers, each worker thread's own CPU time), throughput (elapsed / images) and t
 used (its configured parallelism; ``CPU/wall`` says how much of it was used).
 
     .venv/bin/python bench/detect.py [--art DIR] [--bench-data DIR] [--scenes DIR] [--realart DIR] [--sets ...]
-                                     [--limit N] [--repeat N] [--no-write]
+                                     [--limit N] [--repeat N] [--detectors ...] [--picture-timeout S]
+                                     [--no-write]
 
 Writes the "detect" section of bench/RESULTS.md (and "detect-realart" for the real-art sets).
 """
@@ -42,6 +49,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import multiprocessing as mp
 import os
 import platform
 import sys
@@ -49,7 +57,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
 import cv2
 from PIL import Image
@@ -103,6 +114,16 @@ OURS = ("ours: animeface two-stage (default; HOG proposals and their verifier tr
         "confirms the undecided, face filter)")
 PREVIOUS = "animeface two-stage without the verifier (previous default; animeface confirms every proposal)"
 FAST = "animeface fast scheme (default before the two-stage mode; passes + vote, face filter)"
+RAW = "animeface raw, full resolution"
+RAW_PAIR = "animeface raw x2 workers (two images at once)"
+PICTURE_TIMEOUT_S = 60.0  # CPU seconds a detector may spend on one picture
+WALL_BACKSTOP = 20  # ... or this many times that in wall time (a worker stuck without using the CPU)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid``, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 Box = tuple[float, float, float, float]
 Boxes = list[tuple[Box, float]]
@@ -126,6 +147,8 @@ class Score:
     cpu: list[float] = field(default_factory=list)
     elapsed: float = 0.0
     by_group: dict[str, Counts] = field(default_factory=dict)  # @.5, per Item.group
+    timed_out: list[str] = field(default_factory=list)  # pictures that ran past the time limit
+    timeouts_by_group: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -142,112 +165,206 @@ class Calibration:
 
 
 @dataclass
+class Outcome:
+    """One picture as one detector saw it: its boxes, its wall and CPU seconds, or a timeout (no boxes)."""
+
+    boxes: Boxes
+    wall: float
+    cpu: float
+    timed_out: bool = False
+
+
+def _serve(backend: str, options: dict[str, Any], pair: bool, conn: Connection) -> None:
+    """A runner's worker process: build and load its detector, then answer ``(images, repeat)`` requests with
+    ``(index, boxes, wall, cpu)`` per image as each finishes and ``("done", elapsed)`` after the last (best of
+    ``repeat``; CPU is the process's time alone, a thread's own in pair mode), until it receives ``None``."""
+    det = create_detector(backend, **options)
+    det.load()
+    pool = ThreadPoolExecutor(2, thread_name_prefix="raw-pair") if pair else None
+    clock = time.thread_time if pair else time.process_time
+
+    def one(image: Image.Image) -> tuple[Boxes, float, float]:
+        w0, c0 = time.perf_counter(), clock()
+        found = [(d.bbox, d.confidence) for d in det.detect(image)]
+        return found, time.perf_counter() - w0, clock() - c0
+
+    conn.send("ready")
+    while (request := conn.recv()) is not None:
+        images, repeat = request
+        best: dict[int, tuple[Boxes, float, float]] = {}
+        elapsed = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            if pool is not None:
+                outs = list(pool.map(one, images))
+            else:
+                outs = [one(image) for image in images]
+            elapsed = min(elapsed, time.perf_counter() - t0)
+            for i, out in enumerate(outs):
+                if i not in best or out[1] < best[i][1]:
+                    best[i] = out
+        for i, (found, wall, cpu) in sorted(best.items()):
+            conn.send((i, found, wall, cpu))
+        conn.send(("done", elapsed))
+
+
+@dataclass
 class Runner:
-    """A detector as the benchmark runs it: alone, or two images at once (``pair``)."""
+    """A detector as the benchmark runs it, in a worker process of its own (killed and started afresh when a
+    picture runs past the time limit): one image at a time, or two at once on two threads (``pair``)."""
 
     name: str
-    det: Detector
+    backend: str
+    options: dict[str, Any]
     threads: int
     pair: bool = False
     calibration: Calibration | None = None
-    pool: ThreadPoolExecutor | None = None
+    process: BaseProcess | None = None
+    conn: Connection | None = None
+    warm: bool = False
 
-    def boxes(self, image: Image.Image) -> Boxes:
-        cal = self.calibration
-        return [((cal.apply(d.bbox) if cal else d.bbox), d.confidence) for d in self.det.detect(image)]
+    def describe(self) -> dict[str, Any]:
+        return create_detector(self.backend, **self.options).describe()
+
+    def start(self) -> None:
+        ctx = mp.get_context("spawn")  # the detectors run thread pools: never fork a process holding them
+        here, there = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, args=(self.backend, self.options, self.pair, there),
+                                   name=f"detector {self.name}", daemon=True)
+        self.process.start()
+        there.close()
+        self.conn = here
+        if here.recv() != "ready":
+            raise RuntimeError(f"{self.name}: the worker did not start")
+        self.warm = False
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.process is None or self.conn is None:
+            return
+        if kill:
+            self.process.kill()
+        else:
+            try:
+                self.conn.send(None)
+            except OSError:
+                self.process.kill()
+        self.process.join()
+        self.conn.close()
+        self.process = self.conn = None
+
+    def _ask(self, images: list[Image.Image], repeat: int, limit: float | None) -> tuple[dict[int, Outcome], float | None]:
+        """Send one request; collect what comes back before the worker has spent ``limit`` CPU seconds per
+        picture (times ``repeat``) on it, or ``WALL_BACKSTOP`` times that in wall time. On a timeout the worker
+        is killed (the next request starts a new one) and the elapsed time is None."""
+        assert self.conn is not None and self.process is not None and self.process.pid is not None
+        pid = self.process.pid
+        budget = None if limit is None else limit * repeat * len(images)
+        cpu0, wall0 = _cpu_seconds(pid), time.perf_counter()
+        self.conn.send((images, repeat))
+        got: dict[int, Outcome] = {}
+        while True:
+            if not self.conn.poll(None if budget is None else 0.25):
+                assert budget is not None
+                if (_cpu_seconds(pid) - cpu0 >= budget
+                        or time.perf_counter() - wall0 >= WALL_BACKSTOP * budget):
+                    self.stop(kill=True)
+                    return got, None
+                continue
+            msg = self.conn.recv()
+            if msg[0] == "done":
+                return got, msg[1]
+            i, found, wall, cpu = msg
+            cal = self.calibration
+            got[i] = Outcome([((cal.apply(b) if cal else b), c) for b, c in found], wall, cpu)
+
+    def detect(self, images: list[Image.Image], repeat: int, limit: float | None) -> tuple[list[Outcome], float]:
+        """Each image's outcome (a timed-out one: no boxes, the limit as its wall and CPU time) and the elapsed
+        wall time of the request (the pair's, for a pair runner). A fresh worker first warms its caches and
+        thread pools on the first image, under the same limit; a warm-up past it times the pictures out."""
+        if self.process is None:
+            self.start()
+        if not self.warm:
+            warmed, _ = self._ask(images[:1], 1, limit)
+            if not warmed:
+                timeout = limit if limit is not None else 0.0
+                return [Outcome([], timeout, timeout, timed_out=True) for _ in images], timeout * len(images)
+            self.warm = True
+        got, elapsed = self._ask(images, repeat, limit)
+        timeout = limit if limit is not None else 0.0
+        outcomes = [got.get(i) or Outcome([], timeout, timeout, timed_out=True) for i in range(len(images))]
+        if elapsed is None:
+            elapsed = timeout if self.pair else sum(o.wall for o in outcomes)
+        elif not self.pair:
+            elapsed = sum(o.wall for o in outcomes)
+        return outcomes, elapsed
 
 
-def timed_one(run: Runner, image: Image.Image, repeat: int) -> tuple[Boxes, float, float]:
-    """Detections and the best-of-``repeat`` wall and CPU (process) seconds of one image alone."""
-    best_wall = best_cpu = float("inf")
-    found: Boxes = []
-    for _ in range(repeat):
-        w0, c0 = time.perf_counter(), time.process_time()
-        found = run.boxes(image)
-        best_wall = min(best_wall, time.perf_counter() - w0)
-        best_cpu = min(best_cpu, time.process_time() - c0)
-    return found, best_wall, best_cpu
+# --detectors: the short name of each runner build_runners makes (ours and raw animeface always run: every
+# verdict compares with raw, and the tables' first row is ours).
+DETECTORS = ("ours", "previous", "fast", "raw", "raw-x2", "lbpcascade")
 
 
-def timed_pair(run: Runner, images: list[Image.Image], repeat: int) -> tuple[list[Boxes], list[float], list[float], float]:
-    """Up to two images detected at once on ``run.pool``: each one's boxes, own wall and own thread CPU
-    seconds, and the elapsed time of the pair (best of ``repeat``)."""
-    assert run.pool is not None
+def build_runners(bench_data: Path, calibration: Calibration | None, chosen: tuple[str, ...] = DETECTORS) -> list[Runner]:
+    def threads(options: dict[str, Any]) -> int:
+        return int(create_detector("animeface", **options).describe()["search"].get("threads", 1))
 
-    def one(image: Image.Image) -> tuple[Boxes, float, float]:
-        w0, c0 = time.perf_counter(), time.thread_time()
-        found = run.boxes(image)
-        return found, time.perf_counter() - w0, time.thread_time() - c0
-
-    best: tuple[list[Boxes], list[float], list[float], float] | None = None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        outs = list(run.pool.map(one, images))
-        elapsed = time.perf_counter() - t0
-        if best is None or elapsed < best[3]:
-            best = ([o[0] for o in outs], [o[1] for o in outs], [o[2] for o in outs], elapsed)
-    assert best is not None
-    return best
-
-
-def build_runners(bench_data: Path, calibration: Calibration | None) -> list[Runner]:
-    ours = create_detector("animeface")
-    runners = [Runner(OURS, ours, int(ours.describe()["search"].get("threads", 1)))]
-    previous = create_detector("animeface", twostage={"verifier": False})
-    runners.append(Runner(PREVIOUS, previous, int(previous.describe()["search"].get("threads", 1))))
-    fast = create_detector("animeface", mode="fast")
-    runners.append(Runner(FAST, fast, int(fast.describe()["search"].get("threads", 1))))
-    raw = create_detector("animeface", mode="full")
-    runners.append(Runner("animeface raw, full resolution", raw, 1))
-    runners.append(Runner("animeface raw x2 workers (two images at once)", create_detector("animeface", mode="full"), 2,
-                          pair=True, pool=ThreadPoolExecutor(2, thread_name_prefix="raw-pair")))
+    wanted = {"ours", "raw", *chosen}
+    runners = [
+        Runner(OURS, "animeface", {}, threads({})),
+        Runner(PREVIOUS, "animeface", {"twostage": {"verifier": False}}, threads({"twostage": {"verifier": False}})),
+        Runner(FAST, "animeface", {"mode": "fast"}, threads({"mode": "fast"})),
+        Runner(RAW, "animeface", {"mode": "full"}, 1),
+        Runner(RAW_PAIR, "animeface", {"mode": "full"}, 2, pair=True),
+    ]
+    runners = [r for r, key in zip(runners, DETECTORS) if key in wanted]
     xml = bench_data / "peers" / "lbpcascade_animeface.xml"
-    if xml.exists():
+    if "lbpcascade" in wanted and xml.exists():
         cal = calibration or Calibration()
         label = f"box x{cal.scale:.2f}, dy {cal.dy:+.2f}" if calibration else "uncalibrated boxes"
         runners.append(Runner(
-            f"lbpcascade_animeface (1.1, 5, 24 px, equalised; {label})",
-            create_detector("cascade", model_path=str(xml), scale_factor=1.1, min_neighbors=5, min_size=24, equalize=True),
+            f"lbpcascade_animeface (1.1, 5, 24 px, equalised; {label})", "cascade",
+            {"model_path": str(xml), "scale_factor": 1.1, "min_neighbors": 5, "min_size": 24, "equalize": True},
             cv2.getNumThreads(), calibration=cal,
         ))
-    else:
+    elif "lbpcascade" in wanted:
         print(f"lbpcascade peer skipped: {xml} not found")
     for r in runners:
-        r.det.load()
+        r.start()
     return runners
 
 
-def run_set(items: list[Item], runners: list[Runner], repeat: int, on_miss: Callable[[str, str, Counts], None]) -> dict[str, Score]:
-    """Every runner on every item, interleaved: images go two at a time so the x2 runner has its pair."""
+def run_set(items: list[Item], runners: list[Runner], repeat: int, limit: float | None,
+            on_miss: Callable[[str, str, Counts], None]) -> dict[str, Score]:
+    """Every runner on every item, interleaved: images go two at a time so the x2 runner has its pair. A picture
+    past ``limit`` seconds counts as every face missed and no false positive."""
     scores = {r.name: Score() for r in runners}
-    warm: set[str] = set()
     for start in range(0, len(items), 2):
         batch = items[start:start + 2]
         images = [it.load() for it in batch]
         for r in runners:
-            if r.name not in warm:  # first call: warm caches and thread pools
-                r.boxes(images[0])
-                warm.add(r.name)
             s = scores[r.name]
             if r.pair:
-                found, walls, cpus, elapsed = timed_pair(r, images, repeat)
-                s.elapsed += elapsed
+                outcomes, elapsed = r.detect(images, repeat, limit)
             else:
-                found, walls, cpus = [], [], []
+                outcomes, elapsed = [], 0.0
                 for image in images:
-                    f, w, c = timed_one(r, image, repeat)
-                    found.append(f)
-                    walls.append(w)
-                    cpus.append(c)
-                s.elapsed += sum(walls)
-            for it, f, w, c in zip(batch, found, walls, cpus):
-                c50 = match(f, it.truth, 0.5)
+                    (outcome,), took = r.detect([image], repeat, limit)
+                    outcomes.append(outcome)
+                    elapsed += took
+            s.elapsed += elapsed
+            for it, o in zip(batch, outcomes):
+                c50 = match(o.boxes, it.truth, 0.5)
                 s.at50 += c50
                 if it.group:
                     s.by_group[it.group] = s.by_group.get(it.group, Counts()) + c50
-                s.at30 += match(f, it.truth, 0.3)
-                s.wall.append(w)
-                s.cpu.append(c)
+                s.at30 += match(o.boxes, it.truth, 0.3)
+                s.wall.append(o.wall)
+                s.cpu.append(o.cpu)
+                if o.timed_out:
+                    s.timed_out.append(it.name)
+                    if it.group:
+                        s.timeouts_by_group[it.group] = s.timeouts_by_group.get(it.group, 0) + 1
+                    print(f"  {r.name}: {it.name} ran past {limit:g} CPU s: counted as all missed", flush=True)
                 if c50.fp or c50.fn:
                     on_miss(r.name, it.name, c50)
     return scores
@@ -264,23 +381,23 @@ def render(title: str, unit: str, scores: dict[str, Score], runners: list[Runner
             f"{s.at30.recall:.3f}", f"{s.at30.precision:.3f}", f"{s.at30.f1:.3f}",
             f"**{p50w:.3f}**", f"{max(s.wall):.3f}", f"{p50c:.3f}", f"{s.elapsed / len(s.wall):.3f}",
             f"{by_name[name].threads}", f"{p50c / p50w:.2f}" if p50w > 0 else "-",
-            f"{s.at50.tp}/{s.at50.fp}/{s.at50.fn}",
+            f"{s.at50.tp}/{s.at50.fp}/{s.at50.fn}", f"{len(s.timed_out)}",
         ])
     headers = [
         "detector", "R@.5", "P@.5", "F1@.5", "R@.3", "P@.3", "F1@.3",
         f"p50 s/{unit}", f"max s/{unit}", f"CPU p50 s/{unit}", f"throughput s/{unit}", "threads", "CPU/wall p50",
-        "TP/FP/FN @.5",
+        "TP/FP/FN @.5", "timeouts",
     ]
     return f"### {title}\n\n{note}\n\n" + table(headers, rows)
 
 
 def verdict(scores: dict[str, Score], name: str | None = None) -> str:
     names = list(scores)
-    ours, raw = scores[name or names[0]], scores["animeface raw, full resolution"]
+    ours, raw = scores[name or names[0]], scores[RAW]
     f1 = ours.at50.f1
     ratio = percentile(ours.wall, 50) / percentile(raw.wall, 50)
     cpu_ok = percentile(ours.cpu, 50) <= percentile(raw.cpu, 50)
-    pair = scores.get("animeface raw x2 workers (two images at once)")
+    pair = scores.get(RAW_PAIR)
     thr = f"; throughput {ours.elapsed / pair.elapsed:.2f}x raw x2's" if pair and pair.elapsed else ""
     return (
         f"Goal F1@.5 ≥ {TARGET_F1}, p50 ≤ {TARGET_RATIO}x raw animeface's, CPU p50 ≤ raw's: {name or 'ours'} F1 {f1:.3f} "
@@ -295,7 +412,7 @@ REALART_F1, REALART_RECALL, REALART_RATIO = 0.90, 0.85, 1.0
 
 def realart_verdict(scores: dict[str, Score], name: str | None = None) -> str:
     """The real-art goal: F1@.5 and recall@.5 bars, p50 wall no slower than raw animeface's in the same run."""
-    ours, raw = scores[name or next(iter(scores))], scores["animeface raw, full resolution"]
+    ours, raw = scores[name or next(iter(scores))], scores[RAW]
     f1, recall = ours.at50.f1, ours.at50.recall
     ratio = percentile(ours.wall, 50) / percentile(raw.wall, 50)
     return (
@@ -315,10 +432,10 @@ def by_source(title: str, scores: dict[str, Score]) -> str:
     """F1@.5 and recall@.5 of every detector on each source of a real-art set (TP/FP/FN under it)."""
     def short(name: str) -> str:
         return {OURS: "ours", PREVIOUS: "two-stage, no verifier", FAST: "fast scheme",
-                "animeface raw, full resolution": "raw animeface"}.get(name, "lbpcascade" if name.startswith("lbpcascade") else name)
+                RAW: "raw animeface"}.get(name, "lbpcascade" if name.startswith("lbpcascade") else name)
 
     # raw x2 finds what raw finds (the same call, two at a time): one column for both
-    names = [n for n in scores if not n.startswith("animeface raw x2")]
+    names = [n for n in scores if n != RAW_PAIR]
     groups = sorted({g for s in scores.values() for g in s.by_group}, key=str.lower)
     headers = ["source", *map(short, names)]
     rows = []
@@ -326,9 +443,11 @@ def by_source(title: str, scores: dict[str, Score]) -> str:
         cells = []
         for n in names:
             c = scores[n].by_group.get(g, Counts())
-            cells.append(f"F1 {c.f1:.2f}, R {c.recall:.2f} ({c.tp}/{c.fp}/{c.fn})")
+            late = scores[n].timeouts_by_group.get(g, 0)
+            cells.append(f"F1 {c.f1:.2f}, R {c.recall:.2f} ({c.tp}/{c.fp}/{c.fn})" + (f", {late} timed out" if late else ""))
         rows.append([g, *cells])
-    return f"#### {title}: by source (F1@.5, recall@.5, TP/FP/FN)\n\n" + table(headers, rows)
+    return (f"#### {title}: by source (F1@.5, recall@.5, TP/FP/FN; a picture past the time limit counts as all "
+            "missed)\n\n" + table(headers, rows))
 
 
 def side_by_side(summary: dict[str, dict[str, Score]]) -> str:
@@ -425,6 +544,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
     ap.add_argument("--limit", type=int, default=None, help="only the first N images of each set (quick looks)")
     ap.add_argument("--repeat", type=int, default=1, help="time each image N times, keep the best (default 1)")
+    ap.add_argument("--detectors", nargs="+", choices=DETECTORS, default=list(DETECTORS),
+                    help="which detectors run (ours and raw animeface always do; default: all)")
+    ap.add_argument("--picture-timeout", type=float, default=PICTURE_TIMEOUT_S, metavar="S",
+                    help="each detector's limit per picture, in CPU seconds of its worker process (default "
+                         "%(default)g; 0: none; 20x that in wall time as a backstop): a detection still running "
+                         "then is killed with its worker process and counts as all faces missed")
     ap.add_argument("--no-write", action="store_true", help="print the tables, leave bench/RESULTS.md alone")
     args = ap.parse_args(argv)
 
@@ -461,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
             if (d / "labels.json").exists():
                 items = realart_items(d)
                 n = len(limited(items, args.limit))
-                sources = len({it.group for it in items})
+                sources = len({it.group for it in limited(items, args.limit)})
                 sets[key] = (f"{key} ({n} pictures from {sources} sources, bench/realart.py; time per image)",
                              "image", items, note)
             else:
@@ -478,7 +603,8 @@ def main(argv: list[str] | None = None) -> int:
         cascade.load()
         calibration = calibrate(cascade, scene_items(tune_dir))
         print(f"lbpcascade calibration on scene-tune: scale {calibration.scale:.3f}, dy {calibration.dy:+.3f}")
-    runners = build_runners(args.bench_data, calibration)
+    limit = args.picture_timeout or None
+    runners = build_runners(args.bench_data, calibration, tuple(args.detectors))
     misses: list[str] = []
 
     def note_miss(det: str, item: str, c: Counts) -> None:
@@ -491,21 +617,23 @@ def main(argv: list[str] | None = None) -> int:
     for key, (title, unit, items, note) in sets.items():
         print(f"{key}: {len(limited(items, args.limit))} items ...", flush=True)
         # Per-image errors are listed for the small hand-labelled sets; the scene sets have hundreds.
-        scores = run_set(limited(items, args.limit), runners, args.repeat,
+        scores = run_set(limited(items, args.limit), runners, args.repeat, limit,
                          note_miss if key in ("renpy", "grid") else lambda *_: None)
         out, into = (realart_sections, realart_summary) if key in REALART_SETS else (sections, summary)
         into[key] = scores
         first = len(out)
         out.append(render(title, unit, scores, runners, note))
         if key in REALART_SETS:
-            out.extend(realart_verdict(scores, n) for n in (None, PREVIOUS, FAST))
+            out.extend(realart_verdict(scores, n) for n in (None, PREVIOUS, FAST) if n is None or n in scores)
             out.append(by_source(key, scores))
         else:
-            out.extend(verdict(scores, n) for n in (None, PREVIOUS, FAST))
+            out.extend(verdict(scores, n) for n in (None, PREVIOUS, FAST) if n is None or n in scores)
         print("\n\n".join(out[first:]) + "\n", flush=True)
     load1 = os.getloadavg()[0]
-    ours = {k: v for k, v in runners[0].det.describe().items() if k in ("search", "twostage", "face_filter")}
+    ours = {k: v for k, v in runners[0].describe().items() if k in ("search", "twostage", "face_filter")}
     subset = f" Only the first {args.limit} images of each set (`--limit`)." if args.limit else ""
+    timeout_note = (f"a picture still running after {limit:g} CPU seconds of its worker is killed with its worker and counts as all its faces "
+                    "missed, with the limit as its wall and CPU time (`timeouts`)." if limit else "no time limit per picture.")
     intro = (
         f"Run {started} on {platform.machine()} with {os.cpu_count()} CPU cores, Python {platform.python_version()}; "
         f"load average {load0:.1f} at start, {load1:.1f} at end (wall times above 2 cores' worth of load are "
@@ -513,7 +641,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Best of {args.repeat} timing(s) per image. Matching: greedy by confidence (bench/metrics.py). "
         f"Our default's parameters: `{json.dumps(ours, sort_keys=True)}` (docs/detector-speed.md). "
         "Goal (on scene-test): F1@.5 ≥ 0.97, p50 wall ≤ 0.33x raw animeface's in the same run, CPU p50 ≤ raw's. "
-        "`threads`: the detector's configured parallelism; `CPU/wall p50`: how much of it was used." + subset
+        "`threads`: the detector's configured parallelism; `CPU/wall p50`: how much of it was used. Each detector "
+        f"runs in a worker process of its own; {timeout_note} " + subset
     )
     md = "\n\n".join([
         "## Face detection (bench/detect.py)",
@@ -538,8 +667,7 @@ def main(argv: list[str] | None = None) -> int:
             write_section("detect-realart", realart_md)
             print("\nwritten to bench/RESULTS.md (section 'detect-realart')")
     for r in runners:
-        if r.pool is not None:
-            r.pool.shutdown()
+        r.stop()
     return 0
 
 

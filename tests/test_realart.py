@@ -231,3 +231,29 @@ def test_detect_benchmark_reads_an_assembled_split(source, tmp_path: Path, capsy
     score = detect.Score(by_group={REPO: Counts(tp=1, fp=1, fn=0)})
     rendered = detect.by_source("realart-tune", {detect.OURS: score})
     assert f"| {REPO} | F1 0.67, R 1.00 (1/1/0) |" in rendered and "| source | ours |" in rendered
+
+
+def test_detect_benchmark_counts_a_picture_past_its_time_limit_as_missed() -> None:
+    """bench/detect.py runs each detector in a worker process with a time limit per picture: a detection still
+    running at the limit is killed and counts as every face missed (in `timeouts` and the per-source cell),
+    and the next picture gets a fresh worker that answers."""
+    import numpy as np
+
+    import detect
+
+    # Raw animeface searches every window of a 9-Mpx picture: seconds of work, far past a 0.2 s limit.
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (3000, 3000, 3), dtype=np.uint8))
+    small = Image.new("RGB", (64, 64), "white")
+    items = [detect.Item("huge.png", lambda: noise, [[10, 10, 60, 60]], REPO),
+             detect.Item("small.png", lambda: small, [], REPO)]
+    runner = detect.Runner(detect.RAW, "animeface", {"mode": "full"}, 1)
+    try:
+        scores = detect.run_set(items, [runner], 1, 0.2, lambda *_: None)
+        score = scores[detect.RAW]
+        assert score.timed_out == ["huge.png"] and score.timeouts_by_group == {REPO: 1}
+        assert score.at50 == detect.Counts(tp=0, fp=0, fn=1) and score.wall[0] == 0.2
+        assert runner.process is not None and runner.process.is_alive(), "a fresh worker answered the next picture"
+        assert "1 timed out" in detect.by_source("realart-tune", scores)
+    finally:
+        runner.stop()
+    assert runner.process is None

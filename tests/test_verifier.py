@@ -32,6 +32,7 @@ from facedetect.backends.twostage import (
     TwoStage,
     animeface_convention,
     propose_bounded,
+    ranked_proposals,
     suppress,
 )
 from facedetect.backends.verifier import (
@@ -126,6 +127,27 @@ def test_accepts_faces_and_drops_background(tune_scenes) -> None:
     assert boxes_hit >= MIN_BOXES, f"{boxes_hit} accepted boxes at IoU >= 0.5 (floor {MIN_BOXES})"
     assert dropped >= MIN_DROPPED_SHARE * background, f"{dropped} of {background} background windows dropped"
     assert background_accepted <= MAX_BACKGROUND_ACCEPTED
+
+
+def test_a_wider_pool_ranked_by_the_verifier(tune_scenes) -> None:
+    """With ``pool_threshold`` the verifier ranks a wider pool: at most ``max_proposals`` windows, best
+    probability first, none overlapping another at ``nms_iou``, and no face the HOG-ranked proposals hold
+    (IoU >= 0.3) lost on these scenes; without a verifier the HOG score ranks, as before."""
+    verifier, hog = Verifier(), default_model().detector()
+    wide, plain = TwoStage(pool_threshold=-0.5), TwoStage()
+    covered_plain = covered_wide = 0
+    for rgb, truth in tune_scenes:
+        candidates, verdicts = ranked_proposals(hog, rgb, 0.3, wide, verifier)
+        probabilities = [v.probability for v in verdicts]
+        assert len(candidates) <= wide.max_proposals and probabilities == sorted(probabilities, reverse=True)
+        assert all(iou(a.box, b.box) < wide.nms_iou for i, a in enumerate(candidates) for b in candidates[i + 1:])
+        by_hog, none = ranked_proposals(hog, rgb, 0.3, plain, None)
+        assert none == [None] * len(by_hog)
+        covered_plain += sum(any(iou(p.box, f) >= 0.3 for p in by_hog) for f in truth)
+        covered_wide += sum(any(iou(p.box, f) >= 0.3 for p in candidates) for f in truth)
+    assert covered_wide >= covered_plain >= 28
+    with pytest.raises(Exception, match="pool_size"):
+        create_detector("animeface", twostage={"pool_threshold": -0.5, "pool_size": 8})
 
 
 def test_judging_from_two_threads_gives_the_same_answers(tune_scenes) -> None:

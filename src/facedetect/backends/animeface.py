@@ -14,7 +14,7 @@ from PIL import Image
 from facedetect.backends._nvxs import NvxsLibrary, RawFace
 from facedetect.backends.base import Detector
 from facedetect.backends.facefilter import FaceFilter, FaceFilterError
-from facedetect.backends.proposals import ProposalModel, default_model
+from facedetect.backends.proposals import CascadeProposer, ProposalModel, default_model
 from facedetect.backends.scheme import (
     WHEEL_MIN_WINDOW,
     WHEEL_SCALE_FACTOR,
@@ -97,6 +97,7 @@ class AnimefaceDetector(Detector):
             raise BackendUnavailable(f"bad two-stage parameters: {exc}", status_code=400) from exc
         self._proposer: tuple[ProposalModel, cv2.HOGDescriptor] | None = None
         self._verifier: Verifier | None = None
+        self._cascade: CascadeProposer | None = None
         self.mode: Mode = mode
         self.step = step
         self.scale_factor = scale_factor
@@ -125,6 +126,11 @@ class AnimefaceDetector(Detector):
                     self._verifier = Verifier()
                 except VerifierError as exc:
                     raise BackendUnavailable(f"animeface proposal verifier: {exc}") from exc
+                if self.twostage.cascade_neighbours is not None:
+                    try:
+                        self._cascade = CascadeProposer(self.twostage.cascade_neighbours, self.twostage.cascade_min_size)
+                    except ValueError as exc:
+                        raise BackendUnavailable(f"animeface cascade proposals: {exc}") from exc
         if self.mode != "full" and self.scheme.threads > 1:
             self._pool = ThreadPoolExecutor(self.scheme.threads, thread_name_prefix="animeface")
 
@@ -133,6 +139,7 @@ class AnimefaceDetector(Detector):
         self._lib = None
         self._proposer = None
         self._verifier = None
+        self._cascade = None
         self._filter = None
         if self._pool is not None:
             self._pool.shutdown(wait=True)
@@ -177,7 +184,8 @@ class AnimefaceDetector(Detector):
             assert self._proposer is not None
             model, hog = self._proposer
             accepted, confirmed, strong = search_twostage(
-                partial(lib.detect, analyze=True), hog, model, rgb, self.twostage, self._pool, self._verifier
+                partial(lib.detect, analyze=True), hog, model, rgb, self.twostage, self._pool, self._verifier,
+                self._cascade,
             )
             found = [accepted_detection(a) for a in accepted] + [
                 to_detection(p.face, (p.sx, p.sy), (p.ox, p.oy)) for p in confirmed

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from facedetect.backends._nvxs import RawFace
-from facedetect.backends.proposals import Proposal, ProposalModel, grey, propose
+from facedetect.backends.proposals import CascadeProposer, Proposal, ProposalModel, grey, propose
 from facedetect.backends.scheme import WHEEL_SCALE_FACTOR, WHEEL_STEP, Placed
 from facedetect.backends.verifier import Verdict, Verifier
 from facedetect.types import iou
@@ -76,6 +76,20 @@ class TwoStage:
     verifier_reject: float = 1e-4
     verifier_accept: float = 0.9
     landmarks: bool = True  # read keypoints and colours of verifier-accepted faces with animeface
+    # Ranking by the verifier (docs/detector-speed.md, "Real art"): with ``pool_threshold`` set (and the
+    # verifier on), windows scoring at least that are thinned lightly (IoU ``pool_nms_iou``), the
+    # ``pool_size`` best by HOG score are scored by the verifier in one batch, and suppression and the cap of
+    # ``max_proposals`` then go by the verifier's probability, not the HOG score. None: the HOG score ranks.
+    pool_threshold: float | None = None
+    pool_nms_iou: float = 0.7
+    pool_size: int = 64
+    # lbpcascade_animeface as a second proposal source (docs/detector-speed.md, "Real art"): its boxes with
+    # at least this many grouped hits and from ``cascade_min_size`` px (its box; ~40 px in the labels'
+    # convention) up join the HOG proposals, and the verifier's probability ranks them all before suppression
+    # and the cap. None (the default: see docs/detector-speed.md, "Real art", for the hang that keeps it
+    # off), or without the verifier: HOG proposals alone.
+    cascade_neighbours: int | None = None
+    cascade_min_size: int = 64
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.verifier_reject <= self.verifier_accept <= 1.0:
@@ -84,8 +98,12 @@ class TwoStage:
             raise ValueError("stride and max_proposals must be >= 1 and scale > 1")
         if self.max_proposal_pixels < 64 * 64:
             raise ValueError("max_proposal_pixels must be at least 4096")
-        if not 0.0 < self.nms_iou <= 1.0:
-            raise ValueError("nms_iou must be in (0, 1]")
+        if not 0.0 < self.nms_iou <= 1.0 or not 0.0 < self.pool_nms_iou <= 1.0:
+            raise ValueError("nms_iou and pool_nms_iou must be in (0, 1]")
+        if self.pool_size < self.max_proposals:
+            raise ValueError("pool_size must be at least max_proposals")
+        if self.cascade_neighbours is not None and self.cascade_neighbours < 1 or self.cascade_min_size < 16:
+            raise ValueError("cascade_neighbours must be >= 1 (or None) and cascade_min_size >= 16")
         if not self.confirm_faces or any(not 32.0 <= f <= 200.0 for f in self.confirm_faces):
             raise ValueError("confirm_faces must be one or more widths in [32, 200] px")
 
@@ -138,20 +156,55 @@ def confirm_at(raw: RawCall, rgb: np.ndarray, p: Proposal, params: TwoStage, fac
     return max(same, key=lambda q: q.face.likelihood) if same else None
 
 
-def propose_bounded(hog: cv2.HOGDescriptor, gray: np.ndarray, threshold: float, params: TwoStage) -> list[Proposal]:
-    """:func:`propose` on ``gray``, area-downscaled first when it has more than ``params.max_proposal_pixels``
+def bounded(search: Callable[[np.ndarray], list[Proposal]], gray: np.ndarray, params: TwoStage) -> list[Proposal]:
+    """``search`` on ``gray``, area-downscaled first when it has more than ``params.max_proposal_pixels``
     pixels; the boxes are mapped back to ``gray``'s pixels."""
     h, w = gray.shape[:2]
     if h * w <= params.max_proposal_pixels:
-        return propose(hog, gray, threshold, stride=params.stride, scale=params.scale)
+        return search(gray)
     f = (params.max_proposal_pixels / (h * w)) ** 0.5
     nw, nh = max(1, int(w * f)), max(1, int(h * f))
     small = cv2.resize(gray, (nw, nh), interpolation=cv2.INTER_AREA)
     sx, sy = w / nw, h / nh
-    return [
-        Proposal((p.box[0] * sx, p.box[1] * sy, p.box[2] * sx, p.box[3] * sy), p.score)
-        for p in propose(hog, small, threshold, stride=params.stride, scale=params.scale)
-    ]
+    return [Proposal((p.box[0] * sx, p.box[1] * sy, p.box[2] * sx, p.box[3] * sy), p.score) for p in search(small)]
+
+
+def propose_bounded(hog: cv2.HOGDescriptor, gray: np.ndarray, threshold: float, params: TwoStage) -> list[Proposal]:
+    """:func:`propose` on ``gray`` (downscaled first past ``params.max_proposal_pixels``, see :func:`bounded`)."""
+    return bounded(lambda g: propose(hog, g, threshold, stride=params.stride, scale=params.scale), gray, params)
+
+
+def ranked_proposals(
+    hog: cv2.HOGDescriptor, rgb: np.ndarray, threshold: float, params: TwoStage, verifier: Verifier | None,
+    cascade: CascadeProposer | None = None,
+) -> tuple[list[Proposal], list[Verdict | None]]:
+    """The proposals the second stage judges, with the verifier's verdict on each (None without a verifier).
+    Without a verifier: the best by HOG score after suppression. With one, the pool it ranks (by its
+    probability, then suppression and the cap) is those HOG proposals, or with ``params.pool_threshold`` a
+    wider, lightly thinned pool of HOG windows; plus, with ``cascade``, the cascade's boxes."""
+    gray = grey(rgb)
+    if verifier is None or params.pool_threshold is None:
+        candidates = suppress(propose_bounded(hog, gray, threshold, params), params.nms_iou, params.max_proposals)
+        if verifier is None:
+            return candidates, [None] * len(candidates)
+        if cascade is None:
+            return candidates, list(verifier.judge(rgb, [p.box for p in candidates])) if candidates else []
+        pool = candidates
+    else:
+        found = propose_bounded(hog, gray, params.pool_threshold, params)
+        pool = suppress(found, params.pool_nms_iou, params.pool_size)
+    if cascade is not None:
+        pool = pool + bounded(cascade.propose, gray, params)
+    if not pool:
+        return [], []
+    scored = sorted(zip(pool, verifier.judge(rgb, [p.box for p in pool])), key=lambda pv: -pv[1].probability)
+    kept: list[tuple[Proposal, Verdict]] = []
+    for p, v in scored:
+        if all(iou(p.box, k.box) < params.nms_iou for k, _ in kept):
+            kept.append((p, v))
+            if len(kept) == params.max_proposals:
+                break
+    return [p for p, _ in kept], [v for _, v in kept]
 
 
 @dataclass(frozen=True)
@@ -174,14 +227,13 @@ def animeface_convention(box: tuple[float, float, float, float], width: int, hei
 
 def _judged(
     hog: cv2.HOGDescriptor, model: ProposalModel, rgb: np.ndarray, params: TwoStage, verifier: Verifier | None,
+    cascade: CascadeProposer | None = None,
 ) -> tuple[list[Verdict], list[Proposal]]:
     """The proposals, split by the verifier: the faces it accepted (distinct, most probable first) and the
     proposals animeface must confirm (not accepted, nor rejected outright)."""
     threshold = model.threshold if params.threshold is None else params.threshold
-    candidates = suppress(propose_bounded(hog, grey(rgb), threshold, params), params.nms_iou, params.max_proposals)
-    verdicts: list[Verdict | None] = [None] * len(candidates)
-    if verifier is not None and params.verifier and candidates:
-        verdicts = list(verifier.judge(rgb, [p.box for p in candidates]))
+    candidates, verdicts = ranked_proposals(hog, rgb, threshold, params, verifier if params.verifier else None,
+                                            cascade if params.verifier else None)
     accepted: list[Verdict] = []
     to_confirm: list[Proposal] = []
     for p, v in zip(candidates, verdicts):
@@ -214,11 +266,11 @@ def _distinct_confirmed(
 
 def search_twostage(
     raw: RawCall, hog: cv2.HOGDescriptor, model: ProposalModel, rgb: np.ndarray, params: TwoStage,
-    pool: Executor | None = None, verifier: Verifier | None = None,
+    pool: Executor | None = None, verifier: Verifier | None = None, cascade: CascadeProposer | None = None,
 ) -> tuple[list[Accepted], list[Placed], list[Proposal]]:
     """Faces the verifier accepted, faces animeface confirmed (``Placed``), and strong unconfirmed proposals
     (``Proposal``); no two of them the same face."""
-    kept, to_confirm = _judged(hog, model, rgb, params, verifier)
+    kept, to_confirm = _judged(hog, model, rgb, params, verifier, cascade)
     # Reading an accepted face's landmarks needs no dense search: the face is known to be there.
     reading = replace(params, confirm_step=WHEEL_STEP, confirm_scale_factor=WHEEL_SCALE_FACTOR)
 
