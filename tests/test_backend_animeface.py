@@ -293,3 +293,23 @@ def test_a_prepared_image_searches_like_a_fresh_call_every_time(eileen: Image.Im
         assert prepared.detect(**ladders[0]), "the prepared image found no face on eileen"
     with pytest.raises(ValueError, match="closed"):
         prepared.detect()
+
+
+def test_a_colourless_face_gets_its_colours_from_its_pixels(eileen: Image.Image) -> None:
+    """nv_face_analyze can spin for ever on colourless faces (seen on a black-and-white manga page): a grey
+    face's hair and skin are read as medians of its own pixels, and a coloured face still goes to the library."""
+    from facedetect.backends._nvxs import NvxsLibrary, grey_colours
+
+    library = NvxsLibrary()
+    coloured = np.asarray(eileen)
+    grey = np.asarray(eileen.convert("L").convert("RGB"))
+    [face] = library.detect(coloured)
+    assert len(set(face.hair_rgb)) > 1  # a coloured reading from the library
+    bgr = np.ascontiguousarray(coloured[:, :, ::-1]).astype(np.float32)
+    assert grey_colours(bgr, face.face, face.left_eye, face.right_eye, face.mouth) is None
+    [face] = library.detect(grey)
+    hair, skin = face.hair_rgb, face.skin_rgb
+    assert hair[0] == hair[1] == hair[2] and skin[0] == skin[1] == skin[2]  # grey in, grey out
+    x, y, w, h = face.face
+    cheeks = grey[max(face.left_eye[1] + face.left_eye[3], face.right_eye[1] + face.right_eye[3]):face.mouth[1], x:x + w]
+    assert skin[0] == int(round(float(np.median(cheeks[:, :, 0]))))

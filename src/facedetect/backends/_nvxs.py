@@ -26,6 +26,11 @@ MAX_FACES = 1024
 # the same pixels always give the same colour, and one unlucky k-means start cannot decide it.
 ANALYZE_SEEDS = (1, 2, 3, 4, 5)
 _ANALYZE_LOCK = threading.Lock()
+# On some faces of grey art (a black-and-white manga page) nv_face_analyze never returns: its k-means runs
+# until the labels stop changing (no epoch limit), and on colourless samples they never settle. A call
+# cannot be stopped from Python, and it would hold the lock above for good. A face whose pixels carry no
+# colour has no hair or skin colour to read anyway: for it the colours are read here (medians), not there.
+GREY_CHROMA = 12  # the 99th percentile of a pixel's channel spread at or below this: a colourless face
 
 
 class _Matrix(ctypes.Structure):
@@ -253,7 +258,12 @@ class PreparedImage:
         return out
 
     def _analyze(self, face: _FacePosition) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-        """(hair, skin) RGB of one face: the medoid of one seeded reading per ``ANALYZE_SEEDS`` entry."""
+        """(hair, skin) RGB of one face: the medoid of one seeded reading per ``ANALYZE_SEEDS`` entry; for a
+        colourless face, the median colours of its hair band and its cheeks (``grey_colours``)."""
+        grey = grey_colours(self._library._view(self._bgr), _rect(face.face), _rect(face.left_eye),
+                            _rect(face.right_eye), _rect(face.mouth))
+        if grey is not None:
+            return grey
         lib = self._library._lib
         hairs, skins = [], []
         with _ANALYZE_LOCK:
@@ -275,6 +285,36 @@ class PreparedImage:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def grey_colours(
+    bgr: np.ndarray, face: tuple[int, int, int, int], left_eye: tuple[int, int, int, int],
+    right_eye: tuple[int, int, int, int], mouth: tuple[int, int, int, int],
+) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
+    """(hair, skin) RGB of a colourless face read from its pixels, or None when the face has colour. The
+    face box and the band of its height above it (where nv_face_analyze samples hair) decide; hair is the
+    median of that band down to the eyes, skin the median between the eyes and the mouth."""
+    x, y, w, h = face
+    rows, cols = bgr.shape[:2]
+    top, left, right, bottom = max(0, y - h // 2), max(0, x), min(cols, x + w), min(rows, y + h)
+    area = bgr[top:bottom, left:right, :3]
+    if area.size == 0:
+        return None
+    spread = area.max(axis=2) - area.min(axis=2)
+    if float(np.percentile(spread, 99)) > GREY_CHROMA:
+        return None
+    eyes_top = max(top + 1, min(left_eye[1], right_eye[1]))
+    eyes_bottom = max(left_eye[1] + left_eye[3], right_eye[1] + right_eye[3])
+    hair = bgr[top:eyes_top, left:right, :3].reshape(-1, 3)
+    cheeks = bgr[eyes_bottom:max(eyes_bottom + 1, mouth[1]), left:right, :3].reshape(-1, 3)
+    if cheeks.size == 0:
+        cheeks = area.reshape(-1, 3)
+
+    def median(pixels: np.ndarray) -> tuple[int, int, int]:
+        b, g, r = (int(round(float(v))) for v in np.median(pixels, axis=0))
+        return (r, g, b)
+
+    return median(hair), median(cheeks)
 
 
 def medoid(colours: list[tuple[int, int, int]]) -> tuple[int, int, int]:
