@@ -4,7 +4,7 @@ really on the characters' faces.
 The detector benchmark (bench/detect.py) and the crop benchmark score against these labels, so a box that
 drifts off its face through a transform would make every number meaningless. The face check is a
 cross-validation with the embedded animeface model, which on upright, large, unoccluded sprite faces is
-reliable: each such labelled face must be matched by a detection at IoU >= 0.3 (as tests/test_labels.py
+reliable: each such labelled face must be matched by a detection at IoU >= 0.3 (as tests/facedetect/test_labels.py
 checks the hand labels: animeface's boxes run ~1.2x wider than the labels' tight convention, so a correct
 box can sit under 0.5, while one carried wrongly through a flip, scale or rotation lands near 0).
 """
@@ -21,7 +21,7 @@ import pytest
 from facedetect.backends import create_detector
 from facedetect.imageio import load_image
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import scenes

@@ -19,7 +19,7 @@ from dockerfile_parse import DockerfileParser
 from facedetect.cli import app
 from facedetect.settings import FaceDetectSettings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 def _default(name: str):
     """The class default, unaffected by any FACEDETECT_* variables of the machine running the tests."""
     return FaceDetectSettings.model_fields[name].default
@@ -64,7 +64,7 @@ def test_healthcheck_hits_health_on_the_api_port(dockerfile):
 
 
 def test_copied_files_exist(dockerfile):
-    # (tests/test_compose.py checks them against the root .dockerignore with Docker's own matcher)
+    # (tests/deploy/test_compose.py checks them against the root .dockerignore with Docker's own matcher)
     for value in instructions(dockerfile, "COPY"):
         *sources, _dest = value.split()
         for src in sources:

@@ -27,7 +27,7 @@ from facedetect.backends.scheme import (
 )
 from facedetect.errors import BackendUnavailable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from metrics import iou  # noqa: E402
 
 EILEEN = "eileen happy.png"

@@ -20,7 +20,7 @@ from facedetect.backends.cascade import CascadeDetector, last_stage_threshold
 from facedetect.errors import BackendUnavailable
 from facedetect.imageio import load_image
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LABELS = ROOT / "tests" / "labels" / "renpy.json"
 SPRITES = ["eileen happy.png", "lucy happy.png", "sylvie blue smile.png", "sylvie green normal.png"]
 

@@ -43,7 +43,7 @@ needs_hysts = pytest.mark.skipif(
 without_hysts = pytest.mark.skipif(
     HAS_HYSTS, reason="checks what an install without PyTorch says; this one has PyTorch and anime-face-detector"
 )
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # Pictures of the probe (width, height, stride-32 cells (row, col) with a red patch): the package's resize
 # halves the first, and enlarges the second by different factors across and down (608/300, 345/170);

@@ -24,7 +24,7 @@ import pytest
 
 from facedetect.backends import create_detector
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from metrics import Counts, match

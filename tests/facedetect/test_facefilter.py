@@ -35,7 +35,7 @@ from facedetect.backends.facefilter import (
 from facedetect.errors import BackendUnavailable
 from facedetect.imageio import load_image
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import scenes

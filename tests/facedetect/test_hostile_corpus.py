@@ -14,7 +14,7 @@ from PIL import Image
 
 from servers import free_port, run_command, venv_bin
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import hostile  # noqa: E402
 from hostile_corpus import HostileCorpus, encode  # noqa: E402
 

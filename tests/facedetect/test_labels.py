@@ -19,7 +19,7 @@ from facedetect.backends import create_detector
 from facedetect.backends.base import Detector
 from facedetect.imageio import load_image
 
-LABELS_PATH = Path(__file__).resolve().parent / "labels" / "renpy.json"
+LABELS_PATH = Path(__file__).resolve().parents[1] / "labels" / "renpy.json"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 SPRITE_PREFIXES = ("eileen ", "lucy ", "sylvie ")
 SOURCE = "Debian renpy-demo / renpy-thequestion 8.0.3 (Expat licence)"

@@ -1,7 +1,7 @@
 """The two-stage detector (``AnimefaceDetector(mode="twostage")``): its proposal model, its proposals' recall
 on scene-tune faces (small ones included), its end result, and the training script's determinism.
 
-The images are the first twelve scene-tune images (the same as tests/test_detect_scenes.py: 30 faces of
+The images are the first twelve scene-tune images (the same as tests/facedetect/test_detect_scenes.py: 30 faces of
 30-297 px, 6 of them 30-41 px, under animeface's 42.6-px minimum window), generated here from the fetched art.
 They are **in-sample** for the proposal classifier (bench/train_proposals.py trains on all of scene-tune),
 so these are regression floors, not evidence of generalisation (bench/detect.py's scene-test, Ren'Py and
@@ -15,7 +15,7 @@ resampling and the generator's JPEG decoding may differ by a rounding between bu
 borderline window's score across the threshold; a face or two either way is that noise, not a regression.
 So the proposals must cover 27 of 30 (10 % below all, 2 below the measured 29) and 5 of the 6 small faces
 (the point of the stage: animeface alone finds 36 % of such faces). The detector must keep 26 true
-positives (3 below the measured 29, as in tests/test_detect_scenes.py), at most 5 false positives (3 above
+positives (3 below the measured 29, as in tests/facedetect/test_detect_scenes.py), at most 5 false positives (3 above
 the measured 2), and beat raw animeface's F1 on the same images, which is the mode's reason to exist.
 """
 
@@ -41,7 +41,7 @@ from facedetect.backends.proposals import (
 from facedetect.backends.twostage import TwoStage, propose_bounded, suppress
 from facedetect.errors import BackendUnavailable
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import train_proposals

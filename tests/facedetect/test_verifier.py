@@ -1,6 +1,6 @@
 """The two-stage detector's proposal verifier (``facedetect.backends.verifier``, ``models/verifier.onnx``).
 
-The images are the first twelve scene-tune images (as in tests/test_proposals.py), **in-sample** for the
+The images are the first twelve scene-tune images (as in tests/facedetect/test_proposals.py), **in-sample** for the
 verifier (bench/train_verifier.py trains on all of scene-tune): these are regression floors, not evidence
 that it generalises (bench/detect.py's scene-test, Ren'Py and anime-grid columns are). Measured when written,
 on the proposal windows the detector judges there: all 29 labelled faces that a window covers (IoU >= 0.3)
@@ -45,7 +45,7 @@ from facedetect.backends.verifier import (
     windows,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import train_verifier

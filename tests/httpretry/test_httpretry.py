@@ -156,7 +156,7 @@ def test_dependencies_point_one_way() -> None:
     import ast
     from pathlib import Path
 
-    src = Path(__file__).resolve().parents[1] / "src"
+    src = Path(__file__).resolve().parents[2] / "src"
     forbidden = {"httpretry": {"mikubot", "vramctl", "facedetect"}, "facedetect": {"mikubot", "vramctl"},
                  "vramctl": {"mikubot", "facedetect"}}
     for package, banned in forbidden.items():

@@ -25,7 +25,7 @@ from mikubot.web import make_server
 from panel_helpers import panel_settings
 from servers import free_port, run_command, run_server, venv_bin
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from hostile import accept_queue  # noqa: E402  (bench/hostile.py --slow, the same attack at full size)
 
 PARTIAL = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"  # the blank line that would end it never comes

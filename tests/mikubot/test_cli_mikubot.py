@@ -195,7 +195,7 @@ def test_stage_board_lists_stages_in_the_order_they_ran():
 def test_make_demo_reads_true_from_top_to_bottom(art_dir, tmp_path):
     """`make demo` on the sample art: the art shows Eileen, so the demo is Eileen's bot and every line agrees —
     each picture accepted as Eileen because her hair matches, never "does not match" and then accepted."""
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     r = subprocess.run(["make", "-s", "demo", f"OUT={tmp_path / 'demo'}", f"ART={art_dir.parent}"], cwd=repo,
                        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "160"}, check=False)
     out = r.stdout + r.stderr

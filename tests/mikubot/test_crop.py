@@ -29,7 +29,7 @@ from mikubot.crop import (
     rank_faces,
 )
 
-LABELS = json.loads((Path(__file__).resolve().parent / "labels" / "renpy.json").read_text())["images"]
+LABELS = json.loads((Path(__file__).resolve().parents[1] / "labels" / "renpy.json").read_text())["images"]
 FACE_IMAGES = sorted(n for n, boxes in LABELS.items() if boxes)
 
 

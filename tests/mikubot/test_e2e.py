@@ -6,7 +6,7 @@ checks one behaviour of it.
 
 The detector service runs animeface (the default), on the CPU: its /health says `uses_gpu: false`, so the
 detector reservation needs no VRAM and the vision model is *not* unloaded for detection (a GPU detector's
-swap is covered by tests/test_pipeline_overlap.py and bench/e2e.py with the emulator's simulated one).
+swap is covered by tests/mikubot/test_pipeline_overlap.py and bench/e2e.py with the emulator's simulated one).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pydantic import SecretStr, ValidationError
 from mikubot.config import Settings
 from mikubot.sources import SourceConfigError, SourceOptions, SourceSettings, source_from_spec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

@@ -67,7 +67,7 @@ async def test_429_beyond_the_bound_is_a_clear_retryable_error(discord):
 async def test_a_bucket_spent_by_someone_else_is_waited_out():
     """Another client spent the route's bucket (1 per 3 s): our upload meets a 429 with the bucket's
     headers, discord.py waits it out, then 200. (A bucket our own client spends, discord.py waits out
-    before returning: tests/test_discord_conformance.py.)"""
+    before returning: tests/mikubot/test_discord_conformance.py.)"""
     app, ctl = create_app(token="t", bucket_limit=1, bucket_window_s=3.0)
     avatar = "data:image/png;base64," + base64.b64encode(png()).decode()
     with serve_app(app) as base:

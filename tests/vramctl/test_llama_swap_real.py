@@ -361,7 +361,7 @@ def shipped(tmp_path_factory) -> Iterator[tuple[RealLlamaSwap, SimulatedGpu]]:
 def test_the_shipped_config_is_accepted_and_serves_both_models_by_alias(shipped):
     swap, gpu = shipped
     models = {m["id"]: m for m in httpx.get(f"{swap.url}/v1/models").json()["data"]}
-    assert sorted(models) == ["face-detector", "llama3.1", "vision"]  # the detector: tests/test_llama_swap_detector.py
+    assert sorted(models) == ["face-detector", "llama3.1", "vision"]  # the detector: tests/vramctl/test_llama_swap_detector.py
     assert models["llama3.1"]["meta"]["llamaswap"]["aliases"] == ["text"]
     assert models["vision"]["meta"]["llamaswap"]["aliases"] == ["minicpm-v"]
     assert models["vision"]["name"] == "MiniCPM-V 2.6 (vision)"

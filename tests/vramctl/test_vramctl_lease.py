@@ -17,7 +17,7 @@ import pytest
 
 from vramctl import Coordinator, LeaseError, VramSettings
 
-HOLDER = Path(__file__).resolve().parent / "lease_holder.py"
+HOLDER = Path(__file__).resolve().parents[1] / "lease_holder.py"
 
 
 @contextmanager
