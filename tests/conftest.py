@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # tests/servers.py and tests/emulators/
 
 
 def _art_dir() -> Path:
-    return Path(os.environ.get("MIKU_TEST_ART", ROOT / ".cache" / "art" / "images"))
+    return Path(os.environ.get("MIKU_TEST_ART", ROOT / ".cache" / "art" / "images")).resolve()
 
 
 @pytest.fixture(scope="session")

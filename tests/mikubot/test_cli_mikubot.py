@@ -1,27 +1,40 @@
-"""The ``mikubot`` console script, run as a real subprocess with a clean environment."""
+"""The ``mikubot`` command line with a clean environment: in-process through typer's ``CliRunner`` (an
+interpreter start and ``import mikubot.pipeline`` per call would cost seconds), and once as the installed console
+script in a real subprocess (``make demo``, at the end)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
+import traceback
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
 from emulators.danbooru import create_dapi_app
 from emulators.discord import create_app as create_discord
 from facedetect.api import create_app as create_facedetect
 from facedetect.settings import FaceDetectSettings
-from servers import free_port, serve_app, venv_bin
+from mikubot.cli import app as mikubot_app
+from servers import free_port, serve_app
 
 
 def mikubot(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MIKU_", "FACE_DETECTOR"))}
+    """``mikubot ARGS`` run in ``cwd`` with only ``env`` of the MIKU_*/FACE_DETECTOR* settings, answered as a
+    process would answer: exit code, stdout, stderr (an escaped exception's traceback included)."""
+    clean: dict[str, str | None] = {k: None for k in os.environ if k.startswith(("MIKU_", "FACE_DETECTOR"))}
     clean.update(env)
-    return subprocess.run([venv_bin("mikubot"), *args], cwd=cwd, env=clean, capture_output=True, text=True, timeout=120)
+    with contextlib.chdir(cwd):
+        result = CliRunner().invoke(mikubot_app, list(args), env=clean)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(["mikubot", *args], result.exit_code, result.stdout, stderr)
 
 
 @pytest.fixture(scope="module")
