@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from cli_runner import run_cli
 from emulators.llama_swap import LlamaSwapEmulator
 from images import png_declaring
+from mikubot.cli import app as mikubot_app
 from mikubot.config import Settings
 from mikubot.pipeline import AvatarPipeline
 from mikubot.sources.base import SourceError
@@ -21,7 +22,6 @@ from mikubot.sources.imagefile import ImageBomb, sniff
 from mikubot.sources.local import read_limited
 from panel_helpers import sprite_folder
 from pipeline_rig import LLAMA_CONFIG
-from servers import venv_bin
 
 BOMB = png_declaring(100_000, 100_000)
 
@@ -52,8 +52,7 @@ def test_a_bomb_as_the_only_file_fails_cleanly_in_the_cli(tmp_path: Path) -> Non
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(BOMB)
     env = {**os.environ, "MIKU_DATA_DIR": str(tmp_path / "data"), "MIKU_DRY_RUN": "true"}
-    out = subprocess.run([venv_bin("mikubot"), "pfp", "change", "--source", f"file:{bomb}"],
-                         env=env, capture_output=True, text=True, timeout=120)
+    out = run_cli(mikubot_app, "pfp", "change", "--source", f"file:{bomb}", env=env)
     assert "Traceback" not in out.stderr + out.stdout
     assert "decompression bomb" in out.stdout + out.stderr
     assert out.returncode != 0

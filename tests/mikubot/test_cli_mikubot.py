@@ -4,18 +4,16 @@ script in a real subprocess (``make demo``, at the end)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import subprocess
-import traceback
 from pathlib import Path
 
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
+from cli_runner import run_cli
 from emulators.danbooru import create_dapi_app
 from emulators.discord import create_app as create_discord
 from facedetect.api import create_app as create_facedetect
@@ -25,16 +23,8 @@ from servers import free_port, serve_app
 
 
 def mikubot(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """``mikubot ARGS`` run in ``cwd`` with only ``env`` of the MIKU_*/FACE_DETECTOR* settings, answered as a
-    process would answer: exit code, stdout, stderr (an escaped exception's traceback included)."""
-    clean: dict[str, str | None] = {k: None for k in os.environ if k.startswith(("MIKU_", "FACE_DETECTOR"))}
-    clean.update(env)
-    with contextlib.chdir(cwd):
-        result = CliRunner().invoke(mikubot_app, list(args), env=clean)
-    stderr = result.stderr
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        stderr += "".join(traceback.format_exception(result.exception))
-    return subprocess.CompletedProcess(["mikubot", *args], result.exit_code, result.stdout, stderr)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MIKU_", "FACE_DETECTOR"))}
+    return run_cli(mikubot_app, *args, env={**clean, **env}, cwd=cwd)
 
 
 @pytest.fixture(scope="module")

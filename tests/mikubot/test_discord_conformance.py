@@ -16,7 +16,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 from typing import Any
 
 import aiohttp
@@ -25,8 +24,10 @@ import pytest
 from discord.http import HTTPClient, Route
 from PIL import Image
 
+from cli_runner import run_cli
 from emulators.discord import create_app
-from servers import serve_app, venv_bin
+from mikubot.cli import app as mikubot_app
+from servers import serve_app
 
 TOKEN = "conformance-token"
 
@@ -140,8 +141,8 @@ def test_pfp_change_applies_through_discord_py_after_a_429(art_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MIKU_", "FACE_DETECTOR"))}
     with serve_app(app) as base:
         env.update(MIKU_DISCORD_API=f"{base}/api/v10", MIKU_DISCORD_TOKEN=TOKEN)
-        r = subprocess.run([venv_bin("mikubot"), "pfp", "change", "--source", f"local:{folder}", "--candidates", "1",
-                            "--json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+        r = run_cli(mikubot_app, "pfp", "change", "--source", f"local:{folder}", "--candidates", "1", "--json",
+                    cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     record = json.loads(r.stdout)
     assert record["status"] == "applied" and record["uploaded"], record.get("error")

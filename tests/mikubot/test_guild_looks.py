@@ -18,17 +18,19 @@ import discord as discordpy
 import httpx
 import pytest
 from PIL import Image
+from cli_runner import run_cli
 from emulators.danbooru import create_app as create_danbooru
 from emulators.danbooru import make_post
 from emulators.discord import create_app
 from interactions import interaction_payload
 from panel_helpers import panel_server, panel_settings
 from pydantic import ValidationError
-from servers import serve_app, venv_bin
+from servers import serve_app
 from test_banner import composed
 
 from mikubot.bot.announce import AfterChange
 from mikubot.bot.commands import BotState, pfp_change, pfp_history
+from mikubot.cli import app as mikubot_app
 from mikubot.bot.context import InteractionContext, Invoker
 from mikubot.config import ConfigFileError, GuildLook, load_settings
 from mikubot.discord_rest import at_api
@@ -118,8 +120,7 @@ def test_bad_looks_in_the_file_and_in_the_cli(tmp_path, monkeypatch):
         load_settings()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIKU_")}
     env["MIKU_GUILD_LOOKS"] = '{"12": {"source": "gopher:x"}}'
-    r = subprocess.run([venv_bin("mikubot"), "config", "show"], env=env, capture_output=True, text=True, timeout=60,
-                       check=False)
+    r = run_cli(mikubot_app, "config", "show", env=env)
     assert r.returncode == 2 and "invalid configuration" in r.stderr and "guild_looks.12.source" in r.stderr
     assert "Traceback" not in r.stderr
 
@@ -404,8 +405,7 @@ def test_cli_pfp_change_guild(discord, looks, tmp_path):
                MIKU_GUILD_LOOKS=json.dumps({str(SERVER): {"source": f"local:{looks[1]}"}}))
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([venv_bin("mikubot"), "pfp", *args], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=120, check=False)
+        return run_cli(mikubot_app, "pfp", *args, cwd=tmp_path, env=env)
 
     r = run("change", "--guild", str(SERVER), "--json")
     assert r.returncode == 0, r.stdout + r.stderr

@@ -4,15 +4,16 @@ events, the history database, `mikubot config show`, `mikubot doctor`."""
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
+from cli_runner import run_cli
+from mikubot.cli import app as mikubot_app
 from mikubot.redact import scrub, strip_userinfo
 from panel_helpers import bearer, panel_server, panel_settings, read_sse, sprite_folder
-from servers import free_port, venv_bin
+from servers import free_port
 
 SECRET = "pw-Zx81secret"
 
@@ -57,6 +58,6 @@ def test_urls_with_passwords_never_leave_the_panel(art_dir: Path, tmp_path: Path
 def test_cli_never_prints_url_credentials(tmp_path: Path, command: list[str]) -> None:
     env = {**os.environ, "MIKU_LLAMA_SWAP_URL": closed_url(), "FACE_DETECTOR_URL": closed_url(),
            "MIKU_GPU_PROBE_URL": closed_url(), "MIKU_DATA_DIR": str(tmp_path), "MIKU_SOURCE": f"url:{closed_url('/a.png')}"}
-    out = subprocess.run([venv_bin("mikubot"), *command], env=env, capture_output=True, text=True, timeout=120)
+    out = run_cli(mikubot_app, *command, env=env)
     assert "127.0.0.1" in out.stdout + out.stderr
     assert SECRET not in out.stdout + out.stderr

@@ -1,4 +1,5 @@
-"""`vramctl` as a user runs it: a subprocess talking to the llama-swap emulator over loopback."""
+"""`vramctl` as a user runs it, talking to the llama-swap emulator over loopback: in-process through typer's
+``CliRunner`` (tests/cli_runner.py), and as the installed console script in a real subprocess (`watch` into a pipe)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ import threading
 import pytest
 import yaml
 
+from cli_runner import run_cli
 from emulators.llama_swap import LlamaSwapEmulator, create_detector_app
 from servers import free_port, serve_app, venv_bin
+from vramctl.cli import app as vramctl_app
+from vramctl.config import default_consumers
 
 
-def vramctl(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+def vramctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     full = {**os.environ, "COLUMNS": "200", **(env or {})}
     full.pop("MIKU_VRAM_CONFIG", None) if env is None or "MIKU_VRAM_CONFIG" not in env else None
-    return subprocess.run([venv_bin("vramctl"), *args], capture_output=True, text=True, env=full, timeout=timeout)
+    return run_cli(vramctl_app, *args, env=full)
 
 
 @pytest.fixture()
@@ -67,9 +71,14 @@ def test_watch_stops_after_count(deployment):
     assert "Consumers" in r.stdout
 
 
-def test_without_gpu_or_servers_status_still_answers():
+def test_without_gpu_or_servers_status_still_answers(tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"
-    r = vramctl("status", "--json", "--probe", "none", "--llama-swap", dead)
+    # the default consumers, the detector at an address where nothing listens (a real one may run on :6078 here)
+    cfg = tmp_path / "vram.yaml"
+    cfg.write_text(yaml.safe_dump({"consumers": [
+        {**c.model_dump(mode="json", exclude_none=True), **({"url": f"http://127.0.0.1:{free_port()}"} if c.url else {})}
+        for c in default_consumers()]}))
+    r = vramctl("status", "--json", "--probe", "none", "--llama-swap", dead, "--config", str(cfg))
     assert r.returncode == 0, r.stderr
     st = json.loads(r.stdout)
     assert st["gpu"] is None and all(c["loaded"] is None for c in st["consumers"])

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
 import pytest
 
+from cli_runner import run_cli
 from emulators.llama_swap import LlamaSwapEmulator, create_detector_app
 from facedetect.api import create_app
 from facedetect.settings import FaceDetectSettings
-from servers import free_port, serve_app, venv_bin
+from servers import free_port, serve_app
+from vramctl.cli import app as vramctl_app
 from vramctl import Consumer, Coordinator, VramSettings
 from vramctl.servers import FaceDetectControl
 
@@ -149,12 +150,12 @@ def test_status_shows_the_measured_need(tmp_path):
             {"name": "face-detector", "kind": "facedetect", "url": url, "vram_mib": 1024, "priority": 2}]}))
         env = {**os.environ, "COLUMNS": "200"}
         env.pop("MIKU_VRAM_CONFIG", None)
-        run = [venv_bin("vramctl"), "status", "--config", str(cfg)]
-        r = subprocess.run([*run, "--json"], capture_output=True, text=True, env=env, timeout=30)
+        run = ["status", "--config", str(cfg)]
+        r = run_cli(vramctl_app, *run, "--json", env=env)
         assert r.returncode == 0, r.stderr
         (det,) = json.loads(r.stdout)["consumers"]
         assert det["vram_mib"] == 1024 and det["needs_mib"] == 0 and det["uses_gpu"] is False
-        r = subprocess.run(run, capture_output=True, text=True, env=env, timeout=30)
+        r = run_cli(vramctl_app, *run, env=env)
         assert r.returncode == 0, r.stderr
         assert "0 (CPU)" in r.stdout and "1,024 MiB" not in r.stdout
         assert "animeface" in r.stdout and "on the CPU" in r.stdout
