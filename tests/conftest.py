@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -47,15 +48,28 @@ def face_labels() -> dict[str, list[list[float]]]:
     return data["images"]
 
 
+def run_shared_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder every pytest-xdist worker of this run sees (their base temp folders share a parent), so that
+    deterministic data is made once per run, not once per worker."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+
+
 @pytest.fixture(scope="session")
 def first_tune_dir(art_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first twelve scene-tune images (bench/scenes.py, indices 0, 3, ... 33) and their labels, generated
-    once for every test that scores a detector on them."""
+    once per run for every test that scores a detector on them (the first worker to ask makes them)."""
     sys.path.insert(0, str(ROOT / "bench"))
     import scenes
 
-    out = tmp_path_factory.mktemp("first-tune")
-    doc = scenes.generate(art_dir, out, indices=list(range(0, 36, 3)))["tune"]
+    out = run_shared_dir(tmp_path_factory, "first-tune")
+    out.mkdir(exist_ok=True)
+    with open(out.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the others wait here until the maker is done
+        if not (out / ".complete").is_file():
+            scenes.generate(art_dir, out, indices=list(range(0, 36, 3)))
+            (out / ".complete").touch()
+    doc = json.loads((out / "tune" / "labels.json").read_text())
     assert len(doc["images"]) == 12
     return out
 
