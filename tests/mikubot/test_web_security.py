@@ -196,7 +196,8 @@ def test_mikubot_web_refuses_then_serves(tmp_path: Path, art_dir: Path) -> None:
     assert "MIKU_WEB_TOKEN" in refused.stderr and "refusing to listen on 0.0.0.0" in " ".join(refused.stderr.split())
     port = free_port()
     with run_command([venv_bin("mikubot"), "web", "--port", str(port)], url=f"http://127.0.0.1:{port}/health",
-                     env={"MIKU_DATA_DIR": str(tmp_path), "MIKU_SOURCE": f"local:{art_dir}"}) as proc:
+                     env={"MIKU_DATA_DIR": str(tmp_path), "MIKU_SOURCE": f"local:{art_dir}",
+                          "COLUMNS": "300"}) as proc:  # rich folds at 80 columns: the token file's path stays whole
         assert httpx.get(f"http://127.0.0.1:{port}/health").json()["status"] == "ok"
         assert httpx.post(f"http://127.0.0.1:{port}/profile-picture/change").status_code == 401
     out = " ".join((proc.stdout.read() if proc.stdout else "").split())

@@ -306,11 +306,11 @@ def test_ollama_emulator_answers_before_the_runner_stops(card):
 
 
 @contextlib.contextmanager
-def vision_stopping_on_its_own():
+def vision_stopping_on_its_own(stop_s: float = 0.4):
     """Vision (4096) is being stopped by another client, text (2048) is loaded: 8192 - 512 - 4096 - 2048 = 1536
     free; a 2048 MiB detector needs 2048 + 256. Vision's memory alone covers it once it is back."""
     emu = LlamaSwapEmulator({"gpu_total_mib": 8192, "gpu_reserved_mib": 512, "models": {
-        "vision": {"vram_mib": 4096, "stop_s": 0.4, "release_s": 0.2},
+        "vision": {"vram_mib": 4096, "stop_s": stop_s, "release_s": 0.2},
         "llama3.1": {"vram_mib": 2048}}})
     det_app = create_detector_app(emu.gpu, vram_mib=2048)
     with emu.serve(), serve_app(det_app) as det_url:
@@ -332,7 +332,8 @@ def vision_stopping_on_its_own():
 async def test_a_model_stopping_on_its_own_is_waited_for_and_nothing_else_is_unloaded():
     """/running shows `stopping` (a ttl expiry, another client's unload): that memory is on its way back, so
     vramctl waits for the card to show it free instead of unloading the text model as well."""
-    with vision_stopping_on_its_own() as (emu, det_url, detector, consumers):
+    # vramctl must see the stop under way: 2 s leave room for a slow start of the coordinator on a busy machine
+    with vision_stopping_on_its_own(stop_s=2.0) as (emu, det_url, detector, consumers):
         s = VramSettings(consumers=consumers, probe="emulator", probe_url=emu.gpu_url, llama_swap_url=emu.url,
                          poll_s=0.02, timeout_s=5.0, settle_s=0.3, safety_margin_mib=256)
         async with Coordinator(s) as coord, coord.reserve("face-detector") as r:
