@@ -132,9 +132,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """schemathesis names each API operation's test (``test_x[GET /health]``) but gives all of them one node id;
     pytest-xdist schedules by node id and would run only the first. Each such test gets the id its name says
     (schemathesis 4 sets the private ``_nodeid`` of pytest < 9; pytest 9 keeps the id in ``_id``)."""
-    from _pytest.nodeid import coerce_node_id
-
     seen = Counter(item.nodeid for item in items)
     for item in items:
         if seen[item.nodeid] > 1 and item.name != item.nodeid.rpartition("::")[2]:
-            item._id = coerce_node_id(f"{item.nodeid.rpartition('::')[0]}::{item.name}")
+            own = f"{item.nodeid.rpartition('::')[0]}::{item.name}"
+            try:
+                from _pytest.nodeid import coerce_node_id
+            except ImportError:  # pytest < 9
+                item._nodeid = own
+            else:
+                item._id = coerce_node_id(own)
