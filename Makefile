@@ -87,7 +87,7 @@ facefilter: scenes
 	$(PY) bench/train_facefilter.py --scenes $(SCENES) --detector $(FILTER_DETECTOR) --options '$(FILTER_OPTIONS)'
 
 # The sample art shows Ren'Py's Eileen, Lucy and Sylvie, not Hatsune Miku: the demo is Eileen's bot (her name and
-# the hair colour read from her sprites, as tests/test_hair.py and bench/scenes.py label her) on her three sprites,
+# the hair colour read from her sprites, as tests/mikubot/test_hair.py and bench/scenes.py label her) on her three sprites,
 # so the heuristic verifier judges each picture by the character it shows. Each run starts from a fresh history
 # (posts are never reused, and three sprites make one change).
 DEMO_ART  = $(OUT)/eileen
@@ -97,7 +97,7 @@ demo: install art
 	MIKU_DATA_DIR=$(OUT)/data MIKU_CHARACTER_NAME=Eileen MIKU_HAIR_COLOURS='$(DEMO_HAIR)' \
 	  $(VENV)/bin/mikubot pfp change --dry-run --source local:$(DEMO_ART) --out $(OUT)/avatar.png
 
-# The real llama-swap for tests/test_llama_swap_real.py, built where Go is installed from its source in
+# The real llama-swap for tests/vramctl/test_llama_swap_real.py, built where Go is installed from its source in
 # third_party/llama-swap (this commit: tag v250, the release llama-swap/Dockerfile pins; the Go module proxy has
 # its dependencies but not llama-swap itself), without the web UI. GOPATH and the build cache stay in .cache/go.
 LLAMA_SWAP_COMMIT := 60226b63776efac11e15828abe0bb302ec259699
@@ -112,12 +112,17 @@ $(GOBIN_DIR)/llama-swap: $(shell find $(LLAMA_SWAP_SRC) -type f 2>/dev/null)
 
 llama-swap: $(GOBIN_DIR)/llama-swap
 
+# pytest-xdist: TEST_WORKERS processes (auto: one per core), each given whole test files (--dist loadfile), so a
+# module's servers start once. TEST_ARGS adds pytest options, e.g. TEST_ARGS='--cov=src --cov-report=term'
+# for the line coverage of src/, or TEST_WORKERS=0 to run in this process.
+TEST_WORKERS ?= auto
+TEST_ARGS ?=
 test: install art
 	bash scripts/test-deps.sh
 	@if command -v $(GO) >/dev/null 2>&1; then $(MAKE) --no-print-directory llama-swap; \
-	else echo "make test: no Go toolchain, so no real llama-swap: tests/test_llama_swap_real.py is skipped"; fi
+	else echo "make test: no Go toolchain, so no real llama-swap: tests/vramctl/test_llama_swap_real.py is skipped"; fi
 	MIKU_TEST_LLAMA_SWAP=$(GOBIN_DIR)/llama-swap MIKU_TEST_ART=$(ART)/images \
-	  MIKU_TEST_CASCADE=$(BENCH_DATA)/peers/lbpcascade_animeface.xml $(PY) -m pytest -q
+	  MIKU_TEST_CASCADE=$(BENCH_DATA)/peers/lbpcascade_animeface.xml $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(TEST_ARGS)
 
 # The `hysts` backend (hysts' anime-face-detector on PyTorch) and its tests, in a venv of their own: PyTorch's
 # CUDA build is gigabytes and stays out of .venv, where `make test` skips these tests. PyTorch's CUDA wheels
@@ -136,7 +141,7 @@ $(HYSTS_VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 test-hysts: $(HYSTS_VENV)/.installed art
-	MIKU_TEST_ART=$(ART)/images $(HYSTS_VENV)/bin/python -m pytest -q tests/test_backend_hysts.py
+	MIKU_TEST_ART=$(ART)/images $(HYSTS_VENV)/bin/python -m pytest -q tests/facedetect/test_backend_hysts.py
 
 # docker-compose.yml built and run for real, without an NVIDIA GPU and as a GPU host runs it with the card simulated
 # (scripts/stack-test.sh):

@@ -2,7 +2,7 @@
 
 The real llama-swap (v250, built by `make llama-swap`; MIKU_TEST_LLAMA_SWAP or .cache/go/bin/llama-swap) runs
 our shipped llama-swap/config.yaml with the model stand-ins of tests/emulators/model_server.py (only the
-llama-server executable swapped, as in tests/test_llama_swap_real.py). The card is the tests' simulated GPU:
+llama-server executable swapped, as in tests/vramctl/test_llama_swap_real.py). The card is the tests' simulated GPU:
 every stand-in claims its memory on it when its load ends, the detector (tests/emulators/llama_swap.py's GPU
 detector service) when it loads; an allocation that does not fit fails like `cudaMalloc failed: out of
 memory` (the stand-in exits, the detector answers 503) and counts as an OOM; a process's memory comes back
@@ -159,7 +159,7 @@ class Sampler:
 # --- the driver --------------------------------------------------------------------------------------------------
 def llama_swap_config(card_url: str, detector_url: str) -> dict[str, Any]:
     """The shipped config; only the executables (stand-in, this venv's vramctl on the simulated card), the
-    detector's address and startPort differ — as tests/test_llama_swap_detector.py runs it."""
+    detector's address and startPort differ — as tests/vramctl/test_llama_swap_detector.py runs it."""
     from emulators.llama_swap import ROOT_CONFIG
     from real_llama_swap import model_server, start_port, with_stand_in
 

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +19,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # tests/servers.py and tests/emulators/
 
 
 def _art_dir() -> Path:
-    return Path(os.environ.get("MIKU_TEST_ART", ROOT / ".cache" / "art" / "images"))
+    return Path(os.environ.get("MIKU_TEST_ART", ROOT / ".cache" / "art" / "images")).resolve()
 
 
 @pytest.fixture(scope="session")
@@ -47,15 +49,28 @@ def face_labels() -> dict[str, list[list[float]]]:
     return data["images"]
 
 
+def run_shared_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder every pytest-xdist worker of this run sees (their base temp folders share a parent), so that
+    deterministic data is made once per run, not once per worker."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+
+
 @pytest.fixture(scope="session")
 def first_tune_dir(art_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first twelve scene-tune images (bench/scenes.py, indices 0, 3, ... 33) and their labels, generated
-    once for every test that scores a detector on them."""
+    once per run for every test that scores a detector on them (the first worker to ask makes them)."""
     sys.path.insert(0, str(ROOT / "bench"))
     import scenes
 
-    out = tmp_path_factory.mktemp("first-tune")
-    doc = scenes.generate(art_dir, out, indices=list(range(0, 36, 3)))["tune"]
+    out = run_shared_dir(tmp_path_factory, "first-tune")
+    out.mkdir(exist_ok=True)
+    with open(out.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the others wait here until the maker is done
+        if not (out / ".complete").is_file():
+            scenes.generate(art_dir, out, indices=list(range(0, 36, 3)))
+            (out / ".complete").touch()
+    doc = json.loads((out / "tune" / "labels.json").read_text())
     assert len(doc["images"]) == 12
     return out
 
@@ -111,3 +126,19 @@ def small_disk() -> Iterator[SmallDisk]:
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=True)
         mount.rmdir()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """schemathesis names each API operation's test (``test_x[GET /health]``) but gives all of them one node id;
+    pytest-xdist schedules by node id and would run only the first. Each such test gets the id its name says
+    (schemathesis 4 sets the private ``_nodeid`` of pytest < 9; pytest 9 keeps the id in ``_id``)."""
+    seen = Counter(item.nodeid for item in items)
+    for item in items:
+        if seen[item.nodeid] > 1 and item.name != item.nodeid.rpartition("::")[2]:
+            own = f"{item.nodeid.rpartition('::')[0]}::{item.name}"
+            try:
+                from _pytest.nodeid import coerce_node_id
+            except ImportError:  # pytest < 9
+                item._nodeid = own
+            else:
+                item._id = coerce_node_id(own)

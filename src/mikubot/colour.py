@@ -22,7 +22,7 @@ LIGHTNESS_WEIGHT = 0.25
 # The default tolerance (MIKU_HAIR_TOLERANCE): how different a hair colour may look and still be the
 # character's. Chosen on the generated scene set's tune split (docs/crop.md: 20 picked the target
 # character less often, 30 let scenery pass for Miku's teal). Miku's teal in shade (#1a8a8a) is 5 from
-# #137a7f; grey and black hair (#535353, #3b3937) are 27-29 from it, blue (#3c7fd0) 48 (tests/test_crop.py).
+# #137a7f; grey and black hair (#535353, #3b3937) are 27-29 from it, blue (#3c7fd0) 48 (tests/mikubot/test_crop.py).
 DEFAULT_TOLERANCE = 25.0
 # Matching faces are ordered by their difference in steps this wide: nearer by less is a tie, left to the
 # detector's confidence.

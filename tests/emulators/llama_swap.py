@@ -68,7 +68,7 @@ A model process that is unloaded while it starts (process_command.go: a Stop dur
 fifo.go OnUnload) goes back to `stopped` without taking memory, and every request waiting for it gets 500
 "unspecific error: group: model unloaded" (`MODEL_UNLOADED`).
 
-Checked against the real thing: tests/test_llama_swap_real.py runs the real llama-swap (v250, built from
+Checked against the real thing: tests/vramctl/test_llama_swap_real.py runs the real llama-swap (v250, built from
 third_party/llama-swap) with model stand-ins (`emulators.model_server`) and sends both the same
 requests (status, content type, body must match), an OOM load, and an unload during a start. Where they
 disagreed, the emulator was changed to the real answer. What remains different, because the emulator is
