@@ -35,10 +35,11 @@ def test_history_on_a_full_disk(small_disk: SmallDisk) -> None:
     history = History(db)
     cid = history.start("local:art", dry_run=True)
     small_disk.fill()
-    with pytest.raises(StorageFull) as full:
+    history.finish(cid, "failed", error="out of space")  # kept in memory, not raised
+    assert history.pending == [cid]
+    with pytest.raises(StorageFull) as full:  # the next change cannot even write its row
         history.start("local:art", dry_run=True)
     assert str(db) in str(full.value) and "full" in str(full.value)
-    history.finish(cid, "failed", error="out of space")  # kept in memory, not raised
     assert history.pending == [cid]
     small_disk.free()
     assert history.get(cid).status == "failed"  # the next operation writes it
