@@ -28,6 +28,7 @@ import os
 import socket
 import sqlite3
 import threading
+import typing
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,9 +50,7 @@ STATUSES = ("running", "applied", "dry-run", "failed")
 Status = Literal["running", "applied", "dry-run", "failed"]
 FINAL_STATUSES = STATUSES[1:]
 
-# Columns a finished change may set; JSON columns are stored as text and decoded on the way out.
-JSON_COLUMNS = ("tags", "fallbacks", "face_box", "crop_box", "verification", "timings", "vram_timeline", "candidates", "events",
-                "banner_box", "banner_size")
+# Columns a finished change may set.
 RESULT_COLUMNS = (
     "source", "post_key", "page_url", "image_url", "artist", "tags", "rating", "face_box", "crop_box",
     "crop_method", "fallbacks", "detector_backend", "verification", "description", "timings",
@@ -152,6 +151,13 @@ class HistoryRow(BaseModel):
     banner_reason: str | None = None
     banner_size: list[Any] | None = None
     guild_id: int | None = None
+
+
+
+# The columns stored as JSON text and decoded on the way out: the row's list and dict fields.
+JSON_COLUMNS = tuple(name for name, f in HistoryRow.model_fields.items()
+                     if typing.get_origin(f.annotation) in (list, dict)
+                     or any(typing.get_origin(a) in (list, dict) for a in typing.get_args(f.annotation)))
 
 
 @dataclass
