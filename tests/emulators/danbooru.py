@@ -444,9 +444,11 @@ def _install_common(app: FastAPI, control: DanbooruControl, store: ArtStore, too
         params = {k: ("***" if k == "api_key" else v) for k, v in request.query_params.items()}
         control.log(LoggedRequest(request.method, request.url.path, params, login,
                                   request.headers.get("user-agent"), bool(auth)))
+        # The fault is taken on arrival, before any delay: a request a slow test left sleeping here wakes
+        # after the next test has queued its faults, and must not consume them.
+        fault = control.take_fault(request.url.path)
         if control.delay_s:
             await asyncio.sleep(control.delay_s)
-        fault = control.take_fault(request.url.path)
         if fault is not None:
             if fault.status == 429:
                 return too_fast(request, fault)

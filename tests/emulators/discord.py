@@ -287,12 +287,17 @@ def create_app(control: DiscordControl | None = None, **options: Any) -> tuple[F
         )
 
     async def misbehave(request: Request) -> JSONResponse | None:
-        if ctl.delay_s:
-            await asyncio.sleep(ctl.delay_s)
+        # The forced error is taken on arrival, before any delay, so a request an earlier slow test left
+        # sleeping here cannot consume the errors the next test queues.
+        forced = None
         with ctl.lock:
             if ctl.force_status_count > 0:
                 ctl.force_status_count -= 1
-                return JSONResponse({"message": "Internal Server Error", "code": 0}, status_code=ctl.force_status)
+                forced = ctl.force_status
+        if ctl.delay_s:
+            await asyncio.sleep(ctl.delay_s)
+        if forced is not None:
+            return JSONResponse({"message": "Internal Server Error", "code": 0}, status_code=forced)
         return None
 
     def log(request: Request, status: int) -> None:
