@@ -166,7 +166,7 @@ def history_row_is_consistent(row: HistoryRow) -> None:
     assert row.finished_at, "a finished row has a finish time"
     assert (row.error is not None) == (row.status == "failed"), (row.status, row.error)
     assert isinstance(row.timings, dict) and row.timings, "per-stage timings are recorded"
-    assert row.events and row.events[-1]["stage"] == "record"
+    assert row.events and row.events[-1].stage == "record"
     if row.status == "applied":
         assert row.uploaded and row.avatar_path and Path(row.avatar_path).is_file()
     json.dumps(row.model_dump())  # everything in it is plain data

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -29,7 +28,8 @@ from rich.text import Text
 
 from mikubot.bot import PANEL_HOST, PANEL_PORT
 from mikubot.config import CONFIG_ENV, ConfigFileError, Settings, load_settings
-from mikubot.events import STAGES, EventBus, ProgressEvent
+from mikubot.events import (STAGES, Cropped, Downloaded, DryRunSkip, Ended, EventBus, FacesFound, Failure, Fallback,
+                            Found, ProgressEvent, RecordDone, Reserved, Skipped, StageDone, Verdict)
 from mikubot.history import ChangeLocked, History, HistoryError, HistoryRow
 from mikubot.sources import SPEC_HELP
 
@@ -64,22 +64,33 @@ def _die(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _reserved(d: dict[str, Any]) -> str:
-    unl = f", unloaded {', '.join(d['unloaded'])}" if d.get("unloaded") else ""
-    return f"reserved {d['reserved']} after {d['waited_s']:.2f} s{unl}"
+def _reserved(r: Reserved) -> str:
+    unl = f", unloaded {', '.join(r.unloaded)}" if r.unloaded else ""
+    return f"reserved {r.reserved} after {r.waited_s:.2f} s{unl}"
 
 
-# A progress event's detail as the live table shows it: per stage, the first (key it has, description) that fits.
-PROGRESS_DETAIL: dict[str, tuple[tuple[str, Callable[[dict[str, Any]], str]], ...]] = {
-    "search": (("found", lambda d: f"{d['found']} candidates"),),
-    "download": (("size", lambda d: f"{d['key'][:40]} {d['size'][0]}x{d['size'][1]}"),),
-    "verify": (("confidence", lambda d: f"{d['method']}: {d['confidence']:.2f} {d.get('description', '')}"),
-               ("reserved", _reserved)),
-    "reserve": (("reserved", _reserved),),
-    "detect": (("faces", lambda d: f"{d['faces']} face(s) via {d['via']}"),),
-    "crop": (("method", lambda d: f"{d['method']} crop {d['box']}"),),
-    "record": (("status", lambda d: str(d["status"])),),
-}
+def describe_event(ev: ProgressEvent) -> str:
+    """A progress event as the live table's detail column shows it ("" keeps the stage's last one)."""
+    match ev.detail:
+        case Failure(error=text) | Fallback(reason=text) | Skipped(reason=text) | DryRunSkip(reason=str() as text):
+            return text
+        case StageDone(summary=str() as summary):
+            return summary  # the stage's last word, over all of its candidates
+        case Found(found=found):
+            return f"{found} candidates"
+        case Downloaded(key=key, size=[width, height]):
+            return f"{key[:40]} {width}x{height}"
+        case Verdict(method=method, confidence=confidence, description=description) if ev.status == "progress":
+            return f"{method}: {confidence:.2f} {description}"
+        case Reserved() as reserved:
+            return _reserved(reserved)
+        case FacesFound(faces=faces, via=via):
+            return f"{faces} face(s) via {via}"
+        case Cropped(method=method, box=box):
+            return f"{method} crop {box}"
+        case RecordDone(status=status):
+            return status
+    return ""
 
 
 class StageBoard:
@@ -94,7 +105,7 @@ class StageBoard:
         self.change_id = ev.change_id
         if ev.stage not in self.rows:
             return
-        took = ev.detail.get("ms")
+        took = ev.detail.ms if isinstance(ev.detail, Ended) else None
         old_status, old_detail, old_ms = self.rows[ev.stage]
         status: str = ev.status
         if ev.status in ("progress", "skip", "done") and old_status in ("fallback", "fail"):
@@ -103,20 +114,7 @@ class StageBoard:
             status = "skip"  # dry run: the upload was skipped, not done
         elif ev.status == "skip" and ev.stage != "upload":
             status = "progress"  # one candidate skipped; the stage goes on
-        self.rows[ev.stage] = (status, self._describe(ev) or old_detail, float(took) if took is not None else old_ms)
-
-    @staticmethod
-    def _describe(ev: ProgressEvent) -> str:
-        d = ev.detail
-        if ev.status in ("fail", "fallback", "skip"):
-            return str(d.get("error") or d.get("reason") or d.get("to") or "")
-        if ev.status == "done" and d.get("summary"):
-            return str(d["summary"])  # the stage's last word, over all of its candidates
-        for key, describe in PROGRESS_DETAIL.get(ev.stage, ()):
-            if key in d:
-                return describe(d)
-        return ""
-
+        self.rows[ev.stage] = (status, describe_event(ev) or old_detail, float(took) if took is not None else old_ms)
 
     def render(self) -> Table:
         title = f"avatar change {self.change_id}" if self.change_id is not None else "avatar change"

@@ -1,8 +1,14 @@
 """Progress events of an avatar change: ``{change_id, stage, status, t, detail}``.
 
-The pipeline emits; the CLI's live display, the panel's event stream and the tests subscribe. A bus
-belongs to whoever creates it (one per pipeline, or one shared by a bot process) — there is no module
-state, so two changes in one process never see each other's events unless they share a bus.
+The pipeline emits; the CLI's live display, the bot's progress message, the panel's event stream and the
+tests subscribe. A bus belongs to whoever creates it (one per pipeline, or one shared by a bot process) —
+there is no module state, so two changes in one process never see each other's events unless they share
+a bus.
+
+Each event's ``detail`` is one of the typed models below, chosen by what happened (``DETAIL_KINDS``:
+by stage and status); its JSON holds exactly the keys the emitter gave (``mikubot.wire.Sparse``). Events
+read back from a history row are parsed into the same models; a stored detail that fits none of them
+(written by an older version) loads as ``OtherDetail`` with its keys as they were.
 """
 
 from __future__ import annotations
@@ -11,10 +17,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo, \
+    field_serializer, field_validator
+
 from mikubot.redact import scrub
+from mikubot.wire import Sparse
 
 log = logging.getLogger(__name__)
 
@@ -22,16 +31,195 @@ STAGES: tuple[str, ...] = ("search", "download", "verify", "reserve", "detect", 
 Status = Literal["start", "progress", "done", "skip", "fallback", "fail"]
 
 
-@dataclass(frozen=True)
-class ProgressEvent:
+class Detail(Sparse):
+    """What an event says beyond its stage and status (the base of every kind; alone: nothing more)."""
+
+
+# --- a stage begins -------------------------------------------------------------------------------------------------
+class SearchStart(Detail):
+    spec: str
+    limit: int
+
+
+class CountStart(Detail):
+    """download and verify: how many candidates the stage takes on."""
+
+    count: int
+
+
+class ReserveStart(Detail):
+    consumer: str
+
+
+class DetectStart(Detail):
+    via: str = Field(description="service | in-process")
+
+
+class UploadStart(Detail):
+    dry_run: bool
+    banner: bool = False
+    guild_id: int | None = None
+    restored_from: int | None = None
+
+
+# --- a stage's findings ---------------------------------------------------------------------------------------------
+class Found(Detail):
+    """search: the candidates found and what the source left out (its report)."""
+
+    found: int
+    keys: list[str] = Field(default_factory=list)
+    report: str | None = None
+
+
+class Downloaded(Detail):
+    key: str
+    bytes: int | None = None
+    size: list[int]
+
+
+class Reserved(Detail):
+    """A VRAM reservation granted (the vision model's in verify, the detector's in reserve)."""
+
+    reserved: str
+    waited_s: float
+    unloaded: list[str] = Field(default_factory=list)
+    errors: list[str] = Field(default_factory=list)
+
+
+class Verdict(Detail):
+    """verify: the verifier's answer about one candidate (a skip when it is not the character)."""
+
+    key: str
+    method: str
+    is_character: bool | None = None
+    confidence: float
+    description: str = ""
+
+
+class FacesFound(Detail):
+    key: str
+    faces: int
+    via: str
+    backend: str | None = None
+    error: str | None = None
+
+
+class Cropped(Detail):
+    """crop: the chosen candidate's square (source pixels), its face and the source's size."""
+
+    key: str
+    method: str
+    box: list[float]
+    face: list[float] | None = None
+    size: list[int] | None = None
+
+
+class BannerFramed(Detail):
+    """crop: the banner's 5:2 frame (None: no banner, ``reason`` says why)."""
+
+    key: str
+    banner: list[float] | None
+    banner_size: list[int] | None = None
+    reason: str | None = None
+
+
+# --- a step down, a skip, the end -----------------------------------------------------------------------------------
+class Fallback(Detail):
+    to: str
+    reason: str
+    key: str | None = None
+
+
+class Skipped(Detail):
+    """One candidate dropped out of the stage (download, crop): which and why."""
+
+    key: str
+    reason: str
+
+
+class DryRunSkip(Detail):
+    """upload, dry run: why nothing was uploaded and where the files were written instead."""
+
+    reason: str | None
+    avatar: str
+    banner: str | None = None
+
+
+class Failure(Detail):
+    error: str
+
+
+class Ended(Detail):
+    """A stage's done: its duration."""
+
+    ms: float | None = None
+
+
+class StageDone(Ended):
+    summary: str | None = Field(None, description="the stage's last word, over all of its candidates")
+
+
+class RecordDone(Ended):
+    status: str
+    error: str | None = None
+
+
+class OtherDetail(Detail):
+    """A stored detail that fits no kind above (an older version's): kept as it was."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+# The kinds of detail an event of (stage, status) may carry, in the order a stored one is tried; a pair
+# not listed takes its status's kind (DETAIL_BY_STATUS).
+DETAIL_KINDS: dict[tuple[str, str], tuple[type[Detail], ...]] = {
+    ("search", "start"): (SearchStart,), ("download", "start"): (CountStart,), ("verify", "start"): (CountStart,),
+    ("reserve", "start"): (ReserveStart,), ("detect", "start"): (DetectStart,), ("upload", "start"): (UploadStart,),
+    ("search", "progress"): (Found,), ("download", "progress"): (Downloaded,),
+    ("verify", "progress"): (Verdict, Reserved), ("reserve", "progress"): (Reserved,),
+    ("detect", "progress"): (FacesFound,), ("crop", "progress"): (Cropped, BannerFramed),
+    ("verify", "skip"): (Verdict,), ("upload", "skip"): (DryRunSkip,), ("record", "done"): (RecordDone,),
+}
+DETAIL_BY_STATUS: dict[str, type[Detail]] = {
+    "start": Detail, "progress": Detail, "done": StageDone, "skip": Skipped, "fallback": Fallback, "fail": Failure,
+}
+
+
+def parse_detail(stage: str, status: str, data: dict[str, Any]) -> Detail:
+    """A detail as JSON (a history row's) into its model: the first kind its keys fit."""
+    kinds = DETAIL_KINDS.get((stage, status)) or (DETAIL_BY_STATUS.get(status, Detail),)
+    for kind in kinds:
+        try:
+            parsed = kind.model_validate(data)
+        except ValidationError:
+            continue
+        if set(data) <= parsed.model_fields_set:  # every key has its home in the kind
+            return parsed
+    return OtherDetail.model_validate(data)
+
+
+class ProgressEvent(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
     change_id: int
     stage: str
     status: Status
-    t: float  # seconds since the change started (monotonic clock)
-    detail: dict[str, Any] = field(default_factory=dict)
+    t: float = Field(description="seconds since the change started (monotonic clock)")
+    detail: SerializeAsAny[Detail] = Field(default_factory=Detail)
+
+    @field_validator("detail", mode="before")
+    @classmethod
+    def _typed_detail(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, Detail) or not isinstance(value, dict):
+            return value
+        return parse_detail(info.data.get("stage", ""), info.data.get("status", ""), value)
+
+    @field_serializer("t")
+    def _rounded(self, t: float) -> float:
+        return round(t, 3)
 
     def to_json(self) -> dict[str, Any]:
-        return {"change_id": self.change_id, "stage": self.stage, "status": self.status, "t": round(self.t, 3), "detail": self.detail}
+        return self.model_dump(mode="json")
 
 
 Subscriber = Callable[[ProgressEvent], None]
@@ -83,8 +271,12 @@ class ChangeEvents:
         self.t0 = time.monotonic()
         self.log: list[ProgressEvent] = []
 
-    def emit(self, stage: str, status: Status, /, **detail: Any) -> ProgressEvent:
-        ev = ProgressEvent(self.change_id, stage, status, time.monotonic() - self.t0, scrub(detail))
+    def emit(self, stage: str, status: Status, detail: Detail | None = None, /) -> ProgressEvent:
+        given = detail if detail is not None else Detail()
+        # No URL credentials in any event (``mikubot.redact``): a reason may quote a source's URL.
+        clean = type(given).model_validate(scrub(given.model_dump()))
+        ev = ProgressEvent(change_id=self.change_id, stage=stage, status=status, t=time.monotonic() - self.t0,
+                           detail=clean)
         self.log.append(ev)
         self.bus.emit(ev)
         return ev

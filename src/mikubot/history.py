@@ -41,7 +41,10 @@ from pydantic import BaseModel, ConfigDict
 
 from mikubot import storage
 from mikubot.errors import MikubotError
+from mikubot.events import ProgressEvent
+from mikubot.record_parts import CandidateSummary, Verification
 from mikubot.redact import scrub, strip_userinfo
+from vramctl.timeline import TimelineEvent
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +112,8 @@ class HistoryRow(BaseModel):
     the whole credit, whose other fields are the columns ``post_key`` ... ``rating``), ``timings`` is the
     record's ``timings_ms``, ``events`` holds the change's progress events, and the record's crop reason,
     reservations and files are in the report file only. Fields in the table's column order (the panel's
-    JSON keeps it); JSON columns are decoded as stored."""
+    JSON keeps it); JSON columns are decoded into their models (``mikubot.record_parts``, the events'
+    ``mikubot.events.ProgressEvent``), which take rows an older version wrote."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -134,12 +138,12 @@ class HistoryRow(BaseModel):
     crop_method: str | None = None
     fallbacks: list[Any] | None = None
     detector_backend: str | None = None
-    verification: dict[str, Any] | None = None
+    verification: Verification | None = None
     description: str | None = None
     timings: dict[str, Any] | None = None
-    vram_timeline: list[Any] | None = None
-    candidates: list[Any] | None = None
-    events: list[Any] | None = None
+    vram_timeline: list[TimelineEvent] | None = None
+    candidates: list[CandidateSummary] | None = None
+    events: list[ProgressEvent] | None = None
     avatar_path: str | None = None
     report_path: str | None = None
     uploaded: bool = False
@@ -154,10 +158,17 @@ class HistoryRow(BaseModel):
 
 
 
-# The columns stored as JSON text and decoded on the way out: the row's list and dict fields.
-JSON_COLUMNS = tuple(name for name, f in HistoryRow.model_fields.items()
-                     if typing.get_origin(f.annotation) in (list, dict)
-                     or any(typing.get_origin(a) in (list, dict) for a in typing.get_args(f.annotation)))
+def _stored_as_json(annotation: Any) -> bool:
+    """A list, a dict or a model (``X | None`` too): what a column holds as JSON text."""
+    if typing.get_origin(annotation) in (list, dict):
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return any(_stored_as_json(a) for a in typing.get_args(annotation) if a is not type(None))
+
+
+# The columns stored as JSON text and decoded on the way out: the row's list, dict and model fields.
+JSON_COLUMNS = tuple(name for name, f in HistoryRow.model_fields.items() if _stored_as_json(f.annotation))
 
 
 @dataclass

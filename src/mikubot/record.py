@@ -20,8 +20,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, Field
 
 from mikubot.crop import face_in_circle
+from mikubot.record_parts import CandidateSummary, ReservationSummary, UploadOutcome, Verification
+from vramctl.timeline import TimelineEvent
 
 if TYPE_CHECKING:  # the pipeline builds records; the record module does not import the pipeline
+    from mikubot.events import ProgressEvent
     from mikubot.history import HistoryRow
     from mikubot.pipeline.state import ChangeState, Chosen
 
@@ -58,17 +61,18 @@ class ChangeRecord(BaseModel):
     fallbacks: list[str] = Field(default_factory=list, description="stage:fallback, e.g. verify:heuristic")
     detector_backend: str | None = None
     verifier: str | None = None
-    verification: dict[str, Any] | None = None
+    verification: Verification | None = None
     description: str | None = None
     timings_ms: dict[str, float] = Field(default_factory=dict)
-    reservations: list[dict[str, Any]] = Field(default_factory=list)
-    vram_timeline: list[dict[str, Any]] = Field(default_factory=list)
-    candidates: list[dict[str, Any]] = Field(default_factory=list)
+    reservations: list[ReservationSummary] = Field(default_factory=list)
+    vram_timeline: list[TimelineEvent] = Field(default_factory=list, description="both reservations' steps on one "
+                                               "clock: seconds since the first request")
+    candidates: list[CandidateSummary] = Field(default_factory=list)
     avatar_path: str | None = None
     files: dict[str, str | None] = Field(default_factory=dict)
     report_path: str | None = None
     uploaded: bool = False
-    upload: dict[str, Any] | None = None
+    upload: UploadOutcome | None = Field(None, description="what Discord answered, or why nothing was uploaded")
     # The profile banner (MIKU_BANNER): its file, its 5:2 crop in source pixels, why it is framed so (or why
     # there is none) and its [width, height]. All None when banners are off.
     banner_path: str | None = None
@@ -83,16 +87,18 @@ class ChangeRecord(BaseModel):
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
-    def history_columns(self, events: list[dict[str, Any]]) -> dict[str, Any]:
-        """The history row's result columns (``History.finish``'s keyword arguments)."""
+    def history_columns(self, events: list[ProgressEvent]) -> dict[str, Any]:
+        """The history row's result columns (``History.finish``'s keyword arguments), as JSON values."""
         credit = self.source
+        as_json = self.to_json()
         return {
             "source": credit.name, "post_key": credit.key, "page_url": credit.page_url,
             "image_url": credit.image_url, "artist": credit.artist, "tags": credit.tags, "rating": credit.rating,
             "face_box": self.face_box, "crop_box": self.crop_box, "crop_method": self.crop_method,
             "fallbacks": self.fallbacks, "detector_backend": self.detector_backend,
-            "verification": self.verification, "description": self.description, "timings": self.timings_ms,
-            "vram_timeline": self.vram_timeline, "candidates": self.candidates, "events": events,
+            "verification": as_json["verification"], "description": self.description, "timings": self.timings_ms,
+            "vram_timeline": as_json["vram_timeline"], "candidates": as_json["candidates"],
+            "events": [e.to_json() for e in events],
             "avatar_path": self.avatar_path, "report_path": self.report_path, "uploaded": self.uploaded,
             "error": self.error,
             "banner_path": self.banner_path, "banner_box": self.banner_box, "banner_reason": self.banner_reason,
@@ -119,7 +125,7 @@ def build_record(state: ChangeState, status: FinalStatus) -> ChangeRecord:
         detector_backend=state.detector_backend or (state.earlier.detector_backend if state.earlier else None),
         verifier=state.verifier, **looks,
         timings_ms={k: round(v, 1) for k, v in state.timings.items()},
-        reservations=[r.to_json() for r in state.reservations], vram_timeline=_timeline(state),
+        reservations=[r.summary() for r in state.reservations], vram_timeline=_timeline(state),
         candidates=[p.summary() for p in state.picks],
         avatar_path=str(state.kept_avatar) if state.kept_avatar else None, files=state.files,
         report_path=state.files.get("report"), uploaded=state.upload.done, upload=state.upload.result,
@@ -159,7 +165,7 @@ def _looks(chosen: Chosen) -> dict[str, Any]:
     crop, verification = chosen.crop, chosen.pick.verification
     return {"face_box": rounded_box(crop.face.bbox) if crop.face else None, "crop_box": rounded_box(crop.box),
             "crop_method": crop.method, "crop_reason": crop.reason,
-            "verification": verification.to_json() if verification else None,
+            "verification": verification,
             "description": verification.description if verification else None}
 
 
@@ -172,11 +178,11 @@ def _earlier_looks(earlier: HistoryRow | None) -> dict[str, Any]:
             "verification": earlier.verification, "description": earlier.description}
 
 
-def _timeline(state: ChangeState) -> list[dict[str, Any]]:
-    """Both reservations' events on one clock (seconds since the first request)."""
+def _timeline(state: ChangeState) -> list[TimelineEvent]:
+    """Both reservations' events on one clock (seconds since the first request), rounded as vramctl shows them."""
     if not state.reservations:
         return []
     t_zero = min(r.timeline.started for r in state.reservations)
-    events = [{**e, "t": round(e["t"] + r.timeline.started - t_zero, 4)}
+    events = [TimelineEvent(**{**e, "t": round(e["t"] + r.timeline.started - t_zero, 4)})
               for r in state.reservations for e in r.timeline.to_json()]
-    return sorted(events, key=lambda e: e["t"])
+    return sorted(events, key=lambda e: e.t)

@@ -29,7 +29,7 @@ import io
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
@@ -42,6 +42,7 @@ from facedetect.types import Detection
 from mikubot.colour import DEFAULT_TOLERANCE, colour_matches, hair_nearness, hair_rank
 from mikubot.crop import hair_of
 from mikubot.errors import MikubotError
+from mikubot.record_parts import Verification
 from mikubot.hair import with_hair
 from mikubot.sources.base import Candidate
 from mikubot.vram import VISION
@@ -59,23 +60,6 @@ PROMPT = (
 
 class VisionUnavailable(MikubotError):
     """The vision model cannot be asked (llama-swap down, model missing, 5xx, timeout)."""
-
-
-@dataclass
-class Verification:
-    is_character: bool
-    confidence: float
-    description: str
-    method: str  # "vision" | "heuristic"
-    raw: str | None = None  # the model's answer text, kept for the history
-    evidence: dict[str, Any] = field(default_factory=dict)
-    duration_s: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["confidence"] = round(self.confidence, 4)
-        d["duration_s"] = round(self.duration_s, 4)
-        return d
 
 
 @dataclass
@@ -300,12 +284,13 @@ class VisionVerifier:
         evidence: dict[str, Any] = {"model": self.model, "parsed": verdict is not None}
         if verdict is None:
             # An answer we cannot read is not a yes: the candidate is skipped, and the text is kept.
-            return Verification(False, 0.0, desc or "the model's answer could not be read", "vision", text, evidence,
-                                loop.time() - t0)
+            return Verification(is_character=False, confidence=0.0, description=desc or "the model's answer could not be read",
+                                method="vision", raw=text, evidence=evidence, duration_s=loop.time() - t0)
         if conf is None:
             conf = 0.8 if verdict else 0.2
             evidence["confidence_assumed"] = True
-        return Verification(verdict, conf, desc, "vision", text, evidence, loop.time() - t0)
+        return Verification(is_character=verdict, confidence=conf, description=desc, method="vision", raw=text,
+                            evidence=evidence, duration_s=loop.time() - t0)
 
 
 # --- without a model -------------------------------------------------------------------------------------------------
@@ -397,4 +382,5 @@ class HeuristicVerifier:
             conf = 0.85 if hair_match else 0.5
             name = candidate.filename or candidate.key
             desc = f"operator-chosen {candidate.source} image {name}; {hair_note}"
-        return Verification(verdict, conf, desc, "heuristic", None, evidence, loop.time() - t0)
+        return Verification(is_character=verdict, confidence=conf, description=desc, method="heuristic", raw=None,
+                            evidence=evidence, duration_s=loop.time() - t0)

@@ -189,7 +189,7 @@ async def test_a_dry_run_writes_avatar_and_banner_and_records_both(art_dir, tmp_
         assert list(im.size) == record.banner_size and im.width * 2 == im.height * 5 and im.width >= MIN_WIDTH
     assert record.face_box and face_visible(tuple(record.face_box), tuple(record.banner_box))
     assert record.banner_reason.startswith("face: the avatar's face") and "clear of the avatar circle" in record.banner_reason
-    assert record.upload["banner"] == record.files["banner"]
+    assert record.upload.banner == record.files["banner"]
     row = History(tmp_path / "data" / "history.sqlite3").get(record.id)
     assert {k: getattr(row, k) for k in ("banner_path", "banner_box", "banner_reason", "banner_size")} == {
         k: getattr(record, k) for k in ("banner_path", "banner_box", "banner_reason", "banner_size")}
@@ -228,7 +228,7 @@ async def test_an_applied_change_sets_both_in_one_request_and_restore_reapplies_
             assert len(patches) == 1 and len(ctl.uploads) == 1 and len(ctl.banners) == 1
             assert ctl.uploads[-1].data == Path(record.avatar_path).read_bytes()
             assert ctl.banners[-1].data == Path(record.banner_path).read_bytes()
-            assert record.upload["banner"] == ctl.banner_hash and record.upload["avatar"] == ctl.avatar_hash
+            assert record.upload.banner == ctl.banner_hash and record.upload.avatar == ctl.avatar_hash
 
             restored = await p.restore(record.id)
         assert restored.status == "applied", restored.error

@@ -100,7 +100,7 @@ async def test_the_deadline_fails_a_hung_change_and_releases_its_reservation(art
                 await asyncio.wait({task}, timeout=0.05)
             record = task.result()
             assert record.status == "failed" and "MIKU_CHANGE_TIMEOUT_S" in (record.error or ""), \
-                str([e["detail"] for e in pipeline.history.get(record.id).events if e["status"] == "fallback"])
+                str([e.detail for e in pipeline.history.get(record.id).events if e.status == "fallback"])
             assert record.failed_stage == "verify"
             assert {"vision": 1} in held  # it did hold the vision model while it hung ...
             assert pipeline.coordinator.held == {}  # ... and holds nothing now

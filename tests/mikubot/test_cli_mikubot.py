@@ -196,7 +196,7 @@ def test_stage_board_lists_stages_in_the_order_the_flow_runs_them(tmp_path):
     assert vision == ("search", "download", "verify", "reserve", "detect", "crop", "upload", "record")
     board = StageBoard(heuristic)
     for t, stage in enumerate(heuristic[:5]):
-        board.on_event(ProgressEvent(1, stage, "start", float(t)))
+        board.on_event(ProgressEvent(change_id=1, stage=stage, status="start", t=float(t)))
     assert [cell for cell in board.render().columns[0]._cells] == list(heuristic)
 
 

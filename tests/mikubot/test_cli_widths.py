@@ -10,7 +10,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from mikubot.cli import StageBoard, app
-from mikubot.events import ProgressEvent
+from mikubot.events import ProgressEvent, Verdict
 from mikubot.history import History
 
 LONG = ("danbooru post tagged eileen_(ren'py); hair #f87f7d matches Eileen's colours, and this description goes "
@@ -26,9 +26,9 @@ def rendered(board: StageBoard, width: int) -> str:
 @pytest.mark.parametrize("width", [80, 160])
 def test_the_verify_detail_is_whole_at_any_width(width: int) -> None:
     board = StageBoard()
-    board.on_event(ProgressEvent(7, "verify", "start", 0.1))
-    board.on_event(ProgressEvent(7, "verify", "progress", 0.2, {"method": "heuristic", "confidence": 0.85,
-                                                                "description": LONG}))
+    board.on_event(ProgressEvent(change_id=7, stage="verify", status="start", t=0.1))
+    board.on_event(ProgressEvent(change_id=7, stage="verify", status="progress", t=0.2, detail=Verdict(
+        key="sprite.png", method="heuristic", confidence=0.85, description=LONG)))
     text = rendered(board, width)
     assert all(len(line) <= width for line in text.splitlines())
     flat = "".join(line.split("│")[2].strip() if line.count("│") >= 3 else "" for line in text.splitlines())

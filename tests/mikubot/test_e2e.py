@@ -26,7 +26,7 @@ from emulators.danbooru import make_post
 from emulators.discord import UploadedAvatar
 from mikubot.crop import face_in_circle
 from mikubot.config import Settings
-from mikubot.events import EventBus, ProgressEvent
+from mikubot.events import EventBus, ProgressEvent, StageDone
 from mikubot.history import History
 from mikubot.pipeline import AvatarPipeline
 from mikubot.record import ChangeRecord
@@ -96,35 +96,35 @@ def first(rig, art, tmp_path_factory) -> FirstChange:
 
 def test_one_vision_and_one_detector_reservation_for_all_candidates(first):
     record, ledger = first.record, first.ledger
-    assert [r["consumer"] for r in record.reservations] == ["vision", "face-detector"]
-    requests = [e for e in record.vram_timeline if e["event"] == "request"]
-    assert [e["consumer"] for e in requests] == ["vision", "face-detector"]
+    assert [r.consumer for r in record.reservations] == ["vision", "face-detector"]
+    requests = [e for e in record.vram_timeline if e.event == "request"]
+    assert [e.consumer for e in requests] == ["vision", "face-detector"]
     assert len(first.seen) == 5, "all five candidates were verified"
     assert ledger["oom_count"] == 0
     assert ledger["loads"].count("vision") == 1, "K candidates cost one vision load, not K"
     assert ledger["unloads"] == ["llama3.1"], "text freed for vision; the CPU detector needs no room"
-    assert [e["consumer"] for e in record.vram_timeline if e["event"] == "unloaded"] == ["text"]
+    assert [e.consumer for e in record.vram_timeline if e.event == "unloaded"] == ["text"]
     assert first.running == ["vision"], "vision stays for the next change"
 
 
 def test_the_cpu_detector_is_granted_without_measuring_or_unloading(first):
     record = first.record
-    assert record.reservations[1]["unloaded"] == []
+    assert record.reservations[1].unloaded == []
     timeline = record.vram_timeline
-    start = next(i for i, e in enumerate(timeline) if e["event"] == "request" and e["consumer"] == "face-detector")
-    detector_events = [e["event"] for e in timeline[start:] if e["event"] != "released"]  # vision's release
+    start = next(i for i, e in enumerate(timeline) if e.event == "request" and e.consumer == "face-detector")
+    detector_events = [e.event for e in timeline[start:] if e.event != "released"]  # vision's release
     assert detector_events[:2] == ["request", "cpu-only"] and "resumed" in detector_events, detector_events
     assert not {"measured", "unload", "waiting"} & set(detector_events), "granted without measuring or unloading"
-    cpu = next(e for e in timeline if e["event"] == "cpu-only")
-    assert cpu["consumer"] == "face-detector" and "animeface" in cpu["detail"] and "needs no VRAM" in cpu["detail"]
+    cpu = next(e for e in timeline if e.event == "cpu-only")
+    assert cpu.consumer == "face-detector" and "animeface" in cpu.detail and "needs no VRAM" in cpu.detail
 
 
 def test_refused_candidates_are_recorded_with_the_reason(first):
-    by_file = {first.names[c["key"]]: c for c in first.record.candidates}
-    assert "not Hatsune Miku" in by_file["lucy happy.png"]["skipped"]
-    assert by_file["sylvie blue giggle.png"]["verification"]["evidence"]["parsed"] is False
-    assert by_file["eileen vhappy.png"]["verification"]["confidence"] == pytest.approx(0.9)
-    assert {c["detected_via"] for c in first.record.candidates if not c["skipped"]} == {"service"}
+    by_file = {first.names[c.key]: c for c in first.record.candidates}
+    assert "not Hatsune Miku" in by_file["lucy happy.png"].skipped
+    assert by_file["sylvie blue giggle.png"].verification.evidence["parsed"] is False
+    assert by_file["eileen vhappy.png"].verification.confidence == pytest.approx(0.9)
+    assert {c.detected_via for c in first.record.candidates if not c.skipped} == {"service"}
     assert first.record.detector_backend == "animeface"
 
 
@@ -149,7 +149,7 @@ def test_discord_gets_the_labelled_face_inside_the_round_area(first, art):
 def test_rate_limits_are_waited_out(first):
     """Discord's 429 on the first upload is waited out as asked and recorded (Danbooru's on the first search
     too: otherwise the change could not have been applied)."""
-    assert first.record.upload["attempts"] == 2 and first.record.upload["rate_limits"][0]["retry_after"] == 0.3
+    assert first.record.upload.attempts == 2 and first.record.upload.rate_limits[0].retry_after == 0.3
 
 
 def test_the_history_row_is_complete(first):
@@ -160,9 +160,9 @@ def test_the_history_row_is_complete(first):
     assert row.artist.startswith("artist_") and MIKU in row.tags and row.rating == "g"
     assert row.page_url and row.image_url
     assert row.face_box == record.face_box and row.crop_box == record.crop_box
-    assert row.verification["method"] == "vision" and row.description == record.description
+    assert row.verification.method == "vision" and row.description == record.description
     assert set(row.timings) >= {"search", "download", "verify", "reserve", "detect", "crop", "upload", "record"}
-    assert [e["event"] for e in row.vram_timeline].count("granted") == 2
+    assert [e.event for e in row.vram_timeline].count("granted") == 2
     assert Path(row.avatar_path).read_bytes() == first.upload.data
     assert Path(record.report_path).is_file()
 
@@ -179,7 +179,7 @@ async def test_a_second_change_never_reuses_the_post(first, rig, art):
         second = await pipeline.change(candidates=3)
     assert second.status == "applied", second.error
     assert second.source.key != first.record.source.key
-    assert first.record.source.key not in {c["key"] for c in second.candidates}
+    assert first.record.source.key not in {c.key for c in second.candidates}
     assert len(rig.discord.uploads) == 2
     assert rig.llama.ledger()["oom_count"] == 0
     # vision was still there: the second change loaded and unloaded nothing
@@ -209,8 +209,8 @@ async def test_the_stage_rows_describe_the_chosen_picture_not_the_last_one(art, 
             record = await pipeline.change(dry_run=True)
     assert record.status == "dry-run", record.error
     assert record.source.key == "danbooru:3002" and record.crop_method == "face"
-    detected = [e.detail["key"] for e in events if e.stage == "detect" and e.status == "progress"]
-    verified = [e.detail["key"] for e in events if e.stage == "verify" and e.status == "progress"]
+    detected = [e.detail.key for e in events if e.stage == "detect" and e.status == "progress"]
+    verified = [e.detail.key for e in events if e.stage == "verify" and e.status == "progress"]
     assert detected[-1] == verified[-1] == "danbooru:3001", "the faceless picture is the last one processed"
     rows = {stage: detail for stage, (_, detail, _) in board.rows.items()}
     assert rows["detect"] == "faces in 1 of 2 candidates (1, 0) via in-process", rows
@@ -218,11 +218,11 @@ async def test_the_stage_rows_describe_the_chosen_picture_not_the_last_one(art, 
     assert rows["crop"].startswith("chose danbooru_3002.png of 2: 1 face (best "), rows
     assert "face crop" in rows["crop"] and "0 face" not in " ".join(rows.values())
     # the record's events (what the panel replays for an earlier change) end each stage on the same words
-    dones = {e["stage"]: e["detail"].get("summary") for e in record_events(settings, record.id) if e["status"] == "done"}
+    dones = {e.stage: e.detail.summary for e in record_events(settings, record.id) if isinstance(e.detail, StageDone)}
     assert (dones["detect"], dones["verify"], dones["crop"]) == (rows["detect"], rows["verify"], rows["crop"])
 
 
-def record_events(settings: Settings, change_id: int) -> list[dict[str, Any]]:
+def record_events(settings: Settings, change_id: int) -> list[ProgressEvent]:
     row = History(settings.history_path).get(change_id)
     assert row is not None
     return row.events

@@ -201,7 +201,7 @@ async def test_a_server_change_sets_that_servers_look_only(pipeline, discord):
 
     record = await pipeline.change(guild_id=SERVER)
     assert record.status == "applied", record.error
-    assert record.guild_id == SERVER and record.upload["guild_id"] == SERVER
+    assert record.guild_id == SERVER and record.upload.guild_id == SERVER
     assert record.source.filename == "lucy happy.png"  # the server's own source ...
     assert "Lucy" in record.description  # ... and character
     # Discord: the bot's member in server 99 has the new avatar; the global avatar is the one from before.
@@ -209,11 +209,11 @@ async def test_a_server_change_sets_that_servers_look_only(pipeline, discord):
     assert ctl.avatar_hash == global_hash and len(ctl.uploads) == 1
     (guild, field, image), = ctl.guild_uploads
     assert (guild, field, image.format, image.data) == (str(SERVER), "avatar", "PNG", kept)
-    assert ctl.guild_members[str(SERVER)]["avatar"] == hashlib.md5(kept).hexdigest() == record.upload["avatar"]
+    assert ctl.guild_members[str(SERVER)]["avatar"] == hashlib.md5(kept).hexdigest() == record.upload.avatar
     assert "100" not in ctl.guild_members
     # The bio: the credit line, as sent and as Discord keeps it.
     bio = ctl.guild_members[str(SERVER)]["bio"]
-    assert bio == record.upload["bio"] == "from local" and len(bio) <= 400
+    assert bio == record.upload.bio == "from local" and len(bio) <= 400
     patches = [r for r in ctl.requests if r["method"] == "PATCH"]
     assert [r["path"] for r in patches] == ["/api/v10/users/@me", f"/api/v10/guilds/{SERVER}/members/@me"]
 
@@ -232,7 +232,7 @@ async def test_a_server_without_bio_credit_keeps_its_bio_and_an_unknown_server_u
     record = await pipeline.change(guild_id=100)
     assert record.status == "applied", record.error
     assert record.source.filename == "eileen happy.png"  # no source of its own: the global one
-    assert "bio" not in ctl.guild_members["100"] and record.upload["bio"] is None
+    assert "bio" not in ctl.guild_members["100"] and record.upload.bio is None
     assert ctl.uploads == []  # the global profile untouched
 
 
@@ -246,7 +246,7 @@ async def test_restoring_a_server_change_reapplies_it_to_that_server(pipeline, d
     assert again.guild_id == SERVER and pipeline.history.get(again.id).restored_from == first.id
     assert ctl.uploads == [] and len(ctl.guild_uploads) == 2
     assert ctl.guild_uploads[1][2].data == ctl.guild_uploads[0][2].data
-    assert ctl.guild_members[str(SERVER)]["bio"] == first.upload["bio"]  # the restored change's credit
+    assert ctl.guild_members[str(SERVER)]["bio"] == first.upload.bio  # the restored change's credit
 
 
 async def test_a_server_the_bot_is_not_in_fails_at_upload_and_keeps_the_avatar(discord, art_dir, tmp_path):
@@ -258,7 +258,7 @@ async def test_a_server_the_bot_is_not_in_fails_at_upload_and_keeps_the_avatar(d
         for guild, status in ((404040, 403), (31337, 404)):
             record = await p.change(guild_id=guild)
             assert record.status == "failed" and record.failed_stage == "upload"
-            assert record.upload["status_code"] == status and f"member of server {guild}" in record.error
+            assert record.upload.status_code == status and f"member of server {guild}" in record.error
             assert Path(record.avatar_path).is_file()
     assert ctl.guild_members == {} and ctl.uploads == []
 
@@ -266,7 +266,7 @@ async def test_a_server_the_bot_is_not_in_fails_at_upload_and_keeps_the_avatar(d
 async def test_a_dry_run_server_change_touches_nothing(pipeline, discord):
     _, ctl = discord
     record = await pipeline.change(guild_id=SERVER, dry_run=True)
-    assert record.status == "dry-run" and record.guild_id == SERVER and record.upload["guild_id"] == SERVER
+    assert record.status == "dry-run" and record.guild_id == SERVER and record.upload.guild_id == SERVER
     assert ctl.guild_members == {} and ctl.uploads == []
 
 
@@ -286,13 +286,13 @@ async def test_a_servers_booru_look_searches_its_tag_and_credits_the_artist_in_t
         async with AvatarPipeline(settings) as p:
             record = await p.change(guild_id=SERVER)
     assert record.status == "applied", record.error
-    assert record.source.artist == artist and record.verification["is_character"]
+    assert record.source.artist == artist and record.verification.is_character
     searched = [r.params.get("tags", "") for r in booru.state.control.requests if r.path == "/posts.json"]
     assert searched and all("lucy_(ren'py)" in q and "hatsune_miku" not in q for q in searched)
     bio = ctl.guild_members[str(SERVER)]["bio"]
     page = record.source.page_url
     assert page.startswith(danbooru_url) and bio.endswith(" · " + page) and bio.startswith(r"Art by \*kagamine\*\_rrr")
-    assert len(bio) <= 400 and bio == record.upload["bio"] and "…" in bio and ctl.uploads == []
+    assert len(bio) <= 400 and bio == record.upload.bio and "…" in bio and ctl.uploads == []
 
 
 async def test_with_miku_banner_a_server_gets_its_own_banner_too(discord, art_dir, tmp_path):
@@ -307,8 +307,8 @@ async def test_with_miku_banner_a_server_gets_its_own_banner_too(discord, art_di
         assert record.status == "applied", record.error
         banner = Path(record.banner_path).read_bytes()
         assert [(g, f) for g, f, _ in ctl.guild_uploads] == [(str(SERVER), "avatar"), (str(SERVER), "banner")]
-        assert ctl.guild_uploads[1][2].data == banner and record.upload["banner"] == hashlib.md5(banner).hexdigest()
-        assert ctl.guild_members[str(SERVER)]["banner"] == record.upload["banner"]
+        assert ctl.guild_uploads[1][2].data == banner and record.upload.banner == hashlib.md5(banner).hexdigest()
+        assert ctl.guild_members[str(SERVER)]["banner"] == record.upload.banner
         assert ctl.uploads == [] and ctl.banners == [] and ctl.avatar_hash is None  # the global profile
         patches = [r for r in ctl.requests if r["method"] == "PATCH"]
         assert [r["path"] for r in patches] == [f"/api/v10/guilds/{SERVER}/members/@me"]
@@ -477,7 +477,7 @@ async def test_a_server_avatar_changed_too_fast_fails_clearly_and_keeps_the_avat
     record = await pipeline.change(guild_id=SERVER)
     assert record.status == "failed" and record.failed_stage == "upload"
     assert "changing your avatar too fast" in record.error and "a few per hour" in record.error
-    assert "mikubot pfp restore" in record.error and record.upload["retryable"] is True
+    assert "mikubot pfp restore" in record.error and record.upload.retryable is True
     assert Path(record.avatar_path).is_file() and ctl.guild_uploads == []
 
 

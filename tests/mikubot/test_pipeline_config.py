@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from mikubot.config import ConfigFileError, load_settings
-from mikubot.events import ChangeEvents, EventBus
+from mikubot.events import ChangeEvents, EventBus, RecordDone, SearchStart
 from mikubot.vram import DETECTOR, TEXT, VISION, vram_settings
 
 
@@ -68,13 +68,13 @@ def test_events_fan_out_and_survive_a_broken_subscriber():
     bus.subscribe(lambda e: 1 / 0)
     off = bus.subscribe(got.append)
     ev = ChangeEvents(bus, 7)
-    ev.emit("search", "start", spec="danbooru")
-    ev.emit("record", "done", status="applied")  # "status" in the detail does not clash
+    ev.emit("search", "start", SearchStart(spec="danbooru", limit=3))
+    ev.emit("record", "done", RecordDone(status="applied"))  # "status" in the detail does not clash
     off()
     ev.emit("upload", "skip")
     assert [(e.change_id, e.stage, e.status) for e in got] == [(7, "search", "start"), (7, "record", "done")]
-    assert got[1].detail == {"status": "applied"} and got[0].t <= got[1].t
-    assert len(ev.log) == 3 and ev.log[0].to_json()["detail"] == {"spec": "danbooru"}
+    assert got[1].detail == RecordDone(status="applied") and got[0].t <= got[1].t
+    assert len(ev.log) == 3 and ev.log[0].to_json()["detail"] == {"spec": "danbooru", "limit": 3}
 
 
 async def test_event_queue_for_streaming():

@@ -60,7 +60,7 @@ async def test_vision_model_down_falls_back_to_the_heuristic(fresh, tmp_path):
     record, row = await change(fresh.settings(tmp_path, candidates=2))
     assert record.status == "applied"
     assert "verify:heuristic" in record.fallbacks
-    assert record.verification["method"] == "heuristic"
+    assert record.verification.method == "heuristic"
     assert "tagged hatsune_miku" in record.description
 
 
@@ -86,7 +86,7 @@ async def test_detector_service_down_falls_back_to_in_process(fresh, tmp_path):
     assert record.status == "applied", record.error
     assert "detect:in-process" in record.fallbacks
     assert record.crop_method == "face" and record.detector_backend == "animeface"
-    assert {c["detected_via"] for c in record.candidates} == {"in-process"}
+    assert {c.detected_via for c in record.candidates} == {"in-process"}
 
 
 async def test_no_detector_at_all_crops_by_saliency(fresh, tmp_path):
@@ -163,7 +163,7 @@ async def test_discord_429_beyond_the_bound_fails_retryably(fresh, tmp_path):
     fresh.discord.force_429, fresh.discord.retry_after_s = 5, 45.0  # discord.py gives up at once beyond 30 s
     record, row = await change(fresh.settings(tmp_path, candidates=1, upload_max_wait_s=1.0))
     assert record.status == "failed" and "rate limit" in record.error
-    assert record.upload["retryable"] is True and row.avatar_path
+    assert record.upload.retryable is True and row.avatar_path
 
 
 async def test_discord_down_fails_clearly(fresh, tmp_path):
@@ -188,7 +188,7 @@ async def test_a_cancelled_change_still_finishes_its_row(fresh, tmp_path):
             await task
     rows = History(settings.history_path).list()
     assert len(rows) == 1 and rows[0].status == "failed" and "CancelledError" in rows[0].error
-    assert rows[0].finished_at and rows[0].events[-1]["stage"] == "record"
+    assert rows[0].finished_at and rows[0].events[-1].stage == "record"
 
 
 async def test_a_cancelled_restore_still_finishes_its_row(fresh, tmp_path):
@@ -205,7 +205,7 @@ async def test_a_cancelled_restore_still_finishes_its_row(fresh, tmp_path):
     row = History(settings.history_path).list(1)[0]
     assert row.restored_from == record.id, "the restore's own row"
     assert row.status == "failed" and "CancelledError" in row.error and row.finished_at
-    assert row.post_key == record.source.key and row.events[-1]["stage"] == "record"
+    assert row.post_key == record.source.key and row.events[-1].stage == "record"
 
 
 async def test_without_a_vision_model_each_picture_is_detected_once_and_first(fresh, tmp_path):
@@ -213,14 +213,14 @@ async def test_without_a_vision_model_each_picture_is_detected_once_and_first(fr
     (no vision model to make room for) and runs once per picture, not once for the hair and again to crop."""
     record, row = await change(fresh.settings(tmp_path, candidates=2, llama_swap_url=None))
     assert record.status == "applied" and record.verifier == "heuristic"
-    events = [(e["stage"], e["status"]) for e in row.events]
+    events = [(e.stage, e.status) for e in row.events]
     assert events.index(("detect", "done")) < events.index(("verify", "start"))
     assert events.count(("detect", "start")) == 1 and events.count(("detect", "progress")) == 2
     for c in record.candidates:
-        evidence = c["verification"]["evidence"]
+        evidence = c.verification.evidence
         assert evidence["faces_from"] == "detect stage" and evidence["hair_color"].startswith("#")
-    chosen = [c for c in record.candidates if c["framing"]]
-    assert len(chosen) == 1 and chosen[0]["framing"]["method"] == "face"
-    assert record.crop_reason == chosen[0]["framing"]["reason"] and record.crop_reason.startswith("face: ")
-    assert [c["lost"] for c in record.candidates if not c["framing"]] == [
+    chosen = [c for c in record.candidates if c.framing]
+    assert len(chosen) == 1 and chosen[0].framing.method == "face"
+    assert record.crop_reason == chosen[0].framing.reason and record.crop_reason.startswith("face: ")
+    assert [c.lost for c in record.candidates if not c.framing] == [
         "ranked below the chosen picture (hair colour, then face score x verification confidence)"]

@@ -51,7 +51,7 @@ async def test_text_unload_runs_while_the_candidates_download(art, tmp_path):
     assert order.index(("download", "done")) < order.index(("verify", "done")) < order.index(("reserve", "start"))
     first_picture = next(asked for stage, status, asked in seen if (stage, status) == ("download", "progress"))
     assert first_picture, "the text model's unload was requested before any picture had downloaded"
-    unloaded = [e["consumer"] for e in record.vram_timeline if e["event"] == "unloaded"]
+    unloaded = [e.consumer for e in record.vram_timeline if e.event == "unloaded"]
     assert unloaded == ["text", "vision"]  # this card is tight: vision leaves for the detector
     assert w.llama.ledger()["oom_count"] == 0 and w.llama.loads.count("vision") == 1
 
@@ -70,9 +70,9 @@ async def test_detector_that_fits_beside_vision_needs_no_swap(art, tmp_path):
             ledger = w.llama.ledger()
             assert ledger["unloads"] == ["llama3.1"], "only the text model left the card"
             assert ledger["loads"] == ["llama3.1", "vision"] and ledger["oom_count"] == 0
-            detector = next(r for r in record.reservations if r["consumer"] == "face-detector")
-            assert detector["unloaded"] == [] and detector["waited_s"] < 5
-            events = [e["event"] for e in record.vram_timeline if e["consumer"] in (None, "face-detector")]
+            detector = next(r for r in record.reservations if r.consumer == "face-detector")
+            assert detector.unloaded == [] and detector.waited_s < 5
+            events = [e.event for e in record.vram_timeline if e.consumer in (None, "face-detector")]
             assert "already-loaded" in events
             assert w.llama.running() == ["vision"], "vision stays for the next change (llama-swap's ttl)"
 
@@ -80,7 +80,7 @@ async def test_detector_that_fits_beside_vision_needs_no_swap(art, tmp_path):
             second = await pipeline.change(dry_run=True, candidates=2)
             assert second.status == "dry-run", second.error
             assert w.llama.ledger()["unloads"] == ["llama3.1"] and w.llama.loads.count("vision") == 1
-            assert all(r["unloaded"] == [] for r in second.reservations)
+            assert all(r.unloaded == [] for r in second.reservations)
 
 
 async def test_cpu_detector_never_sends_vision_away(art, tmp_path):
@@ -97,10 +97,10 @@ async def test_cpu_detector_never_sends_vision_away(art, tmp_path):
     ledger = w.llama.ledger()
     assert ledger["unloads"] == ["llama3.1"], "only the text model left, for vision; nothing for the detector"
     assert ledger["oom_count"] == 0 and w.llama.running() == ["vision"]
-    detector = next(r for r in record.reservations if r["consumer"] == "face-detector")
-    assert detector["unloaded"] == []
+    detector = next(r for r in record.reservations if r.consumer == "face-detector")
+    assert detector.unloaded == []
     timeline = record.vram_timeline
-    start = next(i for i, e in enumerate(timeline) if e["event"] == "request" and e["consumer"] == "face-detector")
-    events = [e["event"] for e in timeline[start:] if e["event"] != "released"]  # vision's release may interleave
+    start = next(i for i, e in enumerate(timeline) if e.event == "request" and e.consumer == "face-detector")
+    events = [e.event for e in timeline[start:] if e.event != "released"]  # vision's release may interleave
     assert events[:2] == ["request", "cpu-only"] and "resumed" in events, events
     assert not {"measured", "unload", "waiting"} & set(events), events

@@ -238,11 +238,11 @@ async def test_a_change_verifies_through_llama_swap_and_swaps_vision_out_before_
             record = await pipeline.change(dry_run=True)
     assert record.status == "dry-run", record.error
     assert record.verifier == "vision" and not [f for f in record.fallbacks if f.startswith("verify")]
-    assert record.verification["method"] == "vision" and "teal twin tails" in record.description
+    assert record.verification.method == "vision" and "teal twin tails" in record.description
     asked = idle.asked()[asked_before:]
     assert len(asked) == 3 and all(a["images"] and a["authorization"] for a in asked), asked
     assert "Is the main character Hatsune Miku?" in asked[0]["text"]
-    assert [e["consumer"] for e in record.vram_timeline if e["event"] == "unloaded"] == ["text", "vision"]
+    assert [e.consumer for e in record.vram_timeline if e.event == "unloaded"] == ["text", "vision"]
     assert idle.gpu.oom_count == ooms and idle.swap.running(KEY) == {}
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from discord.utils import escape_markdown, escape_mentions
 
-from mikubot.events import STAGES, ProgressEvent
+from mikubot.events import STAGES, DryRunSkip, Failure, Fallback, ProgressEvent, RecordDone, Skipped, StageDone
 from mikubot.history import HistoryRow
 from mikubot.record import ChangeRecord
 from mikubot.web.views import safe_link
@@ -72,15 +72,17 @@ class StageProgress:
 
 
 def _note(ev: ProgressEvent) -> str:
-    d = ev.detail
-    if ev.status == "fail":
-        return str(d.get("error", ""))[:300]
-    if ev.status == "fallback":
-        return f"fell back to {d.get('to', '?')}" + (f" ({str(d['reason'])[:150]})" if d.get("reason") else "")
-    if ev.status == "skip":
-        return str(d.get("reason", ""))[:150]
-    if ev.status == "done" and "ms" in d:
-        return (f"{str(d['summary'])[:200]}, " if d.get("summary") else "") + f"{float(d['ms']) / 1000:.1f} s"
+    match ev.detail:
+        case Failure(error=error):
+            return error[:300]
+        case Fallback(to=to, reason=reason):
+            return f"fell back to {to}" + (f" ({reason[:150]})" if reason else "")
+        case Skipped(reason=reason) | DryRunSkip(reason=str() as reason):
+            return reason[:150]
+        case StageDone(ms=float() as ms, summary=summary):
+            return (f"{summary[:200]}, " if summary else "") + f"{ms / 1000:.1f} s"
+        case RecordDone(ms=float() as ms):
+            return f"{ms / 1000:.1f} s"
     return ""
 
 

@@ -12,11 +12,13 @@ from typing import Any
 
 from mikubot.crop import avatar_png
 from mikubot.discord_rest import DiscordError
+from mikubot.events import DryRunSkip, UploadStart
 from mikubot.guild_profile import set_guild_look
 from mikubot.outputs import ChangeFiles, annotated_source, write_change_files
 from mikubot.pipeline.services import Services
 from mikubot.pipeline.state import ChangeFailed, ChangeState, Chosen
 from mikubot.record import credit_of
+from mikubot.record_parts import AppliedUpload, DryRunUpload, FailedUpload
 from mikubot.storage import StorageError
 from mikubot.upload import set_avatar
 
@@ -65,16 +67,19 @@ async def reapply(state: ChangeState, path: Path, banner_path: Path | None, bann
     await apply(state, png, path, banner=banner, restored_from=state.restored_from)
 
 
-async def apply(state: ChangeState, png: bytes, written: Path, *, banner: bytes | None = None, **detail: Any) -> None:
+async def apply(state: ChangeState, png: bytes, written: Path, *, banner: bytes | None = None,
+                restored_from: int | None = None) -> None:
     """The upload stage: the avatar (and the banner, in the same request) to Discord — to one server's
     own look when the change is for a server — or (dry run) only where they were written."""
+    # Keys that do not apply are left out of the start event and the record's upload part (not sent as null).
     scope = {"guild_id": state.guild_id} if state.guild_id is not None else {}
-    with state.stage("upload", dry_run=state.dry_run, **({"banner": True} if banner is not None else {}), **scope,
-                     **detail):
+    start = UploadStart(dry_run=state.dry_run, **({"banner": True} if banner is not None else {}), **scope,
+                        **({"restored_from": restored_from} if restored_from is not None else {}))
+    with state.stage("upload", start):
         if state.dry_run:
             banner_file = {"banner": state.files["banner"]} if banner is not None and state.files.get("banner") else {}
-            state.upload.result = {"skipped": state.dry_reason, "written": str(written), **scope, **banner_file}
-            state.events.emit("upload", "skip", reason=state.dry_reason, avatar=str(written), **banner_file)
+            state.upload.result = DryRunUpload(skipped=state.dry_reason, written=str(written), **scope, **banner_file)
+            state.events.emit("upload", "skip", DryRunSkip(reason=state.dry_reason, avatar=str(written), **banner_file))
             return
         try:
             if state.guild_id is not None:
@@ -83,10 +88,10 @@ async def apply(state: ChangeState, png: bytes, written: Path, *, banner: bytes 
             else:
                 result = await set_avatar(state.settings, png, banner)
         except DiscordError as exc:
-            state.upload.result = {"error": exc.message, "status_code": exc.status_code, "retryable": exc.retryable,
-                                   "kept": str(state.kept_avatar)}
+            state.upload.result = FailedUpload(error=exc.message, status_code=exc.status_code, retryable=exc.retryable,
+                                               kept=str(state.kept_avatar))
             raise ChangeFailed("upload", exc.message) from exc
-        state.upload.result, state.upload.done = result.to_json(), True
+        state.upload.result, state.upload.done = AppliedUpload.model_validate(result.to_json()), True
 
 
 def _bio_credit(state: ChangeState) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack
 from PIL import Image
 
 from mikubot.detection import FaceFinder, FaceResult
+from mikubot.events import DetectStart, FacesFound, Reserved, ReserveStart
 from mikubot.errors import MikubotError
 from mikubot.pipeline.services import Services
 from mikubot.pipeline.state import ChangeFailed, ChangeState, Pick, Reservation, counted
@@ -63,9 +64,9 @@ async def detect(state: ChangeState, services: Services, survivors: list[Pick]) 
         state.fall_back("detect", to, why)
 
     async with AsyncExitStack() as room:
-        with state.stage("reserve", consumer=DETECTOR):
+        with state.stage("reserve", ReserveStart(consumer=DETECTOR)):
             service = await _reserve(state, services, room, len(survivors), fell_back)
-        with state.stage("detect", via="service" if service else "in-process") as outcome:
+        with state.stage("detect", DetectStart(via="service" if service else "in-process")) as outcome:
             async with face_finder(services, service, fell_back) as finder:
                 for pick in survivors:
                     await _find(state, finder, pick)
@@ -77,8 +78,8 @@ async def _find(state: ChangeState, finder: FaceFinder, pick: Pick) -> None:
     assert pick.image is not None and c.data is not None
     pick.faces = faces = await finder.find(pick.image, c.data, c.filename or f"{c.key}.img")
     state.detector_backend = faces.backend or state.detector_backend
-    state.events.emit("detect", "progress", key=c.key, faces=len(faces.detections), via=faces.via,
-                      backend=faces.backend, error=faces.error)
+    state.events.emit("detect", "progress", FacesFound(key=c.key, faces=len(faces.detections), via=faces.via,
+                                                       backend=faces.backend, error=faces.error))
 
 
 async def _reserve(state: ChangeState, services: Services, room: AsyncExitStack, n: int,
@@ -90,8 +91,8 @@ async def _reserve(state: ChangeState, services: Services, room: AsyncExitStack,
         raise ChangeFailed("reserve", str(exc)) from exc
     if res is not None:
         state.reservations.append(res)
-        state.events.emit("reserve", "progress", reserved=DETECTOR, waited_s=round(res.waited_s, 3),
-                          unloaded=res.unloaded, errors=res.errors)
+        state.events.emit("reserve", "progress", Reserved(reserved=DETECTOR, waited_s=round(res.waited_s, 3),
+                                                          unloaded=res.unloaded, errors=res.errors))
     return service
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from mikubot.events import Found, SearchStart
 from mikubot.pipeline.services import Services
 from mikubot.pipeline.state import ChangeFailed, ChangeState
 from mikubot.sources import Candidate, Source, SourceError
@@ -11,7 +12,7 @@ from mikubot.sources import Candidate, Source, SourceError
 
 async def search(state: ChangeState, services: Services, k: int) -> tuple[Source, list[Candidate]]:
     spec = state.spec
-    with state.stage("search", spec=spec, limit=k):
+    with state.stage("search", SearchStart(spec=spec, limit=k)):
         try:
             src = services.make_source(spec, state.settings)
             exclude = await asyncio.to_thread(services.history.used_keys, src.name)
@@ -24,5 +25,5 @@ async def search(state: ChangeState, services: Services, k: int) -> tuple[Source
             raise ChangeFailed("search", f"{spec} offered no new candidates ({len(exclude)} already used"
                                + (f"; {seen}" if seen else "") + "); widen the search (ratings, blacklist, "
                                "another source) or use a fresh MIKU_DATA_DIR")
-        state.events.emit("search", "progress", found=len(found), keys=[c.key for c in found], report=seen)
+        state.events.emit("search", "progress", Found(found=len(found), keys=[c.key for c in found], report=seen))
     return src, found

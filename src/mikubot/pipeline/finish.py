@@ -8,8 +8,8 @@ import logging
 import time
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
 
+from mikubot.events import Failure, ProgressEvent, RecordDone
 from mikubot.pipeline.services import Services
 from mikubot.pipeline.state import ChangeFailed, ChangeState
 from mikubot.outputs import write_report
@@ -27,12 +27,12 @@ async def conclude(state: ChangeState, services: Services, work: Awaitable[None]
         await work
     except ChangeFailed as exc:
         state.error, state.failed_stage = exc.message, exc.stage
-        state.events.emit(exc.stage, "fail", error=exc.message)
+        state.events.emit(exc.stage, "fail", Failure(error=exc.message))
     except StorageError as exc:  # a full or failing disk: the change fails, saying where to make room
         state.error, state.failed_stage = str(exc), state.failed_stage or state.last_stage()
         if isinstance(exc, StorageFull):
             state.insufficient_storage = str(exc.where)
-        state.events.emit(state.failed_stage, "fail", error=state.error)
+        state.events.emit(state.failed_stage, "fail", Failure(error=state.error))
     except BaseException as exc:
         state.error = f"internal error: {type(exc).__name__}: {exc}"
         state.failed_stage = state.failed_stage or "internal"
@@ -43,7 +43,7 @@ async def conclude(state: ChangeState, services: Services, work: Awaitable[None]
     return _finished(state, await asyncio.to_thread(_written, state, services, built, events))
 
 
-def _built(state: ChangeState) -> tuple[ChangeRecord, list[dict[str, Any]]]:
+def _built(state: ChangeState) -> tuple[ChangeRecord, list[ProgressEvent]]:
     """The record stage's start: the record, and the events the history row keeps (its own done included)."""
     state.events.emit("record", "start")
     state.record_started = time.monotonic()
@@ -51,13 +51,12 @@ def _built(state: ChangeState) -> tuple[ChangeRecord, list[dict[str, Any]]]:
     state.files["report"] = state.files.get("report") or str(state.default_report)
     state.timings["record"] = 0.0
     built = build_record(state, status)
-    events = [e.to_json() for e in state.events.log] + [
-        {"change_id": state.id, "stage": "record", "status": "done",
-         "t": round(time.monotonic() - state.events.t0, 3), "detail": {"status": status}}]
+    events = [*state.events.log, ProgressEvent(change_id=state.id, stage="record", status="done",
+                                               t=time.monotonic() - state.events.t0, detail=RecordDone(status=status))]
     return built, events
 
 
-def _written(state: ChangeState, services: Services, built: ChangeRecord, events: list[dict[str, Any]]) -> ChangeRecord:
+def _written(state: ChangeState, services: Services, built: ChangeRecord, events: list[ProgressEvent]) -> ChangeRecord:
     """The report file, then the finished history row (blocking: a worker thread's work)."""
     try:
         write_report(Path(built.report_path or state.default_report), scrub(built.to_json()))
@@ -71,6 +70,6 @@ def _written(state: ChangeState, services: Services, built: ChangeRecord, events
 def _finished(state: ChangeState, built: ChangeRecord) -> ChangeRecord:
     """The record stage's end: its done event, and the record as returned (no URL credentials in any
     record: ``mikubot.redact``)."""
-    state.events.emit("record", "done", status=built.status, error=state.error,
-                      ms=round((time.monotonic() - state.record_started) * 1000, 1))
+    state.events.emit("record", "done", RecordDone(status=built.status, error=state.error,
+                                                   ms=round((time.monotonic() - state.record_started) * 1000, 1)))
     return ChangeRecord.model_validate(scrub(built.to_json()))

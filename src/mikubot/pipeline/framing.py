@@ -13,8 +13,10 @@ from mikubot.config import Settings
 from mikubot.banner import NoBanner, banner_png, crop_banner
 from mikubot.colour import DEFAULT_TOLERANCE
 from mikubot.crop import CropError, CropResult, FaceTooSmall, colour_matches, crop_avatar, hair_of, rank_faces
+from mikubot.events import BannerFramed, Cropped, Skipped
 from mikubot.pipeline.state import ChangeFailed, ChangeState, Chosen, Pick, counted
 from mikubot.record import rounded_box
+from mikubot.record_parts import FramingSummary
 
 
 @dataclass
@@ -101,7 +103,7 @@ def crop(state: ChangeState, survivors: list[Pick]) -> Chosen:
         best = max(survivors, key=lambda p: p.verification.confidence if p.verification else 0.0)
         raise ChangeFailed("crop", f"cannot crop {best.candidate.key}: {exc}") from exc
     for i, why in framing.refused:
-        state.events.emit("crop", "skip", key=survivors[i].candidate.key, reason=why)
+        state.events.emit("crop", "skip", Skipped(key=survivors[i].candidate.key, reason=why))
     for i, why in framing.lost.items():
         survivors[i].lost = why
     pick, cut = survivors[framing.index], framing.crop
@@ -109,9 +111,9 @@ def crop(state: ChangeState, survivors: list[Pick]) -> Chosen:
         refused = "; ".join(f"{survivors[i].candidate.key}: {why}" for i, why in framing.refused)
         state.fall_back("crop", cut.method, "no usable face in any candidate" + (f" ({refused})" if refused else ""),
                         key=pick.candidate.key)
-    pick.framing = cut.to_json()
-    state.events.emit("crop", "progress", key=pick.candidate.key, method=cut.method, box=rounded_box(cut.box),
-                      face=rounded_box(cut.face.bbox) if cut.face else None, size=[cut.image.width, cut.image.height])
+    pick.framing = FramingSummary.model_validate(cut.to_json())
+    state.events.emit("crop", "progress", Cropped(key=pick.candidate.key, method=cut.method, box=rounded_box(cut.box),
+                      face=rounded_box(cut.face.bbox) if cut.face else None, size=[cut.image.width, cut.image.height]))
     return Chosen(pick, cut)
 
 
@@ -137,9 +139,9 @@ async def make_banner(state: ChangeState, chosen: Chosen) -> bytes | None:
                                                      max_upscale=state.settings.max_upscale)
     except NoBanner as exc:
         banner.reason = f"no banner: {exc}"
-        state.events.emit("crop", "progress", key=pick.candidate.key, banner=None, reason=banner.reason)
+        state.events.emit("crop", "progress", BannerFramed(key=pick.candidate.key, banner=None, reason=banner.reason))
         return None
     banner.reason = made.reason
-    state.events.emit("crop", "progress", key=pick.candidate.key, banner=rounded_box(made.box),
-                      banner_size=[made.image.width, made.image.height], reason=made.reason)
+    state.events.emit("crop", "progress", BannerFramed(key=pick.candidate.key, banner=rounded_box(made.box),
+                      banner_size=[made.image.width, made.image.height], reason=made.reason))
     return await asyncio.to_thread(banner_png, made)

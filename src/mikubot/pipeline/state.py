@@ -23,10 +23,10 @@ from mikubot.config import Settings
 from mikubot.crop import CropResult
 from mikubot.detection import FaceResult
 from mikubot.errors import MikubotError
-from mikubot.events import ChangeEvents
+from mikubot.events import ChangeEvents, Detail, Fallback, StageDone
 from mikubot.history import HistoryRow
 from mikubot.sources import Candidate
-from mikubot.verify import Verification
+from mikubot.record_parts import CandidateSummary, Face, FramingSummary, ReservationSummary, UploadOutcome, Verification
 
 
 class ChangeFailed(MikubotError):
@@ -48,25 +48,21 @@ class Pick:
     faces: FaceResult | None = None
     skipped: str | None = None  # why it dropped out, if it did
     lost: str | None = None  # a survivor the crop stage did not choose: why not
-    framing: dict[str, Any] | None = None  # the chosen one: its crop (path taken and why, the faces it chose from)
+    framing: FramingSummary | None = None  # the chosen one: its crop (path taken and why, the faces it chose from)
     picture: str | None = None  # its thumbnail's file name in the avatars folder (the panel's Candidates view)
     # What the verifier prepared for this picture (the vision request's scaled JPEG), made in a worker
     # thread as soon as the picture is decoded, so the K answers follow each other with no encoding between.
     prepared: asyncio.Task[Any] | None = None
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> CandidateSummary:
         c = self.candidate
-        return {
-            "source": c.source, "key": c.key, "page_url": c.page_url, "filename": c.filename,
-            "verification": self.verification.to_json() if self.verification else None,
-            "faces": [d.to_json() for d in self.faces.detections] if self.faces else None,
-            "detected_via": self.faces.via if self.faces else None,
-            "skipped": self.skipped,
-            "lost": self.lost,
-            "framing": self.framing,
-            "picture": self.picture,
-            "size": [self.image.width, self.image.height] if self.image is not None else None,
-        }
+        return CandidateSummary(
+            source=c.source, key=c.key, page_url=c.page_url, filename=c.filename, verification=self.verification,
+            faces=[Face.model_validate(d.to_json()) for d in self.faces.detections] if self.faces else None,
+            detected_via=self.faces.via if self.faces else None, skipped=self.skipped, lost=self.lost,
+            framing=self.framing, picture=self.picture,
+            size=[self.image.width, self.image.height] if self.image is not None else None,
+        )
 
 
 @dataclass
@@ -87,8 +83,9 @@ class Reservation:
     timeline: Any  # vramctl's Timeline
     errors: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"consumer": self.consumer, "waited_s": round(self.waited_s, 4), "unloaded": self.unloaded}
+    def summary(self) -> ReservationSummary:
+        """The reservation as the record keeps it."""
+        return ReservationSummary(consumer=self.consumer, waited_s=round(self.waited_s, 4), unloaded=self.unloaded)
 
 
 @dataclass
@@ -112,7 +109,7 @@ class Banner:
 class Upload:
     """The upload stage's outcome: what Discord answered (or where a dry run wrote the files)."""
 
-    result: dict[str, Any] | None = None
+    result: UploadOutcome | None = None
     done: bool = False  # Discord took it
 
 
@@ -150,24 +147,26 @@ class ChangeState:
         return self.settings.avatars_dir / f"change-{self.id:05d}.json"
 
     @contextlib.contextmanager
-    def stage(self, name: str, **detail: Any) -> Iterator[StageOutcome]:
+    def stage(self, name: str, detail: Detail | None = None) -> Iterator[StageOutcome]:
         """A stage's span: emits start and done, adds its duration (ms) to the timings. The span is the
         ``with`` block wherever it runs — a stage running in its own task overlaps the stages around it.
         The block may set the outcome's ``summary``: the done event carries it, and every view shows it as
         the stage's last word (a stage over K candidates ends on all K, not on the last one processed)."""
         t0 = time.monotonic()
-        self.events.emit(name, "start", **detail)
+        self.events.emit(name, "start", detail)
         outcome = StageOutcome()
         try:
             yield outcome
         finally:
             ms = (time.monotonic() - t0) * 1000
             self.timings[name] = self.timings.get(name, 0.0) + ms
-        self.events.emit(name, "done", ms=round(ms, 1), **({"summary": outcome.summary} if outcome.summary else {}))
+        done = StageDone(ms=round(ms, 1), summary=outcome.summary) if outcome.summary else StageDone(ms=round(ms, 1))
+        self.events.emit(name, "done", done)
 
-    def fall_back(self, stage: str, to: str, reason: str, **detail: Any) -> None:
+    def fall_back(self, stage: str, to: str, reason: str, *, key: str | None = None) -> None:
+        """A step down; ``key``: the candidate it concerns, when it concerns one."""
         self.fallbacks.append(f"{stage}:{to}")
-        self.events.emit(stage, "fallback", to=to, **detail, reason=reason)
+        self.events.emit(stage, "fallback", Fallback(to=to, reason=reason, key=key) if key else Fallback(to=to, reason=reason))
 
     def last_stage(self) -> str:
         """The stage the change was in when it stopped: the last one started and not done (download and

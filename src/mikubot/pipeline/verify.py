@@ -10,11 +10,13 @@ from contextlib import AsyncExitStack
 
 from facedetect.errors import FaceDetectError
 from facedetect.imageio import load_image
+from mikubot.events import CountStart, Downloaded, Reserved, Skipped, Verdict
 from mikubot.outputs import candidate_thumbnail, prune_candidate_pictures
 from mikubot.pipeline.services import Services
 from mikubot.pipeline.state import ChangeFailed, ChangeState, Pick, Reservation, counted
 from mikubot.sources import Candidate, Source, SourceError
-from mikubot.verify import CandidatePicture, Verification, Verifier, VisionUnavailable
+from mikubot.record_parts import Verification
+from mikubot.verify import CandidatePicture, Verifier, VisionUnavailable
 from vramctl.errors import VramError
 
 DOWNLOADS_AT_ONCE = 3  # polite to a booru's CDN, and enough to overlap the round trips
@@ -32,12 +34,12 @@ async def download(state: ChangeState, src: Source, found: list[Candidate], veri
         async with gate:
             await _fetch(state, src, pick, index)
         if pick.skipped:
-            state.events.emit("download", "skip", key=pick.candidate.key, reason=pick.skipped)
+            state.events.emit("download", "skip", Skipped(key=pick.candidate.key, reason=pick.skipped))
         else:
             pick.prepared = asyncio.create_task(
                 asyncio.to_thread(verifier.prepare, CandidatePicture(pick.candidate, pick.image)))
 
-    with state.stage("download", count=len(found)) as outcome:
+    with state.stage("download", CountStart(count=len(found))) as outcome:
         await asyncio.gather(*(one(first + i, p) for i, p in enumerate(picks)))
         await asyncio.to_thread(prune_candidate_pictures, state.settings.avatars_dir, state.id,
                                 state.settings.candidate_pictures_kept)
@@ -57,8 +59,8 @@ async def _fetch(state: ChangeState, src: Source, pick: Pick, index: int) -> Non
         pick.image, _ = await asyncio.to_thread(load_image, pick.candidate.data or b"")
         pick.picture = await asyncio.to_thread(candidate_thumbnail, pick.image, state.settings.avatars_dir,
                                                state.id, index)
-        state.events.emit("download", "progress", key=key, bytes=len(pick.candidate.data or b""),
-                          size=[pick.image.width, pick.image.height])
+        state.events.emit("download", "progress", Downloaded(key=key, bytes=len(pick.candidate.data or b""),
+                                                             size=[pick.image.width, pick.image.height]))
     except SourceError as exc:
         pick.skipped = f"download: {exc.message}"
     except FaceDetectError as exc:
@@ -72,7 +74,7 @@ async def verify(state: ChangeState, services: Services, verifier: Verifier, dow
     settings = state.settings
     state.verifier = verifier.method
     preparer = verifier
-    with state.stage("verify", count=count) as outcome:
+    with state.stage("verify", CountStart(count=count)) as outcome:
         # The reservation is entered and released here only. It ends with the last answer (or as soon as the
         # model is found unusable), not after the stage's bookkeeping.
         async with AsyncExitStack() as room:
@@ -109,7 +111,8 @@ async def _reserve(state: ChangeState, services: Services, room: AsyncExitStack,
     except VramError as exc:
         return str(exc)
     state.reservations.append(Reservation(consumer, res.waited_s, res.unloaded, res.timeline))
-    state.events.emit("verify", "progress", reserved=consumer, waited_s=round(res.waited_s, 3), unloaded=res.unloaded)
+    state.events.emit("verify", "progress", Reserved(reserved=consumer, waited_s=round(res.waited_s, 3),
+                                                     unloaded=res.unloaded))
     return None
 
 
@@ -118,8 +121,9 @@ def _judge(state: ChangeState, pick: Pick, v: Verification) -> None:
     ok = v.is_character and v.confidence >= settings.min_confidence
     if not ok:
         pick.skipped = f"verify: not {settings.character_name} ({v.method}, {v.confidence:.2f}: {v.description})"
-    state.events.emit("verify", "progress" if ok else "skip", key=pick.candidate.key, method=v.method,
-                      is_character=v.is_character, confidence=round(v.confidence, 3), description=v.description)
+    state.events.emit("verify", "progress" if ok else "skip", Verdict(
+        key=pick.candidate.key, method=v.method, is_character=v.is_character, confidence=round(v.confidence, 3),
+        description=v.description))
 
 
 def _fall_back_to_heuristic(state: ChangeState, services: Services, reason: str) -> Verifier:

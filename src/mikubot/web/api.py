@@ -128,7 +128,7 @@ async def get_change(request: Request, change_id: ChangeId) -> dict[str, Any]:
         raise HTTPException(404, f"no change with id {change_id}")
     handle = p.runner.get(change_id)
     if row.status == "running" and handle is not None:
-        row.events = [e.to_json() for e in handle.events]
+        row.events = list(handle.events)
     return change_view(row, p.settings.avatars_dir)
 
 

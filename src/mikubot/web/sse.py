@@ -202,8 +202,8 @@ async def change_events(runner: ChangeRunner, watch: HistoryWatch, change_id: in
             async for comment in comments:
                 yield comment
         final = ended.final
-        for item in [] if running_here else ended.events:  # from the row (the history unreadable: from memory)
-            if (framed := numbered.frame(item)) is not None:
+        for ev in [] if running_here else ended.events:  # from the row (the history unreadable: from memory)
+            if (framed := numbered.frame(ev.to_json())) is not None:
                 yield framed
     if final is not None:
         yield frame({"change_id": change_id, "status": final[0], "error": final[1]}, event="end")
@@ -228,7 +228,7 @@ class Ended:
     """How a change not followed live ended: its final status and error, and its stored events."""
 
     final: Outcome | None = None
-    events: list[Any] = field(default_factory=list)
+    events: list[ProgressEvent] = field(default_factory=list)
 
 
 async def _row_finished(history: History, watch: HistoryWatch, change_id: int, handle: RunningChange | None,
@@ -246,7 +246,7 @@ async def _row_finished(history: History, watch: HistoryWatch, change_id: int, h
                 ended.final, ended.events = (w.row.status, w.row.error), w.row.events or []
     except StorageError as exc:
         ended.final = (_record_of(handle) if handle is not None else None) or (None, str(exc))
-        ended.events = [e.to_json() for e in handle.events] if handle is not None else []
+        ended.events = list(handle.events) if handle is not None else []
 
 
 def _record_of(handle: RunningChange) -> Outcome | None:

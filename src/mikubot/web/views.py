@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from mikubot.history import HistoryRow
 from mikubot.outputs import candidate_picture_path
+from mikubot.record_parts import CandidateSummary
 
 INTERNAL = ("owner_host", "owner_pid")
 
@@ -65,7 +66,8 @@ def change_view(row: HistoryRow, avatars_dir: Path, *, with_events: bool = True)
     out["avatar_url"] = f"/avatars/{cid}.png" if has_avatar else None
     out["annotated_url"] = f"/avatars/{cid}/annotated.jpg" if inside(annotated_path(avatars_dir, row), avatars_dir) else None
     if row.candidates is not None:
-        out["candidates"] = [_candidate_view(c, i, cid, avatars_dir) for i, c in enumerate(row.candidates)]
+        out["candidates"] = [{**shown, **_picture_links(c, i, cid, avatars_dir)}
+                             for i, (c, shown) in enumerate(zip(row.candidates, out["candidates"]))]
     has_banner = bool(row.banner_path) and inside(Path(row.banner_path or ""), avatars_dir)
     out["banner_url"] = f"/avatars/{cid}/banner.png" if has_banner else None
     out["credit"] = {"artist": row.artist, "source": row.source,
@@ -73,11 +75,9 @@ def change_view(row: HistoryRow, avatars_dir: Path, *, with_events: bool = True)
     return out
 
 
-def _candidate_view(candidate: Any, index: int, change_id: int, avatars_dir: Path) -> Any:
-    """A record's candidate with ``picture_url`` (its thumbnail, while kept) and ``picture_pruned`` (it had one,
-    deleted since: thumbnails are kept for the last ``MIKU_CANDIDATE_PICTURES_KEPT`` changes only)."""
-    if not isinstance(candidate, dict):
-        return candidate
-    kept = bool(candidate.get("picture")) and inside(candidate_picture_path(avatars_dir, change_id, index), avatars_dir)
-    return {**candidate, "picture_url": f"/avatars/{change_id}/candidates/{index}.jpg" if kept else None,
-            "picture_pruned": bool(candidate.get("picture")) and not kept}
+def _picture_links(candidate: CandidateSummary, index: int, change_id: int, avatars_dir: Path) -> dict[str, Any]:
+    """A candidate's ``picture_url`` (its thumbnail, while kept) and ``picture_pruned`` (it had one, deleted
+    since: thumbnails are kept for the last ``MIKU_CANDIDATE_PICTURES_KEPT`` changes only)."""
+    kept = bool(candidate.picture) and inside(candidate_picture_path(avatars_dir, change_id, index), avatars_dir)
+    return {"picture_url": f"/avatars/{change_id}/candidates/{index}.jpg" if kept else None,
+            "picture_pruned": bool(candidate.picture) and not kept}
