@@ -28,8 +28,8 @@ from rich.text import Text
 
 from mikubot.bot import PANEL_HOST, PANEL_PORT
 from mikubot.config import CONFIG_ENV, ConfigFileError, Settings, load_settings
-from mikubot.events import (STAGES, Cropped, Downloaded, DryRunSkip, Ended, EventBus, FacesFound, Failure, Fallback,
-                            Found, ProgressEvent, RecordDone, Reserved, Skipped, StageDone, Verdict)
+from mikubot.events import (STAGES, Cropped, Downloaded, DryRunSkip, EventBus, FacesFound, Failure, Fallback, Found,
+                            ProgressEvent, RecordDone, Reserved, Skipped, StageDone, Verdict)
 from mikubot.history import ChangeLocked, History, HistoryError, HistoryRow
 from mikubot.sources import SPEC_HELP
 
@@ -105,7 +105,7 @@ class StageBoard:
         self.change_id = ev.change_id
         if ev.stage not in self.rows:
             return
-        took = ev.detail.ms if isinstance(ev.detail, Ended) else None
+        took = ev.detail.ms if isinstance(ev.detail, StageDone | RecordDone) else None
         old_status, old_detail, old_ms = self.rows[ev.stage]
         status: str = ev.status
         if ev.status in ("progress", "skip", "done") and old_status in ("fallback", "fail"):

@@ -126,8 +126,8 @@ class BannerFramed(Detail):
 # --- a step down, a skip, the end -----------------------------------------------------------------------------------
 class Fallback(Detail):
     to: str
-    reason: str
     key: str | None = None
+    reason: str
 
 
 class Skipped(Detail):
@@ -149,19 +149,18 @@ class Failure(Detail):
     error: str
 
 
-class Ended(Detail):
-    """A stage's done: its duration."""
-
+class StageDone(Detail):
     ms: float | None = None
-
-
-class StageDone(Ended):
     summary: str | None = Field(None, description="the stage's last word, over all of its candidates")
 
 
-class RecordDone(Ended):
+class RecordDone(Detail):
+    """The record stage's done: the change's final status (and error); ``ms`` is absent from the copy the
+    history row keeps, written before the stage ended."""
+
     status: str
     error: str | None = None
+    ms: float | None = None
 
 
 class OtherDetail(Detail):

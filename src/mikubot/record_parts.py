@@ -67,7 +67,7 @@ class FramingSummary(Sparse):
     """How the chosen picture is cut (``mikubot.crop.CropResult.to_json``)."""
 
     method: str
-    box: list[float]
+    box: list[int] = Field(description="the square crop in source pixels [x1, y1, x2, y2]")
     size: list[int] | None = None
     upscale: float | None = None
     score: float | None = None
