@@ -131,16 +131,16 @@ class HistoryRow(BaseModel):
     page_url: str | None = None
     image_url: str | None = None
     artist: str | None = None
-    tags: list[Any] | None = None
+    tags: list[str] | None = None
     rating: str | None = None
-    face_box: list[Any] | None = None
-    crop_box: list[Any] | None = None
+    face_box: list[float] | None = None
+    crop_box: list[float] | None = None
     crop_method: str | None = None
-    fallbacks: list[Any] | None = None
+    fallbacks: list[str] | None = None
     detector_backend: str | None = None
     verification: Verification | None = None
     description: str | None = None
-    timings: dict[str, Any] | None = None
+    timings: dict[str, float] | None = None
     vram_timeline: list[TimelineEvent] | None = None
     candidates: list[CandidateSummary] | None = None
     events: list[ProgressEvent] | None = None
@@ -151,9 +151,9 @@ class HistoryRow(BaseModel):
     owner_instance: str | None = None
     owner_boot: str | None = None
     banner_path: str | None = None
-    banner_box: list[Any] | None = None
+    banner_box: list[float] | None = None
     banner_reason: str | None = None
-    banner_size: list[Any] | None = None
+    banner_size: list[int] | None = None
     guild_id: int | None = None
 
 
