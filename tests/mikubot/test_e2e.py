@@ -171,6 +171,11 @@ def test_every_stage_finishes_in_order(first):
     stages = [e.stage for e in first.events if e.status == "done"]
     assert stages == ["search", "download", "verify", "reserve", "detect", "crop", "upload", "record"]
     assert {e.change_id for e in first.events} == {first.record.id}
+    # The row's events read back into the kinds they were emitted as, with the same JSON (the record stage's
+    # done is stored before it ends: no ms there).
+    stored = History(first.settings.history_path).get(first.record.id).events
+    assert [type(e.detail) for e in stored] == [type(e.detail) for e in first.events]
+    assert [e.to_json() for e in stored][:-1] == [e.to_json() for e in first.events][:-1]
 
 
 async def test_a_second_change_never_reuses_the_post(first, rig, art):
