@@ -6,7 +6,9 @@ prints, what the report file next to the avatar holds and what the panel answers
 columns (see history.py): the credit's fields become ``source``/``post_key``/..., ``timings_ms``
 becomes ``timings``, and the change's progress events, which only the row keeps, are added. A row read
 back is a ``mikubot.history.HistoryRow`` — a different, flat shape (``source`` there is a name, not a
-credit).
+credit). The nested parts (verification, reservations, candidates, upload) are the models of
+``mikubot.record_parts``, the VRAM timeline vramctl's ``TimelineEvent``s; the row reads its JSON columns
+back into the same models.
 
 ``build_record`` makes the record from a change's state (``mikubot.pipeline.state.ChangeState``): the
 credit of the chosen picture (a restore repeats the restored change's), its crop and banner, the
