@@ -87,6 +87,46 @@ def first_tune_scenes(first_tune_dir: Path) -> list[tuple[str, object, list]]:
     ]
 
 
+# Five of the first twelve scene-tune images whose faces and smiley/faceless distractors sit close together.
+SMALL_TUNE = ("scene-0000.jpg", "scene-0015.jpg", "scene-0018.jpg", "scene-0027.jpg", "scene-0033.jpg")
+
+
+@pytest.fixture(scope="session")
+def small_tune_dir(first_tune_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A scene-tune split (``tune/labels.json`` and its pictures) for the tests of the training scripts' code
+    paths (determinism, a seed's effect, labelled windows, held-out sources), not of a model's quality:
+    :data:`SMALL_TUNE` cut down to their faces and smiley/faceless distractors, 48 px around them (13 faces, 4
+    such distractors, 0.1-0.4 Mpx each: a ninth of the twelve images' pixels, which is what training time
+    follows). Boxes are moved with the cut; distractors not wholly inside it are dropped."""
+    from PIL import Image
+
+    source = first_tune_dir / "tune"
+    doc = json.loads((source / "labels.json").read_text())
+    out = tmp_path_factory.mktemp("small-tune") / "tune"
+    out.mkdir()
+    images = {}
+    for name in SMALL_TUNE:
+        entry = doc["images"][name]
+        width, height = entry["size"]
+        boxes = [f["bbox"] for f in entry["faces"]] + [q["bbox"] for q in entry["distractors"] if q["kind"] != "body"]
+        x1, y1 = max(0, int(min(b[0] for b in boxes)) - 48), max(0, int(min(b[1] for b in boxes)) - 48)
+        x2, y2 = min(width, int(max(b[2] for b in boxes)) + 48), min(height, int(max(b[3] for b in boxes)) + 48)
+
+        def moved(box: list[float]) -> list[float]:
+            return [round(box[0] - x1, 1), round(box[1] - y1, 1), round(box[2] - x1, 1), round(box[3] - y1, 1)]
+
+        with Image.open(source / name) as image:
+            image.crop((x1, y1, x2, y2)).save(out / name, quality=95)
+        images[name] = {
+            **entry, "size": [x2 - x1, y2 - y1],
+            "faces": [{**f, "bbox": moved(f["bbox"])} for f in entry["faces"]],
+            "distractors": [{**q, "bbox": moved(q["bbox"])} for q in entry["distractors"]
+                            if q["bbox"][0] >= x1 and q["bbox"][1] >= y1 and q["bbox"][2] <= x2 and q["bbox"][3] <= y2],
+        }
+    (out / "labels.json").write_text(json.dumps({**doc, "images": images}))
+    return out.parent
+
+
 class SmallDisk:
     """A tmpfs of ``size`` mounted under .cache/, and a file that fills it to the last byte."""
 

@@ -138,16 +138,15 @@ def test_twostage_finds_the_faces(first_tune_scenes) -> None:
     assert got.f1 >= base.f1
 
 
-def test_training_is_deterministic(first_tune_dir: Path, tmp_path: Path) -> None:
-    # Three images keep it fast; the same code path as the full run (augmentation, mining, threshold).
+def test_training_is_deterministic(small_tune_dir: Path, tmp_path: Path) -> None:
+    # Three small scenes keep it fast; the same code path as the full run (augmentation, mining, threshold).
+    source = json.loads((small_tune_dir / "tune" / "labels.json").read_text())
+    names = sorted(source["images"])
     few = tmp_path / "few"
     (few / "tune").mkdir(parents=True)
-    doc = json.loads((first_tune_dir / "tune" / "labels.json").read_text())
-    keep = sorted(doc["images"])[:3]
-    doc["images"] = {k: doc["images"][k] for k in keep}
-    (few / "tune" / "labels.json").write_text(json.dumps(doc))
-    for k in keep:
-        (few / "tune" / k).write_bytes((first_tune_dir / "tune" / k).read_bytes())
+    (few / "tune" / "labels.json").write_text(json.dumps({**source, "images": {k: source["images"][k] for k in names[:3]}}))
+    for k in names[:3]:
+        (few / "tune" / k).write_bytes((small_tune_dir / "tune" / k).read_bytes())
     a = train_proposals.train(few, None, seed=9, rounds=1, recall=0.99)
     b = train_proposals.train(few, None, seed=9, rounds=1, recall=0.99)
     assert a == b
@@ -158,12 +157,10 @@ def test_training_is_deterministic(first_tune_dir: Path, tmp_path: Path) -> None
     # unless their repository is held out, which must leave exactly the scene-only model.
     real = tmp_path / "real"
     real.mkdir()
-    extra = sorted(json.loads((first_tune_dir / "tune" / "labels.json").read_text())["images"])[3:5]
-    full = json.loads((first_tune_dir / "tune" / "labels.json").read_text())
-    doc = {"split": "tune", "images": {k: {**full["images"][k], "repo": "Some/Artist"} for k in extra}}
+    doc = {"split": "tune", "images": {k: {**source["images"][k], "repo": "Some/Artist"} for k in names[3:5]}}
     (real / "labels.json").write_text(json.dumps(doc))
-    for k in extra:
-        (real / k).write_bytes((first_tune_dir / "tune" / k).read_bytes())
+    for k in names[3:5]:
+        (real / k).write_bytes((small_tune_dir / "tune" / k).read_bytes())
     with_real = train_proposals.train(few, real, seed=9, rounds=1, recall=0.99)
     assert with_real["weights"] != a["weights"] and with_real["trained_on"] == "scene-tune + real-art tune"
     held = train_proposals.train(few, real, seed=9, rounds=1, recall=0.99, hold_out=frozenset({"some/artist"}))
