@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -85,6 +86,31 @@ def first_tune_scenes(first_tune_dir: Path) -> list[tuple[str, object, list]]:
         (name, load_image((first_tune_dir / "tune" / name).read_bytes())[0], [f["bbox"] for f in entry["faces"]])
         for name, entry in sorted(doc["images"].items())
     ]
+
+
+@pytest.fixture(scope="session")
+def first_tune_found(first_tune_scenes, tmp_path_factory: pytest.TempPathFactory):
+    """``found(**options)``: what ``create_detector("animeface", **options)`` finds on each of
+    :func:`first_tune_scenes`, as (box, confidence) lists in name order. The detector is deterministic, and
+    several tests score the same one on these images (the default two-stage mode, the raw full mode as the
+    baseline to beat): each is run once per run, by the first worker to ask, and read back by the others."""
+    from facedetect.backends import create_detector
+
+    def found(**options) -> list[list[tuple[tuple[float, ...], float]]]:
+        key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
+        path = run_shared_dir(tmp_path_factory, f"first-tune-found-{key}.json")
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # the others wait here until the first is done
+            if not path.is_file():
+                detector = create_detector("animeface", **options)
+                rows = [[(list(d.bbox), d.confidence) for d in detector.detect(image)]
+                        for _name, image, _truth in first_tune_scenes]
+                part = path.with_suffix(".part")
+                part.write_text(json.dumps(rows))
+                part.replace(path)
+        return [[(tuple(box), confidence) for box, confidence in row] for row in json.loads(path.read_text())]
+
+    return found
 
 
 # Five of the first twelve scene-tune images whose faces and smiley/faceless distractors sit close together.

@@ -122,16 +122,15 @@ def test_proposals_cover_the_faces_small_ones_included(first_tune_scenes) -> Non
     assert small_covered >= MIN_SMALL, f"proposals cover {small_covered} of {small} small faces (floor {MIN_SMALL})"
 
 
-def test_twostage_finds_the_faces(first_tune_scenes) -> None:
-    det = create_detector("animeface")  # the default mode, so a default that silently finds nothing fails here
-    assert det.describe()["mode"] == "twostage"
-    raw = create_detector("animeface", mode="full")
+def test_twostage_finds_the_faces(first_tune_scenes, first_tune_found) -> None:
+    # The default mode (no options), so a default that silently finds nothing fails here.
+    assert create_detector("animeface").describe()["mode"] == "twostage"
     got, base, with_detections = Counts(), Counts(), 0
-    for _name, image, truth in first_tune_scenes:
-        found = [(d.bbox, d.confidence) for d in det.detect(image)]
+    for (_name, _image, truth), found, raw in zip(first_tune_scenes, first_tune_found(), first_tune_found(mode="full"),
+                                                  strict=True):
         with_detections += bool(found)
         got += match(found, truth, 0.5)
-        base += match([(d.bbox, d.confidence) for d in raw.detect(image)], truth, 0.5)
+        base += match(raw, truth, 0.5)
     assert with_detections >= len(first_tune_scenes) - 2
     assert got.tp >= MIN_TP, f"two-stage: {got} at IoU 0.5 (floor {MIN_TP} true positives)"
     assert got.fp <= MAX_FP, f"two-stage: {got} at IoU 0.5 (at most {MAX_FP} false positives)"

@@ -169,17 +169,15 @@ def test_judging_from_two_threads_gives_the_same_answers(tune_scenes) -> None:
         assert [v.probability for v in answers] == pytest.approx([v.probability for v in alone], rel=1e-5, abs=1e-7)
 
 
-def test_verifier_off_is_the_animeface_only_confirmation(tune_scenes) -> None:
+def test_verifier_off_is_the_animeface_only_confirmation(tune_scenes, first_tune_found) -> None:
     # Both must find faces, and the gate must not cost true positives against animeface judging alone.
-    with_gate = create_detector("animeface")
+    assert create_detector("animeface").describe()["twostage"]["verifier"] is True  # the default: with the gate
     without = create_detector("animeface", twostage={"verifier": False})
-    assert with_gate.describe()["twostage"]["verifier"] is True
     assert without.describe()["twostage"]["verifier"] is False
     a, b = Counts(), Counts()
-    for rgb, truth in tune_scenes:
-        image = load_image_from(rgb)
-        a += match([(d.bbox, d.confidence) for d in with_gate.detect(image)], truth, 0.5)
-        b += match([(d.bbox, d.confidence) for d in without.detect(image)], truth, 0.5)
+    for (rgb, truth), with_gate in zip(tune_scenes, first_tune_found(), strict=True):
+        a += match(with_gate, truth, 0.5)
+        b += match([(d.bbox, d.confidence) for d in without.detect(load_image_from(rgb))], truth, 0.5)
     assert b.tp > 0
     assert a.tp >= b.tp
 
