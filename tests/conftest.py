@@ -196,20 +196,24 @@ def small_disk() -> Iterator[SmallDisk]:
 
 # `make test` hands whole files to its workers in collection order (pytest-xdist's --dist loadfile with
 # --no-loadscope-reorder), and a file's tests run one after another: a long file started last keeps one worker
-# busy while the other idles. So the longest files (measured: 12-45 s each on a 2-core machine, most of it
+# busy while the other idles. So the longest files (measured: 10-80 s each on a busy 2-core machine, most of it
 # detection on generated scenes, training runs, or real processes waiting for each other) are collected
 # first, longest first; the others (most under 10 s) keep their order and fill in behind them. A renamed or
 # removed file must leave this list too.
 LONGEST_FIRST = (
-    "tests/vramctl/test_llama_swap_detector.py",
-    "tests/facedetect/test_proposals.py",
     "tests/facedetect/test_facefilter.py",
-    "tests/mikubot/test_browser.py",
-    "tests/facedetect/test_verifier.py",
+    "tests/facedetect/test_proposals.py",
     "tests/mikubot/test_banner.py",
+    "tests/vramctl/test_llama_swap_detector.py",
+    "tests/facedetect/test_verifier.py",
     "tests/facedetect/test_detect_scenes.py",
-    "tests/facedetect/test_wide_images.py",
     "tests/bench/test_scenes.py",
+    "tests/facedetect/test_wide_images.py",
+    "tests/mikubot/test_browser.py",
+    "tests/httpserve/test_slow_clients.py",
+    "tests/facedetect/test_ui.py",
+    "tests/mikubot/test_bot_commands.py",
+    "tests/mikubot/test_bot_run.py",
     "tests/mikubot/test_guild_looks.py",
     "tests/mikubot/test_e2e.py",
     "tests/facedetect/test_backend_yolo_onnx.py",
