@@ -113,16 +113,19 @@ $(GOBIN_DIR)/llama-swap: $(shell find $(LLAMA_SWAP_SRC) -type f 2>/dev/null)
 llama-swap: $(GOBIN_DIR)/llama-swap
 
 # pytest-xdist: TEST_WORKERS processes (auto: one per core), each given whole test files (--dist loadfile), so a
-# module's servers start once. TEST_ARGS adds pytest options, e.g. TEST_ARGS='--cov=src --cov-report=term'
-# for the line coverage of src/, or TEST_WORKERS=0 to run in this process.
+# module's servers start once; the files in collection order, where tests/conftest.py puts the longest first
+# (--no-loadscope-reorder: xdist's own order, most tests first, would start the long one-test files last).
+# OPENBLAS_NUM_THREADS=1: each worker has its core; numpy's BLAS threads on top of that only contend (a
+# quarter of the model-fitting tests' CPU time). TEST_ARGS adds pytest options, e.g.
+# TEST_ARGS='--cov=src --cov-report=term' for the line coverage of src/, or TEST_WORKERS=0 to run in this process.
 TEST_WORKERS ?= auto
 TEST_ARGS ?=
 test: install art
 	bash scripts/test-deps.sh
 	@if command -v $(GO) >/dev/null 2>&1; then $(MAKE) --no-print-directory llama-swap; \
 	else echo "make test: no Go toolchain, so no real llama-swap: tests/vramctl/test_llama_swap_real.py is skipped"; fi
-	MIKU_TEST_LLAMA_SWAP=$(GOBIN_DIR)/llama-swap MIKU_TEST_ART=$(ART)/images \
-	  MIKU_TEST_CASCADE=$(BENCH_DATA)/peers/lbpcascade_animeface.xml $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(TEST_ARGS)
+	OPENBLAS_NUM_THREADS=1 MIKU_TEST_LLAMA_SWAP=$(GOBIN_DIR)/llama-swap MIKU_TEST_ART=$(ART)/images \
+	  MIKU_TEST_CASCADE=$(BENCH_DATA)/peers/lbpcascade_animeface.xml $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(TEST_ARGS)
 
 # The `hysts` backend (hysts' anime-face-detector on PyTorch) and its tests, in a venv of their own: PyTorch's
 # CUDA build is gigabytes and stays out of .venv, where `make test` skips these tests. PyTorch's CUDA wheels

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -87,6 +88,71 @@ def first_tune_scenes(first_tune_dir: Path) -> list[tuple[str, object, list]]:
     ]
 
 
+@pytest.fixture(scope="session")
+def first_tune_found(first_tune_scenes, tmp_path_factory: pytest.TempPathFactory):
+    """``found(**options)``: what ``create_detector("animeface", **options)`` finds on each of
+    :func:`first_tune_scenes`, as (box, confidence) lists in name order. The detector is deterministic, and
+    several tests score the same one on these images (the default two-stage mode, the raw full mode as the
+    baseline to beat): each is run once per run, by the first worker to ask, and read back by the others."""
+    from facedetect.backends import create_detector
+
+    def found(**options) -> list[list[tuple[tuple[float, ...], float]]]:
+        key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
+        path = run_shared_dir(tmp_path_factory, f"first-tune-found-{key}.json")
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # the others wait here until the first is done
+            if not path.is_file():
+                detector = create_detector("animeface", **options)
+                rows = [[(list(d.bbox), d.confidence) for d in detector.detect(image)]
+                        for _name, image, _truth in first_tune_scenes]
+                part = path.with_suffix(".part")
+                part.write_text(json.dumps(rows))
+                part.replace(path)
+        return [[(tuple(box), confidence) for box, confidence in row] for row in json.loads(path.read_text())]
+
+    return found
+
+
+# Five of the first twelve scene-tune images whose faces and smiley/faceless distractors sit close together.
+SMALL_TUNE = ("scene-0000.jpg", "scene-0015.jpg", "scene-0018.jpg", "scene-0027.jpg", "scene-0033.jpg")
+
+
+@pytest.fixture(scope="session")
+def small_tune_dir(first_tune_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A scene-tune split (``tune/labels.json`` and its pictures) for the tests of the training scripts' code
+    paths (determinism, a seed's effect, labelled windows, held-out sources), not of a model's quality:
+    :data:`SMALL_TUNE` cut down to their faces and smiley/faceless distractors, 48 px around them (13 faces, 4
+    such distractors, 0.1-0.4 Mpx each: a ninth of the twelve images' pixels, which is what training time
+    follows). Boxes are moved with the cut; distractors not wholly inside it are dropped."""
+    from PIL import Image
+
+    source = first_tune_dir / "tune"
+    doc = json.loads((source / "labels.json").read_text())
+    out = tmp_path_factory.mktemp("small-tune") / "tune"
+    out.mkdir()
+    images = {}
+    for name in SMALL_TUNE:
+        entry = doc["images"][name]
+        width, height = entry["size"]
+        boxes = [f["bbox"] for f in entry["faces"]] + [q["bbox"] for q in entry["distractors"] if q["kind"] != "body"]
+        x1, y1 = max(0, int(min(b[0] for b in boxes)) - 48), max(0, int(min(b[1] for b in boxes)) - 48)
+        x2, y2 = min(width, int(max(b[2] for b in boxes)) + 48), min(height, int(max(b[3] for b in boxes)) + 48)
+
+        def moved(box: list[float]) -> list[float]:
+            return [round(box[0] - x1, 1), round(box[1] - y1, 1), round(box[2] - x1, 1), round(box[3] - y1, 1)]
+
+        with Image.open(source / name) as image:
+            image.crop((x1, y1, x2, y2)).save(out / name, quality=95)
+        images[name] = {
+            **entry, "size": [x2 - x1, y2 - y1],
+            "faces": [{**f, "bbox": moved(f["bbox"])} for f in entry["faces"]],
+            "distractors": [{**q, "bbox": moved(q["bbox"])} for q in entry["distractors"]
+                            if q["bbox"][0] >= x1 and q["bbox"][1] >= y1 and q["bbox"][2] <= x2 and q["bbox"][3] <= y2],
+        }
+    (out / "labels.json").write_text(json.dumps({**doc, "images": images}))
+    return out.parent
+
+
 class SmallDisk:
     """A tmpfs of ``size`` mounted under .cache/, and a file that fills it to the last byte."""
 
@@ -128,8 +194,38 @@ def small_disk() -> Iterator[SmallDisk]:
         mount.rmdir()
 
 
+# `make test` hands whole files to its workers in collection order (pytest-xdist's --dist loadfile with
+# --no-loadscope-reorder), and a file's tests run one after another: a long file started last keeps one worker
+# busy while the other idles. So the longest files (measured: 10-80 s each on a busy 2-core machine, most of it
+# detection on generated scenes, training runs, or real processes waiting for each other) are collected
+# first, longest first; the others (most under 10 s) keep their order and fill in behind them. A renamed or
+# removed file must leave this list too.
+LONGEST_FIRST = (
+    "tests/facedetect/test_facefilter.py",
+    "tests/facedetect/test_proposals.py",
+    "tests/mikubot/test_banner.py",
+    "tests/vramctl/test_llama_swap_detector.py",
+    "tests/facedetect/test_verifier.py",
+    "tests/facedetect/test_detect_scenes.py",
+    "tests/bench/test_scenes.py",
+    "tests/facedetect/test_wide_images.py",
+    "tests/mikubot/test_browser.py",
+    "tests/httpserve/test_slow_clients.py",
+    "tests/facedetect/test_ui.py",
+    "tests/mikubot/test_bot_commands.py",
+    "tests/mikubot/test_bot_run.py",
+    "tests/mikubot/test_guild_looks.py",
+    "tests/mikubot/test_e2e.py",
+    "tests/facedetect/test_backend_yolo_onnx.py",
+    "tests/mikubot/test_crop.py",
+    "tests/facedetect/test_cli.py",
+    "tests/deploy/test_dockerfiles_facedetect.py",
+    "tests/facedetect/test_memory.py",
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """schemathesis names each API operation's test (``test_x[GET /health]``) but gives all of them one node id;
+    """The longest files first (:data:`LONGEST_FIRST`). And schemathesis names each API operation's test (``test_x[GET /health]``) but gives all of them one node id;
     pytest-xdist schedules by node id and would run only the first. Each such test gets the id its name says
     (schemathesis 4 sets the private ``_nodeid`` of pytest < 9; pytest 9 keeps the id in ``_id``)."""
     seen = Counter(item.nodeid for item in items)
@@ -142,3 +238,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item._nodeid = own
             else:
                 item._id = coerce_node_id(own)
+    missing = [name for name in LONGEST_FIRST if not (ROOT / name).is_file()]
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py LONGEST_FIRST names files that do not exist: {missing}")
+    rank = {str(ROOT / name): i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(str(item.path), len(rank)))  # a stable sort: the others keep their order

@@ -150,11 +150,11 @@ def _run_supervisord(tmp_path: Path, programs: dict[str, dict[str, str]]) -> sub
 
 
 def test_a_fatal_program_ends_supervisord(tmp_path):
-    """A program that exits at once, every time, becomes FATAL after its retries; the listener then stops
+    """A program that exits at once, every time, becomes FATAL after its retry (one: each costs a second of backoff); the listener then stops
     supervisord, which stops the healthy program and exits: the container would end and be restarted.
     A program that finished normally (EXITED, not FATAL) does not end it."""
     result = _run_supervisord(tmp_path, {
-        "crasher": {"command": "/bin/false", "startsecs": "2", "startretries": "2", "autorestart": "true"},
+        "crasher": {"command": "/bin/false", "startsecs": "2", "startretries": "1", "autorestart": "true"},
         "steady": {"command": f"{sys.executable} -c 'import time; time.sleep(300)'", "startsecs": "0"},
         "oneshot": {"command": "/bin/true", "startsecs": "0", "autorestart": "false"},
     })

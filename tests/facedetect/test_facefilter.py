@@ -108,17 +108,17 @@ def test_detector_with_filter(tune) -> None:
     assert after.tp >= before.tp - 1, f"filter lost faces: {before} -> {after}"
 
 
-def test_training_is_deterministic(scene_dir: Path, tmp_path: Path) -> None:
-    # Two images and a cheaper detector (one downscaled pass) keep this quick; --options is the lead's way
-    # to train on another detector's candidates.
+def test_training_is_deterministic(small_tune_dir: Path, tmp_path: Path) -> None:
+    # Small scenes (the last two with smiley and faceless distractors, so no --limit) and a cheaper detector
+    # (one downscaled pass) keep this quick; --options is the lead's way to train on another detector's candidates.
     options = json.dumps({"face_filter": False, "pass_offsets": [5.5], "votes": 1})
-    args = ["--scenes", str(scene_dir), "--limit", "2", "--folds", "2", "--options", options]
+    args = ["--scenes", str(small_tune_dir), "--folds", "2", "--options", options]
     assert train_facefilter.main([*args, "--out", str(tmp_path / "a.json")]) == 0
     assert train_facefilter.main([*args, "--out", str(tmp_path / "b.json")]) == 0
     a, b = (tmp_path / "a.json").read_bytes(), (tmp_path / "b.json").read_bytes()
     assert a == b
     model = FaceFilter.load(tmp_path / "a.json")
-    assert model.meta["images"] == 2 and model.meta["options"]["pass_offsets"] == [5.5]
+    assert model.meta["images"] == 5 and model.meta["options"]["pass_offsets"] == [5.5]
 
 
 def test_missing_or_corrupt_model_is_a_clear_error(tmp_path: Path) -> None:

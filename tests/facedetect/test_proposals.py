@@ -122,32 +122,30 @@ def test_proposals_cover_the_faces_small_ones_included(first_tune_scenes) -> Non
     assert small_covered >= MIN_SMALL, f"proposals cover {small_covered} of {small} small faces (floor {MIN_SMALL})"
 
 
-def test_twostage_finds_the_faces(first_tune_scenes) -> None:
-    det = create_detector("animeface")  # the default mode, so a default that silently finds nothing fails here
-    assert det.describe()["mode"] == "twostage"
-    raw = create_detector("animeface", mode="full")
+def test_twostage_finds_the_faces(first_tune_scenes, first_tune_found) -> None:
+    # The default mode (no options), so a default that silently finds nothing fails here.
+    assert create_detector("animeface").describe()["mode"] == "twostage"
     got, base, with_detections = Counts(), Counts(), 0
-    for _name, image, truth in first_tune_scenes:
-        found = [(d.bbox, d.confidence) for d in det.detect(image)]
+    for (_name, _image, truth), found, raw in zip(first_tune_scenes, first_tune_found(), first_tune_found(mode="full"),
+                                                  strict=True):
         with_detections += bool(found)
         got += match(found, truth, 0.5)
-        base += match([(d.bbox, d.confidence) for d in raw.detect(image)], truth, 0.5)
+        base += match(raw, truth, 0.5)
     assert with_detections >= len(first_tune_scenes) - 2
     assert got.tp >= MIN_TP, f"two-stage: {got} at IoU 0.5 (floor {MIN_TP} true positives)"
     assert got.fp <= MAX_FP, f"two-stage: {got} at IoU 0.5 (at most {MAX_FP} false positives)"
     assert got.f1 >= base.f1
 
 
-def test_training_is_deterministic(first_tune_dir: Path, tmp_path: Path) -> None:
-    # Three images keep it fast; the same code path as the full run (augmentation, mining, threshold).
+def test_training_is_deterministic(small_tune_dir: Path, tmp_path: Path) -> None:
+    # Three small scenes keep it fast; the same code path as the full run (augmentation, mining, threshold).
+    source = json.loads((small_tune_dir / "tune" / "labels.json").read_text())
+    names = sorted(source["images"])
     few = tmp_path / "few"
     (few / "tune").mkdir(parents=True)
-    doc = json.loads((first_tune_dir / "tune" / "labels.json").read_text())
-    keep = sorted(doc["images"])[:3]
-    doc["images"] = {k: doc["images"][k] for k in keep}
-    (few / "tune" / "labels.json").write_text(json.dumps(doc))
-    for k in keep:
-        (few / "tune" / k).write_bytes((first_tune_dir / "tune" / k).read_bytes())
+    (few / "tune" / "labels.json").write_text(json.dumps({**source, "images": {k: source["images"][k] for k in names[:3]}}))
+    for k in names[:3]:
+        (few / "tune" / k).write_bytes((small_tune_dir / "tune" / k).read_bytes())
     a = train_proposals.train(few, None, seed=9, rounds=1, recall=0.99)
     b = train_proposals.train(few, None, seed=9, rounds=1, recall=0.99)
     assert a == b
@@ -158,12 +156,10 @@ def test_training_is_deterministic(first_tune_dir: Path, tmp_path: Path) -> None
     # unless their repository is held out, which must leave exactly the scene-only model.
     real = tmp_path / "real"
     real.mkdir()
-    extra = sorted(json.loads((first_tune_dir / "tune" / "labels.json").read_text())["images"])[3:5]
-    full = json.loads((first_tune_dir / "tune" / "labels.json").read_text())
-    doc = {"split": "tune", "images": {k: {**full["images"][k], "repo": "Some/Artist"} for k in extra}}
+    doc = {"split": "tune", "images": {k: {**source["images"][k], "repo": "Some/Artist"} for k in names[3:5]}}
     (real / "labels.json").write_text(json.dumps(doc))
-    for k in extra:
-        (real / k).write_bytes((first_tune_dir / "tune" / k).read_bytes())
+    for k in names[3:5]:
+        (real / k).write_bytes((small_tune_dir / "tune" / k).read_bytes())
     with_real = train_proposals.train(few, real, seed=9, rounds=1, recall=0.99)
     assert with_real["weights"] != a["weights"] and with_real["trained_on"] == "scene-tune + real-art tune"
     held = train_proposals.train(few, real, seed=9, rounds=1, recall=0.99, hold_out=frozenset({"some/artist"}))

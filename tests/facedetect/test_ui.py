@@ -14,13 +14,21 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from facedetect.api import create_app  # noqa: E402
 from facedetect.settings import FaceDetectSettings  # noqa: E402
-from facedetect.ui import build_ui, ui_app  # noqa: E402
 from servers import free_port, run_command, serve_app, venv_bin  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def blocks(tmp_path_factory):
-    return build_ui(FaceDetectSettings(outputs=tmp_path_factory.mktemp("ui-out")))
+def ui_module():
+    """facedetect.ui, imported when a test of this file runs: Gradio takes seconds to import, and every
+    pytest-xdist worker collects this file, the one that does not run it too."""
+    from facedetect import ui
+
+    return ui
+
+
+@pytest.fixture(scope="module")
+def blocks(ui_module, tmp_path_factory):
+    return ui_module.build_ui(FaceDetectSettings(outputs=tmp_path_factory.mktemp("ui-out")))
 
 
 def test_detect_in_process(blocks, art_dir):
@@ -55,9 +63,9 @@ def test_problems_are_shown_not_raised(blocks, tmp_path):
     assert no_model["status"] in (400, 503) and "error" in no_model
 
 
-def test_detect_through_the_api(tmp_path, art_dir):
+def test_detect_through_the_api(ui_module, tmp_path, art_dir):
     with serve_app(create_app(FaceDetectSettings(outputs=tmp_path / "api-out"))) as url:
-        ui = build_ui(FaceDetectSettings(api_url=url))
+        ui = ui_module.build_ui(FaceDetectSettings(api_url=url))
         image, result = ui.detector(str(art_dir / "eileen happy.png"), "animeface", 0.0, 0)
         health = httpx.get(f"{url}/metrics").text
     assert image.size == (320, 720)
@@ -92,12 +100,12 @@ def test_ui_binds_loopback_and_sends_no_analytics(tmp_path):
 
 
 @pytest.fixture
-def guarded_ui(tmp_path, monkeypatch):
+def guarded_ui(ui_module, tmp_path, monkeypatch):
     """``ui_app`` on a real uvicorn, uploads into its own temporary directory, files kept for a second."""
     uploads = tmp_path / "gradio"
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(uploads))
     settings = FaceDetectSettings(outputs=tmp_path / "out", max_bytes=64 * 1024, ui_cache_s=1, preload=False)
-    with serve_app(ui_app(settings)) as url:
+    with serve_app(ui_module.ui_app(settings)) as url:
         yield url, uploads
 
 

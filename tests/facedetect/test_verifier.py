@@ -169,17 +169,15 @@ def test_judging_from_two_threads_gives_the_same_answers(tune_scenes) -> None:
         assert [v.probability for v in answers] == pytest.approx([v.probability for v in alone], rel=1e-5, abs=1e-7)
 
 
-def test_verifier_off_is_the_animeface_only_confirmation(tune_scenes) -> None:
+def test_verifier_off_is_the_animeface_only_confirmation(tune_scenes, first_tune_found) -> None:
     # Both must find faces, and the gate must not cost true positives against animeface judging alone.
-    with_gate = create_detector("animeface")
+    assert create_detector("animeface").describe()["twostage"]["verifier"] is True  # the default: with the gate
     without = create_detector("animeface", twostage={"verifier": False})
-    assert with_gate.describe()["twostage"]["verifier"] is True
     assert without.describe()["twostage"]["verifier"] is False
     a, b = Counts(), Counts()
-    for rgb, truth in tune_scenes:
-        image = load_image_from(rgb)
-        a += match([(d.bbox, d.confidence) for d in with_gate.detect(image)], truth, 0.5)
-        b += match([(d.bbox, d.confidence) for d in without.detect(image)], truth, 0.5)
+    for (rgb, truth), with_gate in zip(tune_scenes, first_tune_found(), strict=True):
+        a += match(with_gate, truth, 0.5)
+        b += match([(d.bbox, d.confidence) for d in without.detect(load_image_from(rgb))], truth, 0.5)
     assert b.tp > 0
     assert a.tp >= b.tp
 
@@ -217,27 +215,28 @@ def load_image_from(rgb: np.ndarray):
 # --- the training script's data (PyTorch itself is not installed for the tests; these parts need none) ---
 
 
-def test_training_windows_are_labelled_from_the_scenes(first_tune_dir: Path) -> None:
-    data = train_verifier.collect([first_tune_dir / "tune"])
+def test_training_windows_are_labelled_from_the_scenes(small_tune_dir: Path) -> None:
+    data = train_verifier.collect([small_tune_dir / "tune"])
     assert data["crops"].shape[1:] == (CROP, CROP, 3) and len(data["crops"]) == len(data["iou"]) == len(data["target"])
     assert not data["real"].any()  # scene windows; real-art ones (pictures naming a repository) are marked
     positive = data["iou"] >= train_verifier.POSITIVE
-    assert positive.sum() >= 30  # 30 faces here, each under several windows
+    faces = sum(len(e["faces"]) for e in json.loads((small_tune_dir / "tune" / "labels.json").read_text())["images"].values())
+    assert faces == 13 and positive.sum() >= 2 * faces  # each face under several windows
     assert (data["iou"] < train_verifier.NEGATIVE).sum() > 5 * positive.sum()
     # A positive window overlaps its face, so the face is near it: small shifts, width within a factor of 2.
     assert np.abs(data["target"][positive][:, :2]).max() < 0.5
     assert np.abs(data["target"][positive][:, 2]).max() < np.log(2)
 
 
-def test_real_art_windows_are_marked_and_held_out_by_repository(first_tune_dir: Path, tmp_path: Path) -> None:
-    full = json.loads((first_tune_dir / "tune" / "labels.json").read_text())
+def test_real_art_windows_are_marked_and_held_out_by_repository(small_tune_dir: Path, tmp_path: Path) -> None:
+    full = json.loads((small_tune_dir / "tune" / "labels.json").read_text())
     names = sorted(full["images"])[:2]
     real = tmp_path / "real"
     real.mkdir()
     doc = {"split": "tune", "images": {k: {**full["images"][k], "repo": "Some/Artist"} for k in names}}
     (real / "labels.json").write_text(json.dumps(doc))
     for k in names:
-        (real / k).write_bytes((first_tune_dir / "tune" / k).read_bytes())
+        (real / k).write_bytes((small_tune_dir / "tune" / k).read_bytes())
     data = train_verifier.collect([real])
     assert len(data["real"]) > 0 and data["real"].all()
     assert len(train_verifier.collect([real], hold_out=frozenset({"some/artist"}))["real"]) == 0

@@ -90,8 +90,10 @@ async def test_the_deadline_fails_a_hung_change_and_releases_its_reservation(art
     emu = LlamaSwapEmulator(config)
     with emu.serve():
         s = settings(tmp_path, f"local:{art}", candidates=1, llama_swap_url=emu.url, vision_model="vision",
-                     vision_vram_mib=4608, gpu_probe="emulator", gpu_probe_url=emu.gpu_url, change_timeout_s=10, vision_timeout_s=600,
+                     vision_vram_mib=4608, gpu_probe="emulator", gpu_probe_url=emu.gpu_url, change_timeout_s=2, vision_timeout_s=600,
                      http_timeout_s=600, settle_s=0)
+        # The vision model is held a tenth of a second in, so a 2-s deadline meets the change in its verify stage
+        # (what this test is about is the deadline firing and what it leaves behind, not the 600-s default).
         async with AvatarPipeline(s) as pipeline:
             held: list[dict[str, int]] = []
             task = asyncio.create_task(pipeline.change())
