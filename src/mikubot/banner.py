@@ -175,19 +175,21 @@ def crop_banner(
                        f"look soft on the profile (a banner is upscaled {limit:g}x at most)")
     mass = _SaliencyMass(rgb)
     others = [d.bbox for d in (detections or []) if usable(d) and (face is None or d.bbox != face.bbox)]
-    if face is None:
+    # A detector's box may reach past the picture's edge (a face cut by the frame): frame the part inside.
+    inside = None if face is None else _within(face.bbox, size)
+    if face is None or inside is None:
         box = _salient_box(size, big_w, mass)
         reason = "saliency: the avatar has no face; the widest 5:2 frame holding the most of what stands out"
         return _result(rgb, box, "saliency", None, None, reason, out_width)
-    placed = _place_face(face.bbox, size, need, mass, others, pad=False)
+    placed = _place_face(inside, size, need, mass, others, pad=False)
     assert placed is not None  # without padding there is always a placement (the one showing most)
     box, seen = placed
     padded = False
     if not seen:  # the face is too low in the lower left: reach below the picture, as little as needed
-        below = _place_face(face.bbox, size, need, mass, others, pad=True)
+        below = _place_face(inside, size, need, mass, others, pad=True)
         if below is not None:
             box, seen, padded = below[0], True, below[0][3] > size[1]
-    share = (face.bbox[3] - face.bbox[1]) / (box[3] - box[1])
+    share = (inside[3] - inside[1]) / (box[3] - box[1])
     out = output_width(box[2] - box[0], out_width=out_width)
     reason = (f"face: the avatar's face, {share:.0%} of the banner's height, clear of the avatar circle"
               + ("; the face is so low in the lower left that the banner reaches below the picture (filled)"
@@ -195,6 +197,13 @@ def crop_banner(
               "face: the avatar's face cannot be framed clear of the avatar circle and the edges in this picture; "
               f"the placement showing most of it; {out}x{out * 2 // 5} banner")
     return _result(rgb, box, "face", face, seen, reason, out_width, padded)
+
+
+def _within(box: FloatBox, size: tuple[int, int]) -> FloatBox | None:
+    """The part of ``box`` inside the picture, or None when none of it is."""
+    x1, y1 = max(0.0, box[0]), max(0.0, box[1])
+    x2, y2 = min(float(size[0]), box[2]), min(float(size[1]), box[3])
+    return (x1, y1, x2, y2) if x2 > x1 and y2 > y1 else None
 
 
 def banner_png(result: BannerResult) -> bytes:
@@ -268,7 +277,7 @@ def _place_face(face: FloatBox, size: tuple[int, int], need: int, mass: _Salienc
     hi = min(big_w, max(lo, fh / MIN_FACE_HEIGHT * ASPECT))
     lo = min(lo, big_w)  # a face too big for any frame: the widest frame, the face share over the limit
     best: tuple[float, IntBox] | None = None
-    fallback: tuple[float, IntBox] | None = None
+    hiding: list[tuple[float, IntBox]] = []  # (place, box) of starts that hide or cut the face
     for bw in _widths(lo, hi):
         bh = round(bw / ASPECT)
         below = math.floor(MAX_PAD * bw) if pad else 0
@@ -288,10 +297,8 @@ def _place_face(face: FloatBox, size: tuple[int, int], need: int, mass: _Salienc
                 dy = (fcy - y) / bh - EYE_LINE
                 place = max(0.0, 1 - math.hypot(dx, dy * 0.4) * 2)
                 if edges < 0 or clear < FACE_MARGIN:
-                    if not pad:  # the placement showing most of the face, should none show all of it
-                        shown = _shown(face, box) + 0.01 * place
-                        if fallback is None or shown > fallback[0]:
-                            fallback = (shown, (x, y, x + bw, y + bh))
+                    if not pad:
+                        hiding.append((place, (x, y, x + bw, y + bh)))
                     continue
                 cramped = max(0.0, 1 - (face[1] - y) / (HEADROOM * fh))
                 score = (W_SIZE * size_score + W_SALIENCY * mass.share(box) + W_PLACE * place - W_HEAD * cramped
@@ -302,7 +309,9 @@ def _place_face(face: FloatBox, size: tuple[int, int], need: int, mass: _Salienc
         return best[1], True
     if pad:
         return None
-    assert fallback is not None
+    # No start shows all of the face: the one showing most of it. Sampled only now, as it is needed rarely
+    # and sampling every rejected start was most of the search's time.
+    fallback = max(hiding, key=lambda pb: _shown(face, tuple(map(float, pb[1]))) + 0.01 * pb[0])  # first of equals
     return fallback[1], False
 
 

@@ -323,3 +323,15 @@ async def test_a_banner_over_the_size_limit_is_refused(emulator, stock_http):
         await stock_http.edit_profile({"banner": data_uri(png_of(scene(900, 360)), "image/png")})
     assert err.value.code == 50035 and "In banner: File cannot be larger than 0 kb." in err.value.text
     assert not emulator.banners
+
+
+@pytest.mark.parametrize("corner", [(-50, 100), (1550, 100), (500, -40), (1540, 940), (-30, -30)])
+def test_a_face_cut_by_the_pictures_edge_is_framed_inside_the_picture(corner):
+    """A detector's box may reach past the picture (a face cut by the frame): the banner frames the part
+    inside and never asks for pixels the picture does not have."""
+    image = scene(1600, 1000)
+    result = crop_banner(image, face_at(*corner, 100))
+    check_shape(result)
+    x1, y1, x2, y2 = result.box
+    assert 0 <= x1 < x2 <= 1600 and 0 <= y1 < y2 and (y2 <= 1000 or result.padded)
+    assert result.method == "face"
