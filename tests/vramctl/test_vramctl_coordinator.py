@@ -191,11 +191,12 @@ async def test_llama_swap_down_gives_a_clear_error_quickly(card):
     card.emu.preload("vision")
     card.emu.set_down(True)
     t0 = time.monotonic()
-    async with Coordinator(card.settings(timeout_s=3.0, settle_s=0.3)) as coord:
+    # "Quickly": at once, not when the reservation's time runs out (30 s, far from what a loaded machine takes).
+    async with Coordinator(card.settings(timeout_s=30.0, settle_s=0.3)) as coord:
         with pytest.raises((NotEnoughVram, ReservationTimeout)) as exc:
             async with coord.reserve("face-detector"):
                 pass
-    assert time.monotonic() - t0 < 2.5
+    assert time.monotonic() - t0 < 15
     msg = str(exc.value)
     assert "vision" in msg and "unreachable" in msg and "face-detector" in msg
     assert "server-unreachable" in coord.timeline.names()
@@ -239,14 +240,14 @@ async def test_probe_unavailable_falls_back_to_unload_and_settle(card):
 
 
 async def test_timeout_names_who_still_holds_what():
-    with card_ctx(release_s=5.0) as card:
+    with card_ctx(release_s=60.0) as card:  # the memory comes back long after the test: only the timeout ends the wait
         card.emu.preload("vision")
         t0 = time.monotonic()
         async with Coordinator(card.settings(timeout_s=0.6)) as coord:
             with pytest.raises(ReservationTimeout) as exc:
                 async with coord.reserve("face-detector"):
                     pass
-        assert time.monotonic() - t0 < 2.0
+        assert time.monotonic() - t0 < 15  # the timeout's 0.6 s, not the release's 60
         msg = str(exc.value)
         assert "not free within 0.6 s" in msg and "vision" in msg and "releasing" in msg
         assert coord.timeline.names()[-1] == "failed"
