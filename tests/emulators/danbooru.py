@@ -311,10 +311,13 @@ class DanbooruControl:
         self.delay_s = seconds
 
     def reset(self) -> None:
+        """Back to a fresh emulator's knobs: no faults, no delay, no log, no accounts, unseeded order."""
         with self.lock:
             self.faults.clear()
             self.requests.clear()
+            self.users.clear()
             self.delay_s = 0.0
+            self.seed = None
 
     def take_fault(self, path: str) -> Fault | None:
         with self.lock:
