@@ -30,7 +30,20 @@ def deployment(art_dir: Path, face_labels: dict, tmp_path_factory: pytest.TempPa
             yield base, w
 
 
-def test_change_through_the_panel_is_applied_with_a_measured_timeline(deployment: tuple[str, Any]) -> None:
+@pytest.fixture(scope="module")
+def applied(deployment: tuple[str, Any]) -> tuple[list, dict]:
+    """The deployment's change through the panel, made once: its event frames and its row. Both tests use it,
+    so either one passes alone (the browser draws the chart of this change)."""
+    base, _ = deployment
+    with httpx.Client(base_url=base, timeout=120) as c:
+        r = c.post("/profile-picture/change", headers=bearer())
+        assert r.status_code == 202
+        frames = read_sse(c, r.json()["events_url"])
+        return frames, c.get(r.json()["url"]).json()
+
+
+def test_change_through_the_panel_is_applied_with_a_measured_timeline(deployment: tuple[str, Any],
+                                                                      request: pytest.FixtureRequest) -> None:
     base, w = deployment
     with httpx.Client(base_url=base, timeout=120) as c:
         status = c.get("/api/status").json()
@@ -42,11 +55,8 @@ def test_change_through_the_panel_is_applied_with_a_measured_timeline(deployment
         page = c.get("/status").text
         assert "MiB free of 8192 MiB" in page and "llama3.1" in page
 
-        r = c.post("/profile-picture/change", headers=bearer())
-        assert r.status_code == 202
-        frames = read_sse(c, r.json()["events_url"])
+        frames, row = request.getfixturevalue("applied")  # the change, after the status before it was read
         assert frames[-1][2]["status"] == "applied", frames[-1]
-        row = c.get(r.json()["url"]).json()
         assert row["uploaded"] is True and row["credit"]["artist"].startswith("artist_")
         assert row["credit"]["link"] and row["credit"]["link"].startswith("http")
         measured = [e for e in row["vram_timeline"] if e["free_mib"] is not None]
@@ -59,7 +69,7 @@ def test_change_through_the_panel_is_applied_with_a_measured_timeline(deployment
 
 
 @pytest.mark.browser
-def test_browser_draws_the_measured_chart(deployment: tuple[str, Any]) -> None:
+def test_browser_draws_the_measured_chart(deployment: tuple[str, Any], applied: tuple[list, dict]) -> None:
     from test_browser import ARGS, CHROMIUM, _need_chromium, shot, until
 
     _need_chromium()
