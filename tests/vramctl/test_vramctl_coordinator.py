@@ -346,13 +346,14 @@ async def test_a_model_stopping_on_its_own_is_waited_for_and_nothing_else_is_unl
 
 
 async def test_without_a_probe_a_stopping_model_is_given_the_settle_delay():
-    with vision_stopping_on_its_own() as (emu, det_url, detector, consumers):
+    # As above: vramctl must see the stop under way, so it lasts 2 s (0.4 s was a race with a slow start).
+    with vision_stopping_on_its_own(stop_s=2.0) as (emu, det_url, detector, consumers):
         s = VramSettings(consumers=consumers, probe="none", llama_swap_url=emu.url, gpu_total_mib=8192 - 512,
-                         settle_s=1.2, safety_margin_mib=256)
+                         settle_s=2.5, safety_margin_mib=256)
         async with Coordinator(s) as coord, coord.reserve("face-detector") as r:
             assert (await asyncio.to_thread(httpx.post, f"{det_url}/detect")).status_code == 200
     assert "settle" in names(r) and r.unloaded == [] and emu.running() == ["llama3.1"]
-    assert emu.gpu.oom_count == 0 and detector["ooms"] == 0  # 1.2 s settle ≥ 0.4 stop + 0.2 release
+    assert emu.gpu.oom_count == 0 and detector["ooms"] == 0  # 2.5 s settle ≥ 2 s stop + 0.2 s release
 
 
 async def test_fewest_consumers_are_unloaded(card):
