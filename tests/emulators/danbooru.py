@@ -323,7 +323,7 @@ class DanbooruControl:
             return [until for prefix, until in self.holds if path.startswith(prefix)]
 
     def reset(self) -> None:
-        """Back to a fresh emulator's knobs: no faults, no delay, no log, no accounts, unseeded order."""
+        """Back to a fresh emulator's knobs: no faults, holds or delay, no log, no accounts, unseeded order."""
         with self.lock:
             self.faults.clear()
             self.requests.clear()
