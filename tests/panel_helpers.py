@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,15 +48,19 @@ def bearer(token: str = TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def read_sse(client: httpx.Client, url: str, headers: dict[str, str] | None = None) -> list[tuple[str, str | None, dict[str, Any]]]:
+def read_sse(client: httpx.Client, url: str, headers: dict[str, str] | None = None,
+             opened: threading.Event | None = None) -> list[tuple[str, str | None, dict[str, Any]]]:
     """Every (event, id, data) of a Server-Sent Events stream until the server closes it. Streams need the
-    token (or a login): ``bearer()`` is sent unless ``headers`` say otherwise (or the client has a session)."""
+    token (or a login): ``bearer()`` is sent unless ``headers`` say otherwise (or the client has a session).
+    ``opened`` is set once the stream's headers have come (a reader in a thread tells the test it is open)."""
     out: list[tuple[str, str | None, dict[str, Any]]] = []
     event, ident, data = "message", None, []
     sent = {**({} if "miku_session" in client.cookies else bearer()), **(headers or {})}
     with client.stream("GET", url, headers=sent) as r:
         assert r.status_code == 200, r.read()
         assert r.headers["content-type"].startswith("text/event-stream")
+        if opened is not None:
+            opened.set()
         for line in r.iter_lines():
             if line == "":
                 if data:

@@ -60,7 +60,9 @@ def _settings(**overrides: Any) -> Settings:
 
 
 def _die(message: str, code: int = 2) -> None:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    # One line however long (the terminal wraps it): a message that names a path or URL reads and greps the
+    # same at any width and in a log (rich would cut it at 80 columns when stderr is no terminal).
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -144,34 +146,35 @@ def _run_with_board(coro_factory: Any, bus: EventBus, console: Console, stages: 
 
 
 def _print_outcome(record: ChangeRecord, console: Console) -> None:
+    # Each line whole (soft_wrap): paths are printed to be copied, and a log line is not cut at 80 columns.
     files = record.files
     if record.status == "failed":
         console.print(f"[bold red]❌ change {record.id} failed at {record.failed_stage}:[/] {record.error}",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
         if record.avatar_path:
             console.print(f"   avatar kept: {record.avatar_path}  (apply later: mikubot pfp restore {record.id})",
-                          highlight=False)
+                          highlight=False, soft_wrap=True)
     else:
         how = "applied to Discord" if record.status == "applied" else "written (dry run, Discord not called)"
         size = record.avatar_size or []
         console.print(f"[bold green]✅ avatar {how}:[/] {files.get('avatar')}  "
-                      f"({'x'.join(map(str, size))}, {record.crop_method} crop)", highlight=False)
+                      f"({'x'.join(map(str, size))}, {record.crop_method} crop)", highlight=False, soft_wrap=True)
         profile = f"server {record.guild_id} only (its own look)" if record.guild_id else "global"
-        console.print(f"   profile:    {profile}", highlight=False)
+        console.print(f"   profile:    {profile}", highlight=False, soft_wrap=True)
         if files.get("annotated"):
-            console.print(f"   annotated:  {files['annotated']}", highlight=False)
+            console.print(f"   annotated:  {files['annotated']}", highlight=False, soft_wrap=True)
         if files.get("banner"):
             console.print(f"   banner:     {files['banner']}  ({'x'.join(map(str, record.banner_size or []))})",
-                          highlight=False)
+                          highlight=False, soft_wrap=True)
         elif record.banner_reason:
-            console.print(f"   banner:     {record.banner_reason}", highlight=False)
+            console.print(f"   banner:     {record.banner_reason}", highlight=False, soft_wrap=True)
         src = record.source
-        console.print(f"   source:     {src.name} {src.filename or src.page_url or src.key}", highlight=False)
+        console.print(f"   source:     {src.name} {src.filename or src.page_url or src.key}", highlight=False, soft_wrap=True)
         if record.description:
-            console.print(f"   looks like: {record.description}", highlight=False)
+            console.print(f"   looks like: {record.description}", highlight=False, soft_wrap=True)
         if record.fallbacks:
-            console.print(f"   fallbacks:  {', '.join(record.fallbacks)}", highlight=False)
-    console.print(f"   report:     {record.report_path}", highlight=False)
+            console.print(f"   fallbacks:  {', '.join(record.fallbacks)}", highlight=False, soft_wrap=True)
+    console.print(f"   report:     {record.report_path}", highlight=False, soft_wrap=True)
 
 
 CHANGE_HELP = ("Change the avatar: search → download → reserve → detect → verify → crop → upload → record.\n\n"
@@ -305,15 +308,15 @@ def pfp_restore(
     if as_json:
         sys.stdout.write(json.dumps(record.to_json(), indent=2) + "\n")
     elif record.status == "failed":
-        console.print(f"[bold red]❌ restore of change {change_id} failed:[/] {record.error}", highlight=False)
+        console.print(f"[bold red]❌ restore of change {change_id} failed:[/] {record.error}", highlight=False, soft_wrap=True)
     else:
         how = "applied to Discord" if record.status == "applied" else "dry run: Discord not called"
         if record.guild_id:
             how += f" (server {record.guild_id} only)"
         console.print(f"[bold green]✅ avatar of change {change_id} {how}:[/] {record.avatar_path} "
-                      f"(recorded as change {record.id})", highlight=False)
+                      f"(recorded as change {record.id})", highlight=False, soft_wrap=True)
         if record.banner_path or record.banner_reason:
-            console.print(f"   banner:     {record.banner_path or record.banner_reason}", highlight=False)
+            console.print(f"   banner:     {record.banner_path or record.banner_reason}", highlight=False, soft_wrap=True)
     raise typer.Exit(1 if record.status == "failed" else 0)
 
 
@@ -353,9 +356,9 @@ def doctor(as_json: bool = typer.Option(False, "--json")) -> None:
     else:
         console = Console()
         for c in checks:
-            console.print(c.line, highlight=False)
+            console.print(c.line, highlight=False, soft_wrap=True)
             if c.fix and c.state in ("fail", "warn"):
-                console.print(f"   fix: {c.fix}", highlight=False)
+                console.print(f"   fix: {c.fix}", highlight=False, soft_wrap=True)
     raise typer.Exit(1 if any(c.state == "fail" for c in checks) else 0)
 
 

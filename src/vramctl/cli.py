@@ -37,7 +37,7 @@ from .probes import select_probe
 
 app = typer.Typer(help="VRAM coordination: measure, unload, wait.", no_args_is_help=True, add_completion=False)
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error is one line, however long: the terminal wraps it
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", envvar="MIKU_VRAM_CONFIG",
                                                    help="YAML file with the vram settings (consumers, probe, ...).")]

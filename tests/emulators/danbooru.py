@@ -292,6 +292,9 @@ class DanbooruControl:
     faults: list[Fault] = field(default_factory=list)
     requests: list[LoggedRequest] = field(default_factory=list)
     seed: int | None = None
+    # (path prefix, condition): such requests wait until the condition holds (HOLD_LIMIT_S at most), so a test
+    # orders "this answer comes after that happened" by the event itself, not by a delay that guesses it.
+    holds: list[tuple[str, Callable[[], bool]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add_user(self, login: str, api_key: str, level: str = "member") -> None:
@@ -310,11 +313,24 @@ class DanbooruControl:
     def slow(self, seconds: float) -> None:
         self.delay_s = seconds
 
+    def hold(self, until: Callable[[], bool], path: str = "/") -> None:
+        """Requests under ``path`` are answered only once ``until()`` is true (or after HOLD_LIMIT_S)."""
+        with self.lock:
+            self.holds.append((path, until))
+
+    def holds_for(self, path: str) -> list[Callable[[], bool]]:
+        with self.lock:
+            return [until for prefix, until in self.holds if path.startswith(prefix)]
+
     def reset(self) -> None:
+        """Back to a fresh emulator's knobs: no faults, holds or delay, no log, no accounts, unseeded order."""
         with self.lock:
             self.faults.clear()
             self.requests.clear()
+            self.users.clear()
+            self.holds.clear()
             self.delay_s = 0.0
+            self.seed = None
 
     def take_fault(self, path: str) -> Fault | None:
         with self.lock:
@@ -409,6 +425,7 @@ def _tag_limit_error(limit: int) -> JSONResponse:
 
 
 TooFast = Callable[[Request, "Fault"], Response]
+HOLD_LIMIT_S = 30.0  # a held request is answered anyway after this: the test's own assertion then says what is wrong
 
 
 def danbooru_too_fast(request: Request, fault: Fault) -> Response:
@@ -447,6 +464,10 @@ def _install_common(app: FastAPI, control: DanbooruControl, store: ArtStore, too
         # The fault is taken on arrival, before any delay: a request a slow test left sleeping here wakes
         # after the next test has queued its faults, and must not consume them.
         fault = control.take_fault(request.url.path)
+        for until in control.holds_for(request.url.path):
+            deadline = asyncio.get_running_loop().time() + HOLD_LIMIT_S
+            while not until() and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
         if control.delay_s:
             await asyncio.sleep(control.delay_s)
         if fault is not None:

@@ -143,10 +143,12 @@ def test_a_normal_request_answers_while_slow_connections_fill_the_cap(capped_pan
         wait_for(lambda: dropped() >= 20, 10, "20 slow connections dropped")
         assert sorted(answers) == list(range(20))  # the oldest ones
         assert all(a == b"" or a.startswith(b"HTTP/1.1 503") for a in answers.values()), answers
+        # Without the cap making room, the request would wait for a slow connection's 60 s deadline: the
+        # client's 10 s would run out. The bound is far from both and leaves a loaded machine its slow moments.
         start = time.monotonic()
-        r = httpx.get(f"{capped_panel}/health", timeout=5)
+        r = httpx.get(f"{capped_panel}/health", timeout=10)
         took = time.monotonic() - start
-        assert r.status_code == 200 and took < 1.0, took
+        assert r.status_code == 200 and took < 5, took
         # The normal request's connection dropped one more; the other 19 are still held (60 s deadline).
         assert wait_for(lambda: dropped() == 21, 5, "one more dropped") and sorted(answers) == list(range(21))
     finally:
@@ -231,7 +233,9 @@ def limited_process(args: list[str], env: dict[str, str], url: str, log: Path):
 def _flood_and_probe(base: str, n: int) -> tuple[int, float]:
     """Open ``n`` slow connections as fast as the server accepts them (a full accept queue would make the
     kernel drop SYNs, and the client retry a second later: slow for the test, not for the server), then
-    time one normal request."""
+    time one normal request. A server out of descriptors would not accept it until a slow connection's 60 s
+    deadline (the client's 10 s run out first); asyncio's retry of a failed ``accept()`` a second later is
+    seen in the log ("out of system resource"), not guessed from a clock."""
     port = int(base.rsplit(":", 1)[1])
     slow = []
     try:
@@ -254,9 +258,9 @@ def test_detector_under_a_low_file_limit_keeps_answering(tmp_path: Path) -> None
            "FACEDETECT_HEADER_TIMEOUT_S": "60"}
     with limited_process([venv_bin("facedetect"), "serve", "--port", str(port)], env, f"{base}/health", log):
         status, took = _flood_and_probe(base, 300)
-        assert status == 200 and took < 1.0, (status, took)
+        assert status == 200 and took < 5, (status, took)
     text = log.read_text(errors="replace")
-    assert "Too many open files" not in text
+    assert "Too many open files" not in text and "out of system resource" not in text
     assert len(text.splitlines()) < 30, text[-3000:]  # one warning per kind per 10 s, not one per connection
 
 
@@ -268,9 +272,9 @@ def test_panel_under_a_low_file_limit_keeps_answering(tmp_path: Path, art_dir: P
            "MIKU_WEB_HEADER_TIMEOUT_S": "60"}
     with limited_process([venv_bin("mikubot"), "web", "--port", str(port)], env, f"{base}/health", log):
         status, took = _flood_and_probe(base, 300)
-        assert status == 200 and took < 1.0, (status, took)
+        assert status == 200 and took < 5, (status, took)
     text = log.read_text(errors="replace")
-    assert "Too many open files" not in text
+    assert "Too many open files" not in text and "out of system resource" not in text
     assert len(text.splitlines()) < 30, text[-3000:]
 
 

@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from emulators.discord import DiscordControl
 from mikubot.events import EventBus
 from mikubot.history import History
 from mikubot.pipeline import AvatarPipeline
@@ -38,9 +39,9 @@ def fresh(rig, art):
     rig.llama.set_down(False)
     rig.llama.set_answer("vision", vision_answers(art, dict.fromkeys(PLAN, YES), []))
     d = rig.discord
-    d.force_429 = d.force_status_count = 0
-    d.delay_s = 0.0
-    d.avatar_changes_allowed = None
+    for knob in ("force_429", "retry_after_s", "global_429", "force_status", "force_status_count", "delay_s",
+                 "avatar_delay_s", "avatar_changes_allowed"):
+        setattr(d, knob, getattr(DiscordControl, knob))  # the emulator's default
     d._avatar_times.clear()
     d.token = "bot-token-for-tests"
     return rig

@@ -34,13 +34,16 @@ async def test_text_unload_runs_while_the_candidates_download(art, tmp_path):
         w.llama.set_answer("vision", vision_answers(art, dict.fromkeys(PLAN, YES), []))
         w.llama.preload("llama3.1")  # the bot was chatting
         httpx.post(f"{w.detector_url}/unload").raise_for_status()  # lent to an earlier vision reservation
-        w.danbooru.slow(0.5)  # every Danbooru request (search, each picture) takes half a second
         bus = EventBus()
         seen: list[tuple[str, str, bool]] = []
 
         def text_unload_asked() -> bool:
             return any(r.get("path") == "/api/models/unload" and r.get("model") == "llama3.1" for r in w.llama.requests)
 
+        # Every picture is answered only once the text model's unload has been asked: a pipeline that made the
+        # room after the downloads would wait out the emulator's hold and fail below, whatever the machine's pace.
+        for variant in ("/original", "/sample", "/720x720", "/360x360", "/180x180"):
+            w.danbooru.hold(text_unload_asked, path=variant)
         bus.subscribe(lambda e: seen.append((e.stage, e.status, text_unload_asked())))
         async with AvatarPipeline(w.settings(tmp_path / "data", candidates=3), bus=bus) as pipeline:
             record = await pipeline.change(dry_run=True)

@@ -208,10 +208,12 @@ def test_events_of_a_change_run_by_another_process(client: httpx.Client, data_di
     history = History(data_dir / "history.sqlite3")
     cid = history.start("local:cli", dry_run=True)  # owned by a live process (this one), so never recovered
     result: list = []
-    reader = threading.Thread(target=lambda: result.extend(read_sse(client, f"/profile-picture/changes/{cid}/events")))
+    opened = threading.Event()
+    reader = threading.Thread(target=lambda: result.extend(
+        read_sse(client, f"/profile-picture/changes/{cid}/events", opened=opened)))
     reader.start()
-    reader.join(timeout=1.5)
-    assert reader.is_alive() and not result  # still waiting: the change has not ended
+    assert opened.wait(30), "the stream never opened"
+    assert reader.is_alive() and not result  # open and still waiting: the change has not ended
     events = [{"change_id": cid, "stage": "search", "status": "start", "t": 0.0, "detail": {}},
               {"change_id": cid, "stage": "search", "status": "fail", "t": 0.1, "detail": {"error": "nothing"}}]
     history.finish(cid, "failed", events=events, error="nothing")

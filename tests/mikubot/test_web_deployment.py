@@ -6,6 +6,7 @@ llama-swap's loaded models and the detector service. The browser then draws that
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,36 +31,53 @@ def deployment(art_dir: Path, face_labels: dict, tmp_path_factory: pytest.TempPa
             yield base, w
 
 
-def test_change_through_the_panel_is_applied_with_a_measured_timeline(deployment: tuple[str, Any]) -> None:
-    base, w = deployment
-    with httpx.Client(base_url=base, timeout=120) as c:
-        status = c.get("/api/status").json()
-        assert status["vram"]["gpu"]["total_mib"] == 8192
-        servers = status["vram"]["servers"]
-        assert any(s.get("kind") == "llama-swap" and [r["model"] for r in s["running"]] == ["llama3.1"] for s in servers.values())
-        assert status["detector"]["mode"] == "service" and status["detector"]["ok"] is True
-        assert status["llama_swap"]["verifier"] == "vision"
-        page = c.get("/status").text
-        assert "MiB free of 8192 MiB" in page and "llama3.1" in page
+@dataclass
+class Applied:
+    """What the panel showed before the deployment's change, and the change itself (made once)."""
 
+    status: dict[str, Any]  # /api/status before the change
+    status_page: str  # /status before the change
+    frames: list  # the change's event stream
+    row: dict[str, Any]  # its history row
+    metrics: str  # /metrics after it
+
+
+@pytest.fixture(scope="module")
+def applied(deployment: tuple[str, Any]) -> Applied:
+    """The deployment's change through the panel, with the status read before it. Both tests use it, so
+    either passes alone or in any order (the browser draws the chart of this change)."""
+    base, _ = deployment
+    with httpx.Client(base_url=base, timeout=120) as c:
+        status, status_page = c.get("/api/status").json(), c.get("/status").text
         r = c.post("/profile-picture/change", headers=bearer())
         assert r.status_code == 202
         frames = read_sse(c, r.json()["events_url"])
-        assert frames[-1][2]["status"] == "applied", frames[-1]
-        row = c.get(r.json()["url"]).json()
-        assert row["uploaded"] is True and row["credit"]["artist"].startswith("artist_")
-        assert row["credit"]["link"] and row["credit"]["link"].startswith("http")
-        measured = [e for e in row["vram_timeline"] if e["free_mib"] is not None]
-        assert len(measured) >= 2
-        assert "text" in [e["consumer"] for e in row["vram_timeline"] if e["event"] == "unloaded"]  # freed for vision
+        return Applied(status, status_page, frames, c.get(r.json()["url"]).json(), c.get("/metrics").text)
 
-        text = c.get("/metrics").text
-        assert 'mikubot_changes_total{status="applied"} 1.0' in text
-        assert 'vramctl_unloads_total' in text
+
+def test_change_through_the_panel_is_applied_with_a_measured_timeline(applied: Applied) -> None:
+    status = applied.status
+    assert status["vram"]["gpu"]["total_mib"] == 8192
+    servers = status["vram"]["servers"]
+    assert any(s.get("kind") == "llama-swap" and [r["model"] for r in s["running"]] == ["llama3.1"] for s in servers.values())
+    assert status["detector"]["mode"] == "service" and status["detector"]["ok"] is True
+    assert status["llama_swap"]["verifier"] == "vision"
+    assert "MiB free of 8192 MiB" in applied.status_page and "llama3.1" in applied.status_page
+
+    frames, row = applied.frames, applied.row
+    assert frames[-1][2]["status"] == "applied", frames[-1]
+    assert row["uploaded"] is True and row["credit"]["artist"].startswith("artist_")
+    assert row["credit"]["link"] and row["credit"]["link"].startswith("http")
+    measured = [e for e in row["vram_timeline"] if e["free_mib"] is not None]
+    assert len(measured) >= 2
+    assert "text" in [e["consumer"] for e in row["vram_timeline"] if e["event"] == "unloaded"]  # freed for vision
+
+    assert 'mikubot_changes_total{status="applied"} 1.0' in applied.metrics
+    assert 'vramctl_unloads_total' in applied.metrics
 
 
 @pytest.mark.browser
-def test_browser_draws_the_measured_chart(deployment: tuple[str, Any]) -> None:
+def test_browser_draws_the_measured_chart(deployment: tuple[str, Any], applied: Applied) -> None:
     from test_browser import ARGS, CHROMIUM, _need_chromium, shot, until
 
     _need_chromium()

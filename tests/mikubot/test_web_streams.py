@@ -77,9 +77,11 @@ def test_streams_share_one_poll_and_are_capped(panel: tuple[str, PanelState], da
         with client_from(base, "127.0.0.3") as third:
             full = third.get(url, headers=bearer())
             assert full.status_code == 503 and int(full.headers["retry-after"]) > 0
+            # Not starved by the four streams: answered (a starved pool would hang until the client's 30 s);
+            # the bound leaves a loaded machine its slow moments.
             t0 = time.monotonic()
             assert third.get("/health").status_code == 200
-            assert time.monotonic() - t0 < 1.0
+            assert time.monotonic() - t0 < 10
 
         history.finish(cid, "dry-run", events=[{"change_id": cid, "stage": "record", "status": "done", "t": 0.1,
                                                 "detail": {}}])

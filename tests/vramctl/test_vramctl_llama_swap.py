@@ -125,7 +125,7 @@ def test_catalog_of_an_older_server_without_meta_takes_ids_as_they_are():
 
 
 async def test_probe_sees_memory_of_a_stopping_model_until_it_is_released(emu):
-    emu.models["vision"].release_s = 0.2
+    emu.models["vision"].release_s = 5.0  # far beyond the next read, however slow the machine (nothing waits for it)
     emu.preload("vision")
     async with httpx.AsyncClient() as http:
         before = (await EmulatorProbe(emu.gpu_url, http).read()).free_mib
