@@ -79,12 +79,13 @@ $(TRAIN_VENV)/.installed: pyproject.toml constraints.txt
 verifier: scenes $(TRAIN_VENV)/.installed
 	$(TRAIN_VENV)/bin/python bench/train_verifier.py --scenes $(SCENES) $(REAL_TUNE)
 
-# The default detector's learned false-positive filter, retrained on scene-tune only (bench/train_facefilter.py).
+# The default detector's learned false-positive filter (bench/train_facefilter.py): on scene-tune, plus real-art
+# tune with REAL_TUNE='--realart .cache/realart/tune' (add --loso to REAL_TUNE for the leave-one-source-out report).
 # FILTER_DETECTOR / FILTER_OPTIONS (JSON) name the detector whose candidates it learns from.
 FILTER_DETECTOR ?= animeface
 FILTER_OPTIONS  ?= {"face_filter": false, "lone_likelihood": 0.0}
 facefilter: scenes
-	$(PY) bench/train_facefilter.py --scenes $(SCENES) --detector $(FILTER_DETECTOR) --options '$(FILTER_OPTIONS)'
+	$(PY) bench/train_facefilter.py --scenes $(SCENES) --detector $(FILTER_DETECTOR) --options '$(FILTER_OPTIONS)' $(REAL_TUNE)
 
 # The sample art shows Ren'Py's Eileen, Lucy and Sylvie, not Hatsune Miku: the demo is Eileen's bot (her name and
 # the hair colour read from her sprites, as tests/mikubot/test_hair.py and bench/scenes.py label her) on her three sprites,

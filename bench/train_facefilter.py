@@ -1,10 +1,12 @@
-"""Train the face filter (src/facedetect/backends/facefilter.py) on scene-tune, and only on scene-tune.
+"""Train the face filter (src/facedetect/backends/facefilter.py) on scene-tune (and, with ``--realart``, real-art tune).
 
 Recipe (deterministic: no random numbers anywhere):
 
-1. *Candidates*: a detector (``--detector``/``--options``; default the default animeface scheme with its
-   filter off and every cluster leader kept, ``lone_likelihood`` 0, so the filter also sees the weak
-   candidates the lone bar would drop) runs on every scene-tune image. A candidate is a face when it
+1. *Candidates*: a detector (``--detector``/``--options``; default the default animeface mode, the two-stage
+   one, with its filter off; ``lone_likelihood`` 0 keeps every cluster leader when the options choose the
+   fast scheme) runs on every scene-tune image, and with ``--realart DIR`` on every picture of the real-art
+   tune split too (``bench/realart.py assemble --split tune``; ``--hold-out OWNER/NAME ...`` leaves sources
+   out, to validate on them). A candidate is a face when it
    overlaps a labelled face at IoU >= 0.5, not a face when its best IoU with every labelled face is < 0.3;
    in between (a real face, badly placed box) it is left out: the filter judges faces, not box placement.
 2. *Boxes from the labels*, because a detector makes few false positives (about 20 on the 120 images):
@@ -23,8 +25,9 @@ Recipe (deterministic: no random numbers anywhere):
 
     .venv/bin/python bench/train_facefilter.py [--scenes .cache/scenes] [--out src/.../models/facefilter.json]
                                                [--detector animeface] [--options JSON] [--limit N]
+                                               [--realart .cache/realart/tune [--hold-out OWNER/NAME ...]]
 
-``make facefilter`` runs it (after ``make scenes``). scene-test is never read here.
+``make facefilter`` runs it (after ``make scenes``). scene-test and real-art test are never read here.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ class Sample:
     y: int
     image: int
     source: str = "detector"
+    repo: str = ""  # the real-art picture's source repository ("" for a scene)
 
 
 def label(box: Sequence[float], truth: Sequence[Sequence[float]]) -> int | None:
@@ -132,16 +136,22 @@ def image_samples(detector: Detector, image: Image.Image, entry: dict, index: in
 
 
 def collect(detector: Detector, split_dir: Path, limit: int | None = None,
-            progress: Callable[[str], None] | None = None) -> list[Sample]:
-    """The labelled candidates of every image of ``split_dir`` (a `make scenes` split), in name order."""
+            progress: Callable[[str], None] | None = None, first_index: int = 0,
+            hold_out: frozenset[str] = frozenset()) -> list[Sample]:
+    """The labelled candidates of every image of ``split_dir`` (a `make scenes` split or a real-art split,
+    less the pictures of the ``hold_out`` repositories), in name order; images are numbered from
+    ``first_index`` (the folds go by that number)."""
     doc = json.loads((split_dir / "labels.json").read_text())["images"]
-    names = sorted(doc)[:limit] if limit else sorted(doc)
+    names = [n for n in sorted(doc) if doc[n].get("repo", "").lower() not in hold_out]
+    names = names[:limit] if limit else names
     samples: list[Sample] = []
-    for i, name in enumerate(names):
+    for n, name in enumerate(names, start=1):
         image = load_image((split_dir / name).read_bytes())[0]
-        samples += image_samples(detector, image, doc[name], i)
-        if progress and (i + 1) % 20 == 0:
-            progress(f"{i + 1}/{len(names)} images, {len(samples)} candidates")
+        for sample in image_samples(detector, image, doc[name], first_index + n - 1):
+            sample.repo = doc[name].get("repo", "")
+            samples.append(sample)
+        if progress and n % 20 == 0:
+            progress(f"{n}/{len(names)} images, {len(samples)} candidates")
     return samples
 
 
@@ -215,6 +225,27 @@ def train(samples: list[Sample], *, l2: float, folds: int, keep: float, margin: 
     return model, {"threshold": threshold, "out_of_fold": counts(probs), "in_sample": counts(fitted)}
 
 
+def leave_one_source_out(samples: list[Sample], committed: FaceFilter, **fit_args) -> str:
+    """For each real-art source: the filter trained on every other picture judges that source's detector
+    candidates, beside the ``committed`` filter; faces kept and non-faces dropped, per source and summed."""
+    lines, sums = [], np.zeros(6, int)
+    for repo in sorted({s.repo for s in samples if s.repo}, key=str.lower):
+        held = [s for s in samples if s.repo == repo and s.source == "detector"]
+        if not held:
+            continue
+        model, _ = train([s for s in samples if s.repo != repo], **fit_args)
+        x, y = np.stack([s.x for s in held]), np.asarray([s.y for s in held])
+        new, old = model.predict(x) >= model.threshold, committed.predict(x) >= committed.threshold
+        row = np.array([(new & (y == 1)).sum(), (old & (y == 1)).sum(), (y == 1).sum(),
+                        (~new & (y == 0)).sum(), (~old & (y == 0)).sum(), (y == 0).sum()])
+        sums += row
+        lines.append(f"  {repo}: faces kept {row[0]} (committed {row[1]}) of {row[2]}; "
+                     f"non-faces dropped {row[3]} (committed {row[4]}) of {row[5]}")
+    lines.append(f"  all held out: faces kept {sums[0]} (committed {sums[1]}) of {sums[2]}; "
+                 f"non-faces dropped {sums[3]} (committed {sums[4]}) of {sums[5]}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scenes", type=Path, default=ROOT / ".cache/scenes", help="`make scenes` output (tune/ is read)")
@@ -223,6 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--options", default=json.dumps(DEFAULT_OPTIONS),
                     help=f"its options as JSON (default {json.dumps(DEFAULT_OPTIONS)}); keep its own filter off")
     ap.add_argument("--limit", type=int, default=None, help="only the first N scene-tune images")
+    ap.add_argument("--realart", type=Path, default=None,
+                    help="also the real-art tune split (bench/realart.py assemble --split tune), e.g. .cache/realart/tune")
+    ap.add_argument("--no-realart", action="store_true", help="scene-tune alone (the default without --realart)")
+    ap.add_argument("--hold-out", nargs="*", default=[], metavar="OWNER/NAME",
+                    help="real-art repositories left out of training (to validate on them)")
+    ap.add_argument("--loso", action="store_true",
+                    help="with --realart: first report, per real-art source, the filter trained without it on that "
+                         "source's candidates against the committed filter (leave-one-source-out)")
     ap.add_argument("--l2", type=float, default=100.0, help="L2 penalty on the standardised weights")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--keep", type=float, default=0.99, help="share of faces the threshold keeps out of fold")
@@ -237,13 +276,27 @@ def main(argv: list[str] | None = None) -> int:
     detector = create_detector(args.detector, **options)
     detector.load()
     samples = collect(detector, tune, args.limit, progress=lambda m: print(m, flush=True))
+    trained_on = "scene-tune (bench/scenes.py)"
+    if args.realart is not None and not args.no_realart:
+        real = json.loads((args.realart / "labels.json").read_text()) if (args.realart / "labels.json").exists() else {}
+        if real.get("split") != "tune":
+            print(f"{args.realart}: not a real-art tune split (bench/realart.py assemble --split tune)", file=sys.stderr)
+            return 2
+        hold_out = frozenset(r.lower() for r in args.hold_out)
+        samples += collect(detector, args.realart, None, lambda m: print(m, flush=True),
+                           first_index=1 + max(s.image for s in samples), hold_out=hold_out)
+        trained_on += " + real-art tune" + (f" less {', '.join(sorted(hold_out))}" if hold_out else "")
     if not any(s.y for s in samples) or all(s.y for s in samples):
         print("need both faces and non-faces among the candidates", file=sys.stderr)
         return 1
-    meta = {"trained_on": "scene-tune (bench/scenes.py)", "detector": args.detector, "options": options,
+    meta = {"trained_on": trained_on, "detector": args.detector, "options": options,
             "images": len({s.image for s in samples}), "candidates": len(samples),
             "l2": args.l2, "folds": args.folds, "keep": args.keep, "margin": args.margin,
             "features_version": FEATURES_VERSION}
+    fit_args = dict(l2=args.l2, folds=args.folds, keep=args.keep, margin=args.margin)
+    if args.loso:
+        print("leave-one-source-out on real-art tune (the detector's candidates, IoU >= .5 face, < .3 not):")
+        print(leave_one_source_out(samples, FaceFilter.load(default_model_path()), **fit_args), flush=True)
     model, report = train(samples, l2=args.l2, folds=args.folds, keep=args.keep, margin=args.margin, meta=meta)
     model.meta["report"] = report
     model.save(args.out)

@@ -233,6 +233,19 @@ def test_detect_benchmark_reads_an_assembled_split(source, tmp_path: Path, capsy
     assert f"| {REPO} | F1 0.67, R 1.00 (1/1/0) |" in rendered and "| source | ours |" in rendered
 
 
+def test_detect_benchmark_runs_ours_with_other_options(tmp_path: Path) -> None:
+    """``--ours-options``: ours is built with them, says so in its label, and keeps its short name per source."""
+    import detect
+    from metrics import Counts
+
+    options = {"twostage": {"cascade_neighbours": 3}}
+    ours, raw = detect.build_runners(tmp_path, None, ("ours", "raw"), options)
+    assert ours.options == options and ours.name.startswith(detect.OURS) and '"cascade_neighbours": 3' in ours.name
+    assert ours.describe()["twostage"]["cascade_neighbours"] == 3 and raw.name == detect.RAW
+    rendered = detect.by_source("realart-tune", {ours.name: detect.Score(by_group={REPO: Counts(tp=1)})})
+    assert "| source | ours |" in rendered
+
+
 def test_detect_benchmark_counts_a_picture_past_its_time_limit_as_missed() -> None:
     """bench/detect.py runs each detector in a worker process with a time limit per picture: a detection still
     running at the limit is killed and counts as every face missed (in `timeouts` and the per-source cell),

@@ -86,8 +86,8 @@ class TwoStage:
     # lbpcascade_animeface as a second proposal source (docs/detector-speed.md, "Real art"): its boxes with
     # at least this many grouped hits and from ``cascade_min_size`` px (its box; ~40 px in the labels'
     # convention) up join the HOG proposals, and the verifier's probability ranks them all before suppression
-    # and the cap. None (the default: see docs/detector-speed.md, "Real art", for the hang that keeps it
-    # off), or without the verifier: HOG proposals alone.
+    # and the cap. None (the default: docs/detector-speed.md, "Real art", says why it is still off: the scene
+    # speed bar is not yet shown with it), or without the verifier: HOG proposals alone.
     cascade_neighbours: int | None = None
     cascade_min_size: int = 64
 
