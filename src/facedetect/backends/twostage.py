@@ -86,9 +86,9 @@ class TwoStage:
     # lbpcascade_animeface as a second proposal source (docs/detector-speed.md, "Real art"): its boxes with
     # at least this many grouped hits and from ``cascade_min_size`` px (its box; ~40 px in the labels'
     # convention) up join the HOG proposals, and the verifier's probability ranks them all before suppression
-    # and the cap. None (the default: docs/detector-speed.md, "Real art", says why it is still off: the scene
-    # speed bar is not yet shown with it), or without the verifier: HOG proposals alone.
-    cascade_neighbours: int | None = None
+    # and the cap: on real art it finds faces the HOG proposals miss (docs/detector-speed.md, "Real art").
+    # None, or without the verifier: HOG proposals alone.
+    cascade_neighbours: int | None = 3
     cascade_min_size: int = 64
 
     def __post_init__(self) -> None:
