@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
+import loopback
 from servers import free_port, venv_bin, wait_http
 
 BINARY_ENV = "MIKU_TEST_LLAMA_SWAP"
@@ -115,7 +115,7 @@ class RealLlamaSwap:
     def running(self, key: str | None = None) -> dict[str, str]:
         """`GET /running` as {model: state}."""
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        r = httpx.get(f"{self.url}/running", headers=headers, timeout=10)
+        r = loopback.get(f"{self.url}/running", headers=headers, timeout=10)
         r.raise_for_status()
         return {m["model"]: m["state"] for m in r.json()["running"]}
 

@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import uvicorn
 
+from httpretry import tls_context
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -26,15 +28,16 @@ def free_port() -> int:
 def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before answering {url}")
-        try:
-            httpx.get(url, timeout=1.0)
-            return
-        except httpx.HTTPError as exc:
-            last = exc
-            time.sleep(0.05)
+    with httpx.Client(verify=tls_context(), timeout=1.0) as client:  # one client for all the tries
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode} before answering {url}")
+            try:
+                client.get(url)
+                return
+            except httpx.HTTPError as exc:
+                last = exc
+                time.sleep(0.05)
     raise TimeoutError(f"{url} did not answer within {timeout}s: {last}")
 
 

@@ -22,6 +22,7 @@ from schemathesis.specs.openapi.checks import (
 from facedetect.api import create_app as create_detector
 from facedetect.settings import FaceDetectSettings
 from mikubot.web import create_app as create_panel
+import loopback
 from panel_helpers import bearer, panel_settings, sprite_folder
 from servers import serve_app
 
@@ -54,10 +55,8 @@ def panel_url(art_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 def test_the_specs_are_the_served_ones(detector_url: str, panel_url: str) -> None:
-    import httpx
-
-    assert httpx.get(f"{detector_url}/openapi.json").json() == DETECTOR_SPEC
-    assert httpx.get(f"{panel_url}/openapi.json").json() == PANEL_SPEC
+    assert loopback.get(f"{detector_url}/openapi.json").json() == DETECTOR_SPEC
+    assert loopback.get(f"{panel_url}/openapi.json").json() == PANEL_SPEC
 
 
 @detector.parametrize()

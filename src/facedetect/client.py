@@ -18,7 +18,7 @@ import httpx
 
 from facedetect.errors import FaceDetectError
 from facedetect.types import Detection, DetectionResult, ImageInfo
-from httpretry import BUSY, RetryPolicy, retry_after_of
+from httpretry import BUSY, RetryPolicy, retry_after_of, tls_context
 
 DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=5.0)  # a big CG on CPU takes seconds; connecting should not
 
@@ -90,7 +90,8 @@ class FaceDetectClient:
                  transport: httpx.BaseTransport | None = None, retry: RetryPolicy = BUSY):
         self.base_url = base_url.rstrip("/")
         self.retry = retry
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport,
+                                  verify=tls_context())
 
     def __enter__(self) -> "FaceDetectClient":
         return self
@@ -139,7 +140,8 @@ class AsyncFaceDetectClient:
         self.base_url = base_url.rstrip("/")
         self.retry = retry
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport, headers=headers)
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport,
+                                       headers=headers, verify=tls_context())
 
     async def __aenter__(self) -> "AsyncFaceDetectClient":
         return self

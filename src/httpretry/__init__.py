@@ -16,14 +16,21 @@ next try is the server's ``Retry-After`` when it gave one, else exponential back
 (``backoff_s``, 2x, 4x ... times a random 0.5-1). A ``Retry-After`` longer than ``max_retry_after_s`` is
 not waited out: the failure is returned (or raised) at once, so a caller reports "try again later" instead
 of hanging. ``Retry-After`` is parsed here and nowhere else (``retry_after_seconds``).
+
+The same clients share one TLS context (``tls_context``): httpx builds a new one for every client, parsing
+the whole CA bundle (about 27 ms of CPU), and the bot makes a client per change, per reservation, per
+detector call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import math
+import os
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -34,7 +41,24 @@ import tenacity
 
 T = TypeVar("T")
 
-__all__ = ["BUSY", "HttpRetryError", "RetryLater", "RetryPolicy", "retry_after_of", "retry_after_seconds"]
+__all__ = ["BUSY", "HttpRetryError", "RetryLater", "RetryPolicy", "retry_after_of", "retry_after_seconds",
+           "tls_context"]
+
+
+def tls_context() -> ssl.SSLContext:
+    """The process's TLS context for verifying servers, trusting what httpx's default would: the bundle named
+    by ``SSL_CERT_FILE`` or the folder ``SSL_CERT_DIR`` when set, else certifi's. Made once per setting."""
+    cafile = os.environ.get("SSL_CERT_FILE") or None
+    return _tls_context(cafile, None if cafile else os.environ.get("SSL_CERT_DIR") or None)
+
+
+@functools.lru_cache(maxsize=4)
+def _tls_context(cafile: str | None, capath: str | None) -> ssl.SSLContext:
+    import certifi  # httpx's own dependency
+
+    if cafile is None and capath is None:
+        cafile = certifi.where()
+    return ssl.create_default_context(cafile=cafile, capath=capath)
 
 
 def retry_after_seconds(value: str | None) -> float | None:

@@ -17,6 +17,7 @@ import httpx
 
 from facedetect.client import AsyncFaceDetectClient, FaceDetectClientError
 from facedetect.errors import FaceDetectError
+from httpretry import tls_context
 from mikubot.config import Settings
 from mikubot.detection import InProcessDetector
 from mikubot.discord_rest import DiscordError
@@ -190,7 +191,7 @@ def check_data_dir(s: Settings) -> Check:
 
 async def run_checks(s: Settings, http: httpx.AsyncClient | None = None) -> list[Check]:
     own = http is None
-    client = http or httpx.AsyncClient()
+    client = http or httpx.AsyncClient(verify=tls_context())
     try:
         checks = list(await asyncio.gather(
             check_detector(s), check_llama_swap(s, client), check_gpu(s, client), check_discord(s, client),

@@ -39,6 +39,7 @@ from facedetect.backends.base import Detector
 from facedetect.errors import FaceDetectError
 from facedetect.imageio import load_image
 from facedetect.types import Detection
+from httpretry import tls_context
 from mikubot.colour import DEFAULT_TOLERANCE, colour_matches, hair_nearness, hair_rank
 from mikubot.crop import hair_of
 from mikubot.errors import MikubotError
@@ -253,7 +254,7 @@ class VisionVerifier:
         try:
             if self._http is not None:
                 return await self._http.post(self.url, json=body, headers=headers, timeout=self.timeout_s)
-            async with httpx.AsyncClient() as client:
+            async with httpx.AsyncClient(verify=tls_context()) as client:
                 return await client.post(self.url, json=body, headers=headers, timeout=self.timeout_s)
         except httpx.TimeoutException as exc:
             raise VisionUnavailable(f"the vision model did not answer within {self.timeout_s:.0f} s ({self.url})") from exc

@@ -29,6 +29,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from httpretry import tls_context
+
 from .config import DETECTOR_VRAM_MIB, VramSettings
 from .coordinator import Coordinator, Reservation
 from .errors import VramError
@@ -214,7 +216,7 @@ def hold(detector_url: Annotated[str, typer.Argument(help="The face detector ser
     s = _settings(config, None, probe, probe_url, timeout_s=timeout)
 
     async def go() -> None:
-        async with httpx.AsyncClient(timeout=s.http_timeout_s) as http:
+        async with httpx.AsyncClient(timeout=s.http_timeout_s, verify=tls_context()) as http:
             h = DetectorHold(detector_url, vram_mib, select_probe(s, http), http, safety_margin_mib=s.safety_margin_mib,
                              poll_s=s.poll_s, timeout_s=s.timeout_s, token=s.facedetect_token)
             await hold_until_signalled(h)
@@ -235,7 +237,7 @@ def run_model(command: Annotated[list[str], typer.Argument(help="The model serve
     s = _settings(config, None, probe, probe_url, timeout_s=timeout)
 
     async def go() -> None:
-        async with httpx.AsyncClient(timeout=s.http_timeout_s) as http:
+        async with httpx.AsyncClient(timeout=s.http_timeout_s, verify=tls_context()) as http:
             await wait_for_room(select_probe(s, http), vram_mib, safety_margin_mib=s.safety_margin_mib,
                                 timeout_s=s.timeout_s, poll_s=s.poll_s,
                                 say=lambda line: print(f"vramctl run: {line}", file=sys.stderr, flush=True))

@@ -23,6 +23,8 @@ from typing import Any
 
 import httpx
 
+from httpretry import tls_context
+
 from . import metrics
 from .config import Consumer, VramSettings
 from .errors import LeaseError, NotEnoughVram, ReservationTimeout, VramError
@@ -42,7 +44,7 @@ class Coordinator(Unloader):
                  http: httpx.AsyncClient | None = None) -> None:
         self.settings = settings
         self._own_http = http is None
-        self._http = http or httpx.AsyncClient(timeout=settings.http_timeout_s)
+        self._http = http or httpx.AsyncClient(timeout=settings.http_timeout_s, verify=tls_context())
         self.probe: Probe = probe or select_probe(settings, self._http)
         self.timeline = Timeline()
         self._lock = asyncio.Lock()

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import httpx
 
+from httpretry import tls_context
+
 from .errors import VramError
 
 if TYPE_CHECKING:
@@ -185,7 +187,7 @@ class EmulatorProbe:
         self._http = http
 
     async def read(self) -> GpuMemory:
-        http = self._http or httpx.AsyncClient(timeout=5.0)
+        http = self._http or httpx.AsyncClient(timeout=5.0, verify=tls_context())
         try:
             r = await http.get(f"{self.url}/_emulator/vram", timeout=5.0)
             r.raise_for_status()

@@ -17,6 +17,7 @@ from facedetect.outputs import OutputStore
 from facedetect.service import DetectionService
 from facedetect.settings import FaceDetectSettings
 from facedetect.types import iou
+import loopback
 from servers import free_port, run_command, serve_app, venv_bin
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def make_app(tmp_path: Path, **overrides):
 
 
 def post(url: str, data: bytes, name: str = "eileen happy.png", **params) -> httpx.Response:
-    return httpx.post(f"{url}/detect", files={"file": (name, data, "image/png")}, params=params, timeout=60)
+    return loopback.post(f"{url}/detect", files={"file": (name, data, "image/png")}, params=params, timeout=60)
 
 
 def test_detect_answers_the_documented_schema(tmp_path, eileen, face_labels):
@@ -120,29 +121,29 @@ def test_retention_keeps_the_newest_pairs(tmp_path, eileen):
 
 def test_health_unload_load_and_lazy_reload(tmp_path, eileen):
     with serve_app(make_app(tmp_path)) as url:
-        health = httpx.get(f"{url}/health").json()
+        health = loopback.get(f"{url}/health").json()
         assert health["status"] == "healthy" and health["detector_loaded"] is True
         assert health["backend"] == "animeface" and health["vram_mib"] == 0.0
 
-        unloaded = httpx.post(f"{url}/unload").json()
+        unloaded = loopback.post(f"{url}/unload").json()
         assert unloaded["detector_loaded"] is False and "released_mib" in unloaded
-        assert httpx.get(f"{url}/health").json()["detector_loaded"] is False
-        assert "facedetect_model_loaded 0.0" in httpx.get(f"{url}/metrics").text
+        assert loopback.get(f"{url}/health").json()["detector_loaded"] is False
+        assert "facedetect_model_loaded 0.0" in loopback.get(f"{url}/metrics").text
 
         # /detect while unloaded loads the model again (documented choice) and says so in its timings
         body = post(url, eileen).json()
         assert body["count"] == 1 and "load" in body["timings_ms"]
-        assert httpx.get(f"{url}/health").json()["detector_loaded"] is True
+        assert loopback.get(f"{url}/health").json()["detector_loaded"] is True
 
-        httpx.post(f"{url}/unload")
-        loaded = httpx.post(f"{url}/load").json()
+        loopback.post(f"{url}/unload")
+        loaded = loopback.post(f"{url}/load").json()
         assert loaded["detector_loaded"] is True
-        assert "facedetect_model_loaded 1.0" in httpx.get(f"{url}/metrics").text
+        assert "facedetect_model_loaded 1.0" in loopback.get(f"{url}/metrics").text
 
 
 def test_preload_false_starts_unloaded(tmp_path):
     with serve_app(make_app(tmp_path, preload=False)) as url:
-        assert httpx.get(f"{url}/health").json()["detector_loaded"] is False
+        assert loopback.get(f"{url}/health").json()["detector_loaded"] is False
 
 
 def test_metrics_count_requests_faces_and_latency(tmp_path, eileen):
@@ -150,7 +151,7 @@ def test_metrics_count_requests_faces_and_latency(tmp_path, eileen):
         post(url, eileen)
         post(url, eileen)
         post(url, b"")
-        text = httpx.get(f"{url}/metrics").text
+        text = loopback.get(f"{url}/metrics").text
     assert 'facedetect_requests_total{endpoint="/detect",status="200"} 2.0' in text
     assert 'facedetect_requests_total{endpoint="/detect",status="400"} 1.0' in text
     assert "facedetect_faces_found_total 2.0" in text
@@ -186,7 +187,7 @@ async def test_saturation_answers_503_with_retry_after(tmp_path, art_dir):
 
 def test_openapi_documents_the_upload(tmp_path):
     with serve_app(make_app(tmp_path)) as url:
-        spec = httpx.get(f"{url}/openapi.json").json()
+        spec = loopback.get(f"{url}/openapi.json").json()
     detect = spec["paths"]["/detect"]["post"]
     assert "file" in detect["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
     assert {p["name"] for p in detect["parameters"]} == {"min_confidence", "max_faces", "annotate"}
@@ -198,7 +199,7 @@ def test_facedetect_serve_command(tmp_path, eileen):
     args = [venv_bin("facedetect"), "serve", "--host", "127.0.0.1", "--port", str(port)]
     with run_command(args, url=f"http://127.0.0.1:{port}/health", env=env):
         r = post(f"http://127.0.0.1:{port}", eileen)
-        health = httpx.get(f"http://127.0.0.1:{port}/health").json()
+        health = loopback.get(f"http://127.0.0.1:{port}/health").json()
     assert r.status_code == 200 and r.json()["count"] == 1
     assert Path(r.json()["json_file"]).parent == tmp_path / "served"
     assert health["detector_loaded"] is True

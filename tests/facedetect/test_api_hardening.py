@@ -15,6 +15,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 from typer.testing import CliRunner
+import loopback
 from servers import free_port, run_command, serve_app, venv_bin
 
 from facedetect.api import create_app
@@ -52,11 +53,11 @@ def guarded(tmp_path) -> Iterator[str]:
 
 @pytest.mark.parametrize("path", ["/load", "/unload"])
 def test_load_and_unload_need_the_token_when_one_is_set(guarded, path):
-    assert httpx.post(guarded + path).status_code == 401
-    r = httpx.post(guarded + path, headers={"Authorization": "Bearer wrong"})
+    assert loopback.post(guarded + path).status_code == 401
+    r = loopback.post(guarded + path, headers={"Authorization": "Bearer wrong"})
     assert r.status_code == 401 and "FACEDETECT_TOKEN" in r.json()["detail"] and TOKEN not in r.text
-    assert httpx.post(guarded + path, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60).status_code == 200
-    assert httpx.get(guarded + "/health").status_code == 200  # reading stays open
+    assert loopback.post(guarded + path, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60).status_code == 200
+    assert loopback.get(guarded + "/health").status_code == 200  # reading stays open
 
 
 async def test_vramctl_sends_the_token(guarded):
@@ -74,12 +75,12 @@ async def test_vramctl_sends_the_token(guarded):
 def test_cross_site_posts_are_refused_even_without_a_token(tmp_path, eileen_bytes, headers):
     with serve_app(create_app(FaceDetectSettings(outputs=tmp_path / "out", preload=False))) as url:
         for path in ("/unload", "/load"):
-            r = httpx.post(url + path, headers=headers)
+            r = loopback.post(url + path, headers=headers)
             assert r.status_code == 403 and "cross-site" in r.json()["detail"]
-        r = httpx.post(url + "/detect", headers=headers, files={"file": ("a.png", eileen_bytes, "image/png")})
+        r = loopback.post(url + "/detect", headers=headers, files={"file": ("a.png", eileen_bytes, "image/png")})
         assert r.status_code == 403
         # The same request from the service's own origin (its own docs page) is fine.
-        assert httpx.post(url + "/unload", headers={"Origin": url}).status_code == 200
+        assert loopback.post(url + "/unload", headers={"Origin": url}).status_code == 200
 
 
 def test_a_rebinding_host_gets_400_before_any_route(tmp_path, eileen_bytes):
@@ -87,23 +88,23 @@ def test_a_rebinding_host_gets_400_before_any_route(tmp_path, eileen_bytes):
     with serve_app(create_app(FaceDetectSettings(outputs=tmp_path / "out", preload=False))) as url:
         port = url.rsplit(":", 1)[1]
         rebound = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
-        assert httpx.post(url + "/load", timeout=60).status_code == 200
+        assert loopback.post(url + "/load", timeout=60).status_code == 200
         for path in ("/unload", "/load"):
-            r = httpx.post(url + path, headers=rebound)
+            r = loopback.post(url + path, headers=rebound)
             assert r.status_code == 400 and "FACEDETECT_ALLOWED_HOSTS" in r.json()["detail"], r.text
-        r = httpx.post(url + "/detect", headers=rebound, files={"file": ("a.png", eileen_bytes, "image/png")})
+        r = loopback.post(url + "/detect", headers=rebound, files={"file": ("a.png", eileen_bytes, "image/png")})
         assert r.status_code == 400
-        assert httpx.get(url + "/health", headers={"Host": f"evil.example:{port}"}).status_code == 400
-        assert httpx.get(url + "/health").json()["detector_loaded"] is True  # /unload never ran
+        assert loopback.get(url + "/health", headers={"Host": f"evil.example:{port}"}).status_code == 400
+        assert loopback.get(url + "/health").json()["detector_loaded"] is True  # /unload never ran
         for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", f"app.localhost:{port}"):
-            assert httpx.get(url + "/health", headers={"Host": host}).status_code == 200, host
+            assert loopback.get(url + "/health", headers={"Host": host}).status_code == 200, host
 
 
 def test_allowed_hosts_admit_the_compose_name(tmp_path):
     settings = FaceDetectSettings(outputs=tmp_path / "out", preload=False, allowed_hosts="anime-face-detector")
     with serve_app(create_app(settings)) as url:
-        assert httpx.get(url + "/health", headers={"Host": "anime-face-detector:6078"}).status_code == 200
-        assert httpx.get(url + "/health", headers={"Host": "evil.example:6078"}).status_code == 400
+        assert loopback.get(url + "/health", headers={"Host": "anime-face-detector:6078"}).status_code == 200
+        assert loopback.get(url + "/health", headers={"Host": "evil.example:6078"}).status_code == 400
 
 
 # Addresses this machine cannot bind: a server that failed to refuse fails to start instead of listening
@@ -140,7 +141,7 @@ def test_an_upload_cut_off_midway_is_no_500(tmp_path):
                          b"boundary=b\r\nContent-Length: 10000\r\n\r\n--b\r\nContent-Disposition: form-data; "
                          b'name="file"; filename="a.png"\r\n\r\n' + b"x" * 100)
         deadline = time.monotonic() + 10
-        while 'endpoint="/detect"' not in (metrics := httpx.get(url + "/metrics").text):
+        while 'endpoint="/detect"' not in (metrics := loopback.get(url + "/metrics").text):
             assert time.monotonic() < deadline, "the cut-off upload was never answered"
             time.sleep(0.05)
         assert 'facedetect_requests_total{endpoint="/detect",status="400"} 1.0' in metrics
@@ -167,7 +168,7 @@ def test_a_full_gate_refuses_before_reading_the_upload(tmp_path, eileen_bytes):
         headers = {"Content-Type": "multipart/form-data; boundary=b"}
         first: dict[str, httpx.Response] = {}
         holder = threading.Thread(target=lambda: first.setdefault(
-            "r", httpx.post(url + "/detect", content=slow_body(), headers=headers, timeout=60)))
+            "r", loopback.post(url + "/detect", content=slow_body(), headers=headers, timeout=60)))
         holder.start()
         try:
             with httpx.Client(base_url=url, timeout=10) as c:
@@ -189,8 +190,8 @@ def test_a_full_gate_refuses_before_reading_the_upload(tmp_path, eileen_bytes):
 
 def test_detector_docs_are_served_locally(tmp_path):
     with serve_app(create_app(FaceDetectSettings(outputs=tmp_path / "out", preload=False))) as url:
-        page = httpx.get(url + "/docs").text
+        page = loopback.get(url + "/docs").text
         assets = [a for a in ("swagger-ui.css", "swagger-ui-bundle.js", "init.js") if f"/docs-assets/{a}" in page]
         assert len(assets) == 3 and "cdn" not in page.lower() and "<script>" not in page
         for a in assets:
-            assert httpx.get(f"{url}/docs-assets/{a}").status_code == 200
+            assert loopback.get(f"{url}/docs-assets/{a}").status_code == 200

@@ -18,7 +18,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -32,6 +31,7 @@ from facedetect.outputs import OutputStore
 from facedetect.service import DetectionService
 from facedetect.settings import BackendName, FaceDetectSettings
 from facedetect.types import Detection
+import loopback
 from servers import free_port, serve_app, venv_bin
 
 HAS_HYSTS = all(importlib.util.find_spec(m) is not None for m in ("torch", "anime_face_detector"))
@@ -123,9 +123,9 @@ def test_without_pytorch_the_api_answers_503_with_the_install_and_health_still_w
     png = io.BytesIO()
     Image.new("RGB", (64, 48), (128, 128, 128)).save(png, format="PNG")
     with serve_app(app) as url:
-        health = httpx.get(f"{url}/health").json()
-        detect = httpx.post(f"{url}/detect", files={"file": ("grey.png", png.getvalue(), "image/png")}, timeout=60)
-        load = httpx.post(f"{url}/load", timeout=60)
+        health = loopback.get(f"{url}/health").json()
+        detect = loopback.post(f"{url}/detect", files={"file": ("grey.png", png.getvalue(), "image/png")}, timeout=60)
+        load = loopback.post(f"{url}/load", timeout=60)
     assert health["backend"] == "hysts" and health["detector_loaded"] is False and health["uses_gpu"] is False
     assert health["keypoint_names"] == KEYPOINT_NAMES
     for r in (detect, load):
@@ -252,10 +252,10 @@ def test_the_api_serves_it_from_the_settings_exif_turned_and_reloads_after_unloa
     stored_on_its_side = _png(upright.transpose(Image.Transpose.ROTATE_90), exif=exif)
     app = create_app(FaceDetectSettings(backend="hysts", model_path=weights, outputs=tmp_path / "out"))
     with serve_app(app) as url:
-        health = httpx.get(f"{url}/health").json()
-        r = httpx.post(f"{url}/detect", files={"file": ("turned.png", stored_on_its_side, "image/png")}, timeout=300)
-        unloaded = httpx.post(f"{url}/unload", timeout=60).json()
-        again = httpx.post(f"{url}/detect", files={"file": ("upright.png", _png(upright), "image/png")},
+        health = loopback.get(f"{url}/health").json()
+        r = loopback.post(f"{url}/detect", files={"file": ("turned.png", stored_on_its_side, "image/png")}, timeout=300)
+        unloaded = loopback.post(f"{url}/unload", timeout=60).json()
+        again = loopback.post(f"{url}/detect", files={"file": ("upright.png", _png(upright), "image/png")},
                            params={"annotate": "false"}, timeout=300)
     assert health["backend"] == "hysts" and health["detector_loaded"] is True
     assert health["uses_gpu"] is False and health["vram_mib"] == 0.0  # a host without CUDA: the CPU

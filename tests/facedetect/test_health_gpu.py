@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
-import httpx
 import onnxruntime as ort
 import pytest
 
@@ -17,6 +16,7 @@ from facedetect.api import create_app
 from facedetect.backends import create_detector
 from facedetect.backends.yolo_onnx import YoloOnnxDetector
 from facedetect.settings import FaceDetectSettings
+import loopback
 from onnx_models import probe_model
 from servers import serve_app
 
@@ -30,7 +30,7 @@ def v8(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _health(url: str) -> dict:
-    r = httpx.get(f"{url}/health")
+    r = loopback.get(f"{url}/health")
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -41,10 +41,10 @@ def test_animeface_service_reports_cpu_loaded_and_unloaded(tmp_path: Path) -> No
         # every field the original service and the earlier versions report is still there
         assert {"status", "detector_loaded", "backend", "vram_mib", "keypoint_names", "queue", "version"} <= set(health)
         assert health["backend"] == "animeface" and health["uses_gpu"] is False
-        httpx.post(f"{url}/unload").raise_for_status()
+        loopback.post(f"{url}/unload").raise_for_status()
         health = _health(url)
         assert health["detector_loaded"] is False and health["uses_gpu"] is False
-        assert httpx.post(f"{url}/load").json()["uses_gpu"] is False  # /load and /unload answer the health body
+        assert loopback.post(f"{url}/load").json()["uses_gpu"] is False  # /load and /unload answer the health body
 
 
 def test_cascade_is_a_cpu_backend() -> None:
@@ -98,5 +98,5 @@ def test_yolo_service_health_reports_its_provider(tmp_path: Path, v8: Path) -> N
         health = _health(url)
         assert health["backend"] == "yolo-onnx" and health["detector_loaded"] is False
         assert health["uses_gpu"] is HAS_CUDA
-        loaded = httpx.post(f"{url}/load").json()
+        loaded = loopback.post(f"{url}/load").json()
         assert loaded["detector_loaded"] is True and loaded["uses_gpu"] is HAS_CUDA

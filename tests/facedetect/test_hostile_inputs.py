@@ -17,6 +17,7 @@ from facedetect.errors import FaceDetectError
 from facedetect.imageio import load_image, to_rgb
 from facedetect.settings import FaceDetectSettings
 from facedetect.types import iou
+import loopback
 from images import encode, png_declaring
 from servers import serve_app
 
@@ -37,7 +38,7 @@ def sprite(art_dir) -> Image.Image:
 
 
 def upload(url: str, data: bytes, name: str = "upload.bin", field: str = "file", **params) -> httpx.Response:
-    return httpx.post(f"{url}/detect", files={field: (name, data)}, params=params, timeout=60)
+    return loopback.post(f"{url}/detect", files={field: (name, data)}, params=params, timeout=60)
 
 
 def assert_client_error(r: httpx.Response, status: int, words: str) -> None:
@@ -61,7 +62,7 @@ def test_oversize_upload_without_content_length_is_cut_off_while_streaming(url):
         for _ in range(64):
             yield b"\0" * 65536  # 4 MiB in total, eight times the limit
 
-    r = httpx.post(f"{url}/detect", content=body(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    r = loopback.post(f"{url}/detect", content=body(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
     assert_client_error(r, 413, "limit")
 
 
@@ -93,17 +94,17 @@ def test_wrong_field_name(url, sprite):
 
 def test_text_instead_of_a_file(url):
     # a multipart part without a filename is a form field, not a file
-    r = httpx.post(f"{url}/detect", files={"file": (None, b"not a file")})
+    r = loopback.post(f"{url}/detect", files={"file": (None, b"not a file")})
     assert_client_error(r, 400, "holds text")
 
 
 def test_no_multipart_at_all(url, sprite):
-    r = httpx.post(f"{url}/detect", content=encode(sprite, "PNG"), headers={"content-type": "image/png"})
+    r = loopback.post(f"{url}/detect", content=encode(sprite, "PNG"), headers={"content-type": "image/png"})
     assert_client_error(r, 415, "multipart/form-data")
 
 
 def test_garbled_multipart(url):
-    r = httpx.post(f"{url}/detect", content=b"--nope\r\ngarbage",
+    r = loopback.post(f"{url}/detect", content=b"--nope\r\ngarbage",
                    headers={"content-type": "multipart/form-data; boundary=other"})
     assert_client_error(r, 400, "cannot be parsed")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
+import loopback
 from panel_helpers import bearer, panel_server, panel_settings, sprite_folder
 from servers import serve_app
 
@@ -51,7 +52,7 @@ def test_the_table_reads_mpo_as_jpeg(mpo: bytes) -> None:
 
 def test_the_detector_finds_the_face_in_an_mpo(mpo: bytes, tmp_path: Path) -> None:
     with serve_app(create_detector(FaceDetectSettings(outputs=tmp_path / "outputs"))) as url:
-        r = httpx.post(f"{url}/detect", files={"file": ("stereo.jpg", mpo, "image/jpeg")}, timeout=60)
+        r = loopback.post(f"{url}/detect", files={"file": ("stereo.jpg", mpo, "image/jpeg")}, timeout=60)
     assert r.status_code == 200, r.text
     assert r.json()["count"] == 1 and r.json()["image"]["format"] == "JPEG"
 
@@ -99,6 +100,6 @@ def test_a_local_folder_of_mpo_makes_a_change(art_dir: Path, tmp_path: Path, mpo
     (tmp_path / "art" / "stereo.mpo").write_bytes(mpo)
     shutil.copy(art_dir / "lucy happy.png", tmp_path / "unused.txt")  # not an image name: never a candidate
     with panel_server(panel_settings(tmp_path / "data", tmp_path / "art")) as url:
-        rec = httpx.post(f"{url}/profile-picture/change", params={"wait": "true"}, headers=bearer(), timeout=60).json()
+        rec = loopback.post(f"{url}/profile-picture/change", params={"wait": "true"}, headers=bearer(), timeout=60).json()
     assert rec["status"] == "dry-run", rec["error"]
     assert rec["source"]["filename"] == "stereo.mpo" and rec["crop_method"] == "face"

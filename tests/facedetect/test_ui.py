@@ -14,6 +14,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from facedetect.api import create_app  # noqa: E402
 from facedetect.settings import FaceDetectSettings  # noqa: E402
+import loopback
 from servers import free_port, run_command, serve_app, venv_bin  # noqa: E402
 
 
@@ -67,7 +68,7 @@ def test_detect_through_the_api(ui_module, tmp_path, art_dir):
     with serve_app(create_app(FaceDetectSettings(outputs=tmp_path / "api-out"))) as url:
         ui = ui_module.build_ui(FaceDetectSettings(api_url=url))
         image, result = ui.detector(str(art_dir / "eileen happy.png"), "animeface", 0.0, 0)
-        health = httpx.get(f"{url}/metrics").text
+        health = loopback.get(f"{url}/metrics").text
     assert image.size == (320, 720)
     assert result["count"] == 1 and result["annotated_image"].startswith(str(tmp_path / "api-out"))
     assert 'facedetect_requests_total{endpoint="/detect",status="200"} 1.0' in health
@@ -77,7 +78,7 @@ def test_launch_serves_the_page(blocks):
     port = free_port()
     blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
-        r = httpx.get(f"http://127.0.0.1:{port}/", timeout=30)
+        r = loopback.get(f"http://127.0.0.1:{port}/", timeout=30)
         assert r.status_code == 200 and "gradio" in r.text.lower()
     finally:
         blocks.close()
@@ -89,7 +90,7 @@ def test_ui_binds_loopback_and_sends_no_analytics(tmp_path):
     env = {**os.environ, "FACEDETECT_UI_PORT": str(port), "FACEDETECT_OUTPUTS": str(tmp_path)}
     env["GRADIO_ANALYTICS_ENABLED"] = "True"  # the UI must switch them off itself
     with run_command([venv_bin("facedetect"), "ui"], url=f"http://127.0.0.1:{port}/config", env=env, timeout=120) as proc:
-        config = httpx.get(f"http://127.0.0.1:{port}/config", timeout=30).json()
+        config = loopback.get(f"http://127.0.0.1:{port}/config", timeout=30).json()
         assert config["analytics_enabled"] is False
         listening = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
         local = {row[1] for row in listening if row[3] == "0A"}  # state 0A: LISTEN
@@ -114,7 +115,7 @@ def files_in(folder: Path) -> list[Path]:
 
 
 def upload(url: str, data: bytes, **headers: str) -> httpx.Response:
-    return httpx.post(f"{url}/gradio_api/upload", files={"files": ("a.png", data, "image/png")}, headers=headers,
+    return loopback.post(f"{url}/gradio_api/upload", files={"files": ("a.png", data, "image/png")}, headers=headers,
                       timeout=30)
 
 
@@ -132,7 +133,7 @@ def test_ui_refuses_a_foreign_host(guarded_ui):
     port = url.rsplit(":", 1)[1]
     r = upload(url, b"x" * 1000, Host=f"evil.example:{port}", Origin=f"http://evil.example:{port}")
     assert r.status_code == 400 and "FACEDETECT_ALLOWED_HOSTS" in r.json()["detail"]
-    assert httpx.get(url + "/", headers={"Host": f"evil.example:{port}"}).status_code == 400
+    assert loopback.get(url + "/", headers={"Host": f"evil.example:{port}"}).status_code == 400
     assert files_in(uploads) == []
 
 
@@ -142,7 +143,7 @@ def test_ui_caps_uploads(guarded_ui):
     assert r.status_code == 413 and "FACEDETECT_MAX_BYTES" in r.json()["detail"]
     r = upload(url, b"x" * (64 * 1024 + 100))  # within the body cap, over the file cap: Gradio's max_file_size
     assert r.status_code == 413
-    chunked = httpx.post(f"{url}/gradio_api/upload", content=iter([b"--b\r\n"]),
+    chunked = loopback.post(f"{url}/gradio_api/upload", content=iter([b"--b\r\n"]),
                          headers={"Content-Type": "multipart/form-data; boundary=b"})
     assert chunked.status_code == 411
     assert files_in(uploads) == []

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import pytest
 from PIL import Image
 
 from facedetect.annotate import JPEG_MAX_SIDE
 from facedetect.api import create_app
 from facedetect.settings import FaceDetectSettings
+import loopback
 from images import encode
 from mikubot.pipeline import AvatarPipeline
 from panel_helpers import bearer, panel_server, panel_settings
@@ -29,7 +29,7 @@ def banner(art_dir: Path) -> bytes:
 
 def test_detect_answers_and_scales_the_annotated_copy(tmp_path: Path, banner: bytes) -> None:
     with serve_app(create_app(FaceDetectSettings(outputs=tmp_path / "out"))) as url:
-        r = httpx.post(f"{url}/detect", files={"file": ("wide.png", banner, "image/png")}, timeout=300)
+        r = loopback.post(f"{url}/detect", files={"file": ("wide.png", banner, "image/png")}, timeout=300)
     assert r.status_code == 200, r.text
     with Image.open(r.json()["annotated_image"]) as im:
         assert im.width == JPEG_MAX_SIDE and im.height == round(HEIGHT * JPEG_MAX_SIDE / WIDTH)
@@ -40,10 +40,10 @@ def test_panel_upload_of_a_wide_image(tmp_path: Path, banner: bytes) -> None:
     folder.mkdir()
     (folder / "wide.png").write_bytes(banner)
     with panel_server(panel_settings(tmp_path / "data", folder, max_download_mib=40)) as base:
-        r = httpx.post(f"{base}/profile-picture/upload", files={"file": ("wide.png", banner, "image/png")},
+        r = loopback.post(f"{base}/profile-picture/upload", files={"file": ("wide.png", banner, "image/png")},
                        headers=bearer(), timeout=300)
         assert r.status_code == 200, r.text
-        assert httpx.get(base + r.json()["annotated_url"], timeout=60).status_code == 200
+        assert loopback.get(base + r.json()["annotated_url"], timeout=60).status_code == 200
 
 
 async def test_a_change_of_a_wide_image_is_recorded(tmp_path: Path, banner: bytes) -> None:

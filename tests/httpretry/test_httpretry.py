@@ -7,6 +7,7 @@ says exactly "429 with Retry-After 0.05, then 200" and counts what the client se
 from __future__ import annotations
 
 import email.utils
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from fastapi.responses import JSONResponse
 from servers import free_port, serve_app
 
 from facedetect.client import AsyncFaceDetectClient, FaceDetectClient, FaceDetectClientError
-from httpretry import BUSY, RetryPolicy, retry_after_seconds
+from httpretry import BUSY, RetryPolicy, retry_after_seconds, tls_context
 from vramctl.errors import ServerError
 from vramctl.servers._http import call
 
@@ -165,3 +166,27 @@ def test_dependencies_point_one_way() -> None:
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
                 assert not {n.split(".")[0] for n in names} & banned, f"{path.relative_to(src)} imports {names}"
+
+
+def test_one_tls_context_per_setting_trusting_what_httpx_would(tmp_path, monkeypatch):
+    import certifi
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    default = tls_context()
+    assert tls_context() is default  # made once: httpx would parse the whole bundle for every client
+    assert default.verify_mode == ssl.CERT_REQUIRED and default.check_hostname
+    assert len(default.get_ca_certs()) > 50  # certifi's bundle, as httpx's default
+    # SSL_CERT_FILE names the only bundle trusted (as httpx reads it), and wins over SSL_CERT_DIR.
+    pem = certifi.contents()
+    first = pem[:pem.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")]
+    one = tmp_path / "one.pem"
+    one.write_text(first[first.index("-----BEGIN CERTIFICATE-----"):] + "\n")
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path))
+    monkeypatch.setenv("SSL_CERT_FILE", str(one))
+    own = tls_context()
+    assert own is not default and len(own.get_ca_certs()) == 1
+    monkeypatch.delenv("SSL_CERT_FILE")
+    assert tls_context() not in (default, own)  # the folder's context (its certificates load when asked for)
+    monkeypatch.delenv("SSL_CERT_DIR")
+    assert tls_context() is default

@@ -22,6 +22,7 @@ import uvicorn
 
 from httpserve import RepeatFilter, ServeLimits, uvicorn_config
 from mikubot.web import make_server
+import loopback
 from panel_helpers import panel_settings
 from servers import free_port, run_command, run_server, venv_bin
 
@@ -146,7 +147,7 @@ def test_a_normal_request_answers_while_slow_connections_fill_the_cap(capped_pan
         # Without the cap making room, the request would wait for a slow connection's 60 s deadline: the
         # client's 10 s would run out. The bound is far from both and leaves a loaded machine its slow moments.
         start = time.monotonic()
-        r = httpx.get(f"{capped_panel}/health", timeout=10)
+        r = loopback.get(f"{capped_panel}/health", timeout=10)
         took = time.monotonic() - start
         assert r.status_code == 200 and took < 5, took
         # The normal request's connection dropped one more; the other 19 are still held (60 s deadline).
@@ -159,7 +160,7 @@ def test_a_normal_request_answers_while_slow_connections_fill_the_cap(capped_pan
 def test_a_dropped_slow_connection_is_told_503(capped_panel: str) -> None:
     first = connect(capped_panel)
     # A whole request on another connection after ``first`` sent its bytes: the server has read them.
-    assert httpx.get(f"{capped_panel}/health", timeout=5).status_code == 200
+    assert loopback.get(f"{capped_panel}/health", timeout=5).status_code == 200
     others = [connect(capped_panel) for _ in range(20)]
     try:
         answer = wait_for(lambda: answered_or_closed(first), 10, "the oldest slow connection dropped")
@@ -243,7 +244,7 @@ def _flood_and_probe(base: str, n: int) -> tuple[int, float]:
             wait_for(lambda: accept_queue(port) < 8, 10, "the server accepting")
             slow.append(connect(base))
         start = time.monotonic()
-        status = httpx.get(f"{base}/health", timeout=10).status_code
+        status = loopback.get(f"{base}/health", timeout=10).status_code
         return status, time.monotonic() - start
     finally:
         for s in slow:

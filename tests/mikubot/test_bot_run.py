@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import subprocess
 
-import httpx
 
+import loopback
 from servers import free_port, run_command, venv_bin
 
 
@@ -17,15 +17,15 @@ def test_run_serves_panel_logs_doctor_and_changes_through_one_runner(art_dir, tm
            "MIKU_WEB_TOKEN": "a-test-token-long-enough", "MIKU_ROTATE_EVERY_H": "24"}
     base = f"http://127.0.0.1:{port}"
     with run_command([venv_bin("mikubot"), "run", "--port", str(port)], url=f"{base}/health", env=env, timeout=90) as proc:
-        assert httpx.get(f"{base}/health", timeout=10).status_code == 200
+        assert loopback.get(f"{base}/health", timeout=10).status_code == 200
         auth = {"Authorization": "Bearer a-test-token-long-enough"}
-        r = httpx.post(f"{base}/profile-picture/change", params={"wait": "true"}, headers=auth, timeout=120)
+        r = loopback.post(f"{base}/profile-picture/change", params={"wait": "true"}, headers=auth, timeout=120)
         assert r.status_code == 200, r.text
         body = r.json()
         record = body.get("record", body)
         assert record["status"] == "dry-run", record
         # Refused without the token: the panel guards changes even in the bot's process.
-        assert httpx.post(f"{base}/profile-picture/change", timeout=10).status_code in (401, 403)
+        assert loopback.post(f"{base}/profile-picture/change", timeout=10).status_code in (401, 403)
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
     assert "Data directory" in out  # a doctor line, logged at start-up

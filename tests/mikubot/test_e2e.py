@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
+import loopback
 from emulators.danbooru import make_post
 from emulators.discord import UploadedAvatar
 from mikubot.crop import face_in_circle
@@ -76,7 +76,7 @@ def first(rig, art, tmp_path_factory) -> FirstChange:
     seen: list[str] = []
     rig.llama.set_answer("vision", vision_answers(art, VERDICTS, seen))
     rig.llama.preload("llama3.1")  # the bot was chatting: the text model holds the card
-    httpx.post(f"{rig.detector_url}/unload")  # someone paused the detector earlier: the reservation resumes it
+    loopback.post(f"{rig.detector_url}/unload")  # someone paused the detector earlier: the reservation resumes it
     rig.danbooru.rate_limit(1)  # Danbooru's 429 (no Retry-After: backed off) on the first search
     rig.discord.force_429, rig.discord.retry_after_s = 1, 0.3  # and Discord's on the first upload
     settings = rig.settings(tmp_path_factory.mktemp("e2e") / "data")

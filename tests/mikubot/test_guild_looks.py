@@ -18,6 +18,7 @@ import discord as discordpy
 import httpx
 import pytest
 from PIL import Image
+import loopback
 from cli_runner import run_cli
 from emulators.danbooru import create_app as create_danbooru
 from emulators.danbooru import make_post
@@ -466,7 +467,7 @@ def test_the_panel_shows_a_card_per_configured_server(art_dir, tmp_path):
 
     plain = panel_settings(tmp_path / "data", art)
     with panel_server(plain) as base:
-        assert "server-looks" not in httpx.get(f"{base}/actions/profile-picture").text  # none configured: no section
+        assert "server-looks" not in loopback.get(f"{base}/actions/profile-picture").text  # none configured: no section
 
 
 async def test_a_server_avatar_changed_too_fast_fails_clearly_and_keeps_the_avatar(pipeline, discord):

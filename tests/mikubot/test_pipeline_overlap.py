@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import pytest
 
 from mikubot.events import EventBus
 from mikubot.pipeline import AvatarPipeline
+import loopback
 from pipeline_rig import REFERENCE_SIZES_CONFIG, YES, posts_for, scaled_art, vision_answers, world
 
 PLAN = {"eileen happy.png": 1.0, "eileen vhappy.png": 1.0, "eileen concerned.png": 1.0}
@@ -33,7 +33,7 @@ async def test_text_unload_runs_while_the_candidates_download(art, tmp_path):
     with world(_root(art), posts_for(art), discord=False, outputs=tmp_path / "fd", gpu_detector=True) as w:
         w.llama.set_answer("vision", vision_answers(art, dict.fromkeys(PLAN, YES), []))
         w.llama.preload("llama3.1")  # the bot was chatting
-        httpx.post(f"{w.detector_url}/unload").raise_for_status()  # lent to an earlier vision reservation
+        loopback.post(f"{w.detector_url}/unload").raise_for_status()  # lent to an earlier vision reservation
         bus = EventBus()
         seen: list[tuple[str, str, bool]] = []
 
@@ -66,7 +66,7 @@ async def test_detector_that_fits_beside_vision_needs_no_swap(art, tmp_path):
                gpu_detector=True) as w:
         w.llama.set_answer("vision", vision_answers(art, dict.fromkeys(PLAN, YES), []))
         w.llama.preload("llama3.1")
-        httpx.post(f"{w.detector_url}/load").raise_for_status()  # the detector stays loaded between changes
+        loopback.post(f"{w.detector_url}/load").raise_for_status()  # the detector stays loaded between changes
         async with AvatarPipeline(w.settings(tmp_path / "data", candidates=3)) as pipeline:
             record = await pipeline.change(dry_run=True)
             assert record.status == "dry-run", record.error
@@ -92,7 +92,7 @@ async def test_cpu_detector_never_sends_vision_away(art, tmp_path):
     with world(_root(art), posts_for(art), discord=False, outputs=tmp_path / "fd") as w:
         w.llama.set_answer("vision", vision_answers(art, dict.fromkeys(PLAN, YES), []))
         w.llama.preload("llama3.1")
-        httpx.post(f"{w.detector_url}/unload").raise_for_status()
+        loopback.post(f"{w.detector_url}/unload").raise_for_status()
         async with AvatarPipeline(w.settings(tmp_path / "data", candidates=3)) as pipeline:
             record = await pipeline.change(dry_run=True)
     assert record.status == "dry-run", record.error

@@ -13,6 +13,7 @@ from PIL import Image
 
 from mikubot.events import STAGES
 from mikubot.history import History
+import loopback
 from panel_helpers import bearer, panel_server, panel_settings, read_sse, sprite_folder
 
 
@@ -226,7 +227,7 @@ def test_concurrent_change_requests_start_exactly_one(base: str) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     def post(_: int) -> httpx.Response:
-        return httpx.post(f"{base}/profile-picture/change", headers=bearer(), timeout=60)
+        return loopback.post(f"{base}/profile-picture/change", headers=bearer(), timeout=60)
 
     with ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(post, range(6)))

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import HTTPException
+import loopback
 from panel_helpers import TOKEN, bearer, panel_server, panel_settings, sprite_folder
 from servers import serve_app
 
@@ -54,7 +55,7 @@ def test_an_unauthenticated_huge_body_is_refused_before_it_is_read(base: str) ->
     answer = raw(base, f"POST /profile-picture/upload HTTP/1.1\nHost: {host}\n"
                        f"Content-Type: multipart/form-data; boundary=b\nContent-Length: 19000000\n", b"--b\r\n")
     assert answer.startswith("HTTP/1.1 401"), answer
-    assert httpx.get(f"{base}/health").json()["status"] == "ok"
+    assert loopback.get(f"{base}/health").json()["status"] == "ok"
 
 
 def test_an_authenticated_body_over_the_cap_is_413(base: str) -> None:
@@ -68,7 +69,7 @@ def test_an_authenticated_body_over_the_cap_is_413(base: str) -> None:
         for _ in range(40):
             yield b"a" * 65536
 
-    r = httpx.post(f"{base}/profile-picture/change", content=chunks(), timeout=30,
+    r = loopback.post(f"{base}/profile-picture/change", content=chunks(), timeout=30,
                    headers={**bearer(), "Content-Type": "application/json"})
     assert r.status_code == 413 and "limit" in r.json()["detail"]
 
@@ -83,13 +84,13 @@ def test_an_authenticated_body_over_the_cap_is_413(base: str) -> None:
     ("GET", f"/profile-picture/changes/{-HUGE - 1}"),
 ])
 def test_ids_and_offsets_past_sqlite_are_4xx(base: str, method: str, path: str) -> None:
-    r = httpx.request(method, base + path, headers=bearer(), timeout=30)
+    r = loopback.request(method, base + path, headers=bearer(), timeout=30)
     assert r.status_code in (404, 422), (r.status_code, r.text)
     assert r.json()["detail"]
 
 
 def test_history_page_with_a_huge_offset_is_an_empty_page(base: str) -> None:
-    r = httpx.get(f"{base}/history", params={"offset": str(HUGE * 4)}, timeout=30)
+    r = loopback.get(f"{base}/history", params={"offset": str(HUGE * 4)}, timeout=30)
     assert r.status_code == 200
 
 
@@ -100,7 +101,7 @@ def test_history_page_with_a_huge_offset_is_an_empty_page(base: str) -> None:
 ])
 def test_only_loopback_and_configured_hosts_are_answered(base: str, host: str, ok: bool) -> None:
     port = base.rsplit(":", 1)[1]
-    r = httpx.get(f"{base}/api/status", headers={"Host": f"{host}:{port}" if host else ""}, timeout=30)
+    r = loopback.get(f"{base}/api/status", headers={"Host": f"{host}:{port}" if host else ""}, timeout=30)
     if ok:
         assert r.status_code == 200, r.text
     else:
@@ -151,7 +152,7 @@ def test_forwarded_proto_from_a_trusted_proxy_makes_the_cookie_secure(art: Path,
     # Served as `mikubot web` serves it: uvicorn's own proxy-header trust off; only the setting decides.
     app = create_app(panel_settings(tmp_path, art, web_trusted_proxies=trusted))
     with serve_app(app, proxy_headers=False) as url:
-        r = httpx.post(f"{url}/login", data={"token": TOKEN}, headers={"X-Forwarded-Proto": "https"}, timeout=30)
+        r = loopback.post(f"{url}/login", data={"token": TOKEN}, headers={"X-Forwarded-Proto": "https"}, timeout=30)
     assert r.status_code == 303
     assert ("secure" in r.headers["set-cookie"].lower()) is secure
 
@@ -168,7 +169,7 @@ def strict_json(text: str) -> object:
     b'[NaN]', b'{"source": "local:\\ud800"}', b'{"source": "\\udfff"}', b'{"source": "local:a\\u0000b"}',
 ])
 def test_json_that_python_reads_but_json_cannot_carry_is_422(base: str, body: bytes) -> None:
-    r = httpx.post(f"{base}/profile-picture/change", content=body, timeout=30,
+    r = loopback.post(f"{base}/profile-picture/change", content=body, timeout=30,
                    headers={**bearer(), "Content-Type": "application/json"})
     assert r.status_code == 422, (r.status_code, r.text)
     detail = strict_json(r.text)["detail"]  # type: ignore[index]
@@ -177,6 +178,6 @@ def test_json_that_python_reads_but_json_cannot_carry_is_422(base: str, body: by
 
 @pytest.mark.parametrize("query", ["source=local:%00x", "source=file:%00", "candidates=NaN", "candidates=Infinity"])
 def test_query_values_no_file_can_have_are_4xx(base: str, query: str) -> None:
-    r = httpx.post(f"{base}/profile-picture/change?{query}", headers=bearer(), timeout=30)
+    r = loopback.post(f"{base}/profile-picture/change?{query}", headers=bearer(), timeout=30)
     assert r.status_code == 422, (r.status_code, r.text)
     assert strict_json(r.text)["detail"]  # type: ignore[index]

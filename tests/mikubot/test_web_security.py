@@ -18,6 +18,7 @@ from mikubot.config import Settings
 from mikubot.history import History
 from mikubot.web import BindRefused, check_bind
 from mikubot.web.auth import SESSION_COOKIE
+import loopback
 from panel_helpers import TOKEN, bearer, panel_server, panel_settings, read_sse, sprite_folder
 from servers import free_port, run_command, venv_bin
 
@@ -164,7 +165,7 @@ def test_generated_token_when_unset(art_dir: Path, tmp_path: Path) -> None:
         assert r.status_code == 200
     # The same token on the next start (bookmarked sessions aside, scripts keep working).
     with panel_server(settings) as url:
-        assert httpx.post(f"{url}/profile-picture/change", headers=bearer(token), json={"dry_run": True}).status_code in (202, 200)
+        assert loopback.post(f"{url}/profile-picture/change", headers=bearer(token), json={"dry_run": True}).status_code in (202, 200)
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10", "panel.example"])
@@ -198,8 +199,8 @@ def test_mikubot_web_refuses_then_serves(tmp_path: Path, art_dir: Path) -> None:
     with run_command([venv_bin("mikubot"), "web", "--port", str(port)], url=f"http://127.0.0.1:{port}/health",
                      env={"MIKU_DATA_DIR": str(tmp_path), "MIKU_SOURCE": f"local:{art_dir}",
                           "COLUMNS": "300"}) as proc:  # rich folds at 80 columns: the token file's path stays whole
-        assert httpx.get(f"http://127.0.0.1:{port}/health").json()["status"] == "ok"
-        assert httpx.post(f"http://127.0.0.1:{port}/profile-picture/change").status_code == 401
+        assert loopback.get(f"http://127.0.0.1:{port}/health").json()["status"] == "ok"
+        assert loopback.post(f"http://127.0.0.1:{port}/profile-picture/change").status_code == 401
     out = " ".join((proc.stdout.read() if proc.stdout else "").split())
     token = (tmp_path / "web-token").read_text().strip()
     assert token not in out and "web-token" in out  # where the token is, never the token

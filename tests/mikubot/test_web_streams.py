@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import loopback
 from panel_helpers import TOKEN, bearer, panel_settings, read_sse, sprite_folder, until
 from servers import serve_app
 
@@ -45,9 +46,9 @@ def test_a_stream_needs_a_login_or_the_token(panel: tuple[str, PanelState], data
     cid = history.start("local:cli", dry_run=True)
     history.finish(cid, "failed", error="nothing", events=[])
     url = f"{base}/profile-picture/changes/{cid}/events"
-    r = httpx.get(url, timeout=30)
+    r = loopback.get(url, timeout=30)
     assert r.status_code == 401 and "login" in r.json()["detail"]
-    assert httpx.get(url, headers=bearer("wrong"), timeout=30).status_code == 401
+    assert loopback.get(url, headers=bearer("wrong"), timeout=30).status_code == 401
     with httpx.Client(base_url=base, timeout=30) as c:
         assert c.post("/login", data={"token": TOKEN, "next": "/"}).status_code == 303
         frames = read_sse(c, url)  # the session cookie alone, no bearer header

@@ -19,6 +19,7 @@ from mikubot.crop import face_in_circle
 from mikubot.web import create_app
 from mikubot.web.state import PanelState
 from mikubot.web.upload import PREVIEW_WORKERS, PixelBudget, prune_uploads
+import loopback
 from panel_helpers import TOKEN, bearer, panel_server, panel_settings, read_sse, sprite_folder, until
 from servers import serve_app
 
@@ -174,7 +175,7 @@ def test_previews_past_the_queue_are_503_before_the_upload_is_read(bounded: tupl
             sock.sendall(head)
         until(lambda: gate.admitted == PREVIEW_WORKERS, "both slow uploads admitted")
         data = (art_dir / "lucy mad.png").read_bytes()
-        r = httpx.post(f"{base}/profile-picture/upload", files={"file": ("m.png", data, "image/png")},
+        r = loopback.post(f"{base}/profile-picture/upload", files={"file": ("m.png", data, "image/png")},
                        headers=bearer(), timeout=30)
         assert r.status_code == 503, r.text
         assert int(r.headers["retry-after"]) >= 1 and "upload previews" in r.json()["detail"]
@@ -182,7 +183,7 @@ def test_previews_past_the_queue_are_503_before_the_upload_is_read(bounded: tupl
         for sock in slow:
             sock.close()
     until(lambda: gate.admitted == 0, "the places given back")
-    r = httpx.post(f"{base}/profile-picture/upload", files={"file": ("m.png", data, "image/png")},
+    r = loopback.post(f"{base}/profile-picture/upload", files={"file": ("m.png", data, "image/png")},
                    headers=bearer(), timeout=60)
     assert r.status_code == 200, r.text
 

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+import loopback
 from emulators.llama_swap import ROOT_CONFIG, SimulatedGpu, create_detector_app, create_gpu_app
 from images import encode
 from PIL import Image
@@ -64,12 +65,12 @@ def picture() -> bytes:
 
 
 def chat(swap: RealLlamaSwap, model: str) -> httpx.Response:
-    return httpx.post(f"{swap.url}/v1/chat/completions", timeout=60,
+    return loopback.post(f"{swap.url}/v1/chat/completions", timeout=60,
                       json={"model": model, "messages": [{"role": "user", "content": "hi"}]})
 
 
 def detect(swap: RealLlamaSwap) -> httpx.Response:
-    return httpx.post(f"{swap.url}/upstream/face-detector/detect", files={"file": ("p.png", picture())}, timeout=60)
+    return loopback.post(f"{swap.url}/upstream/face-detector/detect", files={"file": ("p.png", picture())}, timeout=60)
 
 
 @dataclass
@@ -79,7 +80,7 @@ class CpuRig:
     detector_url: str
 
     def detector_loaded(self) -> bool:
-        return bool(httpx.get(f"{self.detector_url}/health", timeout=10).json()["detector_loaded"])
+        return bool(loopback.get(f"{self.detector_url}/health", timeout=10).json()["detector_loaded"])
 
 
 @pytest.fixture(scope="module")
@@ -99,31 +100,31 @@ def cpu_rig(tmp_path_factory) -> Iterator[CpuRig]:
 
 @pytest.fixture()
 def idle(cpu_rig: CpuRig) -> CpuRig:
-    httpx.get(f"{cpu_rig.swap.url}/unload", timeout=60).raise_for_status()
+    loopback.get(f"{cpu_rig.swap.url}/unload", timeout=60).raise_for_status()
     assert running(cpu_rig.swap) == {} and not cpu_rig.detector_loaded()
     return cpu_rig
 
 
 def test_the_detector_loads_through_its_hold_and_shares_the_card_with_text_only(idle):
     swap = idle.swap
-    assert "face-detector" in {m["id"] for m in httpx.get(f"{swap.url}/v1/models").json()["data"]}
+    assert "face-detector" in {m["id"] for m in loopback.get(f"{swap.url}/v1/models").json()["data"]}
     # Reading its state through llama-swap does not load it (upstream.ignorePaths).
-    assert httpx.get(f"{swap.url}/upstream/face-detector/health", timeout=10).status_code == 409
-    assert httpx.get(f"{idle.detector_url}/ready", timeout=10).status_code == 503
+    assert loopback.get(f"{swap.url}/upstream/face-detector/health", timeout=10).status_code == 409
+    assert loopback.get(f"{idle.detector_url}/ready", timeout=10).status_code == 503
     assert running(swap) == {}
     # A detection through the passthrough starts the hold, which loads the service's model.
     r = detect(swap)
     assert r.status_code == 200, r.text
     assert r.json()["backend"] == "animeface" and idle.detector_loaded()
     assert running(swap) == {"face-detector": "ready"}
-    assert httpx.get(f"{swap.url}/upstream/face-detector/health", timeout=10).json()["detector_loaded"] is True
+    assert loopback.get(f"{swap.url}/upstream/face-detector/health", timeout=10).json()["detector_loaded"] is True
     # Text may run beside it.
     chat(swap, "text").raise_for_status()
     assert running(swap) == {"face-detector": "ready", "llama3.1": "ready"}
     # Vision runs alone: asking for it stops both, and the hold unloads the service's model on its way out.
     chat(swap, "vision").raise_for_status()
     assert running(swap) == {"vision": "ready"} and not idle.detector_loaded()
-    assert httpx.get(f"{swap.url}/upstream/face-detector/health", timeout=10).status_code == 409
+    assert loopback.get(f"{swap.url}/upstream/face-detector/health", timeout=10).status_code == 409
     # And the detector back: vision leaves.
     assert detect(swap).status_code == 200
     assert running(swap) == {"face-detector": "ready"} and idle.detector_loaded()
@@ -182,7 +183,7 @@ def test_the_hold_waits_for_the_room_and_for_its_memory_before_it_exits(tmp_path
             serve_app(create_detector_app(gpu, vram_mib=DETECTOR_MIB, release_s=1.5), health="/health") as det_url, \
             serve(shipped_config(card_url, det_url, release_s=1.5), tmp_path) as swap:
         chat(swap, "vision").raise_for_status()
-        r = httpx.post(f"{swap.url}/upstream/face-detector/detect", timeout=60)
+        r = loopback.post(f"{swap.url}/upstream/face-detector/detect", timeout=60)
         assert r.status_code == 200, r.text
         assert running(swap) == {"face-detector": "ready"}
         chat(swap, "vision").raise_for_status()

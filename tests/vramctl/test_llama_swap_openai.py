@@ -4,12 +4,15 @@ OpenAI routes — the calls the bot's vision check makes, streaming, and llama-s
 from __future__ import annotations
 
 import base64
+from typing import TYPE_CHECKING
 
-import openai
 import pytest
 from emulators.llama_swap import LlamaSwapEmulator
 from images import encode
 from PIL import Image
+
+if TYPE_CHECKING:
+    import openai  # imported when a test runs: the library takes most of a second, in every worker's collection
 
 CONFIG = {"apiKeys": ["sekret"], "models": {
     "vision": {"cmd": "llama-server --port ${PORT} --mmproj m.gguf", "aliases": ["minicpm-v"], "vram_mib": 4608,
@@ -25,6 +28,8 @@ def emu():
 
 
 def client(emu: LlamaSwapEmulator, key: str = "sekret") -> openai.OpenAI:
+    import openai
+
     return openai.OpenAI(base_url=f"{emu.url}/v1", api_key=key, max_retries=0, timeout=10)
 
 
@@ -65,6 +70,8 @@ def test_stream_true_is_answered_as_server_sent_events(emu):
 
 @pytest.mark.parametrize("envelope", [False, True], ids=["v250", "main-envelope"])
 def test_llama_swaps_errors_reach_the_client_as_typed_errors(emu, envelope):
+    import openai
+
     emu.switches.error_envelope = envelope
     with pytest.raises(openai.NotFoundError) as exc:
         client(emu).chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
@@ -77,6 +84,8 @@ def test_llama_swaps_errors_reach_the_client_as_typed_errors(emu, envelope):
 
 
 def test_an_image_for_a_model_without_mmproj_is_a_clear_server_error(emu):
+    import openai
+
     with pytest.raises(openai.InternalServerError, match="mmproj"):
         client(emu).chat.completions.create(model="llama3.1", messages=[
             {"role": "user", "content": [{"type": "text", "text": "what is this?"}, image_part()]}])

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+import loopback
 from emulators.llama_swap import (
     MODEL_UNLOADED,
     ROOT_CONFIG,
@@ -109,14 +110,14 @@ def rig(tmp_path_factory) -> Iterator[Rig]:
 @pytest.fixture()
 def idle(rig: Rig) -> Rig:
     """Nothing loaded, nothing on the card but the display's memory, the detector paused."""
-    httpx.get(f"{rig.swap.url}/unload", headers=AUTH, timeout=30).raise_for_status()
-    httpx.post(f"{rig.detector_url}/unload", timeout=10).raise_for_status()
+    loopback.get(f"{rig.swap.url}/unload", headers=AUTH, timeout=30).raise_for_status()
+    loopback.post(f"{rig.detector_url}/unload", timeout=10).raise_for_status()
     wait_until("the card is back to the display's memory", lambda: rig.gpu.free_mib == TOTAL_MIB - DISPLAY_MIB)
     return rig
 
 
 def chat(rig: Rig, model: str, headers: dict[str, str] | None = AUTH, **body: Any) -> httpx.Response:
-    return httpx.post(f"{rig.swap.url}/v1/chat/completions", headers=headers, timeout=60,
+    return loopback.post(f"{rig.swap.url}/v1/chat/completions", headers=headers, timeout=60,
                       json={"model": model, "messages": [{"role": "user", "content": "hi"}], **body})
 
 
@@ -133,7 +134,7 @@ def vram_settings(rig: Rig, **kw: Any) -> VramSettings:
 
 async def test_status_shows_what_llama_swap_runs_and_what_the_card_holds(idle):
     assert chat(idle, "text").json()["choices"][0]["message"]["content"] == "[llama3.1] ok"
-    running = httpx.get(f"{idle.swap.url}/running", headers=AUTH).json()["running"]
+    running = loopback.get(f"{idle.swap.url}/running", headers=AUTH).json()["running"]
     assert [(r["model"], r["state"], r["ttl"]) for r in running] == [("llama3.1", "ready", 1800)]
     async with Coordinator(vram_settings(idle)) as coord:
         st = await coord.status()
@@ -177,7 +178,7 @@ async def test_unload_all_is_the_older_get_unload(idle):
         client = LlamaSwapClient(idle.swap.url, http, KEY)
         assert await client.unload_all() == "unload"
         assert await client.running() == []
-    r = httpx.post(f"{idle.swap.url}/api/models/unload", headers=AUTH)
+    r = loopback.post(f"{idle.swap.url}/api/models/unload", headers=AUTH)
     assert (r.status_code, r.json()) == (200, {"msg": "ok"})
 
 
@@ -186,7 +187,7 @@ async def test_a_reservation_unloads_vision_and_waits_until_the_card_shows_the_m
     ooms = idle.gpu.oom_count
     async with Coordinator(vram_settings(idle)) as coord, coord.reserve("face-detector") as r:
         free_at_grant = idle.gpu.free_mib
-        assert httpx.post(f"{idle.detector_url}/detect").status_code == 200  # loads on the card: no OOM
+        assert loopback.post(f"{idle.detector_url}/detect").status_code == 200  # loads on the card: no OOM
     assert r.unloaded == ["vision"]
     events = r.timeline.names()
     assert events.index("unload") < events.index("unloaded") < events.index("free") < events.index("granted")
@@ -198,10 +199,10 @@ async def test_a_reservation_unloads_vision_and_waits_until_the_card_shows_the_m
 # --- API keys -------------------------------------------------------------------------------------------------
 
 async def test_api_keys_guard_everything_but_health(idle):
-    assert httpx.get(f"{idle.swap.url}/health").text == "OK"
+    assert loopback.get(f"{idle.swap.url}/health").text == "OK"
     for method, path in [("GET", "/running"), ("GET", "/v1/models"), ("GET", "/unload"),
                          ("POST", "/api/models/unload/vision"), ("POST", "/v1/chat/completions")]:
-        r = httpx.request(method, f"{idle.swap.url}{path}")
+        r = loopback.request(method, f"{idle.swap.url}{path}")
         assert r.status_code == 401 and r.headers["www-authenticate"] == 'Basic realm="llama-swap"', (path, r.text)
     async with httpx.AsyncClient() as http:
         with pytest.raises(ServerError, match="rejected the API key.*MIKU_VRAM_LLAMA_SWAP_API_KEY"):
@@ -255,7 +256,7 @@ def test_an_unload_while_the_model_starts_aborts_the_load(idle):
     waiter = threading.Thread(target=lambda: answer.setdefault("r", chat(idle, "slow")))
     waiter.start()
     wait_until("slow is starting", lambda: idle.swap.running(KEY).get("slow") == "starting")
-    r = httpx.post(f"{idle.swap.url}/api/models/unload/slow", headers=AUTH, timeout=30)
+    r = loopback.post(f"{idle.swap.url}/api/models/unload/slow", headers=AUTH, timeout=30)
     assert (r.status_code, r.text) == (200, "OK")
     waiter.join(timeout=30)
     assert (answer["r"].status_code, answer["r"].json()) == (
@@ -267,7 +268,7 @@ def test_an_unload_while_the_model_starts_aborts_the_load(idle):
 # --- our emulator against the real proxy -----------------------------------------------------------------------
 
 def _exchange(url: str, method: str, path: str, headers: dict[str, str], body: Any) -> tuple[int, str, Any]:
-    r = httpx.request(method, f"{url}{path}", headers=headers, timeout=30,
+    r = loopback.request(method, f"{url}{path}", headers=headers, timeout=30,
                       **({"json": body} if body is not None else {}))
     kind = r.headers.get("content-type", "").split(";")[0]
     try:
@@ -328,7 +329,7 @@ def test_the_emulator_runs_and_fails_a_load_as_the_real_one(idle):
         assert _exchange(emu.url, "GET", "/running", AUTH, None) == _exchange(idle.swap.url, "GET", "/running", AUTH,
                                                                              None)
         for url in (idle.swap.url, emu.url):
-            httpx.get(f"{url}/unload", headers=AUTH, timeout=30).raise_for_status()
+            loopback.get(f"{url}/unload", headers=AUTH, timeout=30).raise_for_status()
         wait_until("text's memory is back", lambda: idle.gpu.free_mib == TOTAL_MIB - DISPLAY_MIB)
         ooms = idle.gpu.oom_count
         for gpu in (idle.gpu, emu.gpu):
@@ -360,24 +361,24 @@ def shipped(tmp_path_factory) -> Iterator[tuple[RealLlamaSwap, SimulatedGpu]]:
 
 def test_the_shipped_config_is_accepted_and_serves_both_models_by_alias(shipped):
     swap, gpu = shipped
-    models = {m["id"]: m for m in httpx.get(f"{swap.url}/v1/models").json()["data"]}
+    models = {m["id"]: m for m in loopback.get(f"{swap.url}/v1/models").json()["data"]}
     assert sorted(models) == ["face-detector", "llama3.1", "vision"]  # the detector: tests/vramctl/test_llama_swap_detector.py
     assert models["llama3.1"]["meta"]["llamaswap"]["aliases"] == ["text"]
     assert models["vision"]["meta"]["llamaswap"]["aliases"] == ["minicpm-v"]
     assert models["vision"]["name"] == "MiniCPM-V 2.6 (vision)"
-    text = httpx.post(f"{swap.url}/v1/chat/completions", timeout=60,
+    text = loopback.post(f"{swap.url}/v1/chat/completions", timeout=60,
                       json={"model": "text", "messages": [{"role": "user", "content": "hi"}]})
     assert text.status_code == 200, text.text
-    [running] = httpx.get(f"{swap.url}/running").json()["running"]
+    [running] = loopback.get(f"{swap.url}/running").json()["running"]
     port = yaml.safe_load(swap.config_path.read_text())["startPort"]
     assert (running["model"], running["state"], running["ttl"], running["proxy"]) == (
         "llama3.1", "ready", 1800, f"http://127.0.0.1:{port}")
     assert "--n-gpu-layers 99" in running["cmd"] and "--ctx-size 8192" in running["cmd"]
-    vision = httpx.post(f"{swap.url}/v1/chat/completions", timeout=60, json={"model": "minicpm-v", "messages": [
+    vision = loopback.post(f"{swap.url}/v1/chat/completions", timeout=60, json={"model": "minicpm-v", "messages": [
         {"role": "user", "content": [{"type": "text", "text": "who?"}, {"type": "image_url", "image_url": {
             "url": "data:image/png;base64,iVBORw0KGgo="}}]}]})
     assert vision.status_code == 200, vision.text  # the shipped vision command has its --mmproj
-    [running] = httpx.get(f"{swap.url}/running").json()["running"]
+    [running] = loopback.get(f"{swap.url}/running").json()["running"]
     assert (running["model"], running["ttl"], running["proxy"]) == ("vision", 900, f"http://127.0.0.1:{port + 1}")
     assert gpu.oom_count == 0
 

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+import loopback
 from emulators.llama_swap import LlamaSwapEmulator, create_detector_app
 from emulators.ollama import create_ollama_app
 from servers import free_port, serve_app
@@ -71,7 +72,7 @@ async def test_seed_scenario_frees_vision_without_oom_and_never_loads_text(card)
     card.emu.preload("vision")
     async with Coordinator(card.settings()) as coord:
         async with coord.reserve("face-detector", note="avatar change") as r:
-            det = httpx.post(f"{card.detector_url}/detect")
+            det = loopback.post(f"{card.detector_url}/detect")
             assert det.status_code == 200
     ev = names(r)
     order = ["request", "measured", "unload", "unloaded", "waiting", "free", "resumed", "granted", "released"]
@@ -120,7 +121,7 @@ async def test_detector_lends_its_vram_back_for_vision(card):
             pass
         assert card.detector["loaded"]
         async with coord.reserve("vision") as r:
-            chat = httpx.post(f"{card.emu.url}/v1/chat/completions", timeout=10, json={
+            chat = loopback.post(f"{card.emu.url}/v1/chat/completions", timeout=10, json={
                 "model": "vision", "messages": [{"role": "user", "content": "is this Miku?"}]})
             assert chat.status_code == 200, chat.text
     assert r.unloaded == ["face-detector"] and not card.detector["loaded"]
@@ -299,10 +300,10 @@ async def test_ollama_answers_keep_alive_zero_at_once_and_vramctl_waits_for_the_
 def test_ollama_emulator_answers_before_the_runner_stops(card):
     oll = create_ollama_app({"llava": {"vram_mib": 1000, "stop_s": 0.5}}, card.emu.gpu)
     with serve_app(oll) as url:
-        httpx.post(f"{url}/api/generate", json={"model": "llava"})
-        r = httpx.post(f"{url}/api/generate", json={"model": "llava", "keep_alive": 0})
+        loopback.post(f"{url}/api/generate", json={"model": "llava"})
+        r = loopback.post(f"{url}/api/generate", json={"model": "llava", "keep_alive": 0})
         assert r.json() == {**r.json(), "model": "llava", "done": True, "done_reason": "unload"}
-        assert [m["name"] for m in httpx.get(f"{url}/api/ps").json()["models"]] == ["llava:latest"]  # still there
+        assert [m["name"] for m in loopback.get(f"{url}/api/ps").json()["models"]] == ["llava:latest"]  # still there
         assert oll.state.ollama["unloads"] == []
 
 
@@ -393,7 +394,7 @@ async def test_memory_promised_to_a_model_still_loading_is_not_handed_out(card):
             detector = asyncio.create_task(held.__aenter__())
             await until(lambda: coord.timeline.count("waiting") == 1)  # the detector's: it polls, and keeps waiting
             assert not detector.done() and coord.timeline.count("measured") == 2  # vision's, then the detector's
-            chat = httpx.post(f"{card.emu.url}/v1/chat/completions", timeout=10, json={
+            chat = loopback.post(f"{card.emu.url}/v1/chat/completions", timeout=10, json={
                 "model": "vision", "messages": [{"role": "user", "content": "is this Miku?"}]})
             assert chat.status_code == 200, chat.text
         rd = await asyncio.wait_for(detector, 5)

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import loopback
 from emulators.llama_swap import (
     MODEL_UNLOADED,
     LlamaSwapEmulator,
@@ -50,7 +51,7 @@ def emu():
 
 
 def chat(url: str, model: str, content="hi", **kw) -> httpx.Response:
-    return httpx.post(f"{url}/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": content}],
+    return loopback.post(f"{url}/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": content}],
                                                           **kw}, timeout=10)
 
 
@@ -68,40 +69,40 @@ def memory_back(gpu: SimulatedGpu) -> bool:
 
 
 def test_management_endpoints_have_llama_swaps_shapes(emu):
-    assert httpx.get(f"{emu.url}/health").text == "OK"
-    assert httpx.head(f"{emu.url}/health").status_code == 200  # Go's mux answers HEAD on a GET route
-    models = httpx.get(f"{emu.url}/v1/models").json()
+    assert loopback.get(f"{emu.url}/health").text == "OK"
+    assert loopback.head(f"{emu.url}/health").status_code == 200  # Go's mux answers HEAD on a GET route
+    models = loopback.get(f"{emu.url}/v1/models").json()
     assert models["object"] == "list"
     assert [m["id"] for m in models["data"]] == ["llama3.1", "vision"]
     assert all(m["owned_by"] == "llama-swap" and m["object"] == "model" for m in models["data"])
     assert models["data"][0]["meta"] == {"llamaswap": {"type": "model", "aliases": ["text"]}}
     assert {m["status"]["value"] for m in models["data"]} == {"unloaded"}
-    assert httpx.get(f"{emu.url}/running").json() == {"running": []}
+    assert loopback.get(f"{emu.url}/running").json() == {"running": []}
     emu.preload("vision")
-    running = httpx.get(f"{emu.url}/running").json()["running"]
+    running = loopback.get(f"{emu.url}/running").json()["running"]
     assert [(r["model"], r["state"], r["ttl"]) for r in running] == [("vision", "ready", 900)]
-    r = httpx.post(f"{emu.url}/api/models/unload/vision")
+    r = loopback.post(f"{emu.url}/api/models/unload/vision")
     assert (r.status_code, r.text) == (200, "OK")
-    assert httpx.get(f"{emu.url}/running").json() == {"running": []}
+    assert loopback.get(f"{emu.url}/running").json() == {"running": []}
     until(lambda: memory_back(emu.gpu))  # vision's memory back from the driver
     emu.preload("llama3.1")
-    assert (httpx.get(f"{emu.url}/unload").text, emu.running()) == ("OK", [])
-    assert httpx.post(f"{emu.url}/api/models/unload").json() == {"msg": "ok"}
+    assert (loopback.get(f"{emu.url}/unload").text, emu.running()) == ("OK", [])
+    assert loopback.post(f"{emu.url}/api/models/unload").json() == {"msg": "ok"}
 
 
 def test_errors_have_llama_swaps_format(emu):
     """swaputil.SendResponse: JSON by default, "llama-swap: ..." text for Accept: text/plain; the router's own
     404/405 are Go's plain text (what an older server without a route answers too)."""
-    r = httpx.post(f"{emu.url}/api/models/unload/nope")
+    r = loopback.post(f"{emu.url}/api/models/unload/nope")
     assert (r.status_code, r.json()) == (404, {"src": "llama-swap", "error": "model not found"})
-    r = httpx.post(f"{emu.url}/api/models/unload/nope", headers={"Accept": "text/plain"})
+    r = loopback.post(f"{emu.url}/api/models/unload/nope", headers={"Accept": "text/plain"})
     assert (r.status_code, r.text) == (404, "llama-swap: model not found")
-    assert "<h1>llama-swap</h1>" in httpx.post(f"{emu.url}/api/models/unload/nope", headers={"Accept": "text/html"}).text
-    r = httpx.get(f"{emu.url}/no/such/route")
+    assert "<h1>llama-swap</h1>" in loopback.post(f"{emu.url}/api/models/unload/nope", headers={"Accept": "text/html"}).text
+    r = loopback.get(f"{emu.url}/no/such/route")
     assert (r.status_code, r.text) == (404, "404 page not found\n")
-    assert httpx.delete(f"{emu.url}/running").status_code == 405
+    assert loopback.delete(f"{emu.url}/running").status_code == 405
     emu.switches.error_envelope = True  # main after v250 (#1038)
-    assert httpx.post(f"{emu.url}/api/models/unload/nope").json() == {"src": "llama-swap", "error": {
+    assert loopback.post(f"{emu.url}/api/models/unload/nope").json() == {"src": "llama-swap", "error": {
         "message": "model not found", "type": "invalid_request_error", "param": None, "code": "not_found"}}
 
 
@@ -110,7 +111,7 @@ def test_running_lists_every_model_that_is_not_stopped(emu):
     def seen(state: str) -> bool:
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            if any(r["state"] == state for r in httpx.get(f"{emu.url}/running").json()["running"]):
+            if any(r["state"] == state for r in loopback.get(f"{emu.url}/running").json()["running"]):
                 return True
         return False
 
@@ -119,9 +120,9 @@ def test_running_lists_every_model_that_is_not_stopped(emu):
         answer = pool.submit(chat, emu.url, "text")
         assert seen("starting")
         assert answer.result().status_code == 200
-        assert [(r["model"], r["state"]) for r in httpx.get(f"{emu.url}/running").json()["running"]] == [
+        assert [(r["model"], r["state"]) for r in loopback.get(f"{emu.url}/running").json()["running"]] == [
             ("llama3.1", "ready")]
-        assert httpx.get(f"{emu.url}/v1/models").json()["data"][0]["status"] == {"value": "loaded"}
+        assert loopback.get(f"{emu.url}/v1/models").json()["data"][0]["status"] == {"value": "loaded"}
         emu.models["llama3.1"].stop_s = 0.5
         stopped = pool.submit(httpx.post, f"{emu.url}/api/models/unload/text")  # an alias names the model
         assert seen("stopping")
@@ -146,12 +147,12 @@ def test_peers_are_listed_answered_remotely_and_not_unloadable_here():
     e = LlamaSwapEmulator({"models": {"m": {"cmd": "s --port ${PORT}", "vram_mib": 100}},
                            "peers": {"gpu-box": {"proxy": "http://192.0.2.1:8080", "models": ["big"]}}})
     with e.serve():
-        ids = {m["id"]: m["meta"]["llamaswap"] for m in httpx.get(f"{e.url}/v1/models").json()["data"]}
+        ids = {m["id"]: m["meta"]["llamaswap"] for m in loopback.get(f"{e.url}/v1/models").json()["data"]}
         assert ids["gpu-box/big"] == {"type": "peer", "peerID": "gpu-box"}
         assert chat(e.url, "big").status_code == 200 and e.gpu.free_mib == 8192  # another machine's memory
-        r = httpx.post(f"{e.url}/api/models/unload/gpu-box/big")
+        r = loopback.post(f"{e.url}/api/models/unload/gpu-box/big")
         assert (r.status_code, r.json()["error"]) == (404, "model not found")  # RealModelName: local models only
-        assert httpx.get(f"{e.url}/running").json() == {"running": []}
+        assert loopback.get(f"{e.url}/running").json() == {"running": []}
 
 
 def test_unload_returns_when_process_is_gone_but_memory_comes_back_later(emu):
@@ -159,10 +160,10 @@ def test_unload_returns_when_process_is_gone_but_memory_comes_back_later(emu):
     emu.preload("vision")
     before = emu.gpu.free_mib
     t0 = time.monotonic()
-    httpx.post(f"{emu.url}/api/models/unload/vision")
+    loopback.post(f"{emu.url}/api/models/unload/vision")
     assert time.monotonic() - t0 >= 0.05  # stop_s
     assert emu.gpu.free_mib == before  # the driver has not released it yet
-    vram = httpx.get(f"{emu.url}/_emulator/vram").json()
+    vram = loopback.get(f"{emu.url}/_emulator/vram").json()
     assert any("releasing" in p["name"] for p in vram["processes"])
     until(lambda: memory_back(emu.gpu))
     assert emu.gpu.free_mib == 8192 - 512
@@ -193,15 +194,15 @@ def test_an_unload_while_the_model_starts_aborts_the_load():
     with e.serve(), ThreadPoolExecutor(2) as pool:
         waiting = [pool.submit(chat, e.url, "slow") for _ in range(2)]
         deadline = time.monotonic() + 10
-        while [m["state"] for m in httpx.get(f"{e.url}/running").json()["running"]] != ["starting"]:
+        while [m["state"] for m in loopback.get(f"{e.url}/running").json()["running"]] != ["starting"]:
             assert time.monotonic() < deadline, "slow never started"
             time.sleep(0.01)
-        r = httpx.post(f"{e.url}/api/models/unload/slow", timeout=10)
+        r = loopback.post(f"{e.url}/api/models/unload/slow", timeout=10)
         assert (r.status_code, r.text) == (200, "OK")
         for w in waiting:
             r = w.result(timeout=10)
             assert (r.status_code, r.json()) == (500, {"src": "llama-swap", "error": f"unspecific error: {MODEL_UNLOADED}"})
-        assert httpx.get(f"{e.url}/running").json() == {"running": []}
+        assert loopback.get(f"{e.url}/running").json() == {"running": []}
         assert e.gpu.history == [] and e.loads == [] and e.unloads == ["slow"]
         e.models["slow"].load_s = 0
         assert chat(e.url, "slow").status_code == 200 and e.loads == ["slow"]
@@ -225,17 +226,17 @@ def test_image_inputs_and_configurable_answers(emu):
     r = chat(emu.url, "llama3.1", content)  # a text model has no mmproj
     assert r.status_code == 500 and "mmproj" in r.text
     emu.set_answer("llama3.1", "hello there")
-    httpx.post(f"{emu.url}/api/models/unload/vision")
+    loopback.post(f"{emu.url}/api/models/unload/vision")
     until(lambda: memory_back(emu.gpu))  # the driver hands vision's memory back, or loading llama3.1 would OOM
     assert chat(emu.url, "llama3.1").json()["choices"][0]["message"]["content"] == "hello there"
 
 
 def test_bad_requests_are_4xx(emu):
-    r = httpx.post(f"{emu.url}/v1/chat/completions", content=b"not json", headers={"Content-Type": "application/json"})
+    r = loopback.post(f"{emu.url}/v1/chat/completions", content=b"not json", headers={"Content-Type": "application/json"})
     assert (r.status_code, r.json()["error"]) == (404, "no model id could be identified")
     r = chat(emu.url, "no-such-model")
     assert (r.status_code, r.json()) == (404, {"src": "llama-swap", "error": "no router for requested model"})
-    r = httpx.post(f"{emu.url}/v1/chat/completions", json={"model": "llama3.1", "messages": []})
+    r = loopback.post(f"{emu.url}/v1/chat/completions", json={"model": "llama3.1", "messages": []})
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"  # llama-server's own
 
 
@@ -251,29 +252,29 @@ def test_ttl_expiry_unloads():
 def test_switches_and_api_keys():
     e = LlamaSwapEmulator({"apiKeys": ["sekret"], "models": {"m": {"vram_mib": 100}}})
     with e.serve():
-        r = httpx.get(f"{e.url}/running")
+        r = loopback.get(f"{e.url}/running")
         assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Basic")
-        assert httpx.get(f"{e.url}/health").status_code == 200  # unprotected, as in llama-swap
+        assert loopback.get(f"{e.url}/health").status_code == 200  # unprotected, as in llama-swap
         auth = {"Authorization": "Bearer sekret"}
-        assert httpx.get(f"{e.url}/running", headers=auth).status_code == 200
+        assert loopback.get(f"{e.url}/running", headers=auth).status_code == 200
         e.switches.fail_status = 503
-        assert httpx.get(f"{e.url}/running", headers=auth).status_code == 503
-        assert httpx.get(f"{e.url}/_emulator/vram").status_code == 200  # emulator routes never misbehave
+        assert loopback.get(f"{e.url}/running", headers=auth).status_code == 503
+        assert loopback.get(f"{e.url}/_emulator/vram").status_code == 200  # emulator routes never misbehave
         e.switches.fail_status = None
         e.switches.legacy_no_model_unload = True
-        r = httpx.post(f"{e.url}/api/models/unload/m", headers=auth)
+        r = loopback.post(f"{e.url}/api/models/unload/m", headers=auth)
         assert (r.status_code, r.text) == (404, "404 page not found")
         e.switches.slow_s = 0.2
         t0 = time.monotonic()
-        httpx.get(f"{e.url}/health")
+        loopback.get(f"{e.url}/health")
         assert time.monotonic() - t0 >= 0.2
         e.switches.slow_s = 0
         e.set_down(True)
         with pytest.raises(httpx.ConnectError):
-            httpx.get(f"{e.url}/health")
-        assert httpx.get(f"{e.gpu_url}/_emulator/vram").status_code == 200
+            loopback.get(f"{e.url}/health")
+        assert loopback.get(f"{e.gpu_url}/_emulator/vram").status_code == 200
         e.set_down(False)
-        assert httpx.get(f"{e.url}/health").text == "OK"
+        assert loopback.get(f"{e.url}/health").text == "OK"
 
 
 def test_create_app_serves_with_the_shared_helper():
@@ -283,8 +284,8 @@ def test_create_app_serves_with_the_shared_helper():
         r = chat(url, "m")
         assert r.status_code == 500 and "exited prematurely" in r.text
         assert app.state.emulator.ledger()["oom_count"] == 1
-        assert httpx.post(f"{url}/_emulator/alloc", json={"owner": "x", "mib": 4096}).status_code == 500
-        assert httpx.post(f"{url}/_emulator/alloc", json={"owner": "x"}).status_code == 400
+        assert loopback.post(f"{url}/_emulator/alloc", json={"owner": "x", "mib": 4096}).status_code == 500
+        assert loopback.post(f"{url}/_emulator/alloc", json={"owner": "x"}).status_code == 400
 
 
 def test_the_emulated_release_is_the_one_compose_pins():

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
+import loopback
 from cli_runner import run_cli
 from emulators.llama_swap import LlamaSwapEmulator, create_detector_app
 from facedetect.api import create_app
@@ -65,10 +66,10 @@ async def test_control_pauses_and_resumes_the_real_service(tmp_path):
 
 async def test_cpu_detector_needs_no_vram_so_vision_stays(tmp_path):
     with card_with_vision() as emu, serve_app(detector_app(tmp_path)) as url:
-        httpx.post(f"{url}/unload").raise_for_status()  # lent away earlier: the reservation brings it back
+        loopback.post(f"{url}/unload").raise_for_status()  # lent away earlier: the reservation brings it back
         async with Coordinator(settings(emu, url)) as coord:
             async with coord.reserve("face-detector") as r:
-                assert httpx.get(f"{url}/health").json()["detector_loaded"] is True
+                assert loopback.get(f"{url}/health").json()["detector_loaded"] is True
         assert r.unloaded == [] and r.errors == []
         names = r.timeline.names()
         assert names[:2] == ["request", "cpu-only"] and "resumed" in names
@@ -122,7 +123,7 @@ async def test_cpu_detector_is_never_unloaded_for_someone_else(tmp_path, gpu_tot
             async with coord.reserve("sd") as r:
                 pass
             assert r.unloaded == [] and "settle" not in r.timeline.names()
-            assert httpx.get(f"{url}/health").json()["detector_loaded"] is True
+            assert loopback.get(f"{url}/health").json()["detector_loaded"] is True
 
 
 async def test_gpu_detector_is_still_paused_for_someone_else_and_resumed(tmp_path):
@@ -136,11 +137,11 @@ async def test_gpu_detector_is_still_paused_for_someone_else_and_resumed(tmp_pat
             async with coord.reserve("sd") as r:  # no probe: every unheld loaded GPU consumer makes way
                 pass
             assert r.unloaded == ["face-detector"] and "settle" in r.timeline.names()
-            assert httpx.get(f"{url}/health").json()["detector_loaded"] is False
+            assert loopback.get(f"{url}/health").json()["detector_loaded"] is False
             async with coord.reserve("face-detector") as r2:
                 pass
             assert "resumed" in r2.timeline.names()
-            assert httpx.get(f"{url}/health").json()["detector_loaded"] is True
+            assert loopback.get(f"{url}/health").json()["detector_loaded"] is True
 
 
 def test_status_shows_the_measured_need(tmp_path):

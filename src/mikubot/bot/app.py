@@ -16,6 +16,7 @@ import logging
 import discord
 import httpx
 
+from httpretry import tls_context
 from mikubot.bot import PANEL_HOST, PANEL_PORT
 from mikubot.bot.announce import AfterChange
 from mikubot.bot.client import MikuClient
@@ -53,7 +54,7 @@ async def serve(settings: Settings, *, host: str = PANEL_HOST, port: int = PANEL
     from mikubot.web.auth import resolve_token
 
     check_bind(host, settings)  # before anything starts: refuse a network bind without MIKU_WEB_TOKEN
-    http = httpx.AsyncClient(timeout=settings.http_timeout_s)
+    http = httpx.AsyncClient(timeout=settings.http_timeout_s, verify=tls_context())
     pipeline = AvatarPipeline(settings, http=http)
     runner = ChangeRunner(pipeline)
     client: MikuClient | None = None

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from httpretry import tls_context
 from mikubot.config import Settings
 from mikubot.detection import InProcessDetector
 from mikubot.history import History
@@ -28,7 +29,7 @@ class Services:
         self.settings = settings
         self.history = history or History(settings.history_path)
         self._own_http = http is None
-        self.http = http or httpx.AsyncClient(timeout=settings.http_timeout_s)
+        self.http = http or httpx.AsyncClient(timeout=settings.http_timeout_s, verify=tls_context())
         self._own_coordinator = coordinator is None
         self.coordinator = coordinator or Coordinator(vram_settings(settings), http=self.http)
         self.local_detector = InProcessDetector(settings.detector_backend, settings.detector_model_path)
