@@ -196,31 +196,43 @@ def small_disk() -> Iterator[SmallDisk]:
 
 # `make test` hands whole files to its workers in collection order (pytest-xdist's --dist loadfile with
 # --no-loadscope-reorder), and a file's tests run one after another: a long file started last keeps one worker
-# busy while the other idles. So the longest files (measured: 10-80 s each on a busy 2-core machine, most of it
-# detection on generated scenes, training runs, or real processes waiting for each other) are collected
-# first, longest first; the others (most under 10 s) keep their order and fill in behind them. A renamed or
+# busy while the others idle. So the longest files (measured: 5-40 s each in a 3-worker run on 2 cores, most of
+# it detection on generated scenes, training runs, or real processes waiting for each other) are collected
+# first, longest first; the others (most under 5 s) keep their order and fill in behind them. A renamed or
 # removed file must leave this list too.
 LONGEST_FIRST = (
-    "tests/facedetect/test_facefilter.py",
     "tests/facedetect/test_proposals.py",
-    "tests/mikubot/test_banner.py",
     "tests/vramctl/test_llama_swap_detector.py",
-    "tests/facedetect/test_verifier.py",
-    "tests/facedetect/test_detect_scenes.py",
-    "tests/bench/test_scenes.py",
-    "tests/facedetect/test_wide_images.py",
-    "tests/mikubot/test_browser.py",
-    "tests/httpserve/test_slow_clients.py",
+    "tests/facedetect/test_facefilter.py",
+    "tests/vramctl/test_vramctl_coordinator.py",
+    "tests/mikubot/test_banner.py",
     "tests/facedetect/test_ui.py",
+    "tests/mikubot/test_browser.py",
+    "tests/facedetect/test_verifier.py",
     "tests/mikubot/test_bot_commands.py",
-    "tests/mikubot/test_bot_run.py",
+    "tests/httpserve/test_slow_clients.py",
     "tests/mikubot/test_guild_looks.py",
-    "tests/mikubot/test_e2e.py",
-    "tests/facedetect/test_backend_yolo_onnx.py",
-    "tests/mikubot/test_crop.py",
+    "tests/facedetect/test_wide_images.py",
+    "tests/bench/test_scenes.py",
+    "tests/vramctl/test_llama_swap_real.py",
+    "tests/test_openapi_contract.py",
+    "tests/mikubot/test_pipeline_faults.py",
+    "tests/mikubot/test_upload.py",
+    "tests/mikubot/test_browser_banner.py",
+    "tests/facedetect/test_detect_scenes.py",
+    "tests/vramctl/test_vramctl_emulator.py",
     "tests/facedetect/test_cli.py",
+    "tests/mikubot/test_web_security.py",
+    "tests/mikubot/test_candidate_pictures.py",
+    "tests/mikubot/test_e2e.py",
+    "tests/facedetect/test_hostile_inputs.py",
+    "tests/mikubot/test_bot_run.py",
+    "tests/facedetect/test_hostile_corpus.py",
+    "tests/mikubot/test_pipeline_overlap.py",
+    "tests/mikubot/test_cli_mikubot.py",
+    "tests/facedetect/test_api.py",
     "tests/deploy/test_dockerfiles_facedetect.py",
-    "tests/facedetect/test_memory.py",
+    "tests/vramctl/test_vramctl_lease.py",
 )
 
 

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
+
+if TYPE_CHECKING:  # the builders import onnx when they run: it takes a second, in every worker's collection
+    import onnx
 
 OPSET = 17
 BIG = 1.0e6
@@ -45,11 +47,15 @@ class _Graph:
         return f"{stem}_{self._n}"
 
     def const(self, value: np.ndarray | float | Sequence[float], dtype: type = np.float32) -> str:
+        from onnx import numpy_helper
+
         name = self.name("c")
         self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
         return name
 
     def op(self, op_type: str, *inputs: str, **attrs: object) -> str:
+        from onnx import helper
+
         out = self.name(op_type.lower())
         self.nodes.append(helper.make_node(op_type, list(inputs), [out], **attrs))
         return out
@@ -96,6 +102,8 @@ def probe_model(
     ``input_hw=None`` makes height and width dynamic. In v5 the computed candidates get objectness
     ``v5_objectness`` and class score CONTENT/SQUARE_SCORE; fixed ones objectness 1.
     """
+    from onnx import TensorProto, helper
+
     assert layout in ("v8", "v5")
     assert not (keypoints and layout == "v5")
     g = _Graph()
@@ -177,6 +185,8 @@ def constant_model(
     metadata: dict[str, str] | None = None,
 ) -> Path:
     """A model whose single output is ``output`` whatever the input (shape tests, bad layouts)."""
+    from onnx import TensorProto, helper
+
     g = _Graph()
     # Keep the input in the graph's dataflow: output = const + 0 * mean(input).
     mean = g.op("ReduceMean", "images", keepdims=0)
@@ -196,11 +206,13 @@ def constant_model(
 
 
 def _save(graph: onnx.GraphProto, path: Path, metadata: dict[str, str] | None) -> Path:
+    from onnx import checker, helper, save
+
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8  # readable by every onnxruntime we support
     if metadata:
         helper.set_model_props(model, metadata)
-    onnx.checker.check_model(model, full_check=True)
+    checker.check_model(model, full_check=True)
     path = Path(path)
-    onnx.save(model, path)
+    save(model, path)
     return path

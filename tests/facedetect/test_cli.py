@@ -1,4 +1,5 @@
-"""``facedetect detect`` as a user runs it: a console script in a subprocess."""
+"""``facedetect detect`` as a user runs it: the console script in a subprocess (the first test), and its
+options, output and exit codes through the same command in-process (tests/cli_runner.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,20 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
+from cli_runner import run_cli
 from servers import venv_bin
 
+from facedetect.cli import app
 
-def facedetect(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([venv_bin("facedetect"), *args], capture_output=True, text=True, timeout=120, cwd=cwd,
-                          env={"PATH": "/usr/bin:/bin", "COLUMNS": "160"})
+ENV = {"PATH": "/usr/bin:/bin", "COLUMNS": "160"}
+
+
+def facedetect_process(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([venv_bin("facedetect"), *args], capture_output=True, text=True, timeout=120, env=ENV)
+
+
+def facedetect(*args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(app, *args, env=ENV)
 
 
 @pytest.fixture
@@ -30,7 +38,7 @@ def sprites(art_dir, tmp_path) -> list[Path]:
 
 def test_annotate_writes_pairs_named_after_the_files_and_says_where(sprites, tmp_path):
     out = tmp_path / "out dir"
-    proc = facedetect("detect", *map(str, sprites), "--annotate", str(out))
+    proc = facedetect_process("detect", *map(str, sprites), "--annotate", str(out))
     assert proc.returncode == 0, proc.stderr
     written = sorted(p.name for p in out.iterdir())
     assert written == sorted([

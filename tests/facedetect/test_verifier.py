@@ -170,12 +170,13 @@ def test_judging_from_two_threads_gives_the_same_answers(tune_scenes) -> None:
 
 
 def test_verifier_off_is_the_animeface_only_confirmation(tune_scenes, first_tune_found) -> None:
-    # Both must find faces, and the gate must not cost true positives against animeface judging alone.
+    # Both must find faces, and the gate must not cost true positives against animeface judging alone
+    # (on every other scene: 16 faces, enough to tell, at half the CPU time).
     assert create_detector("animeface").describe()["twostage"]["verifier"] is True  # the default: with the gate
     without = create_detector("animeface", twostage={"verifier": False})
     assert without.describe()["twostage"]["verifier"] is False
     a, b = Counts(), Counts()
-    for (rgb, truth), with_gate in zip(tune_scenes, first_tune_found(), strict=True):
+    for (rgb, truth), with_gate in zip(tune_scenes[1::2], first_tune_found()[1::2], strict=True):
         a += match(with_gate, truth, 0.5)
         b += match([(d.bbox, d.confidence) for d in without.detect(load_image_from(rgb))], truth, 0.5)
     assert b.tp > 0

@@ -17,13 +17,13 @@ from mikubot.pipeline import AvatarPipeline
 from panel_helpers import bearer, panel_server, panel_settings
 from servers import serve_app
 
-WIDTH, HEIGHT = 65_600, 600  # 39.4 Mpx: inside the 40 Mpx limit, wider than any JPEG
+WIDTH, HEIGHT = 65_600, 300  # 19.7 Mpx: wider than any JPEG
 
 
 @pytest.fixture(scope="module")
 def banner(art_dir: Path) -> bytes:
     im = Image.new("RGB", (WIDTH, HEIGHT), "white")
-    im.paste(Image.open(art_dir / "lucy mad.png").convert("RGB").resize((350, 600)), (30_000, 0))
+    im.paste(Image.open(art_dir / "lucy mad.png").convert("RGB").resize((175, 300)), (30_000, 0))
     return encode(im, "PNG")
 
 

@@ -78,13 +78,13 @@ def test_the_hidden_disc_is_discords_avatar_circle():
 
 @pytest.mark.parametrize("size", [(1600, 1000), (1280, 720), (700, 1400), (2400, 900)])
 def test_the_face_is_never_under_the_circle_nor_cut(size):
-    """Faces all over the picture, corners included: each banner is 5:2, at least 600x240, and shows
-    the face clear of the avatar circle and the edges."""
+    """Faces all over the picture, corners included (20 per size, 80 in all): each banner is 5:2, at least
+    600x240, and shows the face clear of the avatar circle and the edges."""
     image = scene(*size, seed=size[0])
     w, h = size
     rng = random.Random(size[0] * 7 + size[1])
     tried = padded = 0
-    for _ in range(40):
+    for _ in range(20):
         side = rng.uniform(40, min(w, h) * 0.25)
         face = face_at(rng.uniform(0, w - side), rng.uniform(0, h - side), side)
         result = crop_banner(image, face)
@@ -97,7 +97,7 @@ def test_the_face_is_never_under_the_circle_nor_cut(size):
         assert result.method == "face" and result.face_visible, (face.bbox, result.box, result.reason)
         assert face_visible(face.bbox, result.box)
         tried += 1
-    assert tried == 40 and padded <= 4
+    assert tried == 20 and padded <= 2
 
 
 def test_a_face_in_the_lower_left_corner_is_framed_above_the_circle():

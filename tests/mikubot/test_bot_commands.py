@@ -14,6 +14,7 @@ import discord as discordpy
 import pytest
 from emulators.discord import create_app
 from interactions import interaction_payload
+from panel_helpers import sprite_folder
 from mikubot.bot.announce import AfterChange
 from mikubot.bot.commands import BotState, pfp_change, pfp_history, pfp_restore, pfp_status, source_allowed
 from mikubot.bot.context import InteractionContext, Invoker
@@ -36,18 +37,24 @@ def discord():
 
 
 @pytest.fixture
-async def bot(discord, art_dir, tmp_path):
-    async with bot_on(discord, art_dir, tmp_path / "data") as parts:
+def sprites(art_dir, tmp_path) -> Path:
+    return sprite_folder(art_dir, tmp_path / "art")
+
+
+@pytest.fixture
+async def bot(discord, sprites, tmp_path):
+    async with bot_on(discord, sprites, tmp_path / "data") as parts:
         yield parts
 
 
 @contextlib.asynccontextmanager
-async def bot_on(discord, art_dir: Path, data_dir: Path):
+async def bot_on(discord, art: Path, data_dir: Path):
     api, ctl = discord
     settings = Settings(
-        data_dir=data_dir, source=f"local:{art_dir}", candidates=1, discord_token="bot-token",
+        data_dir=data_dir, source=f"local:{art}", candidates=1, discord_token="bot-token",
         discord_api=api, admin_user_ids=[ADMIN.user_id], admin_role_ids=[77], announce_channel_id=4242,
         guild_id=99, colour_role_id=555,
+        output_size=256,  # these tests are about the commands: a 1024-px avatar costs a quarter second to draw
     )
     pipeline = AvatarPipeline(settings)
     runner = ChangeRunner(pipeline)
@@ -208,10 +215,10 @@ async def test_progress_edits_are_throttled(bot):
     assert len(edits) == 2 and f"#{record.id}" in edits[-1]["content"]
 
 
-async def test_a_full_disk_is_answered_not_raised(discord, art_dir, small_disk):
+async def test_a_full_disk_is_answered_not_raised(discord, sprites, small_disk):
     """With the data directory's disk full not even the history row can be written: /pfp change and
     /pfp restore say so (naming the place) instead of ending the interaction unanswered."""
-    async with bot_on(discord, art_dir, small_disk.path / "data") as (state, client, ctl, _):
+    async with bot_on(discord, sprites, small_disk.path / "data") as (state, client, ctl, _):
         first = await state.runner.change(dry_run=True)
         small_disk.fill()
         change, restore = interaction(client), interaction(client)

@@ -8,12 +8,14 @@ import subprocess
 
 
 import loopback
+from panel_helpers import sprite_folder
 from servers import free_port, run_command, venv_bin
 
 
 def test_run_serves_panel_logs_doctor_and_changes_through_one_runner(art_dir, tmp_path):
     port = free_port()
-    env = {"MIKU_DATA_DIR": str(tmp_path / "data"), "MIKU_SOURCE": f"local:{art_dir}", "MIKU_CANDIDATES": "1",
+    art = sprite_folder(art_dir, tmp_path / "art")
+    env = {"MIKU_DATA_DIR": str(tmp_path / "data"), "MIKU_SOURCE": f"local:{art}", "MIKU_CANDIDATES": "1",
            "MIKU_WEB_TOKEN": "a-test-token-long-enough", "MIKU_ROTATE_EVERY_H": "24"}
     base = f"http://127.0.0.1:{port}"
     with run_command([venv_bin("mikubot"), "run", "--port", str(port)], url=f"{base}/health", env=env, timeout=90) as proc:

@@ -7,6 +7,7 @@ import random
 from datetime import datetime, time, timedelta, timezone
 
 import pytest
+from panel_helpers import sprite_folder
 
 from mikubot.bot.colour import dominant_colour
 from mikubot.bot.schedule import Rotation, RotationScheduler, ScheduleError
@@ -52,7 +53,8 @@ def test_rotation_from_settings_and_bad_combinations():
 
 @pytest.fixture
 async def runner(art_dir, tmp_path):
-    settings = Settings(data_dir=tmp_path / "data", source=f"local:{art_dir}", candidates=1)
+    art = sprite_folder(art_dir, tmp_path / "art")
+    settings = Settings(data_dir=tmp_path / "data", source=f"local:{art}", candidates=1)
     pipeline = AvatarPipeline(settings)
     try:
         yield ChangeRunner(pipeline)
