@@ -32,8 +32,9 @@ def sprite_folder(art_dir: Path, dest: Path, names: tuple[str, ...] = SPRITES) -
 
 
 def panel_settings(data_dir: Path, art: Path, **overrides: Any) -> Settings:
+    # 256-px avatars: these tests are about the panel (tests/mikubot/test_crop.py checks the full size).
     values: dict[str, Any] = {"data_dir": data_dir, "source": f"local:{art}", "candidates": 1, "web_token": TOKEN,
-                              "dry_run": True}
+                              "dry_run": True, "output_size": 256}
     values.update(overrides)
     return Settings(**values)
 
