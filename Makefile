@@ -117,14 +117,14 @@ llama-swap: $(GOBIN_DIR)/llama-swap
 # servers, subprocesses and the browser, and the extra worker fills those waits), each given whole test files
 # (--dist loadfile), so a module's servers start once; the files in collection order, where tests/conftest.py
 # puts the longest first (--no-loadscope-reorder: xdist's own order, most tests first, would start the long
-# one-test files last). OPENBLAS_NUM_THREADS=1: one BLAS thread per worker; numpy's BLAS threads on top of that only contend (a
-# quarter of the model-fitting tests' CPU time). PYTHONDONTWRITEBYTECODE= (bytecode written even where the
-# environment says not to): the run starts some sixty Python processes besides its workers, and each would
-# compile every module of ours it imports, and each worker rewrite every test file's asserts, again. The
-# plugins are named (TEST_PLUGINS) instead of found by entry point: pytest rewrites the asserts of every module
-# of an entry-point plugin's distribution (all of hypothesis, schemathesis and anyio), in each worker.
-# TEST_ARGS adds pytest options, e.g. TEST_ARGS='--cov=src --cov-report=term' for the line coverage of src/, or
-# TEST_WORKERS=0 to run in this process.
+# one-test files last). OPENBLAS_NUM_THREADS=1 and OPENCV_FOR_THREADS_NUM=1: one BLAS and one OpenCV thread per
+# worker; their thread pools on top of the workers only contend (a quarter of the model-fitting tests' CPU
+# time). PYTHONDONTWRITEBYTECODE= (bytecode written even where the environment says not to): the run starts
+# some sixty Python processes besides its workers, and each would compile every module of ours it imports, and
+# each worker rewrite every test file's asserts, again. The plugins are named (TEST_PLUGINS) instead of found
+# by entry point: pytest rewrites the asserts of every module of an entry-point plugin's distribution (all of
+# hypothesis, schemathesis and anyio), in each worker. TEST_ARGS adds pytest options, e.g.
+# TEST_ARGS='--cov=src --cov-report=term' for the line coverage of src/, or TEST_WORKERS=0 to run in this process.
 TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 TEST_ARGS ?=
 TEST_PLUGINS = xdist.plugin pytest_asyncio.plugin pytest_timeout anyio.pytest_plugin _hypothesis_pytestplugin \
@@ -133,7 +133,7 @@ test: install art
 	bash scripts/test-deps.sh
 	@if command -v $(GO) >/dev/null 2>&1; then $(MAKE) --no-print-directory llama-swap; \
 	else echo "make test: no Go toolchain, so no real llama-swap: tests/vramctl/test_llama_swap_real.py is skipped"; fi
-	OPENBLAS_NUM_THREADS=1 PYTHONDONTWRITEBYTECODE= PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 \
+	OPENBLAS_NUM_THREADS=1 OPENCV_FOR_THREADS_NUM=1 PYTHONDONTWRITEBYTECODE= PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 \
 	  MIKU_TEST_LLAMA_SWAP=$(GOBIN_DIR)/llama-swap MIKU_TEST_ART=$(ART)/images \
 	  MIKU_TEST_CASCADE=$(BENCH_DATA)/peers/lbpcascade_animeface.xml $(PY) -m pytest -q $(TEST_PLUGINS:%=-p %) \
 	  -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(TEST_ARGS)

@@ -16,7 +16,9 @@ borderline window's score across the threshold; a face or two either way is that
 So the proposals must cover 27 of 30 (10 % below all, 2 below the measured 29) and 5 of the 6 small faces
 (the point of the stage: animeface alone finds 36 % of such faces). The detector must keep 26 true
 positives (3 below the measured 29, as in tests/facedetect/test_detect_scenes.py), at most 5 false positives (3 above
-the measured 2), and beat raw animeface's F1 on the same images, which is the mode's reason to exist.
+the measured 2), and beat raw animeface's F1 on the same images, which is the mode's reason to exist. That
+comparison runs on every other image (16 faces; raw animeface 12 / 4 / 4 there): raw animeface is the costliest
+mode to run, and the fast scheme's floor compares itself with it on the same six.
 """
 
 from __future__ import annotations
@@ -125,16 +127,20 @@ def test_proposals_cover_the_faces_small_ones_included(first_tune_scenes) -> Non
 def test_twostage_finds_the_faces(first_tune_scenes, first_tune_found) -> None:
     # The default mode (no options), so a default that silently finds nothing fails here.
     assert create_detector("animeface").describe()["mode"] == "twostage"
-    got, base, with_detections = Counts(), Counts(), 0
-    for (_name, _image, truth), found, raw in zip(first_tune_scenes, first_tune_found(), first_tune_found(mode="full"),
-                                                  strict=True):
-        with_detections += bool(found)
-        got += match(found, truth, 0.5)
-        base += match(raw, truth, 0.5)
+    got, with_detections = Counts(), 0
+    found = first_tune_found()
+    for (_name, _image, truth), boxes in zip(first_tune_scenes, found, strict=True):
+        with_detections += bool(boxes)
+        got += match(boxes, truth, 0.5)
     assert with_detections >= len(first_tune_scenes) - 2
     assert got.tp >= MIN_TP, f"two-stage: {got} at IoU 0.5 (floor {MIN_TP} true positives)"
     assert got.fp <= MAX_FP, f"two-stage: {got} at IoU 0.5 (at most {MAX_FP} false positives)"
-    assert got.f1 >= base.f1
+    half, base = Counts(), Counts()
+    for (_name, _image, truth), boxes, raw in zip(first_tune_scenes[1::2], found[1::2],
+                                                  first_tune_found(mode="full", every_other=True), strict=True):
+        half += match(boxes, truth, 0.5)
+        base += match(raw, truth, 0.5)
+    assert half.f1 >= base.f1, f"two-stage {half} against raw animeface {base} on every other image"
 
 
 def test_training_is_deterministic(small_tune_dir: Path, tmp_path: Path) -> None:
