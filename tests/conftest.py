@@ -8,6 +8,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import types
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -198,44 +200,87 @@ def small_disk() -> Iterator[SmallDisk]:
 
 # `make test` hands whole files to its workers in collection order (pytest-xdist's --dist loadfile with
 # --no-loadscope-reorder), and a file's tests run one after another: a long file started last keeps one worker
-# busy while the others idle. So the longest files (measured: 5-40 s each in a 3-worker run on 2 cores, most of
+# busy while the others idle. So the longest files (measured: 7-40 s each in a 4-worker run on 2 cores, most of
 # it detection on generated scenes, training runs, or real processes waiting for each other) are collected
 # first, longest first; the others (most under 5 s) keep their order and fill in behind them. A renamed or
 # removed file must leave this list too.
 LONGEST_FIRST = (
     "tests/facedetect/test_proposals.py",
     "tests/vramctl/test_llama_swap_detector.py",
-    "tests/facedetect/test_facefilter.py",
-    "tests/vramctl/test_vramctl_coordinator.py",
-    "tests/mikubot/test_banner.py",
+    "tests/facedetect/test_verifier.py",
     "tests/facedetect/test_ui.py",
     "tests/mikubot/test_browser.py",
-    "tests/facedetect/test_verifier.py",
-    "tests/mikubot/test_bot_commands.py",
-    "tests/httpserve/test_slow_clients.py",
+    "tests/vramctl/test_vramctl_coordinator.py",
     "tests/mikubot/test_guild_looks.py",
-    "tests/facedetect/test_wide_images.py",
     "tests/bench/test_scenes.py",
-    "tests/vramctl/test_llama_swap_real.py",
+    "tests/facedetect/test_facefilter.py",
+    "tests/httpserve/test_slow_clients.py",
     "tests/test_openapi_contract.py",
     "tests/mikubot/test_pipeline_faults.py",
-    "tests/mikubot/test_upload.py",
-    "tests/mikubot/test_browser_banner.py",
+    "tests/vramctl/test_llama_swap_real.py",
     "tests/facedetect/test_detect_scenes.py",
-    "tests/vramctl/test_vramctl_emulator.py",
-    "tests/facedetect/test_cli.py",
-    "tests/mikubot/test_web_security.py",
-    "tests/mikubot/test_candidate_pictures.py",
+    "tests/mikubot/test_bot_commands.py",
     "tests/mikubot/test_e2e.py",
-    "tests/facedetect/test_hostile_inputs.py",
-    "tests/mikubot/test_bot_run.py",
-    "tests/facedetect/test_hostile_corpus.py",
-    "tests/mikubot/test_pipeline_overlap.py",
-    "tests/mikubot/test_cli_mikubot.py",
-    "tests/facedetect/test_api.py",
-    "tests/deploy/test_dockerfiles_facedetect.py",
+    "tests/mikubot/test_web_security.py",
+    "tests/facedetect/test_wide_images.py",
     "tests/vramctl/test_vramctl_lease.py",
+    "tests/mikubot/test_bot_run.py",
+    "tests/facedetect/test_api.py",
+    "tests/mikubot/test_pipeline_overlap.py",
+    "tests/mikubot/test_banner.py",
+    "tests/facedetect/test_memory.py",
+    "tests/facedetect/test_hostile_inputs.py",
+    "tests/vramctl/test_vramctl_emulator.py",
+    "tests/mikubot/test_upload.py",
+    "tests/mikubot/test_candidate_pictures.py",
+    "tests/facedetect/test_backend_animeface.py",
+    "tests/mikubot/test_browser_banner.py",
+    "tests/mikubot/test_web_deployment.py",
+    "tests/facedetect/test_hostile_corpus.py",
+    "tests/deploy/test_dockerfiles_facedetect.py",
+    "tests/mikubot/test_crop.py",
+    "tests/mikubot/test_cli_mikubot.py",
 )
+
+
+def _rewrite_asserts_once(config: pytest.Config) -> None:
+    """Write pytest's rewritten bytecode of every test file and conftest.py that lacks it, in this process.
+    Each pytest-xdist worker imports every test file to collect it, and where the rewritten bytecode is
+    missing (a fresh clone, an edited file) each rewrites the asserts itself: 83 files cost about 4 s of CPU,
+    once per worker. Rewritten here, ahead of the workers, it is done once. This leans on pytest's private
+    rewrite helpers (the same calls its import hook makes); where they moved, the workers rewrite as before."""
+    try:
+        from _pytest.assertion.rewrite import PYC_TAIL, _read_pyc, _rewrite_test, _write_pyc, get_cache_dir, try_makedirs
+    except ImportError:
+        return
+    quiet = types.SimpleNamespace(trace=lambda message: None)
+    for source in sorted((ROOT / "tests").rglob("*.py")):
+        if not (source.name.startswith("test_") or source.name == "conftest.py"):
+            continue
+        cache = get_cache_dir(source)
+        pyc = cache / (source.name[:-3] + PYC_TAIL)
+        if _read_pyc(source, pyc) is None and try_makedirs(cache):
+            source_hash, code = _rewrite_test(source, config)
+            _write_pyc(quiet, code, source_hash, pyc)  # atomic: a worker reads a whole file or none
+
+
+_rewriting: threading.Thread | None = None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """In the pytest-xdist controller, before its workers start (its own hook runs last): rewrite the test files'
+    asserts once (:func:`_rewrite_asserts_once`), in a thread, while the workers start up."""
+    global _rewriting
+    config = session.config
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None) or sys.dont_write_bytecode:
+        return
+    _rewriting = threading.Thread(target=_rewrite_asserts_once, args=(config,), name="rewrite-asserts", daemon=True)
+    _rewriting.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _rewriting is not None:
+        _rewriting.join()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

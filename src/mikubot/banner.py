@@ -229,13 +229,18 @@ class _SaliencyMass:
         self.integral = np.pad(smap.astype(np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
 
     def share(self, box: FloatBox) -> float:
+        return float(self.shares(*(np.array([v], dtype=np.float64) for v in box))[0])
+
+    def shares(self, x1: np.ndarray, y1: np.ndarray, x2: np.ndarray, y2: np.ndarray) -> np.ndarray:
+        """:meth:`share` of many boxes at once, given as arrays of their edges."""
         h, w = self.integral.shape
-        x1 = min(max(round(box[0] * self.sx), 0), w - 1)
-        x2 = min(max(round(box[2] * self.sx), x1), w - 1)
-        y1 = min(max(round(box[1] * self.sy), 0), h - 1)
-        y2 = min(max(round(box[3] * self.sy), y1), h - 1)
+        # np.round rounds halves to even, as round() does.
+        ix1 = np.clip(np.round(x1 * self.sx), 0, w - 1).astype(np.intp)
+        ix2 = np.minimum(np.maximum(np.round(x2 * self.sx), ix1), w - 1).astype(np.intp)
+        iy1 = np.clip(np.round(y1 * self.sy), 0, h - 1).astype(np.intp)
+        iy2 = np.minimum(np.maximum(np.round(y2 * self.sy), iy1), h - 1).astype(np.intp)
         i = self.integral
-        return float(i[y2, x2] - i[y1, x2] - i[y2, x1] + i[y1, x1]) / self.total
+        return (i[iy2, ix2] - i[iy1, ix2] - i[iy2, ix1] + i[iy1, ix1]) / self.total
 
 
 def _spans(start_pref: float, lo: float, hi: float) -> list[int]:
@@ -254,30 +259,32 @@ def _widths(lo: float, hi: float) -> list[int]:
     return sorted({math.floor(lo * (hi / lo) ** (i / SIZE_STEPS)) for i in range(SIZE_STEPS + 1)})
 
 
-def _cuts(box: FloatBox, other: FloatBox) -> bool:
-    """Does the banner cut ``other`` (partly inside, partly outside)?"""
-    ix = min(box[2], other[2]) - max(box[0], other[0])
-    iy = min(box[3], other[3]) - max(box[1], other[1])
-    if ix <= 0 or iy <= 0:
-        return False
-    return ix * iy < (other[2] - other[0]) * (other[3] - other[1]) * 0.999
+def _cuts(x1: np.ndarray, y1: np.ndarray, x2: np.ndarray, y2: np.ndarray, other: FloatBox) -> np.ndarray:
+    """Which banners (arrays of their edges) cut ``other``: hold part of it, not all."""
+    ix = np.minimum(x2, other[2]) - np.maximum(x1, other[0])
+    iy = np.minimum(y2, other[3]) - np.maximum(y1, other[1])
+    return (ix > 0) & (iy > 0) & (ix * iy < (other[2] - other[0]) * (other[3] - other[1]) * 0.999)
 
 
 def _place_face(face: FloatBox, size: tuple[int, int], need: int, mass: _SaliencyMass,
                 others: list[FloatBox], *, pad: bool) -> tuple[IntBox, bool] | None:
     """The best 5:2 box for ``face``, and whether the face is visible in it (if not, the box showing most
     of it). ``pad``: the box may reach below the picture by up to ``MAX_PAD`` of its width (the less the
-    better), and only a box showing the face counts (None if there is none)."""
+    better), and only a box showing the face counts (None if there is none).
+
+    Each width's grid of starts is scored at once with numpy (the same arithmetic as :func:`clearances` and
+    :meth:`_SaliencyMass.share`, start by start); of equal scores the first start, x before y, wins."""
     w, h = size
     big_w, _ = largest_box(size)
-    fh = face[3] - face[1]
-    fcx, fcy = (face[0] + face[2]) / 2, face[1] + 0.5 * fh  # eyes half-way down an anime face box
+    fx1, fy1, fx2, fy2 = face
+    fh = fy2 - fy1
+    fcx, fcy = (fx1 + fx2) / 2, fy1 + 0.5 * fh  # eyes half-way down an anime face box
     # At least MIN_WIDTH source pixels wide when the picture has them: a narrower frame would be blown up.
     lo = max(need, min(MIN_WIDTH, big_w), fh / MAX_FACE_HEIGHT * ASPECT)
     hi = min(big_w, max(lo, fh / MIN_FACE_HEIGHT * ASPECT))
     lo = min(lo, big_w)  # a face too big for any frame: the widest frame, the face share over the limit
     best: tuple[float, IntBox] | None = None
-    hiding: list[tuple[float, IntBox]] = []  # (place, box) of starts that hide or cut the face
+    hiding: list[tuple[np.ndarray, np.ndarray, np.ndarray, int, int]] = []  # place, x, y, bw, bh of hiding starts
     for bw in _widths(lo, hi):
         bh = round(bw / ASPECT)
         below = math.floor(MAX_PAD * bw) if pad else 0
@@ -287,31 +294,39 @@ def _place_face(face: FloatBox, size: tuple[int, int], need: int, mass: _Salienc
         size_score = math.exp(-(math.log(share / TARGET_FACE_HEIGHT) ** 2) / (2 * 0.5 ** 2))
         # The preferred place: eyes on EYE_LINE, the face a little right of the middle (away from the circle).
         # Only starts that keep the face inside the frame: the grid is fine where it matters.
-        xs = _spans(fcx - 0.55 * bw, max(0, face[2] - bw), min(face[0], w - bw))
-        ys = _spans(fcy - EYE_LINE * bh, max(0, face[3] - bh), min(face[1], h - bh + below))
-        for x in xs:
-            for y in ys:
-                box = (float(x), float(y), float(x + bw), float(y + bh))
-                edges, clear = clearances(face, box)
-                dx = (fcx - x) / bw - 0.55
-                dy = (fcy - y) / bh - EYE_LINE
-                place = max(0.0, 1 - math.hypot(dx, dy * 0.4) * 2)
-                if edges < 0 or clear < FACE_MARGIN:
-                    if not pad:
-                        hiding.append((place, (x, y, x + bw, y + bh)))
-                    continue
-                cramped = max(0.0, 1 - (face[1] - y) / (HEADROOM * fh))
-                score = (W_SIZE * size_score + W_SALIENCY * mass.share(box) + W_PLACE * place - W_HEAD * cramped
-                         - CUT_FACE * sum(_cuts(box, o) for o in others) - max(0, y + bh - h) / bh)
-                if best is None or score > best[0]:
-                    best = (score, (x, y, x + bw, y + bh))
+        xs = _spans(fcx - 0.55 * bw, max(0, fx2 - bw), min(fx1, w - bw))
+        ys = _spans(fcy - EYE_LINE * bh, max(0, fy2 - bh), min(fy1, h - bh + below))
+        gx, gy = np.meshgrid(np.array(xs, dtype=np.float64), np.array(ys, dtype=np.float64), indexing="ij")
+        x, y = gx.ravel(), gy.ravel()
+        x2, y2 = x + bw, y + bh
+        edges = np.minimum(np.minimum(fx1 - x, fy1 - y), np.minimum(x2 - fx2, y2 - fy2)) / bw
+        cx, cy, r = x + CIRCLE_X * bw, y + CIRCLE_Y * bw, CIRCLE_R * bw
+        nearest_x, nearest_y = np.minimum(np.maximum(cx, fx1), fx2), np.minimum(np.maximum(cy, fy1), fy2)
+        clear = (np.hypot(nearest_x - cx, nearest_y - cy) - r) / bw
+        dx = (fcx - x) / bw - 0.55
+        dy = (fcy - y) / bh - EYE_LINE
+        place = np.maximum(0.0, 1 - np.hypot(dx, dy * 0.4) * 2)
+        hidden = (edges < 0) | (clear < FACE_MARGIN)
+        if not pad:
+            hiding.append((place[hidden], x[hidden], y[hidden], bw, bh))
+        if hidden.all():
+            continue
+        cramped = np.maximum(0.0, 1 - (fy1 - y) / (HEADROOM * fh))
+        cut = sum((_cuts(x, y, x2, y2, o).astype(np.int64) for o in others), np.zeros(len(x), np.int64))
+        score = (W_SIZE * size_score + W_SALIENCY * mass.shares(x, y, x2, y2) + W_PLACE * place - W_HEAD * cramped
+                 - CUT_FACE * cut - np.maximum(0.0, y2 - h) / bh)
+        score[hidden] = -np.inf
+        at = int(np.argmax(score))  # the first of equals
+        if best is None or score[at] > best[0]:
+            best = (float(score[at]), (int(x[at]), int(y[at]), int(x[at]) + bw, int(y[at]) + bh))
     if best is not None:
         return best[1], True
     if pad:
         return None
-    # No start shows all of the face: the one showing most of it. Sampled only now, as it is needed rarely
-    # and sampling every rejected start was most of the search's time.
-    fallback = max(hiding, key=lambda pb: _shown(face, tuple(map(float, pb[1]))) + 0.01 * pb[0])  # first of equals
+    # No start shows all of the face: the one showing most of it. Sampled only now, as it is needed rarely.
+    starts = [(float(p), (int(a), int(b), int(a) + bw, int(b) + bh))
+              for places, xs_, ys_, bw, bh in hiding for p, a, b in zip(places, xs_, ys_)]
+    fallback = max(starts, key=lambda pb: _shown(face, tuple(map(float, pb[1]))) + 0.01 * pb[0])  # first of equals
     return fallback[1], False
 
 

@@ -455,6 +455,8 @@ class LlamaSwapEmulator:
         self.state: dict[str, str] = {m: "stopped" for m in self.models}
         self.last_used: dict[str, float] = {}
         self.inflight: dict[str, int] = {m: 0 for m in self.models}
+        # Requests waiting for a model to be ready (a test's way to know they all arrived before it acts).
+        self.waiting: dict[str, int] = {m: 0 for m in self.models}
         self.loads: list[str] = []  # model ids, in the order they became ready
         self.unloads: list[str] = []  # model ids, in the order they stopped
         self.swap_count = 0  # stops caused by a request for another model
@@ -549,6 +551,13 @@ class LlamaSwapEmulator:
         return True
 
     async def _ensure_ready(self, mid: str) -> None:
+        self.waiting[mid] += 1
+        try:
+            await self._become_ready(mid)
+        finally:
+            self.waiting[mid] -= 1
+
+    async def _become_ready(self, mid: str) -> None:
         unloads_seen = self._unload_count[mid]
         async with self._lock():
             if self._unload_count[mid] != unloads_seen:

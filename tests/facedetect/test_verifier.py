@@ -132,11 +132,12 @@ def test_accepts_faces_and_drops_background(tune_scenes) -> None:
 def test_a_wider_pool_ranked_by_the_verifier(tune_scenes) -> None:
     """With ``pool_threshold`` the verifier ranks a wider pool: at most ``max_proposals`` windows, best
     probability first, none overlapping another at ``nms_iou``, and no face the HOG-ranked proposals hold
-    (IoU >= 0.3) lost on these scenes; without a verifier the HOG score ranks, as before."""
+    (IoU >= 0.3) lost on these scenes; without a verifier the HOG score ranks, as before. Every other scene
+    (16 faces, all held by both rankings when written) carries the point at half the CPU time."""
     verifier, hog = Verifier(), default_model().detector()
     wide, plain = TwoStage(pool_threshold=-0.5), TwoStage()
     covered_plain = covered_wide = 0
-    for rgb, truth in tune_scenes:
+    for rgb, truth in tune_scenes[1::2]:
         candidates, verdicts = ranked_proposals(hog, rgb, 0.3, wide, verifier)
         probabilities = [v.probability for v in verdicts]
         assert len(candidates) <= wide.max_proposals and probabilities == sorted(probabilities, reverse=True)
@@ -145,7 +146,7 @@ def test_a_wider_pool_ranked_by_the_verifier(tune_scenes) -> None:
         assert none == [None] * len(by_hog)
         covered_plain += sum(any(iou(p.box, f) >= 0.3 for p in by_hog) for f in truth)
         covered_wide += sum(any(iou(p.box, f) >= 0.3 for p in candidates) for f in truth)
-    assert covered_wide >= covered_plain >= 28
+    assert covered_wide >= covered_plain >= 15
     with pytest.raises(Exception, match="pool_size"):
         create_detector("animeface", twostage={"pool_threshold": -0.5, "pool_size": 8})
 

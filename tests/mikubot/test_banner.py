@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import io
 import math
@@ -42,11 +43,13 @@ from mikubot.pipeline import AvatarPipeline
 TOKEN = "banner-token"
 
 
+@functools.lru_cache(maxsize=None)
 def scene(width: int, height: int, seed: int = 1) -> Image.Image:
-    """A busy picture (noise over a gradient): saliency has something to say everywhere."""
+    """A busy picture (noise over a gradient): saliency has something to say everywhere. Made once per
+    size and seed (nothing here draws on it)."""
     rng = np.random.default_rng(seed)
-    base = np.linspace(40, 200, width, dtype=np.float32)[None, :, None].repeat(height, 0).repeat(3, 2)
-    noise = rng.normal(0, 40, (height, width, 3)).astype(np.float32)
+    base = np.linspace(40, 200, width, dtype=np.float32)[None, :, None]
+    noise = rng.standard_normal((height, width, 3), dtype=np.float32) * 40
     return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
 
 

@@ -9,9 +9,7 @@ are skipped otherwise, with the reason.
 from __future__ import annotations
 
 import io
-import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,27 +19,17 @@ import httpx
 import pytest
 from PIL import Image
 
+from browsers import launched, need_chromium
 from panel_helpers import TOKEN, bearer, panel_server, panel_settings, sprite_folder
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
-
-
-def _need_chromium() -> None:
-    if Path(CHROMIUM).exists() or shutil.which("chromium"):
-        return
-    reason = f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium, or scripts/test-deps.sh)"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
 def base(art_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    _need_chromium()
+    need_chromium()
     art = sprite_folder(art_dir, tmp_path_factory.mktemp("art"))
     settings = panel_settings(tmp_path_factory.mktemp("data"), art, candidates=3)
     with panel_server(settings) as url:
@@ -50,18 +38,13 @@ def base(art_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
 
 @pytest.fixture(scope="module")
 def browser(base: str) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"), args=ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with launched() as b:
+        yield b
 
 
 @pytest.fixture()
 def page(browser: Any, base: str) -> Iterator[Any]:
+    """A page in a context of its own (no cookies shared) at this module's ``base``."""
     context = browser.new_context(base_url=base, viewport={"width": 1280, "height": 900})
     pg = context.new_page()
     problems: list[str] = []

@@ -13,14 +13,15 @@ import httpx
 import pytest
 from panel_helpers import bearer, panel_server, panel_settings
 from PIL import Image
-from test_browser import _need_chromium, browser, log_in, page, shot, until  # noqa: F401  (the fixtures, over this module's `base`)
+from browsers import need_chromium
+from test_browser import browser, log_in, page, shot, until  # noqa: F401  (the fixtures, over this module's `base`)
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
 def base(art_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    _need_chromium()
+    need_chromium()
     art = tmp_path_factory.mktemp("art")
     for name, left in (("eileen happy.png", 760), ("eileen vhappy.png", 300)):  # one picture per change
         with Image.open(art_dir / "bg uni.jpg") as bg, Image.open(art_dir / name) as sprite:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from panel_helpers import panel_server, panel_settings
 from test_banner import composed
-from test_browser import ARGS, CHROMIUM, _need_chromium, shot, until
+from browsers import launched, need_chromium
+from test_browser import shot, until
 from test_browser_banner import assert_discord_layout, layout
 
 from mikubot.pipeline import AvatarPipeline
@@ -22,9 +23,7 @@ pytestmark = pytest.mark.browser
 
 
 def test_each_configured_server_has_its_profile_card(art_dir: Path, tmp_path: Path) -> None:
-    _need_chromium()
-    from playwright.sync_api import sync_playwright
-
+    need_chromium()
     art = composed(art_dir, tmp_path / "art")
     shutil.copy(art_dir / "lucy happy.png", art / "lucy happy.png")
     settings = panel_settings(tmp_path / "data", art, banner=True,
@@ -37,24 +36,20 @@ def test_each_configured_server_has_its_profile_card(art_dir: Path, tmp_path: Pa
     record = asyncio.run(server_change())
     assert record.status == "dry-run" and record.banner_path and record.guild_id == 99, record.error
 
-    with panel_server(settings) as base, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page(base_url=base, viewport={"width": 1280, "height": 900})
-            problems: list[str] = []
-            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-            page.goto("/actions/profile-picture")
-            card = "#server-looks figure[data-guild='99']"
-            until(page, f"[...document.querySelectorAll(\"{card} img\")].every(i => i.complete && i.naturalWidth > 0)")
-            assert page.get_attribute(f"{card} img.banner", "src") == f"/avatars/{record.id}/banner.png"
-            assert page.get_attribute(f"{card} .card-ring img", "src") == f"/avatars/{record.id}.png"
-            assert_discord_layout(layout(page, card))
-            assert "Lucy" in page.inner_text(card) and "server 99" in page.inner_text(card)
-            empty = "#server-looks figure[data-guild='100']"
-            assert page.locator(f"{empty} img").count() == 0 and "no change yet" in page.inner_text(empty)
-            assert page.locator("#profile-card").is_hidden()  # no global change yet: no global card
-            page.locator("#server-looks").screenshot(path=str(shot(page, "panel-server-looks-page.png").with_name(
-                "panel-server-looks.png")))
-            assert problems == []
-        finally:
-            browser.close()
+    with panel_server(settings) as base, launched() as browser:
+        page = browser.new_page(base_url=base, viewport={"width": 1280, "height": 900})
+        problems: list[str] = []
+        page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+        page.goto("/actions/profile-picture")
+        card = "#server-looks figure[data-guild='99']"
+        until(page, f"[...document.querySelectorAll(\"{card} img\")].every(i => i.complete && i.naturalWidth > 0)")
+        assert page.get_attribute(f"{card} img.banner", "src") == f"/avatars/{record.id}/banner.png"
+        assert page.get_attribute(f"{card} .card-ring img", "src") == f"/avatars/{record.id}.png"
+        assert_discord_layout(layout(page, card))
+        assert "Lucy" in page.inner_text(card) and "server 99" in page.inner_text(card)
+        empty = "#server-looks figure[data-guild='100']"
+        assert page.locator(f"{empty} img").count() == 0 and "no change yet" in page.inner_text(empty)
+        assert page.locator("#profile-card").is_hidden()  # no global change yet: no global card
+        page.locator("#server-looks").screenshot(path=str(shot(page, "panel-server-looks-page.png").with_name(
+            "panel-server-looks.png")))
+        assert problems == []

@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import pytest
 from panel_helpers import bearer, panel_server, panel_settings, sprite_folder
-from test_browser import _need_chromium, browser, log_in, page, until  # noqa: F401  (fixtures used by name)
+from browsers import need_chromium
+from test_browser import browser, log_in, page, until  # noqa: F401  (fixtures used by name)
 
 from mikubot.outputs import candidate_picture_path, prune_candidate_pictures
 
@@ -67,7 +68,7 @@ def test_older_changes_lose_their_thumbnails_not_their_avatars(art: Path, tmp_pa
 @pytest.fixture(scope="module")
 def base(art: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """For the browser: no thumbnails kept at all, so the latest change's other candidates show the placeholder."""
-    _need_chromium()
+    need_chromium()
     settings = panel_settings(tmp_path_factory.mktemp("data"), art, candidates=3, candidate_pictures_kept=0)
     with panel_server(settings) as url:
         yield url

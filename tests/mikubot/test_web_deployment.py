@@ -78,27 +78,22 @@ def test_change_through_the_panel_is_applied_with_a_measured_timeline(applied: A
 
 @pytest.mark.browser
 def test_browser_draws_the_measured_chart(deployment: tuple[str, Any], applied: Applied) -> None:
-    from test_browser import ARGS, CHROMIUM, _need_chromium, shot, until
+    from browsers import launched, need_chromium
+    from test_browser import shot, until
 
-    _need_chromium()
+    need_chromium()
     base, _ = deployment
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = b.new_page(base_url=base, viewport={"width": 1280, "height": 900})
-            problems: list[str] = []
-            page.on("pageerror", lambda exc: problems.append(str(exc)))
-            page.goto("/actions/profile-picture")  # the latest (applied) change is shown on load
-            page.wait_for_selector("#vram-chart svg.vram path.free-line")
-            until(page, "document.getElementById('avatar').naturalWidth > 0")
-            assert page.locator("#vram-chart svg circle.event-dot[data-event=unloaded]").count() >= 1
-            assert "applied" in page.inner_text("#avatar-caption") and "art by artist_" in page.inner_text("#avatar-caption")
-            shot(page, "panel-deployment.png")
-            page.goto("/status")
-            assert "llama3.1" in page.inner_text("#servers") or "vision" in page.inner_text("#servers")
-            shot(page, "panel-deployment-status.png")
-            assert problems == []
-        finally:
-            b.close()
+    with launched() as b:
+        page = b.new_page(base_url=base, viewport={"width": 1280, "height": 900})
+        problems: list[str] = []
+        page.on("pageerror", lambda exc: problems.append(str(exc)))
+        page.goto("/actions/profile-picture")  # the latest (applied) change is shown on load
+        page.wait_for_selector("#vram-chart svg.vram path.free-line")
+        until(page, "document.getElementById('avatar').naturalWidth > 0")
+        assert page.locator("#vram-chart svg circle.event-dot[data-event=unloaded]").count() >= 1
+        assert "applied" in page.inner_text("#avatar-caption") and "art by artist_" in page.inner_text("#avatar-caption")
+        shot(page, "panel-deployment.png")
+        page.goto("/status")
+        assert "llama3.1" in page.inner_text("#servers") or "vision" in page.inner_text("#servers")
+        shot(page, "panel-deployment-status.png")
+        assert problems == []

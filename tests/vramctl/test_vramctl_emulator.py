@@ -194,9 +194,10 @@ def test_an_unload_while_the_model_starts_aborts_the_load():
     with e.serve(), ThreadPoolExecutor(2) as pool:
         waiting = [pool.submit(chat, e.url, "slow") for _ in range(2)]
         deadline = time.monotonic() + 10
-        while [m["state"] for m in loopback.get(f"{e.url}/running").json()["running"]] != ["starting"]:
-            assert time.monotonic() < deadline, "slow never started"
+        while e.waiting["slow"] < 2:  # both requests in, the first starting the model, the second behind it
+            assert time.monotonic() < deadline, f"{e.waiting['slow']} of 2 requests reached the emulator"
             time.sleep(0.01)
+        assert [m["state"] for m in loopback.get(f"{e.url}/running").json()["running"]] == ["starting"]
         r = loopback.post(f"{e.url}/api/models/unload/slow", timeout=10)
         assert (r.status_code, r.text) == (200, "OK")
         for w in waiting:
