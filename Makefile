@@ -121,7 +121,8 @@ llama-swap: $(GOBIN_DIR)/llama-swap
 # worker; their thread pools on top of the workers only contend (a quarter of the model-fitting tests' CPU
 # time). PYTHONDONTWRITEBYTECODE= (bytecode written even where the environment says not to): the run starts
 # some sixty Python processes besides its workers, and each would compile every module of ours it imports, and
-# each worker rewrite every test file's asserts, again. The plugins are named (TEST_PLUGINS) instead of found
+# each worker rewrite every test file's asserts, again (tests/conftest.py rewrites them once, in the controller,
+# before the workers collect). The plugins are named (TEST_PLUGINS) instead of found
 # by entry point: pytest rewrites the asserts of every module of an entry-point plugin's distribution (all of
 # hypothesis, schemathesis and anyio), in each worker. TEST_ARGS adds pytest options, e.g.
 # TEST_ARGS='--cov=src --cov-report=term' for the line coverage of src/, or TEST_WORKERS=0 to run in this process.
