@@ -113,8 +113,9 @@ $(GOBIN_DIR)/llama-swap: $(shell find $(LLAMA_SWAP_SRC) -type f 2>/dev/null)
 
 llama-swap: $(GOBIN_DIR)/llama-swap
 
-# pytest-xdist: TEST_WORKERS processes (two more than the cores: many files spend much of their time waiting on
-# servers, subprocesses and the browser, and the extra workers fill those waits), each given whole test files
+# pytest-xdist: TEST_WORKERS processes (three more than the cores: many files spend much of their time waiting on
+# servers, subprocesses and the browser, and the extra workers fill those waits; on 2 cores 5 workers took
+# 188 s where 4 took 193-200 s and 3 took 200-219 s), each given whole test files
 # (--dist loadfile), so a module's servers start once; the files in collection order, where tests/conftest.py
 # puts the longest first (--no-loadscope-reorder: xdist's own order, most tests first, would start the long
 # one-test files last). OPENBLAS_NUM_THREADS=1 and OPENCV_FOR_THREADS_NUM=1: one BLAS and one OpenCV thread per
@@ -126,7 +127,7 @@ llama-swap: $(GOBIN_DIR)/llama-swap
 # by entry point: pytest rewrites the asserts of every module of an entry-point plugin's distribution (all of
 # hypothesis, schemathesis and anyio), in each worker. TEST_ARGS adds pytest options, e.g.
 # TEST_ARGS='--cov=src --cov-report=term' for the line coverage of src/, or TEST_WORKERS=0 to run in this process.
-TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 2 )))
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 3 )))
 TEST_ARGS ?=
 TEST_PLUGINS = xdist.plugin pytest_asyncio.plugin pytest_timeout anyio.pytest_plugin _hypothesis_pytestplugin \
   schemathesis.pytest.plugin pytest_cov.plugin

@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import scenes
 
-# A few images of each split (index % 3 == 0 is tune); generating them takes about a second.
-INDICES = [0, 1, 2, 3, 7, 11]
+# Two images of each split (index % 3 == 0 is tune); generating them takes about a second.
+INDICES = [0, 1, 2, 3]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_another_seed_gives_other_scenes(built, art_dir: Path, tmp_path: Path) -
 def test_one_split_by_index(built) -> None:
     _, docs = built
     assert sorted(docs["tune"]["images"]) == ["scene-0000.jpg", "scene-0003.jpg"]
-    assert sorted(docs["test"]["images"]) == ["scene-0001.jpg", "scene-0002.jpg", "scene-0007.jpg", "scene-0011.jpg"]
+    assert sorted(docs["test"]["images"]) == ["scene-0001.jpg", "scene-0002.jpg"]
     for split in ("tune", "test"):
         assert json.loads((built[0] / split / "labels.json").read_text()) == docs[split]
 
