@@ -260,7 +260,10 @@ def _rewrite_asserts_once(config: pytest.Config) -> None:
         cache = get_cache_dir(source)
         pyc = cache / (source.name[:-3] + PYC_TAIL)
         if _read_pyc(source, pyc) is None and try_makedirs(cache):
-            source_hash, code = _rewrite_test(source, config)
+            try:
+                source_hash, code = _rewrite_test(source, config)
+            except (SyntaxError, OSError):
+                continue  # the worker that imports it reports the error, as a collection error
             _write_pyc(quiet, code, source_hash, pyc)  # atomic: a worker reads a whole file or none
 
 
