@@ -112,12 +112,19 @@ def hidden_disc(box: FloatBox) -> tuple[float, float, float]:
 def clearances(face_box: FloatBox, box: FloatBox) -> tuple[float, float]:
     """The face box's distance to the banner's edges and to the avatar circle, as shares of the banner's
     width (< 0: cut by an edge, or under the circle)."""
-    width = box[2] - box[0]
+    edges, clear = _clearances(face_box, *(np.array([v], dtype=np.float64) for v in box))
+    return float(edges[0]), float(clear[0])
+
+
+def _clearances(face_box: FloatBox, x1: np.ndarray, y1: np.ndarray, x2: np.ndarray,
+                y2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`clearances` for many banners at once, given as arrays of their edges."""
+    width = x2 - x1
     fx1, fy1, fx2, fy2 = face_box
-    edges = min(fx1 - box[0], fy1 - box[1], box[2] - fx2, box[3] - fy2)
-    cx, cy, r = hidden_disc(box)
-    nearest_x, nearest_y = min(max(cx, fx1), fx2), min(max(cy, fy1), fy2)  # the face box's point nearest the centre
-    return edges / width, (math.hypot(nearest_x - cx, nearest_y - cy) - r) / width
+    edges = np.minimum(np.minimum(fx1 - x1, fy1 - y1), np.minimum(x2 - fx2, y2 - fy2))
+    cx, cy, r = hidden_disc((x1, y1, x2, y2))
+    nearest_x, nearest_y = np.minimum(np.maximum(cx, fx1), fx2), np.minimum(np.maximum(cy, fy1), fy2)  # nearest the centre
+    return edges / width, (np.hypot(nearest_x - cx, nearest_y - cy) - r) / width
 
 
 def visibility(face_box: FloatBox, box: FloatBox) -> float:
@@ -272,8 +279,8 @@ def _place_face(face: FloatBox, size: tuple[int, int], need: int, mass: _Salienc
     of it). ``pad``: the box may reach below the picture by up to ``MAX_PAD`` of its width (the less the
     better), and only a box showing the face counts (None if there is none).
 
-    Each width's grid of starts is scored at once with numpy (the same arithmetic as :func:`clearances` and
-    :meth:`_SaliencyMass.share`, start by start); of equal scores the first start, x before y, wins."""
+    Each width's grid of starts is scored at once with numpy (:func:`_clearances`, :meth:`_SaliencyMass.shares`);
+    of equal scores the first start, x before y, wins."""
     w, h = size
     big_w, _ = largest_box(size)
     fx1, fy1, fx2, fy2 = face
@@ -299,10 +306,7 @@ def _place_face(face: FloatBox, size: tuple[int, int], need: int, mass: _Salienc
         gx, gy = np.meshgrid(np.array(xs, dtype=np.float64), np.array(ys, dtype=np.float64), indexing="ij")
         x, y = gx.ravel(), gy.ravel()
         x2, y2 = x + bw, y + bh
-        edges = np.minimum(np.minimum(fx1 - x, fy1 - y), np.minimum(x2 - fx2, y2 - fy2)) / bw
-        cx, cy, r = x + CIRCLE_X * bw, y + CIRCLE_Y * bw, CIRCLE_R * bw
-        nearest_x, nearest_y = np.minimum(np.maximum(cx, fx1), fx2), np.minimum(np.maximum(cy, fy1), fy2)
-        clear = (np.hypot(nearest_x - cx, nearest_y - cy) - r) / bw
+        edges, clear = _clearances(face, x, y, x2, y2)
         dx = (fcx - x) / bw - 0.55
         dy = (fcy - y) / bh - EYE_LINE
         place = np.maximum(0.0, 1 - np.hypot(dx, dy * 0.4) * 2)
