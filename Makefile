@@ -21,7 +21,7 @@ help:
 	@echo "make scenes - compose the labelled scene sets for detection/crop benchmarks (.cache/scenes)"
 	@echo "make realart REALART_REPOS=DIR - assemble the hand-labelled real-art sets from their source repositories (.cache/realart)"
 	@echo "make proposals - retrain the two-stage detector's proposal model on scene-tune (committed; CI need not)"
-	@echo "make verifier - retrain the two-stage detector's proposal verifier on scene-tune (PyTorch CPU; committed; CI need not)"
+	@echo "make verifier - retrain the two-stage detector's proposal verifier on scene-tune + real-art tune (PyTorch CPU; committed; CI need not)"
 	@echo "make facefilter - retrain the detector's false-positive filter on scene-tune (FILTER_DETECTOR/FILTER_OPTIONS)"
 
 # constraints.txt pins every package to the versions the images install too (one lock for all).
@@ -56,18 +56,21 @@ realart: | $(VENV)/.installed
 	$(PY) bench/realart.py assemble --repos $(REALART_REPOS) --out $(REALART) $(if $(REALART_CLONE),--clone)
 
 # The two-stage detector's proposal classifier, trained on scene-tune only; see bench/train_proposals.py.
-# The committed proposal classifier and verifier were trained on scene-tune alone. REAL_TUNE='--realart
+# The committed proposal classifier was trained on scene-tune alone. REAL_TUNE='--realart
 # .cache/realart/tune' adds the real-art tune split (bench/realart.py assemble --split tune; optionally
-# --hold-out OWNER/NAME ...); docs/detector-speed.md, "Real art", says why the defaults do not.
+# --hold-out OWNER/NAME ...); docs/detector-speed.md, "Real art", says why the default does not.
 REAL_TUNE ?= --no-realart
 proposals: scenes
 	$(PY) bench/train_proposals.py --scenes $(SCENES) $(REAL_TUNE)
 
-# The two-stage detector's proposal verifier (a small CNN), trained on scene-tune only; see bench/train_verifier.py.
+# The two-stage detector's proposal verifier (a small CNN), trained on scene-tune and the real-art tune split
+# (`make realart` first: it needs the assembled pictures); see bench/train_verifier.py. VERIFIER_TUNE=--no-realart
+# trains on the scenes alone; '--realart .cache/realart/tune --hold-out OWNER/NAME ...' leaves sources out.
 # PyTorch (CPU build) lives in its own venv so the project's pins stay as they are; the detector runs the
 # exported network with OpenCV. Plain pip may bring PyTorch's CUDA build (it runs on the CPU too, a larger
 # download); TORCH_INDEX=https://download.pytorch.org/whl/cpu offers the CPU build as well.
 TRAIN_VENV  ?= .cache/train-venv
+VERIFIER_TUNE ?= --realart $(REALART)/tune
 TORCH_INDEX ?=
 $(TRAIN_VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(TRAIN_VENV)
@@ -77,7 +80,7 @@ $(TRAIN_VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 verifier: scenes $(TRAIN_VENV)/.installed
-	$(TRAIN_VENV)/bin/python bench/train_verifier.py --scenes $(SCENES) $(REAL_TUNE)
+	$(TRAIN_VENV)/bin/python bench/train_verifier.py --scenes $(SCENES) $(VERIFIER_TUNE)
 
 # The default detector's learned false-positive filter (bench/train_facefilter.py): on scene-tune, plus real-art
 # tune with REAL_TUNE='--realart .cache/realart/tune' (add --loso to REAL_TUNE for the leave-one-source-out report).

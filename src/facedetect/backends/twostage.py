@@ -10,8 +10,8 @@ milliseconds.
 Before animeface, the proposal verifier (``verifier.py``, a small network run on all proposals in one batch)
 sorts them: a proposal it scores under ``verifier_reject`` is dropped, one at or over ``verifier_accept`` is
 kept with the verifier's regressed box (animeface then only reads its landmarks and colours, when
-``landmarks`` is on), and animeface decides the rest. The verifier was trained on three Ren'Py characters, so
-the gate is set wide: on other art its probabilities sit in between and animeface judges as before.
+``landmarks`` is on), and animeface decides the rest. The verifier was trained on three Ren'Py characters and
+pictures by a few dozen other artists, so the gate is set wide: where it is unsure, animeface judges as before.
 
 A proposal left to animeface is kept as a face when animeface finds a face on its crop that is the same
 face (IoU >= ``SAME_FACE_IOU`` with the proposal), and reported with animeface's box and likelihood (mapped
@@ -41,10 +41,11 @@ CONFIRM_MIN_SHARE = 0.75  # smallest window, share of the face: animeface's boxe
 
 SAME_FACE_IOU = 0.3
 LANDMARKS_FACE = 64.0  # px: an accepted face's width in the crop animeface reads its landmarks on
-# animeface's boxes are this much wider than the labels' (median over scene-tune, docs/detector-speed.md): a
-# face the verifier accepts is reported in animeface's convention, so every face of this detector is framed
-# alike whichever stage kept it.
-ANIMEFACE_BOX = 1.22
+# A face the verifier accepts is reported in animeface's convention, so every face of this detector is framed
+# alike whichever stage kept it: its regressed box (the labels' convention) is grown this much. animeface's
+# boxes are 1.24x the labels' width on scene-tune and 1.06x on real-art tune (medians, docs/detector-speed.md);
+# 1.12 was chosen on both tune sets with the verifier trained on both (1.22, the scenes' value, cost real art).
+ANIMEFACE_BOX = 1.12
 # The proposal stage searches at most this many pixels: a larger image is area-downscaled for it first. The
 # scenes it was tuned on are <= 2.6 Mpx, so they are searched at full resolution; in a 36-Mpx photo the
 # smallest face proposed is then ~3x larger (~75 px, 1 % of its width: no avatar material), and the HOG
@@ -73,8 +74,8 @@ class TwoStage:
     # The verifier's gate (probabilities; docs/detector-speed.md, "The verifier"). verifier=False: animeface
     # judges every proposal, as before the verifier.
     verifier: bool = True
-    verifier_reject: float = 1e-4
-    verifier_accept: float = 0.9
+    verifier_reject: float = 1e-2
+    verifier_accept: float = 0.99
     landmarks: bool = True  # read keypoints and colours of verifier-accepted faces with animeface
     # Ranking by the verifier (docs/detector-speed.md, "Real art"): with ``pool_threshold`` set (and the
     # verifier on), windows scoring at least that are thinned lightly (IoU ``pool_nms_iou``), the

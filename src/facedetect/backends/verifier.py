@@ -8,10 +8,10 @@ faces. The verifier looks at every proposal once, in one batch (a few ms for all
 * ``box``: the face's box regressed from the proposal's (centre shift and log width change, in proposal
   widths), in the training labels' convention.
 
-``twostage`` uses it as a gate, not as the only judge: the network was trained on scene-tune, whose faces
-are three Ren'Py characters, so on other art its probabilities are less sure. Below a low bar a proposal is
-dropped without animeface; above a high bar it is kept without animeface; in between animeface decides as
-before (docs/detector-speed.md, "The verifier").
+``twostage`` uses it as a gate, not as the only judge: the network was trained on scene-tune (three Ren'Py
+characters) and real-art tune (pictures of 37 sources), so on other art its probabilities are less sure. Below
+a low bar a proposal is dropped without animeface; above a high bar it is kept without animeface; in between
+animeface decides as before (docs/detector-speed.md, "The verifier").
 
 The network (four 3x3 convolutions, two fully connected layers; ~90 k weights) is trained by
 ``bench/train_verifier.py`` (``make verifier``, PyTorch on the CPU; CI need not run it) and run here by
