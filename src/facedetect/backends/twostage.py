@@ -74,7 +74,7 @@ class TwoStage:
     # The verifier's gate (probabilities; docs/detector-speed.md, "The verifier"). verifier=False: animeface
     # judges every proposal, as before the verifier.
     verifier: bool = True
-    verifier_reject: float = 1e-2
+    verifier_reject: float = 3e-2
     verifier_accept: float = 0.99
     landmarks: bool = True  # read keypoints and colours of verifier-accepted faces with animeface
     # Ranking by the verifier (docs/detector-speed.md, "Real art"): with ``pool_threshold`` set (and the
