@@ -108,10 +108,11 @@ def collect(splits: list[Path], hold_out: frozenset[str] = frozenset(),
             "iou": np.array(overlap, np.float32), "target": np.array(target, np.float32), "real": np.array(real, bool)}
 
 
-def own_windows(rng: np.random.Generator, truth: list) -> list[tuple[float, float, float, float]]:
-    """``OWN_WINDOWS`` windows about each labelled face, its centre moved and its side scaled at random."""
+def own_windows(rng: np.random.Generator, boxes: list) -> list[tuple[float, float, float, float]]:
+    """``OWN_WINDOWS`` windows about each labelled box (a face, or a scene's distractor), its centre moved and
+    its side scaled at random."""
     out = []
-    for x1, y1, x2, y2 in truth:
+    for x1, y1, x2, y2 in boxes:
         w = x2 - x1
         for _ in range(OWN_WINDOWS):
             side = w * rng.uniform(1 - OWN_SCALE, 1 + OWN_SCALE)
